@@ -1,0 +1,1 @@
+"""rl_gpt: generative models of neural-network checkpoints."""

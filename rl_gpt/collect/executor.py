@@ -1,0 +1,185 @@
+"""Run many collection runs in parallel (local processes or Ray) into one checkpoint dataset.
+
+The main process is the dataset's only writer: workers return finished runs, the main process
+appends each atomically, and consolidates at the end. Killing the collection loses only runs in
+flight; running the same command again skips the runs already stored.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from rl_gpt.config import ExperimentConfig, dump_yaml, to_dict
+from rl_gpt.dataset import DatasetWriter
+from rl_gpt.io import atomic_write_text, ensure_writable_dir
+
+__all__ = ["collect", "dataset_spec"]
+
+RunFn = Callable[[ExperimentConfig, int], Any]
+
+
+def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything a reader needs to rebuild the network and load any row, without rl_gpt."""
+    from rl_gpt.collect.sb3_run import describe_policy, describe_versions
+
+    task = to_dict(cfg.task)
+    layout, policy = describe_policy(cfg.task)
+    return {
+        "task": task,
+        "env_id": cfg.task.env_id,
+        "algo": cfg.task.algo,
+        "policy_kwargs": cfg.task.policy_kwargs,
+        "metric": {
+            "name": cfg.task.metric,
+            "higher_is_better": cfg.task.higher_is_better,
+            "field": "metric",
+            "definition": "mean undiscounted return of deterministic evaluation episodes",
+        },
+        "policy": policy,
+        "layout": layout.to_dict(),
+        "fields": {
+            "params": "(N, D) float32 actor parameters, flattened in layout order (SB3 state_dict keys)",
+            "metric": "(N,) float32 mean deterministic evaluation return (NaN where invalid)",
+            "return_std": "(N,) float32 std of deterministic evaluation returns",
+            "return_stoch": "(N,) float32 mean stochastic evaluation return",
+            "return_stoch_std": "(N,) float32 std of stochastic evaluation returns",
+            "episode_length": "(N,) float32 mean deterministic episode length",
+            "run": "(N,) int64 training run index (seed = collect.seed + run)",
+            "step": "(N,) int64 environment steps taken when the checkpoint was saved",
+            "wall_time": "(N,) float32 seconds since the run started",
+            "valid": "(N,) bool false for NaN/inf or exploding weights (excluded from training)",
+            "obs_mean": "(N, obs_dim) float32 VecNormalize running mean (only when task.normalize)",
+            "obs_var": "(N, obs_dim) float32 VecNormalize running variance (only when task.normalize)",
+        },
+        "evaluation": {"episodes": cfg.collect.eval_episodes, "seed": cfg.collect.eval_seed},
+        "versions": describe_versions(),
+        "collect": to_dict(cfg.collect),
+    }
+
+
+def _default_run_fn(cfg: ExperimentConfig) -> RunFn:
+    from rl_gpt.collect.sb3_run import train_rl_run
+
+    return train_rl_run
+
+
+def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool = True) -> Path:
+    """Collect ``cfg.collect.runs`` runs into ``cfg.dataset_dir``, resuming what is already there."""
+    from rl_gpt.collect.sb3_run import check_env_id
+
+    if cfg.task.kind == "rl":
+        check_env_id(cfg.task.env_id)
+    root = ensure_writable_dir(cfg.dataset_dir)
+    writer = DatasetWriter(root, dataset_spec(cfg))
+    atomic_write_text(root / "config.yaml", dump_yaml(cfg))
+    run_fn = run_fn or _default_run_fn(cfg)
+    done = writer.completed_runs()
+    todo = [r for r in range(cfg.collect.runs) if r not in done]
+    bar = tqdm(
+        total=cfg.collect.runs,
+        initial=cfg.collect.runs - len(todo),
+        desc="runs",
+        unit="run",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    checkpoints = 0
+    start = time.time()
+    try:
+        results = _run_ray(cfg, run_fn, todo) if cfg.collect.executor == "ray" else _run_local(cfg, run_fn, todo)
+        for run, result in results:
+            writer.add_run(run, result.rows, result.meta)
+            checkpoints += len(result.rows["params"])
+            bar.update(1)
+            bar.set_postfix(checkpoints=checkpoints, last_return=f"{result.meta.get('final_return', float('nan')):.1f}")
+    except KeyboardInterrupt:
+        bar.close()
+        writer.consolidate()
+        print(
+            f"\ninterrupted: {len(writer.completed_runs())} runs are stored in {root}; "
+            "run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise
+    finally:
+        bar.close()
+    total = writer.consolidate()
+    if progress:
+        print(
+            f"collected {len(todo)} new runs ({checkpoints} checkpoints) in {time.time() - start:.1f}s; "
+            f"dataset {root} has {total} checkpoints"
+        )
+    return root
+
+
+def _workers(cfg: ExperimentConfig) -> int:
+    return cfg.collect.workers if cfg.collect.workers > 0 else (os.cpu_count() or 1)
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _run_local(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterator[tuple[int, Any]]:
+    if not todo:
+        return
+    workers = min(_workers(cfg), len(todo))
+    if workers == 1:  # no pool: simpler tracebacks and no process start-up
+        for run in todo:
+            yield run, run_fn(cfg, run)
+        return
+    # spawn, not fork: torch and SB3 hold threads and locks that fork copies in a broken state
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
+        pending = {pool.submit(run_fn, cfg, run): run for run in todo}
+        try:
+            while pending:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    run = pending.pop(fut)
+                    yield run, fut.result()
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _run_ray(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterator[tuple[int, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("collect.executor=ray needs Ray: pip install 'rl_gpt[ray]'") from None
+    if not todo:
+        return
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs: dict[str, Any] = (
+            {"address": cfg.collect.ray_address}
+            if cfg.collect.ray_address
+            else {"num_cpus": _workers(cfg), "include_dashboard": False}
+        )
+        ray.init(log_to_driver=False, **kwargs)
+    remote = ray.remote(num_cpus=1)(run_fn)
+    refs: dict[Any, int] = {}
+    try:
+        refs = {remote.remote(cfg, run): run for run in todo}
+        while refs:
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                yield refs.pop(ref), ray.get(ref)
+    finally:
+        for ref in list(refs):
+            ray.cancel(ref, force=True)
+        if started_here:
+            ray.shutdown()

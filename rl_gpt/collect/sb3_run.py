@@ -1,0 +1,215 @@
+"""One Stable-Baselines3 training run whose actor is checkpointed every K environment steps.
+
+The run trains first and evaluates afterwards: all of its checkpoints are rolled out together by
+the batched evaluator (one stacked forward pass per environment step), which is far cheaper than
+pausing training for a Gymnasium evaluation at every checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+
+from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig, to_dict
+from rl_gpt.evaluate import evaluate_params, policy_spec_from_sb3
+from rl_gpt.layout import Layout
+from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
+
+__all__ = [
+    "RunResult",
+    "build_model",
+    "check_env_id",
+    "describe_policy",
+    "run_seed",
+    "sample_hyperparams",
+    "train_rl_run",
+]
+
+ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+
+
+@dataclass
+class RunResult:
+    """A finished run: per-checkpoint rows (C, ...) and run-level metadata."""
+
+    rows: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+
+def run_seed(cfg: ExperimentConfig, run: int) -> int:
+    return cfg.collect.seed + run
+
+
+def check_env_id(env_id: str) -> None:
+    """Refuse an unknown Gymnasium id with a one-line message before any work starts."""
+    if env_id not in gym.registry:
+        import difflib
+
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"task.env_id: unknown Gymnasium environment {env_id!r}{hint}")
+
+
+def _schedule(value: Any) -> Any:
+    """rl-baselines3-zoo's ``lin_X``: linear decay from X to 0 over training."""
+    if isinstance(value, str) and value.startswith("lin_"):
+        start = float(value[4:])
+        return lambda progress_remaining: progress_remaining * start
+    return value
+
+
+def sample_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
+    """The run's hyperparameters: the task's, with ``collect.sample_hyperparams`` drawn log-uniformly."""
+    params = dict(cfg.task.hyperparams)
+    rng = random.Random(run_seed(cfg, run) * 7919 + 17)
+    for key, (low, high) in sorted(cfg.collect.sample_hyperparams.items()):
+        params[key] = math.exp(rng.uniform(math.log(low), math.log(high)))
+    return params
+
+
+def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None = None) -> BaseAlgorithm:
+    """A fresh SB3 model for the task (its vectorised env wrapped in VecNormalize where configured)."""
+    check_env_id(task.env_id)
+    env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
+    if task.normalize:
+        env = VecNormalize(env, norm_obs=True, norm_reward=False)
+    hp = {k: _schedule(v) for k, v in (task.hyperparams if hyperparams is None else hyperparams).items()}
+    kwargs = resolve_policy_kwargs(task.algo, task.policy_kwargs)
+    try:
+        return ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
+    except TypeError as exc:
+        raise ConfigError(f"task.hyperparams: {exc}") from None
+
+
+def describe_policy(task: TaskConfig) -> tuple[Layout, dict[str, Any]]:
+    """The actor layout and policy description of the task's network (built once, not trained)."""
+    model = build_model(task, seed=0)
+    spec = policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize)
+    return actor_layout(model.policy, task.algo), spec.to_dict()
+
+
+class _Snapshots(BaseCallback):
+    """Copies the actor (and VecNormalize statistics) every ``every`` environment steps."""
+
+    def __init__(self, layout: Layout, every: int, start: float):
+        super().__init__()
+        self.layout, self.every, self.start = layout, every, start
+        self.next = every
+        self.items: list[dict[str, Any]] = []
+
+    def snapshot(self, model: BaseAlgorithm, step: int) -> None:
+        item = {"params": read_actor(model.policy, self.layout), "step": step, "wall_time": time.time() - self.start}
+        env = model.get_env()
+        if isinstance(env, VecNormalize):
+            item["obs_mean"] = torch.as_tensor(env.obs_rms.mean, dtype=torch.float32)
+            item["obs_var"] = torch.as_tensor(env.obs_rms.var, dtype=torch.float32)
+        self.items.append(item)
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next:
+            self.snapshot(self.model, self.num_timesteps)
+            self.next += self.every
+        return True
+
+
+def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
+    """Train one run, checkpointing its actor at step 0 and every ``checkpoint_every`` steps, then evaluate."""
+    torch.set_num_threads(1)  # one core per run; parallelism comes from running runs side by side
+    seed = run_seed(cfg, run)
+    hp = sample_hyperparams(cfg, run)
+    start = time.time()
+    model = build_model(cfg.task, seed, hp)
+    layout = actor_layout(model.policy, cfg.task.algo)
+    policy_spec = policy_spec_from_sb3(model, cfg.task.algo, normalize_obs=cfg.task.normalize)
+    snaps = _Snapshots(layout, cfg.collect.checkpoint_every, start)
+    snaps.snapshot(model, 0)
+    model.learn(total_timesteps=cfg.collect.timesteps, callback=snaps)
+    train_time = time.time() - start
+
+    rows: dict[str, torch.Tensor] = {
+        k: torch.stack([torch.as_tensor(s[k]) for s in snaps.items]) for k in snaps.items[0]
+    }
+    rows["step"] = rows["step"].to(torch.int64)
+    rows["wall_time"] = rows["wall_time"].to(torch.float32)
+    params = rows["params"]
+    valid = torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
+    rows["valid"] = valid
+
+    eval_start = time.time()
+    stats = {}
+    for mode, deterministic in (("det", True), ("stoch", False)):
+        res = evaluate_params(
+            torch.where(valid[:, None], params, torch.zeros_like(params)),
+            layout,
+            policy_spec,
+            cfg.task.env_id,
+            episodes=cfg.collect.eval_episodes,
+            deterministic=deterministic,
+            seed=cfg.collect.eval_seed,
+            obs_mean=rows.get("obs_mean"),
+            obs_var=rows.get("obs_var"),
+        )
+        stats[mode] = res
+    nan = torch.tensor(float("nan"))
+    rows["metric"] = torch.where(valid, stats["det"].mean.float(), nan)
+    rows["return_std"] = torch.where(valid, stats["det"].std.float(), nan)
+    rows["return_stoch"] = torch.where(valid, stats["stoch"].mean.float(), nan)
+    rows["return_stoch_std"] = torch.where(valid, stats["stoch"].std.float(), nan)
+    rows["episode_length"] = stats["det"].lengths.float().mean(dim=1)
+    eval_time = time.time() - eval_start
+
+    meta = {
+        "seed": seed,
+        "hyperparams": {k: v for k, v in hp.items()},
+        "timesteps": cfg.collect.timesteps,
+        "train_time": train_time,
+        "eval_time": eval_time,
+        "final_return": float(rows["metric"][-1]),
+        "invalid_checkpoints": int((~valid).sum()),
+    }
+    _log_wandb(cfg, run, rows, meta)
+    return RunResult(rows, meta)
+
+
+def _log_wandb(cfg: ExperimentConfig, run: int, rows: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    if cfg.wandb.mode == "disabled":
+        return
+    import wandb
+
+    wb = wandb.init(
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=f"collect-{cfg.task.name}",
+        name=f"{cfg.task.name}-run{run:05d}",
+        config={"experiment": to_dict(cfg), "run": run, **meta},
+        dir=str(cfg.dataset_dir.parent),
+        reinit="create_new",
+    )
+    for step, ret, ret_s in zip(rows["step"].tolist(), rows["metric"].tolist(), rows["return_stoch"].tolist()):
+        wb.log({"return/deterministic": ret, "return/stochastic": ret_s, "env_step": step}, step=step)
+    wb.summary.update({"final_return": meta["final_return"], "train_time": meta["train_time"]})
+    wb.finish()
+
+
+def describe_versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in ("rl_gpt", "torch", "stable-baselines3", "gymnasium", "mujoco", "tensordict", "torchrl", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out

@@ -1,0 +1,269 @@
+"""Typed experiment configuration: dataclass defaults, YAML presets that override, CLI overrides.
+
+One :class:`ExperimentConfig` drives every stage (collect, train, sweep). Its defaults are the
+embedded CartPole demo; a file in ``configs/`` overrides only what differs, and ``key=value``
+arguments override both. Unknown keys and wrong types are refused before any work starts, with
+a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "ALIASES",
+    "CollectConfig",
+    "ConfigError",
+    "ExperimentConfig",
+    "TaskConfig",
+    "WandbConfig",
+    "find_preset",
+    "load_config",
+    "to_dict",
+]
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message names the key."""
+
+
+@dataclass
+class TaskConfig:
+    """What is being learned: the environment (or data set), the network and its metric."""
+
+    name: str = "cartpole"  # preset name, used in file names and reports
+    kind: Literal["rl", "supervised"] = "rl"  # RL policies or supervised classifiers
+    env_id: str = "CartPole-v1"  # Gymnasium id (RL tasks)
+    algo: Literal["ppo", "sac"] = "ppo"  # Stable-Baselines3 algorithm
+    # SB3 policy_kwargs; activation_fn is a name (tanh/relu). A small actor keeps the generator's job small.
+    policy_kwargs: dict[str, Any] = field(default_factory=lambda: {"net_arch": {"pi": [16], "vf": [64, 64]}})
+    # SB3 constructor arguments; "lin_X" is a linear schedule from X to 0 (rl-baselines3-zoo convention)
+    hyperparams: dict[str, Any] = field(
+        default_factory=lambda: {
+            # rl-baselines3-zoo hyperparams/ppo.yml, CartPole-v1 (tuned)
+            "n_steps": 32,
+            "batch_size": 256,
+            "gae_lambda": 0.8,
+            "gamma": 0.98,
+            "n_epochs": 20,
+            "ent_coef": 0.0,
+            "learning_rate": "lin_0.001",
+            "clip_range": "lin_0.2",
+        }
+    )
+    n_envs: int = 8  # parallel training environments per run (DummyVecEnv)
+    normalize: bool = False  # VecNormalize observations (saved with every checkpoint)
+    metric: str = "return"  # what `metric` in the dataset measures
+    higher_is_better: bool = True  # direction of the metric
+    reward_threshold: float | None = 475.0  # return at which the task counts as solved
+    metric_range: list[float] | None = None  # [low, high] prompts are swept over; None: from the data
+
+
+@dataclass
+class CollectConfig:
+    """How many training runs, how long, and how often to checkpoint and evaluate."""
+
+    runs: int = 32  # training runs, each with its own seed (seed + run index)
+    timesteps: int = 32_768  # environment steps per run
+    checkpoint_every: int = 1_024  # environment steps between checkpoints (plus step 0)
+    eval_episodes: int = 10  # evaluation episodes per checkpoint, deterministic and stochastic
+    eval_seed: int = 10_000  # fixed evaluation seed: every checkpoint sees the same start states
+    seed: int = 0  # base seed; run i uses seed + i
+    workers: int = 0  # parallel worker processes; 0 = one per core
+    executor: Literal["local", "ray"] = "local"  # local processes or a Ray cluster
+    ray_address: str | None = None  # Ray cluster address; None starts a local Ray instance
+    # hyperparameters sampled log-uniformly per run from [low, high], e.g. {learning_rate: [3e-4, 3e-3]}
+    sample_hyperparams: dict[str, list[float]] = field(default_factory=dict)
+    max_abs_weight: float = 1_000.0  # checkpoints with a larger |weight| (or NaN/inf) are flagged invalid
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging; offline by default so nothing leaves the machine unasked."""
+
+    mode: Literal["offline", "online", "disabled"] = "offline"  # wandb.init mode
+    project: str = "rl_gpt"  # W&B project
+    entity: str | None = None  # W&B entity (team); None = your default
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one experiment needs; saved resolved next to every output."""
+
+    out: str = "runs/cartpole"  # experiment directory: dataset/, model/, sweep/ live under it
+    dataset: str | None = None  # checkpoint dataset path; None = <out>/dataset
+    task: TaskConfig = field(default_factory=TaskConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    @property
+    def dataset_dir(self) -> Path:
+        return Path(self.dataset) if self.dataset else Path(self.out) / "dataset"
+
+
+#: Short command-line names for the knobs people turn most, per command.
+ALIASES: dict[str, dict[str, str]] = {
+    "collect": {
+        "runs": "collect.runs",
+        "timesteps": "collect.timesteps",
+        "workers": "collect.workers",
+        "seed": "collect.seed",
+        "executor": "collect.executor",
+    },
+}
+
+
+# ---------------------------------------------------------------------------- loading
+def find_preset(name_or_path: str) -> Path:
+    """A config file path, or the name of a preset in ``configs/`` (``cartpole`` → configs/cartpole.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (REPO_CONFIGS / f"{name_or_path}.yaml", REPO_CONFIGS / name_or_path):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")) if REPO_CONFIGS.is_dir() else []
+    raise ConfigError(f"no config file or preset {name_or_path!r}; presets: {', '.join(known) or 'none found'}")
+
+
+def load_config(
+    source: str | Path | None = None, overrides: Sequence[str] = (), command: str | None = None
+) -> ExperimentConfig:
+    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated throughout."""
+    data: dict[str, Any] = {}
+    if source is not None:
+        path = find_preset(str(source))
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+        data = loaded or {}
+    aliases = ALIASES.get(command or "", {})
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key = aliases.get(key, key)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_path(data, key.split("."), value)
+    return _build(ExperimentConfig, data, "")
+
+
+def _set_path(data: dict, keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        nxt = data.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"cannot set {'.'.join(keys)}: {k} is not a section")
+        data = nxt
+    data[keys[-1]] = value
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value if value is not None else {}, f"{key}.")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not fit {_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if tp is Any:
+        return value
+    if origin in (list, Sequence):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()} if args else value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        number = _as_float(value)
+        if number is not None and number.is_integer():
+            return int(number)  # YAML reads 1e5 as a string and 1.0e5 as a float
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        number = _as_float(value)
+        if number is not None:
+            return number
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {_name(tp)}")
+
+
+def _as_float(value: Any) -> float | None:
+    """A number, or a string YAML left unparsed such as ``1e-3`` (YAML 1.1 wants a dot)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The fully resolved config as plain data (for YAML/JSON/W&B)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

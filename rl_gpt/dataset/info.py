@@ -1,0 +1,65 @@
+"""A human-readable summary of a checkpoint dataset (``rl-gpt info``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rl_gpt.dataset.store import CheckpointDataset
+
+__all__ = ["describe", "text_histogram"]
+
+
+def text_histogram(values: torch.Tensor, bins: int = 10, width: int = 40) -> str:
+    """A small horizontal text histogram of finite ``values``."""
+    values = values[torch.isfinite(values)].double()
+    if values.numel() == 0:
+        return "  (no finite values)"
+    lo, hi = float(values.min()), float(values.max())
+    if hi == lo:
+        hi = lo + 1.0
+    counts = torch.histc(values, bins=bins, min=lo, max=hi).long()
+    top = int(counts.max()) or 1
+    edges = torch.linspace(lo, hi, bins + 1)
+    lines = []
+    for i, c in enumerate(counts.tolist()):
+        bar = "#" * max(1 if c else 0, round(width * c / top))
+        lines.append(f"  [{edges[i]:9.2f}, {edges[i + 1]:9.2f}) {c:7d} {bar}")
+    return "\n".join(lines)
+
+
+def describe(root: str | Path, show_spec: bool = False) -> str:
+    ds = CheckpointDataset(root)
+    spec, data = ds.spec, ds.data
+    metric = data["metric"].clone()
+    valid = ds.valid_mask()
+    slices = ds.run_slices()
+    finals = torch.stack([metric[s.stop - 1] for s in slices.values()]) if slices else torch.empty(0)
+    task = spec["task"]
+    direction = "higher" if spec["metric"]["higher_is_better"] else "lower"
+    shapes = ", ".join(f"{p.name} {list(p.shape)}" for p in ds.layout.params)
+    lines = [
+        f"dataset      {Path(root).resolve()}",
+        f"task         {task['name']} ({spec.get('env_id', '')}, {spec.get('algo', '')})",
+        f"metric       {spec['metric']['name']} ({direction} is better)",
+        f"runs         {len(slices)}",
+        f"checkpoints  {len(ds)} ({int((~valid).sum())} invalid: NaN/inf/exploding or unevaluated)",
+        f"parameters   {ds.layout.numel} per checkpoint ({shapes})",
+        f"hidden units {dict(ds.layout.groups)}",
+        f"fields       {', '.join(sorted(data.keys()))}",
+        f"memmap       {Path(root) / 'data'}  (TensorDict.load_memmap)",
+        "",
+        f"{spec['metric']['name']} over all checkpoints: mean {metric[valid].mean():.2f}, "
+        f"min {metric[valid].min():.2f}, max {metric[valid].max():.2f}"
+        if valid.any()
+        else "no valid checkpoints",
+        text_histogram(metric[valid]),
+        "",
+        f"final checkpoint of each run: mean {finals.nanmean():.2f}" if finals.numel() else "",
+        text_histogram(finals) if finals.numel() else "",
+    ]
+    if show_spec:
+        lines += ["", json.dumps(spec, indent=2)]
+    return "\n".join(lines)

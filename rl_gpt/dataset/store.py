@@ -1,0 +1,202 @@
+"""The on-disk checkpoint dataset: an open format readable without rl_gpt.
+
+Layout of a dataset directory::
+
+    DATASET/
+      spec.json      task, env id, algorithm, policy kwargs, metric and direction, parameter layout,
+                     field descriptions, software versions, the resolved collection config
+      data/          a tensordict memory-mapped TensorDict, N rows (``TensorDict.load_memmap``)
+      runs.json      per-run metadata: seed, hyperparameters, wall time
+      runs/          runs finished since the last consolidation, one memmap TensorDict each
+
+A finished run is written to ``runs/.tmp-run_XXXXX`` and renamed to ``runs/run_XXXXX``, so a crash
+loses at most the runs in flight. :meth:`DatasetWriter.consolidate` merges ``data/`` and ``runs/``
+into a new ``data/`` run by run (never holding the whole dataset in memory), then removes the
+merged run directories.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+
+from rl_gpt.io import atomic_write_json, ensure_writable_dir, replace_dir
+from rl_gpt.layout import Layout
+
+__all__ = ["FORMAT", "CheckpointDataset", "DatasetError", "DatasetWriter", "read_spec"]
+
+FORMAT = {"name": "rl_gpt.checkpoints", "version": 1}
+REQUIRED_FIELDS = {"params": torch.float32, "metric": torch.float32, "run": torch.int64, "step": torch.int64}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as asked; the message says why and what to do."""
+
+
+def read_spec(root: str | Path) -> dict[str, Any]:
+    path = Path(root) / "spec.json"
+    if not path.is_file():
+        raise DatasetError(f"{root} is not a checkpoint dataset (no spec.json); run `rl-gpt collect` first")
+    spec = json.loads(path.read_text())
+    if spec.get("format", {}).get("name") != FORMAT["name"]:
+        raise DatasetError(f"{path} is not an rl_gpt checkpoint dataset spec")
+    return spec
+
+
+def _run_dir_name(run: int) -> str:
+    return f"run_{run:05d}"
+
+
+def _recover(root: Path) -> None:
+    """Finish a consolidation that crashed between its two renames."""
+    data, old = root / "data", root / "data.old"
+    if old.exists() and not data.exists():
+        old.rename(data)
+
+
+class DatasetWriter:
+    """Appends finished runs atomically and consolidates them into one memmapped TensorDict."""
+
+    def __init__(self, root: str | Path, spec: Mapping[str, Any]):
+        self.root = ensure_writable_dir(root)
+        (self.root / "runs").mkdir(exist_ok=True)
+        _recover(self.root)
+        spec = dict(spec, format=FORMAT)
+        spec_path = self.root / "spec.json"
+        if spec_path.exists():
+            old = read_spec(self.root)
+            for key in ("task", "layout", "policy"):
+                if old.get(key) != spec.get(key):
+                    raise DatasetError(
+                        f"{self.root} already holds a dataset with a different {key}; "
+                        "use another out= directory or delete the old dataset"
+                    )
+        atomic_write_json(spec_path, spec)
+        self.spec = spec
+        self.layout = Layout.from_dict(spec["layout"])
+        for tmp in (self.root / "runs").glob(".tmp-*"):  # leftovers of runs killed mid-write
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ what is there
+    def completed_runs(self) -> set[int]:
+        done = {int(p.name.split("_")[1]) for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()}
+        data = self.root / "data"
+        if data.exists():
+            done |= {int(r) for r in torch.unique(TensorDict.load_memmap(data)["run"]).tolist()}
+        return done
+
+    # ------------------------------------------------------------------ append
+    def add_run(self, run: int, rows: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+        """Store one finished run's checkpoints (C rows) atomically."""
+        n = rows["params"].shape[0]
+        if rows["params"].shape[1] != self.layout.numel:
+            raise DatasetError(f"run {run}: params have {rows['params'].shape[1]} columns, layout {self.layout.numel}")
+        td = TensorDict({k: torch.as_tensor(v) for k, v in rows.items()}, batch_size=[n])
+        td["run"] = torch.full((n,), run, dtype=torch.int64)
+        for key, dtype in REQUIRED_FIELDS.items():
+            td[key] = td[key].to(dtype)
+        final = self.root / "runs" / _run_dir_name(run)
+        tmp = self.root / "runs" / f".tmp-{_run_dir_name(run)}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        td.memmap(tmp)
+        atomic_write_json(tmp / "run.json", dict(meta, run=run, checkpoints=n))
+        replace_dir(tmp, final)
+
+    # ------------------------------------------------------------------ consolidate
+    def consolidate(self) -> int:
+        """Merge ``data/`` and finished runs into a new ``data/``; returns the row count."""
+        run_dirs = sorted(p for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists())
+        data_dir = self.root / "data"
+        if not run_dirs:
+            return len(TensorDict.load_memmap(data_dir)) if data_dir.exists() else 0
+        sources: list[TensorDict] = []
+        if data_dir.exists():
+            sources.append(TensorDict.load_memmap(data_dir))
+        sources += [TensorDict.load_memmap(p) for p in run_dirs]
+        # One source per run, ordered by run index, so readers get (run, step) order.
+        pieces = []
+        for src in sources:
+            runs = src["run"]
+            for r in torch.unique(runs).tolist():
+                idx = torch.nonzero(runs == r).flatten()
+                pieces.append((r, src, int(idx[0]), int(idx[-1]) + 1))
+        pieces.sort(key=lambda p: p[0])
+        keys = set(sources[-1].keys())
+        total = sum(stop - start for _, _, start, stop in pieces)
+        tmp = self.root / ".tmp-data"
+        shutil.rmtree(tmp, ignore_errors=True)
+        template = sources[-1][:1]
+        out = TensorDict(batch_size=[total]).memmap_(tmp)
+        for k in sorted(keys):
+            out.make_memmap(k, (total, *template[k].shape[1:]), dtype=template[k].dtype)
+        pos = 0
+        for _, src, start, stop in pieces:
+            if set(src.keys()) != keys:
+                raise DatasetError(f"runs in {self.root} store different fields; collect into a new directory")
+            out[pos : pos + stop - start] = src[start:stop]
+            pos += stop - start
+        meta = self._read_runs_meta() | {
+            str(json.loads((p / "run.json").read_text())["run"]): json.loads((p / "run.json").read_text())
+            for p in run_dirs
+        }
+        atomic_write_json(self.root / "runs.json", dict(sorted(meta.items(), key=lambda kv: int(kv[0]))))
+        replace_dir(tmp, data_dir)
+        for p in run_dirs:
+            shutil.rmtree(p)
+        return total
+
+    def _read_runs_meta(self) -> dict[str, Any]:
+        path = self.root / "runs.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+
+class CheckpointDataset:
+    """Read access to a consolidated dataset; rows stay memory-mapped on disk."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.spec = read_spec(self.root)
+        _recover(self.root)
+        if (
+            (self.root / "runs").exists()
+            and any((self.root / "runs").glob("run_*"))
+            and not (self.root / "data").exists()
+        ):
+            raise DatasetError(f"{root} has unconsolidated runs; rerun `rl-gpt collect` with the same config to finish")
+        if not (self.root / "data").exists():
+            raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
+        self.data: TensorDict = TensorDict.load_memmap(self.root / "data")
+        self.layout = Layout.from_dict(self.spec["layout"])
+        if self.data["params"].shape[-1] != self.layout.numel:
+            raise DatasetError(
+                f"{root}: params have {self.data['params'].shape[-1]} columns, layout {self.layout.numel}"
+            )
+        runs_json = self.root / "runs.json"
+        self.runs_meta: dict[str, Any] = json.loads(runs_json.read_text()) if runs_json.exists() else {}
+
+    def __len__(self) -> int:
+        return int(self.data.batch_size[0])
+
+    @property
+    def task(self) -> dict[str, Any]:
+        return self.spec["task"]
+
+    def run_slices(self) -> dict[int, slice]:
+        """``{run: slice of its rows}``; rows are stored grouped by run and sorted by step."""
+        runs = self.data["run"]
+        ids, counts = torch.unique_consecutive(runs, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        return {int(r): slice(int(s), int(s + c)) for r, s, c in zip(ids, starts, counts)}
+
+    def valid_mask(self) -> torch.Tensor:
+        """Rows usable for training: finite, not exploding (``valid`` field) and evaluated."""
+        mask = torch.isfinite(self.data["metric"])
+        if "valid" in self.data:
+            mask &= self.data["valid"].bool()
+        return mask

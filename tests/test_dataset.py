@@ -1,0 +1,93 @@
+"""The on-disk checkpoint dataset: atomic appends, consolidation, resume and the open format."""
+
+import json
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from rl_gpt.dataset import CheckpointDataset, DatasetError, DatasetWriter
+from rl_gpt.layout import LayerSpec, Layout
+
+LAYOUT = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
+SPEC = {
+    "task": {"name": "toy"},
+    "metric": {"name": "return", "higher_is_better": True},
+    "layout": LAYOUT.to_dict(),
+    "policy": {"head": "gaussian"},
+}
+
+
+def _rows(run: int, n: int = 4) -> dict:
+    return {
+        "params": torch.full((n, LAYOUT.numel), float(run)),
+        "metric": torch.arange(n, dtype=torch.float32) + run,
+        "step": torch.arange(n) * 10,
+        "valid": torch.ones(n, dtype=torch.bool),
+    }
+
+
+def test_append_consolidate_and_read_without_rl_gpt(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    for run in (2, 0, 1):  # finish out of order, as parallel workers do
+        w.add_run(run, _rows(run), {"seed": run})
+    assert w.completed_runs() == {0, 1, 2}
+    assert w.consolidate() == 12
+    # the open format: plain tensordict, no rl_gpt import needed
+    td = TensorDict.load_memmap(tmp_path / "ds" / "data")
+    assert td["params"].shape == (12, LAYOUT.numel) and td["params"].dtype == torch.float32
+    assert td["run"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert td["step"].dtype == torch.int64
+    spec = json.loads((tmp_path / "ds" / "spec.json").read_text())
+    assert spec["layout"]["params"][0]["name"] == "l.weight"
+    ds = CheckpointDataset(tmp_path / "ds")
+    assert len(ds) == 12 and ds.run_slices()[1] == slice(4, 8)
+    assert set(ds.runs_meta) == {"0", "1", "2"}
+
+
+def test_append_after_consolidation_and_resume(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {})
+    w.consolidate()
+    # a new writer (a resumed collection) sees run 0 as done and merges new runs after it
+    w2 = DatasetWriter(tmp_path / "ds", SPEC)
+    assert w2.completed_runs() == {0}
+    w2.add_run(1, _rows(1), {})
+    # a run killed mid-write leaves only a temporary directory, which is ignored and cleaned
+    (tmp_path / "ds" / "runs" / ".tmp-run_00002").mkdir()
+    assert w2.completed_runs() == {0, 1}
+    w2.consolidate()
+    ds = CheckpointDataset(tmp_path / "ds")
+    assert torch.unique(ds.data["run"]).tolist() == [0, 1]
+    assert DatasetWriter(tmp_path / "ds", SPEC).completed_runs() == {0, 1}
+    assert not (tmp_path / "ds" / "runs" / ".tmp-run_00002").exists()
+
+
+def test_recover_from_crash_between_renames(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {})
+    w.consolidate()
+    (tmp_path / "ds" / "data").rename(tmp_path / "ds" / "data.old")
+    assert len(CheckpointDataset(tmp_path / "ds")) == 4
+
+
+def test_refuses_a_different_task_in_the_same_directory(tmp_path):
+    DatasetWriter(tmp_path / "ds", SPEC)
+    other = dict(SPEC, task={"name": "other"})
+    with pytest.raises(DatasetError, match="different task"):
+        DatasetWriter(tmp_path / "ds", other)
+
+
+def test_invalid_rows_are_masked(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    rows = _rows(0)
+    rows["valid"][1] = False
+    rows["metric"][2] = float("nan")
+    w.add_run(0, rows, {})
+    w.consolidate()
+    assert CheckpointDataset(tmp_path / "ds").valid_mask().tolist() == [True, False, False, True]
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="not a checkpoint dataset"):
+        CheckpointDataset(tmp_path)
