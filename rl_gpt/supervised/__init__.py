@@ -1,0 +1,38 @@
+"""Supervised checkpoint collection: data loaders, downloader, task networks, batched evaluation, runs."""
+
+from rl_gpt.supervised.data import (
+    DATASETS,
+    CorruptDataError,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    read_idx,
+)
+from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
+from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
+from rl_gpt.supervised.models import CLASSIFIERS, ClassifierSpec, build_classifier, classifier_layout
+from rl_gpt.supervised.train import train_classifier_run
+
+__all__ = [
+    "CLASSIFIERS",
+    "DATASETS",
+    "SOURCES",
+    "ChecksumError",
+    "ClassifierSpec",
+    "CorruptDataError",
+    "DownloadError",
+    "UnsafeArchiveError",
+    "build_classifier",
+    "classifier_layout",
+    "classifier_logits",
+    "download",
+    "evaluate_classifiers",
+    "fetch",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "read_idx",
+    "train_classifier_run",
+]

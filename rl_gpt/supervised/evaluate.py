@@ -1,0 +1,116 @@
+"""Evaluate many classifier checkpoints at once, straight from flat parameter rows.
+
+All B models run together on each chunk of examples: MLPs as batched matmuls walking the layout's
+layer chain; other networks (the CNN) through ``torch.func.functional_call`` under ``vmap``, which
+turns a batch of conv weights into one grouped convolution. Neither loops over models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+import torch
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from rl_gpt.layout import Layout
+from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_layout
+
+__all__ = ["classifier_logits", "evaluate_classifiers"]
+
+_ACTIVATIONS = {None: lambda h: h, "relu": F.relu, "tanh": torch.tanh}
+# Auto example chunk: keep B × chunk × (largest per-example activation) under this many elements.
+_ELEMENT_BUDGET = 1 << 25
+
+
+def _is_mlp(layout: Layout) -> bool:
+    """A chain of linear layers whose parameters are exactly the layout's: evaluable from the layout alone."""
+    names = set()
+    for i, layer in enumerate(layout.layers):
+        weight = f"{layer.prefix}.weight"
+        if len(layout[weight].shape) != 2 or (i > 0 and layer.in_group != layout.layers[i - 1].out_group):
+            return False
+        names |= {weight} | ({f"{layer.prefix}.bias"} & set(layout.names))
+    return bool(layout.layers) and names == set(layout.names)
+
+
+def _mlp_logits(layout: Layout, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    h = x.flatten(1)  # (n, in): shared by all models
+    for i, layer in enumerate(layout.layers):
+        w = state[f"{layer.prefix}.weight"]  # (B, out, in)
+        # First layer: one GEMM of the shared inputs against all models' weights; then batched matmuls.
+        h = torch.einsum("ni,boi->bno" if i == 0 else "bni,boi->bno", h, w)  # (B, n, out)
+        bias = state.get(f"{layer.prefix}.bias")
+        if bias is not None:
+            h = h + bias.unsqueeze(1)  # (B, 1, out)
+        h = _ACTIVATIONS[layer.activation](h)
+    return h  # (B, n, classes)
+
+
+def _check(params: torch.Tensor, layout: Layout, name: str) -> None:
+    if layout != classifier_layout(name):
+        raise ValueError(f"layout does not match classifier {name!r}; build it with classifier_layout({name!r})")
+    if params.dim() != 2 or params.shape[1] != layout.numel:
+        raise ValueError(f"params must be (B, {layout.numel}) for {name!r}, got {tuple(params.shape)}")
+
+
+def _batched_forward(params: torch.Tensor, layout: Layout, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (n, *input) -> logits (B, n, classes) of all B models in ``params``."""
+    state = layout.unflatten(params)  # {name: (B, *shape)}
+    if _is_mlp(layout):
+        return lambda x: _mlp_logits(layout, state, x)
+    model = build_classifier(name).to(device=params.device, dtype=params.dtype).eval()
+    return lambda x: vmap(lambda p: functional_call(model, p, (x,)))(state)
+
+
+def classifier_logits(params: torch.Tensor, layout: Layout, name: str, x: torch.Tensor) -> torch.Tensor:
+    """Logits of B models on the same inputs: params (B, D), x (n, *input) -> (B, n, classes)."""
+    _check(params, layout, name)
+    return _batched_forward(params, layout, name)(x.to(device=params.device, dtype=params.dtype))
+
+
+@cache
+def _activation_numel(name: str) -> int:
+    """Largest per-example activation of one model, from a shape-only (meta) forward pass."""
+    spec = CLASSIFIERS[name]
+    sizes: list[int] = []
+    with torch.device("meta"):
+        model = spec.make()
+        for m in model.modules():
+            m.register_forward_hook(lambda _m, _i, out: sizes.append(out[0].numel()))
+        model(torch.empty(1, *spec.input_shape))
+    return max(sizes)
+
+
+@torch.inference_mode()
+def evaluate_classifiers(
+    params: torch.Tensor,
+    layout: Layout,
+    name: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy and top-1 error (a fraction) of each of B models on (x, y).
+
+    params (B, D) in ``layout`` order; x (N, *input); y (N,) int labels. ``batch_size`` is examples
+    per chunk (all B models see each chunk together); by default it is chosen to bound memory.
+    Returns ``(loss (B,), error (B,))`` in params' dtype, on params' device.
+    """
+    _check(params, layout, name)
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+        raise ValueError(f"x and y must hold the same non-zero number of examples, got {x.shape[0]} and {y.shape[0]}")
+    n_models, n_examples = params.shape[0], x.shape[0]
+    if batch_size is None:
+        batch_size = max(1, _ELEMENT_BUDGET // (n_models * _activation_numel(name)))
+    forward = _batched_forward(params, layout, name)
+    loss_sum = torch.zeros(n_models, dtype=torch.float64, device=params.device)
+    wrong = torch.zeros(n_models, dtype=torch.int64, device=params.device)
+    for start in range(0, n_examples, batch_size):
+        yb = y[start : start + batch_size].to(params.device)  # (n,)
+        logits = forward(x[start : start + batch_size].to(device=params.device, dtype=params.dtype))  # (B, n, C)
+        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(n_models), reduction="none")  # (B * n,)
+        loss_sum += loss.view(n_models, -1).sum(1, dtype=torch.float64)
+        wrong += (logits.argmax(-1) != yb).sum(1)
+    return (loss_sum / n_examples).to(params.dtype), (wrong.double() / n_examples).to(params.dtype)

@@ -1,0 +1,445 @@
+"""Supervised path: loaders on files written here, the downloader against a local server, batched
+evaluation against the real modules, permutation symmetry and a tiny digits run."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+import tarfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from rl_gpt.supervised import (
+    CLASSIFIERS,
+    SOURCES,
+    ChecksumError,
+    CorruptDataError,
+    UnsafeArchiveError,
+    build_classifier,
+    classifier_layout,
+    classifier_logits,
+    download,
+    evaluate_classifiers,
+    fetch,
+    load_cifar10,
+    load_dataset,
+    load_digits,
+    load_mnist,
+    train_classifier_run,
+)
+from rl_gpt.supervised.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_FILES, MNIST_MEAN, MNIST_STD
+from rl_gpt.supervised.fetch import RemoteFile, Source, extract_tar
+
+INPUT_SHAPES = {name: spec.input_shape for name, spec in CLASSIFIERS.items()}
+
+
+# ============================================================================================== file writers
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """IDX: two zero bytes, type 0x08 (ubyte), ndim, big-endian uint32 dims, then the data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return path
+
+
+def make_mnist(root: Path, gz: bool, n_train: int = 12, n_test: int = 5, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_images": rng.integers(0, 256, (n_train, 28, 28)),
+        "train_labels": rng.integers(0, 10, n_train),
+        "test_images": rng.integers(0, 256, (n_test, 28, 28)),
+        "test_labels": rng.integers(0, 10, n_test),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for key, array in arrays.items():
+        write_idx(root / (MNIST_FILES[key] + (".gz" if gz else "")), array)
+    return arrays
+
+
+def cifar_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, bytes]:
+    rng = np.random.default_rng(seed)
+    images, labels = rng.integers(0, 256, (n, 3, 32, 32)), rng.integers(0, 10, n)
+    records = np.concatenate([labels[:, None], images.reshape(n, -1)], axis=1).astype(np.uint8)
+    return images, labels, records.tobytes()
+
+
+def make_cifar(folder: Path, train_sizes: tuple[int, ...] = (3, 2), n_test: int = 4) -> dict[str, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [cifar_batch(n, seed=i) for i, n in enumerate(train_sizes)]
+    for i, (_, _, raw) in enumerate(train, start=1):
+        (folder / f"data_batch_{i}.bin").write_bytes(raw)
+    test = cifar_batch(n_test, seed=99)
+    (folder / "test_batch.bin").write_bytes(test[2])
+    return {
+        "train_images": np.concatenate([t[0] for t in train]),
+        "train_labels": np.concatenate([t[1] for t in train]),
+        "test_images": test[0],
+        "test_labels": test[1],
+    }
+
+
+def cifar_x(images: np.ndarray) -> np.ndarray:
+    mean = np.asarray(CIFAR10_MEAN).reshape(1, 3, 1, 1)
+    std = np.asarray(CIFAR10_STD).reshape(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+# ============================================================================================== loaders
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_mnist_reads_idx(tmp_path: Path, gz: bool) -> None:
+    arrays = make_mnist(tmp_path, gz)
+    x_tr, y_tr, x_te, y_te = load_mnist(tmp_path)
+    assert x_tr.shape == (12, 784) and x_te.shape == (5, 784)
+    assert x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
+    expected = (arrays["train_images"].reshape(12, -1) / 255.0 - MNIST_MEAN) / MNIST_STD
+    np.testing.assert_allclose(x_tr.numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y_tr.numpy(), arrays["train_labels"])
+    np.testing.assert_array_equal(y_te.numpy(), arrays["test_labels"])
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_mnist_truncated_file_is_a_clear_error(tmp_path: Path, gz: bool) -> None:
+    make_mnist(tmp_path, gz)
+    path = tmp_path / (MNIST_FILES["test_images"] + (".gz" if gz else ""))
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(CorruptDataError, match=r"t10k-images-idx3-ubyte.*rl-gpt data fetch mnist") as info:
+        load_mnist(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_load_mnist_bad_magic_and_missing_file(tmp_path: Path) -> None:
+    make_mnist(tmp_path, gz=False)
+    labels = tmp_path / MNIST_FILES["train_labels"]
+    labels.write_bytes(b"\x01\x02" + labels.read_bytes()[2:])
+    with pytest.raises(CorruptDataError, match="not an IDX file"):
+        load_mnist(tmp_path)
+    labels.unlink()
+    with pytest.raises(FileNotFoundError, match=r"train-labels-idx1-ubyte.*rl-gpt data fetch mnist --root"):
+        load_mnist(tmp_path)
+
+
+def test_load_cifar10_reads_binary_batches(tmp_path: Path) -> None:
+    arrays = make_cifar(tmp_path / "cifar-10-batches-bin")
+    x_tr, y_tr, x_te, y_te = load_cifar10(tmp_path, train_batches=(1, 2))
+    assert x_tr.shape == (5, 3, 32, 32) and x_te.shape == (4, 3, 32, 32) and x_tr.dtype == torch.float32
+    np.testing.assert_allclose(x_tr.numpy(), cifar_x(arrays["train_images"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x_te.numpy(), cifar_x(arrays["test_images"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y_tr.numpy(), arrays["train_labels"])
+    np.testing.assert_array_equal(y_te.numpy(), arrays["test_labels"])
+    # The default wants all five training batches and says which one is missing.
+    with pytest.raises(FileNotFoundError, match=r"data_batch_3\.bin.*rl-gpt data fetch cifar10"):
+        load_cifar10(tmp_path)
+
+
+def test_load_cifar10_truncated_batch_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-bin"
+    make_cifar(folder)
+    (folder / "test_batch.bin").write_bytes((folder / "test_batch.bin").read_bytes()[:-7])
+    with pytest.raises(CorruptDataError, match=r"test_batch\.bin.*records.*rl-gpt data fetch cifar10"):
+        load_cifar10(tmp_path, train_batches=(1, 2))
+
+
+def test_load_digits_fixed_stratified_split() -> None:
+    x_tr, y_tr, x_te, y_te = load_digits()
+    assert x_tr.shape == (1437, 64) and x_te.shape == (360, 64)
+    assert x_tr.dtype == torch.float32 and y_tr.dtype == torch.int64
+    assert float(x_tr.min()) >= 0.0 and float(x_tr.max()) <= 1.0
+    counts = torch.bincount(y_te, minlength=10)
+    assert int(counts.min()) >= 35 and int(counts.max()) <= 37  # stratified: ~36 of each class
+    assert torch.equal(load_digits()[2], x_te)  # fixed split
+
+
+def test_load_dataset_dispatch(tmp_path: Path) -> None:
+    make_mnist(tmp_path, gz=True)
+    assert load_dataset("mnist", tmp_path)[0].shape == (12, 784)
+    assert load_dataset("digits")[0].shape == (1437, 64)
+    with pytest.raises(ValueError, match="needs a data root"):
+        load_dataset("cifar10")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_dataset("imagenet", tmp_path)
+
+
+# ============================================================================================== downloader
+class _Server(ThreadingHTTPServer):
+    files: dict[str, bytes]
+    requests: list[tuple[str, str | None]]
+    bytes_sent: int
+    honour_range: bool
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    """Serves ``server.files`` with single open-ended Range support (``bytes=N-``)."""
+
+    server: _Server
+
+    def do_GET(self) -> None:
+        srv, rng = self.server, self.headers.get("Range")
+        srv.requests.append((self.path, rng))
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        if rng and srv.honour_range:
+            start = int(re.fullmatch(r"bytes=(\d+)-", rng).group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        srv.bytes_sent += len(body)
+
+    def log_message(self, *args: object) -> None:  # keep pytest output clean
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    srv = _Server(("127.0.0.1", 0), _RangeHandler)
+    srv.files, srv.requests, srv.bytes_sent, srv.honour_range = {}, [], 0, True
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def url_of(srv: _Server, path: str = "") -> str:
+    return f"http://127.0.0.1:{srv.server_address[1]}/{path}"
+
+
+def payload(n: int = 200_000) -> bytes:
+    return np.random.default_rng(1).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_download_verifies_checksum(server: _Server, tmp_path: Path) -> None:
+    data = payload()
+    server.files["/f.bin"] = data
+    dest = download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), len(data), progress=False)
+    assert dest.read_bytes() == data
+    assert not (tmp_path / "f.bin.part").exists()
+    # Already there and verified: no second request.
+    download([url_of(server, "f.bin")], dest, sha(data), progress=False)
+    assert len(server.requests) == 1
+
+
+def test_download_rejects_corrupt_file(server: _Server, tmp_path: Path) -> None:
+    data = payload()
+    server.files["/f.bin"] = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(ChecksumError, match="SHA-256"):
+        download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), progress=False)
+    assert not (tmp_path / "f.bin").exists() and not (tmp_path / "f.bin.part").exists()
+
+
+@pytest.mark.parametrize("honour_range", [True, False])
+def test_download_resumes_partial_file(server: _Server, tmp_path: Path, honour_range: bool) -> None:
+    data, cut = payload(), 120_000
+    server.files["/f.bin"], server.honour_range = data, honour_range
+    (tmp_path / "f.bin.part").write_bytes(data[:cut])
+    dest = download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), progress=False)
+    assert dest.read_bytes() == data and not (tmp_path / "f.bin.part").exists()
+    assert server.requests == [("/f.bin", f"bytes={cut}-")]
+    # With Range honoured only the missing tail crosses the wire; without it, the whole file again.
+    assert server.bytes_sent == (len(data) - cut if honour_range else len(data))
+
+
+def test_download_restarts_a_stale_part_and_falls_back_to_next_mirror(server: _Server, tmp_path: Path) -> None:
+    data = payload()
+    server.files["/b/f.bin"] = data
+    (tmp_path / "f.bin.part").write_bytes(b"stale bytes from another file")
+    urls = [url_of(server, "a/f.bin"), url_of(server, "b/f.bin")]  # the first mirror 404s
+    dest = download(urls, tmp_path / "f.bin", sha(data), progress=False)
+    assert dest.read_bytes() == data
+    # 404 on a/, then a resume on b/ that fails the checksum, then a fresh download from b/.
+    assert [p for p, _ in server.requests] == ["/a/f.bin", "/b/f.bin", "/b/f.bin"]
+    assert server.requests[-1][1] is None
+
+
+def test_download_only_http(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="http"):
+        download(["file:///etc/passwd"], tmp_path / "x", sha(b""), progress=False)
+
+
+def test_fetch_mnist_then_load(server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = make_mnist(tmp_path / "published", gz=True)
+    files = []
+    for path in sorted((tmp_path / "published").iterdir()):
+        server.files[f"/mnist/{path.name}"] = path.read_bytes()
+        files.append(RemoteFile(path.name, sha(path.read_bytes()), path.stat().st_size))
+    source = Source(mirrors=(url_of(server, "mnist/"),), files=tuple(files))
+    monkeypatch.setitem(SOURCES, "mnist", source)
+    root = fetch("mnist", tmp_path / "data", progress=False)
+    _, y_tr, _, _ = load_mnist(root)
+    np.testing.assert_array_equal(y_tr.numpy(), arrays["train_labels"])
+    fetch("mnist", root, progress=False)  # idempotent: verified files are kept
+    assert len(server.requests) == 4
+
+
+def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_fetch_cifar10_extracts_then_load(server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    arrays = make_cifar(tmp_path / "src", train_sizes=(2, 1, 1, 1, 2), n_test=3)
+    blob = tarball({f"cifar-10-batches-bin/{p.name}": p.read_bytes() for p in (tmp_path / "src").iterdir()})
+    server.files["/cifar-10-binary.tar.gz"] = blob
+    source = Source((url_of(server),), (RemoteFile("cifar-10-binary.tar.gz", sha(blob)),), "cifar-10-batches-bin")
+    monkeypatch.setitem(SOURCES, "cifar10", source)
+    root = fetch("cifar10", tmp_path / "data", progress=False)
+    x_tr, y_tr, _, y_te = load_cifar10(root)
+    assert x_tr.shape == (7, 3, 32, 32)
+    np.testing.assert_array_equal(y_tr.numpy(), arrays["train_labels"])
+    np.testing.assert_array_equal(y_te.numpy(), arrays["test_labels"])
+    assert not any(p.name.endswith((".part", ".extracting")) for p in root.iterdir())
+
+
+@pytest.mark.parametrize(
+    "members, links",
+    [
+        ({"cifar-10-batches-bin/../../evil.txt": b"x"}, None),
+        ({"/tmp/evil.txt": b"x"}, None),
+        ({}, {"cifar-10-batches-bin/link": "/etc/passwd"}),
+    ],
+)
+def test_extract_rejects_unsafe_members(tmp_path: Path, members: dict[str, bytes], links: dict | None) -> None:
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tarball({"cifar-10-batches-bin/test_batch.bin": b"ok", **members}, links))
+    root = tmp_path / "root" / "data"
+    with pytest.raises(UnsafeArchiveError):
+        extract_tar(archive, root, "cifar-10-batches-bin")
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "root" / "evil.txt").exists()
+    assert list(root.iterdir()) == []  # nothing half-extracted left behind
+
+
+# ============================================================================================== networks
+def random_params(name: str, n: int, seed: int = 0) -> torch.Tensor:
+    """(n, D) rows: PyTorch inits plus noise, so biases and all weights are non-trivial."""
+    layout = classifier_layout(name)
+    torch.manual_seed(seed)
+    rows = torch.stack([layout.flatten(build_classifier(name).state_dict()) for _ in range(n)])
+    return rows + 0.05 * torch.randn_like(rows)
+
+
+def module_logits(name: str, row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    model = build_classifier(name).to(row.dtype)
+    model.load_state_dict(classifier_layout(name).unflatten(row))
+    with torch.no_grad():
+        return model(x)
+
+
+def test_classifier_sizes() -> None:
+    # G.pt's networks: 784-10-10 MLP; 16/32-channel bias-free CNN with a 32->10 head.
+    assert classifier_layout("mnist_mlp").numel == 784 * 10 + 10 + 10 * 10 + 10
+    assert classifier_layout("digits_mlp").numel == 64 * 10 + 10 + 10 * 10 + 10
+    assert classifier_layout("cifar_cnn").numel == 16 * 3 * 9 + 32 * 16 * 9 + 32 * 10 + 10
+    assert dict(classifier_layout("cifar_cnn").groups) == {"h0": 16, "h1": 32}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_batched_evaluation_matches_module_loop(name: str) -> None:
+    n = 6 if name == "cifar_cnn" else 23
+    params = random_params(name, 4).double()  # float64: the two paths must agree to rounding
+    x = torch.randn(n, *INPUT_SHAPES[name], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(2))
+    loss, error = evaluate_classifiers(params, classifier_layout(name), name, x, y, batch_size=4)
+    for b in range(params.shape[0]):
+        logits = module_logits(name, params[b], x)
+        torch.testing.assert_close(loss[b], F.cross_entropy(logits, y), rtol=1e-9, atol=1e-9)
+        assert float(error[b]) == float((logits.argmax(1) != y).double().mean())
+    # float32 with the automatic chunk size agrees too.
+    loss32, _ = evaluate_classifiers(params.float(), classifier_layout(name), name, x.float(), y)
+    torch.testing.assert_close(loss32, loss.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_evaluation_refuses_a_foreign_layout() -> None:
+    params = random_params("digits_mlp", 2)
+    with pytest.raises(ValueError, match="layout does not match"):
+        evaluate_classifiers(params, classifier_layout("mnist_mlp"), "digits_mlp", torch.zeros(3, 64), torch.zeros(3))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_permuting_hidden_units_keeps_outputs(name: str) -> None:
+    layout = classifier_layout(name)
+    params = random_params(name, 3, seed=5)
+    perms = layout.random_permutations(3, generator=torch.Generator().manual_seed(0))
+    permuted = layout.permute(params, perms)
+    assert not torch.equal(permuted, params)
+    x = torch.randn(5, *INPUT_SHAPES[name], generator=torch.Generator().manual_seed(3))
+    for b in range(3):
+        torch.testing.assert_close(module_logits(name, permuted[b], x), module_logits(name, params[b], x))
+    torch.testing.assert_close(classifier_logits(permuted, layout, name, x), classifier_logits(params, layout, name, x))
+
+
+# ============================================================================================== training runs
+@pytest.fixture(scope="module")
+def digits() -> tuple[torch.Tensor, ...]:
+    return load_digits()
+
+
+def test_digits_run_learns_and_is_deterministic(digits: tuple[torch.Tensor, ...]) -> None:
+    rng_before = torch.get_rng_state()
+    kwargs = dict(seed=3, optimizer="sgd", lr=0.1, steps=300, batch_size=64, checkpoint_steps=[100, 200])
+    run = train_classifier_run("digits_mlp", *digits, **kwargs)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    d = classifier_layout("digits_mlp").numel
+    assert run["params"].shape == (4, d) and run["params"].dtype == torch.float32
+    for key in ("test_loss", "test_error", "train_loss", "train_error"):
+        assert run[key].shape == (4,) and run[key].dtype == torch.float32
+    assert run["step"].tolist() == [0, 100, 200, 300] and run["step"].dtype == torch.int64
+    assert run["wall_time"].dtype == torch.float64 and bool((run["wall_time"].diff() >= 0).all())
+    assert float(run["test_error"][0]) > 0.6  # an untrained net is near chance (0.9)
+    assert float(run["test_error"][-1]) < 0.15
+    assert float(run["train_loss"][-1]) < float(run["train_loss"][0])
+    again = train_classifier_run("digits_mlp", *digits, **kwargs)
+    assert torch.equal(again["params"], run["params"]) and torch.equal(again["test_loss"], run["test_loss"])
+    other = train_classifier_run("digits_mlp", *digits, **{**kwargs, "seed": 4})
+    assert not torch.equal(other["params"], run["params"])
+
+
+def test_digits_run_with_adam_and_epochs(digits: tuple[torch.Tensor, ...]) -> None:
+    run = train_classifier_run("digits_mlp", *digits, seed=0, optimizer="adam", lr=0.01, epochs=2, batch_size=64)
+    assert run["step"].tolist() == [0, 2 * (1437 // 64)]
+    assert float(run["test_error"][-1]) < float(run["test_error"][0])
+
+
+def test_run_rejects_bad_arguments(digits: tuple[torch.Tensor, ...]) -> None:
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        train_classifier_run("digits_mlp", *digits, seed=0, epochs=1, steps=10)
+    with pytest.raises(ValueError, match="checkpoint_steps"):
+        train_classifier_run("digits_mlp", *digits, seed=0, steps=10, checkpoint_steps=[11])
+    with pytest.raises(ValueError, match="expects train inputs"):
+        train_classifier_run("mnist_mlp", *digits, seed=0, steps=10)
+    with pytest.raises(ValueError, match="optimizer"):
+        train_classifier_run("digits_mlp", *digits, seed=0, steps=10, optimizer="lbfgs")
