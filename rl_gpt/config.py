@@ -22,6 +22,7 @@ import yaml
 __all__ = [
     "ALIASES",
     "CollectConfig",
+    "TrainConfig",
     "ConfigError",
     "ExperimentConfig",
     "TaskConfig",
@@ -45,6 +46,8 @@ class TaskConfig:
     name: str = "cartpole"  # preset name, used in file names and reports
     kind: Literal["rl", "supervised"] = "rl"  # RL policies or supervised classifiers
     env_id: str = "CartPole-v1"  # Gymnasium id (RL tasks)
+    network: str = ""  # supervised tasks: classifier name in rl_gpt.supervised (digits_mlp, mnist_mlp, cifar_cnn)
+    data_root: str | None = None  # supervised tasks: folder with the MNIST/CIFAR-10 files (digits ships with sklearn)
     algo: Literal["ppo", "sac"] = "ppo"  # Stable-Baselines3 algorithm
     # SB3 policy_kwargs; activation_fn is a name (tanh/relu). A small actor keeps the generator's job small.
     policy_kwargs: dict[str, Any] = field(default_factory=lambda: {"net_arch": {"pi": [16], "vf": [64, 64]}})
@@ -89,6 +92,39 @@ class CollectConfig:
 
 
 @dataclass
+class TrainConfig:
+    """The generator and its training; defaults are a known-good CPU run on the CartPole demo."""
+
+    model: str = "mlp"  # size name in rl_gpt.model.MODELS (mlp, tiny, small, base)
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {width: 256, tokens: neuron}
+    steps: int = 4_000  # optimiser steps
+    batch: int = 256  # pairs per step (per process under DDP)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup: int = 200  # linear warm-up steps before the cosine decay
+    grad_clip: float = 1.0  # max global gradient norm
+    ema: float = 0.999  # EMA decay of the weights used for sampling
+    target: Literal["theta", "delta"] = "theta"  # denoise θ' itself or the update θ' - θ
+    prediction: Literal["x0", "eps", "v"] = "v"  # what the network predicts
+    schedule: Literal["cosine", "linear"] = "cosine"  # noise schedule (1000 steps)
+    loss_weight: Literal["none", "snr", "min_snr", "truncated_snr"] = "none"  # loss weighting over noise levels
+    prompt_dropout: float = 0.1  # probability of dropping the prompt (classifier-free guidance)
+    init_fraction: float = 0.5  # share of pairs whose θ is the run's initialisation
+    bins: int = 10  # θ' is sampled balanced over this many metric bins
+    augment: bool = True  # random hidden-unit permutations, the same for θ and θ'
+    test_fraction: float = 0.2  # share of runs held out (never trained on)
+    split_seed: int = 0  # seed of the run-level train/test split
+    seed: int = 0  # training seed
+    device: str = "cpu"  # cpu, cuda, cuda:1, ...
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    ckpt_every: int = 500  # save a resumable checkpoint every N steps (and on Ctrl-C)
+    log_every: int = 50  # W&B/progress-bar logging interval in steps
+    probe_every_s: float = 180.0  # seconds between quick prompt-alignment probes (0 = off)
+    sample_steps: int = 20  # diffusion steps when sampling (DDIM)
+    guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional)
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases logging; offline by default so nothing leaves the machine unasked."""
 
@@ -105,11 +141,16 @@ class ExperimentConfig:
     dataset: str | None = None  # checkpoint dataset path; None = <out>/dataset
     task: TaskConfig = field(default_factory=TaskConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     @property
     def dataset_dir(self) -> Path:
         return Path(self.dataset) if self.dataset else Path(self.out) / "dataset"
+
+    @property
+    def model_dir(self) -> Path:
+        return Path(self.out) / "model"
 
 
 #: Short command-line names for the knobs people turn most, per command.
@@ -120,6 +161,14 @@ ALIASES: dict[str, dict[str, str]] = {
         "workers": "collect.workers",
         "seed": "collect.seed",
         "executor": "collect.executor",
+    },
+    "train": {
+        "model": "train.model",
+        "steps": "train.steps",
+        "batch": "train.batch",
+        "seed": "train.seed",
+        "device": "train.device",
+        "lr": "train.lr",
     },
 }
 
