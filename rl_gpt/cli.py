@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -23,7 +24,82 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(describe(args.dataset, show_spec=args.spec))
 
 
-COMMANDS = {"collect": _cmd_collect, "info": _cmd_info}
+def _cmd_train(args: argparse.Namespace) -> None:
+    from rl_gpt.config import load_config
+    from rl_gpt.train import train
+
+    cfg = load_config(args.config, args.overrides, command="train")
+    out = train(cfg, progress=not args.quiet, resume=not args.restart)
+    if not args.quiet:
+        print(f"model written to {out}")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from rl_gpt.config import load_config
+    from rl_gpt.demo import format_table
+    from rl_gpt.sweep.run import sweep
+
+    cfg = load_config(args.config, args.overrides, command="sweep")
+    model = args.model or str(cfg.model_dir)
+    out = args.out or str(Path(cfg.out) / "sweep")
+    report = sweep(cfg, model, out, progress=not args.quiet)
+    print(format_table(report))
+    print(f"report: {Path(out) / 'report.json'}  plot: {Path(out) / 'sweep.png'}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from rl_gpt.generate import generate
+
+    rec = generate(
+        args.model,
+        args.target_return,
+        args.out,
+        from_zip=args.from_zip,
+        seed=args.seed,
+        num=args.num,
+        guidance=args.guidance,
+        steps=args.steps,
+        episodes=args.episodes,
+    )
+    print(f"start return {rec['start_return']:.1f} -> prompted {rec['target_return']:.1f}")
+    for p in rec["policies"]:
+        print(f"  {p['file']}: achieved {p['achieved_return']:.1f} +- {p['achieved_std']:.1f}")
+    print(f"written to {args.out}/generated.json")
+
+
+def _cmd_data(args: argparse.Namespace) -> None:
+    from rl_gpt.cli_data import cmd_data
+
+    cmd_data(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from rl_gpt.demo import run_demo
+
+    run_demo(args.out, args.config, args.overrides, progress=not args.quiet)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from rl_gpt.evaluate.cli import evaluate_target
+
+    result = evaluate_target(args.target, args.episodes, args.device, args.seed, args.stochastic)
+    print(result["text"])
+    if args.json:
+        from rl_gpt.io import atomic_write_json
+
+        atomic_write_json(args.json, result["json"])
+
+
+COMMANDS = {
+    "collect": _cmd_collect,
+    "info": _cmd_info,
+    "train": _cmd_train,
+    "sweep": _cmd_sweep,
+    "generate": _cmd_generate,
+    "demo": _cmd_demo,
+    "evaluate": _cmd_evaluate,
+    "data": _cmd_data,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +112,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="config file or preset name in configs/ (e.g. cartpole)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. runs=8 timesteps=20000 out=runs/x")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+    p = sub.add_parser("train", help="train the generator on a checkpoint dataset (torchrun-ready)")
+    p.add_argument("config", help="config file or preset name (the same as for collect)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dataset=DIR model=mlp steps=2000 batch=256")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
+
+    p = sub.add_parser("sweep", help="prompt sweep from unseen inits, with baselines and novelty")
+    p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inits=16 prompts=10 samples=2")
+    p.add_argument("--model", help="model directory (default: <out>/model)")
+    p.add_argument("--out", help="report directory (default: <out>/sweep)")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+    p = sub.add_parser("generate", help="generate policies prompted with a target return")
+    p.add_argument("--model", required=True, help="model directory written by `rl-gpt train`")
+    p.add_argument("--target-return", type=float, required=True, help="the prompted return")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--from", dest="from_zip", help="start from this SB3 policy .zip")
+    start.add_argument("--random-init", action="store_true", help="start from SB3's random initialiser (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
+    p.add_argument("--num", type=int, default=1, help="number of policies")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=int, default=20, help="diffusion sampling steps")
+    p.add_argument("--episodes", type=int, default=16, help="evaluation episodes per policy")
+    p.add_argument("--out", required=True, help="output directory")
+
+    p = sub.add_parser("demo", help="collect, train and sweep the embedded CartPole default")
+    p.add_argument("config", nargs="?", default=None, help="optional config file or preset")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("-q", "--quiet", action="store_true")
+
+    p = sub.add_parser("evaluate", help="evaluate an SB3 policy .zip or dataset rows with the batched evaluator")
+    p.add_argument("target", help="POLICY.zip, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic ones")
+    p.add_argument("--json", help="also write the returns to this JSON file")
+
+    from rl_gpt.cli_data import add_data_parser
+
+    add_data_parser(sub)
 
     p = sub.add_parser("info", help="summarise a checkpoint dataset")
     p.add_argument("dataset", help="dataset directory")
@@ -53,12 +173,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     from rl_gpt.config import ConfigError
     from rl_gpt.dataset import DatasetError
+    from rl_gpt.train.modelfile import ModelFileError
 
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, PermissionError, FileNotFoundError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"rl-gpt {args.command}: error: {msg}", file=sys.stderr)
+    except (ConfigError, DatasetError, ModelFileError, PermissionError, FileNotFoundError) as exc:
+        print(f"rl-gpt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

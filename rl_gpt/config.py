@@ -22,6 +22,7 @@ import yaml
 __all__ = [
     "ALIASES",
     "CollectConfig",
+    "SweepConfig",
     "TrainConfig",
     "ConfigError",
     "ExperimentConfig",
@@ -125,6 +126,22 @@ class TrainConfig:
 
 
 @dataclass
+class SweepConfig:
+    """G.pt's desired-versus-observed protocol on unseen random initialisations."""
+
+    inits: int = 16  # unseen random inits (SB3's initialiser, seeds never used in collection)
+    prompts: int = 10  # prompts evenly over the task's metric range
+    samples: int = 2  # samples per init and prompt
+    episodes: int = 16  # evaluation episodes per sample
+    steps: int = 20  # diffusion sampling steps (DDIM)
+    guidance: float = 1.0  # classifier-free guidance scale
+    recursive: int = 3  # recursive prompting steps (output fed back as input)
+    init_seed: int = 1_000_000  # first seed of the unseen inits (collection uses seed + run)
+    noise_scale: float = 0.1  # the noise baseline adds this many per-layer stds to the retrieved checkpoint
+    seed: int = 0  # sampling seed
+
+
+@dataclass
 class WandbConfig:
     """Weights & Biases logging; offline by default so nothing leaves the machine unasked."""
 
@@ -142,6 +159,7 @@ class ExperimentConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     @property
@@ -161,6 +179,13 @@ ALIASES: dict[str, dict[str, str]] = {
         "workers": "collect.workers",
         "seed": "collect.seed",
         "executor": "collect.executor",
+    },
+    "sweep": {
+        "inits": "sweep.inits",
+        "prompts": "sweep.prompts",
+        "samples": "sweep.samples",
+        "episodes": "sweep.episodes",
+        "guidance": "sweep.guidance",
     },
     "train": {
         "model": "train.model",

@@ -29,6 +29,10 @@ RunFn = Callable[[ExperimentConfig, int], Any]
 
 def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything a reader needs to rebuild the network and load any row, without rl_gpt."""
+    if cfg.task.kind == "supervised":
+        from rl_gpt.collect.supervised_run import supervised_spec
+
+        return supervised_spec(cfg)
     from rl_gpt.collect.sb3_run import describe_policy, describe_versions
 
     task = to_dict(cfg.task)
@@ -67,6 +71,10 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def _default_run_fn(cfg: ExperimentConfig) -> RunFn:
+    if cfg.task.kind == "supervised":
+        from rl_gpt.collect.supervised_run import train_supervised_run
+
+        return train_supervised_run
     from rl_gpt.collect.sb3_run import train_rl_run
 
     return train_rl_run

@@ -1,0 +1,52 @@
+"""``rl-gpt data``: fetch the supervised data sets that are not bundled (MNIST, CIFAR-10).
+
+Kept apart from ``cli.py`` so that the command's parser and handler can be wired in with two lines:
+``add_data_parser(sub)`` while building the parser and ``"data": cmd_data`` in the command table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+__all__ = ["add_data_parser", "cmd_data"]
+
+_FETCHABLE = ("mnist", "cifar10")  # rl_gpt.supervised.SOURCES; digits ships with scikit-learn
+
+
+def add_data_parser(sub: Any) -> argparse.ArgumentParser:
+    """Add ``data fetch {mnist,cifar10} --root DIR`` to an ``add_subparsers()`` object; returns ``data``'s parser."""
+    p = sub.add_parser("data", help="download the MNIST / CIFAR-10 files supervised tasks read")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    f = data_sub.add_parser(
+        "fetch",
+        help="download and verify (SHA-256) a data set; resumes an interrupted download",
+        description="Download a data set into DIR, then collect with task.data_root=DIR. "
+        "The 8x8 digits set needs no download (it ships with scikit-learn).",
+    )
+    f.add_argument("dataset", choices=_FETCHABLE, help="data set to download")
+    f.add_argument("--root", required=True, metavar="DIR", help="folder to download into (created if needed)")
+    f.add_argument(
+        "--mirror",
+        action="append",
+        metavar="URL",
+        help="base URL to download from instead of the published mirrors (repeatable, tried in order)",
+    )
+    f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    """Run ``rl-gpt data ...``; a failed download exits with status 1 and a one-line message."""
+    from rl_gpt.supervised import DownloadError, UnsafeArchiveError, fetch
+
+    if args.data_command != "fetch":  # argparse allows only fetch; guard future subcommands
+        raise ValueError(f"unknown data command {args.data_command!r}")
+    try:
+        root = fetch(args.dataset, args.root, mirrors=args.mirror, progress=not args.quiet)
+    except (DownloadError, UnsafeArchiveError) as exc:  # ChecksumError is a DownloadError
+        print(f"rl-gpt data: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if not args.quiet:
+        print(f"{args.dataset} is ready in {root}; collect with task.data_root={root}")

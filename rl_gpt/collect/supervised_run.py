@@ -1,0 +1,337 @@
+"""One supervised collection run (a small classifier checkpointed every K optimiser steps), the
+dataset spec of supervised tasks, and the batched test metric that sweeps use on generated weights.
+
+The training itself is :func:`rl_gpt.supervised.train_classifier_run` (G.pt's ``data_gen/train_mnist.py``
+recipe); this module maps an :class:`ExperimentConfig` onto it the way ``sb3_run.py`` maps one onto
+Stable-Baselines3. ``collect.timesteps`` is unused here: ``task.hyperparams.steps`` (or ``epochs``)
+is the run length, and ``collect.checkpoint_every`` counts optimiser steps.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sample_hyperparams
+from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
+from rl_gpt.layout import Layout
+from rl_gpt.supervised import (
+    CLASSIFIERS,
+    CorruptDataError,
+    classifier_layout,
+    evaluate_classifiers,
+    load_dataset,
+    train_classifier_run,
+)
+from rl_gpt.supervised.train import LR_SCHEDULES, OPTIMIZERS
+
+__all__ = [
+    "HYPERPARAMS",
+    "SUPERVISED_METRICS",
+    "resolve_hyperparams",
+    "supervised_metric",
+    "supervised_spec",
+    "train_supervised_run",
+]
+
+#: What ``task.metric`` may name for a supervised task; both are lower-is-better.
+SUPERVISED_METRICS = ("test_loss", "test_error")
+
+DEFAULT_BATCH_SIZE = 128  # G.pt's mb_size
+
+#: ``task.hyperparams`` keys a supervised run understands (defaults are train_classifier_run's).
+HYPERPARAMS = {
+    "optimizer": "sgd (Nesterov momentum 0.9, as G.pt) or adam",
+    "optimizers": "a list such as [sgd, adam]: run i uses optimizers[seed % len] (instead of optimizer)",
+    "lr": "peak learning rate, or a mapping optimizer -> lr such as {sgd: 0.1, adam: 0.003}",
+    "steps": "optimiser steps per run (the run length; give steps or epochs)",
+    "epochs": "passes over the training set, last partial batch dropped (instead of steps)",
+    "batch_size": f"examples per optimiser step (default {DEFAULT_BATCH_SIZE})",
+    "weight_decay": "L2 weight decay (G.pt: 5e-4)",
+    "lr_schedule": "cosine (per step, to 0) or constant",
+}
+_TRAIN_EVAL_SIZE = 10_000  # train_loss is measured on this many training examples (the same subset every run)
+
+# How each data set's inputs are prepared (rl_gpt.supervised.data), so a reader of the spec can reproduce them.
+_PREPROCESSING = {
+    "digits": "scikit-learn load_digits, pixels / 16, stratified split 1437 train / 360 test (random_state 0)",
+    "mnist": "IDX files, pixels / 255, normalised with mean 0.1307 and std 0.3081, flattened to 784",
+    "cifar10": "binary batches, (N, 3, 32, 32), per-channel (x - (125.3, 123.0, 113.9)) / (63.0, 62.1, 66.7)",
+}
+
+
+# ---------------------------------------------------------------------------------------------- config checks
+def _network(cfg: ExperimentConfig) -> str:
+    name = cfg.task.network
+    if name not in CLASSIFIERS:
+        raise ConfigError(f"task.network: {name!r} is not a classifier; choose one of {', '.join(sorted(CLASSIFIERS))}")
+    return name
+
+
+def _check_task(cfg: ExperimentConfig) -> str:
+    """Refuse a supervised config that cannot run, before any work starts; returns the data set name."""
+    dataset = CLASSIFIERS[_network(cfg)].dataset
+    if cfg.task.metric not in SUPERVISED_METRICS:
+        raise ConfigError(f"task.metric: {cfg.task.metric!r} is not one of {', '.join(SUPERVISED_METRICS)}")
+    if cfg.task.higher_is_better:
+        raise ConfigError(f"task.higher_is_better: {cfg.task.metric} is lower-is-better; set it to false")
+    if dataset != "digits":
+        root = cfg.task.data_root
+        if not root:
+            raise ConfigError(
+                f"task.data_root: {dataset} needs its files; run `rl-gpt data fetch {dataset} --root DIR` "
+                "and pass task.data_root=DIR"
+            )
+        if not Path(root).is_dir():
+            raise ConfigError(
+                f"task.data_root: {root} is not a folder; run `rl-gpt data fetch {dataset} --root {root}`"
+            )
+    if cfg.collect.checkpoint_every < 1:
+        raise ConfigError(
+            f"collect.checkpoint_every: expected a positive number of steps, got {cfg.collect.checkpoint_every}"
+        )
+    resolve_hyperparams(cfg, 0)
+    return dataset
+
+
+def resolve_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
+    """Run ``run``'s hyperparameters as :func:`train_classifier_run` keywords.
+
+    ``task.hyperparams`` with ``collect.sample_hyperparams`` drawn log-uniformly (sb3_run's
+    :func:`sample_hyperparams`), an ``optimizers`` list resolved to one ``optimizer`` by the seed and
+    an ``lr`` mapping resolved to that optimizer's rate.
+    """
+    hp = sample_hyperparams(cfg, run)
+    unknown = sorted(set(hp) - set(HYPERPARAMS))
+    if unknown:
+        raise ConfigError(
+            f"task.hyperparams: {', '.join(unknown)} not understood by supervised runs; valid keys: "
+            f"{', '.join(HYPERPARAMS)}"
+        )
+    if "optimizers" in hp:
+        choices = hp.pop("optimizers")
+        if "optimizer" in hp:
+            raise ConfigError("task.hyperparams: give optimizer or optimizers, not both")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"task.hyperparams.optimizers: expected a non-empty list, got {choices!r}")
+    else:
+        choices = [hp.get("optimizer", "sgd")]
+    for name in choices:  # check every choice, so that run 0 validates the whole config
+        if name not in OPTIMIZERS:
+            raise ConfigError(f"task.hyperparams: optimizer {name!r} is not one of {', '.join(OPTIMIZERS)}")
+        if isinstance(hp.get("lr"), dict) and name not in hp["lr"]:
+            raise ConfigError(f"task.hyperparams.lr: no rate for optimizer {name!r}")
+    hp["optimizer"] = choices[run_seed(cfg, run) % len(choices)]  # balanced across runs, fixed by the seed
+    hp.setdefault("batch_size", DEFAULT_BATCH_SIZE)
+    if isinstance(hp.get("lr"), dict):
+        hp["lr"] = hp["lr"][hp["optimizer"]]
+    if ("steps" in hp) == ("epochs" in hp):
+        raise ConfigError("task.hyperparams: give exactly one of steps (the run length) or epochs")
+    for key, kind in (("steps", int), ("epochs", int), ("batch_size", int), ("lr", float), ("weight_decay", float)):
+        if key in hp:
+            hp[key] = _number(f"task.hyperparams.{key}", hp[key], kind)
+    if hp.get("lr_schedule", "cosine") not in LR_SCHEDULES:
+        raise ConfigError(
+            f"task.hyperparams.lr_schedule: {hp['lr_schedule']!r} is not one of {', '.join(LR_SCHEDULES)}"
+        )
+    return hp
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    """A non-negative int/float; YAML leaves ``1e-3`` (no dot) as a string, so numeric strings count."""
+    try:
+        number = float(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or not number >= 0 or (kind is int and not number.is_integer()):
+        raise ConfigError(f"{key}: {value!r} is not a non-negative {kind.__name__}")
+    return kind(number)
+
+
+@cache
+def _load(dataset: str, data_root: str | None) -> tuple[torch.Tensor, ...]:
+    """The data set, loaded once per process: a worker reuses it for every run it is given."""
+    try:
+        return load_dataset(dataset, data_root)
+    except CorruptDataError as exc:  # a damaged download: the message says to delete it and fetch again
+        raise ConfigError(f"task.data_root: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
+    """Train one classifier, checkpointing at step 0, every ``checkpoint_every`` steps and the end."""
+    dataset = _check_task(cfg)
+    name = cfg.task.network
+    seed = run_seed(cfg, run)
+    hp = resolve_hyperparams(cfg, run)
+    x_train, y_train, x_test, y_test = _load(dataset, cfg.task.data_root)
+    start = time.time()
+    steps = hp["steps"] if "steps" in hp else hp["epochs"] * (x_train.shape[0] // hp["batch_size"])
+    every = cfg.collect.checkpoint_every
+    try:
+        out = train_classifier_run(
+            name,
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            seed=seed,
+            checkpoint_steps=range(every, max(steps, 0), every),
+            train_eval_size=_TRAIN_EVAL_SIZE,
+            num_threads=1,  # one core per run; parallelism comes from running runs side by side
+            **hp,
+        )
+    except ValueError as exc:  # every remaining check in train_classifier_run is about these hyperparameters
+        raise ConfigError(f"task.hyperparams: {exc}") from None
+    run_time = time.time() - start
+    train_time = float(out["wall_time"][-1])
+
+    params = out["params"]  # (C, D)
+    valid = torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
+    nan = torch.tensor(float("nan"))
+    rows: dict[str, torch.Tensor] = {"params": params}
+    for key in ("test_loss", "test_error", "train_loss", "train_error"):
+        rows[key] = torch.where(valid, out[key].float(), nan)  # (C,): NaN where invalid, as for RL
+    rows["metric"] = rows[cfg.task.metric].clone()
+    rows["step"] = out["step"].to(torch.int64)
+    rows["wall_time"] = out["wall_time"].to(torch.float32)
+    rows["valid"] = valid
+
+    final = float(rows["metric"][-1])
+    meta = {
+        "seed": seed,
+        "hyperparams": hp,
+        "steps": int(rows["step"][-1]),
+        "train_time": train_time,
+        "eval_time": run_time - train_time,  # all checkpoints are evaluated together after training
+        "final_metric": final,
+        "final_return": final,  # the collection progress bar's key
+        "final_test_loss": float(rows["test_loss"][-1]),
+        "final_test_error": float(rows["test_error"][-1]),
+        "invalid_checkpoints": int((~valid).sum()),
+    }
+    _log_wandb(cfg, run, rows, meta)
+    return RunResult(rows, meta)
+
+
+def _log_wandb(cfg: ExperimentConfig, run: int, rows: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    if cfg.wandb.mode == "disabled":
+        return
+    import wandb
+
+    wb = wandb.init(
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=f"collect-{cfg.task.name}",
+        name=f"{cfg.task.name}-run{run:05d}",
+        config={"experiment": to_dict(cfg), "run": run, **meta},
+        dir=str(cfg.dataset_dir.parent),
+        reinit="create_new",
+    )
+    keys = ("test_loss", "test_error", "train_loss")
+    for i, step in enumerate(rows["step"].tolist()):
+        wb.log({**{k: float(rows[k][i]) for k in keys}, "opt_step": step}, step=step)
+    wb.summary.update({"final_metric": meta["final_metric"], "train_time": meta["train_time"]})
+    wb.finish()
+
+
+# ---------------------------------------------------------------------------------------------- dataset spec
+def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The dataset spec of a supervised task: the RL spec's keys, describing a classifier instead of a policy."""
+    dataset = _check_task(cfg)
+    name = cfg.task.network
+    spec = CLASSIFIERS[name]
+    hp = cfg.task.hyperparams
+    algo = hp.get("optimizer", "sgd") if "optimizers" not in hp else "supervised"
+    return {
+        "task": to_dict(cfg.task),
+        "env_id": dataset,
+        "algo": algo,
+        "policy_kwargs": {},
+        "metric": {
+            "name": cfg.task.metric,
+            "higher_is_better": False,
+            "field": "metric",
+            "definition": (
+                "mean cross-entropy on the full test split"
+                if cfg.task.metric == "test_loss"
+                else "top-1 error (a fraction in [0, 1]) on the full test split"
+            ),
+        },
+        "policy": {
+            "kind": "classifier",
+            "network": name,
+            "dataset": dataset,
+            "input_shape": list(spec.input_shape),
+            "classes": 10,
+            "preprocessing": _PREPROCESSING[dataset],
+        },
+        "layout": classifier_layout(name).to_dict(),
+        "fields": {
+            "params": "(N, D) float32 classifier parameters, flattened in layout order (state_dict keys)",
+            "metric": f"(N,) float32 copy of {cfg.task.metric} (NaN where invalid)",
+            "test_loss": "(N,) float32 mean cross-entropy on the full test split (NaN where invalid)",
+            "test_error": "(N,) float32 top-1 error, a fraction, on the full test split (NaN where invalid)",
+            "train_loss": f"(N,) float32 mean cross-entropy on a fixed subset of <= {_TRAIN_EVAL_SIZE} training "
+            "examples, the same for every run (NaN where invalid)",
+            "train_error": "(N,) float32 top-1 error on that training subset (NaN where invalid)",
+            "run": "(N,) int64 training run index (seed = collect.seed + run)",
+            "step": "(N,) int64 optimiser steps taken when the checkpoint was saved",
+            "wall_time": "(N,) float32 training seconds elapsed when the checkpoint was saved",
+            "valid": "(N,) bool false for NaN/inf or exploding weights (excluded from training)",
+        },
+        "evaluation": {
+            "split": "test",
+            "train_subset": _TRAIN_EVAL_SIZE,
+            "definition": "every checkpoint evaluated after training, in eval mode, on the whole test split",
+        },
+        "versions": describe_versions(),
+        "collect": to_dict(cfg.collect),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- sweep metric
+@torch.inference_mode()
+def supervised_metric(
+    spec: dict[str, Any], params: torch.Tensor, data_root: str | Path | None = None, model_batch: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Test loss and error of B flat classifiers of a supervised dataset's network, batched.
+
+    ``spec`` is the dataset's spec.json; params (B, D) in its layout order; ``data_root`` defaults
+    to the spec's ``task.data_root``. Models are evaluated ``model_batch`` at a time on the full test
+    split. Returns ``test_loss``, ``test_error`` and ``metric`` (whichever of the two the spec
+    names), each (B,) float32 on params' device; non-finite rows give NaN.
+    """
+    policy = spec.get("policy", {})
+    if policy.get("kind") != "classifier":
+        raise ValueError("supervised_metric needs a supervised dataset spec (policy.kind == 'classifier')")
+    name, dataset = policy["network"], policy["dataset"]
+    layout = Layout.from_dict(spec["layout"])
+    if layout != classifier_layout(name):
+        raise ValueError(f"the spec's layout is not {name}'s; the dataset was written by another rl_gpt version")
+    if params.dim() != 2 or params.shape[1] != layout.numel:
+        raise ValueError(f"params must be (B, {layout.numel}) for {name}, got {tuple(params.shape)}")
+    if params.shape[0] == 0:
+        empty = params.new_empty(0, dtype=torch.float32)
+        return {"test_loss": empty, "test_error": empty.clone(), "metric": empty.clone()}
+    root = data_root if data_root is not None else spec["task"].get("data_root")
+    _, _, x_test, y_test = _load(dataset, None if root is None else str(root))
+    finite = torch.isfinite(params).all(dim=1)  # (B,)
+    safe = torch.where(finite[:, None], params, torch.zeros_like(params)).float()
+    losses, errors = [], []
+    for chunk in safe.split(model_batch):
+        loss, error = evaluate_classifiers(chunk, layout, name, x_test, y_test)  # (b,), (b,)
+        losses.append(loss)
+        errors.append(error)
+    nan = torch.tensor(float("nan"), device=params.device)
+    out = {
+        "test_loss": torch.where(finite, torch.cat(losses), nan),
+        "test_error": torch.where(finite, torch.cat(errors), nan),
+    }
+    out["metric"] = out[spec["metric"]["name"]]
+    return out

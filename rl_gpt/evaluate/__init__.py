@@ -1,0 +1,17 @@
+"""Batched evaluation of many policies given as flat parameter vectors (see ``rollout.py``)."""
+
+from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights, policy_spec_from_sb3
+from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
+from rl_gpt.evaluate.sb3 import detect_algo, evaluate_sb3_file, infer_env_id
+
+__all__ = [
+    "BatchedPolicy",
+    "EvalResult",
+    "PolicySpec",
+    "PolicyWeights",
+    "detect_algo",
+    "evaluate_params",
+    "evaluate_sb3_file",
+    "infer_env_id",
+    "policy_spec_from_sb3",
+]

@@ -1,0 +1,43 @@
+"""Exports of generated parameters: SB3 ``.zip`` policies and safetensors state dicts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from rl_gpt.config import TaskConfig
+from rl_gpt.layout import Layout
+
+__all__ = ["export_sb3", "export_safetensors"]
+
+
+def export_sb3(task: TaskConfig, layout: Layout, flat: torch.Tensor, path: str | Path, seed: int = 0) -> Path:
+    """Save ``flat`` as an SB3 model that ``PPO.load``/``SAC.load`` opens.
+
+    Only the actor is generated; the critic keeps SB3's fresh initialisation (it is not needed to act).
+    """
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.sb3_policy import actor_layout, load_actor
+
+    model = build_model(task, seed=seed)
+    if actor_layout(model.policy, task.algo) != layout:
+        raise ValueError("the task's SB3 policy does not match the generated parameters' layout")
+    load_actor(model.policy, layout, flat)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp.zip")
+    model.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+def export_safetensors(layout: Layout, flat: torch.Tensor, path: str | Path) -> Path:
+    """Save ``flat`` as a named state dict (the network's own parameter names)."""
+    if not torch.isfinite(flat).all():
+        raise ValueError("refusing to export non-finite (NaN/inf) parameters")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in layout.unflatten(flat.detach().cpu()).items()}, str(tmp))
+    tmp.replace(path)
+    return path

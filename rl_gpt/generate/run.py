@@ -1,0 +1,101 @@
+"""``rl-gpt generate``: prompt a return, get policies for a network the generator never saw."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_gpt.generate.export import export_sb3
+from rl_gpt.io import atomic_write_json, ensure_writable_dir
+from rl_gpt.train.modelfile import ModelFileError, load_generator
+
+__all__ = ["generate", "load_start"]
+
+
+def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.Tensor:
+    """The starting actor θ (D,): an SB3 policy file, or SB3's own random initialiser with ``seed``."""
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+    from rl_gpt.sweep.run import random_inits, task_of
+
+    task = task_of(info["spec"])
+    if from_zip is None:
+        return random_inits(task, 1, seed)[0]
+    from rl_gpt.collect.sb3_run import ALGOS
+    from rl_gpt.evaluate import detect_algo
+
+    algo = detect_algo(from_zip)
+    model = ALGOS[algo].load(from_zip, device="cpu")
+    layout = actor_layout(model.policy, algo)
+    if layout.to_dict() != info["layout"] or algo != task.algo:
+        raise ModelFileError(
+            f"{from_zip} is a {algo} policy with {layout.numel} actor parameters; the model generates "
+            f"{task.algo} actors with {info['layout']['numel']} for {task.env_id}"
+        )
+    return read_actor(model.policy, layout)
+
+
+def generate(
+    model_dir: str | Path,
+    target: float,
+    out: str | Path,
+    from_zip: str | None = None,
+    seed: int = 0,
+    num: int = 1,
+    guidance: float = 1.0,
+    steps: int = 20,
+    episodes: int = 16,
+) -> dict[str, Any]:
+    """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``."""
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.protocol import evaluate_flat
+    from rl_gpt.sweep.run import task_of
+
+    out = ensure_writable_dir(out)
+    gen, info = load_generator(model_dir)
+    low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
+    if not low - 0.1 * (high - low) <= target <= high + 0.1 * (high - low):
+        warnings.warn(
+            f"target {target} lies outside the training data's range [{low:.1f}, {high:.1f}]; "
+            "expect the generator to extrapolate poorly",
+            stacklevel=2,
+        )
+    theta = load_start(info, from_zip, seed)
+    ds = CheckpointDataset(info["meta"]["dataset"])
+    runs = info["meta"]["train_runs"]
+    start_metric = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean
+    th = theta[None].expand(num, -1)
+    g = torch.Generator().manual_seed(seed)
+    params = gen.sample(
+        th, start_metric.expand(num), torch.full((num,), float(target)), steps=steps, guidance=guidance, generator=g
+    )
+    res = evaluate_flat(ds, params, episodes, seed + 2, runs)
+    task = task_of(info["spec"])
+    items = []
+    for i in range(num):
+        path = out / f"policy_{i:03d}.zip"
+        if torch.isfinite(params[i]).all():
+            export_sb3(task, gen.layout, params[i], path, seed=seed)
+        items.append(
+            {
+                "file": path.name if path.exists() else None,
+                "achieved_return": float(res.mean[i]),
+                "achieved_std": float(res.std[i]),
+            }
+        )
+    record = {
+        "task": task.name,
+        "env_id": task.env_id,
+        "target_return": target,
+        "guidance": guidance,
+        "steps": steps,
+        "episodes": episodes,
+        "start": from_zip or f"random init (SB3 initialiser, seed {seed})",
+        "start_return": float(start_metric[0]),
+        "policies": items,
+        "model": str(Path(model_dir).resolve()),
+    }
+    atomic_write_json(out / "generated.json", record)
+    return record

@@ -1,0 +1,56 @@
+"""The sweep figure: prompted vs achieved (with y = x and the baselines), and one-step returns per init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["plot_sweep"]
+
+
+def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prompts = torch.tensor(report["prompts"])
+    achieved = torch.tensor(report["achieved"])  # (K, P, S)
+    per_prompt = achieved.permute(1, 0, 2).reshape(len(prompts), -1)  # (P, K*S)
+    mean = per_prompt.nanmean(1)
+    std = torch.tensor(
+        [row[torch.isfinite(row)].std().item() if torch.isfinite(row).sum() > 1 else 0.0 for row in per_prompt]
+    )
+    name = report["metric"]["name"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    ax1.plot(prompts, prompts, "k--", lw=1, label="y = x")
+    ax1.plot(prompts, mean, "o-", color="C0", label=f"generator (R² {report['prompt_alignment_r2']:.2f})")
+    ax1.fill_between(prompts, mean - std, mean + std, color="C0", alpha=0.2)
+    for i, (base, style) in enumerate((("retrieval", "s:"), ("noise", "^:"), ("identity", "x:"))):
+        b = report["baselines"][base]
+        ax1.plot(
+            prompts, b["achieved_mean"], style, color=f"C{i + 1}", label=f"{base} (R² {b['prompt_alignment_r2']:.2f})"
+        )
+    ax1.set_xlabel(f"prompted {name}")
+    ax1.set_ylabel(f"achieved {name}")
+    ax1.set_title(f"{report['task']}: {report['inits']} unseen inits")
+    ax1.legend(fontsize=8)
+    best = prompts.tolist().index(report["one_step"]["prompt"])
+    one = achieved[:, best]  # (K, S)
+    inits = torch.tensor(report["init_metric"])
+    ax2.scatter(torch.arange(len(inits)), inits, marker="x", color="C3", label="init (θ)")
+    for s in range(one.shape[1]):
+        ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
+    ax2.set_xlabel("unseen init")
+    ax2.set_ylabel(name)
+    ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.0f}")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,117 @@
+"""G.pt's desired-versus-observed protocol: prompt many targets from given inits, evaluate, fit.
+
+Shared by the training probe, ``rl-gpt sweep`` and the demo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.evaluate import EvalResult, PolicySpec, evaluate_params
+from rl_gpt.evaluate.alignment import alignment_r2
+from rl_gpt.train.generator import ParameterGenerator
+
+__all__ = ["evaluate_flat", "obs_stats", "prompt_grid", "quick_alignment", "run_prompts"]
+
+
+def prompt_grid(spec: dict[str, Any], gen: ParameterGenerator, count: int) -> torch.Tensor:
+    """``count`` prompts evenly over the task's metric range (or the training data's)."""
+    rng = spec["task"].get("metric_range")
+    low, high = rng if rng else (gen.normalizer.metric_low, gen.normalizer.metric_high)
+    return torch.linspace(float(low), float(high), count)
+
+
+def obs_stats(ds: CheckpointDataset, runs: list[int]) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    """Observation-normalisation statistics for generated policies of a VecNormalize task.
+
+    Generated parameters come without running statistics, so they are evaluated with the mean
+    statistics of the training runs' final checkpoints.
+    """
+    if not ds.spec["policy"].get("normalize_obs"):
+        return None, None
+    slices = ds.run_slices()
+    last = torch.tensor([slices[r].stop - 1 for r in runs])
+    return ds.data["obs_mean"][last].float().mean(0), ds.data["obs_var"][last].float().mean(0)
+
+
+def evaluate_flat(
+    ds: CheckpointDataset,
+    params: torch.Tensor,
+    episodes: int,
+    seed: int,
+    stats_runs: list[int],
+    deterministic: bool = True,
+) -> EvalResult:
+    """Evaluate raw flat policies (B, D) of the dataset's task with the batched evaluator."""
+    spec = PolicySpec.from_dict(ds.spec["policy"])
+    mean, var = obs_stats(ds, stats_runs)
+    finite = torch.isfinite(params).all(1)
+    res = evaluate_params(
+        torch.where(finite[:, None], params, torch.zeros_like(params)),
+        ds.layout,
+        spec,
+        ds.spec["env_id"],
+        episodes=episodes,
+        deterministic=deterministic,
+        seed=seed,
+        obs_mean=mean,
+        obs_var=var,
+    )
+    if finite.all():
+        return res
+    nan = torch.tensor(float("nan"))
+    return EvalResult(
+        torch.where(finite, res.mean, nan),
+        torch.where(finite, res.std, nan),
+        torch.where(finite[:, None], res.returns, nan),
+        res.lengths,
+    )
+
+
+@torch.no_grad()
+def run_prompts(
+    gen: ParameterGenerator,
+    model: nn.Module | None,
+    theta: torch.Tensor,
+    metric: torch.Tensor,
+    prompts: torch.Tensor,
+    samples: int,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters."""
+    k, d = theta.shape
+    p = prompts.numel()
+    th = theta[:, None, None].expand(k, p, samples, d).reshape(-1, d)
+    m = metric[:, None, None].expand(k, p, samples).reshape(-1)
+    pr = prompts[None, :, None].expand(k, p, samples).reshape(-1)
+    g = torch.Generator().manual_seed(seed)
+    out = gen.sample(th, m, pr, steps=steps, guidance=guidance, generator=g, model=model)
+    return out.reshape(k, p, samples, d)
+
+
+def quick_alignment(
+    gen: ParameterGenerator,
+    model: nn.Module | None,
+    ds: CheckpointDataset,
+    runs: list[int],
+    prompts: int = 8,
+    episodes: int = 4,
+    steps: int = 20,
+    guidance: float = 1.0,
+    seed: int = 0,
+) -> float:
+    """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt."""
+    slices = ds.run_slices()
+    rows = torch.tensor([slices[r].start for r in runs])
+    theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
+    grid = prompt_grid(ds.spec, gen, prompts)
+    out = run_prompts(gen, model, theta, metric, grid, 1, steps, guidance, seed)
+    res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, runs)
+    achieved = res.mean.reshape(len(runs), prompts)
+    return float(alignment_r2(grid, torch.nan_to_num(achieved, nan=float(grid.min()))).mean())

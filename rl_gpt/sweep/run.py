@@ -1,0 +1,260 @@
+"""``rl-gpt sweep``: prompt sweeps from unseen random inits, with baselines, novelty and a report.
+
+Everything a sceptic would ask for sits next to the generator's numbers: retrieval (the training
+checkpoint with the closest return, ignoring θ), noise (that checkpoint plus Gaussian noise) and
+identity (θ unchanged), each with the same alignment and success measures.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, _build, to_dict
+from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.dataset.pairs import split_runs
+from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
+from rl_gpt.io import atomic_write_json, ensure_writable_dir
+from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
+from rl_gpt.train.generator import ParameterGenerator
+from rl_gpt.train.modelfile import check_compatible, load_generator
+
+__all__ = ["random_inits", "sweep", "task_of"]
+
+
+def task_of(spec: dict[str, Any]) -> TaskConfig:
+    """The TaskConfig a dataset or model was made with."""
+    return _build(TaskConfig, spec["task"], "task.")
+
+
+def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
+    """``count`` actors from SB3's own initialiser with seeds ``first_seed ...`` (K, D)."""
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+
+    rows = []
+    for k in range(count):
+        model = build_model(task, seed=first_seed + k)
+        rows.append(read_actor(model.policy, actor_layout(model.policy, task.algo)))
+    return torch.stack(rows)
+
+
+def _summary(
+    prompts: torch.Tensor, achieved: torch.Tensor, best: int, threshold: float | None, higher: bool
+) -> dict[str, Any]:
+    """Alignment and one-step success of achieved (K, P, S) metrics."""
+    r2 = alignment_r2(prompts, torch.nan_to_num(achieved, nan=float(prompts.min())))
+    at_best = achieved[:, best]  # (K, S)
+    if threshold is None:
+        solved = float("nan")
+    else:
+        solved = float(((at_best >= threshold) if higher else (at_best <= threshold)).float().mean())
+    return {
+        "prompt_alignment_r2": float(r2.mean()),
+        "prompt_alignment_r2_ci95": list(bootstrap_ci(r2)),
+        "r2_per_init": r2.tolist(),
+        "one_step": {
+            "prompt": float(prompts[best]),
+            "mean_return": float(at_best.nanmean()),
+            "solved_fraction": solved,
+        },
+        "achieved_mean": achieved.nanmean(dim=(0, 2)).tolist(),
+    }
+
+
+def _ppo_equivalent(ds: CheckpointDataset, runs: list[int], value: float, higher: bool) -> float | None:
+    """Median environment steps the dataset's runs needed to first reach ``value`` (None if most never did)."""
+    slices, steps = ds.run_slices(), []
+    for r in runs:
+        s = slices[r]
+        m, st = ds.data["metric"][s], ds.data["step"][s]
+        hit = torch.nonzero((m >= value) if higher else (m <= value)).flatten()
+        steps.append(float(st[hit[0]]) if len(hit) else float("inf"))
+    steps.sort()
+    med = steps[len(steps) // 2] if steps else float("inf")
+    return None if med == float("inf") else med
+
+
+def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run the sweep, write ``out/report.json`` and ``out/sweep.png``; return the report."""
+    sc: SweepConfig = cfg.sweep
+    out = ensure_writable_dir(out)
+    timings: dict[str, float] = {}
+    t = time.time()
+    gen, info = load_generator(model_dir)
+    ds = CheckpointDataset(info["meta"].get("dataset") or cfg.dataset_dir)
+    check_compatible(info, ds.spec)
+    spec, task = ds.spec, task_of(ds.spec)
+    higher = spec["metric"]["higher_is_better"]
+    train_runs = info["meta"]["train_runs"]
+    test_runs = info["meta"]["test_runs"] or split_runs(sorted(ds.run_slices()), 0.2)[1]
+    prompts = prompt_grid(spec, gen, sc.prompts)
+    best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
+    say = print if progress else (lambda *a, **k: None)
+
+    def evaluate(params: torch.Tensor, seed: int) -> torch.Tensor:
+        return evaluate_flat(ds, params, sc.episodes, seed, train_runs).mean
+
+    # ---------------------------------------------------------------- inits never seen in collection
+    inits = random_inits(task, sc.inits, sc.init_seed)  # (K, D)
+    init_metric = evaluate(inits, sc.seed + 1)  # (K,)
+    timings["setup_s"] = time.time() - t
+
+    # ---------------------------------------------------------------- the generator
+    t = time.time()
+    samples = run_prompts(gen, None, inits, init_metric, prompts, sc.samples, sc.steps, sc.guidance, sc.seed)
+    timings["sample_s"] = time.time() - t
+    t = time.time()
+    k, p, s, d = samples.shape
+    achieved = evaluate(samples.reshape(-1, d), sc.seed + 2).reshape(k, p, s)
+    timings["evaluate_s"] = time.time() - t
+    report: dict[str, Any] = {
+        "task": task.name,
+        "env_id": spec["env_id"],
+        "metric": spec["metric"],
+        "prompts": prompts.tolist(),
+        "achieved": achieved.tolist(),
+        "inits": sc.inits,
+        "init_metric": init_metric.tolist(),
+    }
+    report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
+    say(
+        f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.1f} "
+        f"at prompt {prompts[best]:.0f}, solved {report['one_step']['solved_fraction']:.0%}"
+    )
+
+    # ---------------------------------------------------------------- recursive prompting
+    t = time.time()
+    theta, metric, curve = inits, init_metric, [float(init_metric.mean())]
+    for _ in range(sc.recursive):
+        theta = run_prompts(gen, None, theta, metric, prompts[best : best + 1], 1, sc.steps, sc.guidance, sc.seed + 3)[
+            :, 0, 0
+        ]
+        metric = evaluate(theta, sc.seed + 4)
+        curve.append(float(metric.nanmean()))
+    slices = ds.run_slices()
+    ppo_curve = _ppo_curve(ds, train_runs, slices)
+    report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "ppo_learning_curve": ppo_curve}
+    report["ppo_equivalent"] = {
+        "one_step_return": report["one_step"]["mean_return"],
+        "ppo_timesteps": _ppo_equivalent(ds, train_runs, report["one_step"]["mean_return"], higher),
+    }
+    timings["recursive_s"] = time.time() - t
+
+    # ---------------------------------------------------------------- baselines
+    t = time.time()
+    pool_rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in train_runs])
+    pool_rows = pool_rows[ds.valid_mask()[pool_rows]]
+    pool_metric = ds.data["metric"][pool_rows].float()
+    nearest = pool_rows[torch.argmin((pool_metric[None] - prompts[:, None]).abs(), dim=1)]  # (P,)
+    retrieved = ds.data["params"][nearest].float()  # (P, D)
+    retr_metric = evaluate(retrieved, sc.seed + 2)  # (P,)
+    retr = retr_metric[None, :, None].expand(k, p, 1)
+    g = torch.Generator().manual_seed(sc.seed + 5)
+    noisy = retrieved[None].expand(k, p, d) + sc.noise_scale * gen.normalizer.std * torch.randn(k, p, d, generator=g)
+    noise = evaluate(noisy.reshape(-1, d), sc.seed + 2).reshape(k, p, 1)
+    ident = init_metric[:, None, None].expand(k, p, 1)
+    report["baselines"] = {
+        "retrieval": _summary(prompts, retr, best, task.reward_threshold, higher),
+        "noise": _summary(prompts, noise, best, task.reward_threshold, higher) | {"scale": sc.noise_scale},
+        "identity": _summary(prompts, ident, best, task.reward_threshold, higher),
+    }
+    timings["baselines_s"] = time.time() - t
+
+    # ---------------------------------------------------------------- novelty and init fidelity
+    t = time.time()
+    report |= _novelty(
+        ds,
+        gen,
+        samples[:, best, 0],
+        inits,
+        retrieved[best : best + 1].expand(k, d),
+        noisy[:, best],
+        pool_rows,
+        train_runs,
+        test_runs,
+    )
+    timings["novelty_s"] = time.time() - t
+    report["timings"] = timings
+    report["config"] = to_dict(sc)
+    report["model"] = str(Path(model_dir).resolve())
+    atomic_write_json(out / "report.json", report)
+    from rl_gpt.sweep.plot import plot_sweep
+
+    plot_sweep(report, out / "sweep.png")
+    _log_wandb(cfg, report, out)
+    return report
+
+
+def _ppo_curve(ds: CheckpointDataset, runs: list[int], slices: dict[int, slice]) -> dict[str, list[float]]:
+    """Mean dataset return per checkpoint index over ``runs`` (the PPO learning curve)."""
+    length = min(slices[r].stop - slices[r].start for r in runs)
+    metric = torch.stack([ds.data["metric"][slices[r]][:length] for r in runs]).float()
+    steps = ds.data["step"][slices[runs[0]]][:length].float()
+    return {"step": steps.tolist(), "mean_return": metric.nanmean(0).tolist()}
+
+
+def _novelty(
+    ds: CheckpointDataset,
+    gen: ParameterGenerator,
+    generated: torch.Tensor,
+    inits: torch.Tensor,
+    retrieved: torch.Tensor,
+    noisy: torch.Tensor,
+    pool_rows: torch.Tensor,
+    train_runs: list[int],
+    test_runs: list[int],
+) -> dict[str, Any]:
+    try:
+        from rl_gpt.sweep.novelty import init_fidelity, novelty_ratio
+    except ImportError:  # pragma: no cover - novelty audit not installed
+        return {"novelty": None, "init_fidelity": None}
+    layout, slices = ds.layout, ds.run_slices()
+    g = torch.Generator().manual_seed(0)
+    if len(pool_rows) > 5000:
+        pool_rows = pool_rows[torch.randperm(len(pool_rows), generator=g)[:5000]]
+    pool = ds.data["params"][pool_rows].float()
+    held_runs = test_runs or train_runs[-2:]
+    held_final = ds.data["params"][torch.tensor([slices[r].stop - 1 for r in held_runs])].float()
+    held_init = ds.data["params"][torch.tensor([slices[r].start for r in held_runs])].float()
+    finite = torch.isfinite(generated).all(1)
+    out = {"novelty": {}, "init_fidelity": {}}
+    for name, vecs in (("generator", generated[finite]), ("retrieval", retrieved), ("noise", noisy)):
+        nov = novelty_ratio(layout, vecs, pool, held_final)
+        out["novelty"][name] = nov["ratio"]
+    out["novelty"]["nn_dist_heldout"] = nov["nn_dist_heldout"]
+    fid = init_fidelity(layout, generated[finite], inits[finite], inits)
+    real = init_fidelity(
+        layout, held_final, held_init, ds.data["params"][torch.tensor([slices[r].start for r in train_runs])].float()
+    )
+    out["init_fidelity"] = {"generator": fid["fidelity"], "real_training": real["fidelity"]}
+    return out
+
+
+def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
+    if cfg.wandb.mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=f"sweep-{cfg.task.name}",
+        name=f"sweep-{report['task']}",
+        dir=str(out),
+        config={"sweep": report["config"]},
+        reinit="create_new",
+    )
+    run.log(
+        {
+            "prompt_alignment_r2": report["prompt_alignment_r2"],
+            "one_step_return": report["one_step"]["mean_return"],
+            "solved_fraction": report["one_step"]["solved_fraction"],
+            "sweep": wandb.Image(str(out / "sweep.png")),
+        }
+    )
+    run.finish()

@@ -1,0 +1,74 @@
+"""Resumable training state without pickle: tensors in safetensors, the rest in JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rl_gpt.io import atomic_write_json, replace_dir
+
+__all__ = ["load_train_state", "save_train_state"]
+
+# Config fields that may change between a run and its resume without changing what is trained.
+_RESUMABLE_CHANGES = {"steps", "ckpt_every", "log_every", "probe_every_s", "device", "sample_steps", "guidance"}
+
+
+def save_train_state(
+    directory: Path,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sampler_gen: torch.Generator,
+    step: int,
+    config: dict[str, Any],
+) -> None:
+    """Write model, EMA, optimiser and sampler RNG state to ``directory`` atomically (a temp dir, then rename)."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    opt_state = opt.state_dict()
+    for idx, st in opt_state["state"].items():
+        for name, value in st.items():
+            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.sampler"] = sampler_gen.get_state()
+    save_file(tensors, str(tmp / "state.safetensors"))
+    atomic_write_json(tmp / "state.json", {"step": step, "param_groups": opt_state["param_groups"], "config": config})
+    replace_dir(tmp, directory)
+
+
+def load_train_state(
+    directory: Path,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sampler_gen: torch.Generator,
+    expect: dict[str, Any],
+) -> int:
+    """Restore what :func:`save_train_state` wrote; returns the step to continue from."""
+    info = json.loads((directory / "state.json").read_text())
+    changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES and info["config"].get(k) != expect[k])
+    if changed:
+        from rl_gpt.config import ConfigError
+
+        raise ConfigError(
+            f"{directory.parent} holds a run trained with different train.{', train.'.join(changed)}; "
+            "use another out= directory to start a new run"
+        )
+    tensors = load_file(str(directory / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    sampler_gen.set_state(tensors["rng.sampler"])
+    return int(info["step"])

@@ -1,0 +1,124 @@
+"""Where the denoiser and the diffusion process meet: training loss and sampling in parameter space.
+
+A :class:`ParameterGenerator` holds the network, the diffusion, the normaliser and the layout.
+Callers speak in raw parameters and raw metrics; normalisation, the target parameterisation
+(θ' or θ' − θ) and guidance are handled here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+
+from rl_gpt.dataset.pairs import Normalizer
+from rl_gpt.diffusion import GaussianDiffusion, guided, sample
+from rl_gpt.layout import Layout
+
+__all__ = ["ParameterGenerator"]
+
+
+class ParameterGenerator:
+    """Conditional generative model p(θ' | θ, m, m') over flat parameter vectors."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        diffusion: GaussianDiffusion,
+        normalizer: Normalizer,
+        layout: Layout,
+        target: str = "theta",
+        prompt_dropout: float = 0.1,
+    ):
+        if target not in ("theta", "delta"):
+            raise ValueError(f"target={target!r}: choose 'theta' or 'delta'")
+        self.model, self.diffusion, self.normalizer, self.layout = model, diffusion, normalizer, layout
+        self.target, self.prompt_dropout = target, prompt_dropout
+
+    def to(self, device: torch.device | str) -> ParameterGenerator:
+        self.model.to(device)
+        n = self.normalizer
+        self.normalizer = Normalizer(
+            n.mean.to(device), n.std.to(device), n.delta_std.to(device), n.metric_low, n.metric_high
+        )
+        return self
+
+    # ------------------------------------------------------------------ encoding
+    def encode_target(self, theta: torch.Tensor, theta_next: torch.Tensor) -> torch.Tensor:
+        """Raw (θ, θ') -> the normalised vector the diffusion models (B, D)."""
+        if self.target == "delta":
+            return self.normalizer.delta(theta_next - theta)
+        return self.normalizer.params(theta_next)
+
+    def decode_target(self, theta: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode_target`: the raw θ' (B, D)."""
+        if self.target == "delta":
+            return theta + self.normalizer.undelta(x0)
+        return self.normalizer.unparams(x0)
+
+    def _model_fn(self, model: nn.Module):
+        def fn(x_t: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
+            return model(x_t, kw["theta"], t, kw["metric"], kw["prompt"], kw.get("cond_drop"))
+
+        return fn
+
+    # ------------------------------------------------------------------ training
+    def loss(
+        self, batch: TensorDict, generator: torch.Generator | None = None, model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean diffusion loss of a raw pair batch (theta, metric, theta_next, metric_next)."""
+        norm = self.normalizer
+        theta, theta_next = batch["theta"], batch["theta_next"]  # (B, D)
+        x0 = self.encode_target(theta, theta_next)  # (B, D)
+        b = theta.shape[0]
+        drop = torch.rand(b, generator=generator, device=theta.device) < self.prompt_dropout  # (B,)
+        losses, extras = self.diffusion.training_loss(
+            self._model_fn(model or self.model),
+            x0,
+            generator=generator,
+            theta=norm.params(theta),
+            metric=norm.metric(batch["metric"]),
+            prompt=norm.metric(batch["metric_next"]),
+            cond_drop=drop,
+        )
+        return losses.mean(), extras
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        theta: torch.Tensor,
+        metric: torch.Tensor,
+        prompt: torch.Tensor,
+        steps: int = 20,
+        method: str = "ddim",
+        guidance: float = 1.0,
+        generator: torch.Generator | None = None,
+        model: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Raw θ' (B, D) for raw θ (B, D), its metric m (B,) and the prompted metric m' (B,)."""
+        net = model or self.model
+        was_training = net.training
+        net.eval()
+        device = theta.device
+        fn = self._model_fn(net)
+        if guidance != 1.0:
+            fn = guided(fn, guidance)
+        norm = self.normalizer
+        x0 = sample(
+            self.diffusion,
+            fn,
+            theta.shape,
+            steps=steps,
+            method=method,
+            generator=generator,
+            device=device,
+            theta=norm.params(theta),
+            metric=norm.metric(metric.to(device)),
+            prompt=norm.metric(prompt.to(device)),
+            cond_drop=torch.zeros(theta.shape[0], dtype=torch.bool, device=device),
+        )
+        net.train(was_training)
+        return self.decode_target(theta, x0)

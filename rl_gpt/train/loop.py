@@ -1,0 +1,235 @@
+"""``rl-gpt train``: the generator's training loop, read top to bottom.
+
+data (pair sampler, split by run, normaliser) → model → optimiser → loop (sample pairs, augment,
+diffusion loss, step, EMA, log, probe, checkpoint) → model file. Runs single-process or under
+``torchrun --nproc_per_node=N`` (DDP; gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from rl_gpt.config import ExperimentConfig, TrainConfig, dump_yaml, to_dict
+from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
+from rl_gpt.diffusion import GaussianDiffusion
+from rl_gpt.io import atomic_write_text, ensure_writable_dir
+from rl_gpt.model import MODELS, ModelConfig, build_model
+from rl_gpt.train.checkpoint import load_train_state, save_train_state
+from rl_gpt.train.generator import ParameterGenerator
+from rl_gpt.train.modelfile import save_model
+
+__all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+def diffusion_args(cfg: TrainConfig) -> dict[str, Any]:
+    return {"schedule": cfg.schedule, "steps": 1000, "prediction": cfg.prediction, "loss_weight": cfg.loss_weight}
+
+
+def model_config(cfg: TrainConfig) -> ModelConfig:
+    if cfg.model not in MODELS:
+        from rl_gpt.config import ConfigError
+
+        raise ConfigError(f"train.model: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
+    # A residual (θ + f) output is the identity only when the network predicts θ' itself.
+    residual = cfg.prediction == "x0" and cfg.target == "theta"
+    base = MODELS[cfg.model].to_dict() | {"residual": residual} | cfg.model_overrides
+    return ModelConfig.from_dict(base)
+
+
+def fit_normalizer(ds: CheckpointDataset, sampler: PairSampler, pairs: int = 4096) -> Normalizer:
+    """Fit on the training runs only: parameters of their rows, updates of sampled pairs."""
+    rows = sampler.rows
+    batch = sampler.sample(min(pairs, max(256, len(rows))))
+    delta = batch["theta_next"] - batch["theta"]
+    return Normalizer.fit(ds.data["params"][rows].float(), ds.data["metric"][rows].float(), ds.layout, delta)
+
+
+def build_generator(
+    cfg: TrainConfig, ds: CheckpointDataset, normalizer: Normalizer
+) -> tuple[ParameterGenerator, ModelConfig]:
+    mc = model_config(cfg)
+    model = build_model(mc, ds.layout)
+    diffusion = GaussianDiffusion(**diffusion_args(cfg))
+    return ParameterGenerator(model, diffusion, normalizer, ds.layout, cfg.target, cfg.prompt_dropout), mc
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
+    """Train the generator on ``cfg.dataset_dir``; writes ``cfg.model_dir``. Returns the model directory."""
+    tc = cfg.train
+    rank, world = _dist_info()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if tc.device.startswith("cuda") else "gloo")
+    device = torch.device(
+        tc.device if not tc.device.startswith("cuda") or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    )
+    main_proc = rank == 0
+    out = ensure_writable_dir(cfg.model_dir) if main_proc else cfg.model_dir
+    torch.manual_seed(tc.seed + rank)
+
+    # ---------------------------------------------------------------- data
+    ds = CheckpointDataset(cfg.dataset_dir)
+    train_runs, test_runs = split_runs(sorted(ds.run_slices()), tc.test_fraction, tc.split_seed)
+    sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
+    normalizer = fit_normalizer(ds, PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed))
+
+    # ---------------------------------------------------------------- model, optimiser
+    gen, mc = build_generator(tc, ds, normalizer)
+    gen.to(device)
+    model = gen.model
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    step = 0
+    state_dir = out / "train_state"
+    if resume and (state_dir / "state.json").exists():
+        step = load_train_state(state_dir, model, ema, opt, sampler.generator, expect=to_dict(tc))
+        if main_proc and progress:
+            print(f"resuming from step {step}")
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model)
+    g = torch.Generator(device=device).manual_seed(tc.seed * 7 + rank + step)
+    perm_gen = torch.Generator().manual_seed(tc.seed * 13 + rank + step)
+
+    run = _wandb_init(cfg) if main_proc else None
+    if main_proc:
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    meta = {"train_runs": train_runs, "test_runs": test_runs, "dataset": str(Path(cfg.dataset_dir).resolve())}
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and device.type == "cuda") else None
+
+    def checkpoint() -> None:
+        if main_proc:
+            save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc))
+            save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
+
+    # ---------------------------------------------------------------- loop
+    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and main_proc), dynamic_ncols=True)
+    last_probe = time.time()
+    t0, seen = time.time(), 0
+    try:
+        while step < tc.steps:
+            batch = sampler.sample(tc.batch)
+            if tc.augment:  # one permutation per pair, applied to θ and θ' alike
+                perms = ds.layout.random_permutations(tc.batch, perm_gen)
+                index = ds.layout.permutation_index(perms, tc.batch)
+                batch["theta"] = batch["theta"].gather(1, index)
+                batch["theta_next"] = batch["theta_next"].gather(1, index)
+            batch = batch.to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, tc)
+            if autocast is not None:
+                with autocast:
+                    loss, extras = gen.loss(batch, g, model=ddp_model)
+            else:
+                loss, extras = gen.loss(batch, g, model=ddp_model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            update_ema(ema, model, tc.ema)
+            step += 1
+            seen += tc.batch * world
+            bar.update(1)
+            if step % tc.log_every == 0 or step == tc.steps:
+                rate = seen / (time.time() - t0)
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
+                if run is not None:
+                    run.log(
+                        {
+                            "loss": loss.item(),
+                            "mse_x0": extras["mse_x0"].mean().item(),
+                            "lr": lr_at(step, tc),
+                            "grad_norm": float(grad_norm),
+                            "samples_per_s": rate,
+                        },
+                        step=step,
+                    )
+            if main_proc and tc.probe_every_s > 0 and time.time() - last_probe > tc.probe_every_s:
+                _probe(cfg, gen, ema, ds, train_runs, test_runs, run, step)
+                last_probe = time.time()
+            if step % tc.ckpt_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        bar.close()
+        if main_proc:
+            print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
+        raise
+    bar.close()
+    checkpoint()
+    if run is not None:
+        run.finish()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _probe(
+    cfg: ExperimentConfig,
+    gen: ParameterGenerator,
+    ema: torch.nn.Module,
+    ds: CheckpointDataset,
+    train_runs: list[int],
+    test_runs: list[int],
+    run: Any,
+    step: int,
+) -> None:
+    """A quick prompt-alignment check on a few training and held-out inits, logged to W&B."""
+    from rl_gpt.sweep.protocol import quick_alignment
+
+    for name, runs in (("train", train_runs), ("test", test_runs)):
+        if not runs:
+            continue
+        r2 = quick_alignment(
+            gen, ema, ds, runs[:4], prompts=8, episodes=4, steps=cfg.train.sample_steps, guidance=cfg.train.guidance
+        )
+        if run is not None:
+            run.log({f"probe/{name}_r2": r2}, step=step)
+
+
+def _wandb_init(cfg: ExperimentConfig) -> Any:
+    if cfg.wandb.mode == "disabled":
+        return None
+    import wandb
+
+    return wandb.init(
+        mode=cfg.wandb.mode,
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        group=f"train-{cfg.task.name}",
+        name=f"{cfg.task.name}-{cfg.train.model}",
+        config=to_dict(cfg),
+        dir=str(cfg.model_dir),
+        reinit="create_new",
+    )

@@ -1,0 +1,117 @@
+"""Self-describing model files: ``model.safetensors`` (EMA weights) + ``model.json``.
+
+``model.json`` carries the model config, the diffusion settings, the normaliser, the dataset's
+layout and spec, and training metadata, so ``generate`` needs nothing but the directory. No pickle
+anywhere: weights are safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rl_gpt.dataset.pairs import Normalizer
+from rl_gpt.diffusion import GaussianDiffusion
+from rl_gpt.io import atomic_write_json
+from rl_gpt.layout import Layout
+from rl_gpt.model import ModelConfig, build_model
+from rl_gpt.train.generator import ParameterGenerator
+
+__all__ = ["ModelFileError", "check_compatible", "load_generator", "save_model"]
+
+FORMAT = {"name": "rl_gpt.model", "version": 1}
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, damaged or meant for another task."""
+
+
+def save_model(
+    directory: str | Path,
+    model: nn.Module,
+    model_config: ModelConfig,
+    gen: ParameterGenerator,
+    spec: dict[str, Any],
+    diffusion_args: dict[str, Any],
+    meta: dict[str, Any],
+) -> Path:
+    """Write weights then JSON, each atomically (the JSON last: its presence marks a complete file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = directory / ".model.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(directory / "model.safetensors")
+    atomic_write_json(
+        directory / "model.json",
+        {
+            "format": FORMAT,
+            "model": model_config.to_dict(),
+            "diffusion": diffusion_args,
+            "target": gen.target,
+            "prompt_dropout": gen.prompt_dropout,
+            "normalizer": gen.normalizer.to_dict(),
+            "layout": gen.layout.to_dict(),
+            "spec": spec,
+            "meta": meta,
+        },
+    )
+    return directory
+
+
+def read_model_info(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / "model.json"
+    if not path.is_file():
+        raise ModelFileError(f"{directory} holds no model (no model.json); train one with `rl-gpt train`")
+    info = json.loads(path.read_text())
+    if info.get("format", {}).get("name") != FORMAT["name"]:
+        raise ModelFileError(f"{path} is not an rl_gpt model file")
+    return info
+
+
+def check_compatible(info: dict[str, Any], spec: dict[str, Any]) -> None:
+    """Refuse a model trained for another task or parameter layout, in one line."""
+    mine, theirs = info["spec"], spec
+    if mine.get("env_id") != theirs.get("env_id") or mine["task"].get("name") != theirs["task"].get("name"):
+        raise ModelFileError(
+            f"model was trained for {mine['task'].get('name')} ({mine.get('env_id')}), not "
+            f"{theirs['task'].get('name')} ({theirs.get('env_id')}); use a model trained on this task"
+        )
+    if mine["layout"] != theirs["layout"]:
+        raise ModelFileError(
+            f"model's parameter layout ({mine['layout']['numel']} parameters) does not match this network's "
+            f"({theirs['layout']['numel']}); the policy architecture differs from the training data's"
+        )
+
+
+def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ParameterGenerator, dict]:
+    """Rebuild the generator from a model directory alone."""
+    info = read_model_info(directory)
+    layout = Layout.from_dict(info["layout"])
+    config = ModelConfig.from_dict(info["model"])
+    model = build_model(config, layout)
+    weights = Path(directory) / "model.safetensors"
+    if not weights.is_file():
+        raise ModelFileError(f"{weights} is missing; the model directory is incomplete")
+    state = load_file(str(weights))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelFileError(f"{weights} does not fit its model.json ({str(exc).splitlines()[0]})") from None
+    if any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise ModelFileError(f"{weights} contains NaN/inf weights; retrain or use an earlier checkpoint")
+    diffusion = GaussianDiffusion(**info["diffusion"])
+    gen = ParameterGenerator(
+        model,
+        diffusion,
+        Normalizer.from_dict(info["normalizer"]),
+        layout,
+        info["target"],
+        info.get("prompt_dropout", 0.1),
+    )
+    return gen.to(device), info

@@ -1,0 +1,198 @@
+"""Supervised collection through the real CLI: digits runs reload into the classifier, resume,
+one-line config errors, the batched sweep metric against a per-model loop, and ``rl-gpt data``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+from torch.nn import functional as F
+
+import rl_gpt.supervised
+from rl_gpt.cli import main
+from rl_gpt.cli_data import add_data_parser, cmd_data
+from rl_gpt.collect.supervised_run import resolve_hyperparams, supervised_metric, supervised_spec
+from rl_gpt.config import load_config
+from rl_gpt.supervised import DownloadError, build_classifier, load_digits
+from rl_gpt.supervised.data import MNIST_FILES
+
+# 60 optimiser steps, a checkpoint every 20: 4 checkpoints per run (steps 0, 20, 40, 60)
+TINY = ["wandb.mode=disabled", "-q", "task.hyperparams.steps=60", "collect.checkpoint_every=20"]
+
+
+def _collect(out: Path, *extra: str, preset: str = "digits") -> int:
+    return main(["collect", preset, f"out={out}", *TINY, *extra])
+
+
+def _load(out: Path) -> tuple[TensorDict, dict]:
+    root = out / "dataset"
+    return TensorDict.load_memmap(root / "data"), json.loads((root / "spec.json").read_text())
+
+
+def _classifier_from_spec(spec: dict, row: torch.Tensor) -> torch.nn.Module:
+    """Rebuild the network from spec.json's layout (names, shapes, offsets), as a reader of the format would."""
+    model = build_classifier(spec["policy"]["network"])
+    state = {}
+    for p in spec["layout"]["params"]:
+        state[p["name"]] = row[p["offset"] : p["offset"] + int(np.prod(p["shape"]))].reshape(p["shape"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _loss_and_error(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    with torch.no_grad():
+        logits = model(x)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) != y).float().mean().item()
+
+
+# ---------------------------------------------------------------------------------------------- collection
+def test_digits_collection_rows_reload_and_match_a_fresh_evaluation(tmp_path):
+    assert _collect(tmp_path, "runs=3", "workers=2", "seed=5") == 0  # spawned workers, as in real use
+    td, spec = _load(tmp_path)
+    assert set(spec) >= {"task", "env_id", "algo", "policy_kwargs", "metric", "policy", "layout", "fields"}
+    assert set(spec) >= {"evaluation", "versions", "collect"}
+    assert (spec["env_id"], spec["algo"], spec["policy"]["kind"]) == ("digits", "sgd", "classifier")
+    assert spec["metric"] == {**spec["metric"], "name": "test_loss", "higher_is_better": False, "field": "metric"}
+    assert torch.unique(td["run"]).tolist() == [0, 1, 2]
+    assert td["step"].dtype == torch.int64 and td["wall_time"].dtype == torch.float32
+    assert td["step"][td["run"] == 1].tolist() == [0, 20, 40, 60]
+    assert td["valid"].all() and torch.equal(td["metric"], td["test_loss"])
+    assert set(td.keys()) >= {"params", "metric", "test_loss", "test_error", "train_loss", "step", "wall_time"}
+
+    # known answer: the step-0 row of run r is the classifier initialised from seed 5 + r
+    torch.manual_seed(6)
+    init = build_classifier("digits_mlp").state_dict()
+    flat_init = torch.cat([init[p["name"]].flatten() for p in spec["layout"]["params"]])
+    assert torch.equal(td["params"][td["run"] == 1][0], flat_init)
+
+    _, _, x_test, y_test = load_digits()
+    for i in (0, 5, len(td) - 1):  # an init, a middle and a final checkpoint
+        loss, error = _loss_and_error(_classifier_from_spec(spec, td["params"][i].clone()), x_test, y_test)
+        assert td["test_loss"][i].item() == pytest.approx(loss, abs=1e-5)
+        assert td["test_error"][i].item() == pytest.approx(error, abs=1e-6)
+    runs = json.loads((tmp_path / "dataset" / "runs.json").read_text())
+    assert runs["2"]["final_metric"] == runs["2"]["final_return"] == pytest.approx(td["metric"][-1].item())
+    assert runs["2"]["seed"] == 7 and runs["2"]["hyperparams"]["steps"] == 60
+
+
+def test_collection_resumes_without_duplicates(tmp_path):
+    assert _collect(tmp_path, "runs=2", "workers=1") == 0
+    first, _ = _load(tmp_path)
+    assert _collect(tmp_path, "runs=3", "workers=1") == 0  # adds run 2 only
+    td, _ = _load(tmp_path)
+    pairs = list(zip(td["run"].tolist(), td["step"].tolist()))
+    assert len(pairs) == len(set(pairs)) == len(first) + 4, "duplicate checkpoints after resume"
+    assert torch.equal(td["params"][: len(first)], first["params"])  # stored runs are kept, not retrained
+    assert _collect(tmp_path, "runs=3", "workers=1") == 0  # a finished collection is a no-op
+    assert len(_load(tmp_path)[0]) == len(td)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.tobytes())
+
+
+def test_mnist_collects_from_a_data_root(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mnist"
+    root.mkdir()
+    for split, n in (("train", 64), ("test", 16)):
+        _write_idx(root / MNIST_FILES[f"{split}_images"], rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(root / MNIST_FILES[f"{split}_labels"], rng.integers(0, 10, n, dtype=np.uint8))
+    extra = ["runs=1", "workers=1", f"task.data_root={root}", "task.hyperparams={steps: 8, batch_size: 16}"]
+    extra += ["collect.checkpoint_every=4", "wandb.mode=disabled", "-q"]
+    assert main(["collect", "mnist", f"out={tmp_path / 'out'}", *extra]) == 0
+    td, spec = _load(tmp_path / "out")
+    assert td["step"].tolist() == [0, 4, 8] and td["params"].shape[1] == 7960
+    assert spec["env_id"] == "mnist" and spec["task"]["data_root"] == str(root)
+
+
+def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / MNIST_FILES["train_images"]).write_bytes(b"\x00\x00\x08\x03\x00")  # a cut-off IDX header
+    args = ["runs=1", "workers=1", f"task.data_root={tmp_path}", "wandb.mode=disabled", "-q"]
+    assert main(["collect", "mnist", f"out={tmp_path / 'out'}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "delete it and run `rl-gpt data fetch mnist" in err, err
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    ("preset", "args", "message"),
+    [
+        ("mnist", [], "rl-gpt data fetch mnist --root DIR"),
+        ("cifar10", ["task.data_root=/nonexistent/cifar"], "rl-gpt data fetch cifar10 --root /nonexistent/cifar"),
+        ("digits", ["task.hyperparams.momentum=0.9"], "momentum not understood by supervised runs"),
+        ("digits", ["task.hyperparams.optimizer=rmsprop"], "optimizer 'rmsprop' is not one of"),
+        ("digits", ["task.hyperparams.steps=ten"], "task.hyperparams.steps: 'ten' is not a non-negative int"),
+        ("digits", ["task.metric=return"], "task.metric: 'return' is not one of test_loss, test_error"),
+        ("digits", ["task.network=resnet"], "task.network: 'resnet' is not a classifier"),
+    ],
+)
+def test_bad_supervised_config_fails_fast_with_one_line(tmp_path, capsys, preset, args, message):
+    assert main(["collect", preset, f"out={tmp_path}", "wandb.mode=disabled", "-q", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "dataset" / "spec.json").exists()  # refused before any run started
+
+
+def test_optimizers_list_alternates_by_seed_with_per_optimizer_rates():
+    hp = "task.hyperparams={optimizers: [sgd, adam], lr: {sgd: 0.1, adam: 0.003}, steps: 10}"
+    cfg = load_config("digits", [hp, "collect.sample_hyperparams={}", "seed=10"], command="collect")
+    picked = [resolve_hyperparams(cfg, run) for run in range(4)]
+    assert [(h["optimizer"], h["lr"]) for h in picked] == [("sgd", 0.1), ("adam", 0.003)] * 2
+    assert supervised_spec(cfg)["algo"] == "supervised"
+    sampled = load_config("digits", ["collect.sample_hyperparams={lr: [0.01, 0.3]}"], command="collect")
+    lrs = [resolve_hyperparams(sampled, run)["lr"] for run in range(8)]
+    assert lrs == [resolve_hyperparams(sampled, run)["lr"] for run in range(8)]  # fixed by the seed
+    assert all(0.01 <= lr <= 0.3 for lr in lrs) and len(set(lrs)) == 8
+
+
+# ---------------------------------------------------------------------------------------------- sweep metric
+def test_supervised_metric_matches_a_per_model_loop():
+    spec = supervised_spec(load_config("digits", ["task.metric=test_error"], command="collect"))
+    params = torch.randn(7, spec["layout"]["numel"], generator=torch.Generator().manual_seed(0)) * 0.3
+    params[3, 5] = float("nan")
+    out = supervised_metric(spec, params, model_batch=3)  # three chunks of models
+    _, _, x_test, y_test = load_digits()
+    for i in range(len(params)):
+        if i == 3:
+            assert out["test_loss"][i].isnan() and out["test_error"][i].isnan()
+            continue
+        loss, error = _loss_and_error(_classifier_from_spec(spec, params[i]), x_test, y_test)
+        assert out["test_loss"][i].item() == pytest.approx(loss, abs=1e-5)
+        assert out["test_error"][i].item() == pytest.approx(error, abs=1e-6)
+    assert torch.allclose(out["metric"], out["test_error"], equal_nan=True)  # the spec's metric is test_error
+    assert supervised_metric(spec, params[:0])["test_loss"].shape == (0,)
+
+
+# ---------------------------------------------------------------------------------------------- rl-gpt data
+def _data_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rl-gpt")
+    add_data_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_data_fetch_calls_the_downloader(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(rl_gpt.supervised, "fetch", lambda *a, **k: calls.append((a, k)) or Path(a[1]))
+    cmd_data(_data_args("data", "fetch", "cifar10", "--root", str(tmp_path), "--mirror", "http://127.0.0.1:1/"))
+    assert calls == [(("cifar10", str(tmp_path)), {"mirrors": ["http://127.0.0.1:1/"], "progress": True})]
+    assert f"task.data_root={tmp_path}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # digits ships with scikit-learn: nothing to fetch
+        _data_args("data", "fetch", "digits", "--root", str(tmp_path))
+
+
+def test_data_fetch_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    def fail(*_a, **_k):
+        raise DownloadError("could not download t10k-labels-idx1-ubyte.gz: http://mirror/: timed out")
+
+    monkeypatch.setattr(rl_gpt.supervised, "fetch", fail)
+    with pytest.raises(SystemExit) as exc:
+        cmd_data(_data_args("data", "fetch", "mnist", "--root", str(tmp_path), "-q"))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("rl-gpt data: error: could not download")

@@ -1,0 +1,370 @@
+"""Batched evaluation: known answers against SB3's own predict / evaluate_policy, and rollout contracts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from envs import DYNAMICS
+from rl_gpt.evaluate import (
+    BatchedPolicy,
+    EvalResult,
+    PolicySpec,
+    detect_algo,
+    evaluate_params,
+    evaluate_sb3_file,
+    infer_env_id,
+    policy_spec_from_sb3,
+)
+from rl_gpt.sb3_policy import actor_layout, read_actor
+
+PI = [16, 8]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    # SB3 training on a shared 2-core box: intra-op threads only add barrier waits.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    with one_thread():
+        yield
+
+
+def make_model(algo: str, env_id: str, seed: int, net_arch: list[int] = PI, **kwargs) -> PPO | SAC:
+    if algo == "ppo":
+        return PPO(
+            "MlpPolicy",
+            env_id,
+            policy_kwargs={"net_arch": {"pi": net_arch, "vf": [8]}},
+            seed=seed,
+            device="cpu",
+            **kwargs,
+        )
+    return SAC(
+        "MlpPolicy",
+        env_id,
+        policy_kwargs={"net_arch": {"pi": net_arch, "qf": [8]}},
+        seed=seed,
+        device="cpu",
+        buffer_size=1000,
+        **kwargs,
+    )
+
+
+def actor_of(model: PPO | SAC, algo: str, **spec_kwargs) -> tuple:
+    layout = actor_layout(model.policy, algo)
+    return layout, policy_spec_from_sb3(model, algo, **spec_kwargs), read_actor(model.policy, layout)
+
+
+def sample_obs(model: PPO | SAC, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    space = model.observation_space
+    # Unbounded Box dims (CartPole velocities) get a unit normal, as Box.sample does.
+    low = np.where(np.isfinite(space.low), space.low, -3.0)
+    high = np.where(np.isfinite(space.high), space.high, 3.0)
+    return rng.uniform(low, high, size=(n, *space.shape)).astype(np.float32)
+
+
+CASES = [("ppo", "CartPole-v1"), ("ppo", "Pendulum-v1"), ("sac", "Pendulum-v1")]
+
+
+# ---------------------------------------------------------------------------------------- spec
+def test_policy_spec_round_trips_through_json() -> None:
+    model = make_model("ppo", "Pendulum-v1", 0)
+    _, spec, _ = actor_of(model, "ppo", normalize_obs=True, clip_obs=5.0)
+    assert spec.head == "gaussian" and spec.action_dim == 1 and spec.action_low == (-2.0,)
+    assert PolicySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    with pytest.raises(ValueError, match="n_actions"):
+        PolicySpec(algo="ppo", head="categorical", activation="tanh", obs_dim=4, action_dim=1)
+
+
+# ---------------------------------------------------------------------------------------- actions
+@pytest.mark.parametrize("algo,env_id", CASES)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deterministic_actions_equal_sb3_predict(algo: str, env_id: str, seed: int) -> None:
+    model = make_model(algo, env_id, seed)
+    layout, spec, flat = actor_of(model, algo)
+    obs = sample_obs(model, 256, seed)
+    expected, _ = model.predict(obs, deterministic=True)
+    got = BatchedPolicy(layout, spec).act(flat[None], torch.from_numpy(obs)[None], deterministic=True)[0]
+    if spec.discrete:
+        assert got.dtype == torch.int64
+        np.testing.assert_array_equal(got.numpy(), expected)
+    else:
+        np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+
+
+def test_ppo_gaussian_actions_are_clipped_like_sb3() -> None:
+    model = make_model("ppo", "Pendulum-v1", 3)
+    with torch.no_grad():
+        model.policy.action_net.weight.copy_(torch.randn(1, PI[-1], generator=torch.Generator().manual_seed(0)))
+    layout, spec, flat = actor_of(model, "ppo")
+    obs = sample_obs(model, 256, 3)
+    expected, _ = model.predict(obs, deterministic=True)
+    got = BatchedPolicy(layout, spec).act(flat[None], torch.from_numpy(obs)[None])[0].numpy()
+    assert 0.2 < (np.abs(expected) == 2.0).mean() < 0.9, "the test needs clipping active on part of the batch"
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("algo,env_id", CASES)
+@pytest.mark.parametrize("net_arch", [PI, [64, 32]], ids=["narrow", "wide"])  # both CPU matmul kernels
+def test_batch_of_policies_equals_separate_predictions(algo: str, env_id: str, net_arch: list[int]) -> None:
+    models = [make_model(algo, env_id, seed, net_arch) for seed in range(5)]
+    layout, spec, _ = actor_of(models[0], algo)
+    params = torch.stack([read_actor(m.policy, layout) for m in models])  # (B, D)
+    obs = np.stack([sample_obs(m, 64, 10 + i) for i, m in enumerate(models)])  # (B, E, obs_dim)
+    got = BatchedPolicy(layout, spec).act(params, torch.from_numpy(obs)).numpy()
+    for b, m in enumerate(models):
+        expected, _ = m.predict(obs[b], deterministic=True)
+        np.testing.assert_allclose(got[b], expected, atol=2e-6)
+
+
+@pytest.mark.parametrize("algo,env_id", CASES)
+def test_normalized_obs_equal_vecnormalize_then_predict(algo: str, env_id: str) -> None:
+    model = make_model(algo, env_id, 4)
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make(env_id)]), clip_obs=2.5)
+    rng = np.random.default_rng(0)
+    venv.obs_rms.mean = rng.normal(size=venv.obs_rms.mean.shape)
+    venv.obs_rms.var = rng.uniform(0.05, 3.0, size=venv.obs_rms.var.shape)
+    layout, spec, flat = actor_of(model, algo, normalize_obs=True, clip_obs=2.5, norm_epsilon=venv.epsilon)
+    obs = sample_obs(model, 256, 5)
+    expected, _ = model.predict(venv.normalize_obs(obs), deterministic=True)
+    mean = torch.as_tensor(venv.obs_rms.mean)[None]  # (1, obs_dim)
+    var = torch.as_tensor(venv.obs_rms.var)[None]
+    got = BatchedPolicy(layout, spec).act(flat[None], torch.from_numpy(obs)[None], obs_mean=mean, obs_var=var)[0]
+    np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+
+
+def test_stochastic_actions_follow_sb3_distributions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    # Categorical: sampled frequencies match softmax(logits).
+    model = make_model("ppo", "CartPole-v1", 0)
+    with torch.no_grad():
+        model.policy.action_net.weight.mul_(50.0)
+    layout, spec, flat = actor_of(model, "ppo")
+    obs = torch.from_numpy(sample_obs(model, 4, 0))  # (E, obs_dim)
+    probs = model.policy.get_distribution(obs).distribution.probs  # (E, 2)
+    reps = obs.repeat(4000, 1, 1)  # (B, E, obs_dim): same weights, 4000 draws
+    actions = BatchedPolicy(layout, spec).act(flat.expand(4000, -1), reps, deterministic=False, generator=gen)
+    freq = actions.float().mean(0)  # (E,) frequency of action 1
+    assert torch.allclose(freq, probs[:, 1], atol=0.03)
+    # SAC: samples stay inside the bounds and spread around the deterministic action.
+    sac = make_model("sac", "Pendulum-v1", 0)
+    layout, spec, flat = actor_of(sac, "sac")
+    obs = torch.from_numpy(sample_obs(sac, 3, 1)).expand(2000, 3, 3)
+    policy = BatchedPolicy(layout, spec)
+    noisy = policy.act(flat.expand(2000, -1), obs, deterministic=False, generator=gen)
+    assert noisy.abs().max() <= 2.0 and noisy.std(0).min() > 0.1
+
+
+# ---------------------------------------------------------------------------------------- rollouts
+@pytest.fixture(scope="module")
+def briefly_trained() -> PPO:
+    """PPO on CartPole after two short updates: better than random, episodes still short."""
+    with one_thread():
+        model = make_model("ppo", "CartPole-v1", 0, n_steps=512, batch_size=128, n_epochs=4, learning_rate=3e-3)
+        model.learn(1024)
+    return model
+
+
+def sb3_episode_returns(model: PPO, env_id: str, episodes: int, seed: int) -> np.ndarray:
+    env = DummyVecEnv([lambda: Monitor(gym.make(env_id))])
+    env.seed(seed)
+    rewards, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True)
+    return np.asarray(rewards, dtype=np.float64)
+
+
+def assert_same_mean(ours: torch.Tensor, theirs: np.ndarray, z: float = 4.0) -> None:
+    """Means of two independent samples agree within z standard errors."""
+    a, b = ours.double().numpy().ravel(), theirs
+    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert abs(a.mean() - b.mean()) <= z * se + 1e-9, (a.mean(), b.mean(), se)
+
+
+def test_evaluate_params_agrees_with_evaluate_policy(briefly_trained: PPO) -> None:
+    layout, spec, flat = actor_of(briefly_trained, "ppo")
+    with one_thread():
+        ours = evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=400, seed=1)
+        theirs = sb3_episode_returns(briefly_trained, "CartPole-v1", 150, seed=2)
+    assert ours.returns.shape == (1, 400) and torch.equal(ours.returns, ours.lengths.double())
+    assert theirs.std() > 0 and theirs.mean() > 12  # a non-trivial return distribution to compare
+    assert_same_mean(ours.returns, theirs)
+
+
+@pytest.mark.slow
+def test_evaluate_params_agrees_with_evaluate_policy_after_training() -> None:
+    with one_thread():
+        model = make_model("ppo", "CartPole-v1", 1, n_steps=1024, batch_size=256, n_epochs=5, learning_rate=3e-3)
+        model.learn(12_000)
+        layout, spec, flat = actor_of(model, "ppo")
+        ours = evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=500, seed=3)
+        theirs = sb3_episode_returns(model, "CartPole-v1", 120, seed=4)
+    assert theirs.mean() > 60, "training should have helped"
+    assert_same_mean(ours.returns, theirs)
+
+
+def test_sac_pendulum_agrees_with_evaluate_policy() -> None:
+    model = make_model("sac", "Pendulum-v1", 0)
+    layout, spec, flat = actor_of(model, "sac")
+    with one_thread():
+        ours = evaluate_params(flat[None], layout, spec, "Pendulum-v1", episodes=400, seed=5)
+        theirs = sb3_episode_returns(model, "Pendulum-v1", 60, seed=6)
+    assert_same_mean(ours.returns, theirs)
+
+
+def test_torch_rollout_equals_gymnasium_from_the_same_starts(briefly_trained: PPO) -> None:
+    """Known answer for the rollout loop: Gymnasium CartPole put in our start states, SB3 predict."""
+    layout, spec, flat = actor_of(briefly_trained, "ppo")
+    episodes, seed = 20, 5
+    ours = evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=episodes, seed=seed)
+    starts = DYNAMICS["CartPole-v1"]().initial_state(
+        episodes, torch.Generator().manual_seed(seed), torch.float32, "cpu"
+    )
+    env = gym.make("CartPole-v1")
+    for e in range(episodes):
+        env.reset(seed=e)
+        env.unwrapped.state = starts[e].double().numpy()
+        obs, steps, done = starts[e].numpy(), 0, False
+        while not done:
+            action, _ = briefly_trained.predict(obs, deterministic=True)
+            obs, _, terminated, truncated, _ = env.step(action)
+            steps, done = steps + 1, terminated or truncated
+        assert ours.lengths[0, e] == steps, f"episode {e}"
+
+
+def test_random_weights_get_a_low_return() -> None:
+    model = make_model("ppo", "CartPole-v1", 0, net_arch=[64, 64])
+    layout, spec, _ = actor_of(model, "ppo")
+    params = torch.randn(64, layout.numel, generator=torch.Generator().manual_seed(0)) * 0.5
+    result = evaluate_params(params, layout, spec, "CartPole-v1", episodes=4)
+    assert isinstance(result, EvalResult) and result.returns.shape == (64, 4)
+    assert result.mean.mean() < 100 and (result.lengths >= 1).all() and (result.lengths <= 500).all()
+    assert torch.allclose(result.std, result.returns.std(1, correction=0))
+
+
+def test_same_policy_sees_the_same_start_states() -> None:
+    model = make_model("ppo", "CartPole-v1", 0)
+    layout, spec, flat = actor_of(model, "ppo")
+    result = evaluate_params(flat.expand(8, -1), layout, spec, "CartPole-v1", episodes=16, seed=7)
+    assert (result.returns == result.returns[0]).all(), "common random numbers: identical rows"
+    assert result.returns[0].unique().numel() > 1, "episodes of one policy start from different states"
+    again = evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=16, seed=7)
+    other = evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=16, seed=8)
+    assert torch.equal(again.returns[0], result.returns[0]) and not torch.equal(other.returns[0], again.returns[0])
+
+
+@pytest.mark.parametrize("env_id", sorted(DYNAMICS))
+def test_batch_equals_one_policy_at_a_time(env_id: str) -> None:
+    """Chunks, slot refills and dropping finished policies change nothing: a batch equals B single runs."""
+    env = gym.make(env_id)
+    algo = "ppo"
+    model = PPO("MlpPolicy", env, policy_kwargs={"net_arch": {"pi": PI, "vf": [8]}}, seed=0, device="cpu")
+    layout, spec, _ = actor_of(model, algo)
+    params = torch.randn(6, layout.numel, generator=torch.Generator().manual_seed(1))
+    batch = evaluate_params(params, layout, spec, env_id, episodes=3, seed=2)
+    chunked = evaluate_params(params, layout, spec, env_id, episodes=3, seed=2, max_batch=6)
+    pooled = evaluate_params(params, layout, spec, env_id, episodes=3, seed=2, pool=2)  # refills slots
+    for other in (chunked, pooled):
+        assert torch.equal(batch.lengths, other.lengths) and torch.allclose(batch.returns, other.returns)
+    for b in (0, 5):  # a policy that is dropped early and one that is not, in different chunks
+        single = evaluate_params(params[b : b + 1], layout, spec, env_id, episodes=3, seed=2)
+        assert torch.equal(single.lengths[0], batch.lengths[b])
+        torch.testing.assert_close(single.returns[0], batch.returns[b], rtol=1e-6, atol=1e-4)
+    assert torch.isfinite(batch.returns).all()
+    assert (batch.lengths <= DYNAMICS[env_id].max_episode_steps).all()
+
+
+def test_stochastic_rollouts_depend_on_the_seed_only() -> None:
+    model = make_model("ppo", "Pendulum-v1", 0)
+    layout, spec, flat = actor_of(model, "ppo")
+    kw = dict(episodes=2, deterministic=False, seed=3)
+    a = evaluate_params(flat.expand(4, -1), layout, spec, "Pendulum-v1", **kw)
+    b = evaluate_params(flat.expand(4, -1), layout, spec, "Pendulum-v1", **kw)
+    assert torch.equal(a.returns, b.returns)
+    assert a.returns.unique().numel() > 2, "different noise for each policy row"
+
+
+def test_gymnasium_fallback_matches_a_plain_loop() -> None:
+    env_id, seed = "InvertedPendulum-v5", 11
+    models = [make_model("ppo", env_id, s) for s in range(2)]
+    layout, spec, _ = actor_of(models[0], "ppo")
+    params = torch.stack([read_actor(m.policy, layout) for m in models])
+    result = evaluate_params(params, layout, spec, env_id, episodes=2, seed=seed)
+    for b, model in enumerate(models):
+        for e in range(2):
+            env = gym.make(env_id)
+            obs, _ = env.reset(seed=seed + e)
+            total, steps, done = 0.0, 0, False
+            while not done:
+                action, _ = model.predict(obs, deterministic=True)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total, steps, done = total + float(reward), steps + 1, terminated or truncated
+            assert result.lengths[b, e] == steps
+            assert result.returns[b, e] == pytest.approx(total)
+    in_processes = evaluate_params(params, layout, spec, env_id, episodes=2, seed=seed, async_envs=True)
+    assert torch.equal(in_processes.lengths, result.lengths)
+
+
+def test_evaluate_sb3_file(tmp_path) -> None:
+    model = make_model("sac", "Pendulum-v1", 0)
+    model.save(tmp_path / "sac.zip")
+    venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+    venv.obs_rms.mean = np.array([0.5, -0.2, 0.1])
+    venv.obs_rms.var = np.array([0.3, 0.6, 2.0])
+    venv.save(tmp_path / "vecnormalize.pkl")
+    assert detect_algo(tmp_path / "sac.zip") == "sac"
+    got = evaluate_sb3_file(
+        tmp_path / "sac.zip", episodes=3, seed=1, env_id="Pendulum-v1", vec_normalize=tmp_path / "vecnormalize.pkl"
+    )
+    layout, spec, flat = actor_of(model, "sac", normalize_obs=True, norm_epsilon=venv.epsilon)
+    mean, var = torch.as_tensor(venv.obs_rms.mean), torch.as_tensor(venv.obs_rms.var)
+    want = evaluate_params(flat[None], layout, spec, "Pendulum-v1", episodes=3, seed=1, obs_mean=mean, obs_var=var)
+    torch.testing.assert_close(got.returns, want.returns)
+
+    ppo = make_model("ppo", "CartPole-v1", 0)
+    ppo.save(tmp_path / "ppo.zip")
+    assert detect_algo(tmp_path / "ppo.zip") == "ppo"
+    got = evaluate_sb3_file(tmp_path / "ppo.zip", episodes=5)  # env id inferred from the spaces
+    layout, spec, flat = actor_of(ppo, "ppo")
+    assert torch.equal(got.returns, evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=5).returns)
+
+
+def test_env_id_of_an_sb3_file_comes_from_generated_json(tmp_path) -> None:
+    make_model("ppo", "InvertedPendulum-v5", 0).save(tmp_path / "policy_000.zip")
+    model = PPO.load(tmp_path / "policy_000.zip", device="cpu")
+    with pytest.raises(ValueError, match="pass env_id"):
+        infer_env_id(tmp_path / "policy_000.zip", model)  # MuJoCo: no torch port to match spaces against
+    (tmp_path / "generated.json").write_text(json.dumps({"env_id": "InvertedPendulum-v5"}))
+    assert infer_env_id(tmp_path / "policy_000.zip", model) == "InvertedPendulum-v5"
+    assert evaluate_sb3_file(tmp_path / "policy_000.zip", episodes=2).returns.shape == (1, 2)
+
+
+def test_mismatches_are_refused_with_a_message() -> None:
+    model = make_model("ppo", "CartPole-v1", 0)
+    layout, spec, flat = actor_of(model, "ppo")
+    with pytest.raises(ValueError, match="obs_dim"):
+        evaluate_params(flat[None], layout, spec, "Acrobot-v1")
+    with pytest.raises(ValueError, match=r"params must be"):
+        evaluate_params(flat[None, :-1], layout, spec, "CartPole-v1")
+    normalized = PolicySpec.from_dict({**spec.to_dict(), "normalize_obs": True})
+    with pytest.raises(ValueError, match="obs_mean"):
+        evaluate_params(flat[None], layout, normalized, "CartPole-v1")

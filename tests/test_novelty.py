@@ -1,0 +1,194 @@
+"""Novelty metrics: permutation alignment (known answers), nearest neighbours and the ratios built on them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from rl_gpt.layout import LayerSpec, Layout
+from rl_gpt.sweep.novelty import (
+    align,
+    aligned_distance,
+    behavioural_novelty,
+    init_fidelity,
+    match_units,
+    nearest_aligned,
+    novelty_ratio,
+    proxy_features,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # Tiny matmuls: one thread is faster than two on a shared 2-core box.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _one_hidden() -> Layout:
+    """4 -> 16 -> 2 with a PPO-style ``log_std``."""
+    shapes = {"0.weight": (16, 4), "0.bias": (16,), "out.weight": (2, 16), "out.bias": (2,), "log_std": (2,)}
+    return Layout.build(shapes, [LayerSpec("0", None, "h0", "tanh"), LayerSpec("out", "h0", None)])
+
+
+def _two_hidden() -> Layout:
+    """4 -> 16 -> 8 -> 2."""
+    shapes = {
+        "0.weight": (16, 4),
+        "0.bias": (16,),
+        "2.weight": (8, 16),
+        "2.bias": (8,),
+        "out.weight": (2, 8),
+        "out.bias": (2,),
+    }
+    layers = [LayerSpec("0", None, "h0", "tanh"), LayerSpec("2", "h0", "h1", "tanh"), LayerSpec("out", "h1", None)]
+    return Layout.build(shapes, layers)
+
+
+def _conv() -> Layout:
+    """conv 3 -> 8 -> 6 channels (3x3 kernels, no biases), then a linear head on pooled channels."""
+    shapes = {"c1.weight": (8, 3, 3, 3), "c2.weight": (6, 8, 3, 3), "fc.weight": (2, 6), "fc.bias": (2,)}
+    layers = [LayerSpec("c1", None, "h0", "relu"), LayerSpec("c2", "h0", "h1", "relu"), LayerSpec("fc", "h1", None)]
+    return Layout.build(shapes, layers)
+
+
+LAYOUTS = {"one_hidden": _one_hidden, "two_hidden": _two_hidden, "conv": _conv}
+
+
+def _forward(layout: Layout, flat: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    """(S, obs) -> (S, 2) through whichever of the two test MLPs ``layout`` is."""
+    p = layout.unflatten(flat)
+    h = torch.tanh(obs @ p["0.weight"].T + p["0.bias"])
+    if "2.weight" in p:
+        h = torch.tanh(h @ p["2.weight"].T + p["2.bias"])
+    return h @ p["out.weight"].T + p["out.bias"]
+
+
+def _permuted(layout: Layout, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Each row of ``x`` (B, D) with its hidden units randomly permuted."""
+    g = torch.Generator().manual_seed(seed)
+    return layout.permute(x, layout.random_permutations(x.shape[0], generator=g))
+
+
+# ---------------------------------------------------------------------------------- alignment
+@pytest.mark.parametrize("seed", range(5))
+def test_hungarian_recovers_permutation_one_hidden(seed: int) -> None:
+    layout = _one_hidden()
+    x = torch.randn(1, layout.numel, generator=torch.Generator().manual_seed(seed))
+    y = _permuted(layout, x, seed + 100)
+    assert not torch.allclose(y, x)
+    torch.testing.assert_close(align(layout, x[0], y[0]), x[0], atol=1e-6, rtol=0)
+    assert aligned_distance(layout, x[0], y[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("name", ["two_hidden", "conv"])
+def test_coordinate_descent_recovers_permutation(name: str, seed: int) -> None:
+    layout = LAYOUTS[name]()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, layout.numel, generator=g)
+    noisy = x + 0.01 * torch.randn(x.shape, generator=g)
+    y = _permuted(layout, noisy, seed + 100)
+    # Exactly the unpermuted noisy copy: every unit is put back where it came from.
+    torch.testing.assert_close(align(layout, x[0], y[0]), noisy[0], atol=1e-6, rtol=0)
+    assert aligned_distance(layout, x[0], _permuted(layout, x, seed + 200)[0]) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_aligned_copy_computes_the_same_function() -> None:
+    layout = _two_hidden()
+    a, b = torch.randn(2, layout.numel, generator=torch.Generator().manual_seed(0))
+    obs = torch.randn(32, 4)
+    torch.testing.assert_close(_forward(layout, align(layout, a, b), obs), _forward(layout, b, obs))
+    perms = match_units(layout, a, b)
+    assert {g: sorted(p.tolist()) for g, p in perms.items()} == {g: list(range(n)) for g, n in layout.groups.items()}
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_aligned_distance_bounds_and_symmetry(name: str) -> None:
+    layout = LAYOUTS[name]()
+    x = torch.randn(6, layout.numel, generator=torch.Generator().manual_seed(1))
+    for a, b in zip(x[::2], x[1::2]):
+        d = aligned_distance(layout, a, b)
+        assert d <= float(torch.dist(a, b)) + 1e-5
+        assert d == pytest.approx(aligned_distance(layout, b, a), rel=1e-4)
+        assert d == pytest.approx(float(torch.dist(a, align(layout, a, b))), rel=1e-5)  # numpy path == permute
+        # the proxy is a lower bound of the aligned distance
+        fa, fb = proxy_features(layout, torch.stack([a, b]))
+        assert float(torch.dist(fa, fb)) <= d + 1e-4
+
+
+def test_shape_mismatch_and_recurrent_groups_are_refused() -> None:
+    layout = _one_hidden()
+    with pytest.raises(ValueError, match="D="):
+        aligned_distance(layout, torch.zeros(layout.numel), torch.zeros(layout.numel + 1))
+    rnn = Layout.build({"r.weight": (4, 4)}, [LayerSpec("r", "h0", "h0")])
+    with pytest.raises(ValueError, match="indexed twice"):
+        aligned_distance(rnn, torch.zeros(16), torch.zeros(16))
+
+
+# ---------------------------------------------------------------------------------- nearest neighbours
+def test_nearest_aligned_finds_permuted_copy() -> None:
+    layout = _two_hidden()
+    g = torch.Generator().manual_seed(2)
+    pool = torch.randn(1000, layout.numel, generator=g)
+    rows = torch.tensor([3, 123, 999])
+    queries = _permuted(layout, pool[rows] + 1e-3 * torch.randn(3, layout.numel, generator=g), 7)
+    dist, index = nearest_aligned(layout, queries, pool, candidates=8)
+    assert index.tolist() == rows.tolist()
+    assert (dist < 0.05).all()
+
+
+def test_nearest_aligned_matches_brute_force_with_all_candidates() -> None:
+    layout = _one_hidden()
+    g = torch.Generator().manual_seed(3)
+    pool, queries = torch.randn(30, layout.numel, generator=g), torch.randn(4, layout.numel, generator=g)
+    dist, index = nearest_aligned(layout, queries, pool, candidates=30)
+    brute = torch.tensor([[aligned_distance(layout, q, p) for p in pool] for q in queries])
+    torch.testing.assert_close(dist, brute.min(1).values.double(), rtol=1e-5, atol=1e-5)
+    assert index.tolist() == brute.argmin(1).tolist()
+
+
+def test_novelty_ratio() -> None:
+    layout = _two_hidden()
+    g = torch.Generator().manual_seed(4)
+    pool = torch.randn(300, layout.numel, generator=g)
+    heldout = torch.randn(40, layout.numel, generator=g)
+    copies = novelty_ratio(layout, _permuted(layout, pool[:40], 5), pool, heldout)
+    assert copies["ratio"] < 1e-3
+    assert copies["nn_index_generated"] == list(range(40))
+    fresh = novelty_ratio(layout, torch.randn(40, layout.numel, generator=g), pool, heldout)
+    assert fresh["ratio"] == pytest.approx(1.0, abs=0.05)
+    assert len(fresh["nn_dist_generated_per_sample"]) == 40 and len(fresh["nn_dist_heldout_per_sample"]) == 40
+
+
+def test_init_fidelity() -> None:
+    layout = _two_hidden()
+    g = torch.Generator().manual_seed(5)
+    inits = torch.randn(12, layout.numel, generator=g)
+    near = _permuted(layout, inits + 0.1 * torch.randn(inits.shape, generator=g), 6)
+    res = init_fidelity(layout, near, inits, inits)  # own init is left out of the "other" mean
+    assert res["fidelity"] < 0.2
+    unrelated = init_fidelity(layout, torch.randn(12, layout.numel, generator=g), inits, inits)
+    assert unrelated["fidelity"] == pytest.approx(1.0, abs=0.1)
+    assert len(unrelated["ratio_per_sample"]) == 12
+
+
+# ---------------------------------------------------------------------------------- behaviour
+def test_behavioural_novelty() -> None:
+    layout = _two_hidden()
+    a, b = torch.randn(2, layout.numel, generator=torch.Generator().manual_seed(6))
+    states = torch.randn(256, 4)
+    perm = _permuted(layout, a[None], 8)[0]
+    logits = lambda p: lambda s: _forward(layout, p, s)  # noqa: E731
+    assert behavioural_novelty(logits(a), logits(perm), states, discrete=True) == 0.0
+    assert behavioural_novelty(logits(a), lambda s: -_forward(layout, a, s), states, discrete=True) == 1.0
+    assert 0.0 < behavioural_novelty(logits(a), logits(b), states, discrete=True) < 1.0
+    # integer actions are discrete without saying so
+    assert behavioural_novelty(lambda s: torch.zeros(len(s), dtype=torch.long), lambda s: (s[:, 0] > 0).long(), states)
+    # continuous: differences below tol * range do not count
+    assert behavioural_novelty(logits(a), lambda s: _forward(layout, a, s) + 0.05, states, tol=0.05) == 0.0
+    assert behavioural_novelty(logits(a), lambda s: _forward(layout, a, s) + 0.2, states, tol=0.05) == 1.0

@@ -1,0 +1,236 @@
+"""Train → sweep → generate on a tiny CartPole dataset, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from stable_baselines3 import PPO
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from rl_gpt.cli import main
+from rl_gpt.train.modelfile import ModelFileError, check_compatible, read_model_info
+
+QUIET = ["wandb.mode=disabled", "-q"]
+TINY_MODEL = [
+    "model=mlp",
+    "train.model_overrides={width: 32, depth: 1}",
+    "batch=32",
+    "train.probe_every_s=0",
+    "train.log_every=5",
+    "train.test_fraction=0.25",
+]
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exp")
+    assert (
+        main(
+            [
+                "collect",
+                "cartpole",
+                f"out={out}",
+                "runs=4",
+                "timesteps=1024",
+                "collect.checkpoint_every=256",
+                "task.n_envs=2",
+                "workers=1",
+                "collect.eval_episodes=2",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
+    assert main(["train", "cartpole", f"out={out}", "steps=30", "train.ckpt_every=10", *TINY_MODEL, *QUIET]) == 0
+    return out
+
+
+def test_model_file_is_self_describing(experiment):
+    info = read_model_info(experiment / "model")
+    assert info["meta"]["step"] == 30
+    assert set(info) >= {"model", "diffusion", "normalizer", "layout", "spec", "meta"}
+    assert info["meta"]["train_runs"] and info["meta"]["test_runs"]
+    assert not set(info["meta"]["train_runs"]) & set(info["meta"]["test_runs"])
+    weights = load_file(str(experiment / "model" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_resume_continues_the_same_run(experiment, tmp_path):
+    out = tmp_path / "resume"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", *TINY_MODEL, *QUIET]
+    assert main([*args, "steps=10"]) == 0
+    saved_ema = load_file(str(out / "model" / "model.safetensors"))
+    # a later call with more steps continues from step 10 (the "interrupted" run) rather than restarting
+    assert main([*args, "steps=20"]) == 0
+    state = json.loads((out / "model" / "train_state" / "state.json").read_text())
+    assert state["step"] == 20
+    resumed_ema = load_file(str(out / "model" / "model.safetensors"))
+    assert any(not torch.equal(saved_ema[k], resumed_ema[k]) for k in saved_ema)
+    # changing what is trained is refused instead of silently mixing two runs
+    assert main([*args, "steps=30", "train.lr=0.5"]) == 2
+
+
+def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
+    out = tmp_path / "sweep"
+    assert (
+        main(
+            [
+                "sweep",
+                "cartpole",
+                f"out={experiment}",
+                "--out",
+                str(out),
+                "inits=3",
+                "prompts=4",
+                "samples=2",
+                "episodes=2",
+                "sweep.recursive=2",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    for key in (
+        "task",
+        "prompts",
+        "achieved",
+        "prompt_alignment_r2",
+        "prompt_alignment_r2_ci95",
+        "one_step",
+        "recursive",
+        "novelty",
+        "init_fidelity",
+        "baselines",
+        "ppo_equivalent",
+        "timings",
+    ):
+        assert key in report, key
+    assert np.array(report["achieved"]).shape == (3, 4, 2)
+    assert set(report["baselines"]) == {"retrieval", "noise", "identity"}
+    assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction"}
+    assert len(report["recursive"]["mean_return"]) == 3
+    png = (out / "sweep.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_generated_zip_loads_in_sb3_and_matches_recorded_return(experiment, tmp_path):
+    out = tmp_path / "gen"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(experiment / "model"),
+                "--target-return",
+                "300",
+                "--random-init",
+                "--seed",
+                "5",
+                "--num",
+                "2",
+                "--episodes",
+                "100",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    record = json.loads((out / "generated.json").read_text())
+    assert len(record["policies"]) == 2
+    for item in record["policies"]:
+        model = PPO.load(out / item["file"], device="cpu")
+        rewards, _ = evaluate_policy(
+            model, model.get_env() or _env(), n_eval_episodes=100, deterministic=True, return_episode_rewards=True
+        )
+        se = np.hypot(np.std(rewards), item["achieved_std"]) / np.sqrt(100)
+        assert abs(np.mean(rewards) - item["achieved_return"]) <= 4 * se + 1.0
+
+
+def _env():
+    import gymnasium as gym
+
+    return gym.make("CartPole-v1")
+
+
+def test_model_for_another_task_is_refused(experiment):
+    info = read_model_info(experiment / "model")
+    other = json.loads(json.dumps(info["spec"]))
+    other["task"]["name"], other["env_id"] = "acrobot", "Acrobot-v1"
+    with pytest.raises(ModelFileError, match="trained for cartpole"):
+        check_compatible(info, other)
+    other = json.loads(json.dumps(info["spec"]))
+    other["layout"]["numel"] = 999
+    with pytest.raises(ModelFileError, match="layout"):
+        check_compatible(info, other)
+
+
+def test_generate_from_an_incompatible_policy_is_refused(experiment, tmp_path, capsys):
+    wrong = PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [8]}, device="cpu")
+    wrong.save(tmp_path / "wrong.zip")
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(experiment / "model"),
+            "--target-return",
+            "300",
+            "--from",
+            str(tmp_path / "wrong.zip"),
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
+    assert code == 2
+    assert "actor parameters" in capsys.readouterr().err
+
+
+def test_prompt_outside_the_training_range_warns(experiment, tmp_path):
+    with pytest.warns(UserWarning, match="outside the training data's range"):
+        main(
+            [
+                "generate",
+                "--model",
+                str(experiment / "model"),
+                "--target-return",
+                "5000",
+                "--episodes",
+                "2",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+
+
+def test_ddp_training_with_two_processes(experiment, tmp_path):
+    out = tmp_path / "ddp"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "rl_gpt.cli",
+        "train",
+        "cartpole",
+        f"out={out}",
+        "steps=6",
+        *TINY_MODEL,
+        *QUIET,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert read_model_info(out / "model")["meta"]["step"] == 6
