@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.generate.export import export_sb3
+from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.train.modelfile import ModelFileError, load_generator
 
@@ -23,6 +23,8 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
     task = task_of(info["spec"])
     if from_zip is None:
         return random_inits(task, 1, seed)[0]
+    if task.kind == "supervised":
+        raise ModelFileError("--from takes an SB3 policy; supervised models start from --random-init")
     from rl_gpt.collect.sb3_run import ALGOS
     from rl_gpt.evaluate import detect_algo
 
@@ -74,9 +76,14 @@ def generate(
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_of(info["spec"])
     items = []
+    supervised = task.kind == "supervised"
     for i in range(num):
-        path = out / f"policy_{i:03d}.zip"
-        if torch.isfinite(params[i]).all():
+        path = out / (f"classifier_{i:03d}.safetensors" if supervised else f"policy_{i:03d}.zip")
+        if not torch.isfinite(params[i]).all():
+            pass  # recorded with no file: nothing loadable to export
+        elif supervised:  # a state_dict that loads into rl_gpt.supervised.build_classifier(task.network)
+            export_safetensors(gen.layout, params[i], path)
+        else:
             export_sb3(task, gen.layout, params[i], path, seed=seed)
         items.append(
             {

@@ -46,7 +46,16 @@ def evaluate_flat(
     stats_runs: list[int],
     deterministic: bool = True,
 ) -> EvalResult:
-    """Evaluate raw flat policies (B, D) of the dataset's task with the batched evaluator."""
+    """The dataset's metric for raw flat networks (B, D): returns for policies, test loss/error for classifiers.
+
+    ``episodes``/``seed`` apply to policies; classifiers are evaluated on the full test split
+    (``std`` is 0 and ``returns`` holds the one value).
+    """
+    if ds.spec["task"].get("kind") == "supervised":
+        from rl_gpt.collect.supervised_run import supervised_metric
+
+        metric = supervised_metric(ds.spec, params)["metric"].double()
+        return EvalResult(metric, torch.zeros_like(metric), metric[:, None], torch.zeros(len(metric), 1))
     spec = PolicySpec.from_dict(ds.spec["policy"])
     mean, var = obs_stats(ds, stats_runs)
     finite = torch.isfinite(params).all(1)

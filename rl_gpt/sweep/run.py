@@ -31,7 +31,16 @@ def task_of(spec: dict[str, Any]) -> TaskConfig:
 
 
 def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
-    """``count`` actors from SB3's own initialiser with seeds ``first_seed ...`` (K, D)."""
+    """``count`` networks from the task's own initialiser (SB3's for policies) with seeds ``first_seed ...`` (K, D)."""
+    if task.kind == "supervised":
+        from rl_gpt.supervised import build_classifier, classifier_layout
+
+        layout = classifier_layout(task.network)
+        rows = []
+        for k in range(count):
+            torch.manual_seed(first_seed + k)
+            rows.append(layout.flatten(build_classifier(task.network).state_dict()).detach())
+        return torch.stack(rows)
     from rl_gpt.collect.sb3_run import build_model
     from rl_gpt.sb3_policy import actor_layout, read_actor
 

@@ -40,7 +40,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 @torch.no_grad()
-def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int | None = None) -> None:
+    """EMA of the weights; with ``step``, the decay warms up as (1 + step) / (10 + step).
+
+    Without the warm-up an EMA of 0.999 still holds 0.999^2000 = 13 % of the untrained (zero-output)
+    weights after 2,000 steps, which visibly damped short CPU runs.
+    """
+    if step is not None:
+        decay = min(decay, (1 + step) / (10 + step))
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1 - decay)
 
@@ -157,7 +164,7 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             opt.step()
-            update_ema(ema, model, tc.ema)
+            update_ema(ema, model, tc.ema, step)
             step += 1
             seen += tc.batch * world
             bar.update(1)

@@ -1,0 +1,83 @@
+"""The supervised path through the same commands: digits collect → train → sweep → generate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from rl_gpt.cli import main
+from rl_gpt.supervised import build_classifier, classifier_layout, evaluate_classifiers, load_digits
+
+QUIET = ["wandb.mode=disabled", "-q"]
+
+
+def test_digits_collect_train_sweep_generate(tmp_path):
+    out = tmp_path / "digits"
+    assert (
+        main(
+            [
+                "collect",
+                "digits",
+                f"out={out}",
+                "runs=4",
+                "workers=1",
+                "task.hyperparams.steps=60",
+                "collect.checkpoint_every=20",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "digits",
+                f"out={out}",
+                "steps=20",
+                "model=mlp",
+                "train.model_overrides={width: 32, depth: 1}",
+                "batch=16",
+                "train.probe_every_s=0",
+                "train.test_fraction=0.25",
+                *QUIET,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["sweep", "digits", f"out={out}", "inits=2", "prompts=3", "samples=1", "sweep.recursive=1", *QUIET]) == 0
+    )
+    report = json.loads((out / "sweep" / "report.json").read_text())
+    assert report["metric"]["name"] == "test_loss" and report["metric"]["higher_is_better"] is False
+    prompts = report["prompts"]
+    assert report["one_step"]["prompt"] == min(prompts)  # lower is better: the best prompt is the lowest loss
+    assert np.isfinite(np.array(report["achieved"])).all()
+
+    gen_dir = tmp_path / "gen"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(out / "model"),
+                "--target-return",
+                str(min(prompts)),
+                "--num",
+                "2",
+                "--out",
+                str(gen_dir),
+            ]
+        )
+        == 0
+    )
+    record = json.loads((gen_dir / "generated.json").read_text())
+    net = build_classifier("digits_mlp")
+    net.load_state_dict(load_file(str(gen_dir / record["policies"][0]["file"])))  # loads into the task's nn.Module
+    layout = classifier_layout("digits_mlp")
+    _, _, x_test, y_test = load_digits()
+    loss, _ = evaluate_classifiers(layout.flatten(net.state_dict())[None], layout, "digits_mlp", x_test, y_test)
+    assert torch.isclose(loss[0].double(), torch.tensor(record["policies"][0]["achieved_return"]).double(), atol=1e-4)
