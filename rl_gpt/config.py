@@ -96,9 +96,9 @@ class CollectConfig:
 class TrainConfig:
     """The generator and its training; defaults are a known-good CPU run on the CartPole demo."""
 
-    model: str = "mlp"  # size name in rl_gpt.model.MODELS (mlp, tiny, small, base)
+    model: str = "neuron"  # name in rl_gpt.model.MODELS (neuron, mlp, tiny, small, base)
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {width: 256, tokens: neuron}
-    steps: int = 4_000  # optimiser steps
+    steps: int = 6_000  # optimiser steps
     batch: int = 256  # pairs per step (per process under DDP)
     lr: float = 1e-3  # peak AdamW learning rate
     weight_decay: float = 0.0  # AdamW weight decay
@@ -122,7 +122,8 @@ class TrainConfig:
     log_every: int = 50  # W&B/progress-bar logging interval in steps
     probe_every_s: float = 180.0  # seconds between quick prompt-alignment probes (0 = off)
     sample_steps: int = 20  # diffusion steps when sampling (DDIM)
-    guidance: float = 1.0  # classifier-free guidance scale (1 = plain conditional)
+    guidance: float = 2.0  # guidance scale of probes (1 = plain conditional, 2 = extrapolate once)
+    final_probe: bool = True  # after training, write model/alignment.json (R2 from train and held-out inits)
 
 
 @dataclass

@@ -15,7 +15,16 @@ from rl_gpt.io import atomic_write_json, replace_dir
 __all__ = ["load_train_state", "save_train_state"]
 
 # Config fields that may change between a run and its resume without changing what is trained.
-_RESUMABLE_CHANGES = {"steps", "ckpt_every", "log_every", "probe_every_s", "device", "sample_steps", "guidance"}
+_RESUMABLE_CHANGES = {
+    "steps",
+    "ckpt_every",
+    "log_every",
+    "probe_every_s",
+    "device",
+    "sample_steps",
+    "guidance",
+    "final_probe",
+}
 
 
 def save_train_state(

@@ -195,6 +195,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         raise
     bar.close()
     checkpoint()
+    if main_proc and tc.final_probe:
+        _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress)
     if run is not None:
         run.finish()
     if world > 1:
@@ -223,6 +225,37 @@ def _probe(
         )
         if run is not None:
             run.log({f"probe/{name}_r2": r2}, step=step)
+
+
+def _final_alignment(
+    cfg: ExperimentConfig,
+    gen: ParameterGenerator,
+    ema: torch.nn.Module,
+    ds: CheckpointDataset,
+    train_runs: list[int],
+    test_runs: list[int],
+    out: Path,
+    run: Any,
+    progress: bool,
+) -> None:
+    """Prompt alignment from the inits of up to 16 training and 16 held-out runs -> ``alignment.json``."""
+    from rl_gpt.io import atomic_write_json
+    from rl_gpt.sweep.protocol import quick_alignment
+
+    result = {"prompts": 10, "episodes": 8, "guidance": cfg.train.guidance}
+    for name, runs in (("train_inits_r2", train_runs[:16]), ("heldout_inits_r2", test_runs[:16])):
+        if runs:
+            result[name] = quick_alignment(
+                gen, ema, ds, runs, prompts=10, episodes=8, steps=cfg.train.sample_steps, guidance=cfg.train.guidance
+            )
+    atomic_write_json(out / "alignment.json", result)
+    if run is not None:
+        run.summary.update(result)
+    if progress:
+        print(
+            f"prompt alignment R2 from training runs' inits {result.get('train_inits_r2', float('nan')):.3f}, "
+            f"held-out runs' inits {result.get('heldout_inits_r2', float('nan')):.3f}"
+        )
 
 
 def _wandb_init(cfg: ExperimentConfig) -> Any:
