@@ -76,7 +76,9 @@ def _cmd_data(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from rl_gpt.demo import run_demo
 
-    run_demo(args.out, args.config, args.overrides, progress=not args.quiet)
+    config = args.task or args.config
+    out = args.out or (f"runs/demo-{config}" if config else "runs/demo")
+    run_demo(out, config, args.overrides, progress=not args.quiet)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -142,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="collect, train and sweep the embedded CartPole default")
     p.add_argument("config", nargs="?", default=None, help="optional config file or preset")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--task", help="preset to demo instead of the embedded CartPole default (e.g. digits)")
+    p.add_argument("--out", default=None, help="output directory (default runs/demo, or runs/demo-<task>)")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help="evaluate an SB3 policy .zip or dataset rows with the batched evaluator")
