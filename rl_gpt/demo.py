@@ -52,7 +52,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
             f"{r['one_step']['solved_fraction']:>7.0%} {'' if n is None else f'{n:.2f}':>8}"
         )
     fid = report.get("init_fidelity") or {}
-    if fid:
+    if fid and None not in fid.values():
         lines.append(f"init fidelity: generator {fid['generator']:.2f}, real training {fid['real_training']:.2f}")
     rec = report["recursive"]["mean_return"]
     lines.append("recursive prompting: " + " -> ".join(f"{v:.0f}" for v in rec))

@@ -21,8 +21,12 @@ from rl_gpt.model import build_model
 from rl_gpt.train.generator import ParameterGenerator
 
 LAYOUT = Layout.build(
-    {"mlp_extractor.policy_net.0.weight": (16, 4), "mlp_extractor.policy_net.0.bias": (16,),
-     "action_net.weight": (2, 16), "action_net.bias": (2,)},
+    {
+        "mlp_extractor.policy_net.0.weight": (16, 4),
+        "mlp_extractor.policy_net.0.bias": (16,),
+        "action_net.weight": (2, 16),
+        "action_net.bias": (2,),
+    },
     [LayerSpec("mlp_extractor.policy_net.0", None, "h0", "tanh"), LayerSpec("action_net", "h0", None)],
 )
 
@@ -30,8 +34,9 @@ LAYOUT = Layout.build(
 def make(name: str) -> ParameterGenerator:
     d = LAYOUT.numel
     norm = Normalizer(torch.zeros(d), torch.ones(d), torch.ones(d), 0.0, 500.0)
-    return ParameterGenerator(build_model(name, LAYOUT, residual=False), GaussianDiffusion(prediction="v"), norm,
-                              LAYOUT)
+    return ParameterGenerator(
+        build_model(name, LAYOUT, residual=False), GaussianDiffusion(prediction="v"), norm, LAYOUT
+    )
 
 
 def train_rate(gen: ParameterGenerator, batch: int, steps: int) -> float:
@@ -39,8 +44,15 @@ def train_rate(gen: ParameterGenerator, batch: int, steps: int) -> float:
 
     opt = torch.optim.AdamW(gen.model.parameters(), 1e-3)
     d = LAYOUT.numel
-    td = TensorDict({"theta": torch.randn(batch, d), "theta_next": torch.randn(batch, d),
-                     "metric": torch.rand(batch) * 500, "metric_next": torch.rand(batch) * 500}, [batch])
+    td = TensorDict(
+        {
+            "theta": torch.randn(batch, d),
+            "theta_next": torch.randn(batch, d),
+            "metric": torch.rand(batch) * 500,
+            "metric_next": torch.rand(batch) * 500,
+        },
+        [batch],
+    )
     for i in range(steps + 3):
         if i == 3:  # warm-up steps excluded
             start = time.perf_counter()
@@ -70,8 +82,11 @@ def main() -> None:
     for name in args.models:
         gen = make(name)
         params = sum(p.numel() for p in gen.model.parameters())
-        rows[name] = (params, train_rate(gen, args.batch, 30),
-                      *(sample_rate(gen, args.policies, s) for s in (10, 50, 1000)))
+        rows[name] = (
+            params,
+            train_rate(gen, args.batch, 30),
+            *(sample_rate(gen, args.policies, s) for s in (10, 50, 1000)),
+        )
     base = rows.get("mlp")
     print(f"CPU threads={args.threads}, batch={args.batch}, {args.policies} policies, guidance 2")
     print("| model | parameters | train samples/s | policies/s @10 | @50 | @1000 | train vs mlp |")

@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
 
-from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig, to_dict
+from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
 from rl_gpt.evaluate import evaluate_params, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
@@ -184,24 +184,18 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
 
 
 def _log_wandb(cfg: ExperimentConfig, run: int, rows: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    if cfg.wandb.mode == "disabled":
-        return
-    import wandb
+    from rl_gpt.wandb_run import log_series
 
-    wb = wandb.init(
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=f"collect-{cfg.task.name}",
-        name=f"{cfg.task.name}-run{run:05d}",
-        config={"experiment": to_dict(cfg), "run": run, **meta},
-        dir=str(cfg.dataset_dir.parent),
-        reinit="create_new",
+    series = {"return/deterministic": rows["metric"].tolist(), "return/stochastic": rows["return_stoch"].tolist()}
+    log_series(
+        cfg,
+        run,
+        series,
+        rows["step"].tolist(),
+        "env_step",
+        meta,
+        {"final_return": meta["final_return"], "train_time": meta["train_time"]},
     )
-    for step, ret, ret_s in zip(rows["step"].tolist(), rows["metric"].tolist(), rows["return_stoch"].tolist()):
-        wb.log({"return/deterministic": ret, "return/stochastic": ret_s, "env_step": step}, step=step)
-    wb.summary.update({"final_return": meta["final_return"], "train_time": meta["train_time"]})
-    wb.finish()
 
 
 def describe_versions() -> dict[str, str]:

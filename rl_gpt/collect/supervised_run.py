@@ -219,25 +219,18 @@ def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
 
 
 def _log_wandb(cfg: ExperimentConfig, run: int, rows: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    if cfg.wandb.mode == "disabled":
-        return
-    import wandb
+    from rl_gpt.wandb_run import log_series
 
-    wb = wandb.init(
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=f"collect-{cfg.task.name}",
-        name=f"{cfg.task.name}-run{run:05d}",
-        config={"experiment": to_dict(cfg), "run": run, **meta},
-        dir=str(cfg.dataset_dir.parent),
-        reinit="create_new",
+    series = {k: rows[k].tolist() for k in ("test_loss", "test_error", "train_loss")}
+    log_series(
+        cfg,
+        run,
+        series,
+        rows["step"].tolist(),
+        "opt_step",
+        meta,
+        {"final_metric": meta["final_metric"], "train_time": meta["train_time"]},
     )
-    keys = ("test_loss", "test_error", "train_loss")
-    for i, step in enumerate(rows["step"].tolist()):
-        wb.log({**{k: float(rows[k][i]) for k in keys}, "opt_step": step}, step=step)
-    wb.summary.update({"final_metric": meta["final_metric"], "train_time": meta["train_time"]})
-    wb.finish()
 
 
 # ---------------------------------------------------------------------------------------------- dataset spec

@@ -235,29 +235,29 @@ def _novelty(
         nov = novelty_ratio(layout, vecs, pool, held_final)
         out["novelty"][name] = nov["ratio"]
     out["novelty"]["nn_dist_heldout"] = nov["nn_dist_heldout"]
-    fid = init_fidelity(layout, generated[finite], inits[finite], inits)
-    real = init_fidelity(
-        layout, held_final, held_init, ds.data["params"][torch.tensor([slices[r].start for r in train_runs])].float()
-    )
-    out["init_fidelity"] = {"generator": fid["fidelity"], "real_training": real["fidelity"]}
+
+    def fidelity(*args: torch.Tensor) -> float | None:
+        try:
+            return init_fidelity(layout, *args)["fidelity"]
+        except ValueError:  # fewer than two inits: no "other init" to compare with
+            return None
+
+    train_inits = ds.data["params"][torch.tensor([slices[r].start for r in train_runs])].float()
+    out["init_fidelity"] = {
+        "generator": fidelity(generated[finite], inits[finite], inits),
+        "real_training": fidelity(held_final, held_init, train_inits),
+    }
     return out
 
 
 def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
-    if cfg.wandb.mode == "disabled":
+    from rl_gpt.wandb_run import start_run
+
+    run = start_run(cfg, f"sweep-{cfg.task.name}", f"sweep-{report['task']}", out, {"sweep": report["config"]})
+    if run is None:
         return
     import wandb
 
-    run = wandb.init(
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=f"sweep-{cfg.task.name}",
-        name=f"sweep-{report['task']}",
-        dir=str(out),
-        config={"sweep": report["config"]},
-        reinit="create_new",
-    )
     run.log(
         {
             "prompt_alignment_r2": report["prompt_alignment_r2"],

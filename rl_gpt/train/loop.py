@@ -259,17 +259,6 @@ def _final_alignment(
 
 
 def _wandb_init(cfg: ExperimentConfig) -> Any:
-    if cfg.wandb.mode == "disabled":
-        return None
-    import wandb
+    from rl_gpt.wandb_run import start_run
 
-    return wandb.init(
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=f"train-{cfg.task.name}",
-        name=f"{cfg.task.name}-{cfg.train.model}",
-        config=to_dict(cfg),
-        dir=str(cfg.model_dir),
-        reinit="create_new",
-    )
+    return start_run(cfg, f"train-{cfg.task.name}", f"{cfg.task.name}-{cfg.train.model}", cfg.model_dir, to_dict(cfg))
