@@ -330,10 +330,16 @@ def test_evaluate_sb3_file(tmp_path) -> None:
     venv = VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
     venv.obs_rms.mean = np.array([0.5, -0.2, 0.1])
     venv.obs_rms.var = np.array([0.3, 0.6, 2.0])
-    venv.save(tmp_path / "vecnormalize.pkl")
     assert detect_algo(tmp_path / "sac.zip") == "sac"
+    stats = (torch.as_tensor(venv.obs_rms.mean), torch.as_tensor(venv.obs_rms.var))
     got = evaluate_sb3_file(
-        tmp_path / "sac.zip", episodes=3, seed=1, env_id="Pendulum-v1", vec_normalize=tmp_path / "vecnormalize.pkl"
+        tmp_path / "sac.zip",
+        episodes=3,
+        seed=1,
+        env_id="Pendulum-v1",
+        obs_stats=stats,
+        clip_obs=venv.clip_obs,
+        norm_epsilon=venv.epsilon,
     )
     layout, spec, flat = actor_of(model, "sac", normalize_obs=True, norm_epsilon=venv.epsilon)
     mean, var = torch.as_tensor(venv.obs_rms.mean), torch.as_tensor(venv.obs_rms.var)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,15 @@ def evaluate_sb3_file(
     seed: int = 0,
     device: torch.device | str = "cpu",
     env_id: str | None = None,
-    vec_normalize: str | Path | None = None,
+    obs_stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+    clip_obs: float = 10.0,
+    norm_epsilon: float = 1e-8,
 ) -> EvalResult:
     """Load ``path`` (PPO or SAC), read its actor through the layout and evaluate it on ``env_id``.
 
-    ``env_id`` defaults to :func:`infer_env_id`'s answer. ``vec_normalize`` is the
-    ``VecNormalize.save`` pickle whose observation statistics the policy was trained with.
+    ``env_id`` defaults to :func:`infer_env_id`'s answer. ``obs_stats`` = (mean, var) are the
+    VecNormalize observation statistics the policy was trained with. They are taken as numbers, not
+    read from SB3's ``VecNormalize.save`` file: that file is a pickle, and rl_gpt never unpickles.
     """
     from stable_baselines3 import PPO, SAC  # heavy import, needed by this entry point only
 
@@ -75,17 +77,11 @@ def evaluate_sb3_file(
     env_id = env_id or infer_env_id(path, model)
     layout = actor_layout(model.policy, algo)
     obs_mean = obs_var = None
-    if vec_normalize is None:
+    if obs_stats is None:
         spec = policy_spec_from_sb3(model, algo)
     else:
-        # VecNormalize pickles without its venv, so plain unpickling gives the statistics.
-        with open(vec_normalize, "rb") as f:
-            norm = pickle.load(f)
-        spec = policy_spec_from_sb3(
-            model, algo, normalize_obs=bool(norm.norm_obs), clip_obs=norm.clip_obs, norm_epsilon=norm.epsilon
-        )
-        obs_mean = torch.as_tensor(norm.obs_rms.mean, dtype=torch.float64)
-        obs_var = torch.as_tensor(norm.obs_rms.var, dtype=torch.float64)
+        spec = policy_spec_from_sb3(model, algo, normalize_obs=True, clip_obs=clip_obs, norm_epsilon=norm_epsilon)
+        obs_mean, obs_var = (torch.as_tensor(x, dtype=torch.float64) for x in obs_stats)
     params = read_actor(model.policy, layout).unsqueeze(0)  # (1, D)
     return evaluate_params(
         params, layout, spec, env_id, episodes, deterministic, seed, device, obs_mean=obs_mean, obs_var=obs_var
