@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, ModelFileError, PermissionError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, ModelFileError, PermissionError, FileNotFoundError, FloatingPointError) as exc:
         print(f"rl-gpt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -91,3 +91,15 @@ def test_invalid_rows_are_masked(tmp_path):
 def test_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="not a checkpoint dataset"):
         CheckpointDataset(tmp_path)
+
+
+def test_crash_after_consolidation_rename_does_not_duplicate(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {})
+    w.consolidate()
+    # a crash between replacing data/ and deleting runs/run_00000 leaves the run in both places
+    w.add_run(0, _rows(0), {})
+    with pytest.raises(DatasetError, match="unconsolidated runs"):
+        CheckpointDataset(tmp_path / "ds")
+    assert w.consolidate() == 4
+    assert len(CheckpointDataset(tmp_path / "ds")) == 4

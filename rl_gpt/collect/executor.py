@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rl_gpt.config import ExperimentConfig, dump_yaml, to_dict
+from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
 
@@ -167,7 +167,7 @@ def _run_ray(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterator[
     try:
         import ray
     except ImportError:
-        raise RuntimeError("collect.executor=ray needs Ray: pip install 'rl_gpt[ray]'") from None
+        raise ConfigError("collect.executor=ray needs Ray: pip install 'rl_gpt[ray]'") from None
     if not todo:
         return
     started_here = not ray.is_initialized()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from rl_gpt.dataset.store import CheckpointDataset
+from rl_gpt.dataset.store import CheckpointDataset, DatasetError
 from rl_gpt.layout import Layout
 
 __all__ = ["Normalizer", "PairSampler", "split_runs"]
@@ -112,7 +112,7 @@ class PairSampler:
         slices = dataset.run_slices()
         missing = [r for r in runs if r not in slices]
         if missing:
-            raise ValueError(f"runs {missing} are not in the dataset")
+            raise DatasetError(f"runs {missing} are not in the dataset")
         valid = dataset.valid_mask()
         rows, run_of, first_of, kept = [], [], [], []
         for r in runs:
@@ -125,7 +125,7 @@ class PairSampler:
             first_of.append(int(idx[0]))
             kept.append(r)
         if not rows:
-            raise ValueError("no valid checkpoints in the selected runs")
+            raise DatasetError("no valid (finite, evaluated) checkpoints in the training runs; collect again")
         self.rows = torch.cat(rows)  # (R,) dataset row of every usable checkpoint, grouped by run
         self.run_pos = torch.cat(run_of)  # (R,) position of its run in the lists below
         counts = torch.tensor([len(r) for r in rows])

@@ -113,6 +113,13 @@ class DatasetWriter:
         """Merge ``data/`` and finished runs into a new ``data/``; returns the row count."""
         run_dirs = sorted(p for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists())
         data_dir = self.root / "data"
+        if data_dir.exists() and run_dirs:
+            # A crash after the last consolidation's rename but before its clean-up leaves runs that
+            # data/ already holds: drop them instead of merging them twice.
+            stored = set(torch.unique(TensorDict.load_memmap(data_dir)["run"]).tolist())
+            for p in [p for p in run_dirs if int(p.name.split("_")[1]) in stored]:
+                shutil.rmtree(p)
+                run_dirs.remove(p)
         if not run_dirs:
             return len(TensorDict.load_memmap(data_dir)) if data_dir.exists() else 0
         sources: list[TensorDict] = []
@@ -163,11 +170,7 @@ class CheckpointDataset:
         self.root = Path(root)
         self.spec = read_spec(self.root)
         _recover(self.root)
-        if (
-            (self.root / "runs").exists()
-            and any((self.root / "runs").glob("run_*"))
-            and not (self.root / "data").exists()
-        ):
+        if any(p for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()):
             raise DatasetError(f"{root} has unconsolidated runs; rerun `rl-gpt collect` with the same config to finish")
         if not (self.root / "data").exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")

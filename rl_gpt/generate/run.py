@@ -79,15 +79,16 @@ def generate(
     supervised = task.kind == "supervised"
     for i in range(num):
         path = out / (f"classifier_{i:03d}.safetensors" if supervised else f"policy_{i:03d}.zip")
-        if not torch.isfinite(params[i]).all():
-            pass  # recorded with no file: nothing loadable to export
+        written = bool(torch.isfinite(params[i]).all())  # a non-finite sample is recorded with no file
+        if not written:
+            path.unlink(missing_ok=True)  # never point at a stale file from an earlier call
         elif supervised:  # a state_dict that loads into rl_gpt.supervised.build_classifier(task.network)
             export_safetensors(gen.layout, params[i], path)
         else:
             export_sb3(task, gen.layout, params[i], path, seed=seed)
         items.append(
             {
-                "file": path.name if path.exists() else None,
+                "file": path.name if written else None,
                 "achieved_return": float(res.mean[i]),
                 "achieved_std": float(res.std[i]),
             }

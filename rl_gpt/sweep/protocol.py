@@ -114,13 +114,18 @@ def quick_alignment(
     steps: int = 20,
     guidance: float = 1.0,
     seed: int = 0,
+    stats_runs: list[int] | None = None,
 ) -> float:
-    """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt."""
+    """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt.
+
+    ``stats_runs`` supply VecNormalize statistics (use training runs, so held-out runs stay unseen).
+    """
     slices = ds.run_slices()
     rows = torch.tensor([slices[r].start for r in runs])
     theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
     grid = prompt_grid(ds.spec, gen, prompts)
     out = run_prompts(gen, model, theta, metric, grid, 1, steps, guidance, seed)
-    res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, runs)
+    res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, stats_runs or runs)
     achieved = res.mean.reshape(len(runs), prompts)
-    return float(alignment_r2(grid, torch.nan_to_num(achieved, nan=float(grid.min()))).mean())
+    worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())  # NaN counts as worst
+    return float(alignment_r2(grid, torch.nan_to_num(achieved, nan=worst)).mean())

@@ -15,7 +15,6 @@ import torch
 
 from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, _build, to_dict
 from rl_gpt.dataset import CheckpointDataset
-from rl_gpt.dataset.pairs import split_runs
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
@@ -55,7 +54,8 @@ def _summary(
     prompts: torch.Tensor, achieved: torch.Tensor, best: int, threshold: float | None, higher: bool
 ) -> dict[str, Any]:
     """Alignment and one-step success of achieved (K, P, S) metrics."""
-    r2 = alignment_r2(prompts, torch.nan_to_num(achieved, nan=float(prompts.min())))
+    worst = float(prompts.min() if higher else prompts.max())  # a failed (NaN) sample counts as the worst
+    r2 = alignment_r2(prompts, torch.nan_to_num(achieved, nan=worst))
     at_best = achieved[:, best]  # (K, S)
     if threshold is None:
         solved = float("nan")
@@ -99,7 +99,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     spec, task = ds.spec, task_of(ds.spec)
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]
-    test_runs = info["meta"]["test_runs"] or split_runs(sorted(ds.run_slices()), 0.2)[1]
+    test_runs = info["meta"]["test_runs"]
     prompts = prompt_grid(spec, gen, sc.prompts)
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from rl_gpt.io import atomic_write_json, replace_dir
 
-__all__ = ["load_train_state", "save_train_state"]
+__all__ = ["load_train_state", "read_data_state", "save_train_state"]
 
 # Config fields that may change between a run and its resume without changing what is trained.
 _RESUMABLE_CHANGES = {
@@ -35,6 +35,7 @@ def save_train_state(
     sampler_gen: torch.Generator,
     step: int,
     config: dict[str, Any],
+    data_state: dict[str, Any] | None = None,
 ) -> None:
     """Write model, EMA, optimiser and sampler RNG state to ``directory`` atomically (a temp dir, then rename)."""
     tmp = directory.with_name(directory.name + ".tmp")
@@ -48,8 +49,15 @@ def save_train_state(
             tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng.sampler"] = sampler_gen.get_state()
     save_file(tensors, str(tmp / "state.safetensors"))
-    atomic_write_json(tmp / "state.json", {"step": step, "param_groups": opt_state["param_groups"], "config": config})
+    info = {"step": step, "param_groups": opt_state["param_groups"], "config": config, "data": data_state}
+    atomic_write_json(tmp / "state.json", info)
     replace_dir(tmp, directory)
+
+
+def read_data_state(directory: Path) -> dict[str, Any] | None:
+    """The train/test split and normaliser a saved run used (None if there is no saved run)."""
+    path = directory / "state.json"
+    return json.loads(path.read_text()).get("data") if path.exists() else None
 
 
 def load_train_state(

@@ -24,7 +24,7 @@ from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
 from rl_gpt.model import MODELS, ModelConfig, build_model
-from rl_gpt.train.checkpoint import load_train_state, save_train_state
+from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import save_model
 
@@ -105,9 +105,15 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
 
     # ---------------------------------------------------------------- data
     ds = CheckpointDataset(cfg.dataset_dir)
-    train_runs, test_runs = split_runs(sorted(ds.run_slices()), tc.test_fraction, tc.split_seed)
+    state_dir = out / "train_state"
+    saved = read_data_state(state_dir) if resume else None
+    if saved is not None:  # a resumed run keeps its split and normaliser even if the dataset has grown since
+        train_runs, test_runs = saved["train_runs"], saved["test_runs"]
+        normalizer = Normalizer.from_dict(saved["normalizer"])
+    else:
+        train_runs, test_runs = split_runs(sorted(ds.run_slices()), tc.test_fraction, tc.split_seed)
+        normalizer = fit_normalizer(ds, PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed))
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
-    normalizer = fit_normalizer(ds, PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed))
 
     # ---------------------------------------------------------------- model, optimiser
     gen, mc = build_generator(tc, ds, normalizer)
@@ -116,9 +122,10 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
-    state_dir = out / "train_state"
     if resume and (state_dir / "state.json").exists():
         step = load_train_state(state_dir, model, ema, opt, sampler.generator, expect=to_dict(tc))
+        if world > 1:  # only rank 0's sampler state was saved: give every rank its own stream again
+            sampler.generator.manual_seed(tc.seed * 1000 + rank + step * world)
         if main_proc and progress:
             print(f"resuming from step {step}")
     ddp_model = model
@@ -135,7 +142,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
 
     def checkpoint() -> None:
         if main_proc:
-            save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc))
+            data_state = {"train_runs": train_runs, "test_runs": test_runs, "normalizer": normalizer.to_dict()}
+            save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state)
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
 
     # ---------------------------------------------------------------- loop
@@ -221,7 +229,15 @@ def _probe(
         if not runs:
             continue
         r2 = quick_alignment(
-            gen, ema, ds, runs[:4], prompts=8, episodes=4, steps=cfg.train.sample_steps, guidance=cfg.train.guidance
+            gen,
+            ema,
+            ds,
+            runs[:4],
+            prompts=8,
+            episodes=4,
+            steps=cfg.train.sample_steps,
+            guidance=cfg.train.guidance,
+            stats_runs=train_runs,
         )
         if run is not None:
             run.log({f"probe/{name}_r2": r2}, step=step)
@@ -246,7 +262,15 @@ def _final_alignment(
     for name, runs in (("train_inits_r2", train_runs[:16]), ("heldout_inits_r2", test_runs[:16])):
         if runs:
             result[name] = quick_alignment(
-                gen, ema, ds, runs, prompts=10, episodes=8, steps=cfg.train.sample_steps, guidance=cfg.train.guidance
+                gen,
+                ema,
+                ds,
+                runs,
+                prompts=10,
+                episodes=8,
+                steps=cfg.train.sample_steps,
+                guidance=cfg.train.guidance,
+                stats_runs=train_runs,
             )
     atomic_write_json(out / "alignment.json", result)
     if run is not None:
