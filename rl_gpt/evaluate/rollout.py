@@ -9,10 +9,8 @@ the same batched policy. Both paths return an :class:`EvalResult`.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -23,6 +21,7 @@ from envs import make_dynamics
 from envs.base import Dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights
 from rl_gpt.layout import Layout
+from rl_gpt.threads import torch_threads
 
 __all__ = ["EvalResult", "evaluate_params"]
 
@@ -106,7 +105,7 @@ def evaluate_params(
     lengths = torch.zeros(B, episodes, dtype=torch.int64)
     # One noise stream for the whole call, so stochastic results depend on seed alone.
     noise = torch.Generator(device=device).manual_seed(seed + 1)
-    with torch.inference_mode(), _intra_op_threads(num_threads):
+    with torch.inference_mode(), torch_threads(num_threads):
         for start in range(0, B, per_chunk):
             sl = slice(start, min(B, start + per_chunk))
             w = policy.prepare(
@@ -136,17 +135,6 @@ def _default_pool(w: PolicyWeights, device: torch.device) -> int:
     # few policies would cost as many (overhead-bound) steps as a full one.
     rounds = math.ceil(w.batch / cap)
     return math.ceil(w.batch / rounds)
-
-
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_spaces(spec: PolicySpec, obs_dim: int, discrete: bool, action_dim: int, env_id: str) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
 
 from rl_gpt.supervised.evaluate import evaluate_classifiers
 from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_layout
+from rl_gpt.threads import torch_threads
 
 __all__ = ["OPTIMIZERS", "train_classifier_run"]
 
@@ -98,7 +98,7 @@ def train_classifier_run(
         raise ValueError(f"checkpoint_steps must lie in [0, {total}], got {sorted(set(checkpoint_steps))}")
     save_set = set(save_at)
 
-    with _cpu_threads(num_threads):
+    with torch_threads(num_threads):
         # ---------------------------------------------------------------------------- data, model, optimiser
         x_train, y_train = x_train.to(device, torch.float32), y_train.to(device, torch.int64)
         with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's global RNG
@@ -148,14 +148,3 @@ def _set_lr(opt: torch.optim.Optimizer, lr: float, schedule: str, step: int, tot
         lr = 0.5 * lr * (1.0 + math.cos(math.pi * step / total))
     for group in opt.param_groups:
         group["lr"] = lr
-
-
-@contextmanager
-def _cpu_threads(n: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

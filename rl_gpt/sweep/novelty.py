@@ -26,14 +26,14 @@ the evaluator or the generator.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from rl_gpt.layout import Layout
+from rl_gpt.threads import torch_threads
 
 __all__ = [
     "align",
@@ -60,17 +60,6 @@ def _as_np(x: torch.Tensor | np.ndarray, layout: Layout, name: str, ndim: int) -
         want = "(D,)" if ndim == 1 else "(B, D)"
         raise ValueError(f"{name}: expected {want} with D={layout.numel} (the layout's size), got {tuple(t.shape)}")
     return t.to(torch.float32).numpy()
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny batched matmuls gain nothing from threads, and on a busy box spinning threads cost 100×."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 class _Units:
@@ -183,7 +172,7 @@ def _sq_dist(refs: np.ndarray, cur: np.ndarray) -> np.ndarray:
     return np.einsum("pd,pd->p", diff, diff)
 
 
-@_one_torch_thread()
+@torch_threads(1)
 def _match_pairs(units: _Units, refs: np.ndarray, others: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Permutations ``{g: (P, n)}`` aligning ``others`` (P, D) to ``refs`` (P, D), and the distances (P,)."""
     layout, p = units.layout, len(refs)
