@@ -106,6 +106,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm
     ema: float = 0.999  # EMA decay of the weights used for sampling
     target: Literal["theta", "delta"] = "theta"  # denoise θ' itself or the update θ' - θ
+    # False: the prompt-free reference p(θ' | m') (p-diff without a prompt); θ and m are not inputs.
+    # The product's mode is True; comparing the two shows how much conditioning on an unseen init costs.
+    condition_on_theta: bool = True
     prediction: Literal["x0", "eps", "v"] = "v"  # what the network predicts
     schedule: Literal["cosine", "linear"] = "cosine"  # noise schedule (1000 steps)
     loss_weight: Literal["none", "snr", "min_snr", "truncated_snr"] = "none"  # loss weighting over noise levels

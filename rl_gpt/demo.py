@@ -41,15 +41,28 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     """A short text table of the generator against the baselines."""
     rows = [("generator", report)] + [(k, v) for k, v in report["baselines"].items()]
     nov = report.get("novelty") or {}
+    beh = report.get("behavioural_novelty") or {}
     lines = [
         f"{report['task']} ({report['env_id']}), {report['inits']} unseen random inits",
-        f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8}",
+        f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8} {'behaviour':>9}",
     ]
     for name, r in rows:
-        n = nov.get(name)
+        n, b = nov.get(name), (beh.get(name) or {}).get("fraction")
         lines.append(
             f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {r['one_step']['mean_return']:>9.1f} "
-            f"{r['one_step']['solved_fraction']:>7.0%} {'' if n is None else f'{n:.2f}':>8}"
+            f"{r['one_step']['solved_fraction']:>7.0%} {'' if n is None else f'{n:.2f}':>8} "
+            f"{'' if b is None else f'{b:.0%}':>9}"
+        )
+    first = next((v for v in beh.values() if v), None)
+    if first:
+        if first.get("compared") == "predictions":
+            what = "test inputs where a network predicts another class than"
+        else:
+            what = "own-rollout states per policy where it acts unlike"
+        tol = first.get("tolerance")
+        lines.append(
+            f"behaviour: share of {first['states']} {what} its nearest training checkpoint"
+            + ("" if tol is None else f" (by > {tol:.0%} of the action range)")
         )
     fid = report.get("init_fidelity") or {}
     if fid and None not in fid.values():

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,3 +168,27 @@ def test_info_prints_summary(tmp_path, capsys):
     assert main(["info", str(tmp_path / "dataset")]) == 0
     out = capsys.readouterr().out
     assert "runs         1" in out and "checkpoints  3" in out and "parameters   114" in out
+
+
+def test_collection_leaves_no_sb3_log_folder(tmp_path, monkeypatch):
+    # SB3's default logger makes an empty tempdir/SB3-<date> folder per learn(); ours logs nowhere.
+    # An isolated temp dir, so SB3 runs in other processes cannot make this flaky.
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.delenv("SB3_LOGDIR", raising=False)
+    extra = ["runs=1", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=1"]
+    assert _collect("cartpole", tmp_path / "exp", *extra) == 0
+    assert len(_load(tmp_path / "exp")) == 3
+    assert not list(temp.glob("SB3-*"))
+
+
+def test_progress_bar_names_the_task_metric():
+    from rl_gpt.collect.executor import _last_metric
+
+    rl = load_config("cartpole", [], command="collect")
+    assert _last_metric(rl, {"final_return": 487.25}) == {"last_return": "487.2"}
+    digits = load_config("digits", [], command="collect")
+    assert _last_metric(digits, {"final_metric": 0.23456, "final_return": 0.23456}) == {"last_test_loss": "0.2346"}
+    error = load_config("digits", ["task.metric=test_error"], command="collect")
+    assert _last_metric(error, {"final_metric": 0.05}) == {"last_test_error": "0.05"}

@@ -1,4 +1,8 @@
-"""Known-answer tests of the noise math and samplers, and a tiny conditional model learned end to end."""
+"""Known-answer tests of the noise math and samplers, and a tiny conditional model learned end to end.
+
+The two-cluster toy is learned twice: by a bare denoiser, and through ParameterGenerator's prompt-free
+reference mode (``condition_on_theta=False``), where θ and m are noise the model must not see.
+"""
 
 from __future__ import annotations
 
@@ -372,3 +376,81 @@ def test_toy_guidance_keeps_the_mode(toy: tuple[GaussianDiffusion, ToyDenoiser])
     for k in (0, 1):
         x = _toy_sample(d, guided(model, 2.0), "ddim", k)
         assert (_cluster(x) == k).float().mean().item() > 0.9
+
+
+# --- the same toy through ParameterGenerator's prompt-free reference mode, p(θ' | m') --------------------
+
+TOY_DIM = 4
+TOY_CENTERS = torch.stack([torch.ones(TOY_DIM), -torch.ones(TOY_DIM)])  # θ' cluster k for prompt m' = k
+
+
+@pytest.fixture(scope="module")
+def toy_theta_free() -> Any:
+    """A generator with ``condition_on_theta=False`` trained on pairs whose θ and m are pure noise."""
+    from tensordict import TensorDict
+
+    from rl_gpt.dataset.pairs import Normalizer
+    from rl_gpt.layout import Layout
+    from rl_gpt.model import build_model
+    from rl_gpt.train.generator import ParameterGenerator
+
+    torch.manual_seed(0)
+    layout = Layout.build({"w": (TOY_DIM,)})
+    ones = torch.ones(TOY_DIM)
+    norm = Normalizer(0 * ones, ones, ones, 0.0, 1.0)  # identity on θ; m' in {0, 1} -> {-1, 1}
+    model = build_model("mlp", layout, width=64, depth=2, residual=False)
+    gen = ParameterGenerator(model, GaussianDiffusion(prediction="v"), norm, layout, condition_on_theta=False)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(1500):
+        theta_next, k = _toy_pairs(128, g)
+        batch = TensorDict(
+            {
+                "theta": 3 * torch.randn(128, TOY_DIM, generator=g),
+                "metric": torch.rand(128, generator=g),
+                "theta_next": theta_next,
+                "metric_next": k.float(),
+            },
+            batch_size=[128],
+        )
+        loss, _ = gen.loss(batch, generator=g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return gen
+
+
+def _toy_pairs(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.randint(0, 2, (n,), generator=g)  # (n,)
+    return TOY_CENTERS[k] + 0.15 * torch.randn(n, TOY_DIM, generator=g), k  # (n, D), (n,)
+
+
+def _toy_theta_free_sample(gen: Any, k: int, theta: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
+    n = theta.shape[0]
+    return gen.sample(
+        theta,
+        torch.full((n,), 1.0 - k),  # m: the other cluster's metric, to tempt a leak
+        torch.full((n,), float(k)),
+        steps=10,
+        guidance=guidance,
+        generator=torch.Generator().manual_seed(1),
+    )
+
+
+def test_toy_theta_free_prompt_selects_cluster_whatever_theta(toy_theta_free: Any) -> None:
+    gen, n = toy_theta_free, 400
+    for k in (0, 1):
+        for theta in (TOY_CENTERS[1 - k].expand(n, TOY_DIM), torch.zeros(n, TOY_DIM)):  # the wrong cluster, nothing
+            x = _toy_theta_free_sample(gen, k, theta)
+            nearest = torch.cdist(x, TOY_CENTERS).argmin(1)  # (n,)
+            assert (nearest == k).float().mean().item() > 0.9
+            assert (x - TOY_CENTERS[k]).norm(dim=1).median().item() < 0.4
+        x = _toy_theta_free_sample(gen, k, TOY_CENTERS[k].expand(n, TOY_DIM), guidance=2.0)
+        assert (torch.cdist(x, TOY_CENTERS).argmin(1) == k).float().mean().item() > 0.9
+
+
+def test_toy_theta_free_unconditional_covers_both_clusters(toy_theta_free: Any) -> None:
+    x = _toy_theta_free_sample(toy_theta_free, 0, torch.zeros(400, TOY_DIM), guidance=0.0)  # prompt dropped
+    frac1 = torch.cdist(x, TOY_CENTERS).argmin(1).float().mean().item()
+    assert 0.2 <= frac1 <= 0.8

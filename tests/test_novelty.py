@@ -7,7 +7,13 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from rl_gpt.collect.sb3_run import build_model
+from rl_gpt.config import load_config
+from rl_gpt.evaluate import PolicySpec, policy_spec_from_sb3
 from rl_gpt.layout import LayerSpec, Layout
+from rl_gpt.sb3_policy import actor_layout, read_actor
+from rl_gpt.supervised import build_classifier, classifier_layout
+from rl_gpt.sweep.behaviour import action_disagreement, action_range, prediction_disagreement
 from rl_gpt.sweep.novelty import (
     align,
     aligned_distance,
@@ -192,3 +198,68 @@ def test_behavioural_novelty() -> None:
     # continuous: differences below tol * range do not count
     assert behavioural_novelty(logits(a), lambda s: _forward(layout, a, s) + 0.05, states, tol=0.05) == 0.0
     assert behavioural_novelty(logits(a), lambda s: _forward(layout, a, s) + 0.2, states, tol=0.05) == 1.0
+
+
+# ---------------------------------------------------------------------------------- behaviour in rollouts
+def _sb3_actor(preset: str) -> tuple[Layout, PolicySpec, torch.Tensor, str]:
+    """A fresh SB3 actor of ``preset``'s task: (layout, spec, flat params (D,), env id)."""
+    task = load_config(preset, [], command="collect").task
+    model = build_model(task, seed=0)
+    layout = actor_layout(model.policy, task.algo)
+    spec = policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize)
+    return layout, spec, read_actor(model.policy, layout), task.env_id
+
+
+def _shift(layout: Layout, flat: torch.Tensor, name: str, scale: float = 1.0, add: float = 0.0) -> torch.Tensor:
+    """``flat`` with parameter ``name`` multiplied by ``scale`` and ``add`` added."""
+    out, p = flat.clone(), layout[name]
+    out[p.offset : p.stop] = out[p.offset : p.stop] * scale + add
+    return out
+
+
+def test_action_disagreement_discrete_known_answers() -> None:
+    layout, spec, flat, env_id = _sb3_actor("cartpole")
+    negated = _shift(layout, _shift(layout, flat, "action_net.weight", -1.0), "action_net.bias", -1.0)
+    params = torch.stack([flat, flat])
+    frac, seen = action_disagreement(layout, spec, env_id, params, torch.stack([flat, negated]), states=256)
+    assert seen.tolist() == [256, 256]
+    assert frac[0] == 0.0  # a policy against itself
+    assert frac[1] > 0.95  # negated logits: the other action wherever the logits differ at all
+
+
+def test_action_disagreement_continuous_uses_a_relative_tolerance() -> None:
+    layout, spec, flat, env_id = _sb3_actor("pendulum")  # SAC, actions in [-2, 2]: tolerance 0.05 * 4 = 0.2
+    assert action_range(spec).tolist() == [4.0]
+    near = _shift(layout, flat, "actor.mu.bias", add=0.05)  # moves actions by <= 0.1
+    far = _shift(layout, flat, "actor.mu.bias", add=1.0)  # a fresh actor's mu is ~0: actions move by > 1
+    params = torch.stack([flat, flat, flat])
+    frac, seen = action_disagreement(layout, spec, env_id, params, torch.stack([flat, near, far]), states=128)
+    assert frac.tolist() == [0.0, 0.0, 1.0] and seen.tolist() == [128] * 3
+    assert action_disagreement(layout, spec, env_id, params[:1], near[None], states=128, tol=0.001)[0][0] == 1.0
+
+
+def test_action_disagreement_on_the_gymnasium_fallback() -> None:
+    layout, spec, flat, env_id = _sb3_actor("inverted_pendulum")  # MuJoCo: no torch dynamics
+    far = _shift(layout, flat, "action_net.bias", add=1.0)  # actions in [-3, 3]: 1.0 > 0.05 * 6
+    obs = torch.zeros(spec.obs_dim), torch.ones(spec.obs_dim)  # VecNormalize statistics, shared
+    frac, seen = action_disagreement(
+        layout,
+        spec,
+        env_id,
+        torch.stack([flat, flat]),
+        torch.stack([flat, far]),
+        states=64,
+        obs_mean=obs[0],
+        obs_var=obs[1],
+    )
+    assert frac.tolist() == [0.0, 1.0]
+    assert ((seen > 0) & (seen <= 64)).all()  # the autoreset steps are not counted
+
+
+def test_prediction_disagreement_known_answers() -> None:
+    layout = classifier_layout("digits_mlp")
+    flat = layout.flatten(build_classifier("digits_mlp").state_dict())
+    negated = _shift(layout, _shift(layout, flat, "fc2.weight", -1.0), "fc2.bias", -1.0)
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(0))
+    frac = prediction_disagreement(layout, "digits_mlp", torch.stack([flat, flat]), torch.stack([flat, negated]), x)
+    assert frac[0] == 0.0 and frac[1] == 1.0  # argmin is never argmax (no ties among 10 random logits)

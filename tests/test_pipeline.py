@@ -17,6 +17,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from rl_gpt.cli import main
+from rl_gpt.demo import format_table
 from rl_gpt.train.modelfile import ModelFileError, check_compatible, read_model_info
 
 QUIET = ["wandb.mode=disabled", "-q"]
@@ -120,6 +121,17 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     assert set(report["baselines"]) == {"retrieval", "noise", "identity"}
     assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction"}
     assert len(report["recursive"]["mean_return"]) == 3
+    behaviour = report["behavioural_novelty"]
+    assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
+    for name, block in behaviour.items():
+        assert set(block) == {"fraction", "compared", "tolerance", "states", "policies", "per_policy"}, name
+        assert block["compared"] == "actions" and block["tolerance"] is None  # CartPole: discrete actions
+        assert block["states"] == 2048 and len(block["per_policy"]) == block["policies"]
+        assert 0.0 <= block["fraction"] <= 1.0
+    assert behaviour["identity"]["policies"] == 3 and behaviour["retrieval"]["policies"] == 1
+    assert behaviour["retrieval"]["fraction"] == 0.0  # a training checkpoint's nearest neighbour is itself
+    table = format_table(report)
+    assert "behaviour" in table.splitlines()[1] and "2048 own-rollout states" in table
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

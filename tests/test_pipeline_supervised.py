@@ -56,6 +56,13 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     prompts = report["prompts"]
     assert report["one_step"]["prompt"] == min(prompts)  # lower is better: the best prompt is the lowest loss
     assert np.isfinite(np.array(report["achieved"])).all()
+    behaviour = report["behavioural_novelty"]
+    assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
+    n_test = len(load_digits()[2])
+    for block in behaviour.values():
+        assert block["compared"] == "predictions" and block["tolerance"] is None
+        assert block["states"] == min(n_test, 2048) and 0.0 <= block["fraction"] <= 1.0
+    assert behaviour["retrieval"]["fraction"] == 0.0
 
     gen_dir = tmp_path / "gen"
     assert (

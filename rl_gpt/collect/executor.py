@@ -108,7 +108,7 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
             writer.add_run(run, result.rows, result.meta)
             checkpoints += len(result.rows["params"])
             bar.update(1)
-            bar.set_postfix(checkpoints=checkpoints, last_return=f"{result.meta.get('final_return', float('nan')):.1f}")
+            bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta))
     except KeyboardInterrupt:
         bar.close()
         writer.consolidate()
@@ -127,6 +127,15 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
             f"dataset {root} has {total} checkpoints"
         )
     return root
+
+
+def _last_metric(cfg: ExperimentConfig, meta: dict[str, Any]) -> dict[str, str]:
+    """The progress bar's entry for a finished run's final metric, named after it: ``last_return``,
+    ``last_test_loss``, ...; returns with one decimal, supervised metrics (losses, error fractions)
+    with four significant digits."""
+    value = meta.get("final_metric", meta.get("final_return", float("nan")))
+    text = f"{value:.4g}" if cfg.task.kind == "supervised" else f"{value:.1f}"
+    return {f"last_{cfg.task.metric}": text}
 
 
 def _workers(cfg: ExperimentConfig) -> int:

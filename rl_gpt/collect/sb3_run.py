@@ -20,6 +20,7 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
@@ -80,7 +81,11 @@ def sample_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
 
 
 def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None = None) -> BaseAlgorithm:
-    """A fresh SB3 model for the task (its vectorised env wrapped in VecNormalize where configured)."""
+    """A fresh SB3 model for the task (its vectorised env wrapped in VecNormalize where configured).
+
+    The model logs nowhere: without a logger of its own, every ``learn()`` would call SB3's
+    ``configure_logger``, which creates an empty ``SB3-<date>`` folder in the temp directory.
+    """
     check_env_id(task.env_id)
     env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
     if task.normalize:
@@ -88,9 +93,12 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     hp = {k: _schedule(v) for k, v in (task.hyperparams if hyperparams is None else hyperparams).items()}
     kwargs = resolve_policy_kwargs(task.algo, task.policy_kwargs)
     try:
-        return ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
+        model = ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
     except TypeError as exc:
         raise ConfigError(f"task.hyperparams: {exc}") from None
+    # A folder-less logger with no outputs; set_logger also stops learn() from configuring its own.
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
 
 
 def describe_policy(task: TaskConfig) -> tuple[Layout, dict[str, Any]]:

@@ -18,7 +18,8 @@ Metrics built on it:
   data as an independent training run is; ~0 = copies).
 * :func:`init_fidelity`: does a generated policy stay near the init it was prompted with (distance to
   its own init over the mean distance to other inits; < 1 = yes, ~1 = it ignores its init)?
-* :func:`behavioural_novelty`: share of states where two policies act differently.
+* :func:`behavioural_novelty`: share of states where two policies act differently (the test is
+  :func:`actions_differ`; :mod:`rl_gpt.sweep.behaviour` applies it on the policies' own rollouts).
 
 Every function takes flat vectors laid out by a :class:`~rl_gpt.layout.Layout`; nothing depends on
 the evaluator or the generator.
@@ -36,6 +37,7 @@ from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads
 
 __all__ = [
+    "actions_differ",
     "align",
     "aligned_distance",
     "behavioural_novelty",
@@ -325,6 +327,32 @@ def init_fidelity(
 
 
 # ---------------------------------------------------------------------------------- behaviour
+def actions_differ(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    discrete: bool | None = None,
+    tol: float = 0.05,
+    action_range: float | torch.Tensor = 2.0,
+) -> torch.Tensor:
+    """Where two policies' deterministic actions differ: a bool mask over the leading (state) axes.
+
+    Discrete: integer actions (...) compared exactly, or (``discrete=True``) scores/logits (..., A)
+    compared by argmax. Continuous actions (..., A): different when any dimension differs by more
+    than ``tol · action_range`` (high − low, scalar or (A,)). ``discrete=None`` infers it from the
+    dtype (integer = discrete).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"the policies' actions have shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if discrete is None:
+        discrete = not a.is_floating_point()
+    if discrete:
+        if a.is_floating_point():  # scores/logits (..., A)
+            a, b = a.argmax(-1), b.argmax(-1)
+        return a != b
+    thresh = tol * torch.as_tensor(action_range, dtype=a.dtype, device=a.device)
+    return ((a - b).abs() > thresh).any(-1)
+
+
 def behavioural_novelty(
     act_fn_a: Callable[[torch.Tensor], torch.Tensor],
     act_fn_b: Callable[[torch.Tensor], torch.Tensor],
@@ -338,7 +366,8 @@ def behavioural_novelty(
     ``act_fn`` maps states to actions: integer actions (S,), or for ``discrete=True`` scores/logits
     (S, A) compared by argmax; otherwise continuous actions (S, A), different when any dimension
     differs by more than ``tol · action_range`` (high − low, scalar or (A,); 2.0 for [−1, 1]).
-    ``discrete=None`` infers it from the dtype (integer = discrete).
+    ``discrete=None`` infers it from the dtype (integer = discrete). See :func:`actions_differ`;
+    the sweep's batched version over rollout states is :mod:`rl_gpt.sweep.behaviour`.
     """
     with torch.no_grad():
         a, b = act_fn_a(states), act_fn_b(states)
@@ -348,10 +377,6 @@ def behavioural_novelty(
         )
     if discrete is None:
         discrete = not a.is_floating_point()
-    if discrete:
-        if a.is_floating_point():  # scores/logits (S, A)
-            a, b = a.argmax(-1), b.argmax(-1)
-        return float((a != b).float().mean())
-    a, b = a.reshape(len(states), -1), b.reshape(len(states), -1)  # (S, A)
-    thresh = tol * torch.as_tensor(action_range, dtype=a.dtype, device=a.device)
-    return float(((a - b).abs() > thresh).any(1).float().mean())
+    if not discrete:
+        a, b = a.reshape(len(states), -1), b.reshape(len(states), -1)  # (S, A)
+    return float(actions_differ(a, b, discrete, tol, action_range).float().mean())

@@ -15,9 +15,10 @@ import torch
 
 from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, _build, to_dict
 from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
-from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
+from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import check_compatible, load_generator
 
@@ -185,6 +186,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         pool_rows,
         train_runs,
         test_runs,
+        sc.seed + 6,
     )
     timings["novelty_s"] = time.time() - t
     report["timings"] = timings
@@ -216,11 +218,12 @@ def _novelty(
     pool_rows: torch.Tensor,
     train_runs: list[int],
     test_runs: list[int],
+    seed: int = 0,
 ) -> dict[str, Any]:
     try:
-        from rl_gpt.sweep.novelty import init_fidelity, novelty_ratio
+        from rl_gpt.sweep.novelty import init_fidelity, nearest_aligned, novelty_ratio
     except ImportError:  # pragma: no cover - novelty audit not installed
-        return {"novelty": None, "init_fidelity": None}
+        return {"novelty": None, "init_fidelity": None, "behavioural_novelty": None}
     layout, slices = ds.layout, ds.run_slices()
     g = torch.Generator().manual_seed(0)
     if len(pool_rows) > 5000:
@@ -231,10 +234,15 @@ def _novelty(
     held_init = ds.data["params"][torch.tensor([slices[r].start for r in held_runs])].float()
     finite = torch.isfinite(generated).all(1)
     out = {"novelty": {}, "init_fidelity": {}}
+    pairs = {}  # method -> (networks, their nearest training checkpoints) for behavioural novelty
     for name, vecs in (("generator", generated[finite]), ("retrieval", retrieved), ("noise", noisy)):
         nov = novelty_ratio(layout, vecs, pool, held_final)
         out["novelty"][name] = nov["ratio"]
+        pairs[name] = (vecs, pool[torch.as_tensor(nov["nn_index_generated"], dtype=torch.int64)])
     out["novelty"]["nn_dist_heldout"] = nov["nn_dist_heldout"]
+    pairs["retrieval"] = tuple(v[:1] for v in pairs["retrieval"])  # one checkpoint, repeated per init
+    pairs["identity"] = (inits, pool[nearest_aligned(layout, inits, pool)[1]])
+    out["behavioural_novelty"] = _behavioural(ds, pairs, train_runs, seed)
 
     def fidelity(*args: torch.Tensor) -> float | None:
         try:
@@ -247,6 +255,56 @@ def _novelty(
         "generator": fidelity(generated[finite], inits[finite], inits),
         "real_training": fidelity(held_final, held_init, train_inits),
     }
+    return out
+
+
+def _behavioural(
+    ds: CheckpointDataset, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], stats_runs: list[int], seed: int
+) -> dict[str, dict[str, Any]]:
+    """Behavioural novelty of each method's networks against their nearest training checkpoints.
+
+    Per method: ``fraction`` (mean over its networks, also ``per_policy``), ``compared``
+    (``"actions"``: on states from each policy's own deterministic rollouts, different when
+    discrete actions are unequal or a continuous one differs by more than ``tolerance`` × the
+    action range; ``"predictions"``: predicted classes on ``states`` test inputs, at most
+    ``STATES``, a fixed random subset), ``states`` (the fewest compared for any of its networks) and
+    ``policies`` (how many networks). See :mod:`rl_gpt.sweep.behaviour`.
+    """
+    from rl_gpt.sweep.behaviour import STATES, TOLERANCE, action_disagreement, prediction_disagreement
+
+    names = list(pairs)
+    params = torch.cat([pairs[n][0] for n in names]).float()
+    partners = torch.cat([pairs[n][1] for n in names]).float()
+    spec = ds.spec
+    if spec["task"].get("kind") == "supervised":
+        from rl_gpt.collect.supervised_run import _load
+
+        policy = spec["policy"]
+        root = spec["task"].get("data_root")
+        x_test = _load(policy["dataset"], None if root is None else str(root))[2]
+        pick = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed))[:STATES]
+        fraction = prediction_disagreement(ds.layout, policy["network"], params, partners, x_test[pick])
+        seen, tol, compared = torch.full((len(params),), len(pick)), None, "predictions"
+    else:
+        pspec = PolicySpec.from_dict(spec["policy"])
+        mean, var = obs_stats(ds, stats_runs)
+        fraction, seen = action_disagreement(
+            ds.layout, pspec, spec["env_id"], params, partners, seed=seed, obs_mean=mean, obs_var=var
+        )
+        tol, compared = (None if pspec.discrete else TOLERANCE), "actions"
+    out, start = {}, 0
+    for n in names:
+        stop = start + len(pairs[n][0])
+        f, c = fraction[start:stop], seen[start:stop]
+        out[n] = {
+            "fraction": float(f.mean()) if len(f) else float("nan"),
+            "compared": compared,
+            "tolerance": tol,
+            "states": int(c.min()) if len(c) else 0,
+            "policies": len(f),
+            "per_policy": f.tolist(),
+        }
+        start = stop
     return out
 
 

@@ -69,11 +69,13 @@ def load_train_state(
     expect: dict[str, Any],
 ) -> int:
     """Restore what :func:`save_train_state` wrote; returns the step to continue from."""
-    info = json.loads((directory / "state.json").read_text())
-    changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES and info["config"].get(k) != expect[k])
-    if changed:
-        from rl_gpt.config import ConfigError
+    from rl_gpt.config import ConfigError, TrainConfig, to_dict
 
+    info = json.loads((directory / "state.json").read_text())
+    # A field added since the run was saved counts as its default (the value the run was trained with).
+    saved = to_dict(TrainConfig()) | info["config"]
+    changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES and saved.get(k) != expect[k])
+    if changed:
         raise ConfigError(
             f"{directory.parent} holds a run trained with different train.{', train.'.join(changed)}; "
             "use another out= directory to start a new run"

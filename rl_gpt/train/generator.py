@@ -2,7 +2,14 @@
 
 A :class:`ParameterGenerator` holds the network, the diffusion, the normaliser and the layout.
 Callers speak in raw parameters and raw metrics; normalisation, the target parameterisation
-(θ' or θ' − θ) and guidance are handled here.
+(θ' or θ' − θ), guidance and the prompt-free reference mode are handled here.
+
+With ``condition_on_theta=False`` the generator models p(θ' | m'), what p-diff does without a
+prompt: θ and m are replaced by constants (zeros in normalised space) before the network sees
+them, in training and in sampling alike, so no information about the starting parameters can
+reach the output; callers still pass θ and m, which are ignored. Comparing such a model with the
+init-conditioned one (the product's mode) tells how much of the difficulty comes from
+conditioning on an unseen init.
 """
 
 from __future__ import annotations
@@ -21,7 +28,10 @@ __all__ = ["ParameterGenerator"]
 
 
 class ParameterGenerator:
-    """Conditional generative model p(θ' | θ, m, m') over flat parameter vectors."""
+    """Conditional generative model p(θ' | θ, m, m') over flat parameter vectors.
+
+    ``condition_on_theta=False``: the reference p(θ' | m'), blind to θ and m (needs ``target="theta"``).
+    """
 
     def __init__(
         self,
@@ -31,11 +41,15 @@ class ParameterGenerator:
         layout: Layout,
         target: str = "theta",
         prompt_dropout: float = 0.1,
+        condition_on_theta: bool = True,
     ):
         if target not in ("theta", "delta"):
             raise ValueError(f"target={target!r}: choose 'theta' or 'delta'")
+        if not condition_on_theta and target != "theta":
+            raise ValueError("condition_on_theta=False models θ' itself: target must be 'theta', not 'delta'")
         self.model, self.diffusion, self.normalizer, self.layout = model, diffusion, normalizer, layout
         self.target, self.prompt_dropout = target, prompt_dropout
+        self.condition_on_theta = bool(condition_on_theta)
 
     def to(self, device: torch.device | str) -> ParameterGenerator:
         self.model.to(device)
@@ -58,6 +72,19 @@ class ParameterGenerator:
             return theta + self.normalizer.undelta(x0)
         return self.normalizer.unparams(x0)
 
+    def conditioning(self, theta: torch.Tensor, metric: torch.Tensor, prompt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw θ (B, D), m (B,), m' (B,) -> the normalised inputs the network sees.
+
+        Without ``condition_on_theta`` θ and m become zeros (the gap m' − m the network embeds is then
+        m' itself): the outputs are built without reading θ or m, so nothing of them can leak in.
+        """
+        norm = self.normalizer
+        prompt_n = norm.metric(prompt.to(theta.device))  # (B,)
+        if not self.condition_on_theta:
+            zeros_theta = torch.zeros(theta.shape, dtype=theta.dtype, device=theta.device)  # (B, D)
+            return {"theta": zeros_theta, "metric": torch.zeros_like(prompt_n), "prompt": prompt_n}
+        return {"theta": norm.params(theta), "metric": norm.metric(metric.to(theta.device)), "prompt": prompt_n}
+
     def _model_fn(self, model: nn.Module):
         def fn(x_t: torch.Tensor, t: torch.Tensor, **kw: Any) -> torch.Tensor:
             return model(x_t, kw["theta"], t, kw["metric"], kw["prompt"], kw.get("cond_drop"))
@@ -69,7 +96,6 @@ class ParameterGenerator:
         self, batch: TensorDict, generator: torch.Generator | None = None, model: nn.Module | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean diffusion loss of a raw pair batch (theta, metric, theta_next, metric_next)."""
-        norm = self.normalizer
         theta, theta_next = batch["theta"], batch["theta_next"]  # (B, D)
         x0 = self.encode_target(theta, theta_next)  # (B, D)
         b = theta.shape[0]
@@ -78,10 +104,8 @@ class ParameterGenerator:
             self._model_fn(model or self.model),
             x0,
             generator=generator,
-            theta=norm.params(theta),
-            metric=norm.metric(batch["metric"]),
-            prompt=norm.metric(batch["metric_next"]),
             cond_drop=drop,
+            **self.conditioning(theta, batch["metric"], batch["metric_next"]),
         )
         return losses.mean(), extras
 
@@ -98,7 +122,10 @@ class ParameterGenerator:
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
     ) -> torch.Tensor:
-        """Raw θ' (B, D) for raw θ (B, D), its metric m (B,) and the prompted metric m' (B,)."""
+        """Raw θ' (B, D) for raw θ (B, D), its metric m (B,) and the prompted metric m' (B,).
+
+        Without ``condition_on_theta`` θ and m only set the batch size, shape and device.
+        """
         net = model or self.model
         was_training = net.training
         net.eval()
@@ -106,7 +133,6 @@ class ParameterGenerator:
         fn = self._model_fn(net)
         if guidance != 1.0:
             fn = guided(fn, guidance)
-        norm = self.normalizer
         x0 = sample(
             self.diffusion,
             fn,
@@ -115,10 +141,8 @@ class ParameterGenerator:
             method=method,
             generator=generator,
             device=device,
-            theta=norm.params(theta),
-            metric=norm.metric(metric.to(device)),
-            prompt=norm.metric(prompt.to(device)),
             cond_drop=torch.zeros(theta.shape[0], dtype=torch.bool, device=device),
+            **self.conditioning(theta, metric, prompt),
         )
         net.train(was_training)
         return self.decode_target(theta, x0)

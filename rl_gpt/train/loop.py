@@ -61,8 +61,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         from rl_gpt.config import ConfigError
 
         raise ConfigError(f"train.model: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
-    # A residual (θ + f) output is the identity only when the network predicts θ' itself.
-    residual = cfg.prediction == "x0" and cfg.target == "theta"
+    # A residual (θ + f) output is the identity only when the network predicts θ' itself (and sees θ).
+    residual = cfg.prediction == "x0" and cfg.target == "theta" and cfg.condition_on_theta
     base = MODELS[cfg.model].to_dict() | {"residual": residual} | cfg.model_overrides
     return ModelConfig.from_dict(base)
 
@@ -78,10 +78,20 @@ def fit_normalizer(ds: CheckpointDataset, sampler: PairSampler, pairs: int = 409
 def build_generator(
     cfg: TrainConfig, ds: CheckpointDataset, normalizer: Normalizer
 ) -> tuple[ParameterGenerator, ModelConfig]:
+    if not cfg.condition_on_theta and cfg.target != "theta":
+        from rl_gpt.config import ConfigError
+
+        raise ConfigError(
+            "train.condition_on_theta=false models θ' without θ, so train.target=delta has nothing to add "
+            "the update to; set train.target=theta"
+        )
     mc = model_config(cfg)
     model = build_model(mc, ds.layout)
     diffusion = GaussianDiffusion(**diffusion_args(cfg))
-    return ParameterGenerator(model, diffusion, normalizer, ds.layout, cfg.target, cfg.prompt_dropout), mc
+    gen = ParameterGenerator(
+        model, diffusion, normalizer, ds.layout, cfg.target, cfg.prompt_dropout, cfg.condition_on_theta
+    )
+    return gen, mc
 
 
 def _dist_info() -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """Self-describing model files: ``model.safetensors`` (EMA weights) + ``model.json``.
 
-``model.json`` carries the model config, the diffusion settings, the normaliser, the dataset's
-layout and spec, and training metadata, so ``generate`` needs nothing but the directory. No pickle
-anywhere: weights are safetensors, everything else JSON.
+``model.json`` carries the model config, the diffusion settings, the target and conditioning mode
+(``condition_on_theta``; absent = True), the normaliser, the dataset's layout and spec, and training
+metadata, so ``generate`` needs nothing but the directory. No pickle anywhere: weights are
+safetensors, everything else JSON.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def save_model(
             "diffusion": diffusion_args,
             "target": gen.target,
             "prompt_dropout": gen.prompt_dropout,
+            "condition_on_theta": gen.condition_on_theta,
             "normalizer": gen.normalizer.to_dict(),
             "layout": gen.layout.to_dict(),
             "spec": spec,
@@ -113,5 +115,6 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
         layout,
         info["target"],
         info.get("prompt_dropout", 0.1),
+        info.get("condition_on_theta", True),  # files written before the flag existed were all θ-conditioned
     )
     return gen.to(device), info

@@ -1,0 +1,155 @@
+"""ParameterGenerator's conditioning modes: the prompt-free reference p(θ' | m') never sees θ or m."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from rl_gpt.config import ConfigError, TrainConfig, load_config, to_dict
+from rl_gpt.dataset.pairs import Normalizer
+from rl_gpt.diffusion import GaussianDiffusion
+from rl_gpt.layout import LayerSpec, Layout
+from rl_gpt.model import build_model
+from rl_gpt.train.checkpoint import load_train_state, save_train_state
+from rl_gpt.train.generator import ParameterGenerator
+from rl_gpt.train.loop import build_generator, model_config
+from rl_gpt.train.modelfile import load_generator, save_model
+
+LAYOUT = Layout.build(
+    {"net.0.weight": (6, 3), "net.0.bias": (6,), "net.1.weight": (2, 6), "net.1.bias": (2,)},
+    [LayerSpec("net.0", None, "h0", "tanh"), LayerSpec("net.1", "h0", None)],
+)
+D = LAYOUT.numel
+VARIANTS = [dict(kind="mlp", depth=2), dict(tokens="neuron"), dict(tokens="layer", conditioning="tokens")]
+VARIANT_IDS = ["mlp", "dit-neuron-adaln", "dit-layer-tokens"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _normalizer() -> Normalizer:
+    g = torch.Generator().manual_seed(3)
+    return Normalizer(torch.randn(D, generator=g), torch.rand(D, generator=g) + 0.5, torch.ones(D), 0.0, 500.0)
+
+
+def _generator(condition_on_theta: bool, residual: bool = True, **variant) -> ParameterGenerator:
+    """A tiny generator whose zero-initialised layers are randomised, so its output depends on every input."""
+    torch.manual_seed(0)
+    model = build_model("tiny", LAYOUT, residual=residual, **variant)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    diffusion = GaussianDiffusion(prediction="x0" if residual else "v")
+    return ParameterGenerator(model, diffusion, _normalizer(), LAYOUT, condition_on_theta=condition_on_theta)
+
+
+def _inits(seed: int, b: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, D, generator=g) * 3, torch.rand(b, generator=g) * 500  # θ (B, D), m (B,)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_theta_free_samples_do_not_depend_on_theta(variant: dict, guidance: float) -> None:
+    prompt = torch.tensor([0.0, 100.0, 250.0, 400.0, 500.0])
+    (theta_a, m_a), (theta_b, m_b) = _inits(10), _inits(11)
+    outs = {}
+    for mode in (False, True):
+        gen = _generator(mode, **variant)
+        assert gen.condition_on_theta is mode
+        outs[mode] = [
+            gen.sample(theta, m, prompt, steps=5, guidance=guidance, generator=torch.Generator().manual_seed(7))
+            for theta, m in ((theta_a, m_a), (theta_b, m_b))
+        ]
+    assert torch.equal(outs[False][0], outs[False][1])  # bit-identical: θ and m never reach the network
+    assert not torch.allclose(outs[True][0], outs[True][1])  # the same test catches a θ-conditioned model
+    assert not torch.allclose(outs[False][0][0], outs[False][0][-1])  # while the prompt still matters
+
+
+def test_theta_free_loss_and_gradients_do_not_depend_on_theta() -> None:
+    (theta_a, m_a), (theta_b, m_b) = _inits(10), _inits(11)
+    theta_next = torch.randn(5, D, generator=torch.Generator().manual_seed(12))
+    metric_next = torch.tensor([0.0, 100.0, 250.0, 400.0, 500.0])
+    gen = _generator(False)
+    results = []
+    for theta, m in ((theta_a, m_a), (theta_b, m_b)):
+        gen.model.zero_grad()
+        batch = TensorDict(
+            {"theta": theta, "metric": m, "theta_next": theta_next, "metric_next": metric_next}, batch_size=[5]
+        )
+        loss, _ = gen.loss(batch, generator=torch.Generator().manual_seed(4))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in gen.model.parameters() if p.grad is not None]))
+    assert torch.equal(results[0][0], results[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
+
+
+def test_theta_free_mode_refuses_delta_target() -> None:
+    model = build_model("tiny", LAYOUT)
+    with pytest.raises(ValueError, match="target must be 'theta'"):
+        ParameterGenerator(model, GaussianDiffusion(), _normalizer(), LAYOUT, "delta", condition_on_theta=False)
+    cfg = TrainConfig(model="tiny", target="delta", condition_on_theta=False)
+    with pytest.raises(ConfigError, match="train.target=theta"):
+        build_generator(cfg, SimpleNamespace(layout=LAYOUT), _normalizer())  # type: ignore[arg-type]
+
+
+def test_config_key_and_model_config() -> None:
+    cfg = load_config("cartpole", ["train.condition_on_theta=false"], command="train")
+    assert cfg.train.condition_on_theta is False
+    assert TrainConfig().condition_on_theta is True
+    # θ is zeros in this mode, so a residual θ + f would add nothing: the model is built without it.
+    assert model_config(TrainConfig(prediction="x0", condition_on_theta=True)).residual
+    assert not model_config(TrainConfig(prediction="x0", condition_on_theta=False)).residual
+    gen, _ = build_generator(
+        TrainConfig(model="tiny", condition_on_theta=False),
+        SimpleNamespace(layout=LAYOUT),  # type: ignore[arg-type]
+        _normalizer(),
+    )
+    assert gen.condition_on_theta is False
+
+
+@pytest.mark.parametrize("mode", [True, False])
+def test_model_file_keeps_the_mode_and_old_files_load_conditioned(mode: bool, tmp_path: Path) -> None:
+    gen = _generator(mode, residual=False)
+    save_model(tmp_path, gen.model, gen.model.config, gen, {}, {"prediction": "v"}, {})
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["condition_on_theta"] is mode
+    loaded, _ = load_generator(tmp_path)
+    assert loaded.condition_on_theta is mode
+    theta, m = _inits(10)
+    prompt = torch.full((5,), 250.0)
+    kw = dict(steps=4, generator=torch.Generator().manual_seed(0))
+    a = gen.sample(theta, m, prompt, **kw)  # type: ignore[arg-type]
+    kw["generator"] = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(loaded.sample(theta, m, prompt, **kw), a)  # type: ignore[arg-type]
+
+    del info["condition_on_theta"]  # a model file written before the flag existed
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    assert load_generator(tmp_path)[0].condition_on_theta is True
+
+
+def test_resume_of_a_run_saved_before_the_flag(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    ema = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    old = to_dict(TrainConfig())
+    del old["condition_on_theta"]
+    save_train_state(tmp_path / "state", model, ema, opt, torch.Generator(), 3, old)
+    assert load_train_state(tmp_path / "state", model, ema, opt, torch.Generator(), to_dict(TrainConfig())) == 3
+    with pytest.raises(ConfigError, match="condition_on_theta"):
+        load_train_state(
+            tmp_path / "state", model, ema, opt, torch.Generator(), to_dict(TrainConfig(condition_on_theta=False))
+        )
