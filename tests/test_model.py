@@ -210,6 +210,34 @@ def test_metric_frequencies_resolve_normalised_returns() -> None:
     assert cos(e[0], e[2], dim=0) < cos(e[0], e[1], dim=0)
 
 
+@pytest.mark.parametrize("theta_tokens", ["fused", "separate"])
+def test_fused_tokens_pair_each_unit_with_its_own_theta(theta_tokens: str) -> None:
+    """Permuting θ's hidden units alone (x_t fixed) must change f for fused tokens.
+
+    With separate θ tokens and no position among a layer's units, f cannot tell which θ unit
+    belongs to which x_t unit: it is invariant to permuting θ alone, the flaw "fused" removes.
+    """
+    torch.manual_seed(0)
+    layout = mlp_layout([4, 16, 2])
+    model = build_model("neuron", layout, theta_tokens=theta_tokens, residual=False).eval()
+    randomize_zero_params(model)
+    inputs = batch(layout, b=3)
+    perms = layout.random_permutations(3, generator=torch.Generator().manual_seed(1))
+    shuffled = {**inputs, "theta": layout.permute(inputs["theta"], perms)}
+    with torch.no_grad():
+        f, f_shuffled = model(**inputs), model(**shuffled)
+    if theta_tokens == "fused":
+        assert (f - f_shuffled).abs().max() > 1e-3
+    else:
+        torch.testing.assert_close(f, f_shuffled, rtol=1e-4, atol=1e-5)
+
+
+def test_model_files_without_theta_tokens_load_as_separate() -> None:
+    old = {k: v for k, v in MODELS["neuron"].to_dict().items() if k != "theta_tokens"}
+    assert ModelConfig.from_dict(old).theta_tokens == "separate"
+    assert MODELS["neuron"].theta_tokens == "fused"
+
+
 # ----------------------------------------------------------------------------- registry and wrapper
 
 

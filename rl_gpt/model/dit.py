@@ -101,7 +101,12 @@ class DiT(nn.Module):
         self.adaln = config.conditioning == "adaln"
         self.tokenizer = make_tokenizer(config.tokens, layout, width, config.chunk_size)
         self.type_embed = nn.Embedding(self.tokenizer.num_types, width)
-        self.source_embed = nn.Embedding(2, width)  # 0: θ tokens, 1: x_t tokens
+        self.fused = config.theta_tokens == "fused"
+        if self.fused:
+            # Distinct maps for the two halves, so (θ, x_t) survives the shared linear encoder.
+            self.fuse = nn.Linear(2 * width, width)
+        else:
+            self.source_embed = nn.Embedding(2, width)  # 0: θ tokens, 1: x_t tokens
         self.cond = ConditionEmbedder(width)
         self.blocks = nn.ModuleList(
             DiTBlock(width, config.heads, config.mlp_ratio, config.dropout, self.adaln) for _ in range(config.depth)
@@ -124,7 +129,8 @@ class DiT(nn.Module):
             nn.init.zeros_(self.ada_final[-1].weight)
             nn.init.zeros_(self.ada_final[-1].bias)
         nn.init.normal_(self.type_embed.weight, std=0.02)
-        nn.init.normal_(self.source_embed.weight, std=0.02)
+        if not self.fused:
+            nn.init.normal_(self.source_embed.weight, std=0.02)
 
     def forward(
         self,
@@ -138,15 +144,19 @@ class DiT(nn.Module):
         check_inputs(self.tokenizer.numel, x_t, theta, t, metric, prompt, cond_drop)
         n = self.tokenizer.num_tokens
         pos = self.type_embed(self.tokenizer.type_ids)  # (N, W)
-        theta_tok = self.tokenizer.encode(theta) + pos + self.source_embed.weight[0]  # (B, N, W)
-        x_tok = self.tokenizer.encode(x_t) + pos + self.source_embed.weight[1]  # (B, N, W)
-        h = torch.cat([theta_tok, x_tok], dim=1)  # (B, 2N, W)
+        if self.fused:
+            both = torch.cat([self.tokenizer.encode(x_t), self.tokenizer.encode(theta)], dim=-1)  # (B, N, 2W)
+            h = self.fuse(both) + pos  # (B, N, W)
+        else:
+            theta_tok = self.tokenizer.encode(theta) + pos + self.source_embed.weight[0]  # (B, N, W)
+            x_tok = self.tokenizer.encode(x_t) + pos + self.source_embed.weight[1]  # (B, N, W)
+            h = torch.cat([theta_tok, x_tok], dim=1)  # (B, 2N, W)
         cond = self.cond(t, metric, prompt, cond_drop)  # (B, 4, W)
         if self.adaln:
             c = cond.sum(dim=1)  # (B, W)
         else:
             c = None
-            h = torch.cat([cond, h], dim=1)  # (B, 4 + 2N, W)
+            h = torch.cat([cond, h], dim=1)  # (B, 4 + L, W)
         for block in self.blocks:
             h = block(h, c)  # (B, L, W)
         out = self.norm_final(h[:, -n:])  # (B, N, W): the x_t tokens

@@ -18,6 +18,7 @@ __all__ = ["MODELS", "ModelConfig", "build_model"]
 
 KINDS = ("dit", "mlp")
 CONDITIONINGS = ("adaln", "tokens")
+THETA_TOKENS = ("fused", "separate")
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,19 @@ class ModelConfig:
     residual: bool = True  # predict θ + f (untrained model = identity) instead of f
     mlp_ratio: float = 4.0  # hidden width of each block's MLP, as a multiple of width
     dropout: float = 0.0  # dropout in attention and MLPs
+    # (dit only) "fused": one token per unit/chunk carrying both θ and x_t; "separate": θ and x_t as
+    # two token sets (the first design). Neuron tokens have no position among a layer's units, so in
+    # "separate" mode unit j's θ token and x_t token can only find each other by content, which noise
+    # destroys; "fused" keeps them together and halves the sequence.
+    theta_tokens: str = "fused"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind={self.kind!r}: choose one of {KINDS}")
         if self.tokens not in TOKENIZERS:
             raise ValueError(f"tokens={self.tokens!r}: choose one of {TOKENIZERS}")
+        if self.theta_tokens not in THETA_TOKENS:
+            raise ValueError(f"theta_tokens={self.theta_tokens!r}: choose one of {THETA_TOKENS}")
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning={self.conditioning!r}: choose one of {CONDITIONINGS}")
         if self.width < 1 or self.depth < 0 or self.chunk_size < 1 or self.mlp_ratio <= 0:
@@ -60,7 +68,8 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
+        # Files written before ``theta_tokens`` existed used separate θ tokens.
+        return cls(**{"theta_tokens": "separate", **data})
 
 
 #: Named sizes; the CLI offers these names. Override single fields through ``build_model(..., **overrides)``.
