@@ -18,7 +18,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from rl_gpt.cli import main
 from rl_gpt.demo import format_table
-from rl_gpt.train.modelfile import ModelFileError, check_compatible, read_model_info
+from rl_gpt.train.modelfile import ModelFileError, check_compatible, model_dataset, read_model_info
 
 QUIET = ["wandb.mode=disabled", "-q"]
 TINY_MODEL = [
@@ -63,6 +63,19 @@ def test_model_file_is_self_describing(experiment):
     assert not set(info["meta"]["train_runs"]) & set(info["meta"]["test_runs"])
     weights = load_file(str(experiment / "model" / "model.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_moved_run_folder_finds_its_dataset(experiment, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(experiment / "dataset", moved / "dataset")
+    shutil.copytree(experiment / "model", moved / "model")
+    info = read_model_info(moved / "model")
+    info["meta"]["dataset"] = str(tmp_path / "gone")  # the original place no longer exists
+    assert model_dataset(moved / "model", info) == moved / "model" / ".." / "dataset"
+    del info["meta"]["dataset_relative"]  # a model from before the relative path was stored
+    with pytest.raises(ModelFileError, match="dataset=PATH"):
+        model_dataset(moved / "model", info)
+    assert model_dataset(moved / "model", info, fallback=moved / "dataset") == moved / "dataset"
 
 
 def test_resume_continues_the_same_run(experiment, tmp_path):

@@ -10,7 +10,7 @@ import torch
 
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
-from rl_gpt.train.modelfile import ModelFileError, load_generator
+from rl_gpt.train.modelfile import ModelFileError, load_generator, model_dataset
 
 __all__ = ["generate", "load_start"]
 
@@ -65,7 +65,7 @@ def generate(
             stacklevel=2,
         )
     theta = load_start(info, from_zip, seed)
-    ds = CheckpointDataset(info["meta"]["dataset"])
+    ds = CheckpointDataset(model_dataset(model_dir, info))
     runs = info["meta"]["train_runs"]
     start_metric = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean
     th = theta[None].expand(num, -1)

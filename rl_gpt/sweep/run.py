@@ -20,7 +20,7 @@ from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import check_compatible, load_generator
+from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 
 __all__ = ["random_inits", "sweep", "task_of"]
 
@@ -95,7 +95,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     timings: dict[str, float] = {}
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(info["meta"].get("dataset") or cfg.dataset_dir)
+    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset_dir))
     check_compatible(info, ds.spec)
     spec, task = ds.spec, task_of(ds.spec)
     higher = spec["metric"]["higher_is_better"]

@@ -147,7 +147,13 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     run = _wandb_init(cfg) if main_proc else None
     if main_proc:
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    meta = {"train_runs": train_runs, "test_runs": test_runs, "dataset": str(Path(cfg.dataset_dir).resolve())}
+    dataset = Path(cfg.dataset_dir).resolve()
+    meta = {
+        "train_runs": train_runs,
+        "test_runs": test_runs,
+        "dataset": str(dataset),
+        "dataset_relative": os.path.relpath(dataset, out.resolve()),  # found again if the run folder moves
+    }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and device.type == "cuda") else None
 
     def checkpoint() -> None:

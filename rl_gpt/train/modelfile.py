@@ -23,7 +23,7 @@ from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
 from rl_gpt.train.generator import ParameterGenerator
 
-__all__ = ["ModelFileError", "check_compatible", "load_generator", "save_model"]
+__all__ = ["ModelFileError", "check_compatible", "load_generator", "model_dataset", "save_model"]
 
 FORMAT = {"name": "rl_gpt.model", "version": 1}
 
@@ -74,6 +74,19 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
     if info.get("format", {}).get("name") != FORMAT["name"]:
         raise ModelFileError(f"{path} is not an rl_gpt model file")
     return info
+
+
+def model_dataset(directory: str | Path, info: dict[str, Any], fallback: str | Path | None = None) -> Path:
+    """The dataset a model was trained on: its recorded path, else that path relative to the model
+    directory (a run folder that was moved or copied whole), else ``fallback``."""
+    meta = info.get("meta", {})
+    candidates = [meta.get("dataset"), meta.get("dataset_relative") and Path(directory) / meta["dataset_relative"]]
+    for path in [*candidates, fallback]:
+        if path and (Path(path) / "spec.json").is_file():
+            return Path(path)
+    raise ModelFileError(
+        f"the dataset of model {directory} is not at {meta.get('dataset')}; pass its location with dataset=PATH"
+    )
 
 
 def check_compatible(info: dict[str, Any], spec: dict[str, Any]) -> None:
