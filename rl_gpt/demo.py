@@ -42,6 +42,12 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     rows = [("generator", report)] + [(k, v) for k, v in report["baselines"].items()]
     nov = report.get("novelty") or {}
     beh = report.get("behavioural_novelty") or {}
+    rl = (report.get("metric") or {}).get("name", "return") == "return"
+    value = "{:.1f}" if rl else "{:.3f}"  # returns vs losses/errors
+
+    def solved(fraction: float) -> str:
+        return "-" if fraction != fraction else f"{fraction:.0%}"  # NaN: the task has no threshold
+
     lines = [
         f"{report['task']} ({report['env_id']}), {report['inits']} unseen random inits",
         f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8} {'behaviour':>9}",
@@ -49,8 +55,8 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     for name, r in rows:
         n, b = nov.get(name), (beh.get(name) or {}).get("fraction")
         lines.append(
-            f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {r['one_step']['mean_return']:>9.1f} "
-            f"{r['one_step']['solved_fraction']:>7.0%} {'' if n is None else f'{n:.2f}':>8} "
+            f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {value.format(r['one_step']['mean_return']):>9} "
+            f"{solved(r['one_step']['solved_fraction']):>7} {'' if n is None else f'{n:.2f}':>8} "
             f"{'' if b is None else f'{b:.0%}':>9}"
         )
     first = next((v for v in beh.values() if v), None)
@@ -68,7 +74,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     if fid and None not in fid.values():
         lines.append(f"init fidelity: generator {fid['generator']:.2f}, real training {fid['real_training']:.2f}")
     rec = report["recursive"]["mean_return"]
-    lines.append("recursive prompting: " + " -> ".join(f"{v:.0f}" for v in rec))
+    lines.append("recursive prompting: " + " -> ".join((value if not rl else "{:.0f}").format(v) for v in rec))
     if stages:
         lines.append("wall time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in stages.items()))
     return "\n".join(lines)
