@@ -259,3 +259,38 @@ def test_ddp_training_with_two_processes(experiment, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_model_info(out / "model")["meta"]["step"] == 6
+
+
+def _nan_on_rank_one(rank: int, port: int, results) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 1))
+        loss = model(torch.ones(2, 3)).sum() * (float("nan") if rank == 1 else 1.0)
+        loss.backward()
+        results[rank] = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_on_one_ddp_rank_reaches_every_rank():
+    """The trainer checks the gradient norm after backward so all ranks stop together on one rank's NaN."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_nan_on_rank_one, args=(port, results), nprocs=2, join=True)
+    assert dict(results) == {0: False, 1: False}
+
+
+def test_malformed_model_overrides_are_one_line(experiment, tmp_path, capsys):
+    out = tmp_path / "bad"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    assert main(["train", "cartpole", f"out={out}", "steps=2", "train.model_overrides={width:32}", *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "space after each colon" in err, err

@@ -64,7 +64,14 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     # A residual (θ + f) output is the identity only when the network predicts θ' itself (and sees θ).
     residual = cfg.prediction == "x0" and cfg.target == "theta" and cfg.condition_on_theta
     base = MODELS[cfg.model].to_dict() | {"residual": residual} | cfg.model_overrides
-    return ModelConfig.from_dict(base)
+    try:
+        return ModelConfig.from_dict(base)
+    except (TypeError, ValueError) as exc:
+        from rl_gpt.config import ConfigError
+
+        colon = any(":" in k for k in cfg.model_overrides)
+        hint = " (YAML needs a space after each colon: {width: 128})" if colon else ""
+        raise ConfigError(f"train.model_overrides: {exc}{hint}") from None
 
 
 def fit_normalizer(ds: CheckpointDataset, sampler: PairSampler, pairs: int = 4096) -> Normalizer:
@@ -182,11 +189,16 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
                     loss, extras = gen.loss(batch, g, model=ddp_model)
             else:
                 loss, extras = gen.loss(batch, g, model=ddp_model)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower train.lr or check the data")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            # Checked after backward: DDP's all-reduce spreads one rank's NaN to every rank's
+            # gradients, so all ranks stop here together instead of waiting on the one that stopped.
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+                raise FloatingPointError(
+                    f"loss {loss.item()}, gradient norm {float(grad_norm)} at step {step}; "
+                    "lower train.lr or check the data (the last checkpoint is intact)"
+                )
             opt.step()
             update_ema(ema, model, tc.ema, step)
             step += 1
