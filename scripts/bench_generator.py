@@ -4,7 +4,10 @@ Each registry model is built for the CartPole demo actor (4 -> 16 -> 2, 114 para
 compared with the residual-MLP baseline in the same run. Sampling uses guidance 2 (two network
 calls per step, batched), as `rl-gpt sweep` does by default.
 
-    python scripts/bench_generator.py [--models neuron mlp] [--policies 1000] [--threads 2]
+    python scripts/bench_generator.py [--models neuron neuron:separate mlp] [--policies 1000] [--threads 2]
+
+``neuron:separate`` is the neuron DiT with θ and x_t as two token sets (twice the sequence), the
+design before fused tokens.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ LAYOUT = Layout.build(
 
 
 def make(name: str) -> ParameterGenerator:
+    """A registry name, optionally with ``:separate`` for the older two-token-set θ input."""
+    name, _, theta_tokens = name.partition(":")
+    overrides = {"theta_tokens": theta_tokens} if theta_tokens else {}
     d = LAYOUT.numel
     norm = Normalizer(torch.zeros(d), torch.ones(d), torch.ones(d), 0.0, 500.0)
     return ParameterGenerator(
-        build_model(name, LAYOUT, residual=False), GaussianDiffusion(prediction="v"), norm, LAYOUT
+        build_model(name, LAYOUT, residual=False, **overrides), GaussianDiffusion(prediction="v"), norm, LAYOUT
     )
 
 
@@ -72,7 +78,7 @@ def sample_rate(gen: ParameterGenerator, policies: int, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["neuron", "mlp"])
+    parser.add_argument("--models", nargs="+", default=["neuron", "neuron:separate", "mlp"])
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
