@@ -60,6 +60,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         steps=args.steps,
         episodes=args.episodes,
+        dataset=args.dataset,
     )
     print(f"start return {rec['start_return']:.1f} -> prompted {rec['target_return']:.1f}")
     for p in rec["policies"]:
@@ -136,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--random-init", action="store_true", help="start from SB3's random initialiser (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
     p.add_argument("--num", type=int, default=1, help="number of policies")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's train.guidance)")
+    p.add_argument("--dataset", default=None, help="the model's dataset, if it is no longer where training left it")
     p.add_argument("--steps", type=int, default=20, help="diffusion sampling steps")
     p.add_argument("--episodes", type=int, default=16, help="evaluation episodes per policy")
     p.add_argument("--out", required=True, help="output directory")

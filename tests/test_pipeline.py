@@ -94,6 +94,23 @@ def test_resume_continues_the_same_run(experiment, tmp_path):
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
 
 
+def test_resume_after_a_registry_change_is_one_line(experiment, tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from rl_gpt.model import MODELS
+
+    out = tmp_path / "registry"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "steps=4", "train.ckpt_every=2", *TINY_MODEL, *QUIET]
+    assert main(args) == 0
+    monkeypatch.setitem(MODELS, "mlp", replace(MODELS["mlp"], mlp_ratio=2.0))  # same name, other network
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--restart" in err, err
+    assert main([*args, "--restart"]) == 0
+
+
 def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     out = tmp_path / "sweep"
     assert (

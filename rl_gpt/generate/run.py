@@ -46,11 +46,16 @@ def generate(
     from_zip: str | None = None,
     seed: int = 0,
     num: int = 1,
-    guidance: float = 1.0,
+    guidance: float | None = None,
     steps: int = 20,
     episodes: int = 16,
+    dataset: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``."""
+    """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
+
+    ``guidance`` defaults to the scale the model was probed with (``train.guidance``: 2 for the CartPole
+    presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset.
+    """
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.sweep.protocol import evaluate_flat
     from rl_gpt.sweep.run import task_of
@@ -65,7 +70,9 @@ def generate(
             stacklevel=2,
         )
     theta = load_start(info, from_zip, seed)
-    ds = CheckpointDataset(model_dataset(model_dir, info))
+    ds = CheckpointDataset(model_dataset(model_dir, info, dataset))
+    if guidance is None:
+        guidance = float(info["meta"].get("config", {}).get("train", {}).get("guidance", 1.0))
     runs = info["meta"]["train_runs"]
     start_metric = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean
     th = theta[None].expand(num, -1)

@@ -1,11 +1,17 @@
 """A transformer denoiser over parameter tokens (G.pt: Peebles et al. 2022; blocks from DiT).
 
-The sequence is ``[θ tokens ; x_t tokens]`` (plus four conditioning tokens in ``tokens`` mode).
-Both parameter vectors go through the same tokeniser encoder, as in G.pt; a learned source
-embedding tells θ-tokens from x_t-tokens, and a learned per-token embedding (``type_ids``) gives
-layer/chunk tokens their position and neuron tokens only their group, so a neuron-token model has
-no way to tell units of a group apart. The prediction is the tokeniser's decoder applied to the
-x_t-token outputs.
+Both parameter vectors go through the same tokeniser encoder, as in G.pt, and a learned per-token
+embedding (``type_ids``) gives layer/chunk tokens their position and neuron tokens only their group,
+so a neuron-token model has no way to tell units of a group apart. ``theta_tokens`` decides how θ
+meets the noised x_t:
+
+* ``fused`` (default): token k is a linear map of [enc(x_t)_k ; enc(θ)_k], one token per unit (or
+  chunk) carrying both, so each unit's update is computed next to its own start weights;
+* ``separate`` (the first design, kept for old model files): the sequence is ``[θ tokens ; x_t
+  tokens]`` with a learned source embedding; neuron tokens then pair θ and x_t units by content only.
+
+Four conditioning tokens are prepended in ``tokens`` mode. The prediction is the tokeniser's decoder
+applied to the x_t (or fused) token outputs.
 
 Conditioning (t, m, m', m' - m; see :mod:`rl_gpt.model.embed`):
 

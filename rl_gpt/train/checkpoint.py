@@ -81,8 +81,15 @@ def load_train_state(
             "use another out= directory to start a new run"
         )
     tensors = load_file(str(directory / "state.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    except RuntimeError:
+        # Same config names, other network: a registry model changed since the run was saved.
+        raise ConfigError(
+            f"{directory.parent} holds a run of another network than train.model={expect.get('model')!r} builds "
+            "now (the registry changed since); train again with --restart or use another out= directory"
+        ) from None
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):

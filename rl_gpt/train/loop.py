@@ -70,7 +70,8 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         from rl_gpt.config import ConfigError
 
         colon = any(":" in k for k in cfg.model_overrides)
-        hint = " (YAML needs a space after each colon: {width: 128})" if colon else ""
+        example = "'train.model_overrides={width: 128}'"
+        hint = f" (YAML needs a space after each colon; quote it for the shell: {example})" if colon else ""
         raise ConfigError(f"train.model_overrides: {exc}{hint}") from None
 
 

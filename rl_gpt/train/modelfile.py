@@ -85,7 +85,8 @@ def model_dataset(directory: str | Path, info: dict[str, Any], fallback: str | P
         if path and (Path(path) / "spec.json").is_file():
             return Path(path)
     raise ModelFileError(
-        f"the dataset of model {directory} is not at {meta.get('dataset')}; pass its location with dataset=PATH"
+        f"the dataset of model {directory} is not at {meta.get('dataset')}; "
+        "pass its location (sweep: dataset=PATH, generate: --dataset PATH)"
     )
 
 
