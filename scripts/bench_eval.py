@@ -29,6 +29,7 @@ import gymnasium as gym
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -78,6 +79,7 @@ def trained_actor(path: Path | None, steps: int) -> torch.Tensor:
     else:
         model = make_model(seed=0)
         t = time.perf_counter()
+        model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-* folder
         model.learn(steps)
         print(f"# trained PPO on {ENV_ID} for {steps} steps in {time.perf_counter() - t:.0f} s")
         if path is not None:

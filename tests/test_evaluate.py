@@ -13,6 +13,7 @@ import pytest
 import torch
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -182,6 +183,7 @@ def briefly_trained() -> PPO:
     """PPO on CartPole after two short updates: better than random, episodes still short."""
     with one_thread():
         model = make_model("ppo", "CartPole-v1", 0, n_steps=512, batch_size=128, n_epochs=4, learning_rate=3e-3)
+        model.set_logger(Logger(folder=None, output_formats=[]))  # no /tmp/SB3-* folder
         model.learn(1024)
     return model
 
@@ -214,6 +216,7 @@ def test_evaluate_params_agrees_with_evaluate_policy(briefly_trained: PPO) -> No
 def test_evaluate_params_agrees_with_evaluate_policy_after_training() -> None:
     with one_thread():
         model = make_model("ppo", "CartPole-v1", 1, n_steps=1024, batch_size=256, n_epochs=5, learning_rate=3e-3)
+        model.set_logger(Logger(folder=None, output_formats=[]))
         model.learn(12_000)
         layout, spec, flat = actor_of(model, "ppo")
         ours = evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=500, seed=3)
