@@ -7,7 +7,6 @@ reference mode (``condition_on_theta=False``), where θ and m are noise the mode
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,13 +20,7 @@ PREDICTIONS = ("x0", "eps", "v")
 METHODS = ("ddim", "ddpm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny matmuls: one thread is several times faster than two on a shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cosine_alpha_bar(u: float, s: float = 0.008) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,12 +29,7 @@ VARIANTS = [dict(kind="mlp", depth=2), dict(tokens="neuron"), dict(tokens="layer
 VARIANT_IDS = ["mlp", "dit-neuron-adaln", "dit-layer-tokens"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _normalizer() -> Normalizer:
