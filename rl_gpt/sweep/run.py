@@ -131,9 +131,10 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         "init_metric": init_metric.tolist(),
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
+    solved = report["one_step"]["solved_fraction"]
     say(
-        f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.1f} "
-        f"at prompt {prompts[best]:.0f}, solved {report['one_step']['solved_fraction']:.0%}"
+        f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.4g} "
+        f"at prompt {float(prompts[best]):.4g}" + ("" if solved != solved else f", solved {solved:.0%}")
     )
 
     # ---------------------------------------------------------------- recursive prompting
