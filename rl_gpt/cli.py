@@ -79,7 +79,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     config = args.task or args.config
     out = args.out or (f"runs/demo-{config}" if config else "runs/demo")
-    run_demo(out, config, args.overrides, progress=not args.quiet)
+    run_demo(out, config, args.overrides, progress=not args.quiet, restart=args.restart)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--task", help="preset to demo instead of the embedded CartPole default (e.g. digits)")
     p.add_argument("--out", default=None, help="output directory (default runs/demo, or runs/demo-<task>)")
+    p.add_argument("--restart", action="store_true", help="retrain the generator, ignoring a saved training state")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help="evaluate an SB3 policy .zip or dataset rows with the batched evaluator")

@@ -200,6 +200,8 @@ ALIASES: dict[str, dict[str, str]] = {
         "lr": "train.lr",
     },
 }
+# The demo runs all three stages: it takes their short names, except the ambiguous seed=.
+ALIASES["demo"] = {k: v for stage in ("collect", "train", "sweep") for k, v in ALIASES[stage].items() if k != "seed"}
 
 
 # ---------------------------------------------------------------------------- loading

@@ -16,16 +16,23 @@ __all__ = ["run_demo"]
 
 
 def run_demo(
-    out: str | Path = "runs/demo", config: str | None = None, overrides: Sequence[str] = (), progress: bool = True
+    out: str | Path = "runs/demo",
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Collect → train → sweep into ``out``; each stage resumes if the demo was interrupted."""
-    cfg = load_config(config, [f"out={out}", *overrides])
+    """Collect → train → sweep into ``out``; each stage resumes if the demo was interrupted.
+
+    ``restart`` trains the generator afresh even if ``out`` holds a saved training state (the dataset is kept).
+    """
+    cfg = load_config(config, [f"out={out}", *overrides], command="demo")
     start = time.time()
     stages = {}
     collect(cfg, progress=progress)
     stages["collect_s"] = time.time() - start
     t = time.time()
-    train(cfg, progress=progress)
+    train(cfg, progress=progress, resume=not restart)
     stages["train_s"] = time.time() - t
     t = time.time()
     report = sweep(cfg, cfg.model_dir, out, progress=progress)

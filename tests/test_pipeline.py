@@ -311,3 +311,15 @@ def test_malformed_model_overrides_are_one_line(experiment, tmp_path, capsys):
     assert main(["train", "cartpole", f"out={out}", "steps=2", "train.model_overrides={width:32}", *QUIET]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "space after each colon" in err, err
+
+
+def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(experiment / "dataset", out / "dataset")  # collection then finds all 4 runs done
+    args = ["demo", "cartpole", "runs=4", "timesteps=1024", "collect.checkpoint_every=256", "task.n_envs=2"]
+    args += ["steps=4", *TINY_MODEL, "inits=2", "prompts=3", "samples=1", "episodes=2", "--out", str(out), *QUIET]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["inits"] == 2 and len(report["prompts"]) == 3 and (out / "sweep.png").is_file()
+    assert main([*args, "steps=6", "--restart"]) == 0
+    assert read_model_info(out / "model")["meta"]["step"] == 6
