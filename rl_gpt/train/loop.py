@@ -287,7 +287,8 @@ def _final_alignment(
     from rl_gpt.io import atomic_write_json
     from rl_gpt.sweep.protocol import quick_alignment
 
-    result = {"prompts": 10, "episodes": 8, "guidance": cfg.train.guidance}
+    episodes = cfg.sweep.episodes  # as many as the sweep uses, so the two measure alike
+    result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance}
     for name, runs in (("train_inits_r2", train_runs[:16]), ("heldout_inits_r2", test_runs[:16])):
         if runs:
             result[name] = quick_alignment(
@@ -296,7 +297,7 @@ def _final_alignment(
                 ds,
                 runs,
                 prompts=10,
-                episodes=8,
+                episodes=episodes,
                 steps=cfg.train.sample_steps,
                 guidance=cfg.train.guidance,
                 stats_runs=train_runs,
