@@ -58,6 +58,21 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
     assert (tmp_path / "dataset" / "config.yaml").exists()
 
 
+def test_a_checkpoint_evaluated_with_its_own_normalisation_reproduces_its_label(tmp_path):
+    """Sweeps deploy a retrieved checkpoint with its own VecNormalize statistics (``stats_rows``)."""
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.protocol import evaluate_flat
+
+    extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128"]
+    assert _collect("inverted_pendulum", tmp_path, *extra) == 0
+    ds = CheckpointDataset(tmp_path / "dataset")
+    rows = torch.arange(len(ds.data["metric"]))
+    cfg = load_config("inverted_pendulum", ["collect.eval_episodes=2"], command="collect").collect
+    own = evaluate_flat(ds, ds.data["params"][:].float(), 2, cfg.eval_seed, [0], stats_rows=rows).mean
+    torch.testing.assert_close(own.float(), ds.data["metric"][:].float())
+    assert not torch.equal(ds.data["obs_mean"][0], ds.data["obs_mean"][-1])  # step 0 has the initial statistics
+
+
 def _sb3_policy_from_spec(spec: dict, row: torch.Tensor) -> PPO:
     """Rebuild an SB3 PPO from spec.json alone (no rl_gpt), as a user of the open format would."""
     import gymnasium as gym

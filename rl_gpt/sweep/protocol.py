@@ -45,11 +45,14 @@ def evaluate_flat(
     seed: int,
     stats_runs: list[int],
     deterministic: bool = True,
+    stats_rows: torch.Tensor | None = None,
 ) -> EvalResult:
     """The dataset's metric for raw flat networks (B, D): returns for policies, test loss/error for classifiers.
 
     ``episodes``/``seed`` apply to policies; classifiers are evaluated on the full test split
-    (``std`` is 0 and ``returns`` holds the one value).
+    (``std`` is 0 and ``returns`` holds the one value). For a VecNormalize task, ``stats_rows`` (B,)
+    names the dataset row whose observation statistics each network uses (a retrieved checkpoint
+    fits only its own); without it all use the mean of ``stats_runs``' final checkpoints.
     """
     if ds.spec["task"].get("kind") == "supervised":
         from rl_gpt.collect.supervised_run import supervised_metric
@@ -58,6 +61,8 @@ def evaluate_flat(
         return EvalResult(metric, torch.zeros_like(metric), metric[:, None], torch.zeros(len(metric), 1))
     spec = PolicySpec.from_dict(ds.spec["policy"])
     mean, var = obs_stats(ds, stats_runs)
+    if mean is not None and stats_rows is not None:
+        mean, var = ds.data["obs_mean"][stats_rows].float(), ds.data["obs_var"][stats_rows].float()  # (B, obs)
     finite = torch.isfinite(params).all(1)
     res = evaluate_params(
         torch.where(finite[:, None], params, torch.zeros_like(params)),

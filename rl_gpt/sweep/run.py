@@ -105,8 +105,8 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 
-    def evaluate(params: torch.Tensor, seed: int) -> torch.Tensor:
-        return evaluate_flat(ds, params, sc.episodes, seed, train_runs).mean
+    def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
+        return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows).mean
 
     # ---------------------------------------------------------------- inits never seen in collection
     inits = random_inits(task, sc.inits, sc.init_seed)  # (K, D)
@@ -162,11 +162,12 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     pool_metric = ds.data["metric"][pool_rows].float()
     nearest = pool_rows[torch.argmin((pool_metric[None] - prompts[:, None]).abs(), dim=1)]  # (P,)
     retrieved = ds.data["params"][nearest].float()  # (P, D)
-    retr_metric = evaluate(retrieved, sc.seed + 2)  # (P,)
+    # A retrieved checkpoint is deployed with its own VecNormalize statistics (it fits no other).
+    retr_metric = evaluate(retrieved, sc.seed + 2, nearest)  # (P,)
     retr = retr_metric[None, :, None].expand(k, p, 1)
     g = torch.Generator().manual_seed(sc.seed + 5)
     noisy = retrieved[None].expand(k, p, d) + sc.noise_scale * gen.normalizer.std * torch.randn(k, p, d, generator=g)
-    noise = evaluate(noisy.reshape(-1, d), sc.seed + 2).reshape(k, p, 1)
+    noise = evaluate(noisy.reshape(-1, d), sc.seed + 2, nearest.repeat(k)).reshape(k, p, 1)
     ident = init_metric[:, None, None].expand(k, p, 1)
     report["baselines"] = {
         "retrieval": _summary(prompts, retr, best, task.reward_threshold, higher),
