@@ -147,6 +147,7 @@ class SweepConfig:
     init_seed: int = 1_000_000  # first seed of the unseen inits (collection uses seed + run)
     noise_scale: float = 0.1  # the noise baseline adds this many per-layer stds to the retrieved checkpoint
     seed: int = 0  # sampling seed
+    device: str | None = None  # sampling and torch-dynamics rollouts (cpu, cuda, ...); None: train.device
 
 
 @dataclass
@@ -194,6 +195,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "samples": "sweep.samples",
         "episodes": "sweep.episodes",
         "guidance": "sweep.guidance",
+        "device": "sweep.device",
     },
     "train": {
         "model": "train.model",
@@ -206,6 +208,7 @@ ALIASES: dict[str, dict[str, str]] = {
 }
 # The demo runs all three stages: it takes their short names, except the ambiguous seed=.
 ALIASES["demo"] = {k: v for stage in ("collect", "train", "sweep") for k, v in ALIASES[stage].items() if k != "seed"}
+ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.device
 
 
 # ---------------------------------------------------------------------------- loading
@@ -225,16 +228,7 @@ def load_config(
     source: str | Path | None = None, overrides: Sequence[str] = (), command: str | None = None
 ) -> ExperimentConfig:
     """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated throughout."""
-    data: dict[str, Any] = {}
-    if source is not None:
-        path = find_preset(str(source))
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-        data = loaded or {}
+    data = _read_preset(str(source)) if source is not None else {}
     aliases = ALIASES.get(command or "", {})
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -247,6 +241,35 @@ def load_config(
             value = raw
         _set_path(data, key.split("."), value)
     return _build(ExperimentConfig, data, "")
+
+
+def _read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file's sections; ``extends: NAME`` starts from that preset and deep-merges this file over it."""
+    path = find_preset(source)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in seen)})")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    data = loaded or {}
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' names one preset or file, got {base!r}")
+    beside = path.parent / base  # a file named relative to the one that extends it
+    return _deep_merge(_read_preset(str(beside) if beside.is_file() else base, (*seen, path.resolve())), data)
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both_dicts else value
+    return out
 
 
 def _set_path(data: dict, keys: list[str], value: Any) -> None:

@@ -67,3 +67,21 @@ def test_bad_yaml_file(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="no config file or preset 'nope'"):
         load_config("nope")
+
+
+def test_a_preset_extends_another_and_overrides_only_what_it_names():
+    full, base = load_config("digits_full"), load_config("digits")
+    assert full.task == base.task and full.collect == base.collect
+    assert (full.train.batch, full.train.steps, full.train.guidance) == (1024, 3200, base.train.guidance)
+    assert full.train.model_overrides == {"width": 256, "heads": 4, "depth": 6}
+    assert full.out == "runs/digits_full"
+
+
+def test_extends_a_file_beside_it_and_refuses_a_loop(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\ntrain: {steps: 7}\n")
+    (tmp_path / "b.yaml").write_text("extends: cartpole\ntrain: {steps: 5, batch: 3}\n")
+    cfg = load_config(tmp_path / "a.yaml")
+    assert (cfg.train.steps, cfg.train.batch, cfg.task.env_id) == (7, 3, "CartPole-v1")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "a.yaml")

@@ -46,13 +46,15 @@ def evaluate_flat(
     stats_runs: list[int],
     deterministic: bool = True,
     stats_rows: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> EvalResult:
     """The dataset's metric for raw flat networks (B, D): returns for policies, test loss/error for classifiers.
 
     ``episodes``/``seed`` apply to policies; classifiers are evaluated on the full test split
     (``std`` is 0 and ``returns`` holds the one value). For a VecNormalize task, ``stats_rows`` (B,)
     names the dataset row whose observation statistics each network uses (a retrieved checkpoint
-    fits only its own); without it all use the mean of ``stats_runs``' final checkpoints.
+    fits only its own); without it all use the mean of ``stats_runs``' final checkpoints. Rollouts
+    run on ``device`` where the task has torch dynamics.
     """
     if ds.spec["task"].get("kind") == "supervised":
         from rl_gpt.collect.supervised_run import supervised_metric
@@ -74,6 +76,7 @@ def evaluate_flat(
         seed=seed,
         obs_mean=mean,
         obs_var=var,
+        device=device,
     )
     if finite.all():
         return res
@@ -98,15 +101,19 @@ def run_prompts(
     guidance: float,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters."""
+    """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters on the CPU.
+
+    Sampling runs where the network is (a model on CUDA takes CPU inputs here).
+    """
     k, d = theta.shape
     p = prompts.numel()
-    th = theta[:, None, None].expand(k, p, samples, d).reshape(-1, d)
-    m = metric[:, None, None].expand(k, p, samples).reshape(-1)
-    pr = prompts[None, :, None].expand(k, p, samples).reshape(-1)
-    g = torch.Generator().manual_seed(seed)
+    device = next((model or gen.model).parameters()).device
+    th = theta[:, None, None].expand(k, p, samples, d).reshape(-1, d).to(device)
+    m = metric[:, None, None].expand(k, p, samples).reshape(-1).to(device)
+    pr = prompts[None, :, None].expand(k, p, samples).reshape(-1).to(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     out = gen.sample(th, m, pr, steps=steps, guidance=guidance, generator=g, model=model)
-    return out.reshape(k, p, samples, d)
+    return out.reshape(k, p, samples, d).cpu()
 
 
 def quick_alignment(

@@ -105,8 +105,11 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 
+    device = torch.device(sc.device or cfg.train.device)
+    gen.to(device)  # sampling runs there; everything it returns is on the CPU
+
     def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
-        return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows).mean
+        return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows, device=device).mean
 
     # ---------------------------------------------------------------- inits never seen in collection
     inits = random_inits(task, sc.inits, sc.init_seed)  # (K, D)
@@ -166,7 +169,8 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     retr_metric = evaluate(retrieved, sc.seed + 2, nearest)  # (P,)
     retr = retr_metric[None, :, None].expand(k, p, 1)
     g = torch.Generator().manual_seed(sc.seed + 5)
-    noisy = retrieved[None].expand(k, p, d) + sc.noise_scale * gen.normalizer.std * torch.randn(k, p, d, generator=g)
+    scale = sc.noise_scale * gen.normalizer.std.cpu()
+    noisy = retrieved[None].expand(k, p, d) + scale * torch.randn(k, p, d, generator=g)
     noise = evaluate(noisy.reshape(-1, d), sc.seed + 2, nearest.repeat(k)).reshape(k, p, 1)
     ident = init_metric[:, None, None].expand(k, p, 1)
     report["baselines"] = {
