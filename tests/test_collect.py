@@ -59,11 +59,11 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
 
 
 def test_a_checkpoint_evaluated_with_its_own_normalisation_reproduces_its_label(tmp_path):
-    """Sweeps deploy a retrieved checkpoint with its own VecNormalize statistics (``stats_rows``)."""
+    """Unfolded datasets: sweeps deploy a retrieved checkpoint with its own VecNormalize statistics."""
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.sweep.protocol import evaluate_flat
 
-    extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128"]
+    extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128", "collect.fold_normalisation=false"]
     assert _collect("inverted_pendulum", tmp_path, *extra) == 0
     ds = CheckpointDataset(tmp_path / "dataset")
     rows = torch.arange(len(ds.data["metric"]))
@@ -71,6 +71,28 @@ def test_a_checkpoint_evaluated_with_its_own_normalisation_reproduces_its_label(
     own = evaluate_flat(ds, ds.data["params"][:].float(), 2, cfg.eval_seed, [0], stats_rows=rows).mean
     torch.testing.assert_close(own.float(), ds.data["metric"][:].float())
     assert not torch.equal(ds.data["obs_mean"][0], ds.data["obs_mean"][-1])  # step 0 has the initial statistics
+
+
+def test_folded_checkpoints_read_raw_observations_and_reproduce_their_labels(tmp_path):
+    """collect.fold_normalisation (the default): stored policies need no VecNormalize statistics."""
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.evaluate import PolicySpec, evaluate_params
+    from rl_gpt.sweep.protocol import evaluate_flat
+
+    extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128"]
+    assert _collect("inverted_pendulum", tmp_path, *extra) == 0
+    ds = CheckpointDataset(tmp_path / "dataset")
+    assert ds.spec["task"]["normalize"] and not ds.spec["policy"]["normalize_obs"]
+    assert ds.spec["obs_normalisation"].startswith("folded into the first layer")
+    assert "folded" in ds.spec["fields"]["params"] and "folded" in ds.spec["fields"]["obs_mean"]
+    assert not torch.equal(ds.data["obs_mean"][0], ds.data["obs_mean"][-1])  # raw statistics kept for reference
+    params, metric = ds.data["params"][:].float(), ds.data["metric"][:].float()
+    seed = load_config("inverted_pendulum", extra, command="collect").collect.eval_seed
+    spec = PolicySpec.from_dict(ds.spec["policy"])
+    again = evaluate_params(params, ds.layout, spec, ds.spec["env_id"], episodes=2, deterministic=True, seed=seed)
+    assert torch.equal(again.mean.float(), metric)
+    # The sweep's path: no statistics at all, so a generated policy is judged like a stored one.
+    assert torch.equal(evaluate_flat(ds, params, 2, seed, [0]).mean.float(), metric)
 
 
 def _sb3_policy_from_spec(spec: dict, row: torch.Tensor) -> PPO:

@@ -25,6 +25,7 @@ from rl_gpt.evaluate import (
     detect_algo,
     evaluate_params,
     evaluate_sb3_file,
+    fold_obs_normalisation,
     infer_env_id,
     policy_spec_from_sb3,
 )
@@ -153,6 +154,43 @@ def test_normalized_obs_equal_vecnormalize_then_predict(algo: str, env_id: str) 
     var = torch.as_tensor(venv.obs_rms.var)[None]
     got = BatchedPolicy(layout, spec).act(flat[None], torch.from_numpy(obs)[None], obs_mean=mean, obs_var=var)[0]
     np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("algo", "net_arch"), [("ppo", PI), ("sac", PI), ("sac", [])], ids=["ppo", "sac", "sac-no-hidden"]
+)
+def test_folded_policy_on_raw_obs_equals_vecnormalize_then_predict(algo: str, net_arch: list[int]) -> None:
+    # Three policies with their own statistics, as a collection stores them (one row each).
+    models = [make_model(algo, "Pendulum-v1", seed, net_arch) for seed in range(3)]
+    layout, spec, _ = actor_of(models[0], algo)
+    rng = np.random.default_rng(1)
+    venvs = [VecNormalize(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), clip_obs=10.0) for _ in models]
+    for venv in venvs:
+        venv.obs_rms.mean = rng.normal(size=3)
+        venv.obs_rms.var = rng.uniform(0.05, 4.0, size=3)
+    mean = torch.as_tensor(np.stack([v.obs_rms.mean for v in venvs]), dtype=torch.float32)  # (B, obs_dim)
+    var = torch.as_tensor(np.stack([v.obs_rms.var for v in venvs]), dtype=torch.float32)
+    params = torch.stack([read_actor(m.policy, layout) for m in models])
+    folded = fold_obs_normalisation(params, layout, mean, var, venvs[0].epsilon)
+    assert not torch.allclose(folded, params)
+    raw = BatchedPolicy(layout, spec)  # the spec of a folded dataset: normalize_obs False
+    for b, (m, venv) in enumerate(zip(models, venvs)):
+        obs = sample_obs(m, 512, b)
+        # The folded policy does not clip: compare where VecNormalize's clip is inactive.
+        inside = np.abs((obs - venv.obs_rms.mean) / np.sqrt(venv.obs_rms.var + venv.epsilon)).max(1) < venv.clip_obs
+        assert inside.sum() > 256
+        expected, _ = m.predict(venv.normalize_obs(obs[inside]), deterministic=True)
+        got = raw.act(folded[b : b + 1], torch.from_numpy(obs[inside])[None])[0]
+        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+
+
+def test_folding_identity_statistics_changes_nothing() -> None:
+    model = make_model("ppo", "CartPole-v1", 0)
+    layout, _, flat = actor_of(model, "ppo")
+    folded = fold_obs_normalisation(flat[None], layout, torch.zeros(4), torch.ones(4), 0.0)
+    assert torch.equal(folded[0], flat)
+    with pytest.raises(ValueError, match="reads 4 features"):
+        fold_obs_normalisation(flat[None], layout, torch.zeros(3), torch.ones(3))
 
 
 def test_stochastic_actions_follow_sb3_distributions() -> None:

@@ -26,6 +26,13 @@ __all__ = ["collect", "dataset_spec"]
 
 RunFn = Callable[[ExperimentConfig, int], Any]
 
+#: The spec's note for datasets collected with ``collect.fold_normalisation`` (policy.normalize_obs is false).
+OBS_FOLDED = (
+    "folded into the first layer: W / sqrt(var + eps), b - W mean / sqrt(var + eps) with each checkpoint's "
+    "own obs_mean/obs_var; params read raw observations, unclipped (VecNormalize clipped at clip_obs)"
+)
+FOLDED_PARAMS = "; VecNormalize statistics folded into the first layer (they read raw observations)"
+
 
 def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything a reader needs to rebuild the network and load any row, without rl_gpt."""
@@ -33,11 +40,15 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
         from rl_gpt.collect.supervised_run import supervised_spec
 
         return supervised_spec(cfg)
-    from rl_gpt.collect.sb3_run import describe_policy, describe_versions
+    from rl_gpt.collect.sb3_run import describe_policy, describe_versions, folds_normalisation
 
     task = to_dict(cfg.task)
-    layout, policy = describe_policy(cfg.task)
-    return {
+    folded = folds_normalisation(cfg)
+    layout, policy = describe_policy(cfg.task, folded)
+    stats = "VecNormalize running {} (only when task.normalize)"
+    if folded:
+        stats += "; already folded into params, kept for reference"
+    spec = {
         "task": task,
         "env_id": cfg.task.env_id,
         "algo": cfg.task.algo,
@@ -51,7 +62,8 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
         "policy": policy,
         "layout": layout.to_dict(),
         "fields": {
-            "params": "(N, D) float32 actor parameters, flattened in layout order (SB3 state_dict keys)",
+            "params": "(N, D) float32 actor parameters, flattened in layout order (SB3 state_dict keys)"
+            + (FOLDED_PARAMS if folded else ""),
             "metric": "(N,) float32 mean deterministic evaluation return (NaN where invalid)",
             "return_std": "(N,) float32 std of deterministic evaluation returns",
             "return_stoch": "(N,) float32 mean stochastic evaluation return",
@@ -61,13 +73,16 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "step": "(N,) int64 environment steps taken when the checkpoint was saved",
             "wall_time": "(N,) float32 seconds since the run started",
             "valid": "(N,) bool false for NaN/inf or exploding weights (excluded from training)",
-            "obs_mean": "(N, obs_dim) float32 VecNormalize running mean (only when task.normalize)",
-            "obs_var": "(N, obs_dim) float32 VecNormalize running variance (only when task.normalize)",
+            "obs_mean": "(N, obs_dim) float32 " + stats.format("mean"),
+            "obs_var": "(N, obs_dim) float32 " + stats.format("variance"),
         },
         "evaluation": {"episodes": cfg.collect.eval_episodes, "seed": cfg.collect.eval_seed},
         "versions": describe_versions(),
         "collect": to_dict(cfg.collect),
     }
+    if folded:  # top level: PolicySpec.from_dict refuses keys it does not know
+        spec["obs_normalisation"] = OBS_FOLDED
+    return spec
 
 
 def _default_run_fn(cfg: ExperimentConfig) -> RunFn:

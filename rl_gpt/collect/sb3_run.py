@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
-from rl_gpt.evaluate import evaluate_params, policy_spec_from_sb3
+from rl_gpt.evaluate import evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
 
@@ -33,6 +33,7 @@ __all__ = [
     "build_model",
     "check_env_id",
     "describe_policy",
+    "folds_normalisation",
     "run_seed",
     "sample_hyperparams",
     "train_rl_run",
@@ -101,10 +102,18 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     return model
 
 
-def describe_policy(task: TaskConfig) -> tuple[Layout, dict[str, Any]]:
-    """The actor layout and policy description of the task's network (built once, not trained)."""
+def folds_normalisation(cfg: ExperimentConfig) -> bool:
+    """Whether stored checkpoints have their VecNormalize statistics folded into the first layer."""
+    return cfg.task.normalize and cfg.collect.fold_normalisation
+
+
+def describe_policy(task: TaskConfig, folded: bool = False) -> tuple[Layout, dict[str, Any]]:
+    """The actor layout and policy description of the task's network (built once, not trained).
+
+    ``folded``: the stored parameters read raw observations, so the spec normalises nothing.
+    """
     model = build_model(task, seed=0)
-    spec = policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize)
+    spec = policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize and not folded)
     return actor_layout(model.policy, task.algo), spec.to_dict()
 
 
@@ -140,7 +149,8 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     start = time.time()
     model = build_model(cfg.task, seed, hp)
     layout = actor_layout(model.policy, cfg.task.algo)
-    policy_spec = policy_spec_from_sb3(model, cfg.task.algo, normalize_obs=cfg.task.normalize)
+    folded = folds_normalisation(cfg)
+    policy_spec = policy_spec_from_sb3(model, cfg.task.algo, normalize_obs=cfg.task.normalize and not folded)
     snaps = _Snapshots(layout, cfg.collect.checkpoint_every, start)
     snaps.snapshot(model, 0)
     model.learn(total_timesteps=cfg.collect.timesteps, callback=snaps)
@@ -152,13 +162,20 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     rows["step"] = rows["step"].to(torch.int64)
     rows["wall_time"] = rows["wall_time"].to(torch.float32)
     params = rows["params"]
+    # Judged on the weights training produced: folding rescales columns by 1/σ, not an explosion.
     valid = torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
+    stats = {"obs_mean": rows.get("obs_mean"), "obs_var": rows.get("obs_var")}
+    if folded:
+        eps = policy_spec.norm_epsilon
+        params = rows["params"] = fold_obs_normalisation(params, layout, rows["obs_mean"], rows["obs_var"], eps)
+        valid &= torch.isfinite(params).all(dim=1)
+        stats = {}  # the statistics now live in the weights; obs_mean/obs_var stay in the rows for reference
     rows["valid"] = valid
 
     eval_start = time.time()
-    stats = {}
+    results = {}
     for mode, deterministic in (("det", True), ("stoch", False)):
-        res = evaluate_params(
+        results[mode] = evaluate_params(
             torch.where(valid[:, None], params, torch.zeros_like(params)),
             layout,
             policy_spec,
@@ -166,16 +183,14 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
             episodes=cfg.collect.eval_episodes,
             deterministic=deterministic,
             seed=cfg.collect.eval_seed,
-            obs_mean=rows.get("obs_mean"),
-            obs_var=rows.get("obs_var"),
+            **stats,
         )
-        stats[mode] = res
     nan = torch.tensor(float("nan"))
-    rows["metric"] = torch.where(valid, stats["det"].mean.float(), nan)
-    rows["return_std"] = torch.where(valid, stats["det"].std.float(), nan)
-    rows["return_stoch"] = torch.where(valid, stats["stoch"].mean.float(), nan)
-    rows["return_stoch_std"] = torch.where(valid, stats["stoch"].std.float(), nan)
-    rows["episode_length"] = stats["det"].lengths.float().mean(dim=1)
+    rows["metric"] = torch.where(valid, results["det"].mean.float(), nan)
+    rows["return_std"] = torch.where(valid, results["det"].std.float(), nan)
+    rows["return_stoch"] = torch.where(valid, results["stoch"].mean.float(), nan)
+    rows["return_stoch_std"] = torch.where(valid, results["stoch"].std.float(), nan)
+    rows["episode_length"] = results["det"].lengths.float().mean(dim=1)
     eval_time = time.time() - eval_start
 
     meta = {

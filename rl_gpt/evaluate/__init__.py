@@ -1,6 +1,12 @@
 """Batched evaluation of many policies given as flat parameter vectors (see ``rollout.py``)."""
 
-from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights, policy_spec_from_sb3
+from rl_gpt.evaluate.policy import (
+    BatchedPolicy,
+    PolicySpec,
+    PolicyWeights,
+    fold_obs_normalisation,
+    policy_spec_from_sb3,
+)
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
 from rl_gpt.evaluate.sb3 import detect_algo, evaluate_sb3_file, infer_env_id
 
@@ -12,6 +18,7 @@ __all__ = [
     "detect_algo",
     "evaluate_params",
     "evaluate_sb3_file",
+    "fold_obs_normalisation",
     "infer_env_id",
     "policy_spec_from_sb3",
 ]

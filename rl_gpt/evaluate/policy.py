@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import activation_name, head_of
 
-__all__ = ["HEADS", "BatchedPolicy", "PolicySpec", "PolicyWeights", "policy_spec_from_sb3"]
+__all__ = ["HEADS", "BatchedPolicy", "PolicySpec", "PolicyWeights", "fold_obs_normalisation", "policy_spec_from_sb3"]
 
 HEADS = ("categorical", "gaussian", "squashed_gaussian")
 # SAC's clamp of the actor's log-std (stable_baselines3/sac/policies.py, LOG_STD_MIN/MAX).
@@ -113,6 +113,42 @@ def policy_spec_from_sb3(
         action_high=tuple(float(v) for v in act_space.high),
         **common,
     )
+
+
+# ---------------------------------------------------------------------------------------- folding
+def fold_obs_normalisation(
+    params: torch.Tensor, layout: Layout, obs_mean: torch.Tensor, obs_var: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Fold VecNormalize statistics into the layers that read the observation.
+
+    ``params`` (N, D) fit observations normalised with their own ``obs_mean``/``obs_var``
+    (N, obs_dim) or (obs_dim,); the returned (N, D) copy reads raw observations. With
+    σ = sqrt(var + eps), every input layer becomes W' = W / σ (per input column) and
+    b' = b − W (μ / σ). VecNormalize also clips normalised observations to ±clip_obs; the folded
+    policy does not, so the two agree only while observations stay within clip_obs·σ of the mean.
+    """
+    if params.dim() != 2 or params.shape[1] != layout.numel:
+        raise ValueError(f"params must be (N, {layout.numel}), got {tuple(params.shape)}")
+    inputs = [layer for layer in layout.layers if layer.in_group is None]
+    if not inputs:
+        raise ValueError("the layout has no layer reading the observation; build it with actor_layout")
+    n = params.shape[0]
+    # float64, rounded once at the end: σ can be small, and b' sums terms that may nearly cancel.
+    mean = obs_mean.to(torch.float64).reshape(-1, obs_mean.shape[-1]).expand(n, -1)
+    inv_std = (obs_var.to(torch.float64).reshape(-1, obs_var.shape[-1]).expand(n, -1) + eps).rsqrt()
+    out = params.clone()
+    state = layout.unflatten(out)  # views into ``out``
+    for layer in inputs:  # SAC without hidden layers: both mu and log_std read the observation
+        weight = state[f"{layer.prefix}.weight"]  # (N, out, obs_dim)
+        if weight.shape[-1] != mean.shape[-1]:
+            raise ValueError(f"{layer.prefix} reads {weight.shape[-1]} features, the statistics have {mean.shape[-1]}")
+        bias = state.get(f"{layer.prefix}.bias")
+        if bias is None:  # the shift by the mean has nowhere to go
+            raise ValueError(f"{layer.prefix} has no bias to fold the observation mean into")
+        w64 = weight.to(torch.float64)
+        bias.copy_(bias.to(torch.float64) - (w64 @ (mean * inv_std).unsqueeze(-1)).squeeze(-1))
+        weight.copy_(w64 * inv_std.unsqueeze(1))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- activations
