@@ -121,6 +121,9 @@ class TrainConfig:
     prompt_dropout: float = 0.1  # probability of dropping the prompt (classifier-free guidance)
     init_fraction: float = 0.5  # share of pairs whose θ is the run's initialisation
     bins: int = 10  # θ' is sampled balanced over this many metric bins
+    # One mean/std per input feature for the layers reading the input (instead of per tensor): for
+    # features of different scales, e.g. VecNormalize statistics folded into the first layer.
+    normalize_input_columns: bool = False
     augment: bool = True  # random hidden-unit permutations, the same for θ and θ'
     test_fraction: float = 0.2  # share of runs held out (never trained on)
     split_seed: int = 0  # seed of the run-level train/test split

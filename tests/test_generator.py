@@ -147,3 +147,20 @@ def test_resume_of_a_run_saved_before_the_flag(tmp_path: Path) -> None:
         load_train_state(
             tmp_path / "state", model, ema, opt, torch.Generator(), to_dict(TrainConfig(condition_on_theta=False))
         )
+
+
+@pytest.mark.parametrize("input_columns", [False, True])
+def test_normalizer_scales_input_columns_on_request(input_columns):
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(500, D, generator=g)
+    scale = torch.tensor([20.0, 1.0, 0.05])  # three input features of very different scales
+    params[:, :18] = (params[:, :18].reshape(-1, 6, 3) * scale).reshape(-1, 18)
+    norm = Normalizer.fit(params, torch.rand(500), LAYOUT, params[:100] * 0.1, input_columns=input_columns)
+    z = norm.params(params)
+    column_std = z[:, :18].reshape(-1, 6, 3).std(dim=(0, 1))
+    if input_columns:  # every feature at unit scale; the other tensors keep one std each
+        torch.testing.assert_close(column_std, torch.ones(3, dtype=z.dtype), atol=0.02, rtol=0)
+    else:
+        assert column_std[0] / column_std[2] > 100
+    assert torch.unique(norm.std[18:24]).numel() == 1  # net.0.bias: per tensor either way
+    torch.testing.assert_close(norm.unparams(z), params, atol=1e-4, rtol=1e-5)

@@ -44,14 +44,33 @@ class Normalizer:
     metric_high: float
 
     @classmethod
-    def fit(cls, params: torch.Tensor, metric: torch.Tensor, layout: Layout, delta: torch.Tensor) -> Normalizer:
-        """Fit from training rows ``params`` (N, D), ``metric`` (N,) and sample updates ``delta`` (M, D)."""
+    def fit(
+        cls,
+        params: torch.Tensor,
+        metric: torch.Tensor,
+        layout: Layout,
+        delta: torch.Tensor,
+        input_columns: bool = False,
+    ) -> Normalizer:
+        """Fit from training rows ``params`` (N, D), ``metric`` (N,) and sample updates ``delta`` (M, D).
+
+        ``input_columns``: the weights of layers that read the input get one mean/std per input
+        feature instead of one per tensor. Features can differ in scale by an order of magnitude
+        (a folded VecNormalize divides each column by its own σ), and one std would leave the small
+        columns near zero in normalised units.
+        """
         mean, std, dstd = (torch.zeros(layout.numel) for _ in range(3))
+        by_column = {f"{layer.prefix}.weight" for layer in layout.layers if layer.in_group is None}
         for p in layout.params:
-            block = params[:, p.offset : p.stop].double()
-            mean[p.offset : p.stop] = block.mean()
-            std[p.offset : p.stop] = block.std().clamp_min(1e-6)
-            dstd[p.offset : p.stop] = delta[:, p.offset : p.stop].double().std().clamp_min(1e-6)
+            span = slice(p.offset, p.stop)
+            block, dblock = params[:, span].double(), delta[:, span].double()
+            if input_columns and p.name in by_column:
+                mean[span], std[span] = _column_stats(block, p.shape)
+                dstd[span] = _column_stats(dblock, p.shape)[1]
+                continue
+            mean[span] = block.mean()
+            std[span] = block.std().clamp_min(1e-6)
+            dstd[span] = dblock.std().clamp_min(1e-6)
         finite = metric[torch.isfinite(metric)]
         low, high = float(finite.min()), float(finite.max())
         if high <= low:
@@ -89,6 +108,14 @@ class Normalizer:
     def from_dict(cls, d: Mapping[str, Any]) -> Normalizer:
         t = lambda k: torch.tensor(d[k], dtype=torch.float32)  # noqa: E731
         return cls(t("mean"), t("std"), t("delta_std"), float(d["metric_low"]), float(d["metric_high"]))
+
+
+def _column_stats(block: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std per input feature (axis 1 of ``shape``) of rows ``block`` (N, prod(shape)), flat."""
+    w = block.reshape(len(block), shape[0], shape[1], -1)  # (N, out, in, kernel)
+    mean = w.mean(dim=(0, 1, 3), keepdim=True)
+    std = w.std(dim=(0, 1, 3), keepdim=True).clamp_min(1e-6)
+    return mean.expand(1, *w.shape[1:]).reshape(-1), std.expand(1, *w.shape[1:]).reshape(-1)
 
 
 class PairSampler:

@@ -75,12 +75,15 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
         raise ConfigError(f"train.model_overrides: {exc}{hint}") from None
 
 
-def fit_normalizer(ds: CheckpointDataset, sampler: PairSampler, pairs: int = 4096) -> Normalizer:
+def fit_normalizer(
+    ds: CheckpointDataset, sampler: PairSampler, pairs: int = 4096, input_columns: bool = False
+) -> Normalizer:
     """Fit on the training runs only: parameters of their rows, updates of sampled pairs."""
     rows = sampler.rows
     batch = sampler.sample(min(pairs, max(256, len(rows))))
     delta = batch["theta_next"] - batch["theta"]
-    return Normalizer.fit(ds.data["params"][rows].float(), ds.data["metric"][rows].float(), ds.layout, delta)
+    params, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
+    return Normalizer.fit(params, metric, ds.layout, delta, input_columns=input_columns)
 
 
 def build_generator(
@@ -130,7 +133,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         normalizer = Normalizer.from_dict(saved["normalizer"])
     else:
         train_runs, test_runs = split_runs(sorted(ds.run_slices()), tc.test_fraction, tc.split_seed)
-        normalizer = fit_normalizer(ds, PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed))
+        sampler0 = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed)
+        normalizer = fit_normalizer(ds, sampler0, input_columns=tc.normalize_input_columns)
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
 
     # ---------------------------------------------------------------- model, optimiser
