@@ -267,13 +267,22 @@ def _read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'extends' names one preset or file, got {base!r}")
-    beside = path.parent / base  # a file named relative to the one that extends it
-    return _deep_merge(_read_preset(str(beside) if beside.is_file() else base, (*seen, path.resolve())), data)
+    return _deep_merge(_read_preset(str(_base_preset(path, base)), (*seen, path.resolve())), data)
+
+
+def _base_preset(path: Path, base: str) -> Path:
+    """What ``extends: base`` in ``path`` names: a file beside ``path``, else a preset in ``configs/``."""
+    for candidate in (path.parent / base, REPO_CONFIGS / f"{base}.yaml", REPO_CONFIGS / base):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{path}: 'extends: {base}' names no file beside it and no preset in {REPO_CONFIGS}")
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
+        if isinstance(out.get(key), dict) and value is None:  # an empty section keeps the base's
+            continue
         both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = _deep_merge(out[key], value) if both_dicts else value
     return out

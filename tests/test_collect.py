@@ -76,7 +76,7 @@ def test_a_checkpoint_evaluated_with_its_own_normalisation_reproduces_its_label(
 def test_folded_checkpoints_read_raw_observations_and_reproduce_their_labels(tmp_path):
     """collect.fold_normalisation (the default): stored policies need no VecNormalize statistics."""
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.evaluate import PolicySpec, evaluate_params
+    from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation
     from rl_gpt.sweep.protocol import evaluate_flat
 
     extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128"]
@@ -93,6 +93,13 @@ def test_folded_checkpoints_read_raw_observations_and_reproduce_their_labels(tmp
     assert torch.equal(again.mean.float(), metric)
     # The sweep's path: no statistics at all, so a generated policy is judged like a stored one.
     assert torch.equal(evaluate_flat(ds, params, 2, seed, [0]).mean.float(), metric)
+    # The same run collected unfolded: the same training, its weights folded by the same rule, and
+    # its labels (measured with its own statistics, clipped) agree with the folded ones.
+    assert _collect("inverted_pendulum", tmp_path / "raw", *extra, "collect.fold_normalisation=false") == 0
+    raw = CheckpointDataset(tmp_path / "raw" / "dataset")
+    mean, var = raw.data["obs_mean"][:].float(), raw.data["obs_var"][:].float()
+    torch.testing.assert_close(fold_obs_normalisation(raw.data["params"][:].float(), raw.layout, mean, var), params)
+    torch.testing.assert_close(raw.data["metric"][:].float(), metric, atol=2.0, rtol=0.05)
 
 
 def _sb3_policy_from_spec(spec: dict, row: torch.Tensor) -> PPO:

@@ -85,3 +85,11 @@ def test_extends_a_file_beside_it_and_refuses_a_loop(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("extends: nowhere\n")
+    with pytest.raises(ConfigError, match="'extends: nowhere' names no file"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_an_empty_section_keeps_the_base_section(tmp_path):
+    (tmp_path / "c.yaml").write_text("extends: digits\nsweep:\n")
+    assert load_config(tmp_path / "c.yaml").sweep.guidance == load_config("digits").sweep.guidance == 1.0

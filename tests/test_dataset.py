@@ -78,6 +78,13 @@ def test_refuses_a_different_task_in_the_same_directory(tmp_path):
         DatasetWriter(tmp_path / "ds", other)
 
 
+def test_an_unfolded_dataset_names_the_option_that_extends_it(tmp_path):
+    DatasetWriter(tmp_path / "ds", dict(SPEC, policy={"head": "gaussian", "normalize_obs": True}))
+    folded = dict(SPEC, policy={"head": "gaussian", "normalize_obs": False})
+    with pytest.raises(DatasetError, match="different policy.*collect.fold_normalisation=false"):
+        DatasetWriter(tmp_path / "ds", folded)
+
+
 def test_invalid_rows_are_masked(tmp_path):
     w = DatasetWriter(tmp_path / "ds", SPEC)
     rows = _rows(0)

@@ -193,6 +193,21 @@ def test_folding_identity_statistics_changes_nothing() -> None:
         fold_obs_normalisation(flat[None], layout, torch.zeros(3), torch.ones(3))
 
 
+def test_folding_zeroes_a_feature_that_never_varies() -> None:
+    model = make_model("ppo", "CartPole-v1", 0)
+    layout, spec, flat = actor_of(model, "ppo")
+    mean, var = torch.tensor([0.1, 0.0, -0.2, 0.3]), torch.tensor([0.5, 1e-9, 2.0, 1.0])
+    folded = fold_obs_normalisation(flat[None], layout, mean, var)
+    first = layout.unflatten(folded)[f"{layout.layers[0].prefix}.weight"][0]  # (hidden, 4)
+    assert torch.equal(first[:, 1], torch.zeros_like(first[:, 1])) and folded.abs().max() < 100
+    # with the dead feature at its mean, the folded policy acts like the normalised one
+    obs = torch.randn(1, 64, 4) * var.clamp_min(0.1).sqrt() + mean
+    obs[..., 1] = mean[1]
+    policy = BatchedPolicy(layout, spec)
+    normalised = ((obs - mean) / (var + 1e-8).sqrt()).clamp(-10, 10)
+    torch.testing.assert_close(policy.act(folded, obs), policy.act(flat[None], normalised))
+
+
 def test_stochastic_actions_follow_sb3_distributions() -> None:
     gen = torch.Generator().manual_seed(0)
     # Categorical: sampled frequencies match softmax(logits).

@@ -162,13 +162,13 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     rows["step"] = rows["step"].to(torch.int64)
     rows["wall_time"] = rows["wall_time"].to(torch.float32)
     params = rows["params"]
-    # Judged on the weights training produced: folding rescales columns by 1/σ, not an explosion.
+    # Judged on the weights training produced, then again after folding (columns scale by 1/σ).
     valid = torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
     stats = {"obs_mean": rows.get("obs_mean"), "obs_var": rows.get("obs_var")}
     if folded:
         eps = policy_spec.norm_epsilon
         params = rows["params"] = fold_obs_normalisation(params, layout, rows["obs_mean"], rows["obs_var"], eps)
-        valid &= torch.isfinite(params).all(dim=1)
+        valid &= torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
         stats = {}  # the statistics now live in the weights; obs_mean/obs_var stay in the rows for reference
     rows["valid"] = valid
 

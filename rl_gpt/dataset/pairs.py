@@ -31,7 +31,7 @@ def split_runs(runs: list[int], test_fraction: float, seed: int = 0) -> tuple[li
 
 @dataclass
 class Normalizer:
-    """Per-tensor (per-layer) parameter standardisation and a [-1, 1] metric scale.
+    """Per-tensor (optionally per-input-feature) parameter standardisation and a [-1, 1] metric scale.
 
     Fitted on training runs only and stored with the model. ``delta_std`` scales updates
     θ' − θ when the generator is trained on updates instead of parameters.

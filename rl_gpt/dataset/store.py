@@ -60,6 +60,18 @@ def _recover(root: Path) -> None:
         old.rename(data)
 
 
+_FOLD_HINT = (
+    " (it was collected with VecNormalize statistics stored beside the weights: add "
+    "collect.fold_normalisation=false to extend it)"
+)
+
+
+def _fold_differs(old: dict, new: dict) -> bool:
+    """The two specs differ only in whether observation statistics are folded into the weights."""
+    old_policy, new_policy = dict(old.get("policy") or {}), dict(new.get("policy") or {})
+    return old_policy.pop("normalize_obs", None) is True and new_policy.pop("normalize_obs", None) is False
+
+
 class DatasetWriter:
     """Appends finished runs atomically and consolidates them into one memmapped TensorDict."""
 
@@ -76,6 +88,7 @@ class DatasetWriter:
                     raise DatasetError(
                         f"{self.root} already holds a dataset with a different {key}; "
                         "use another out= directory or delete the old dataset"
+                        + (_FOLD_HINT if key == "policy" and _fold_differs(old, spec) else "")
                     )
         atomic_write_json(spec_path, spec)
         self.spec = spec

@@ -116,6 +116,10 @@ def policy_spec_from_sb3(
 
 
 # ---------------------------------------------------------------------------------------- folding
+#: Observation features with a smaller running variance count as constant when folding.
+DEAD_FEATURE_VAR = 1e-6
+
+
 def fold_obs_normalisation(
     params: torch.Tensor, layout: Layout, obs_mean: torch.Tensor, obs_var: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:
@@ -135,7 +139,11 @@ def fold_obs_normalisation(
     n = params.shape[0]
     # float64, rounded once at the end: σ can be small, and b' sums terms that may nearly cancel.
     mean = obs_mean.to(torch.float64).reshape(-1, obs_mean.shape[-1]).expand(n, -1)
-    inv_std = (obs_var.to(torch.float64).reshape(-1, obs_var.shape[-1]).expand(n, -1) + eps).rsqrt()
+    var = obs_var.to(torch.float64).reshape(-1, obs_var.shape[-1]).expand(n, -1)
+    # A feature that never varies (InvertedDoublePendulum's last one is always 0) has var → 0:
+    # VecNormalize maps it to (x − μ)/σ ≈ 0, and 1/σ would blow its column up ~10⁴×. Its column
+    # contributes nothing, so it is zeroed instead of scaled.
+    inv_std = torch.where(var > DEAD_FEATURE_VAR, (var + eps).rsqrt(), torch.zeros_like(var))
     out = params.clone()
     state = layout.unflatten(out)  # views into ``out``
     for layer in inputs:  # SAC without hidden layers: both mu and log_std read the observation

@@ -36,6 +36,13 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
             f"{from_zip} is a {algo} policy with {layout.numel} actor parameters; the model generates "
             f"{task.algo} actors with {info['layout']['numel']} for {task.env_id}"
         )
+    if info["spec"].get("obs_normalisation"):
+        warnings.warn(
+            f"this model's policies read raw observations (VecNormalize statistics folded into the first "
+            f"layer); {from_zip} is taken as one too: fold a VecNormalize-trained policy's statistics in "
+            "first (rl_gpt.evaluate.fold_obs_normalisation)",
+            stacklevel=2,
+        )
     return read_actor(model.policy, layout)
 
 

@@ -15,6 +15,7 @@ import torch
 
 from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, _build, to_dict
 from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
@@ -105,7 +106,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 
-    device = torch.device(sc.device or cfg.train.device)
+    device = resolve_device(*((sc.device, "sweep.device") if sc.device else (cfg.train.device, "train.device")))
     gen.to(device)  # sampling runs there; everything it returns is on the CPU
 
     def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from rl_gpt.config import ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
+from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
 from rl_gpt.model import MODELS, ModelConfig, build_model
@@ -114,6 +115,7 @@ def _dist_info() -> tuple[int, int]:
 def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
     """Train the generator on ``cfg.dataset_dir``; writes ``cfg.model_dir``. Returns the model directory."""
     tc = cfg.train
+    resolve_device(tc.device, "train.device")  # before any work: a missing GPU is a one-line error
     rank, world = _dist_info()
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if tc.device.startswith("cuda") else "gloo")
