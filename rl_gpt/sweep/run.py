@@ -92,6 +92,7 @@ def _ppo_equivalent(ds: CheckpointDataset, runs: list[int], value: float, higher
 def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Run the sweep, write ``out/report.json`` and ``out/sweep.png``; return the report."""
     sc: SweepConfig = cfg.sweep
+    device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     out = ensure_writable_dir(out)
     timings: dict[str, float] = {}
     t = time.time()
@@ -106,7 +107,6 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 
-    device = resolve_device(*((sc.device, "sweep.device") if sc.device else (cfg.train.device, "train.device")))
     gen.to(device)  # sampling runs there; everything it returns is on the CPU
 
     def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
