@@ -141,6 +141,11 @@ class _Snapshots(BaseCallback):
         return True
 
 
+def _sane(params: torch.Tensor, limit: float) -> torch.Tensor:
+    """(N,) rows that are finite and no larger than ``limit`` in absolute value."""
+    return torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= limit)
+
+
 def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     """Train one run, checkpointing its actor at step 0 and every ``checkpoint_every`` steps, then evaluate."""
     torch.set_num_threads(1)  # one core per run; parallelism comes from running runs side by side
@@ -162,13 +167,14 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     rows["step"] = rows["step"].to(torch.int64)
     rows["wall_time"] = rows["wall_time"].to(torch.float32)
     params = rows["params"]
+    limit = cfg.collect.max_abs_weight
     # Judged on the weights training produced, then again after folding (columns scale by 1/σ).
-    valid = torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
+    valid = _sane(params, limit)
     stats = {"obs_mean": rows.get("obs_mean"), "obs_var": rows.get("obs_var")}
     if folded:
         eps = policy_spec.norm_epsilon
         params = rows["params"] = fold_obs_normalisation(params, layout, rows["obs_mean"], rows["obs_var"], eps)
-        valid &= torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
+        valid &= _sane(params, limit)
         stats = {}  # the statistics now live in the weights; obs_mean/obs_var stay in the rows for reference
     rows["valid"] = valid
 
