@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import math
+import pickle
+import zipfile
 from collections.abc import Iterator
 
 import gymnasium as gym
@@ -27,8 +30,10 @@ from rl_gpt.evaluate import (
     evaluate_sb3_file,
     fold_obs_normalisation,
     infer_env_id,
+    load_sb3_policy,
     policy_spec_from_sb3,
 )
+from rl_gpt.evaluate.sb3 import read_sb3_file
 from rl_gpt.sb3_policy import actor_layout, read_actor
 
 PI = [16, 8]
@@ -412,12 +417,61 @@ def test_evaluate_sb3_file(tmp_path) -> None:
 
 def test_env_id_of_an_sb3_file_comes_from_generated_json(tmp_path) -> None:
     make_model("ppo", "InvertedPendulum-v5", 0).save(tmp_path / "policy_000.zip")
-    model = PPO.load(tmp_path / "policy_000.zip", device="cpu")
+    file = read_sb3_file(tmp_path / "policy_000.zip")
     with pytest.raises(ValueError, match="pass env_id"):
-        infer_env_id(tmp_path / "policy_000.zip", model)  # MuJoCo: no torch port to match spaces against
+        infer_env_id(file)  # MuJoCo: no torch port to match sizes against
     (tmp_path / "generated.json").write_text(json.dumps({"env_id": "InvertedPendulum-v5"}))
-    assert infer_env_id(tmp_path / "policy_000.zip", model) == "InvertedPendulum-v5"
+    assert infer_env_id(file) == "InvertedPendulum-v5"
     assert evaluate_sb3_file(tmp_path / "policy_000.zip", episodes=2).returns.shape == (1, 2)
+
+
+class _Payload:
+    """Unpickling this creates a file: what a hostile SB3 save could do instead."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize(("algo", "env_id"), [("ppo", "CartPole-v1"), ("sac", "Pendulum-v1")])
+def test_an_sb3_file_is_read_without_unpickling_it(tmp_path, algo, env_id) -> None:
+    if algo == "ppo":  # a non-default activation, which SB3's JSON keeps only inside the pickle and as text
+        kwargs = {"net_arch": {"pi": [16], "vf": [8]}, "activation_fn": torch.nn.ReLU}
+        model = PPO("MlpPolicy", env_id, policy_kwargs=kwargs, seed=0, device="cpu")
+    else:
+        model = make_model(algo, env_id, 0)
+    model.save(tmp_path / "clean.zip")
+    armed = tmp_path / "armed"
+    payload = base64.b64encode(pickle.dumps(_Payload(str(armed)))).decode()
+    pickle.loads(base64.b64decode(payload)).close()  # the payload is live: loading it creates the file
+    assert armed.exists()
+    armed.unlink()
+    with zipfile.ZipFile(tmp_path / "clean.zip") as src, zipfile.ZipFile(tmp_path / "hostile.zip", "w") as dst:
+        for name in src.namelist():
+            blob = src.read(name)
+            if name == "data":
+                data = json.loads(blob)
+                for key in ("policy_kwargs", "observation_space", "action_space", "lr_schedule"):
+                    data[key] = {**data.get(key, {}), ":serialized:": payload}
+                blob = json.dumps(data).encode()
+            dst.writestr(name, blob)
+    _, got_env, policy = load_sb3_policy(tmp_path / "hostile.zip", env_id)
+    assert not armed.exists()
+    assert got_env == env_id
+    torch.testing.assert_close(read_actor(policy, actor_layout(policy, algo)), actor_of(model, algo)[2])
+    assert evaluate_sb3_file(tmp_path / "hostile.zip", episodes=2, env_id=env_id).returns.shape == (1, 2)
+    assert not armed.exists()
+
+
+def test_an_sb3_file_that_does_not_fit_the_env_is_refused(tmp_path) -> None:
+    make_model("ppo", "CartPole-v1", 0).save(tmp_path / "cartpole.zip")
+    with pytest.raises(ValueError, match="does not fit Acrobot-v1"):
+        load_sb3_policy(tmp_path / "cartpole.zip", "Acrobot-v1")
+    (tmp_path / "junk.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not an SB3 save file"):
+        load_sb3_policy(tmp_path / "junk.zip")
 
 
 def test_mismatches_are_refused_with_a_message() -> None:

@@ -238,6 +238,18 @@ def test_generate_from_an_incompatible_policy_is_refused(experiment, tmp_path, c
     assert "actor parameters" in capsys.readouterr().err
 
 
+def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path):
+    def generate(out, *start):
+        args = ["generate", "--model", str(experiment / "model"), "--target-return", "400", "--episodes", "2"]
+        assert main([*args, *start, "--out", str(out)]) == 0
+        return json.loads((out / "generated.json").read_text())
+
+    first = generate(tmp_path / "g1")
+    second = generate(tmp_path / "g2", "--from", str(tmp_path / "g1" / "policy_000.zip"))
+    assert second["env_id"] == first["env_id"]
+    assert (tmp_path / "g2" / "policy_000.zip").is_file()
+
+
 def test_prompt_outside_the_training_range_warns(experiment, tmp_path):
     with pytest.warns(UserWarning, match="outside the training data's range"):
         main(

@@ -8,7 +8,7 @@ from rl_gpt.evaluate.policy import (
     policy_spec_from_sb3,
 )
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
-from rl_gpt.evaluate.sb3 import detect_algo, evaluate_sb3_file, infer_env_id
+from rl_gpt.evaluate.sb3 import detect_algo, evaluate_sb3_file, infer_env_id, load_sb3_policy
 
 __all__ = [
     "BatchedPolicy",
@@ -20,5 +20,6 @@ __all__ = [
     "evaluate_sb3_file",
     "fold_obs_normalisation",
     "infer_env_id",
+    "load_sb3_policy",
     "policy_spec_from_sb3",
 ]

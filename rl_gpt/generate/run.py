@@ -25,12 +25,14 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
         return random_inits(task, 1, seed)[0]
     if task.kind == "supervised":
         raise ModelFileError("--from takes an SB3 policy; supervised models start from --random-init")
-    from rl_gpt.collect.sb3_run import ALGOS
-    from rl_gpt.evaluate import detect_algo
+    from rl_gpt.evaluate import load_sb3_policy
 
-    algo = detect_algo(from_zip)
-    model = ALGOS[algo].load(from_zip, device="cpu")
-    layout = actor_layout(model.policy, algo)
+    try:  # read without unpickling: the file may come from anyone
+        file, _, policy = load_sb3_policy(from_zip, env_id=task.env_id)
+    except ValueError as err:
+        raise ModelFileError(f"{err} (the model generates {task.algo} actors for {task.env_id})") from err
+    algo = file.algo
+    layout = actor_layout(policy, algo)
     if layout.to_dict() != info["layout"] or algo != task.algo:
         raise ModelFileError(
             f"{from_zip} is a {algo} policy with {layout.numel} actor parameters; the model generates "
@@ -43,7 +45,7 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
             "first (rl_gpt.evaluate.fold_obs_normalisation)",
             stacklevel=2,
         )
-    return read_actor(model.policy, layout)
+    return read_actor(policy, layout)
 
 
 def generate(
