@@ -30,6 +30,7 @@ __all__ = [
     "WandbConfig",
     "find_preset",
     "load_config",
+    "task_config",
     "to_dict",
 ]
 
@@ -248,6 +249,11 @@ def load_config(
             value = raw
         _set_path(data, key.split("."), value)
     return _build(ExperimentConfig, data, "")
+
+
+def task_config(data: Mapping[str, Any]) -> TaskConfig:
+    """A TaskConfig from the ``task`` section a dataset or model stores, checked like a config file's."""
+    return _build(TaskConfig, data, "task.")
 
 
 def _read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
-from rl_gpt.evaluate import evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
+from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
 
@@ -113,8 +113,12 @@ def describe_policy(task: TaskConfig, folded: bool = False) -> tuple[Layout, dic
     ``folded``: the stored parameters read raw observations, so the spec normalises nothing.
     """
     model = build_model(task, seed=0)
-    spec = policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize and not folded)
-    return actor_layout(model.policy, task.algo), spec.to_dict()
+    return actor_layout(model.policy, task.algo), _policy_spec(model, task, folded).to_dict()
+
+
+def _policy_spec(model: BaseAlgorithm, task: TaskConfig, folded: bool) -> PolicySpec:
+    """How stored policies act: they normalise observations only when the statistics are not folded in."""
+    return policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize and not folded)
 
 
 class _Snapshots(BaseCallback):
@@ -155,7 +159,7 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     model = build_model(cfg.task, seed, hp)
     layout = actor_layout(model.policy, cfg.task.algo)
     folded = folds_normalisation(cfg)
-    policy_spec = policy_spec_from_sb3(model, cfg.task.algo, normalize_obs=cfg.task.normalize and not folded)
+    policy_spec = _policy_spec(model, cfg.task, folded)
     snaps = _Snapshots(layout, cfg.collect.checkpoint_every, start)
     snaps.snapshot(model, 0)
     model.learn(total_timesteps=cfg.collect.timesteps, callback=snaps)

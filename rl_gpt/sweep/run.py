@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, _build, to_dict
+from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, task_config, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
@@ -28,7 +28,7 @@ __all__ = ["random_inits", "sweep", "task_of"]
 
 def task_of(spec: dict[str, Any]) -> TaskConfig:
     """The TaskConfig a dataset or model was made with."""
-    return _build(TaskConfig, spec["task"], "task.")
+    return task_config(spec["task"])
 
 
 def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
