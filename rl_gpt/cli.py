@@ -179,11 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     from rl_gpt.config import ConfigError
     from rl_gpt.dataset import DatasetError
+    from rl_gpt.evaluate import PolicyFileError
     from rl_gpt.train.modelfile import ModelFileError
 
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, DatasetError, ModelFileError, PermissionError, FileNotFoundError, FloatingPointError) as exc:
+    except (
+        ConfigError,
+        DatasetError,
+        ModelFileError,
+        PolicyFileError,
+        PermissionError,
+        FileNotFoundError,
+        FloatingPointError,
+    ) as exc:
         print(f"rl-gpt {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

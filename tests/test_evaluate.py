@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import math
 import pickle
@@ -21,9 +22,11 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from envs import DYNAMICS
+from rl_gpt.cli import main
 from rl_gpt.evaluate import (
     BatchedPolicy,
     EvalResult,
+    PolicyFileError,
     PolicySpec,
     detect_algo,
     evaluate_params,
@@ -465,13 +468,51 @@ def test_an_sb3_file_is_read_without_unpickling_it(tmp_path, algo, env_id) -> No
     assert not armed.exists()
 
 
-def test_an_sb3_file_that_does_not_fit_the_env_is_refused(tmp_path) -> None:
+class Tanh(torch.nn.Module):
+    """A user's own activation that shares the name of torch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * torch.tanh(x)
+
+
+class _WideCartPole(gym.Env):
+    """CartPole's sizes with other bounds: a policy for it must not pass as a CartPole policy."""
+
+    observation_space = gym.spaces.Box(-5.0, 5.0, (4,))
+    action_space = gym.spaces.Discrete(2)
+
+
+def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsys) -> None:
     make_model("ppo", "CartPole-v1", 0).save(tmp_path / "cartpole.zip")
-    with pytest.raises(ValueError, match="does not fit Acrobot-v1"):
+    with pytest.raises(PolicyFileError, match="does not fit Acrobot-v1"):
         load_sb3_policy(tmp_path / "cartpole.zip", "Acrobot-v1")
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="not an SB3 save file"):
+    with pytest.raises(PolicyFileError, match="not an SB3 save file"):
         load_sb3_policy(tmp_path / "junk.zip")
+    assert main(["evaluate", str(tmp_path / "junk.zip")]) == 2
+    assert "not an SB3 save file" in capsys.readouterr().err
+    PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"activation_fn": Tanh}, device="cpu").save(tmp_path / "own.zip")
+    with pytest.raises(PolicyFileError, match="unsupported activation"):
+        load_sb3_policy(tmp_path / "own.zip", "CartPole-v1")
+    PPO("MlpPolicy", "Pendulum-v1", use_sde=True, device="cpu").save(tmp_path / "sde.zip")
+    with pytest.raises(PolicyFileError, match="gSDE"):
+        load_sb3_policy(tmp_path / "sde.zip", "Pendulum-v1")
+    PPO("MlpPolicy", _WideCartPole(), device="cpu").save(tmp_path / "wide.zip")
+    with pytest.raises(PolicyFileError, match="pass env_id"):
+        load_sb3_policy(tmp_path / "wide.zip")
+
+
+def test_a_policy_pth_with_pickled_objects_is_refused_unrun(tmp_path) -> None:
+    make_model("ppo", "CartPole-v1", 0).save(tmp_path / "clean.zip")
+    armed = tmp_path / "armed"
+    blob = io.BytesIO()
+    torch.save({"action_net.weight": _Payload(str(armed))}, blob)
+    with zipfile.ZipFile(tmp_path / "clean.zip") as src, zipfile.ZipFile(tmp_path / "hostile.zip", "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, blob.getvalue() if name == "policy.pth" else src.read(name))
+    with pytest.raises(PolicyFileError, match="more than plain tensors"):
+        load_sb3_policy(tmp_path / "hostile.zip", "CartPole-v1")
+    assert not armed.exists()
 
 
 def test_mismatches_are_refused_with_a_message() -> None:

@@ -8,11 +8,12 @@ from rl_gpt.evaluate.policy import (
     policy_spec_from_sb3,
 )
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
-from rl_gpt.evaluate.sb3 import detect_algo, evaluate_sb3_file, infer_env_id, load_sb3_policy
+from rl_gpt.evaluate.sb3 import PolicyFileError, detect_algo, evaluate_sb3_file, infer_env_id, load_sb3_policy
 
 __all__ = [
     "BatchedPolicy",
     "EvalResult",
+    "PolicyFileError",
     "PolicySpec",
     "PolicyWeights",
     "detect_algo",

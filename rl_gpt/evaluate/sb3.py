@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import json
-import re
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,13 +27,25 @@ from rl_gpt.evaluate.policy import policy_spec_from_sb3
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
 from rl_gpt.sb3_policy import ACTIVATIONS, actor_layout, read_actor
 
-__all__ = ["SB3File", "detect_algo", "evaluate_sb3_file", "infer_env_id", "load_sb3_policy", "read_sb3_file"]
+__all__ = [
+    "PolicyFileError",
+    "SB3File",
+    "detect_algo",
+    "evaluate_sb3_file",
+    "infer_env_id",
+    "load_sb3_policy",
+    "read_sb3_file",
+]
 
 #: Policy kwargs that shape the network (and so the weights) and survive SB3's JSON as plain values.
 _ARCH_KWARGS = {
     "ppo": ("net_arch", "share_features_extractor", "squash_output", "use_sde", "log_std_init", "full_std"),
     "sac": ("net_arch", "share_features_extractor", "n_critics", "use_sde", "log_std_init", "clip_mean"),
 }
+
+
+class PolicyFileError(ValueError):
+    """An SB3 save file rl_gpt cannot or will not read; the message says which file and why."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,7 @@ class SB3File:
     algo: str
     state: dict[str, torch.Tensor]
     policy_kwargs: dict[str, Any]
+    spaces: dict[str, dict[str, Any]]  # SB3's plain-text copies of the observation and action spaces
 
     @property
     def obs_dim(self) -> int:
@@ -70,7 +84,7 @@ def _zip_members(path: str | Path) -> tuple[set[str], dict[str, Any]]:
         with zipfile.ZipFile(path) as z:
             return set(z.namelist()), json.loads(z.read("data"))
     except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not an SB3 save file ({err})") from err
+        raise PolicyFileError(f"{path}: not an SB3 save file ({err})") from err
 
 
 def detect_algo(path: str | Path) -> str:
@@ -81,20 +95,24 @@ def detect_algo(path: str | Path) -> str:
         return "sac"
     if "policy.optimizer.pth" in names:
         return "ppo"
-    raise ValueError(f"{path}: not an SB3 PPO or SAC save file (policy module {module!r})")
+    raise PolicyFileError(f"{path}: not an SB3 PPO or SAC save file (policy module {module!r})")
 
 
-def _readable_policy_kwargs(data: dict[str, Any], algo: str) -> dict[str, Any]:
+#: SB3's JSON keeps a class as the text of its repr, e.g. "<class 'torch.nn.modules.activation.Tanh'>".
+_ACTIVATION_TEXT = {f"<class '{cls.__module__}.{cls.__qualname__}'>": cls for cls in ACTIVATIONS.values()}
+
+
+def _readable_policy_kwargs(path: str | Path, data: dict[str, Any], algo: str) -> dict[str, Any]:
     """The architecture kwargs from SB3's JSON, using only its plain-text copies of pickled values."""
     raw = data.get("policy_kwargs") or {}
+    if data.get("use_sde") or raw.get("use_sde"):
+        raise PolicyFileError(f"{path}: gSDE policies (use_sde=True) are not supported by the batched evaluator")
     kwargs = {k: raw[k] for k in _ARCH_KWARGS[algo] if k in raw}
     act = raw.get("activation_fn")
-    if act is not None:  # stored as the text "<class 'torch.nn.modules.activation.Tanh'>"
-        match = re.search(r"\.(\w+)'?>?$", str(act))
-        by_class = {cls.__name__: cls for cls in ACTIVATIONS.values()}
-        if not match or match.group(1) not in by_class:
-            raise ValueError(f"unsupported activation {act}: rl_gpt reads {sorted(ACTIVATIONS)}")
-        kwargs["activation_fn"] = by_class[match.group(1)]
+    if act is not None:
+        if act not in _ACTIVATION_TEXT:  # a class of the user's own, even if named like torch's
+            raise PolicyFileError(f"{path}: unsupported activation {act}; rl_gpt reads {sorted(ACTIVATIONS)}")
+        kwargs["activation_fn"] = _ACTIVATION_TEXT[act]
     return kwargs
 
 
@@ -102,24 +120,81 @@ def read_sb3_file(path: str | Path) -> SB3File:
     """The policy weights (``weights_only`` torch load) and architecture of an SB3 save file."""
     algo = detect_algo(path)
     _, data = _zip_members(path)
+    kwargs = _readable_policy_kwargs(path, data, algo)
     with zipfile.ZipFile(path) as z:
         try:
             blob = z.read("policy.pth")
         except KeyError as err:
-            raise ValueError(f"{path}: an SB3 save file without policy.pth") from err
-    state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    return SB3File(Path(path), algo, dict(state), _readable_policy_kwargs(data, algo))
+            raise PolicyFileError(f"{path}: an SB3 save file without policy.pth") from err
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise PolicyFileError(f"{path}: policy.pth holds more than plain tensors; refusing it") from err
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise PolicyFileError(f"{path}: policy.pth is not a state dict of tensors")
+    heads = ["action_net.weight"] if algo == "ppo" else ["actor.mu.weight", "actor.log_std.weight"]
+    if any(h not in state for h in heads):
+        raise PolicyFileError(f"{path}: not an SB3 {algo.upper()} MlpPolicy (no {' / '.join(heads)}; TD3, DQN?)")
+    widths = [w for w in _ints(kwargs.get("net_arch")) if w not in {d for t in state.values() for d in t.shape}]
+    if widths:  # checked before SB3 allocates a network of that size
+        raise PolicyFileError(f"{path}: its net_arch {kwargs['net_arch']} does not match its weights")
+    spaces = {k: data.get(k) or {} for k in ("observation_space", "action_space")}
+    return SB3File(Path(path), algo, state, kwargs, spaces)
 
 
-def _spaces_fit(file: SB3File, env_id: str) -> bool:
+def _ints(tree: Any) -> list[int]:
+    if isinstance(tree, dict):
+        return [w for v in tree.values() for w in _ints(v)]
+    if isinstance(tree, (list, tuple)):
+        return [w for v in tree for w in _ints(v)]
+    return [tree] if isinstance(tree, int) else []
+
+
+def _spaces_fit(file: SB3File, env_id: str, bounds: bool = False) -> bool:
+    """Whether the weights' sizes fit ``env_id``'s spaces (and, with ``bounds``, the file's recorded bounds)."""
     env = gym.make(env_id)
     obs, act = env.observation_space, env.action_space
     env.close()
     if not isinstance(obs, gym.spaces.Box) or obs.shape != (file.obs_dim,):
         return False
     if file.discrete:
-        return isinstance(act, gym.spaces.Discrete) and int(act.n) == file.action_dim
-    return isinstance(act, gym.spaces.Box) and act.shape == (file.action_dim,)
+        fits = isinstance(act, gym.spaces.Discrete) and int(act.n) == file.action_dim
+    else:
+        fits = isinstance(act, gym.spaces.Box) and act.shape == (file.action_dim,)
+    if fits and bounds:
+        fits = _bounds_fit(file.spaces["observation_space"], obs) and _bounds_fit(file.spaces["action_space"], act)
+    return fits
+
+
+def _numbers(text: Any) -> np.ndarray | None:
+    """numpy's printed array ("[-5. -5.  inf]") back to numbers; None where it cannot be read."""
+    try:
+        return np.array([float(v) for v in str(text).strip("[]").split()], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _bounds_fit(readable: dict[str, Any], space: gym.Space) -> bool:
+    """Whether SB3's text copy of a space agrees with ``space``; unreadable parts are not held against it."""
+    if isinstance(space, gym.spaces.Discrete):
+        return "n" not in readable or int(readable["n"]) == int(space.n)
+    for key, want in (("low", space.low), ("high", space.high)):
+        got = _numbers(readable.get(key, ""))
+        if got is not None and got.size == want.size and not np.allclose(got, want.ravel(), rtol=1e-5):
+            return False
+    return True
+
+
+def _sidecar_env_id(file: SB3File) -> str | None:
+    sidecar = file.path.with_name("generated.json")
+    if not sidecar.is_file():
+        return None
+    env_id = json.loads(sidecar.read_text()).get("env_id")
+    if env_id and (":" in env_id or env_id not in gym.registry):  # "module:Env" would import module
+        raise PolicyFileError(f"{sidecar}: env_id {env_id!r} is not a registered Gymnasium id; pass env_id")
+    return env_id or None
 
 
 def infer_env_id(file: SB3File) -> str:
@@ -128,15 +203,13 @@ def infer_env_id(file: SB3File) -> str:
     Tried in order: ``generated.json`` beside the file (``rl-gpt generate`` writes one), then the
     torch-dynamics ids whose observation and action sizes fit the weights (a unique match only).
     """
-    sidecar = file.path.with_name("generated.json")
-    if sidecar.is_file():
-        env_id = json.loads(sidecar.read_text()).get("env_id")
-        if env_id:
-            return str(env_id)
-    matches = [env_id for env_id in sorted(DYNAMICS) if _spaces_fit(file, env_id)]
+    env_id = _sidecar_env_id(file)
+    if env_id:
+        return env_id
+    matches = [env_id for env_id in sorted(DYNAMICS) if _spaces_fit(file, env_id, bounds=True)]
     if len(matches) != 1:
         found = f"several ({matches})" if matches else "none"
-        raise ValueError(f"{file.path}: cannot tell its env id ({found} match its sizes); pass env_id")
+        raise PolicyFileError(f"{file.path}: cannot tell its env id ({found} match its spaces); pass env_id")
     return matches[0]
 
 
@@ -152,18 +225,22 @@ def load_sb3_policy(path: str | Path, env_id: str | None = None) -> tuple[SB3Fil
     env_id = env_id or infer_env_id(file)
     if not _spaces_fit(file, env_id):
         kind = "actions" if file.discrete else "action dims"
-        raise ValueError(
+        raise PolicyFileError(
             f"{path}: a policy for {file.obs_dim} observations and {file.action_dim} {kind} does not fit {env_id}"
         )
     env = gym.make(env_id)
     policy_cls = ActorCriticPolicy if file.algo == "ppo" else SACPolicy
     policy = policy_cls(env.observation_space, env.action_space, lambda _: 0.0, **file.policy_kwargs)
     env.close()
-    try:
-        policy.load_state_dict(file.state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit a {file.algo} MlpPolicy {file.policy_kwargs}: {first}") from err
+    want = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in file.state.items()}
+    wrong = sorted(set(want) ^ set(got)) + sorted(k for k in set(want) & set(got) if want[k] != got[k])
+    if wrong:
+        raise PolicyFileError(
+            f"{path}: its weights do not fit a {file.algo.upper()} MlpPolicy built from its net_arch "
+            f"{file.policy_kwargs.get('net_arch')} for {env_id} (first differences: {', '.join(wrong[:3])})"
+        )
+    policy.load_state_dict(file.state)
     return file, env_id, policy.eval()
 
 
