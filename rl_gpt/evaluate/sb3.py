@@ -89,7 +89,10 @@ def _zip_members(path: str | Path) -> tuple[set[str], dict[str, Any]]:
 
 def detect_algo(path: str | Path) -> str:
     """``"ppo"`` or ``"sac"`` from an SB3 save file's contents (SB3 does not record the class name)."""
-    names, data = _zip_members(path)
+    return _algo_of(path, *_zip_members(path))
+
+
+def _algo_of(path: str | Path, names: set[str], data: dict[str, Any]) -> str:
     module = data.get("policy_class", {}).get("__module__", "")
     if "actor.optimizer.pth" in names or "stable_baselines3.sac" in module:
         return "sac"
@@ -118,8 +121,8 @@ def _readable_policy_kwargs(path: str | Path, data: dict[str, Any], algo: str) -
 
 def read_sb3_file(path: str | Path) -> SB3File:
     """The policy weights (``weights_only`` torch load) and architecture of an SB3 save file."""
-    algo = detect_algo(path)
-    _, data = _zip_members(path)
+    names, data = _zip_members(path)
+    algo = _algo_of(path, names, data)
     kwargs = _readable_policy_kwargs(path, data, algo)
     with zipfile.ZipFile(path) as z:
         try:
