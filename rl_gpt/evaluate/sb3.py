@@ -9,6 +9,7 @@ built and given the weights.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import pickle
@@ -140,8 +141,8 @@ def read_sb3_file(path: str | Path) -> SB3File:
     heads = ["action_net.weight"] if algo == "ppo" else ["actor.mu.weight", "actor.log_std.weight"]
     if any(h not in state for h in heads):
         raise PolicyFileError(f"{path}: not an SB3 {algo.upper()} MlpPolicy (no {' / '.join(heads)}; TD3, DQN?)")
-    widths = [w for w in _ints(kwargs.get("net_arch")) if w not in {d for t in state.values() for d in t.shape}]
-    if widths:  # checked before SB3 allocates a network of that size
+    dims = {d for t in state.values() for d in t.shape}
+    if any(w not in dims for w in _ints(kwargs.get("net_arch"))):  # checked before SB3 allocates a network of that size
         raise PolicyFileError(f"{path}: its net_arch {kwargs['net_arch']} does not match its weights")
     spaces = {k: data.get(k) or {} for k in ("observation_space", "action_space")}
     return SB3File(Path(path), algo, state, kwargs, spaces)
@@ -155,11 +156,17 @@ def _ints(tree: Any) -> list[int]:
     return [tree] if isinstance(tree, int) else []
 
 
+@functools.cache
+def _env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
+    """An env's observation and action spaces (making an env is the slow part of inference)."""
+    env = gym.make(env_id)
+    env.close()
+    return env.observation_space, env.action_space
+
+
 def _spaces_fit(file: SB3File, env_id: str, bounds: bool = False) -> bool:
     """Whether the weights' sizes fit ``env_id``'s spaces (and, with ``bounds``, the file's recorded bounds)."""
-    env = gym.make(env_id)
-    obs, act = env.observation_space, env.action_space
-    env.close()
+    obs, act = _env_spaces(env_id)
     if not isinstance(obs, gym.spaces.Box) or obs.shape != (file.obs_dim,):
         return False
     if file.discrete:
@@ -204,7 +211,8 @@ def infer_env_id(file: SB3File) -> str:
     """The env id of an SB3 save file, which SB3 itself does not record.
 
     Tried in order: ``generated.json`` beside the file (``rl-gpt generate`` writes one), then the
-    torch-dynamics ids whose observation and action sizes fit the weights (a unique match only).
+    torch-dynamics ids whose spaces fit the weights' sizes and the file's recorded bounds (a unique
+    match only).
     """
     env_id = _sidecar_env_id(file)
     if env_id:
@@ -231,10 +239,8 @@ def load_sb3_policy(path: str | Path, env_id: str | None = None) -> tuple[SB3Fil
         raise PolicyFileError(
             f"{path}: a policy for {file.obs_dim} observations and {file.action_dim} {kind} does not fit {env_id}"
         )
-    env = gym.make(env_id)
     policy_cls = ActorCriticPolicy if file.algo == "ppo" else SACPolicy
-    policy = policy_cls(env.observation_space, env.action_space, lambda _: 0.0, **file.policy_kwargs)
-    env.close()
+    policy = policy_cls(*_env_spaces(env_id), lambda _: 0.0, **file.policy_kwargs)
     want = {k: tuple(v.shape) for k, v in policy.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in file.state.items()}
     wrong = sorted(set(want) ^ set(got)) + sorted(k for k in set(want) & set(got) if want[k] != got[k])
