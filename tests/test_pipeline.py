@@ -166,6 +166,40 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_start_metric_reproduces_the_datasets_own_labels(experiment):
+    # The generator's input m must be measured as the labels it trained on were (episodes, seed).
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.protocol import start_metric
+
+    ds = CheckpointDataset(experiment / "dataset")
+    rows = torch.tensor([s.start for s in ds.run_slices().values()] + [s.stop - 1 for s in ds.run_slices().values()])
+    measured = start_metric(ds, ds.data["params"][rows].float(), list(ds.run_slices()))
+    torch.testing.assert_close(measured.float(), ds.data["metric"][rows].float())
+
+
+def test_sweep_conditions_on_the_label_protocols_init_metric(experiment, tmp_path, monkeypatch):
+    import rl_gpt.sweep.run as sweep_run
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.protocol import start_metric
+
+    seen = []
+    real = sweep_run.run_prompts
+
+    def spy(gen, model, theta, metric, *args, **kwargs):
+        seen.append((theta.clone(), metric.clone()))
+        return real(gen, model, theta, metric, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "run_prompts", spy)
+    out = tmp_path / "sweep"
+    args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=3", "prompts=3", "samples=1"]
+    assert main([*args, "episodes=3", "sweep.recursive=1", *QUIET]) == 0
+    ds = CheckpointDataset(experiment / "dataset")
+    inits, metric = seen[0]
+    expected = start_metric(ds, inits, read_model_info(experiment / "model")["meta"]["train_runs"])
+    torch.testing.assert_close(metric, expected.float())
+    assert ds.spec["evaluation"]["episodes"] == 2  # the labels' count, not the sweep's 3
+
+
 def test_generated_zip_loads_in_sb3_and_matches_recorded_return(experiment, tmp_path):
     out = tmp_path / "gen"
     assert (

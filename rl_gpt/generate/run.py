@@ -66,7 +66,7 @@ def generate(
     presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset.
     """
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.sweep.protocol import evaluate_flat
+    from rl_gpt.sweep.protocol import evaluate_flat, start_metric
     from rl_gpt.sweep.run import task_of
 
     out = ensure_writable_dir(out)
@@ -83,11 +83,12 @@ def generate(
     if guidance is None:
         guidance = float(info["meta"].get("config", {}).get("train", {}).get("guidance", 1.0))
     runs = info["meta"]["train_runs"]
-    start_metric = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean
+    start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
+    start_return = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean  # reported like the outputs
     th = theta[None].expand(num, -1)
     g = torch.Generator().manual_seed(seed)
     params = gen.sample(
-        th, start_metric.expand(num), torch.full((num,), float(target)), steps=steps, guidance=guidance, generator=g
+        th, start.expand(num), torch.full((num,), float(target)), steps=steps, guidance=guidance, generator=g
     )
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_of(info["spec"])
@@ -117,7 +118,7 @@ def generate(
         "steps": steps,
         "episodes": episodes,
         "start": from_zip or f"random init (SB3 initialiser, seed {seed})",
-        "start_return": float(start_metric[0]),
+        "start_return": float(start_return[0]),
         "policies": items,
         "model": str(Path(model_dir).resolve()),
     }

@@ -19,7 +19,7 @@ from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
-from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts
+from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts, start_metric
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 
@@ -114,12 +114,14 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
 
     # ---------------------------------------------------------------- inits never seen in collection
     inits = random_inits(task, sc.inits, sc.init_seed)  # (K, D)
-    init_metric = evaluate(inits, sc.seed + 1)  # (K,)
+    init_metric = evaluate(inits, sc.seed + 1)  # (K,) reported, like every achieved metric
+    # The generator's input m is measured as the training labels were (see start_metric).
+    init_m = start_metric(ds, inits, train_runs, sc.episodes, device).float()  # (K,)
     timings["setup_s"] = time.time() - t
 
     # ---------------------------------------------------------------- the generator
     t = time.time()
-    samples = run_prompts(gen, None, inits, init_metric, prompts, sc.samples, sc.steps, sc.guidance, sc.seed)
+    samples = run_prompts(gen, None, inits, init_m, prompts, sc.samples, sc.steps, sc.guidance, sc.seed)
     timings["sample_s"] = time.time() - t
     t = time.time()
     k, p, s, d = samples.shape
@@ -143,13 +145,13 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
 
     # ---------------------------------------------------------------- recursive prompting
     t = time.time()
-    theta, metric, curve = inits, init_metric, [float(init_metric.mean())]
+    theta, metric, curve = inits, init_m, [float(init_metric.mean())]
     for _ in range(sc.recursive):
         theta = run_prompts(gen, None, theta, metric, prompts[best : best + 1], 1, sc.steps, sc.guidance, sc.seed + 3)[
             :, 0, 0
         ]
-        metric = evaluate(theta, sc.seed + 4)
-        curve.append(float(metric.nanmean()))
+        curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
+        metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
     slices = ds.run_slices()
     ppo_curve = _ppo_curve(ds, train_runs, slices)
     report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "ppo_learning_curve": ppo_curve}
