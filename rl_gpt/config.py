@@ -120,6 +120,9 @@ class TrainConfig:
     schedule: Literal["cosine", "linear"] = "cosine"  # noise schedule (1000 steps)
     loss_weight: Literal["none", "snr", "min_snr", "truncated_snr"] = "none"  # loss weighting over noise levels
     prompt_dropout: float = 0.1  # probability of dropping the prompt (classifier-free guidance)
+    # Gaussian noise on the start metric m and the prompt m' while training, as a fraction of the
+    # metric range (0 = off): the model must not read an exact label value as a flag.
+    metric_jitter: float = 0.0
     init_fraction: float = 0.5  # share of pairs whose θ is the run's initialisation
     bins: int = 10  # θ' is sampled balanced over this many metric bins
     # One mean/std per input feature for the layers reading the input (instead of per tensor): for

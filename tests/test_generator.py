@@ -91,6 +91,30 @@ def test_theta_free_loss_and_gradients_do_not_depend_on_theta() -> None:
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
+@pytest.mark.parametrize("jitter", [0.0, 0.05])
+def test_metric_jitter_perturbs_the_metrics_the_network_sees_by_its_share_of_the_range(jitter: float) -> None:
+    gen = _generator(True)
+    gen.metric_jitter = jitter
+    seen = {}
+    real = gen.diffusion.training_loss
+
+    def spy(fn, x0, **kw):
+        seen.update(metric=kw["metric"], prompt=kw["prompt"])
+        return real(fn, x0, **kw)
+
+    gen.diffusion.training_loss = spy
+    b = 4096
+    m, prompt = torch.full((b,), 100.0), torch.full((b,), 400.0)
+    zeros = torch.zeros(b, D)
+    batch = TensorDict({"theta": zeros, "metric": m, "theta_next": zeros, "metric_next": prompt}, batch_size=[b])
+    gen.loss(batch, generator=torch.Generator().manual_seed(0))
+    for key, raw in (("metric", m), ("prompt", prompt)):
+        err = seen[key] - gen.normalizer.metric(raw)  # in normalised units: the range spans 2
+        assert err.mean().abs() < 0.01 and (err.std() - 2 * jitter).abs() < 0.01, key
+    with pytest.raises(ValueError, match="metric_jitter"):
+        ParameterGenerator(gen.model, gen.diffusion, _normalizer(), LAYOUT, metric_jitter=-0.1)
+
+
 def test_theta_free_mode_refuses_delta_target() -> None:
     model = build_model("tiny", LAYOUT)
     with pytest.raises(ValueError, match="target must be 'theta'"):

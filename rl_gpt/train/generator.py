@@ -42,14 +42,18 @@ class ParameterGenerator:
         target: str = "theta",
         prompt_dropout: float = 0.1,
         condition_on_theta: bool = True,
+        metric_jitter: float = 0.0,
     ):
         if target not in ("theta", "delta"):
             raise ValueError(f"target={target!r}: choose 'theta' or 'delta'")
+        if not metric_jitter >= 0:
+            raise ValueError(f"metric_jitter={metric_jitter}: a fraction of the metric range, 0 or more")
         if not condition_on_theta and target != "theta":
             raise ValueError("condition_on_theta=False models θ' itself: target must be 'theta', not 'delta'")
         self.model, self.diffusion, self.normalizer, self.layout = model, diffusion, normalizer, layout
         self.target, self.prompt_dropout = target, prompt_dropout
         self.condition_on_theta = bool(condition_on_theta)
+        self.metric_jitter = float(metric_jitter)
 
     def to(self, device: torch.device | str) -> ParameterGenerator:
         self.model.to(device)
@@ -100,12 +104,15 @@ class ParameterGenerator:
         x0 = self.encode_target(theta, theta_next)  # (B, D)
         b = theta.shape[0]
         drop = torch.rand(b, generator=generator, device=theta.device) < self.prompt_dropout  # (B,)
+        cond = self.conditioning(theta, batch["metric"], batch["metric_next"])
+        if self.metric_jitter > 0:
+            # Labels are measurements: noise of metric_jitter x the metric range (2 normalised units)
+            # keeps the model from keying on exact values, e.g. the one number every init is labelled with.
+            for key in ("metric", "prompt"):
+                noise = torch.randn(b, generator=generator, device=theta.device)
+                cond[key] = cond[key] + 2 * self.metric_jitter * noise
         losses, extras = self.diffusion.training_loss(
-            self._model_fn(model or self.model),
-            x0,
-            generator=generator,
-            cond_drop=drop,
-            **self.conditioning(theta, batch["metric"], batch["metric_next"]),
+            self._model_fn(model or self.model), x0, generator=generator, cond_drop=drop, **cond
         )
         return losses.mean(), extras
 

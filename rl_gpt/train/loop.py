@@ -101,7 +101,14 @@ def build_generator(
     model = build_model(mc, ds.layout)
     diffusion = GaussianDiffusion(**diffusion_args(cfg))
     gen = ParameterGenerator(
-        model, diffusion, normalizer, ds.layout, cfg.target, cfg.prompt_dropout, cfg.condition_on_theta
+        model,
+        diffusion,
+        normalizer,
+        ds.layout,
+        cfg.target,
+        cfg.prompt_dropout,
+        cfg.condition_on_theta,
+        cfg.metric_jitter,
     )
     return gen, mc
 
