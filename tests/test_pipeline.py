@@ -198,6 +198,8 @@ def test_sweep_conditions_on_the_label_protocols_init_metric(experiment, tmp_pat
     expected = start_metric(ds, inits, read_model_info(experiment / "model")["meta"]["train_runs"])
     torch.testing.assert_close(metric, expected.float())
     assert ds.spec["evaluation"]["episodes"] == 2  # the labels' count, not the sweep's 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["init_metric_as_labelled"] == pytest.approx(expected.tolist())
 
 
 def test_generated_zip_loads_in_sb3_and_matches_recorded_return(experiment, tmp_path):

@@ -135,6 +135,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         "achieved": achieved.tolist(),
         "inits": sc.inits,
         "init_metric": init_metric.tolist(),
+        "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
     solved = report["one_step"]["solved_fraction"]
