@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -161,6 +162,9 @@ class SweepConfig:
     device: str | None = None  # sampling and torch-dynamics rollouts (cpu, cuda, ...); None: train.device
 
 
+WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names for its modes
+
+
 @dataclass
 class WandbConfig:
     """Weights & Biases logging; offline by default so nothing leaves the machine unasked."""
@@ -240,6 +244,12 @@ def load_config(
 ) -> ExperimentConfig:
     """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated throughout."""
     data = _read_preset(str(source)) if source is not None else {}
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:  # wandb.init's mode argument beats the variable; honour it ourselves, below the command line
+        mode = WANDB_MODE_ALIASES.get(env_mode, env_mode)
+        if mode not in ("offline", "online", "disabled"):
+            raise ConfigError(f"WANDB_MODE={env_mode!r} is not offline, online or disabled; unset it or fix it")
+        _set_path(data, ["wandb", "mode"], mode)
     aliases = ALIASES.get(command or "", {})
     for item in overrides:
         key, sep, raw = item.partition("=")

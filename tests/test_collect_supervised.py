@@ -196,3 +196,40 @@ def test_data_fetch_failure_is_one_line(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("rl-gpt data: error: could not download")
+
+
+def test_a_collection_logs_one_wandb_run_with_a_step_per_finished_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    runs = 3
+    assert main(["collect", "digits", f"out={tmp_path}", *TINY[1:], f"runs={runs}", "workers=1"]) == 0
+    offline = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, "one W&B run for the whole collection, not one per collection run"
+    assert main(["collect", "digits", f"out={tmp_path}", *TINY[1:], f"runs={runs}"]) == 0  # nothing left to do
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1, "a collection with nothing to do logs nothing"
+
+
+def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, monkeypatch):
+    """What reaches W&B, through a stand-in run (offline wandb keeps it in a binary file)."""
+    import rl_gpt.wandb_run
+
+    logged: list[dict] = []
+
+    class Recorder:
+        def log(self, data: dict, step: int | None = None) -> None:
+            logged.append({**data, "_step": step})
+
+        def finish(self) -> None:
+            logged.append({"finished": True})
+
+    monkeypatch.setattr(rl_gpt.wandb_run, "start_run", lambda *a, **k: Recorder())
+    monkeypatch.setattr("wandb.plot.line_series", lambda **kw: kw)
+    assert _collect(tmp_path, "runs=2", "workers=1") == 0
+    td, _ = _load(tmp_path)
+    per_run = [e for e in logged if "runs_finished" in e]
+    assert [e["runs_finished"] for e in per_run] == [1, 2] == [e["_step"] for e in per_run]
+    finals = {int(r): float(td["metric"][td["run"] == r][-1]) for r in (0, 1)}
+    assert {e["run"]: e["final_test_loss"] for e in per_run} == pytest.approx(finals)
+    chart = next(e for e in logged if "curves/test_loss" in e)["curves/test_loss"]
+    assert chart["keys"] == ["run 0", "run 1"] and chart["xs"][0] == [0, 20, 40, 60]
+    assert logged[-1] == {"finished": True}

@@ -93,3 +93,16 @@ def test_extends_a_file_beside_it_and_refuses_a_loop(tmp_path):
 def test_an_empty_section_keeps_the_base_section(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: digits\nsweep:\n")
     assert load_config(tmp_path / "c.yaml").sweep.guidance == load_config("digits").sweep.guidance == 1.0
+
+
+def test_wandb_mode_variable_sits_between_the_file_and_the_command_line(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert load_config("cartpole").wandb.mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert load_config("cartpole").wandb.mode == "disabled"
+    assert load_config("cartpole", ["wandb.mode=online"]).wandb.mode == "online"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # wandb's old name for offline
+    assert load_config("cartpole").wandb.mode == "offline"
+    monkeypatch.setenv("WANDB_MODE", "loud")
+    with pytest.raises(ConfigError, match="WANDB_MODE='loud'"):
+        load_config("cartpole")

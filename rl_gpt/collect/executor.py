@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
+from rl_gpt.wandb_run import CollectionLog
 
 __all__ = ["collect", "dataset_spec"]
 
@@ -117,10 +118,13 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     )
     checkpoints = 0
     start = time.time()
+    log = CollectionLog(cfg, root.parent, "opt_step" if cfg.task.kind == "supervised" else "env_step") if todo else None
     try:
         results = _run_ray(cfg, run_fn, todo) if cfg.collect.executor == "ray" else _run_local(cfg, run_fn, todo)
         for run, result in results:
             writer.add_run(run, result.rows, result.meta)
+            if log is not None:
+                log.add(run, *_wandb_entry(cfg, result.rows, result.meta))
             checkpoints += len(result.rows["params"])
             bar.update(1)
             bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta))
@@ -135,6 +139,8 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
         raise
     finally:
         bar.close()
+        if log is not None:
+            log.finish()
     total = writer.consolidate()
     if progress:
         print(
@@ -151,6 +157,24 @@ def _last_metric(cfg: ExperimentConfig, meta: dict[str, Any]) -> dict[str, str]:
     value = meta.get("final_metric", meta.get("final_return", float("nan")))
     text = f"{value:.4g}" if cfg.task.kind == "supervised" else f"{value:.1f}"
     return {f"last_{cfg.task.metric}": text}
+
+
+#: Per-checkpoint rows a collection logs as curves, and their W&B names (``metric`` is named after the task's).
+WANDB_SERIES = {"return_stoch": "return_stochastic", "test_loss": "test_loss", "test_error": "test_error"}
+WANDB_SUMMARY = ("train_time", "eval_time", "invalid_checkpoints")
+
+
+def _wandb_entry(
+    cfg: ExperimentConfig, rows: dict[str, Any], meta: dict[str, Any]
+) -> tuple[list[int], dict[str, list[float]], dict[str, Any]]:
+    """A finished run's checkpoint steps, its per-checkpoint curves and its summary, for the collection's W&B run."""
+    series = {cfg.task.metric: rows["metric"].tolist()}
+    for key, name in WANDB_SERIES.items():
+        if key in rows and name not in series:
+            series[name] = rows[key].tolist()
+    summary = {f"final_{cfg.task.metric}": float(rows["metric"][-1])}
+    summary.update({key: meta[key] for key in WANDB_SUMMARY if key in meta})
+    return rows["step"].tolist(), series, summary
 
 
 def _workers(cfg: ExperimentConfig) -> int:

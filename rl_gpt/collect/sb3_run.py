@@ -212,23 +212,7 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
         "final_return": float(rows["metric"][-1]),
         "invalid_checkpoints": int((~valid).sum()),
     }
-    _log_wandb(cfg, run, rows, meta)
     return RunResult(rows, meta)
-
-
-def _log_wandb(cfg: ExperimentConfig, run: int, rows: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    from rl_gpt.wandb_run import log_series
-
-    series = {"return/deterministic": rows["metric"].tolist(), "return/stochastic": rows["return_stoch"].tolist()}
-    log_series(
-        cfg,
-        run,
-        series,
-        rows["step"].tolist(),
-        "env_step",
-        meta,
-        {"final_return": meta["final_return"], "train_time": meta["train_time"]},
-    )
 
 
 def describe_versions() -> dict[str, str]:

@@ -214,23 +214,7 @@ def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
         "final_test_error": float(rows["test_error"][-1]),
         "invalid_checkpoints": int((~valid).sum()),
     }
-    _log_wandb(cfg, run, rows, meta)
     return RunResult(rows, meta)
-
-
-def _log_wandb(cfg: ExperimentConfig, run: int, rows: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    from rl_gpt.wandb_run import log_series
-
-    series = {k: rows[k].tolist() for k in ("test_loss", "test_error", "train_loss")}
-    log_series(
-        cfg,
-        run,
-        series,
-        rows["step"].tolist(),
-        "opt_step",
-        meta,
-        {"final_metric": meta["final_metric"], "train_time": meta["train_time"]},
-    )
 
 
 # ---------------------------------------------------------------------------------------------- dataset spec
