@@ -160,7 +160,12 @@ def _last_metric(cfg: ExperimentConfig, meta: dict[str, Any]) -> dict[str, str]:
 
 
 #: Per-checkpoint rows a collection logs as curves, and their W&B names (``metric`` is named after the task's).
-WANDB_SERIES = {"return_stoch": "return_stochastic", "test_loss": "test_loss", "test_error": "test_error"}
+WANDB_SERIES = {
+    "return_stoch": "return_stochastic",
+    "test_loss": "test_loss",
+    "test_error": "test_error",
+    "train_loss": "train_loss",
+}
 WANDB_SUMMARY = ("train_time", "eval_time", "invalid_checkpoints")
 
 
