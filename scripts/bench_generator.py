@@ -5,6 +5,10 @@ compared with the residual-MLP baseline in the same run. Sampling uses guidance 
 calls per step, batched), as `rl-gpt sweep` does by default.
 
     python scripts/bench_generator.py [--models neuron neuron:separate mlp] [--policies 1000] [--threads 2]
+                                      [--compile]
+
+``--compile`` adds a ``+compile`` row per model: training through ``torch.compile`` (inductor), its
+one-off compile time reported apart from the steady rate; sampling stays eager.
 
 ``neuron:separate`` is the neuron DiT with θ and x_t as two token sets (twice the sequence), the
 design before fused tokens.
@@ -45,9 +49,11 @@ def make(name: str) -> ParameterGenerator:
     )
 
 
-def train_rate(gen: ParameterGenerator, batch: int, steps: int) -> float:
+def train_rate(gen: ParameterGenerator, batch: int, steps: int, compiled: bool = False) -> tuple[float, float]:
+    """(samples/s after 3 warm-up steps, seconds the warm-up took: the compile time when ``compiled``)."""
     from tensordict import TensorDict
 
+    net = torch.compile(gen.model) if compiled else gen.model
     opt = torch.optim.AdamW(gen.model.parameters(), 1e-3)
     d = LAYOUT.numel
     td = TensorDict(
@@ -59,14 +65,15 @@ def train_rate(gen: ParameterGenerator, batch: int, steps: int) -> float:
         },
         [batch],
     )
+    warm_start = time.perf_counter()
     for i in range(steps + 3):
         if i == 3:  # warm-up steps excluded
             start = time.perf_counter()
-        loss, _ = gen.loss(td)
+        loss, _ = gen.loss(td, model=net)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return batch * steps / (time.perf_counter() - start)
+    return batch * steps / (time.perf_counter() - start), start - warm_start
 
 
 def sample_rate(gen: ParameterGenerator, policies: int, steps: int) -> float:
@@ -82,24 +89,25 @@ def main() -> None:
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="also time training through torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = {}
     for name in args.models:
         gen = make(name)
         params = sum(p.numel() for p in gen.model.parameters())
-        rows[name] = (
-            params,
-            train_rate(gen, args.batch, 30),
-            *(sample_rate(gen, args.policies, s) for s in (10, 50, 1000)),
-        )
+        rate, _ = train_rate(gen, args.batch, 30)
+        rows[name] = (params, rate, "-", *(f"{sample_rate(gen, args.policies, s):,.1f}" for s in (10, 50, 1000)))
+        if args.compile:
+            rate, compile_s = train_rate(make(name), args.batch, 30, compiled=True)
+            rows[f"{name}+compile"] = (params, rate, f"{compile_s:.0f}", "-", "-", "-")
     base = rows.get("mlp")
     print(f"CPU threads={args.threads}, batch={args.batch}, {args.policies} policies, guidance 2")
-    print("| model | parameters | train samples/s | policies/s @10 | @50 | @1000 | train vs mlp |")
-    print("|---|---|---|---|---|---|---|")
-    for name, (params, tr, s10, s50, s1000) in rows.items():
+    print("| model | parameters | train samples/s | compile s | policies/s @10 | @50 | @1000 | train vs mlp |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (params, tr, comp, s10, s50, s1000) in rows.items():
         ratio = f"{tr / base[1]:.2f}x" if base else "-"
-        print(f"| {name} | {params:,} | {tr:,.0f} | {s10:,.0f} | {s50:,.0f} | {s1000:,.1f} | {ratio} |")
+        print(f"| {name} | {params:,} | {tr:,.0f} | {comp} | {s10} | {s50} | {s1000} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,33 @@ def test_metric_jitter_perturbs_the_metrics_the_network_sees_by_its_share_of_the
         ParameterGenerator(gen.model, gen.diffusion, _normalizer(), LAYOUT, metric_jitter=-0.1)
 
 
+class _FalsyWrapper(torch.nn.Module):
+    """Wraps a network and is falsy, as ``torch.compile``'s wrapper is (its ``len()`` raises) and an
+    empty container is: ``model or self.model`` would silently run the unwrapped network instead."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def __len__(self) -> int:
+        return 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+
+def test_loss_and_sample_run_the_network_they_are_given_even_a_falsy_wrapper() -> None:
+    gen = _generator(True)
+    wrapper = _FalsyWrapper(gen.model)
+    theta, m = _inits(10)
+    batch = TensorDict({"theta": theta, "metric": m, "theta_next": theta, "metric_next": m}, batch_size=[5])
+    gen.loss(batch, generator=torch.Generator().manual_seed(0), model=wrapper)
+    assert wrapper.calls == 1
+    gen.sample(theta, m, m, steps=3, generator=torch.Generator().manual_seed(0), model=wrapper)
+    assert wrapper.calls > 1
+
+
 def test_theta_free_mode_refuses_delta_target() -> None:
     model = build_model("tiny", LAYOUT)
     with pytest.raises(ValueError, match="target must be 'theta'"):

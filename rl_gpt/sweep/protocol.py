@@ -140,7 +140,7 @@ def run_prompts(
     """
     k, d = theta.shape
     p = prompts.numel()
-    device = next((model or gen.model).parameters()).device
+    device = next((gen.model if model is None else model).parameters()).device
     th = theta[:, None, None].expand(k, p, samples, d).reshape(-1, d).to(device)
     m = metric[:, None, None].expand(k, p, samples).reshape(-1).to(device)
     pr = prompts[None, :, None].expand(k, p, samples).reshape(-1).to(device)

@@ -112,7 +112,7 @@ class ParameterGenerator:
                 noise = torch.randn(b, generator=generator, device=theta.device)
                 cond[key] = cond[key] + 2 * self.metric_jitter * noise
         losses, extras = self.diffusion.training_loss(
-            self._model_fn(model or self.model), x0, generator=generator, cond_drop=drop, **cond
+            self._model_fn(self.model if model is None else model), x0, generator=generator, cond_drop=drop, **cond
         )
         return losses.mean(), extras
 
@@ -133,7 +133,7 @@ class ParameterGenerator:
 
         Without ``condition_on_theta`` θ and m only set the batch size, shape and device.
         """
-        net = model or self.model
+        net = self.model if model is None else model
         was_training = net.training
         net.eval()
         device = theta.device
