@@ -61,6 +61,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         steps=args.steps,
         episodes=args.episodes,
         dataset=args.dataset,
+        average=args.average,
     )
     print(f"start return {rec['start_return']:.1f} -> prompted {rec['target_return']:.1f}")
     for p in rec["policies"]:
@@ -140,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's train.guidance)")
     p.add_argument("--dataset", default=None, help="the model's dataset, if it is no longer where training left it")
     p.add_argument("--steps", type=int, default=20, help="diffusion sampling steps")
+    p.add_argument(
+        "--average",
+        type=int,
+        default=None,
+        help="each policy is the mean of this many samples (default: the model's sweep.average)",
+    )
     p.add_argument("--episodes", type=int, default=16, help="evaluation episodes per policy")
     p.add_argument("--out", required=True, help="output directory")
 

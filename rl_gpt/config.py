@@ -150,6 +150,9 @@ class SweepConfig:
     inits: int = 16  # unseen random inits (SB3's initialiser, seeds never used in collection)
     prompts: int = 10  # prompts evenly over the task's metric range
     samples: int = 2  # samples per init and prompt
+    # Each sample is the mean of this many draws from the same init and prompt (an estimate of the
+    # conditional mean; see ParameterGenerator.sample). 1 reports single draws.
+    average: int = 1
     # Evaluation episodes per sample. A 16-episode mean of a mid-range CartPole policy is noisy
     # enough to cost ~0.05 R2 for every method alike (docs/results.md); the batched evaluator makes 64 cheap.
     episodes: int = 64
@@ -208,6 +211,7 @@ ALIASES: dict[str, dict[str, str]] = {
         "inits": "sweep.inits",
         "prompts": "sweep.prompts",
         "samples": "sweep.samples",
+        "average": "sweep.average",
         "episodes": "sweep.episodes",
         "guidance": "sweep.guidance",
         "device": "sweep.device",
@@ -224,6 +228,22 @@ ALIASES: dict[str, dict[str, str]] = {
 # The demo runs all three stages: it takes their short names, except the ambiguous seed=.
 ALIASES["demo"] = {k: v for stage in ("collect", "train", "sweep") for k, v in ALIASES[stage].items() if k != "seed"}
 ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.device
+
+
+#: Counts a run cannot do without; below these a stage would crash later or report nonsense.
+MINIMUMS: dict[str, int] = {
+    "collect.runs": 1,
+    "collect.checkpoint_every": 1,
+    "collect.eval_episodes": 1,
+    "train.steps": 1,
+    "train.batch": 1,
+    "sweep.inits": 1,
+    "sweep.prompts": 2,  # R² needs two prompts
+    "sweep.samples": 1,
+    "sweep.episodes": 1,
+    "sweep.steps": 1,
+    "sweep.average": 1,
+}
 
 
 # ---------------------------------------------------------------------------- loading
@@ -328,6 +348,9 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+        least = MINIMUMS.get(f"{prefix}{key}")
+        if least is not None and kwargs[key] < least:
+            raise ConfigError(f"{prefix}{key}: {value!r} is too small; it counts things and needs at least {least}")
     return cls(**kwargs)
 
 

@@ -46,6 +46,11 @@ def test_short_names_and_dotted_overrides():
         ("task.normalize=maybe", "task.normalize: expected true/false"),
         ("collect.executor=slurm", "collect.executor"),
         ("nonsense", "not key=value"),
+        ("runs=0", "collect.runs: 0 is too small"),
+        ("sweep.inits=0", "sweep.inits: 0 is too small"),
+        ("sweep.prompts=1", "sweep.prompts: 1 is too small; it counts things and needs at least 2"),
+        ("sweep.average=-2", "sweep.average: -2 is too small"),
+        ("train.batch=0", "train.batch: 0 is too small"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):

@@ -215,3 +215,23 @@ def test_normalizer_scales_input_columns_on_request(input_columns):
         assert column_std[0] / column_std[2] > 100
     assert torch.unique(norm.std[18:24]).numel() == 1  # net.0.bias: per tensor either way
     torch.testing.assert_close(norm.unparams(z), params, atol=1e-4, rtol=1e-5)
+
+
+def test_averaged_samples_are_the_mean_of_independent_draws_from_each_row() -> None:
+    gen = _generator(True)
+    theta, m = _inits(10, b=3)
+    prompt = torch.tensor([50.0, 250.0, 450.0])
+    draws = gen.sample(
+        theta.repeat_interleave(16, 0),
+        m.repeat_interleave(16, 0),
+        prompt.repeat_interleave(16, 0),
+        steps=5,
+        generator=torch.Generator().manual_seed(4),
+    ).reshape(3, 16, D)  # row i's 16 draws
+    mean = gen.sample(theta, m, prompt, steps=5, generator=torch.Generator().manual_seed(4), average=16)
+    torch.testing.assert_close(mean, draws.mean(1))
+    # Less spread than single draws: two means of 16 differ less than two single draws do.
+    other = gen.sample(theta, m, prompt, steps=5, generator=torch.Generator().manual_seed(5), average=16)
+    assert (mean - other).norm() < 0.5 * (draws[:, 0] - draws[:, 1]).norm()
+    with pytest.raises(ValueError, match="average=0"):
+        gen.sample(theta, m, prompt, steps=5, average=0)

@@ -53,6 +53,7 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     )
     report = json.loads((out / "sweep" / "report.json").read_text())
     assert report["metric"]["name"] == "test_loss" and report["metric"]["higher_is_better"] is False
+    assert report["config"]["average"] == 8  # the digits preset reports means of 8 samples
     prompts = report["prompts"]
     assert report["one_step"]["prompt"] == min(prompts)  # lower is better: the best prompt is the lowest loss
     assert np.isfinite(np.array(report["achieved"])).all()
@@ -75,6 +76,8 @@ def test_digits_collect_train_sweep_generate(tmp_path):
                 str(min(prompts)),
                 "--num",
                 "2",
+                "--average",
+                "3",
                 "--out",
                 str(gen_dir),
             ]
@@ -82,6 +85,7 @@ def test_digits_collect_train_sweep_generate(tmp_path):
         == 0
     )
     record = json.loads((gen_dir / "generated.json").read_text())
+    assert record["average"] == 3 and len(record["policies"]) == 2
     net = build_classifier("digits_mlp")
     net.load_state_dict(load_file(str(gen_dir / record["policies"][0]["file"])))  # loads into the task's nn.Module
     layout = classifier_layout("digits_mlp")

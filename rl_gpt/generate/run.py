@@ -59,11 +59,14 @@ def generate(
     steps: int = 20,
     episodes: int = 16,
     dataset: str | Path | None = None,
+    average: int | None = None,
 ) -> dict[str, Any]:
     """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
 
     ``guidance`` defaults to the scale the model was probed with (``train.guidance``: 2 for the CartPole
-    presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset.
+    presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset; each policy is
+    the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many as the
+    model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere).
     """
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.sweep.protocol import evaluate_flat, start_metric
@@ -82,14 +85,15 @@ def generate(
     ds = CheckpointDataset(model_dataset(model_dir, info, dataset))
     if guidance is None:
         guidance = float(info["meta"].get("config", {}).get("train", {}).get("guidance", 1.0))
+    if average is None:
+        average = int(info["meta"].get("config", {}).get("sweep", {}).get("average", 1))
     runs = info["meta"]["train_runs"]
     start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
     start_return = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean  # reported like the outputs
     th = theta[None].expand(num, -1)
     g = torch.Generator().manual_seed(seed)
-    params = gen.sample(
-        th, start.expand(num), torch.full((num,), float(target)), steps=steps, guidance=guidance, generator=g
-    )
+    prompt = torch.full((num,), float(target))
+    params = gen.sample(th, start.expand(num), prompt, steps=steps, guidance=guidance, generator=g, average=average)
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_of(info["spec"])
     items = []
@@ -116,6 +120,7 @@ def generate(
         "target_return": target,
         "guidance": guidance,
         "steps": steps,
+        "average": average,
         "episodes": episodes,
         "start": from_zip or f"random init (SB3 initialiser, seed {seed})",
         "start_return": float(start_return[0]),

@@ -133,10 +133,12 @@ def run_prompts(
     steps: int,
     guidance: float,
     seed: int = 0,
+    average: int = 1,
 ) -> torch.Tensor:
     """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters on the CPU.
 
-    Sampling runs where the network is (a model on CUDA takes CPU inputs here).
+    Each sample is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`). Sampling
+    runs where the network is (a model on CUDA takes CPU inputs here).
     """
     k, d = theta.shape
     p = prompts.numel()
@@ -145,7 +147,7 @@ def run_prompts(
     m = metric[:, None, None].expand(k, p, samples).reshape(-1).to(device)
     pr = prompts[None, :, None].expand(k, p, samples).reshape(-1).to(device)
     g = torch.Generator(device=device).manual_seed(seed)
-    out = gen.sample(th, m, pr, steps=steps, guidance=guidance, generator=g, model=model)
+    out = gen.sample(th, m, pr, steps=steps, guidance=guidance, generator=g, model=model, average=average)
     return out.reshape(k, p, samples, d).cpu()
 
 

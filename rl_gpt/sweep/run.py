@@ -121,7 +121,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
 
     # ---------------------------------------------------------------- the generator
     t = time.time()
-    samples = run_prompts(gen, None, inits, init_m, prompts, sc.samples, sc.steps, sc.guidance, sc.seed)
+    samples = run_prompts(gen, None, inits, init_m, prompts, sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
     timings["sample_s"] = time.time() - t
     t = time.time()
     k, p, s, d = samples.shape
@@ -148,9 +148,8 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     t = time.time()
     theta, metric, curve = inits, init_m, [float(init_metric.mean())]
     for _ in range(sc.recursive):
-        theta = run_prompts(gen, None, theta, metric, prompts[best : best + 1], 1, sc.steps, sc.guidance, sc.seed + 3)[
-            :, 0, 0
-        ]
+        step = prompts[best : best + 1]
+        theta = run_prompts(gen, None, theta, metric, step, 1, sc.steps, sc.guidance, sc.seed + 3, sc.average)[:, 0, 0]
         curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
         metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
     slices = ds.run_slices()

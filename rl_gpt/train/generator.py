@@ -128,11 +128,23 @@ class ParameterGenerator:
         guidance: float = 1.0,
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
+        average: int = 1,
     ) -> torch.Tensor:
         """Raw θ' (B, D) for raw θ (B, D), its metric m (B,) and the prompted metric m' (B,).
 
+        ``average`` > 1 returns, for each row, the mean of that many independent samples: an estimate
+        of E[θ' | θ, m, m'] instead of one draw. The samples update the same θ and stay in its basin,
+        so their mean keeps working and loses the sampling noise that low-loss networks cannot absorb
+        (digits: R² 0.839 with single draws, 0.900 with means of 16; docs/results.md).
         Without ``condition_on_theta`` θ and m only set the batch size, shape and device.
         """
+        if average < 1:
+            raise ValueError(f"average={average}: the number of samples averaged per output, 1 or more")
+        if average > 1:
+            b, d = theta.shape
+            rows = lambda v: v.repeat_interleave(average, dim=0)  # noqa: E731 - row i's draws are adjacent
+            one = self.sample(rows(theta), rows(metric), rows(prompt), steps, method, guidance, generator, model)
+            return one.reshape(b, average, d).mean(1)
         net = self.model if model is None else model
         was_training = net.training
         net.eval()
