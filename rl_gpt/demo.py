@@ -55,8 +55,10 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     def solved(fraction: float) -> str:
         return "-" if fraction != fraction else f"{fraction:.0%}"  # NaN: the task has no threshold
 
+    average = int((report.get("config") or {}).get("average", 1))
     lines = [
-        f"{report['task']} ({report['env_id']}), {report['inits']} unseen random inits",
+        f"{report['task']} ({report['env_id']}), {report['inits']} unseen random inits"
+        + (f", each generated network the mean of {average} samples" if average > 1 else ""),
         f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8} {'behaviour':>9}",
     ]
     for name, r in rows:
