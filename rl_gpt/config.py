@@ -139,7 +139,7 @@ class TrainConfig:
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
     ckpt_every: int = 500  # save a resumable checkpoint every N steps (and on Ctrl-C)
     log_every: int = 50  # W&B/progress-bar logging interval in steps
-    probe_every_s: float = 180.0  # seconds between quick prompt-alignment probes (0 = off)
+    probe_every_s: float = 180.0  # seconds between quick prompt-alignment probes logged to W&B (0 = off)
     sample_steps: int = 20  # diffusion steps when sampling (DDIM)
     guidance: float = 2.0  # guidance scale of probes (1 = plain conditional, 2 = extrapolate once)
     final_probe: bool = True  # after training, write model/alignment.json (R2 from train and held-out inits)

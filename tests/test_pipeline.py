@@ -94,6 +94,35 @@ def test_resume_continues_the_same_run(experiment, tmp_path):
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
 
 
+def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monkeypatch):
+    import rl_gpt.sweep.protocol
+    import rl_gpt.train.loop
+
+    calls = []
+    monkeypatch.setattr(rl_gpt.sweep.protocol, "quick_alignment", lambda *a, **k: calls.append(k) or 0.5)
+    out = tmp_path / "probe"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    often = [*TINY_MODEL, "train.probe_every_s=1e-9", "train.final_probe=false", "steps=3", *QUIET]
+    assert main(["train", "cartpole", f"out={out}", *often]) == 0
+    assert calls == [], "W&B disabled: nothing would read the probe"
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.logged: list[dict] = []
+
+        def log(self, data: dict, step: int | None = None) -> None:
+            self.logged.append(data)
+
+        def finish(self) -> None:
+            pass
+
+    recorder = Recorder()
+    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg: recorder)
+    assert main(["train", "cartpole", f"out={tmp_path / 'probe2'}", f"dataset={out / 'dataset'}", *often]) == 0
+    probes = [d for d in recorder.logged if "probe/train_r2" in d]
+    assert len(probes) == 3 and len(calls) == 6  # every step, for training and held-out inits
+
+
 def test_resume_after_a_registry_change_is_one_line(experiment, tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 

@@ -232,7 +232,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
                         },
                         step=step,
                     )
-            if main_proc and tc.probe_every_s > 0 and time.time() - last_probe > tc.probe_every_s:
+            # The probe only feeds W&B: without a run (disabled, or a DDP rank > 0) it would be wasted work.
+            if run is not None and tc.probe_every_s > 0 and time.time() - last_probe > tc.probe_every_s:
                 _probe(cfg, gen, ema, ds, train_runs, test_runs, run, step)
                 last_probe = time.time()
             if step % tc.ckpt_every == 0:
