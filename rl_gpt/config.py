@@ -126,6 +126,11 @@ class TrainConfig:
     # Gaussian noise on the start metric m and the prompt m' while training, as a fraction of the
     # metric range (0 = off): the model must not read an exact label value as a flag.
     metric_jitter: float = 0.0
+    # Weight of the function-space loss (rl_gpt/train/function_loss.py): the squared difference of
+    # the outputs of the x0 estimate and of the real θ' on probe inputs, weighted by the signal share
+    # ᾱ(t). 0 = off (weights-only MSE, G.pt's loss).
+    function_loss: float = 0.0
+    function_probes: int = 256  # probe inputs: states the training runs' policies visit, or training images
     init_fraction: float = 0.5  # share of pairs whose θ is the run's initialisation
     bins: int = 10  # θ' is sampled balanced over this many metric bins
     # One mean/std per input feature for the layers reading the input (instead of per tensor): for
@@ -239,6 +244,7 @@ MINIMUMS: dict[str, int] = {
     "collect.eval_episodes": 1,
     "train.steps": 1,
     "train.batch": 1,
+    "train.function_probes": 1,
     "sweep.inits": 1,
     "sweep.prompts": 2,  # R² needs two prompts
     "sweep.samples": 1,

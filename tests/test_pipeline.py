@@ -355,6 +355,22 @@ def test_ddp_training_with_two_processes(experiment, tmp_path):
     assert read_model_info(out / "model")["meta"]["step"] == 6
 
 
+def test_training_with_the_function_loss(experiment, tmp_path):
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.train.function_loss import function_probe
+
+    ds = CheckpointDataset(experiment / "dataset")
+    probe = function_probe(ds, [0, 1], count=64, seed=0)
+    assert probe.inputs.shape == (64, 4) and probe.inputs[:, 0].abs().max() < 3.0  # CartPole states
+    rows = ds.data["params"][:3].float()
+    assert probe.loss(rows, rows).abs().max() == 0 and (probe.loss(rows, rows.flip(0))[[0, 2]] > 0).all()
+    out = tmp_path / "fn"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "steps=4", "train.function_loss=1", "train.function_probes=32"]
+    assert main([*args, *TINY_MODEL, *QUIET]) == 0
+    assert read_model_info(out / "model")["meta"]["step"] == 4
+
+
 def _nan_on_rank_one(rank: int, port: int, results) -> None:
     import torch.distributed as dist
 

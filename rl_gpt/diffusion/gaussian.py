@@ -157,11 +157,13 @@ class GaussianDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        keep_x0: bool = False,
         **model_kwargs: Any,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted MSE per example (B,) and detached extras (``t``, ``mse``, ``mse_x0``, ``weight``).
 
         ``t`` (B,) and ``noise`` (like x0) are drawn with ``generator`` (on x0's device) when not given.
+        ``keep_x0`` adds ``x0_pred``, the model's x0 estimate *with* its gradient, for losses on it.
         """
         if x0.ndim < 2:
             raise ValueError(f"x0 must be batched, shape (B, ...); got {tuple(x0.shape)}")
@@ -177,7 +179,9 @@ class GaussianDiffusion:
         target = self.target(x0, noise, t)
         mse = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
         weight = self._gather("loss_weight", t, mse)  # (B,)
-        with torch.no_grad():
-            mse_x0 = (self.predict_x0(x_t, t, pred) - x0).pow(2).flatten(1).mean(1)  # (B,) comparable across types
+        x0_pred = self.predict_x0(x_t, t, pred)
+        mse_x0 = (x0_pred.detach() - x0).pow(2).flatten(1).mean(1)  # (B,) comparable across types
         extras = {"t": t, "mse": mse.detach(), "mse_x0": mse_x0, "weight": weight}
+        if keep_x0:
+            extras["x0_pred"] = x0_pred
         return weight * mse, extras

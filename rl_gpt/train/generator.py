@@ -14,6 +14,7 @@ conditioning on an unseen init.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -97,9 +98,20 @@ class ParameterGenerator:
 
     # ------------------------------------------------------------------ training
     def loss(
-        self, batch: TensorDict, generator: torch.Generator | None = None, model: nn.Module | None = None
+        self,
+        batch: TensorDict,
+        generator: torch.Generator | None = None,
+        model: nn.Module | None = None,
+        function_probe: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        function_weight: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Mean diffusion loss of a raw pair batch (theta, metric, theta_next, metric_next)."""
+        """Mean diffusion loss of a raw pair batch (theta, metric, theta_next, metric_next).
+
+        With ``function_probe`` (``(params, target) -> (B,)`` output differences, e.g.
+        :meth:`rl_gpt.train.function_loss.FunctionProbe.loss`) and ``function_weight`` > 0, adds
+        that weight times the output difference between the decoded x0 estimate and the real θ',
+        weighted by ᾱ(t) (the share of signal in x_t); ``extras["function"]`` holds it per pair.
+        """
         theta, theta_next = batch["theta"], batch["theta_next"]  # (B, D)
         x0 = self.encode_target(theta, theta_next)  # (B, D)
         b = theta.shape[0]
@@ -111,9 +123,21 @@ class ParameterGenerator:
             for key in ("metric", "prompt"):
                 noise = torch.randn(b, generator=generator, device=theta.device)
                 cond[key] = cond[key] + 2 * self.metric_jitter * noise
+        use_function = function_probe is not None and function_weight > 0
         losses, extras = self.diffusion.training_loss(
-            self._model_fn(self.model if model is None else model), x0, generator=generator, cond_drop=drop, **cond
+            self._model_fn(self.model if model is None else model),
+            x0,
+            generator=generator,
+            keep_x0=use_function,
+            cond_drop=drop,
+            **cond,
         )
+        if use_function:
+            x0_pred = extras.pop("x0_pred")
+            signal = self.diffusion.schedule.alphas_cumprod.to(theta.device, theta.dtype)[extras["t"]]  # (B,)
+            function = function_probe(self.decode_target(theta, x0_pred), theta_next)  # (B,)
+            losses = losses + function_weight * signal * function
+            extras["function"] = function.detach()
         return losses.mean(), extras
 
     # ------------------------------------------------------------------ sampling

@@ -149,6 +149,11 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     # ---------------------------------------------------------------- model, optimiser
     gen, mc = build_generator(tc, ds, normalizer)
     gen.to(device)
+    probe = None
+    if tc.function_loss > 0:  # the same inputs on every rank: drawn from the split, not the rank
+        from rl_gpt.train.function_loss import function_probe
+
+        probe = function_probe(ds, train_runs, tc.function_probes, seed=tc.seed).to(device)
     model = gen.model
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -198,11 +203,12 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
+            function = {"function_probe": probe and probe.loss, "function_weight": tc.function_loss}
             if autocast is not None:
                 with autocast:
-                    loss, extras = gen.loss(batch, g, model=ddp_model)
+                    loss, extras = gen.loss(batch, g, model=ddp_model, **function)
             else:
-                loss, extras = gen.loss(batch, g, model=ddp_model)
+                loss, extras = gen.loss(batch, g, model=ddp_model, **function)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -229,7 +235,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
                             "lr": lr_at(step, tc),
                             "grad_norm": float(grad_norm),
                             "samples_per_s": rate,
-                        },
+                        }
+                        | ({"function_loss": extras["function"].mean().item()} if "function" in extras else {}),
                         step=step,
                     )
             # The probe only feeds W&B: without a run (disabled, or a DDP rank > 0) it would be wasted work.

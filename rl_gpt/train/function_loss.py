@@ -1,0 +1,134 @@
+"""A function-space loss for the generator: compare what networks *do*, not only their weights.
+
+The diffusion loss is an MSE in (normalised) weight space, which treats every direction alike. A
+network's behaviour is not: on Pendulum-v1 normalised noise of 0.05 per weight leaves a policy's
+return at -198, 0.1 takes it to -427 and 0.2 to -720 (docs/results.md), so a generator whose
+weights are 1 % off in the wrong directions fails the task. ``train.function_loss`` adds, for each
+pair, the mean squared difference between the outputs of the denoised estimate x̂0 and of the real
+θ' on fixed probe inputs: states visited by the dataset's policies, or training images. It is
+weighted by ᾱ(t), the share of signal in x_t, so it acts where x̂0 is meant to be precise (low
+noise) and not on the blurry high-noise estimates.
+
+Outputs compared: action probabilities (categorical), the squashed deterministic action (SAC),
+the clipped mean action scaled to the action range (PPO Gaussian), class probabilities
+(classifiers). All lie in [0, 1] or [-1, 1], so the loss needs no further scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.evaluate.policy import PolicySpec
+from rl_gpt.layout import Layout
+
+__all__ = ["FunctionProbe", "function_probe"]
+
+_ACTIVATIONS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
+    None: lambda h: h,
+    "tanh": torch.tanh,
+    "relu": F.relu,
+    "elu": F.elu,
+    "leaky_relu": F.leaky_relu,
+}
+
+
+def _chain_heads(layout: Layout, state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """Differentiable outputs (B, N, out) of the layout's layer chain on shared inputs x (N, in)."""
+    values: dict[str | None, torch.Tensor] = {None: x.unsqueeze(0)}  # group -> (B or 1, N, units)
+    heads = []
+    for layer in layout.layers:
+        w = state[f"{layer.prefix}.weight"]  # (B, out, in)
+        h = torch.matmul(values[layer.in_group], w.transpose(1, 2))  # (B, N, out)
+        bias = state.get(f"{layer.prefix}.bias")
+        if bias is not None:
+            h = h + bias.unsqueeze(1)
+        h = _ACTIVATIONS[layer.activation](h)
+        if layer.out_group is None:
+            heads.append(h)
+        else:
+            values[layer.out_group] = h
+    return heads
+
+
+class FunctionProbe:
+    """Behaviour of B flat networks on N fixed inputs: ``probe(params (B, D)) -> (B, N, K)``, differentiable."""
+
+    def __init__(
+        self,
+        layout: Layout,
+        inputs: torch.Tensor,
+        kind: str,
+        spec: PolicySpec | None = None,
+        network: str | None = None,
+    ) -> None:
+        if kind not in ("policy", "classifier"):
+            raise ValueError(f"kind must be 'policy' or 'classifier', got {kind!r}")
+        if kind == "policy" and spec is None:
+            raise ValueError("a policy probe needs the task's PolicySpec")
+        if kind == "classifier" and network is None:
+            raise ValueError("a classifier probe needs the network's name")
+        self.layout, self.inputs, self.kind, self.spec, self.network = layout, inputs, kind, spec, network
+
+    def to(self, device: torch.device | str) -> FunctionProbe:
+        self.inputs = self.inputs.to(device)
+        return self
+
+    def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        x = self.inputs.to(params.dtype)
+        if self.kind == "classifier":
+            from rl_gpt.supervised import classifier_logits
+
+            return classifier_logits(params, self.layout, self.network, x).softmax(-1)
+        heads = _chain_heads(self.layout, self.layout.unflatten(params), x)
+        spec = self.spec
+        if spec.head == "categorical":
+            return heads[0].softmax(-1)
+        if spec.head == "squashed_gaussian":
+            return torch.tanh(heads[0])  # SAC's deterministic action, before rescaling to the bounds
+        low = torch.tensor(spec.action_low, dtype=x.dtype, device=x.device)
+        high = torch.tensor(spec.action_high, dtype=x.dtype, device=x.device)
+        return (torch.maximum(torch.minimum(heads[0], high), low) - low) / (high - low)  # PPO's clipped mean
+
+    def loss(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """(B,) mean squared output difference between networks ``params`` and ``target`` (B, D)."""
+        with torch.no_grad():
+            want = self(target)
+        return (self(params) - want).pow(2).flatten(1).mean(1)
+
+
+def function_probe(ds: CheckpointDataset, runs: list[int], count: int = 256, seed: int = 0) -> FunctionProbe:
+    """Probe inputs for ``ds``'s networks, drawn from what the training runs ``runs`` see.
+
+    Policies: ``count`` states visited by checkpoints spread over the runs' training (each rolled
+    out deterministically in the task's environment). Classifiers: ``count`` training images.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if ds.spec["task"].get("kind") == "supervised":
+        from rl_gpt.supervised.data import load_dataset
+
+        policy = ds.spec["policy"]
+        x_train = load_dataset(policy["dataset"], ds.spec["task"].get("data_root"))[0]
+        pick = torch.randperm(len(x_train), generator=g)[:count]
+        return FunctionProbe(ds.layout, x_train[pick].float(), "classifier", network=policy["network"])
+    from rl_gpt.evaluate.states import visited_observations
+    from rl_gpt.sweep.protocol import obs_stats
+
+    spec = PolicySpec.from_dict(ds.spec["policy"])
+    valid = ds.valid_mask()
+    slices = ds.run_slices()
+    rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in runs])
+    rows = rows[valid[rows]]
+    policies = rows[torch.randperm(len(rows), generator=g)[:32]]  # early, middle and late checkpoints alike
+    mean, var = obs_stats(ds, runs)
+    steps = max(1, -(-count // len(policies)) * 4)
+    obs = visited_observations(
+        ds.layout, spec, ds.spec["env_id"], ds.data["params"][policies].float(), steps, seed, mean, var
+    )
+    obs = obs[torch.randperm(len(obs), generator=g)[:count]]
+    if spec.normalize_obs:  # the probe feeds the layers directly: normalise as the policies read them
+        obs = ((obs - mean) / (var + spec.norm_epsilon).sqrt()).clamp(-spec.clip_obs, spec.clip_obs)
+    return FunctionProbe(ds.layout, obs, "policy", spec=spec)
