@@ -108,6 +108,43 @@ def test_visited_observations_are_states_of_the_task() -> None:
     torch.testing.assert_close(obs, again)
 
 
+PPO_LAYOUT = Layout.build(
+    {
+        "mlp_extractor.policy_net.0.weight": (8, 4),
+        "mlp_extractor.policy_net.0.bias": (8,),
+        "action_net.weight": (1, 8),
+        "action_net.bias": (1,),
+        "log_std": (1,),
+    },
+    [LayerSpec("mlp_extractor.policy_net.0", None, "h0", "tanh"), LayerSpec("action_net", "h0", None)],
+)
+
+
+def _ppo_spec(low: float, high: float) -> PolicySpec:
+    return PolicySpec(
+        algo="ppo", head="gaussian", activation="tanh", obs_dim=4, action_dim=1, action_low=(low,), action_high=(high,)
+    )
+
+
+def test_gymnasium_states_leave_out_the_observation_that_ends_an_episode() -> None:
+    # Random InvertedPendulum policies fall within a few steps; the env ends an episode once the
+    # pole leans beyond 0.2 rad, so every state a policy acts in has |angle| <= 0.2.
+    params = torch.randn(2, PPO_LAYOUT.numel, generator=torch.Generator().manual_seed(13)) * 3
+    obs = visited_observations(PPO_LAYOUT, _ppo_spec(-3.0, 3.0), "InvertedPendulum-v5", params, steps=40, seed=0)
+    assert 0 < len(obs) < 80 and obs.shape[1] == 4
+    assert obs[:, 1].abs().max() <= 0.2
+
+
+def test_the_gaussian_head_compares_clipped_actions_even_with_unbounded_actions() -> None:
+    params = torch.randn(3, PPO_LAYOUT.numel, generator=torch.Generator().manual_seed(14))
+    obs = torch.randn(8, 4, generator=torch.Generator().manual_seed(15))
+    bounded = FunctionProbe(PPO_LAYOUT, obs, "policy", spec=_ppo_spec(-0.1, 0.1))
+    action = BatchedPolicy(PPO_LAYOUT, _ppo_spec(-0.1, 0.1)).act(params, obs.expand(3, 8, 4))
+    torch.testing.assert_close(bounded(params), action / 0.1)  # in units of half the range
+    unbounded = FunctionProbe(PPO_LAYOUT, obs, "policy", spec=_ppo_spec(-float("inf"), float("inf")))
+    assert torch.isfinite(unbounded.loss(params, params.flip(0))).all()
+
+
 def _generator() -> ParameterGenerator:
     torch.manual_seed(0)
     d = LAYOUT.numel
@@ -137,5 +174,5 @@ def test_generator_loss_adds_the_signal_weighted_function_term() -> None:
     assert torch.equal(plain, off) and "function" not in extras
     signal = gen.diffusion.schedule.alphas_cumprod.float()[extras_on["t"]]
     torch.testing.assert_close(on, plain + (3.0 * signal * extras_on["function"]).mean())
-    on.backward()  # the function term reaches the network's weights
-    assert all(p.grad is not None for p in gen.model.parameters() if p.requires_grad)
+    (on - plain).backward()  # the function term alone reaches the network's weights
+    assert sum(p.grad.abs().sum() for p in gen.model.parameters() if p.grad is not None) > 0

@@ -27,6 +27,7 @@ import torch
 
 from envs import make_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
+from rl_gpt.evaluate.states import run_episodes
 from rl_gpt.layout import Layout
 from rl_gpt.sweep.novelty import actions_differ
 from rl_gpt.threads import torch_threads
@@ -106,19 +107,15 @@ def action_disagreement(
         if dynamics is not None:
             steps = max(1, (states or STATES) // envs)
             g = torch.Generator().manual_seed(seed)
-            state = dynamics.initial_state(envs, g, torch.float32, "cpu").repeat(B, 1)  # (B·E, S)
-            length = torch.zeros(B * envs, dtype=torch.int64)
             count = torch.zeros(B, dtype=torch.int64)
-            for _ in range(steps):
-                a, d = differ(dynamics.observe(state).view(B, envs, -1))
-                count += d.sum(1)
-                state, _, terminated = dynamics.step(state, a.flatten(0, 1))
-                length += 1
-                done = (terminated | (length >= dynamics.max_episode_steps)).nonzero().squeeze(1)
-                if done.numel():  # restart ended episodes from fresh start states
-                    state = state.clone()
-                    state[done] = dynamics.initial_state(done.numel(), g, torch.float32, "cpu")
-                    length[done] = 0
+
+            def act(obs: torch.Tensor) -> torch.Tensor:
+                a, d = differ(obs.view(B, envs, -1))
+                count.add_(d.sum(1))
+                return a.flatten(0, 1)
+
+            start = dynamics.initial_state(envs, g, torch.float32, "cpu").repeat(B, 1)  # (B·E, S)
+            run_episodes(dynamics, start, act, steps, g)
             seen = torch.full((B,), steps * envs, dtype=torch.int64)
         else:
             count, seen = _disagreement_gym(differ, env_id, B, envs, max(1, (states or STATES) // envs), seed)

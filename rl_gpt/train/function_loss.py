@@ -10,8 +10,8 @@ weighted by ᾱ(t), the share of signal in x_t, so it acts where x̂0 is meant t
 noise) and not on the blurry high-noise estimates.
 
 Outputs compared: action probabilities (categorical), the squashed deterministic action (SAC),
-the clipped mean action scaled to the action range (PPO Gaussian), class probabilities
-(classifiers). All lie in [0, 1] or [-1, 1], so the loss needs no further scale.
+the clipped mean action in units of half the action range (PPO Gaussian), class probabilities
+(classifiers). All span at most 2, so the loss needs no further scale.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ _ACTIVATIONS: dict[str | None, Callable[[torch.Tensor], torch.Tensor]] = {
     "elu": F.elu,
     "leaky_relu": F.leaky_relu,
 }
+
+
+_PROBE_POLICIES = 32  # checkpoints whose rollouts supply the probe states
 
 
 def _chain_heads(layout: Layout, state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
@@ -91,13 +94,20 @@ class FunctionProbe:
             return torch.tanh(heads[0])  # SAC's deterministic action, before rescaling to the bounds
         low = torch.tensor(spec.action_low, dtype=x.dtype, device=x.device)
         high = torch.tensor(spec.action_high, dtype=x.dtype, device=x.device)
-        return (torch.maximum(torch.minimum(heads[0], high), low) - low) / (high - low)  # PPO's clipped mean
+        width = torch.where(torch.isfinite(high - low), high - low, torch.full_like(high, 2.0))
+        # PPO's action: the mean clipped to the bounds, in units of half the range like SAC's tanh
+        # (only differences are compared, so the offset does not matter).
+        return 2 * torch.maximum(torch.minimum(heads[0], high), low) / width
 
     def loss(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """(B,) mean squared output difference between networks ``params`` and ``target`` (B, D)."""
-        with torch.no_grad():
-            want = self(target)
-        return (self(params) - want).pow(2).flatten(1).mean(1)
+        """(B,) mean squared output difference between networks ``params`` and ``target`` (B, D).
+
+        Computed in float32 even under autocast: the differences that matter are small.
+        """
+        with torch.autocast(params.device.type, enabled=False):
+            with torch.no_grad():
+                want = self(target.float())
+            return (self(params.float()) - want).pow(2).flatten(1).mean(1)
 
 
 def function_probe(ds: CheckpointDataset, runs: list[int], count: int = 256, seed: int = 0) -> FunctionProbe:
@@ -122,8 +132,12 @@ def function_probe(ds: CheckpointDataset, runs: list[int], count: int = 256, see
     slices = ds.run_slices()
     rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in runs])
     rows = rows[valid[rows]]
-    policies = rows[torch.randperm(len(rows), generator=g)[:32]]  # early, middle and late checkpoints alike
+    if not len(rows):
+        raise ValueError("no valid checkpoint in the training runs to take probe states from; check the dataset")
+    policies = rows[torch.randperm(len(rows), generator=g)[:_PROBE_POLICIES]]  # early, middle and late alike
     mean, var = obs_stats(ds, runs)
+    # Measured so (session 11): ~4 states per probe from each policy's first steps. On Pendulum that
+    # is the swing-up, not the balancing phase; longer rollouts are untested.
     steps = max(1, -(-count // len(policies)) * 4)
     obs = visited_observations(
         ds.layout, spec, ds.spec["env_id"], ds.data["params"][policies].float(), steps, seed, mean, var

@@ -203,7 +203,7 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
-            function = {"function_probe": probe and probe.loss, "function_weight": tc.function_loss}
+            function = {"function_probe": None if probe is None else probe.loss, "function_weight": tc.function_loss}
             if autocast is not None:
                 with autocast:
                     loss, extras = gen.loss(batch, g, model=ddp_model, **function)
