@@ -18,7 +18,18 @@ from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads
 
-__all__ = ["run_episodes", "visited_observations"]
+__all__ = ["run_episodes", "shared_obs_stats", "visited_observations"]
+
+
+def shared_obs_stats(
+    spec: PolicySpec, batch: int, obs_mean: torch.Tensor | None, obs_var: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+    """One set of VecNormalize statistics (obs_dim,) for ``batch`` policies: (B, obs_dim) views, or Nones."""
+    if not spec.normalize_obs:
+        return None, None
+    if obs_mean is None or obs_var is None:
+        raise ValueError("the spec has normalize_obs=True: pass obs_mean and obs_var (obs_dim,)")
+    return obs_mean.reshape(1, -1).expand(batch, -1), obs_var.reshape(1, -1).expand(batch, -1)
 
 
 def run_episodes(
@@ -68,12 +79,7 @@ def visited_observations(
         raise ValueError(f"params must be (B > 0, D), got {tuple(params.shape)}")
     B = params.shape[0]
     policy = BatchedPolicy(layout, spec)
-    mean = var = None
-    if spec.normalize_obs:
-        if obs_mean is None or obs_var is None:
-            raise ValueError("the spec has normalize_obs=True: pass obs_mean and obs_var (obs_dim,)")
-        mean, var = obs_mean.reshape(1, -1).expand(B, -1), obs_var.reshape(1, -1).expand(B, -1)
-    weights = policy.prepare(params.float(), mean, var)
+    weights = policy.prepare(params.float(), *shared_obs_stats(spec, B, obs_mean, obs_var))
     seen = []
     try:
         dynamics = make_dynamics(env_id)

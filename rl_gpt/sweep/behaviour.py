@@ -27,7 +27,7 @@ import torch
 
 from envs import make_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
-from rl_gpt.evaluate.states import run_episodes
+from rl_gpt.evaluate.states import run_episodes, shared_obs_stats
 from rl_gpt.layout import Layout
 from rl_gpt.sweep.novelty import actions_differ
 from rl_gpt.threads import torch_threads
@@ -85,11 +85,7 @@ def action_disagreement(
     if B == 0:
         return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
     policy = BatchedPolicy(layout, spec)
-    mean = var = None
-    if spec.normalize_obs:
-        if obs_mean is None or obs_var is None:
-            raise ValueError("the spec has normalize_obs=True: pass obs_mean and obs_var (obs_dim,)")
-        mean, var = obs_mean.reshape(1, -1).expand(B, -1), obs_var.reshape(1, -1).expand(B, -1)
+    mean, var = shared_obs_stats(spec, B, obs_mean, obs_var)
     w_self, w_other = policy.prepare(params.float(), mean, var), policy.prepare(partners.float(), mean, var)
     width = action_range(spec)
 
