@@ -130,6 +130,9 @@ class TrainConfig:
     # the outputs of the x0 estimate and of the real θ' on probe inputs, weighted by the signal share
     # ᾱ(t). 0 = off (weights-only MSE, G.pt's loss).
     function_loss: float = 0.0
+    # The function term's weight over noise levels is ᾱ(t)**power: 1 keeps it off the blurry x0
+    # estimates at high noise; 0 weights every noise level alike.
+    function_signal_power: float = 1.0
     function_probes: int = 256  # probe inputs: states the training runs' policies visit, or training images
     init_fraction: float = 0.5  # share of pairs whose θ is the run's initialisation
     bins: int = 10  # θ' is sampled balanced over this many metric bins

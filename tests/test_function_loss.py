@@ -176,3 +176,15 @@ def test_generator_loss_adds_the_signal_weighted_function_term() -> None:
     torch.testing.assert_close(on, plain + (3.0 * signal * extras_on["function"]).mean())
     (on - plain).backward()  # the function term alone reaches the network's weights
     assert sum(p.grad.abs().sum() for p in gen.model.parameters() if p.grad is not None) > 0
+
+
+def test_the_signal_power_sets_the_function_terms_weight_over_noise_levels() -> None:
+    gen, batch = _generator(), _batch()
+    probe = FunctionProbe(LAYOUT, torch.randn(16, 4, generator=torch.Generator().manual_seed(12)), "policy", spec=SPEC)
+    plain, _ = gen.loss(batch, torch.Generator().manual_seed(0))
+    kw = {"function_probe": probe.loss, "function_weight": 3.0}
+    uniform, extras = gen.loss(batch, torch.Generator().manual_seed(0), function_signal_power=0.0, **kw)
+    torch.testing.assert_close(uniform, plain + (3.0 * extras["function"]).mean())
+    half, extras = gen.loss(batch, torch.Generator().manual_seed(0), function_signal_power=0.5, **kw)
+    signal = gen.diffusion.schedule.alphas_cumprod.float()[extras["t"]]
+    torch.testing.assert_close(half, plain + (3.0 * signal.sqrt() * extras["function"]).mean())

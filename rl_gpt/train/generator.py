@@ -104,13 +104,15 @@ class ParameterGenerator:
         model: nn.Module | None = None,
         function_probe: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         function_weight: float = 0.0,
+        function_signal_power: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Mean diffusion loss of a raw pair batch (theta, metric, theta_next, metric_next).
 
         With ``function_probe`` (``(params, target) -> (B,)`` output differences, e.g.
         :meth:`rl_gpt.train.function_loss.FunctionProbe.loss`) and ``function_weight`` > 0, adds
         that weight times the output difference between the decoded x0 estimate and the real θ',
-        weighted by ᾱ(t) (the share of signal in x_t); ``extras["function"]`` holds it per pair.
+        weighted by ᾱ(t) ** ``function_signal_power`` (ᾱ(t) is the share of signal in x_t);
+        ``extras["function"]`` holds it per pair.
         """
         theta, theta_next = batch["theta"], batch["theta_next"]  # (B, D)
         x0 = self.encode_target(theta, theta_next)  # (B, D)
@@ -135,6 +137,7 @@ class ParameterGenerator:
         if use_function:
             x0_pred = extras.pop("x0_pred")
             signal = self.diffusion.schedule.alphas_cumprod.to(theta.device, theta.dtype)[extras["t"]]  # (B,)
+            signal = signal.pow(function_signal_power)
             function = function_probe(self.decode_target(theta, x0_pred), theta_next)  # (B,)
             losses = losses + function_weight * signal * function
             extras["function"] = function.detach()

@@ -203,7 +203,11 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
             batch = batch.to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, tc)
-            function = {"function_probe": None if probe is None else probe.loss, "function_weight": tc.function_loss}
+            function = {
+                "function_probe": None if probe is None else probe.loss,
+                "function_weight": tc.function_loss,
+                "function_signal_power": tc.function_signal_power,
+            }
             if autocast is not None:
                 with autocast:
                     loss, extras = gen.loss(batch, g, model=ddp_model, **function)
