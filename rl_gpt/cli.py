@@ -113,12 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="train SB3 runs and store their checkpoints as a dataset")
-    p.add_argument("config", help="config file or preset name in configs/ (e.g. cartpole)")
+    p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. runs=8 timesteps=20000 out=runs/x")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
     p = sub.add_parser("train", help="train the generator on a checkpoint dataset (torchrun-ready)")
-    p.add_argument("config", help="config file or preset name (the same as for collect)")
+    p.add_argument("config", nargs="?", default=None, help="config file or preset (the same as for collect)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dataset=DIR model=mlp steps=2000 batch=256")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    config = getattr(args, "config", None)
+    if config and "=" in config and not Path(config).exists():  # `rl-gpt train steps=10`: no config named
+        args.overrides, args.config = [config, *args.overrides], None
     from rl_gpt.config import ConfigError
     from rl_gpt.dataset import DatasetError
     from rl_gpt.evaluate import PolicyFileError

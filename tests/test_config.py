@@ -111,3 +111,19 @@ def test_wandb_mode_variable_sits_between_the_file_and_the_command_line(monkeypa
     monkeypatch.setenv("WANDB_MODE", "loud")
     with pytest.raises(ConfigError, match="WANDB_MODE='loud'"):
         load_config("cartpole")
+
+
+@pytest.mark.parametrize("command", ["collect", "train", "sweep"])
+def test_the_cli_reads_a_leading_key_value_as_an_override_of_the_embedded_default(command, monkeypatch, tmp_path):
+    from rl_gpt import cli
+
+    seen = {}
+    monkeypatch.setitem(cli.COMMANDS, command, lambda args: seen.update(config=args.config, overrides=args.overrides))
+    assert cli.main([command, "steps=7", f"out={tmp_path}"]) == 0
+    assert seen == {"config": None, "overrides": ["steps=7", f"out={tmp_path}"]}
+    assert cli.main([command, "cartpole", "steps=7"]) == 0
+    assert seen == {"config": "cartpole", "overrides": ["steps=7"]}
+    odd = tmp_path / "lr=0.1.yaml"  # a config file whose name holds '=' is still a config file
+    odd.write_text("seed: 3\n")
+    assert cli.main([command, str(odd)]) == 0
+    assert seen == {"config": str(odd), "overrides": []}
