@@ -314,6 +314,12 @@ def _final_alignment(
 
     episodes = cfg.sweep.episodes  # as many as the sweep uses, so the two measure alike
     result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance}
+    if progress:  # MuJoCo tasks spend minutes here on the CPU simulator: say what the wait is for
+        print(
+            f"model saved in {out}; measuring prompt alignment from {len(train_runs[:16])} training and "
+            f"{len(test_runs[:16])} held-out inits (10 prompts, {episodes} episodes each) for alignment.json",
+            flush=True,
+        )
     for name, runs in (("train_inits_r2", train_runs[:16]), ("heldout_inits_r2", test_runs[:16])):
         if runs:
             result[name] = quick_alignment(
