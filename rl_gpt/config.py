@@ -256,6 +256,9 @@ MINIMUMS: dict[str, int] = {
     "sweep.average": 1,
 }
 
+#: Weights and exponents that a negative value would turn into nonsense (a loss to be maximised).
+NON_NEGATIVE: frozenset[str] = frozenset({"train.function_loss", "train.function_signal_power", "train.metric_jitter"})
+
 
 # ---------------------------------------------------------------------------- loading
 def find_preset(name_or_path: str) -> Path:
@@ -362,6 +365,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         least = MINIMUMS.get(f"{prefix}{key}")
         if least is not None and kwargs[key] < least:
             raise ConfigError(f"{prefix}{key}: {value!r} is too small; it counts things and needs at least {least}")
+        if f"{prefix}{key}" in NON_NEGATIVE and kwargs[key] < 0:
+            raise ConfigError(f"{prefix}{key}: {value!r} is negative; use 0 or more")
     return cls(**kwargs)
 
 

@@ -51,6 +51,8 @@ def test_short_names_and_dotted_overrides():
         ("sweep.prompts=1", "sweep.prompts: 1 is too small; it counts things and needs at least 2"),
         ("sweep.average=-2", "sweep.average: -2 is too small"),
         ("train.batch=0", "train.batch: 0 is too small"),
+        ("train.function_signal_power=-1", "train.function_signal_power: -1 is negative; use 0 or more"),
+        ("train.function_loss=-10", "train.function_loss: -10 is negative"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):
