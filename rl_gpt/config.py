@@ -127,8 +127,8 @@ class TrainConfig:
     # metric range (0 = off): the model must not read an exact label value as a flag.
     metric_jitter: float = 0.0
     # Weight of the function-space loss (rl_gpt/train/function_loss.py): the squared difference of
-    # the outputs of the x0 estimate and of the real θ' on probe inputs, weighted by the signal share
-    # ᾱ(t). 0 = off (weights-only MSE, G.pt's loss).
+    # the outputs of the x0 estimate and of the real θ' on probe inputs, weighted over noise levels
+    # by function_signal_power. 0 = off (weights-only MSE, G.pt's loss).
     function_loss: float = 0.0
     # The function term's weight over noise levels is ᾱ(t)**power: 1 keeps it off the blurry x0
     # estimates at high noise; 0 weights every noise level alike.
