@@ -28,6 +28,12 @@ def make_dynamics(env_id: str) -> Dynamics:
         raise KeyError(f"no torch dynamics for {env_id!r}; known ids: {sorted(DYNAMICS)}") from None
 
 
+def find_dynamics(env_id: str) -> Dynamics | None:
+    """The batched dynamics of ``env_id``, or None where callers fall back to Gymnasium."""
+    cls = DYNAMICS.get(env_id)
+    return None if cls is None else cls()
+
+
 def make_env(
     env_id: str,
     batch_size: int,
@@ -54,6 +60,7 @@ __all__ = [
     "MountainCarContinuousEnv",
     "PendulumDynamics",
     "PendulumEnv",
+    "find_dynamics",
     "make_dynamics",
     "make_env",
 ]

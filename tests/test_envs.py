@@ -15,7 +15,7 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
 
-from envs import DYNAMICS, BatchedTorchEnv, make_dynamics, make_env
+from envs import DYNAMICS, BatchedTorchEnv, find_dynamics, make_dynamics, make_env
 
 ENV_IDS = sorted(DYNAMICS)
 
@@ -263,6 +263,9 @@ def test_registry() -> None:
         assert cls.max_episode_steps == gym.spec(env_id).max_episode_steps
     with pytest.raises(KeyError, match="CartPole-v1"):
         make_dynamics("NoSuchEnv-v0")
+    # the evaluators' lookup: a torch port where there is one, None (Gymnasium fallback) where not
+    assert isinstance(find_dynamics("CartPole-v1"), DYNAMICS["CartPole-v1"])
+    assert find_dynamics("InvertedPendulum-v5") is None
 
 
 def test_envs_package_does_not_import_rl_gpt() -> None:

@@ -1,6 +1,6 @@
 """Returns of B policies × E episodes in one batched rollout.
 
-Tasks with torch dynamics (``envs.make_dynamics``) step many policies' episodes as one tensor batch,
+Tasks with torch dynamics (``envs.find_dynamics``) step many policies' episodes as one tensor batch,
 refilling the slots of finished policies with waiting ones (continuous batching); every policy
 starts from the same E initial states (common random numbers), so differences between policies are
 not drowned in start-state noise. Other ids (MuJoCo) fall back to a Gymnasium vector env driven by
@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import make_dynamics
+from envs import find_dynamics
 from envs.base import Dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights
 from rl_gpt.layout import Layout
@@ -92,10 +92,7 @@ def evaluate_params(
         obs_mean = obs_mean.reshape(-1, spec.obs_dim).expand(B, spec.obs_dim)
         obs_var = obs_var.reshape(-1, spec.obs_dim).expand(B, spec.obs_dim)
 
-    try:
-        dynamics = make_dynamics(env_id)
-    except KeyError:
-        dynamics = None  # no torch port: Gymnasium fallback
+    dynamics = find_dynamics(env_id)  # None: no torch port, Gymnasium fallback
     if dynamics is not None:
         _check_spaces(spec, dynamics.obs_dim, dynamics.action_space.discrete, dynamics.action_space.dim, env_id)
     max_batch = max_batch or (_MAX_BATCH_TORCH if dynamics is not None else _MAX_BATCH_GYM)

@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import Dynamics, make_dynamics
+from envs import Dynamics, find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads
@@ -81,10 +81,7 @@ def visited_observations(
     policy = BatchedPolicy(layout, spec)
     weights = policy.prepare(params.float(), *shared_obs_stats(spec, B, obs_mean, obs_var))
     seen = []
-    try:
-        dynamics = make_dynamics(env_id)
-    except KeyError:
-        dynamics = None
+    dynamics = find_dynamics(env_id)
     with torch_threads(1):
         if dynamics is not None:
             g = torch.Generator().manual_seed(seed)

@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import make_dynamics
+from envs import find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.evaluate.states import run_episodes, shared_obs_stats
 from rl_gpt.layout import Layout
@@ -95,10 +95,7 @@ def action_disagreement(
         b = policy.act_prepared(w_other, obs, True)
         return a, actions_differ(a, b, spec.discrete, tol, 0.0 if width is None else width)
 
-    try:
-        dynamics = make_dynamics(env_id)
-    except KeyError:
-        dynamics = None
+    dynamics = find_dynamics(env_id)
     with torch_threads(1):
         if dynamics is not None:
             steps = max(1, (states or STATES) // envs)
