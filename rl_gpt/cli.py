@@ -47,6 +47,14 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     print(f"report: {Path(out) / 'report.json'}  plot: {Path(out) / 'sweep.png'}")
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from rl_gpt.config import load_config
+    from rl_gpt.sweep.calibrate import calibrate
+
+    cfg = load_config(args.config, args.overrides, command="calibrate")
+    calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet)
+
+
 def _cmd_generate(args: argparse.Namespace) -> None:
     from rl_gpt.generate import generate
 
@@ -62,6 +70,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         episodes=args.episodes,
         dataset=args.dataset,
         average=args.average,
+        calibrated=not args.no_calibration,
     )
     print(f"start return {rec['start_return']:.1f} -> prompted {rec['target_return']:.1f}")
     for p in rec["policies"]:
@@ -99,6 +108,7 @@ COMMANDS = {
     "info": _cmd_info,
     "train": _cmd_train,
     "sweep": _cmd_sweep,
+    "calibrate": _cmd_calibrate,
     "generate": _cmd_generate,
     "demo": _cmd_demo,
     "evaluate": _cmd_evaluate,
@@ -130,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report directory (default: <out>/sweep)")
     p.add_argument("-q", "--quiet", action="store_true")
 
+    p = sub.add_parser("calibrate", help="measure the prompt bias on training runs' inits; store calibration.json")
+    p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. guidance=2 sweep.calibration_inits=32")
+    p.add_argument("--model", help="model directory (default: <out>/model); calibration.json is written there")
+    p.add_argument("-q", "--quiet", action="store_true")
+
     p = sub.add_parser("generate", help="generate policies prompted with a target return")
     p.add_argument("--model", required=True, help="model directory written by `rl-gpt train`")
     p.add_argument("--target-return", type=float, required=True, help="the prompted return")
@@ -140,7 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=1, help="number of policies")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's train.guidance)")
     p.add_argument("--dataset", default=None, help="the model's dataset, if it is no longer where training left it")
-    p.add_argument("--steps", type=int, default=20, help="diffusion sampling steps")
+    p.add_argument(
+        "--steps", type=int, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"
+    )
+    p.add_argument(
+        "--no-calibration", action="store_true", help="condition on the target as given, ignoring calibration.json"
+    )
     p.add_argument(
         "--average",
         type=int,

@@ -173,6 +173,11 @@ class SweepConfig:
     noise_scale: float = 0.1  # the noise baseline adds this many per-layer stds to the retrieved checkpoint
     seed: int = 0  # sampling seed
     device: str | None = None  # sampling and torch-dynamics rollouts (cpu, cuda, ...); None: train.device
+    # Condition on the prompts of the model's calibration.json (``rl-gpt calibrate``) where it was
+    # measured with this sweep's guidance, steps and average; false: the prompts as given.
+    calibrated: bool = True
+    calibration_inits: int = 32  # training runs whose step-0 networks ``rl-gpt calibrate`` prompts
+    calibration_prompts: int = 20  # prompts over the metric range that it measures
 
 
 WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names for its modes
@@ -236,6 +241,7 @@ ALIASES: dict[str, dict[str, str]] = {
     },
 }
 # The demo runs all three stages: it takes their short names, except the ambiguous seed=.
+ALIASES["calibrate"] = ALIASES["sweep"]
 ALIASES["demo"] = {k: v for stage in ("collect", "train", "sweep") for k, v in ALIASES[stage].items() if k != "seed"}
 ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.device
 
@@ -254,6 +260,8 @@ MINIMUMS: dict[str, int] = {
     "sweep.episodes": 1,
     "sweep.steps": 1,
     "sweep.average": 1,
+    "sweep.calibration_inits": 1,
+    "sweep.calibration_prompts": 2,
 }
 
 #: Weights and exponents that a negative value would turn into nonsense (a loss to be maximised).

@@ -195,6 +195,42 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_path):
+    from rl_gpt.train.calibration import load_calibration
+
+    model = tmp_path / "model"  # a copy: calibration.json must not reach the other tests' model
+    shutil.copytree(experiment / "model", model)
+    common = ["cartpole", f"out={experiment}", "--model", str(model)]
+    small = ["samples=1", "episodes=2", *QUIET]
+    assert main(["calibrate", *common, "sweep.calibration_inits=2", "sweep.calibration_prompts=3", *small]) == 0
+    cal = load_calibration(model)
+    assert cal is not None and len(cal.prompts) == 3 and cal.meta["samples"] == 1
+    assert set(cal.meta["runs"]) <= set(read_model_info(model)["meta"]["train_runs"])  # never held-out runs
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "sweep.recursive=1", *small]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["applied"] and report["calibration"]["sampler"] == cal.sampler
+    expected = cal.conditioning(torch.tensor(report["prompts"]))
+    torch.testing.assert_close(torch.tensor(report["calibration"]["conditioned_on"]), expected)
+
+    # measured with another guidance scale: not applied, and the user is told how to refit
+    with pytest.warns(UserWarning, match="run `rl-gpt calibrate`"):
+        assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "guidance=1.5", *small]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert not report["calibration"]["applied"] and report["calibration"]["conditioned_on"] == report["prompts"]
+
+    args = ["generate", "--model", str(model), "--target-return", "300", "--episodes", "2"]
+    args += ["--out", str(tmp_path / "g")]
+    assert main(args) == 0
+    rec = json.loads((tmp_path / "g" / "generated.json").read_text())
+    assert rec["calibrated"]
+    assert rec["conditioned_on"] == pytest.approx(float(cal.conditioning(torch.tensor([300.0]))[0]))
+    assert main([*args, "--no-calibration"]) == 0
+    rec = json.loads((tmp_path / "g" / "generated.json").read_text())
+    assert not rec["calibrated"] and rec["conditioned_on"] == 300.0
+
+
 def test_start_metric_reproduces_the_datasets_own_labels(experiment):
     # The generator's input m must be measured as the labels it trained on were (episodes, seed).
     from rl_gpt.dataset import CheckpointDataset

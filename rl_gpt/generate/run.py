@@ -56,21 +56,25 @@ def generate(
     seed: int = 0,
     num: int = 1,
     guidance: float | None = None,
-    steps: int = 20,
+    steps: int | None = None,
     episodes: int = 16,
     dataset: str | Path | None = None,
     average: int | None = None,
+    calibrated: bool = True,
 ) -> dict[str, Any]:
     """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
 
     ``guidance`` defaults to the scale the model was probed with (``train.guidance``: 2 for the CartPole
     presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset; each policy is
     the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many as the
-    model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere).
+    model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
+    sampling steps (default: ``sweep.steps``). Where the model has a ``calibration.json`` measured
+    with these settings, the generator is conditioned on its map of ``target`` (``calibrated=False``:
+    on ``target`` itself).
     """
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.sweep.protocol import evaluate_flat, start_metric
-    from rl_gpt.sweep.run import task_of
+    from rl_gpt.sweep.run import conditioning_prompts, task_of
 
     out = ensure_writable_dir(out)
     gen, info = load_generator(model_dir)
@@ -85,14 +89,18 @@ def generate(
     ds = CheckpointDataset(model_dataset(model_dir, info, dataset))
     if guidance is None:
         guidance = float(info["meta"].get("config", {}).get("train", {}).get("guidance", 1.0))
+    swept = info["meta"].get("config", {}).get("sweep", {})
     if average is None:
-        average = int(info["meta"].get("config", {}).get("sweep", {}).get("average", 1))
+        average = int(swept.get("average", 1))
+    if steps is None:
+        steps = int(swept.get("steps", 20))
     runs = info["meta"]["train_runs"]
     start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
     start_return = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean  # reported like the outputs
     th = theta[None].expand(num, -1)
     g = torch.Generator().manual_seed(seed)
-    prompt = torch.full((num,), float(target))
+    cond, cal = conditioning_prompts(model_dir, torch.tensor([float(target)]), guidance, steps, average, calibrated)
+    prompt = cond.expand(num)
     params = gen.sample(th, start.expand(num), prompt, steps=steps, guidance=guidance, generator=g, average=average)
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_of(info["spec"])
@@ -118,6 +126,8 @@ def generate(
         "task": task.name,
         "env_id": task.env_id,
         "target_return": target,
+        "conditioned_on": float(cond[0]),  # the prompt given to the generator (calibration.json's map of target)
+        "calibrated": cal is not None,
         "guidance": guidance,
         "steps": steps,
         "average": average,

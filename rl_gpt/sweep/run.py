@@ -8,6 +8,7 @@ identity (θ unchanged), each with the same alignment and success measures.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts, start_metric
+from rl_gpt.train.calibration import PromptCalibration, load_calibration
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 
-__all__ = ["random_inits", "sweep", "task_of"]
+__all__ = ["conditioning_prompts", "random_inits", "sweep", "task_of"]
 
 
 def task_of(spec: dict[str, Any]) -> TaskConfig:
@@ -50,6 +52,28 @@ def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
         model = build_model(task, seed=first_seed + k)
         rows.append(read_actor(model.policy, actor_layout(model.policy, task.algo)))
     return torch.stack(rows)
+
+
+def conditioning_prompts(
+    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, use: bool = True
+) -> tuple[torch.Tensor, PromptCalibration | None]:
+    """The prompts to condition on for ``desired`` metrics, and the calibration applied (None: as given).
+
+    A calibration measured with other sampler settings is not applied, with a warning saying how to
+    refit it.
+    """
+    cal = load_calibration(model_dir) if use else None
+    if cal is None:
+        return desired, None
+    if not cal.matches(guidance, steps, average):
+        warnings.warn(
+            f"{Path(model_dir) / 'calibration.json'} was measured with {cal.describe()}, not guidance "
+            f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; run `rl-gpt calibrate` "
+            "with these settings to calibrate them",
+            stacklevel=2,
+        )
+        return desired, None
+    return cal.conditioning(desired), cal
 
 
 def _summary(
@@ -121,7 +145,10 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
 
     # ---------------------------------------------------------------- the generator
     t = time.time()
-    samples = run_prompts(gen, None, inits, init_m, prompts, sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
+    cond, cal = conditioning_prompts(model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated)
+    if cal is not None:
+        say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond)))
+    samples = run_prompts(gen, None, inits, init_m, cond, sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
     timings["sample_s"] = time.time() - t
     t = time.time()
     k, p, s, d = samples.shape
@@ -136,6 +163,9 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         "inits": sc.inits,
         "init_metric": init_metric.tolist(),
         "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
+        # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them.
+        "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist()}
+        | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
     solved = report["one_step"]["solved_fraction"]
@@ -148,7 +178,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     t = time.time()
     theta, metric, curve = inits, init_m, [float(init_metric.mean())]
     for _ in range(sc.recursive):
-        step = prompts[best : best + 1]
+        step = cond[best : best + 1]
         theta = run_prompts(gen, None, theta, metric, step, 1, sc.steps, sc.guidance, sc.seed + 3, sc.average)[:, 0, 0]
         curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
         metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input

@@ -1,0 +1,73 @@
+"""Prompt calibration: fitting the achieved-versus-prompted curve and inverting it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration
+from rl_gpt.train.modelfile import ModelFileError
+
+SAMPLER = {"guidance": 2.0, "steps": 20, "average": 1}
+
+
+def _linear_bias() -> PromptCalibration:
+    prompts = torch.linspace(0, 1, 11)
+    achieved = (0.2 + 0.6 * prompts)[None, :, None].expand(3, 11, 2)  # every init undershoots the ends
+    return fit_calibration(prompts, achieved, SAMPLER)
+
+
+def test_a_linear_bias_is_inverted_exactly() -> None:
+    cal = _linear_bias()
+    desired = torch.tensor([0.2, 0.5, 0.65, 0.8])
+    torch.testing.assert_close(cal.conditioning(desired), torch.tensor([0.0, 0.5, 0.75, 1.0]))
+
+
+def test_desired_values_beyond_the_achievable_map_to_the_prompt_that_came_closest() -> None:
+    cal = _linear_bias()
+    out = cal.conditioning(torch.tensor([-1.0, 0.1, 0.95, 3.0]))
+    torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_a_noisy_curve_is_fitted_monotone_and_its_inverse_is_monotone() -> None:
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.linspace(0, 500, 20)
+    achieved = prompts[None, :, None] * 0.9 + 40 * torch.randn(2, 20, 1, generator=g)
+    cal = fit_calibration(prompts, achieved, SAMPLER)
+    fitted = torch.tensor(cal.fitted)
+    assert (fitted[1:] >= fitted[:-1]).all()
+    assert torch.tensor(cal.achieved).diff().min() < 0  # the raw means were not monotone
+    out = cal.conditioning(torch.linspace(0, 500, 50))
+    assert (out[1:] >= out[:-1]).all() and out.min() >= 0 and out.max() <= 500
+
+
+def test_failed_samples_are_left_out_and_a_prompt_without_any_is_dropped() -> None:
+    prompts = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    achieved = torch.tensor([[[0.0, float("nan")], [1.0, 1.0], [float("nan"), float("nan")], [3.0, 3.0]]])
+    cal = fit_calibration(prompts, achieved, SAMPLER)
+    assert cal.prompts == [0.0, 1.0, 3.0] and cal.achieved == [0.0, 1.0, 3.0]
+    with pytest.raises(ValueError, match="two prompts"):
+        fit_calibration(prompts, torch.full((1, 4, 1), float("nan")), SAMPLER)
+
+
+def test_a_generator_that_ignores_its_prompt_is_left_as_given() -> None:
+    cal = fit_calibration(torch.linspace(0, 1, 5), torch.full((2, 5, 1), 0.3), SAMPLER)
+    desired = torch.tensor([0.1, 0.9])
+    torch.testing.assert_close(cal.conditioning(desired), desired)
+
+
+def test_it_holds_only_for_the_sampler_it_was_measured_with() -> None:
+    cal = _linear_bias()
+    assert cal.matches(2.0, 20, 1)
+    assert not cal.matches(1.0, 20, 1) and not cal.matches(2.0, 10, 1) and not cal.matches(2.0, 20, 8)
+
+
+def test_the_file_round_trips_and_a_malformed_one_is_a_one_line_error(tmp_path) -> None:
+    assert load_calibration(tmp_path) is None
+    cal = _linear_bias()
+    cal.save(tmp_path)
+    assert load_calibration(tmp_path) == cal
+    (tmp_path / "calibration.json").write_text('{"prompts": [1, 2]}')
+    with pytest.raises(ModelFileError, match="rl-gpt calibrate") as err:
+        load_calibration(tmp_path)
+    assert "\n" not in str(err.value)
