@@ -220,6 +220,15 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     report = json.loads((out / "report.json").read_text())
     assert not report["calibration"]["applied"] and report["calibration"]["conditioned_on"] == report["prompts"]
 
+    # measured for other weights (the model was trained again since): not applied either
+    stale = load_calibration(model)
+    stale.model_sha256 = "0" * 64
+    stale.save(model)
+    with pytest.warns(UserWarning, match="other weights"):
+        assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", *small]) == 0
+    assert not json.loads((out / "report.json").read_text())["calibration"]["applied"]
+    cal.save(model)
+
     args = ["generate", "--model", str(model), "--target-return", "300", "--episodes", "2"]
     args += ["--out", str(tmp_path / "g")]
     assert main(args) == 0

@@ -16,7 +16,7 @@ from rl_gpt.config import ExperimentConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
-from rl_gpt.train.calibration import PromptCalibration, fit_calibration
+from rl_gpt.train.calibration import PromptCalibration, fit_calibration, model_fingerprint
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 
 __all__ = ["calibrate"]
@@ -60,6 +60,7 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
         "seconds": round(time.time() - t, 1),
     }
     cal = fit_calibration(grid, achieved.reshape(k, p, s), sampler, meta)
+    cal.model_sha256 = model_fingerprint(model_dir)
     path = cal.save(model_dir)
     if progress:
         pairs = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(cal.prompts, cal.achieved, strict=True))

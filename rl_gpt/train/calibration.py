@@ -11,6 +11,7 @@ so those are stored and checked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from sklearn.isotonic import IsotonicRegression
 from rl_gpt.io import atomic_write_json
 from rl_gpt.train.modelfile import ModelFileError
 
-__all__ = ["CALIBRATION_FILE", "PromptCalibration", "fit_calibration", "load_calibration"]
+__all__ = ["CALIBRATION_FILE", "PromptCalibration", "fit_calibration", "load_calibration", "model_fingerprint"]
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -37,6 +38,7 @@ class PromptCalibration:
     fitted: list[float]  # the isotonic (non-decreasing) fit of ``achieved`` on ``prompts``
     sampler: dict[str, float]  # guidance, steps, average: the settings the map holds for
     meta: dict[str, Any] = field(default_factory=dict)  # inits, samples, episodes, runs, seed
+    model_sha256: str | None = None  # the weights it was measured for: a retrained model needs a new one
 
     def matches(self, guidance: float, steps: int, average: int) -> bool:
         """Whether sampling with these settings is what this calibration measured."""
@@ -89,6 +91,11 @@ def fit_calibration(
     x, mean = x[keep].numpy(), mean[keep].numpy()
     fitted = IsotonicRegression(increasing=True).fit(x, mean).predict(x)
     return PromptCalibration(x.tolist(), mean.tolist(), fitted.tolist(), dict(sampler), dict(meta or {}))
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 of the model's weights file: a calibration holds for these weights only."""
+    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def load_calibration(model_dir: str | Path) -> PromptCalibration | None:
