@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     out = train(cfg, progress=not args.quiet, resume=not args.restart)
     if not args.quiet:
         print(f"model written to {out}")
+    if cfg.train.calibrate and int(os.environ.get("RANK", "0")) == 0:  # once, not on every DDP rank
+        from rl_gpt.sweep.calibrate import calibrate
+
+        calibrate(cfg, out, progress=not args.quiet)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:

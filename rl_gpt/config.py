@@ -151,6 +151,9 @@ class TrainConfig:
     sample_steps: int = 20  # diffusion steps when sampling (DDIM)
     guidance: float = 2.0  # guidance scale of probes (1 = plain conditional, 2 = extrapolate once)
     final_probe: bool = True  # after training, write model/alignment.json (R2 from train and held-out inits)
+    # After training, measure the prompt calibration (`rl-gpt calibrate`, with the sweep.* settings)
+    # so that sweeps and generate condition on it; `rl-gpt train` and `rl-gpt demo` do this.
+    calibrate: bool = False
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 
 from rl_gpt.collect import collect
 from rl_gpt.config import load_config
+from rl_gpt.sweep.calibrate import ensure_calibrated
 from rl_gpt.sweep.run import sweep
 from rl_gpt.train import train
 
@@ -22,7 +23,7 @@ def run_demo(
     progress: bool = True,
     restart: bool = False,
 ) -> dict[str, Any]:
-    """Collect → train → sweep into ``out``; each stage resumes if the demo was interrupted.
+    """Collect → train (→ calibrate, with ``train.calibrate``) → sweep into ``out``; each stage resumes.
 
     ``restart`` trains the generator afresh even if ``out`` holds a saved training state (the dataset is kept).
     """
@@ -34,6 +35,10 @@ def run_demo(
     t = time.time()
     train(cfg, progress=progress, resume=not restart)
     stages["train_s"] = time.time() - t
+    if cfg.train.calibrate:
+        t = time.time()
+        ensure_calibrated(cfg, cfg.model_dir, progress=progress)
+        stages["calibrate_s"] = time.time() - t
     t = time.time()
     report = sweep(cfg, cfg.model_dir, out, progress=progress)
     stages["sweep_s"] = time.time() - t

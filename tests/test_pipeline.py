@@ -240,6 +240,15 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     assert not rec["calibrated"] and rec["conditioned_on"] == 300.0
 
 
+def test_train_calibrate_measures_the_calibration_after_training(experiment, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "cartpole", f"out={out}", f"dataset={experiment / 'dataset'}", "steps=4", *TINY_MODEL]
+    args += ["train.calibrate=true", "sweep.calibration_inits=2", "sweep.calibration_prompts=3", "sweep.episodes=2"]
+    assert main([*args, *QUIET]) == 0
+    cal = json.loads((out / "model" / "calibration.json").read_text())
+    assert len(cal["prompts"]) == 3 and cal["meta"]["episodes"] == 2
+
+
 def test_start_metric_reproduces_the_datasets_own_labels(experiment):
     # The generator's input m must be measured as the labels it trained on were (episodes, seed).
     from rl_gpt.dataset import CheckpointDataset
@@ -461,3 +470,12 @@ def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
     assert report["inits"] == 2 and len(report["prompts"]) == 3 and (out / "sweep.png").is_file()
     assert main([*args, "steps=6", "--restart"]) == 0
     assert read_model_info(out / "model")["meta"]["step"] == 6
+    assert not (out / "model" / "calibration.json").exists()  # only where train.calibrate asks for it
+
+    calibrated = [*args, "steps=6", "train.calibrate=true", "sweep.calibration_inits=2", "sweep.calibration_prompts=3"]
+    assert main(calibrated) == 0
+    cal = out / "model" / "calibration.json"
+    first = cal.read_text()
+    assert json.loads((out / "report.json").read_text())["calibration"]["applied"]
+    assert main(calibrated) == 0  # resumed: same weights and settings, so the calibration is kept as it was
+    assert cal.read_text() == first

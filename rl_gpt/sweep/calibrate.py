@@ -16,10 +16,10 @@ from rl_gpt.config import ExperimentConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
-from rl_gpt.train.calibration import PromptCalibration, fit_calibration, model_fingerprint
+from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 
-__all__ = ["calibrate"]
+__all__ = ["calibrate", "ensure_calibrated"]
 
 
 def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:
@@ -66,3 +66,16 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
         pairs = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(cal.prompts, cal.achieved, strict=True))
         print(f"prompt -> mean achieved: {pairs}\ncalibration written to {path}")
     return cal
+
+
+def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:
+    """The model's calibration for the sweep settings of ``cfg``: the stored one if it holds, else a new one.
+
+    A stored calibration holds for the same weights and sampler settings, so a resumed demo does not
+    measure it twice.
+    """
+    sc = cfg.sweep
+    cal = load_calibration(model_dir)
+    if cal is not None and cal.measured_for(model_dir) and cal.matches(sc.guidance, sc.steps, sc.average):
+        return cal
+    return calibrate(cfg, model_dir, progress)

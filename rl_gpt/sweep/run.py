@@ -21,7 +21,7 @@ from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts, start_metric
-from rl_gpt.train.calibration import PromptCalibration, load_calibration, model_fingerprint
+from rl_gpt.train.calibration import PromptCalibration, load_calibration
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 
@@ -65,7 +65,7 @@ def conditioning_prompts(
     cal = load_calibration(model_dir) if use else None
     if cal is None:
         return desired, None
-    if cal.model_sha256 != model_fingerprint(model_dir):
+    if not cal.measured_for(model_dir):
         warnings.warn(
             f"{Path(model_dir) / 'calibration.json'} was measured for other weights (the model was trained "
             "again since): prompts are used as given; run `rl-gpt calibrate` to calibrate them",

@@ -49,6 +49,10 @@ class PromptCalibration:
             and int(s["average"]) == int(average)
         )
 
+    def measured_for(self, model_dir: str | Path) -> bool:
+        """Whether the weights now in ``model_dir`` are the ones this calibration was measured for."""
+        return self.model_sha256 == model_fingerprint(model_dir)
+
     def describe(self) -> str:
         s = self.sampler
         return f"guidance {s['guidance']:g}, {int(s['steps'])} steps, average {int(s['average'])}"

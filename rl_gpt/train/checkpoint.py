@@ -24,6 +24,7 @@ _RESUMABLE_CHANGES = {
     "sample_steps",
     "guidance",
     "final_probe",
+    "calibrate",  # after training, like final_probe
 }
 
 
