@@ -39,12 +39,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
         calibrate(cfg, out, progress=not args.quiet)
 
 
+def _model_config(args: argparse.Namespace) -> str | None:
+    """The config to run with: the one given, else the one saved with ``--model`` (its task's sweep
+    settings, not the embedded CartPole's), else None (the embedded default)."""
+    if args.config is None and args.model and (Path(args.model) / "config.yaml").is_file():
+        return str(Path(args.model) / "config.yaml")
+    return args.config
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
     from rl_gpt.demo import format_table
     from rl_gpt.sweep.run import sweep
 
-    cfg = load_config(args.config, args.overrides, command="sweep")
+    cfg = load_config(_model_config(args), args.overrides, command="sweep")
     model = args.model or str(cfg.model_dir)
     out = args.out or str(Path(cfg.out) / "sweep")
     report = sweep(cfg, model, out, progress=not args.quiet)
@@ -56,7 +64,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
     from rl_gpt.sweep.calibrate import calibrate
 
-    cfg = load_config(args.config, args.overrides, command="calibrate")
+    cfg = load_config(_model_config(args), args.overrides, command="calibrate")
     calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet)
 
 
@@ -139,14 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
 
     p = sub.add_parser("sweep", help="prompt sweep from unseen inits, with baselines and novelty")
-    p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
+    p.add_argument(
+        "config", nargs="?", default=None, help="config file or preset (default: --model's own, else embedded CartPole)"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inits=16 prompts=10 samples=2")
     p.add_argument("--model", help="model directory (default: <out>/model)")
     p.add_argument("--out", help="report directory (default: <out>/sweep)")
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser("calibrate", help="measure the prompt bias on training runs' inits; store calibration.json")
-    p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
+    p.add_argument(
+        "config", nargs="?", default=None, help="config file or preset (default: --model's own, else embedded CartPole)"
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. guidance=2 sweep.calibration_inits=32")
     p.add_argument("--model", help="model directory (default: <out>/model); calibration.json is written there")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -159,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--random-init", action="store_true", help="start from SB3's random initialiser (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
     p.add_argument("--num", type=int, default=1, help="number of policies")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's train.guidance)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's sweep.guidance)")
     p.add_argument("--dataset", default=None, help="the model's dataset, if it is no longer where training left it")
     p.add_argument(
         "--steps", type=int, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"

@@ -243,8 +243,8 @@ ALIASES: dict[str, dict[str, str]] = {
         "lr": "train.lr",
     },
 }
+ALIASES["calibrate"] = ALIASES["sweep"]  # it samples and evaluates as the sweep does
 # The demo runs all three stages: it takes their short names, except the ambiguous seed=.
-ALIASES["calibrate"] = ALIASES["sweep"]
 ALIASES["demo"] = {k: v for stage in ("collect", "train", "sweep") for k, v in ALIASES[stage].items() if k != "seed"}
 ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.device
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -27,6 +29,14 @@ def test_desired_values_beyond_the_achievable_map_to_the_prompt_that_came_closes
     cal = _linear_bias()
     out = cal.conditioning(torch.tensor([-1.0, 0.1, 0.95, 3.0]))
     torch.testing.assert_close(out, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_a_flattened_end_keeps_the_extreme_prompt_extreme() -> None:
+    # CartPole-like: prompt 450 achieved 480, prompt 500 only 470; the fit pools both at 475
+    prompts = torch.tensor([0.0, 250.0, 450.0, 500.0])
+    cal = fit_calibration(prompts, torch.tensor([[[10.0], [240.0], [480.0], [470.0]]]), SAMPLER)
+    assert cal.fitted[-2:] == [475.0, 475.0]
+    torch.testing.assert_close(cal.conditioning(torch.tensor([500.0, 475.0, 5.0])), torch.tensor([500.0, 500.0, 0.0]))
 
 
 def test_a_noisy_curve_is_fitted_monotone_and_its_inverse_is_monotone() -> None:
@@ -67,7 +77,17 @@ def test_the_file_round_trips_and_a_malformed_one_is_a_one_line_error(tmp_path) 
     cal = _linear_bias()
     cal.save(tmp_path)
     assert load_calibration(tmp_path) == cal
-    (tmp_path / "calibration.json").write_text('{"prompts": [1, 2]}')
-    with pytest.raises(ModelFileError, match="rl-gpt calibrate") as err:
-        load_calibration(tmp_path)
-    assert "\n" not in str(err.value)
+    good = json.loads((tmp_path / "calibration.json").read_text())
+    for bad in (
+        {"prompts": [1, 2]},  # fields missing
+        good | {"sampler": {}},
+        good | {"prompts": "ab"},
+        good | {"fitted": good["fitted"][:-1]},
+        good | {"fitted": good["fitted"][::-1]},  # decreasing: not a fit this code wrote
+        good | {"fitted": [None, *good["fitted"][1:]]},
+        good | {"model_sha256": 5},
+    ):
+        (tmp_path / "calibration.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelFileError, match="rl-gpt calibrate") as err:
+            load_calibration(tmp_path)
+        assert "\n" not in str(err.value)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
@@ -224,7 +225,7 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     stale = load_calibration(model)
     stale.model_sha256 = "0" * 64
     stale.save(model)
-    with pytest.warns(UserWarning, match="other weights"):
+    with pytest.warns(UserWarning, match="not measured for these weights"):
         assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", *small]) == 0
     assert not json.loads((out / "report.json").read_text())["calibration"]["applied"]
     cal.save(model)
@@ -238,6 +239,14 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     assert main([*args, "--no-calibration"]) == 0
     rec = json.loads((tmp_path / "g" / "generated.json").read_text())
     assert not rec["calibrated"] and rec["conditioned_on"] == 300.0
+
+    # without a config, calibrate (like sweep) takes the settings saved with --model, not the embedded default's
+    saved = yaml.safe_load((model / "config.yaml").read_text())
+    saved["sweep"]["guidance"] = 1.5
+    (model / "config.yaml").write_text(yaml.safe_dump(saved))
+    grid = ["sweep.calibration_inits=2", "sweep.calibration_prompts=3"]
+    assert main(["calibrate", "--model", str(model), *grid, *small]) == 0
+    assert load_calibration(model).sampler["guidance"] == 1.5
 
 
 def test_train_calibrate_measures_the_calibration_after_training(experiment, tmp_path):
@@ -479,3 +488,6 @@ def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
     assert json.loads((out / "report.json").read_text())["calibration"]["applied"]
     assert main(calibrated) == 0  # resumed: same weights and settings, so the calibration is kept as it was
     assert cal.read_text() == first
+    cal.write_text("{")  # damaged: the demo measures it again instead of stopping
+    assert main(calibrated) == 0
+    assert json.loads(cal.read_text())["prompts"] == json.loads(first)["prompts"]

@@ -64,8 +64,8 @@ def generate(
 ) -> dict[str, Any]:
     """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
 
-    ``guidance`` defaults to the scale the model was probed with (``train.guidance``: 2 for the CartPole
-    presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset; each policy is
+    ``guidance`` defaults to the scale the model's config sweeps with (``sweep.guidance``: 2 for the
+    CartPole presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset; each policy is
     the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many as the
     model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
     sampling steps (default: ``sweep.steps``). Where the model has a ``calibration.json`` measured
@@ -87,9 +87,10 @@ def generate(
         )
     theta = load_start(info, from_zip, seed)
     ds = CheckpointDataset(model_dataset(model_dir, info, dataset))
-    if guidance is None:
-        guidance = float(info["meta"].get("config", {}).get("train", {}).get("guidance", 1.0))
-    swept = info["meta"].get("config", {}).get("sweep", {})
+    config = info["meta"].get("config", {})
+    swept = config.get("sweep", {})
+    if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes
+        guidance = float(swept.get("guidance", config.get("train", {}).get("guidance", 1.0)))
     if average is None:
         average = int(swept.get("average", 1))
     if steps is None:

@@ -17,7 +17,7 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
-from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
+from rl_gpt.train.modelfile import ModelFileError, check_compatible, load_generator, model_dataset, read_model_info
 
 __all__ = ["calibrate", "ensure_calibrated"]
 
@@ -51,15 +51,21 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
     out = run_prompts(gen, None, theta, metric, grid, sc.samples, sc.steps, sc.guidance, sc.seed + 7, sc.average)
     k, p, s, d = out.shape
     achieved = evaluate_flat(ds, out.reshape(-1, d), sc.episodes, sc.seed + 8, train_runs, device=device).mean
+    failed = ~torch.isfinite(achieved)
+    # A failed (NaN) sample counts as the worst prompt, as the sweep scores it.
+    worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())
     sampler = {"guidance": sc.guidance, "steps": sc.steps, "average": sc.average}
     meta: dict[str, Any] = {
         "inits": "step 0 of training runs",
         "runs": list(runs),
+        "prompts": len(grid),
         "samples": s,
         "episodes": sc.episodes,
+        "seed": sc.seed,
+        "failed_fraction": float(failed.double().mean()),
         "seconds": round(time.time() - t, 1),
     }
-    cal = fit_calibration(grid, achieved.reshape(k, p, s), sampler, meta)
+    cal = fit_calibration(grid, torch.where(failed, worst, achieved).reshape(k, p, s), sampler, meta)
     cal.model_sha256 = model_fingerprint(model_dir)
     path = cal.save(model_dir)
     if progress:
@@ -71,11 +77,19 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
 def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:
     """The model's calibration for the sweep settings of ``cfg``: the stored one if it holds, else a new one.
 
-    A stored calibration holds for the same weights and sampler settings, so a resumed demo does not
-    measure it twice.
+    A stored calibration is kept if it was measured for the same weights, sampler settings and
+    measurement (prompts, inits, samples, episodes, seed), so a resumed demo does not measure it twice.
     """
     sc = cfg.sweep
-    cal = load_calibration(model_dir)
+    try:
+        cal = load_calibration(model_dir)
+    except ModelFileError:
+        cal = None  # a damaged file is measured again
     if cal is not None and cal.measured_for(model_dir) and cal.matches(sc.guidance, sc.steps, sc.average):
-        return cal
+        m = cal.meta
+        wanted = {"prompts": sc.calibration_prompts, "samples": sc.samples, "episodes": sc.episodes, "seed": sc.seed}
+        if all(m.get(key) == value for key, value in wanted.items()) and len(m.get("runs", ())) == min(
+            sc.calibration_inits, len(read_model_info(model_dir)["meta"]["train_runs"])
+        ):
+            return cal
     return calibrate(cfg, model_dir, progress)

@@ -67,8 +67,8 @@ def conditioning_prompts(
         return desired, None
     if not cal.measured_for(model_dir):
         warnings.warn(
-            f"{Path(model_dir) / 'calibration.json'} was measured for other weights (the model was trained "
-            "again since): prompts are used as given; run `rl-gpt calibrate` to calibrate them",
+            f"{Path(model_dir) / 'calibration.json'} was not measured for these weights (the model was trained "
+            "again since, or the file names none): prompts are used as given; run `rl-gpt calibrate` to calibrate them",
             stacklevel=2,
         )
         return desired, None

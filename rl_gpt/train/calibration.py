@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.isotonic import IsotonicRegression
 
 from rl_gpt.io import atomic_write_json
 from rl_gpt.train.modelfile import ModelFileError
@@ -61,15 +60,17 @@ class PromptCalibration:
         """The prompts to condition on so that the achieved metric is ``desired`` (same shape).
 
         Inverts the fitted curve by linear interpolation; where it is flat, the middle of the flat
-        stretch is taken. A desired value beyond what any prompt achieved maps to the prompt that
-        came closest, so the extreme prompts are never pushed outside the trained range.
+        stretch is taken. A desired value at or beyond the highest (lowest) level maps to the
+        outermost prompt of that stretch, so the extreme prompts stay extreme and nothing is pushed
+        outside the trained range.
         """
         x = np.asarray(self.prompts, dtype=np.float64)
         y = np.asarray(self.fitted, dtype=np.float64)
         levels, which = np.unique(y, return_inverse=True)
-        xs = np.array([x[which == i].mean() for i in range(len(levels))])
         if len(levels) == 1:  # the generator ignored its prompt: nothing to invert
             return desired.clone()
+        xs = np.array([x[which == i].mean() for i in range(len(levels))])
+        xs[0], xs[-1] = x[which == 0].min(), x[which == len(levels) - 1].max()
         out = np.interp(desired.detach().cpu().double().numpy(), levels, xs)
         return torch.as_tensor(out, dtype=desired.dtype, device=desired.device)
 
@@ -92,6 +93,8 @@ def fit_calibration(
     keep = torch.isfinite(mean)
     if int(keep.sum()) < 2:
         raise ValueError("calibration needs at least two prompts with a finite achieved metric")
+    from sklearn.isotonic import IsotonicRegression  # only fitting needs scikit-learn
+
     x, mean = x[keep].numpy(), mean[keep].numpy()
     fitted = IsotonicRegression(increasing=True).fit(x, mean).predict(x)
     return PromptCalibration(x.tolist(), mean.tolist(), fitted.tolist(), dict(sampler), dict(meta or {}))
@@ -108,9 +111,23 @@ def load_calibration(model_dir: str | Path) -> PromptCalibration | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        return PromptCalibration(**data)
-    except (ValueError, TypeError) as err:
+        cal = PromptCalibration(**json.loads(path.read_text()))
+        _check(cal)
+        return cal
+    except (ValueError, TypeError, KeyError) as err:
         raise ModelFileError(
             f"{path} is not a prompt calibration ({err}); delete it or run `rl-gpt calibrate` again"
         ) from err
+
+
+def _check(cal: PromptCalibration) -> None:
+    """Raise ValueError unless ``cal`` is a curve that can be inverted and says what it holds for."""
+    prompts, achieved, fitted = (np.asarray(v, dtype=np.float64) for v in (cal.prompts, cal.achieved, cal.fitted))
+    if not (prompts.ndim == 1 and len(prompts) >= 2 and prompts.shape == achieved.shape == fitted.shape):
+        raise ValueError("prompts, achieved and fitted must be lists of equal length, at least 2")
+    if not (np.isfinite(prompts).all() and np.isfinite(fitted).all()) or (np.diff(fitted) < 0).any():
+        raise ValueError("fitted must be finite and never decreasing")
+    if not {"guidance", "steps", "average"} <= set(cal.sampler):
+        raise ValueError("sampler must name guidance, steps and average")
+    if cal.model_sha256 is not None and not isinstance(cal.model_sha256, str):
+        raise ValueError("model_sha256 must be a string")

@@ -124,7 +124,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     tc = cfg.train
     resolve_device(tc.device, "train.device")  # before any work: a missing GPU is a one-line error
     rank, world = _dist_info()
-    if world > 1 and not dist.is_initialized():
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
         dist.init_process_group("nccl" if tc.device.startswith("cuda") else "gloo")
     device = torch.device(
         tc.device if not tc.device.startswith("cuda") or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -263,6 +264,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         run.finish()
     if world > 1:
         dist.barrier()
+    if own_group:  # rank 0 may go on alone (train.calibrate): leave no group open behind it
+        dist.destroy_process_group()
     return out
 
 
