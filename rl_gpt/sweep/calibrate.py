@@ -56,12 +56,9 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
     worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())
     sampler = {"guidance": sc.guidance, "steps": sc.steps, "average": sc.average}
     meta: dict[str, Any] = {
-        "inits": "step 0 of training runs",
+        "from": "step 0 of training runs",
         "runs": list(runs),
-        "prompts": len(grid),
-        "samples": s,
-        "episodes": sc.episodes,
-        "seed": sc.seed,
+        **_measurement(cfg, train_runs),
         "failed_fraction": float(failed.double().mean()),
         "seconds": round(time.time() - t, 1),
     }
@@ -86,10 +83,19 @@ def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bo
     except ModelFileError:
         cal = None  # a damaged file is measured again
     if cal is not None and cal.measured_for(model_dir) and cal.matches(sc.guidance, sc.steps, sc.average):
-        m = cal.meta
-        wanted = {"prompts": sc.calibration_prompts, "samples": sc.samples, "episodes": sc.episodes, "seed": sc.seed}
-        if all(m.get(key) == value for key, value in wanted.items()) and len(m.get("runs", ())) == min(
-            sc.calibration_inits, len(read_model_info(model_dir)["meta"]["train_runs"])
-        ):
+        wanted = _measurement(cfg, read_model_info(model_dir)["meta"]["train_runs"])
+        if all(cal.meta.get(key) == value for key, value in wanted.items()):
             return cal
     return calibrate(cfg, model_dir, progress)
+
+
+def _measurement(cfg: ExperimentConfig, train_runs: list[int]) -> dict[str, int]:
+    """What a calibration measured besides the sampler settings; a stored one with others is measured again."""
+    sc = cfg.sweep
+    return {
+        "inits": min(sc.calibration_inits, len(train_runs)),
+        "prompts": sc.calibration_prompts,
+        "samples": sc.samples,
+        "episodes": sc.episodes,
+        "seed": sc.seed,
+    }
