@@ -37,7 +37,8 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax1.set_ylabel(f"achieved {name}")
     average = int((report.get("config") or {}).get("average", 1))
     mean_of = f", means of {average} samples" if average > 1 else ""
-    ax1.set_title(f"{report['task']}: {report['inits']} unseen inits{mean_of}")
+    calibrated = ", prompts calibrated" if (report.get("calibration") or {}).get("applied") else ""
+    ax1.set_title(f"{report['task']}: {report['inits']} unseen inits{mean_of}{calibrated}", fontsize=10)
     ax1.legend(fontsize=8)
     best = prompts.tolist().index(report["one_step"]["prompt"])
     one = achieved[:, best]  # (K, S)
@@ -47,7 +48,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
         ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
     ax2.set_xlabel("unseen init")
     ax2.set_ylabel(name)
-    ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}")
+    ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
