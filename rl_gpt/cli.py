@@ -34,9 +34,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if not args.quiet:
         print(f"model written to {out}")
     if cfg.train.calibrate and int(os.environ.get("RANK", "0")) == 0:  # once, not on every DDP rank
-        from rl_gpt.sweep.calibrate import calibrate
+        from rl_gpt.sweep.calibrate import ensure_calibrated  # the demo's path too: one way to calibrate after training
 
-        calibrate(cfg, out, progress=not args.quiet)
+        ensure_calibrated(cfg, out, progress=not args.quiet)
 
 
 def _model_config(args: argparse.Namespace) -> str | None:
