@@ -116,6 +116,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         atomic_write_json(args.json, result["json"])
 
 
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from rl_gpt.sweep.compare import compare_reports, format_comparison
+
+    rows = compare_reports(args.reports)
+    print(format_comparison(rows))
+    if args.json:
+        from rl_gpt.io import atomic_write_json
+
+        atomic_write_json(args.json, [asdict(r) for r in rows])
+
+
 COMMANDS = {
     "collect": _cmd_collect,
     "info": _cmd_info,
@@ -125,6 +138,7 @@ COMMANDS = {
     "generate": _cmd_generate,
     "demo": _cmd_demo,
     "evaluate": _cmd_evaluate,
+    "compare": _cmd_compare,
     "data": _cmd_data,
 }
 
@@ -196,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="retrain the generator, ignoring a saved training state")
     p.add_argument("-q", "--quiet", action="store_true")
 
+    p = sub.add_parser("compare", help="paired comparison of sweep reports over the same inits, with 95 % intervals")
+    p.add_argument("reports", nargs="+", help="report.json files or sweep --out directories; the first is the base")
+    p.add_argument("--json", help="also write the rows to this JSON file")
+
     p = sub.add_parser("evaluate", help="evaluate an SB3 policy .zip or dataset rows with the batched evaluator")
     p.add_argument("target", help="POLICY.zip, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)")
     p.add_argument("--episodes", type=int, default=10)
@@ -228,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rl_gpt.config import ConfigError
     from rl_gpt.dataset import DatasetError
     from rl_gpt.evaluate import PolicyFileError
+    from rl_gpt.sweep.compare import ReportError
     from rl_gpt.train.modelfile import ModelFileError
 
     try:
@@ -237,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetError,
         ModelFileError,
         PolicyFileError,
+        ReportError,
         PermissionError,
         FileNotFoundError,
         FloatingPointError,

@@ -1,0 +1,160 @@
+"""Paired comparison of sweep reports: did a change help, beyond the noise of which inits were drawn?
+
+Two sweeps of the same task over the same unseen inits (same ``init_seed`` and count) and the same
+prompts can be compared init by init. The per-init differences cancel most of the init-to-init
+spread, which on 16-64 inits is larger than most training changes are worth, so the paired 95 %
+interval is far narrower than the two unpaired ones. One bootstrap resample of inits serves every
+statistic, so the intervals of R² and one-step come from the same draws.
+
+The bias share splits the squared error that R² counts into the part every init shares (the mean
+achieved metric per prompt minus the prompt: what ``rl-gpt calibrate`` can remove) and the spread
+of inits around that mean (what it cannot).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["ReportError", "SweepComparison", "bias_share", "compare_reports", "format_comparison", "load_report"]
+
+
+class ReportError(ValueError):
+    """A file that is not a sweep report, or reports that cannot be paired; the message says what to do."""
+
+
+@dataclass
+class SweepComparison:
+    """One report's numbers, and its paired differences from the first report (None for the first)."""
+
+    path: str
+    r2: float
+    r2_ci95: tuple[float, float]
+    one_step: float
+    bias_share: float
+    r2_delta: float | None = None
+    r2_delta_ci95: tuple[float, float] | None = None
+    one_step_delta: float | None = None
+    one_step_delta_ci95: tuple[float, float] | None = None
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A sweep's ``report.json``, given the file or the directory that holds it."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    if not p.is_file():
+        raise ReportError(f"{p}: no sweep report here; give a report.json or the --out directory of `rl-gpt sweep`")
+    try:
+        report = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ReportError(f"{p} is not a sweep report ({e}); rerun `rl-gpt sweep`") from None
+    missing = {"prompts", "achieved", "r2_per_init", "metric", "config", "task"} - set(report)
+    if missing:
+        raise ReportError(f"{p} lacks {', '.join(sorted(missing))}: not a sweep report, or one from an older rl_gpt")
+    report["_path"] = str(p.parent)
+    return report
+
+
+def _achieved(report: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts (P,) and achieved (K, P, S) with failed samples counted as the worst prompt, as the sweep does."""
+    prompts = torch.tensor(report["prompts"], dtype=torch.float64)
+    achieved = torch.tensor(report["achieved"], dtype=torch.float64)
+    worst = float(prompts.max() if not report["metric"]["higher_is_better"] else prompts.min())
+    return prompts, torch.nan_to_num(achieved, nan=worst)
+
+
+def bias_share(report: dict[str, Any]) -> float:
+    """Share of the mean per-init squared error (achieved − prompt) that the across-init mean explains."""
+    prompts, achieved = _achieved(report)
+    samples = achieved.shape[2]
+    residual = (achieved - prompts[None, :, None]).pow(2).sum((1, 2)).mean()  # per init, averaged
+    bias = samples * (achieved.mean((0, 2)) - prompts).pow(2).sum()
+    return float(bias / residual) if residual > 0 else float("nan")
+
+
+def _one_step_per_init(report: dict[str, Any]) -> torch.Tensor:
+    """Mean achieved metric at the best prompt, per init (K,)."""
+    prompts = torch.tensor(report["prompts"], dtype=torch.float64)
+    best = int(prompts.argmax() if report["metric"]["higher_is_better"] else prompts.argmin())
+    return torch.tensor(report["achieved"], dtype=torch.float64)[:, best].nanmean(-1)
+
+
+def _pairing_key(report: dict[str, Any]) -> tuple[Any, ...]:
+    sweep = report["config"]
+    return (
+        report["task"],
+        report["metric"].get("name"),
+        int(sweep.get("inits", len(report["r2_per_init"]))),
+        sweep.get("init_seed"),
+        tuple(round(float(p), 6) for p in report["prompts"]),
+    )
+
+
+def _interval(values: torch.Tensor, idx: torch.Tensor) -> tuple[float, float]:
+    means = values[idx].nanmean(1)
+    return float(means.quantile(0.025)), float(means.quantile(0.975))
+
+
+def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 0) -> list[SweepComparison]:
+    """Each report's R², one-step metric and bias share, paired against the first report's inits.
+
+    Raises ReportError when the reports were not measured on the same task, inits and prompts, since
+    differences per init then mean nothing.
+    """
+    if not paths:
+        raise ReportError("give at least one sweep report")
+    reports = [load_report(p) for p in paths]
+    base = reports[0]
+    for r in reports[1:]:
+        if _pairing_key(r) != _pairing_key(base):
+            raise ReportError(
+                f"{r['_path']} and {base['_path']} were not swept on the same task, inits (count and "
+                "init_seed) and prompts; rerun one with the other's sweep.inits, sweep.init_seed and sweep.prompts"
+            )
+    k = len(base["r2_per_init"])
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(k, (resamples, k), generator=g)  # one resample of inits for every statistic
+    base_r2 = torch.tensor(base["r2_per_init"], dtype=torch.float64)
+    base_one = _one_step_per_init(base)
+    rows = []
+    for r in reports:
+        r2 = torch.tensor(r["r2_per_init"], dtype=torch.float64)
+        one = _one_step_per_init(r)
+        row = SweepComparison(r["_path"], float(r2.mean()), _interval(r2, idx), float(one.nanmean()), bias_share(r))
+        if r is not base:
+            row.r2_delta = float((r2 - base_r2).mean())
+            row.r2_delta_ci95 = _interval(r2 - base_r2, idx)
+            row.one_step_delta = float((one - base_one).nanmean())
+            row.one_step_delta_ci95 = _interval(one - base_one, idx)
+        rows.append(row)
+    return rows
+
+
+def _signed(value: float | None, ci: tuple[float, float] | None, digits: int) -> str:
+    if value is None or ci is None or math.isnan(value):
+        return "–"
+    return f"{value:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+
+
+def format_comparison(rows: list[SweepComparison]) -> str:
+    """A plain-text table: one line per report, deltas paired against the first."""
+    digits = 4 if all(abs(r.one_step) < 10 for r in rows) else 1
+    width = max(len("sweep"), *(len(r.path) for r in rows))
+    head = f"{'sweep':<{width}}  {'R2':>6} {'[95% CI]':<16} {'ΔR2 paired [95% CI]':<26} {'one-step':>9} "
+    head += f"{'Δ one-step paired [95% CI]':<32} {'bias':>5}"
+    lines = [head]
+    for r in rows:
+        ci = f"[{r.r2_ci95[0]:.3f}, {r.r2_ci95[1]:.3f}]"
+        lines.append(
+            f"{r.path:<{width}}  {r.r2:6.3f} {ci:<16} {_signed(r.r2_delta, r.r2_delta_ci95, 3):<26} "
+            f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "
+            f"{r.bias_share:5.2f}"
+        )
+    lines.append("Δ: paired with the first report over the same inits; bias: share of squared error all inits share")
+    return "\n".join(lines)

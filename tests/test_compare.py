@@ -1,0 +1,91 @@
+"""`rl-gpt compare`: paired differences between sweep reports over the same inits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_gpt.cli import main
+from rl_gpt.evaluate.alignment import alignment_r2
+from rl_gpt.sweep.compare import ReportError, bias_share, compare_reports
+
+PROMPTS = torch.linspace(100.0, 500.0, 5)
+
+
+def _write(path: Path, achieved: torch.Tensor, init_seed: int = 1000, higher: bool = True) -> Path:
+    """A minimal report.json, with R² per init computed as the sweep computes it."""
+    path.mkdir(parents=True)
+    report = {
+        "task": "cartpole",
+        "metric": {"name": "return", "higher_is_better": higher},
+        "config": {"inits": achieved.shape[0], "init_seed": init_seed},
+        "prompts": PROMPTS.tolist(),
+        "achieved": achieved.tolist(),
+        "r2_per_init": alignment_r2(PROMPTS, torch.nan_to_num(achieved, nan=float(PROMPTS.min()))).tolist(),
+    }
+    (path / "report.json").write_text(json.dumps(report))
+    return path
+
+
+def _noisy(k: int, scale: float, seed: int, bias: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return PROMPTS.view(1, -1, 1) + bias + scale * torch.randn(k, len(PROMPTS), 2, generator=g)
+
+
+def test_a_better_sweep_on_the_same_inits_is_significant_and_a_copy_is_not(tmp_path: Path) -> None:
+    noise = _noisy(32, 60.0, 0)
+    base = _write(tmp_path / "base", noise)
+    better = _write(tmp_path / "better", PROMPTS.view(1, -1, 1) + 0.5 * (noise - PROMPTS.view(1, -1, 1)))
+    same = _write(tmp_path / "same", noise)
+    rows = compare_reports([base, better, same])
+    assert rows[0].r2_delta is None
+    assert rows[1].r2_delta > 0 and rows[1].r2_delta_ci95[0] > 0  # every init improves
+    assert rows[1].r2 == pytest.approx(rows[0].r2 + rows[1].r2_delta)
+    assert rows[2].r2_delta == 0 and rows[2].r2_delta_ci95 == (0.0, 0.0)
+    best = noise[:, -1].mean(-1)  # one-step: the highest prompt for a return
+    assert rows[0].one_step == pytest.approx(float(best.mean()))
+
+
+def test_bias_share_separates_a_shared_offset_from_spread(tmp_path: Path) -> None:
+    offset = _write(tmp_path / "offset", PROMPTS.view(1, -1, 1).expand(8, -1, 2) - 40.0)
+    assert bias_share(json.loads((offset / "report.json").read_text())) == pytest.approx(1.0)
+    spread = torch.cat([_noisy(4, 0.0, 0, bias=30.0), _noisy(4, 0.0, 0, bias=-30.0)])  # means exact
+    spread_dir = _write(tmp_path / "spread", spread)
+    assert bias_share(json.loads((spread_dir / "report.json").read_text())) == pytest.approx(0.0)
+
+
+def test_failed_samples_count_as_the_worst_prompt(tmp_path: Path) -> None:
+    achieved = PROMPTS.view(1, -1, 1).expand(4, -1, 2).clone()
+    achieved[0, -1, 0] = float("nan")
+    rows = compare_reports([_write(tmp_path / "nan", achieved)])
+    assert rows[0].r2 < 1.0 and rows[0].bias_share > 0
+
+
+def test_reports_on_other_inits_are_refused(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a", _noisy(8, 10.0, 0))
+    b = _write(tmp_path / "b", _noisy(8, 10.0, 1), init_seed=2000)
+    with pytest.raises(ReportError, match="init_seed"):
+        compare_reports([a, b])
+
+
+def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, capsys) -> None:
+    a = _write(tmp_path / "a", _noisy(8, 10.0, 0))
+    b = _write(tmp_path / "b", _noisy(8, 20.0, 1))
+    assert main(["compare", str(a), str(b / "report.json"), "--json", str(tmp_path / "cmp.json")]) == 0
+    out = capsys.readouterr().out
+    assert str(b) in out and "paired" in out
+    rows = json.loads((tmp_path / "cmp.json").read_text())
+    assert len(rows) == 2 and rows[1]["r2_delta"] < 0
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text("{not json")
+    assert main(["compare", str(tmp_path / "bad")]) == 2
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "report.json").write_text(json.dumps({"prompts": [1, 2]}))
+    assert main(["compare", str(tmp_path / "partial")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("rl-gpt compare: error:") for line in err)
