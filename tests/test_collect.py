@@ -61,7 +61,7 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
 def test_a_checkpoint_evaluated_with_its_own_normalisation_reproduces_its_label(tmp_path):
     """Unfolded datasets: sweeps deploy a retrieved checkpoint with its own VecNormalize statistics."""
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.sweep.protocol import evaluate_flat
+    from rl_gpt.evaluate.dataset_metric import evaluate_flat
 
     extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128", "collect.fold_normalisation=false"]
     assert _collect("inverted_pendulum", tmp_path, *extra) == 0
@@ -77,7 +77,7 @@ def test_folded_checkpoints_read_raw_observations_and_reproduce_their_labels(tmp
     """collect.fold_normalisation (the default): stored policies need no VecNormalize statistics."""
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation
-    from rl_gpt.sweep.protocol import evaluate_flat
+    from rl_gpt.evaluate.dataset_metric import evaluate_flat
 
     extra = ["workers=1", "runs=1", "timesteps=256", "collect.checkpoint_every=128"]
     assert _collect("inverted_pendulum", tmp_path, *extra) == 0

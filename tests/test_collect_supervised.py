@@ -16,10 +16,11 @@ from torch.nn import functional as F
 import rl_gpt.supervised
 from rl_gpt.cli import main
 from rl_gpt.cli_data import add_data_parser, cmd_data
-from rl_gpt.collect.supervised_run import resolve_hyperparams, supervised_metric, supervised_spec
+from rl_gpt.collect.supervised_run import resolve_hyperparams, supervised_spec
 from rl_gpt.config import load_config
 from rl_gpt.supervised import DownloadError, build_classifier, load_digits
 from rl_gpt.supervised.data import MNIST_FILES
+from rl_gpt.supervised.metric import supervised_metric
 
 # 60 optimiser steps, a checkpoint every 20: 4 checkpoints per run (steps 0, 20, 40, 60)
 TINY = ["wandb.mode=disabled", "-q", "task.hyperparams.steps=60", "collect.checkpoint_every=20"]

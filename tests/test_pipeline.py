@@ -96,11 +96,10 @@ def test_resume_continues_the_same_run(experiment, tmp_path):
 
 
 def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monkeypatch):
-    import rl_gpt.sweep.protocol
     import rl_gpt.train.loop
 
     calls = []
-    monkeypatch.setattr(rl_gpt.sweep.protocol, "quick_alignment", lambda *a, **k: calls.append(k) or 0.5)
+    monkeypatch.setattr(rl_gpt.train.loop, "quick_alignment", lambda *a, **k: calls.append(k) or 0.5)
     out = tmp_path / "probe"
     shutil.copytree(experiment / "dataset", out / "dataset")
     often = [*TINY_MODEL, "train.probe_every_s=1e-9", "train.final_probe=false", "steps=3", *QUIET]
@@ -261,7 +260,7 @@ def test_train_calibrate_measures_the_calibration_after_training(experiment, tmp
 def test_start_metric_reproduces_the_datasets_own_labels(experiment):
     # The generator's input m must be measured as the labels it trained on were (episodes, seed).
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.sweep.protocol import start_metric
+    from rl_gpt.evaluate.dataset_metric import start_metric
 
     ds = CheckpointDataset(experiment / "dataset")
     rows = torch.tensor([s.start for s in ds.run_slices().values()] + [s.stop - 1 for s in ds.run_slices().values()])
@@ -272,7 +271,7 @@ def test_start_metric_reproduces_the_datasets_own_labels(experiment):
 def test_sweep_conditions_on_the_label_protocols_init_metric(experiment, tmp_path, monkeypatch):
     import rl_gpt.sweep.run as sweep_run
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.sweep.protocol import start_metric
+    from rl_gpt.evaluate.dataset_metric import start_metric
 
     seen = []
     real = sweep_run.run_prompts

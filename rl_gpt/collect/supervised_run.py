@@ -1,5 +1,6 @@
-"""One supervised collection run (a small classifier checkpointed every K optimiser steps), the
-dataset spec of supervised tasks, and the batched test metric that sweeps use on generated weights.
+"""One supervised collection run (a small classifier checkpointed every K optimiser steps) and the
+dataset spec of supervised tasks. The batched test metric of generated weights is
+:func:`rl_gpt.supervised.metric.supervised_metric`.
 
 The training itself is :func:`rl_gpt.supervised.train_classifier_run` (G.pt's ``data_gen/train_mnist.py``
 recipe); this module maps an :class:`ExperimentConfig` onto it the way ``sb3_run.py`` maps one onto
@@ -10,7 +11,6 @@ is the run length, and ``collect.checkpoint_every`` counts optimiser steps.
 from __future__ import annotations
 
 import time
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +18,14 @@ import torch
 
 from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sample_hyperparams
 from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
-from rl_gpt.layout import Layout
-from rl_gpt.supervised import (
-    CLASSIFIERS,
-    CorruptDataError,
-    classifier_layout,
-    evaluate_classifiers,
-    load_dataset,
-    train_classifier_run,
-)
+from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_run
+from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.train import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "HYPERPARAMS",
     "SUPERVISED_METRICS",
     "resolve_hyperparams",
-    "supervised_metric",
     "supervised_spec",
     "train_supervised_run",
 ]
@@ -152,15 +144,6 @@ def _number(key: str, value: Any, kind: type) -> Any:
     return kind(number)
 
 
-@cache
-def _load(dataset: str, data_root: str | None) -> tuple[torch.Tensor, ...]:
-    """The data set, loaded once per process: a worker reuses it for every run it is given."""
-    try:
-        return load_dataset(dataset, data_root)
-    except CorruptDataError as exc:  # a damaged download: the message says to delete it and fetch again
-        raise ConfigError(f"task.data_root: {exc}") from None
-
-
 # ---------------------------------------------------------------------------------------------- one run
 def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
     """Train one classifier, checkpointing at step 0, every ``checkpoint_every`` steps and the end."""
@@ -168,7 +151,7 @@ def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
     name = cfg.task.network
     seed = run_seed(cfg, run)
     hp = resolve_hyperparams(cfg, run)
-    x_train, y_train, x_test, y_test = _load(dataset, cfg.task.data_root)
+    x_train, y_train, x_test, y_test = load_dataset_cached(dataset, cfg.task.data_root)
     start = time.time()
     steps = hp["steps"] if "steps" in hp else hp["epochs"] * (x_train.shape[0] // hp["batch_size"])
     every = cfg.collect.checkpoint_every
@@ -270,45 +253,3 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
         "versions": describe_versions(),
         "collect": to_dict(cfg.collect),
     }
-
-
-# ---------------------------------------------------------------------------------------------- sweep metric
-@torch.inference_mode()
-def supervised_metric(
-    spec: dict[str, Any], params: torch.Tensor, data_root: str | Path | None = None, model_batch: int = 1024
-) -> dict[str, torch.Tensor]:
-    """Test loss and error of B flat classifiers of a supervised dataset's network, batched.
-
-    ``spec`` is the dataset's spec.json; params (B, D) in its layout order; ``data_root`` defaults
-    to the spec's ``task.data_root``. Models are evaluated ``model_batch`` at a time on the full test
-    split. Returns ``test_loss``, ``test_error`` and ``metric`` (whichever of the two the spec
-    names), each (B,) float32 on params' device; non-finite rows give NaN.
-    """
-    policy = spec.get("policy", {})
-    if policy.get("kind") != "classifier":
-        raise ValueError("supervised_metric needs a supervised dataset spec (policy.kind == 'classifier')")
-    name, dataset = policy["network"], policy["dataset"]
-    layout = Layout.from_dict(spec["layout"])
-    if layout != classifier_layout(name):
-        raise ValueError(f"the spec's layout is not {name}'s; the dataset was written by another rl_gpt version")
-    if params.dim() != 2 or params.shape[1] != layout.numel:
-        raise ValueError(f"params must be (B, {layout.numel}) for {name}, got {tuple(params.shape)}")
-    if params.shape[0] == 0:
-        empty = params.new_empty(0, dtype=torch.float32)
-        return {"test_loss": empty, "test_error": empty.clone(), "metric": empty.clone()}
-    root = data_root if data_root is not None else spec["task"].get("data_root")
-    _, _, x_test, y_test = _load(dataset, None if root is None else str(root))
-    finite = torch.isfinite(params).all(dim=1)  # (B,)
-    safe = torch.where(finite[:, None], params, torch.zeros_like(params)).float()
-    losses, errors = [], []
-    for chunk in safe.split(model_batch):
-        loss, error = evaluate_classifiers(chunk, layout, name, x_test, y_test)  # (b,), (b,)
-        losses.append(loss)
-        errors.append(error)
-    nan = torch.tensor(float("nan"), device=params.device)
-    out = {
-        "test_loss": torch.where(finite, torch.cat(losses), nan),
-        "test_error": torch.where(finite, torch.cat(errors), nan),
-    }
-    out["metric"] = out[spec["metric"]["name"]]
-    return out

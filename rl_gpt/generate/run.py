@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.train.modelfile import ModelFileError, load_generator, model_dataset
@@ -73,7 +74,6 @@ def generate(
     on ``target`` itself).
     """
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.sweep.protocol import evaluate_flat, start_metric
     from rl_gpt.sweep.run import conditioning_prompts, task_of
 
     out = ensure_writable_dir(out)

@@ -1,16 +1,19 @@
-"""Supervised checkpoint collection: data loaders, downloader, task networks, batched evaluation, runs."""
+"""Supervised checkpoint collection: data loaders, downloader, task networks, batched evaluation, runs,
+and the dataset metric (test loss/error) of flat classifiers."""
 
 from rl_gpt.supervised.data import (
     DATASETS,
     CorruptDataError,
     load_cifar10,
     load_dataset,
+    load_dataset_cached,
     load_digits,
     load_mnist,
     read_idx,
 )
 from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
 from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
+from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.supervised.models import CLASSIFIERS, ClassifierSpec, build_classifier, classifier_layout
 from rl_gpt.supervised.train import train_classifier_run
 
@@ -31,8 +34,10 @@ __all__ = [
     "fetch",
     "load_cifar10",
     "load_dataset",
+    "load_dataset_cached",
     "load_digits",
     "load_mnist",
     "read_idx",
+    "supervised_metric",
     "train_classifier_run",
 ]

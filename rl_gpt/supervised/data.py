@@ -10,10 +10,13 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from rl_gpt.config import ConfigError
 
 __all__ = [
     "CIFAR10_DIR",
@@ -26,6 +29,7 @@ __all__ = [
     "CorruptDataError",
     "load_cifar10",
     "load_dataset",
+    "load_dataset_cached",
     "load_digits",
     "load_mnist",
     "read_idx",
@@ -186,3 +190,16 @@ def load_dataset(name: str, root: str | Path | None = None) -> Split:
     if root is None:
         raise ValueError(f"dataset {name!r} needs a data root; fetch it with `rl-gpt data fetch {name} --root DIR`")
     return load_mnist(root) if name == "mnist" else load_cifar10(root)
+
+
+@cache
+def load_dataset_cached(dataset: str, data_root: str | None) -> Split:
+    """The data set, loaded once per process: a worker reuses it for every run it is given.
+
+    For callers that read ``task.data_root`` from a config or dataset spec (collection runs, sweeps'
+    test metric), so a damaged download is reported as that setting's :class:`ConfigError`.
+    """
+    try:
+        return load_dataset(dataset, data_root)
+    except CorruptDataError as exc:  # a damaged download: the message says to delete it and fetch again
+        raise ConfigError(f"task.data_root: {exc}") from None

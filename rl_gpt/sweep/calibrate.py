@@ -15,9 +15,10 @@ import torch
 from rl_gpt.config import ExperimentConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
-from rl_gpt.sweep.protocol import evaluate_flat, prompt_grid, run_prompts
+from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
 from rl_gpt.train.modelfile import ModelFileError, check_compatible, load_generator, model_dataset, read_model_info
+from rl_gpt.train.probe import prompt_grid, run_prompts
 
 __all__ = ["calibrate", "ensure_calibrated"]
 

@@ -19,11 +19,13 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
+from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
-from rl_gpt.sweep.protocol import evaluate_flat, obs_stats, prompt_grid, run_prompts, start_metric
+from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.train.calibration import PromptCalibration, load_calibration
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
+from rl_gpt.train.probe import prompt_grid, run_prompts
 
 __all__ = ["conditioning_prompts", "random_inits", "sweep", "task_of"]
 
@@ -323,11 +325,9 @@ def _behavioural(
     partners = torch.cat([pairs[n][1] for n in names]).float()
     spec = ds.spec
     if spec["task"].get("kind") == "supervised":
-        from rl_gpt.collect.supervised_run import _load
-
         policy = spec["policy"]
         root = spec["task"].get("data_root")
-        x_test = _load(policy["dataset"], None if root is None else str(root))[2]
+        x_test = load_dataset_cached(policy["dataset"], None if root is None else str(root))[2]
         pick = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed))[:STATES]
         fraction = prediction_disagreement(ds.layout, policy["network"], params, partners, x_test[pick])
         seen, tol, compared = torch.full((len(params),), len(pick)), None, "predictions"

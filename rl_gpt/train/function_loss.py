@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.evaluate.dataset_metric import obs_stats
 from rl_gpt.evaluate.policy import PolicySpec
 from rl_gpt.layout import Layout
 
@@ -125,7 +126,6 @@ def function_probe(ds: CheckpointDataset, runs: list[int], count: int = 256, see
         pick = torch.randperm(len(x_train), generator=g)[:count]
         return FunctionProbe(ds.layout, x_train[pick].float(), "classifier", network=policy["network"])
     from rl_gpt.evaluate.states import visited_observations
-    from rl_gpt.sweep.protocol import obs_stats
 
     spec = PolicySpec.from_dict(ds.spec["policy"])
     valid = ds.valid_mask()

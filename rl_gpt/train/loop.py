@@ -28,6 +28,7 @@ from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import save_model
+from rl_gpt.train.probe import quick_alignment
 
 __all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
 
@@ -280,8 +281,6 @@ def _probe(
     step: int,
 ) -> None:
     """A quick prompt-alignment check on a few training and held-out inits, logged to W&B."""
-    from rl_gpt.sweep.protocol import quick_alignment
-
     for name, runs in (("train", train_runs), ("test", test_runs)):
         if not runs:
             continue
@@ -313,7 +312,6 @@ def _final_alignment(
 ) -> None:
     """Prompt alignment from the inits of up to 16 training and 16 held-out runs -> ``alignment.json``."""
     from rl_gpt.io import atomic_write_json
-    from rl_gpt.sweep.protocol import quick_alignment
 
     episodes = cfg.sweep.episodes  # as many as the sweep uses, so the two measure alike
     result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance}

@@ -1,6 +1,8 @@
-"""G.pt's desired-versus-observed protocol: prompt many targets from given inits, evaluate, fit.
+"""The dataset's metric for raw flat networks: episode returns for policies, test loss/error for classifiers.
 
-Shared by the training probe, ``rl-gpt sweep`` and the demo.
+Measured as the dataset labelled its checkpoints, so generated networks, retrieved checkpoints and
+the inits handed to the generator are comparable with the training data. Used by the training
+probe, sweeps, calibration and ``generate``.
 """
 
 from __future__ import annotations
@@ -8,29 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from rl_gpt.dataset import CheckpointDataset
-from rl_gpt.evaluate import EvalResult, PolicySpec, evaluate_params
-from rl_gpt.evaluate.alignment import alignment_r2
-from rl_gpt.train.generator import ParameterGenerator
+from rl_gpt.evaluate.policy import PolicySpec
+from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
+from rl_gpt.supervised.metric import supervised_metric
 
-__all__ = [
-    "evaluate_flat",
-    "label_protocol",
-    "obs_stats",
-    "prompt_grid",
-    "quick_alignment",
-    "run_prompts",
-    "start_metric",
-]
-
-
-def prompt_grid(spec: dict[str, Any], gen: ParameterGenerator, count: int) -> torch.Tensor:
-    """``count`` prompts evenly over the task's metric range (or the training data's)."""
-    rng = spec["task"].get("metric_range")
-    low, high = rng if rng else (gen.normalizer.metric_low, gen.normalizer.metric_high)
-    return torch.linspace(float(low), float(high), count)
+__all__ = ["evaluate_flat", "label_protocol", "obs_stats", "start_metric"]
 
 
 def obs_stats(ds: CheckpointDataset, runs: list[int]) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -65,8 +51,6 @@ def evaluate_flat(
     run on ``device`` where the task has torch dynamics.
     """
     if ds.spec["task"].get("kind") == "supervised":
-        from rl_gpt.collect.supervised_run import supervised_metric
-
         metric = supervised_metric(ds.spec, params)["metric"].double()
         return EvalResult(metric, torch.zeros_like(metric), metric[:, None], torch.zeros(len(metric), 1))
     spec = PolicySpec.from_dict(ds.spec["policy"])
@@ -120,59 +104,3 @@ def start_metric(
     """
     episodes, seed = label_protocol(ds.spec, fallback_episodes)
     return evaluate_flat(ds, params, episodes, seed, stats_runs, device=device).mean
-
-
-@torch.no_grad()
-def run_prompts(
-    gen: ParameterGenerator,
-    model: nn.Module | None,
-    theta: torch.Tensor,
-    metric: torch.Tensor,
-    prompts: torch.Tensor,
-    samples: int,
-    steps: int,
-    guidance: float,
-    seed: int = 0,
-    average: int = 1,
-) -> torch.Tensor:
-    """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters on the CPU.
-
-    Each sample is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`). Sampling
-    runs where the network is (a model on CUDA takes CPU inputs here).
-    """
-    k, d = theta.shape
-    p = prompts.numel()
-    device = next((gen.model if model is None else model).parameters()).device
-    th = theta[:, None, None].expand(k, p, samples, d).reshape(-1, d).to(device)
-    m = metric[:, None, None].expand(k, p, samples).reshape(-1).to(device)
-    pr = prompts[None, :, None].expand(k, p, samples).reshape(-1).to(device)
-    g = torch.Generator(device=device).manual_seed(seed)
-    out = gen.sample(th, m, pr, steps=steps, guidance=guidance, generator=g, model=model, average=average)
-    return out.reshape(k, p, samples, d).cpu()
-
-
-def quick_alignment(
-    gen: ParameterGenerator,
-    model: nn.Module | None,
-    ds: CheckpointDataset,
-    runs: list[int],
-    prompts: int = 8,
-    episodes: int = 4,
-    steps: int = 20,
-    guidance: float = 1.0,
-    seed: int = 0,
-    stats_runs: list[int] | None = None,
-) -> float:
-    """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt.
-
-    ``stats_runs`` supply VecNormalize statistics (use training runs, so held-out runs stay unseen).
-    """
-    slices = ds.run_slices()
-    rows = torch.tensor([slices[r].start for r in runs])
-    theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
-    grid = prompt_grid(ds.spec, gen, prompts)
-    out = run_prompts(gen, model, theta, metric, grid, 1, steps, guidance, seed)
-    res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, stats_runs or runs)
-    achieved = res.mean.reshape(len(runs), prompts)
-    worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())  # NaN counts as worst
-    return float(alignment_r2(grid, torch.nan_to_num(achieved, nan=worst)).mean())

@@ -1,0 +1,97 @@
+"""The rooms of docs/architecture.md depend one way: checked statically (lazy imports included) and on import."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "rl_gpt"
+
+# Which rooms each room may import directly (docs/architecture.md's "imports" column); a room may
+# always import itself. Imports inside functions count too: a lazy import is still an edge.
+ALLOWED: dict[str, set[str]] = {
+    "layout": set(),
+    "config": set(),
+    "io": set(),
+    "threads": set(),
+    "wandb_run": {"config"},
+    "devices": {"config"},
+    "sb3_policy": {"layout"},
+    "dataset": {"layout", "io"},
+    "supervised": {"layout", "config", "threads"},
+    "evaluate": {"layout", "sb3_policy", "dataset", "supervised", "threads"},
+    "collect": {"config", "dataset", "evaluate", "supervised", "layout", "sb3_policy", "io", "wandb_run"},
+    "model": {"layout"},
+    "diffusion": set(),
+    "train": {
+        *("model", "diffusion", "dataset", "devices", "evaluate", "supervised"),
+        *("layout", "config", "io", "wandb_run"),
+    },
+    "sweep": {
+        *("train", "evaluate", "supervised", "collect", "devices"),
+        *("dataset", "layout", "sb3_policy", "config", "io", "threads", "wandb_run"),
+    },
+    # generate -> sweep (random inits, the task, conditioning prompts) is a known sibling edge, not yet moved below.
+    "generate": {"train", "evaluate", "collect", "sweep", "dataset", "layout", "sb3_policy", "config", "io"},
+}
+ENTRY_POINTS = {"demo", "cli", "cli_data"}  # may import everything
+
+
+def _room(path: Path) -> str:
+    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
+def _imported_rooms(path: Path) -> set[str]:
+    """Rooms of ours that ``path`` imports anywhere in the file, at module level or inside functions."""
+    rooms = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [f"rl_gpt.{a.name}" for a in node.names] if node.module == "rl_gpt" else [node.module]
+        else:
+            continue
+        rooms |= {name.split(".")[1] for name in names if name.startswith("rl_gpt.")}
+    return rooms
+
+
+def test_every_room_imports_only_the_rooms_below_it() -> None:
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        room = _room(path)
+        if room in ENTRY_POINTS or room == "__init__":
+            continue
+        assert room in ALLOWED, f"{path.relative_to(PACKAGE)}: a new room; add it to ALLOWED and docs/architecture.md"
+        above = _imported_rooms(path) - ALLOWED[room] - {room}
+        bad += [f"{path.relative_to(PACKAGE)} imports rl_gpt.{r}" for r in sorted(above)]
+    assert not bad, "imports against docs/architecture.md's layering:\n" + "\n".join(bad)
+
+
+# A fresh interpreter per module: catches import cycles that only show in one import order, and
+# checks what importing a room actually loads (the static test above reads files, not packages).
+@pytest.mark.parametrize(
+    ("module", "forbidden"),
+    [
+        ("rl_gpt.supervised", {"evaluate", "collect", "train", "sweep", "generate"}),
+        ("rl_gpt.evaluate.dataset_metric", {"collect", "model", "diffusion", "train", "sweep", "generate"}),
+        ("rl_gpt.train.probe", {"collect", "sweep", "generate"}),
+        ("rl_gpt.collect.executor", {"train", "sweep", "generate"}),
+        ("rl_gpt.sweep.run", {"generate", "demo", "cli"}),
+        ("rl_gpt.generate.run", {"demo", "cli"}),
+    ],
+)
+def test_importing_a_room_loads_no_room_above_it(module: str, forbidden: set[str]) -> None:
+    code = (
+        f"import sys, {module}\n"
+        "print(' '.join(sorted({m.split('.')[1] for m in sys.modules if m.startswith('rl_gpt.')})))"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert not loaded & forbidden, f"importing {module} loads rl_gpt.{{{', '.join(sorted(loaded & forbidden))}}}"
