@@ -18,10 +18,11 @@ __all__ = ["generate", "load_start"]
 
 def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.Tensor:
     """The starting actor θ (D,): an SB3 policy file, or SB3's own random initialiser with ``seed``."""
+    from rl_gpt.collect.inits import random_inits
+    from rl_gpt.config import task_config
     from rl_gpt.sb3_policy import actor_layout, read_actor
-    from rl_gpt.sweep.run import random_inits, task_of
 
-    task = task_of(info["spec"])
+    task = task_config(info["spec"]["task"])
     if from_zip is None:
         return random_inits(task, 1, seed)[0]
     if task.kind == "supervised":
@@ -73,8 +74,9 @@ def generate(
     with these settings, the generator is conditioned on its map of ``target`` (``calibrated=False``:
     on ``target`` itself).
     """
+    from rl_gpt.config import task_config
     from rl_gpt.dataset import CheckpointDataset
-    from rl_gpt.sweep.run import conditioning_prompts, task_of
+    from rl_gpt.train.calibration import conditioning_prompts
 
     out = ensure_writable_dir(out)
     gen, info = load_generator(model_dir)
@@ -104,7 +106,7 @@ def generate(
     prompt = cond.expand(num)
     params = gen.sample(th, start.expand(num), prompt, steps=steps, guidance=guidance, generator=g, average=average)
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
-    task = task_of(info["spec"])
+    task = task_config(info["spec"]["task"])
     items = []
     supervised = task.kind == "supervised"
     for i in range(num):

@@ -8,13 +8,13 @@ identity (θ unchanged), each with the same alignment and success measures.
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, task_config, to_dict
+from rl_gpt.collect.inits import random_inits
+from rl_gpt.config import ExperimentConfig, SweepConfig, task_config, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
@@ -22,67 +22,12 @@ from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.supervised.data import load_dataset_cached
-from rl_gpt.train.calibration import PromptCalibration, load_calibration
+from rl_gpt.train.calibration import conditioning_prompts
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
 from rl_gpt.train.probe import prompt_grid, run_prompts
 
-__all__ = ["conditioning_prompts", "random_inits", "sweep", "task_of"]
-
-
-def task_of(spec: dict[str, Any]) -> TaskConfig:
-    """The TaskConfig a dataset or model was made with."""
-    return task_config(spec["task"])
-
-
-def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
-    """``count`` networks from the task's own initialiser (SB3's for policies) with seeds ``first_seed ...`` (K, D)."""
-    if task.kind == "supervised":
-        from rl_gpt.supervised import build_classifier, classifier_layout
-
-        layout = classifier_layout(task.network)
-        rows = []
-        for k in range(count):
-            torch.manual_seed(first_seed + k)
-            rows.append(layout.flatten(build_classifier(task.network).state_dict()).detach())
-        return torch.stack(rows)
-    from rl_gpt.collect.sb3_run import build_model
-    from rl_gpt.sb3_policy import actor_layout, read_actor
-
-    rows = []
-    for k in range(count):
-        model = build_model(task, seed=first_seed + k)
-        rows.append(read_actor(model.policy, actor_layout(model.policy, task.algo)))
-    return torch.stack(rows)
-
-
-def conditioning_prompts(
-    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, use: bool = True
-) -> tuple[torch.Tensor, PromptCalibration | None]:
-    """The prompts to condition on for ``desired`` metrics, and the calibration applied (None: as given).
-
-    A calibration measured for other weights (a retrained model) or with other sampler settings is
-    not applied, with a warning saying how to refit it.
-    """
-    cal = load_calibration(model_dir) if use else None
-    if cal is None:
-        return desired, None
-    if not cal.measured_for(model_dir):
-        warnings.warn(
-            f"{Path(model_dir) / 'calibration.json'} was not measured for these weights (the model was trained "
-            "again since, or the file names none): prompts are used as given; run `rl-gpt calibrate` to calibrate them",
-            stacklevel=2,
-        )
-        return desired, None
-    if not cal.matches(guidance, steps, average):
-        warnings.warn(
-            f"{Path(model_dir) / 'calibration.json'} was measured with {cal.describe()}, not guidance "
-            f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; run `rl-gpt calibrate` "
-            "with these settings to calibrate them",
-            stacklevel=2,
-        )
-        return desired, None
-    return cal.conditioning(desired), cal
+__all__ = ["sweep"]
 
 
 def _summary(
@@ -132,7 +77,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     gen, info = load_generator(model_dir)
     ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset_dir))
     check_compatible(info, ds.spec)
-    spec, task = ds.spec, task_of(ds.spec)
+    spec, task = ds.spec, task_config(ds.spec["task"])
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]
     test_runs = info["meta"]["test_runs"]

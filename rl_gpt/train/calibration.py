@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ import torch
 from rl_gpt.io import atomic_write_json
 from rl_gpt.train.modelfile import ModelFileError
 
-__all__ = ["CALIBRATION_FILE", "PromptCalibration", "fit_calibration", "load_calibration", "model_fingerprint"]
+__all__ = [
+    "CALIBRATION_FILE",
+    "PromptCalibration",
+    "conditioning_prompts",
+    "fit_calibration",
+    "load_calibration",
+    "model_fingerprint",
+]
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -131,3 +139,32 @@ def _check(cal: PromptCalibration) -> None:
         raise ValueError("sampler must name guidance, steps and average")
     if cal.model_sha256 is not None and not isinstance(cal.model_sha256, str):
         raise ValueError("model_sha256 must be a string")
+
+
+def conditioning_prompts(
+    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, use: bool = True
+) -> tuple[torch.Tensor, PromptCalibration | None]:
+    """The prompts to condition on for ``desired`` metrics, and the calibration applied (None: as given).
+
+    A calibration measured for other weights (a retrained model) or with other sampler settings is
+    not applied, with a warning saying how to refit it.
+    """
+    cal = load_calibration(model_dir) if use else None
+    if cal is None:
+        return desired, None
+    if not cal.measured_for(model_dir):
+        warnings.warn(
+            f"{Path(model_dir) / 'calibration.json'} was not measured for these weights (the model was trained "
+            "again since, or the file names none): prompts are used as given; run `rl-gpt calibrate` to calibrate them",
+            stacklevel=2,
+        )
+        return desired, None
+    if not cal.matches(guidance, steps, average):
+        warnings.warn(
+            f"{Path(model_dir) / 'calibration.json'} was measured with {cal.describe()}, not guidance "
+            f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; run `rl-gpt calibrate` "
+            "with these settings to calibrate them",
+            stacklevel=2,
+        )
+        return desired, None
+    return cal.conditioning(desired), cal
