@@ -79,7 +79,8 @@ def test_unknown_preset():
 def test_a_preset_extends_another_and_overrides_only_what_it_names():
     full, base = load_config("digits_full"), load_config("digits")
     assert full.task == base.task and full.collect == base.collect
-    assert (full.train.batch, full.train.steps, full.train.guidance) == (1024, 3200, base.train.guidance)
+    assert (full.train.batch, full.train.steps, full.train.calibrate) == (1024, 3200, base.train.calibrate)
+    assert full.sweep.average == base.sweep.average and full.sweep.guidance == 1.0 != base.sweep.guidance
     assert full.train.model_overrides == {"width": 256, "heads": 4, "depth": 6}
     assert full.out == "runs/digits_full"
 
@@ -98,8 +99,8 @@ def test_extends_a_file_beside_it_and_refuses_a_loop(tmp_path):
 
 
 def test_an_empty_section_keeps_the_base_section(tmp_path):
-    (tmp_path / "c.yaml").write_text("extends: digits\nsweep:\n")
-    assert load_config(tmp_path / "c.yaml").sweep.guidance == load_config("digits").sweep.guidance == 1.0
+    (tmp_path / "c.yaml").write_text("extends: digits\nsweep:\n")  # digits sets 1.5, not the default 2
+    assert load_config(tmp_path / "c.yaml").sweep.guidance == load_config("digits").sweep.guidance == 1.5
 
 
 def test_wandb_mode_variable_sits_between_the_file_and_the_command_line(monkeypatch):

@@ -88,7 +88,7 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     assert code == 0
     record = json.loads((gen_dir / "generated.json").read_text())
     assert record["average"] == 3 and len(record["policies"]) == 2 and not record["calibrated"]
-    assert record["steps"] == 10 and record["guidance"] == 1.0  # the digits preset's sweep.steps and sweep.guidance
+    assert record["steps"] == 10 and record["guidance"] == 1.5  # the digits preset's sweep.steps and sweep.guidance
     net = build_classifier("digits_mlp")
     net.load_state_dict(load_file(str(gen_dir / record["policies"][0]["file"])))  # loads into the task's nn.Module
     layout = classifier_layout("digits_mlp")
