@@ -85,9 +85,15 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         average=args.average,
         calibrated=not args.no_calibration,
     )
-    print(f"start return {rec['start_return']:.1f} -> prompted {rec['target_return']:.1f}")
-    for p in rec["policies"]:
-        print(f"  {p['file']}: achieved {p['achieved_return']:.1f} +- {p['achieved_std']:.1f}")
+    if "policies" in rec:
+        print(f"start return {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}")
+        for p in rec["policies"]:
+            print(f"  {p['file']}: achieved {p['achieved_return']:.4g} +- {p['achieved_std']:.3g}")
+    else:  # several targets: one folder each
+        print(f"start return {rec['start_return']:.4g}; {rec['policies_per_target']} per target")
+        for folder, target, got in zip(rec["folders"], rec["target_return"], rec["achieved_mean"], strict=True):
+            print(f"  target {target:<8.4g} achieved {got:<8.4g} {args.out}/{folder}/")
+        print(f"plot: {args.out}/generated.png")
     print(f"written to {args.out}/generated.json")
 
 
@@ -179,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate policies prompted with a target return")
     p.add_argument("--model", required=True, help="model directory written by `rl-gpt train`")
-    p.add_argument("--target-return", type=float, required=True, help="the prompted return")
+    p.add_argument(
+        "--target-return",
+        type=float,
+        nargs="+",
+        required=True,
+        help="the prompted return (or test loss/error); several values sweep them from the same start",
+    )
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from", dest="from_zip", help="start from this SB3 policy .zip")
     start.add_argument("--random-init", action="store_true", help="start from SB3's random initialiser (default)")

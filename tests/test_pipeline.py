@@ -377,6 +377,43 @@ def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path)
     assert (tmp_path / "g2" / "policy_000.zip").is_file()
 
 
+def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["generate", "--model", str(experiment / "model"), "--target-return", "100", "400", "100"]
+    assert main([*args, "--num", "2", "--episodes", "2", "--seed", "3", "--out", str(out)]) == 0
+    summary = json.loads((out / "generated.json").read_text())
+    assert summary["target_return"] == [100.0, 400.0]  # a repeated target is swept once
+    assert summary["folders"] == ["target_100", "target_400"] and (out / "generated.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "target 400" in printed and "generated.png" in printed
+    for folder, target, mean in zip(summary["folders"], summary["target_return"], summary["achieved_mean"]):
+        record = json.loads((out / folder / "generated.json").read_text())  # a single target's layout
+        assert record["target_return"] == target and record["start"] == summary["start"]
+        assert len(record["policies"]) == 2 and (out / folder / "policy_001.zip").is_file()
+        assert mean == pytest.approx(sum(p["achieved_return"] for p in record["policies"]) / 2)
+    # the same start: a single-target call from the same seed reports the same start return
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(experiment / "model"),
+                "--target-return",
+                "400",
+                "--episodes",
+                "2",
+                "--seed",
+                "3",
+                "--out",
+                str(tmp_path / "one"),
+            ]
+        )
+        == 0
+    )
+    single = json.loads((tmp_path / "one" / "generated.json").read_text())
+    assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
+
+
 def test_prompt_outside_the_training_range_warns(experiment, tmp_path):
     with pytest.warns(UserWarning, match="outside the training data's range"):
         main(

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from rl_gpt.config import TaskConfig
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.generate.export import export_safetensors, export_sb3
+from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
+from rl_gpt.layout import Layout
 from rl_gpt.train.modelfile import ModelFileError, load_generator, model_dataset
 
 __all__ = ["generate", "load_start"]
@@ -52,7 +56,7 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
 
 def generate(
     model_dir: str | Path,
-    target: float,
+    target: float | Sequence[float],
     out: str | Path,
     from_zip: str | None = None,
     seed: int = 0,
@@ -66,10 +70,14 @@ def generate(
 ) -> dict[str, Any]:
     """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
 
+    ``target`` may be several values: a return sweep from the same start, sampled in one batch.
+    Each target then gets a folder ``target_<value>/`` laid out as a single target's ``out``, and
+    ``out`` holds a summary ``generated.json`` and ``generated.png`` (prompted against achieved).
+
     ``guidance`` defaults to the scale the model's config sweeps with (``sweep.guidance``: 2 for the
-    CartPole presets, 1 for digits); ``dataset`` is a fallback location of the model's dataset; each policy is
-    the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many as the
-    model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
+    CartPole presets, 1.5 for digits); ``dataset`` is a fallback location of the model's dataset; each
+    policy is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many
+    as the model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
     sampling steps (default: ``sweep.steps``). Where the model has a ``calibration.json`` measured
     with these settings, the generator is conditioned on its map of ``target`` (``calibrated=False``:
     on ``target`` itself).
@@ -78,13 +86,17 @@ def generate(
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.train.calibration import conditioning_prompts
 
+    targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
+    if not targets:
+        raise ValueError("no target given: pass one or more values to --target-return")
     out = ensure_writable_dir(out)
     gen, info = load_generator(model_dir)
     low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
-    if not low - 0.1 * (high - low) <= target <= high + 0.1 * (high - low):
+    outside = [t for t in targets if not low - 0.1 * (high - low) <= t <= high + 0.1 * (high - low)]
+    if outside:
         warnings.warn(
-            f"target {target} lies outside the training data's range [{low:.1f}, {high:.1f}]; "
-            "expect the generator to extrapolate poorly",
+            f"target {', '.join(f'{t:g}' for t in outside)} lies outside the training data's range "
+            f"[{low:.1f}, {high:.1f}]; expect the generator to extrapolate poorly",
             stacklevel=2,
         )
     theta = load_start(info, from_zip, seed)
@@ -99,46 +111,90 @@ def generate(
         steps = int(swept.get("steps", 20))
     runs = info["meta"]["train_runs"]
     start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
-    start_return = evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean  # reported like the outputs
-    th = theta[None].expand(num, -1)
+    start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean[0])  # reported like the outputs
+    rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
     g = torch.Generator().manual_seed(seed)
-    cond, cal = conditioning_prompts(model_dir, torch.tensor([float(target)]), guidance, steps, average, calibrated)
-    prompt = cond.expand(num)
-    params = gen.sample(th, start.expand(num), prompt, steps=steps, guidance=guidance, generator=g, average=average)
+    cond, cal = conditioning_prompts(model_dir, torch.tensor(targets), guidance, steps, average, calibrated)
+    params = gen.sample(
+        theta[None].expand(rows, -1),
+        start.expand(rows),
+        cond.repeat_interleave(num),
+        steps=steps,
+        guidance=guidance,
+        generator=g,
+        average=average,
+    )
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_config(info["spec"]["task"])
-    items = []
-    supervised = task.kind == "supervised"
-    for i in range(num):
-        path = out / (f"classifier_{i:03d}.safetensors" if supervised else f"policy_{i:03d}.zip")
-        written = bool(torch.isfinite(params[i]).all())  # a non-finite sample is recorded with no file
-        if not written:
-            path.unlink(missing_ok=True)  # never point at a stale file from an earlier call
-        elif supervised:  # a state_dict that loads into rl_gpt.supervised.build_classifier(task.network)
-            export_safetensors(gen.layout, params[i], path)
-        else:
-            export_sb3(task, gen.layout, params[i], path, seed=seed)
-        items.append(
-            {
-                "file": path.name if written else None,
-                "achieved_return": float(res.mean[i]),
-                "achieved_std": float(res.std[i]),
-            }
-        )
-    record = {
+    initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
+    shared = {
         "task": task.name,
         "env_id": task.env_id,
-        "target_return": target,
-        "conditioned_on": float(cond[0]),  # the prompt given to the generator (calibration.json's map of target)
+        "metric": info["spec"]["metric"]["name"],
         "calibrated": cal is not None,
         "guidance": guidance,
         "steps": steps,
         "average": average,
         "episodes": episodes,
-        "start": from_zip or f"random init (SB3 initialiser, seed {seed})",
-        "start_return": float(start_return[0]),
-        "policies": items,
+        "start": from_zip or f"random init ({initialiser} initialiser, seed {seed})",
+        "start_return": start_return,
         "model": str(Path(model_dir).resolve()),
     }
-    atomic_write_json(out / "generated.json", record)
-    return record
+    records = []
+    for j, t in enumerate(targets):
+        folder = out if len(targets) == 1 else ensure_writable_dir(out / f"target_{t:g}")
+        rows_j = slice(j * num, (j + 1) * num)
+        items = _export(task, gen.layout, params[rows_j], res.mean[rows_j], res.std[rows_j], folder, seed)
+        record = {
+            **shared,
+            "target_return": t,
+            "conditioned_on": float(cond[j]),  # the prompt given to the generator (calibration.json's map of t)
+            "policies": items,
+        }
+        atomic_write_json(folder / "generated.json", record)
+        records.append(record)
+    if len(targets) == 1:
+        return records[0]
+    achieved = res.mean.reshape(len(targets), num)
+    summary = {
+        **shared,
+        "target_return": targets,
+        "conditioned_on": cond.tolist(),
+        "achieved_mean": achieved.nanmean(1).tolist(),
+        "folders": [f"target_{t:g}" for t in targets],
+        "policies_per_target": num,
+    }
+    atomic_write_json(out / "generated.json", summary)
+    plot_targets(summary, achieved, out / "generated.png")
+    return summary
+
+
+def _export(
+    task: TaskConfig,
+    layout: Layout,
+    params: torch.Tensor,
+    achieved: torch.Tensor,
+    std: torch.Tensor,
+    folder: Path,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Write each network of ``params`` (N, D) into ``folder``; the records of generated.json's ``policies``."""
+    supervised = task.kind == "supervised"
+    items = []
+    for i in range(params.shape[0]):
+        path = folder / (f"classifier_{i:03d}.safetensors" if supervised else f"policy_{i:03d}.zip")
+        written = bool(torch.isfinite(params[i]).all())  # a non-finite sample is recorded with no file
+        if not written:
+            path.unlink(missing_ok=True)  # never point at a stale file from an earlier call
+        elif supervised:  # a state_dict that loads into rl_gpt.supervised.build_classifier(task.network)
+            export_safetensors(layout, params[i], path)
+        else:
+            export_sb3(task, layout, params[i], path, seed=seed)
+        items.append(
+            {
+                "file": path.name if written else None,
+                "achieved_return": float(achieved[i]),
+                "achieved_std": float(std[i]),
+            }
+        )
+    return items

@@ -1,0 +1,39 @@
+"""The figure of a return sweep from one start: each target against what its policies achieved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["plot_targets"]
+
+
+def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Path) -> Path:
+    """Plot ``achieved`` (T, N): N policies per target, against ``summary['target_return']`` (T,) and y = x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = torch.tensor(summary["target_return"], dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot(targets, targets, "k--", lw=1, label="y = x")
+    for i in range(achieved.shape[1]):
+        ax.scatter(targets, achieved[:, i], color="C0", alpha=0.6, label="generated" if i == 0 else None)
+    ax.plot(targets, achieved.nanmean(1), "-", color="C0", lw=1)
+    ax.axhline(summary["start_return"], color="C3", lw=1, ls=":", label="start")
+    name = summary.get("metric", "return")
+    ax.set_xlabel(f"target {name}")
+    ax.set_ylabel(f"achieved {name}")
+    calibrated = ", prompts calibrated" if summary["calibrated"] else ""
+    ax.set_title(f"{summary['task']} from {summary['start']}{calibrated}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")  # never a half-written figure under the final name
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
