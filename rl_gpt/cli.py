@@ -86,11 +86,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         calibrated=not args.no_calibration,
     )
     if "policies" in rec:
-        print(f"start return {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}")
+        print(f"start {rec['metric']} {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}")
         for p in rec["policies"]:
             print(f"  {p['file']}: achieved {p['achieved_return']:.4g} +- {p['achieved_std']:.3g}")
     else:  # several targets: one folder each
-        print(f"start return {rec['start_return']:.4g}; {rec['policies_per_target']} per target")
+        print(f"start {rec['metric']} {rec['start_return']:.4g}; {rec['policies_per_target']} per target")
         for folder, target, got in zip(rec["folders"], rec["target_return"], rec["achieved_mean"], strict=True):
             print(f"  target {target:<8.4g} achieved {got:<8.4g} {args.out}/{folder}/")
         print(f"plot: {args.out}/generated.png")
@@ -123,16 +123,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
+    from rl_gpt.io import atomic_write_json, ensure_writable_dir
+    from rl_gpt.sweep.compare import ReportError, compare_reports, comparison_json, format_comparison
 
-    from rl_gpt.sweep.compare import compare_reports, format_comparison
-
+    if args.json:  # fail before the work, naming the path given
+        if Path(args.json).is_dir():
+            raise ReportError(f"--json {args.json} is a directory; give a file name such as {args.json}/compare.json")
+        ensure_writable_dir(Path(args.json).resolve().parent)
     rows = compare_reports(args.reports)
     print(format_comparison(rows))
     if args.json:
-        from rl_gpt.io import atomic_write_json
-
-        atomic_write_json(args.json, [asdict(r) for r in rows])
+        atomic_write_json(args.json, comparison_json(rows))
 
 
 COMMANDS = {
@@ -194,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from", dest="from_zip", help="start from this SB3 policy .zip")
-    start.add_argument("--random-init", action="store_true", help="start from SB3's random initialiser (default)")
+    start.add_argument(
+        "--random-init",
+        action="store_true",
+        help="start from the task's own random initialiser (SB3's for policies; the default)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
     p.add_argument("--num", type=int, default=1, help="number of policies")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's sweep.guidance)")
@@ -222,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="retrain the generator, ignoring a saved training state")
     p.add_argument("-q", "--quiet", action="store_true")
 
-    p = sub.add_parser("compare", help="paired comparison of sweep reports over the same inits, with 95 % intervals")
+    p = sub.add_parser(
+        "compare",
+        help="paired comparison of sweep reports over the same inits, with 95%% intervals",
+        description="Compare sweep reports of the same task, inits and prompts init by init: R², the one-step "
+        "metric and their paired differences from the first report with bootstrap 95% intervals, and the share "
+        "of squared error that all inits share (bias).",
+    )
     p.add_argument("reports", nargs="+", help="report.json files or sweep --out directories; the first is the base")
     p.add_argument("--json", help="also write the rows to this JSON file")
 

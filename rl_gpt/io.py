@@ -9,7 +9,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "atomic_write_text", "ensure_writable_dir", "replace_dir"]
+__all__ = ["atomic_save_safetensors", "atomic_write_json", "atomic_write_text", "ensure_writable_dir", "replace_dir"]
+
+
+def _file_mode() -> int:
+    """What ``open()`` would give a new file under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+# mkstemp (and safetensors' writer) create files 0600 whatever the umask; outputs such as spec.json,
+# report.json and exported weights are for others to read too, so they get the mode open() would give.
+FILE_MODE = _file_mode()
 
 
 def ensure_writable_dir(path: str | Path) -> Path:
@@ -29,6 +41,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -41,6 +54,22 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path) -> Path:
+    """``safetensors.torch.save_file`` under a temporary name, renamed into place with the usual file mode."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file(tensors, str(tmp))
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -58,17 +59,25 @@ def test_bias_share_separates_a_shared_offset_from_spread(tmp_path: Path) -> Non
 
 
 def test_failed_samples_count_as_the_worst_prompt(tmp_path: Path) -> None:
-    achieved = PROMPTS.view(1, -1, 1).expand(4, -1, 2).clone()
-    achieved[0, -1, 0] = float("nan")
-    rows = compare_reports([_write(tmp_path / "nan", achieved)])
-    assert rows[0].r2 < 1.0 and rows[0].bias_share > 0
+    exact = PROMPTS.view(1, -1, 1).expand(4, -1, 2).clone()
+    broken = exact.clone()
+    broken[0, -1, 0] = float("nan")  # one sample at the best prompt (500) failed
+    rows = compare_reports([_write(tmp_path / "exact", exact), _write(tmp_path / "nan", broken)])
+    assert rows[1].r2 < 1.0 and rows[1].bias_share > 0
+    # the failed sample counts as the worst prompt (100): init 0's one-step mean is (100 + 500) / 2
+    assert rows[1].one_step == pytest.approx((300 + 3 * 500) / 4)
+    assert rows[1].one_step_delta == pytest.approx(-50.0)
+    assert all(math.isfinite(c) for c in rows[1].one_step_delta_ci95)
 
 
 def test_reports_on_other_inits_are_refused(tmp_path: Path) -> None:
     a = _write(tmp_path / "a", _noisy(8, 10.0, 0))
     b = _write(tmp_path / "b", _noisy(8, 10.0, 1), init_seed=2000)
-    with pytest.raises(ReportError, match="init_seed"):
+    with pytest.raises(ReportError, match="sweep.init_seed 2000.* 1000.*same sweep.init_seed"):
         compare_reports([a, b])
+    c = _write(tmp_path / "c", _noisy(8, 10.0, 0), higher=False)
+    with pytest.raises(ReportError, match="direction"):
+        compare_reports([a, c])
 
 
 def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, capsys) -> None:
@@ -78,7 +87,9 @@ def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, 
     out = capsys.readouterr().out
     assert str(b) in out and "paired" in out
     rows = json.loads((tmp_path / "cmp.json").read_text())
-    assert len(rows) == 2 and rows[1]["r2_delta"] < 0
+    assert len(rows) == 2 and rows[1]["r2_delta"] < 0 and rows[0]["r2_delta"] is None
+    assert rows[0]["metric"] == "return" and rows[0]["inits"] == 8 and rows[0]["prompts"] == 5
+    assert "return (higher is better), 8 inits x 5 prompts" in out and "coarse" in out
 
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "report.json").write_text("{not json")
@@ -87,5 +98,14 @@ def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, 
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "report.json").write_text(json.dumps({"prompts": [1, 2]}))
     assert main(["compare", str(tmp_path / "partial")]) == 2
+    (tmp_path / "scalar").mkdir()
+    (tmp_path / "scalar" / "report.json").write_text("null")
+    assert main(["compare", str(tmp_path / "scalar")]) == 2
+    shape = json.loads((a / "report.json").read_text())
+    shape["metric"] = {}
+    (tmp_path / "nometric").mkdir()
+    (tmp_path / "nometric" / "report.json").write_text(json.dumps(shape))
+    assert main(["compare", str(tmp_path / "nometric")]) == 2
+    assert main(["compare", str(a), "--json", str(tmp_path)]) == 2  # a directory: refused before any work
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("rl-gpt compare: error:") for line in err)
+    assert len(err) == 6 and all(line.startswith("rl-gpt compare: error:") for line in err)

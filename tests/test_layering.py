@@ -51,6 +51,10 @@ def _imported_rooms(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:  # resolve against this module's package
+            package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # ("rl_gpt", "diffusion")
+            base = ".".join(package[: len(package) - (node.level - 1)])
+            names = [f"{base}.{node.module}"] if node.module else [f"{base}.{a.name}" for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [f"rl_gpt.{a.name}" for a in node.names] if node.module == "rl_gpt" else [node.module]
         else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from rl_gpt.config import TaskConfig
+from rl_gpt.io import atomic_save_safetensors
 from rl_gpt.layout import Layout
 
 __all__ = ["export_sb3", "export_safetensors"]
@@ -36,8 +36,4 @@ def export_safetensors(layout: Layout, flat: torch.Tensor, path: str | Path) -> 
     """Save ``flat`` as a named state dict (the network's own parameter names)."""
     if not torch.isfinite(flat).all():
         raise ValueError("refusing to export non-finite (NaN/inf) parameters")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in layout.unflatten(flat.detach().cpu()).items()}, str(tmp))
-    tmp.replace(path)
-    return path
+    return atomic_save_safetensors({k: v.contiguous() for k, v in layout.unflatten(flat.detach().cpu()).items()}, path)

@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["ReportError", "SweepComparison", "bias_share", "compare_reports", "format_comparison", "load_report"]
+__all__ = [
+    "ReportError",
+    "SweepComparison",
+    "bias_share",
+    "compare_reports",
+    "comparison_json",
+    "format_comparison",
+    "load_report",
+]
 
 
 class ReportError(ValueError):
@@ -33,6 +41,11 @@ class SweepComparison:
     """One report's numbers, and its paired differences from the first report (None for the first)."""
 
     path: str
+    metric: str
+    higher_is_better: bool
+    inits: int
+    prompts: int
+    samples: int
     r2: float
     r2_ci95: tuple[float, float]
     one_step: float
@@ -54,10 +67,27 @@ def load_report(path: str | Path) -> dict[str, Any]:
         report = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ReportError(f"{p} is not a sweep report ({e}); rerun `rl-gpt sweep`") from None
+    if not isinstance(report, dict):
+        kind = {list: "an array", str: "a string", type(None): "null"}.get(type(report), "a number")
+        raise ReportError(f"{p} holds {kind}, not a sweep report's JSON object; rerun `rl-gpt sweep`")
     missing = {"prompts", "achieved", "r2_per_init", "metric", "config", "task"} - set(report)
     if missing:
         raise ReportError(f"{p} lacks {', '.join(sorted(missing))}: not a sweep report, or one from an older rl_gpt")
-    report["_path"] = str(p.parent)
+    try:
+        prompts = torch.tensor(report["prompts"], dtype=torch.float64)
+        achieved = torch.tensor(report["achieved"], dtype=torch.float64)
+        k = len(report["r2_per_init"])
+        bool(report["metric"]["higher_is_better"]), dict(report["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ReportError(
+            f"{p} is not a well-formed sweep report ({type(e).__name__}: {e}); rerun `rl-gpt sweep`"
+        ) from None
+    if achieved.dim() != 3 or achieved.shape[:2] != (k, len(prompts)):
+        raise ReportError(
+            f"{p}: achieved has shape {tuple(achieved.shape)}, expected ({k}, {len(prompts)}, samples); "
+            "rerun `rl-gpt sweep`"
+        )
+    report["_path"] = str(p)
     return report
 
 
@@ -79,26 +109,34 @@ def bias_share(report: dict[str, Any]) -> float:
 
 
 def _one_step_per_init(report: dict[str, Any]) -> torch.Tensor:
-    """Mean achieved metric at the best prompt, per init (K,)."""
-    prompts = torch.tensor(report["prompts"], dtype=torch.float64)
+    """Mean achieved metric at the best prompt, per init (K,); a failed sample counts as the worst prompt.
+
+    Counting failures keeps an init that broke in the pairing (as R² does). The sweep's own
+    ``one_step.mean_return`` leaves them out, so the two differ only when a sample failed.
+    """
+    prompts, achieved = _achieved(report)
     best = int(prompts.argmax() if report["metric"]["higher_is_better"] else prompts.argmin())
-    return torch.tensor(report["achieved"], dtype=torch.float64)[:, best].nanmean(-1)
+    return achieved[:, best].mean(-1)
 
 
-def _pairing_key(report: dict[str, Any]) -> tuple[Any, ...]:
+def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for two reports to be compared init by init, by the setting that controls it."""
     sweep = report["config"]
-    return (
-        report["task"],
-        report["metric"].get("name"),
-        int(sweep.get("inits", len(report["r2_per_init"]))),
-        sweep.get("init_seed"),
-        tuple(round(float(p), 6) for p in report["prompts"]),
-    )
+    return {
+        "task": report["task"],
+        "metric": report["metric"].get("name"),
+        "direction": "higher is better" if report["metric"]["higher_is_better"] else "lower is better",
+        "sweep.inits": int(sweep.get("inits", len(report["r2_per_init"]))),
+        "sweep.init_seed": sweep.get("init_seed"),
+        "sweep.prompts": len(report["prompts"]),
+        # the grid spans the model's metric range unless task.metric_range fixes it
+        "prompt values": [round(float(p), 4) for p in report["prompts"]],
+    }
 
 
 def _interval(values: torch.Tensor, idx: torch.Tensor) -> tuple[float, float]:
     means = values[idx].nanmean(1)
-    return float(means.quantile(0.025)), float(means.quantile(0.975))
+    return float(means.nanquantile(0.025)), float(means.nanquantile(0.975))
 
 
 def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 0) -> list[SweepComparison]:
@@ -111,12 +149,21 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
         raise ReportError("give at least one sweep report")
     reports = [load_report(p) for p in paths]
     base = reports[0]
+    want = _pairing_fields(base)
     for r in reports[1:]:
-        if _pairing_key(r) != _pairing_key(base):
-            raise ReportError(
-                f"{r['_path']} and {base['_path']} were not swept on the same task, inits (count and "
-                "init_seed) and prompts; rerun one with the other's sweep.inits, sweep.init_seed and sweep.prompts"
-            )
+        got = _pairing_fields(r)
+        for key in want:
+            if got[key] != want[key]:
+                hint = {
+                    "task": "task",
+                    "metric": "task.metric",
+                    "direction": "task.higher_is_better",
+                    "prompt values": "task.metric_range",
+                }.get(key, key)
+                raise ReportError(
+                    f"{r['_path']} has {key} {got[key]}, {base['_path']} has {want[key]}: not the same inits "
+                    f"and prompts, so they cannot be paired; sweep both with the same {hint}"
+                )
     k = len(base["r2_per_init"])
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(k, (resamples, k), generator=g)  # one resample of inits for every statistic
@@ -126,7 +173,20 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
     for r in reports:
         r2 = torch.tensor(r["r2_per_init"], dtype=torch.float64)
         one = _one_step_per_init(r)
-        row = SweepComparison(r["_path"], float(r2.mean()), _interval(r2, idx), float(one.nanmean()), bias_share(r))
+        k_, p_, s_ = torch.tensor(r["achieved"]).shape
+        metric = r["metric"]
+        row = SweepComparison(
+            r["_path"],
+            str(metric.get("name", "metric")),
+            bool(metric["higher_is_better"]),
+            k_,
+            p_,
+            s_,
+            float(r2.mean()),
+            _interval(r2, idx),
+            float(one.mean()),
+            bias_share(r),
+        )
         if r is not base:
             row.r2_delta = float((r2 - base_r2).mean())
             row.r2_delta_ci95 = _interval(r2 - base_r2, idx)
@@ -137,24 +197,50 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
 
 
 def _signed(value: float | None, ci: tuple[float, float] | None, digits: int) -> str:
-    if value is None or ci is None or math.isnan(value):
+    if value is None or ci is None or math.isnan(value) or any(math.isnan(c) for c in ci):
         return "–"
     return f"{value:+.{digits}f} [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
+def _shown(path: str) -> str:
+    p = Path(path)
+    return str(p.parent) if p.name == "report.json" else str(p)
+
+
 def format_comparison(rows: list[SweepComparison]) -> str:
     """A plain-text table: one line per report, deltas paired against the first."""
+    first = rows[0]
+    better = "higher" if first.higher_is_better else "lower"
+    lines = [f"{first.metric} ({better} is better), {first.inits} inits x {first.prompts} prompts, paired init by init"]
     digits = 4 if all(abs(r.one_step) < 10 for r in rows) else 1
-    width = max(len("sweep"), *(len(r.path) for r in rows))
+    names = [_shown(r.path) for r in rows]
+    width = max(len("sweep"), *(len(n) for n in names))
     head = f"{'sweep':<{width}}  {'R2':>6} {'[95% CI]':<16} {'ΔR2 paired [95% CI]':<26} {'one-step':>9} "
     head += f"{'Δ one-step paired [95% CI]':<32} {'bias':>5}"
-    lines = [head]
-    for r in rows:
+    lines.append(head)
+    for name, r in zip(names, rows, strict=True):
         ci = f"[{r.r2_ci95[0]:.3f}, {r.r2_ci95[1]:.3f}]"
         lines.append(
-            f"{r.path:<{width}}  {r.r2:6.3f} {ci:<16} {_signed(r.r2_delta, r.r2_delta_ci95, 3):<26} "
+            f"{name:<{width}}  {r.r2:6.3f} {ci:<16} {_signed(r.r2_delta, r.r2_delta_ci95, 3):<26} "
             f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "
             f"{r.bias_share:5.2f}"
         )
-    lines.append("Δ: paired with the first report over the same inits; bias: share of squared error all inits share")
+    lines.append("Δ: against the first report, over the same inits (95 % bootstrap intervals over inits)")
+    lines.append("one-step: mean at the best prompt, a failed sample counted as the worst prompt")
+    lines.append("bias: share of the squared error that all inits share (what `rl-gpt calibrate` can remove)")
+    if first.inits < 16:
+        lines.append(f"only {first.inits} inits: the intervals are coarse; sweep more inits to trust them")
     return "\n".join(lines)
+
+
+def comparison_json(rows: list[SweepComparison]) -> list[dict[str, Any]]:
+    """The rows as JSON-ready dicts, with null for numbers that are not defined (NaN)."""
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    return [{k: clean(v) for k, v in asdict(r).items()} for r in rows]

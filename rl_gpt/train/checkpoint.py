@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from rl_gpt.io import atomic_write_json, replace_dir
+from rl_gpt.io import atomic_save_safetensors, atomic_write_json, replace_dir
 
 __all__ = ["load_train_state", "read_data_state", "save_train_state"]
 
@@ -49,7 +49,7 @@ def save_train_state(
         for name, value in st.items():
             tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng.sampler"] = sampler_gen.get_state()
-    save_file(tensors, str(tmp / "state.safetensors"))
+    atomic_save_safetensors(tensors, tmp / "state.safetensors")
     info = {"step": step, "param_groups": opt_state["param_groups"], "config": config, "data": data_state}
     atomic_write_json(tmp / "state.json", info)
     replace_dir(tmp, directory)

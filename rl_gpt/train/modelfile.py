@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.io import atomic_write_json
+from rl_gpt.io import atomic_save_safetensors, atomic_write_json
 from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
 from rl_gpt.train.generator import ParameterGenerator
@@ -45,9 +45,7 @@ def save_model(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / ".model.safetensors.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(directory / "model.safetensors")
+    atomic_save_safetensors(state, directory / "model.safetensors")
     atomic_write_json(
         directory / "model.json",
         {

@@ -1,0 +1,48 @@
+"""Crash-safe outputs: whole files or none, readable by others as open() would make them."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rl_gpt.cli import main
+from rl_gpt.io import FILE_MODE, atomic_save_safetensors, atomic_write_json
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_outputs_get_the_mode_of_the_umask_not_mkstemps_0600(tmp_path: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    assert 0o666 & ~mask == FILE_MODE
+    atomic_write_json(tmp_path / "spec.json", {"a": 1})
+    atomic_save_safetensors({"w": torch.ones(3)}, tmp_path / "model.safetensors")
+    assert _mode(tmp_path / "spec.json") == FILE_MODE
+    assert _mode(tmp_path / "model.safetensors") == FILE_MODE
+    assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "spec.json"]  # no temporaries
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "r.json", {"old": True})
+    with pytest.raises(TypeError):
+        atomic_write_json(tmp_path / "r.json", {"bad": object()})
+    assert (tmp_path / "r.json").read_text().strip().startswith('{\n  "old": true')
+    with pytest.raises((TypeError, ValueError)):
+        atomic_save_safetensors({"w": "not a tensor"}, tmp_path / "m.safetensors")  # type: ignore[dict-item]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_top_level_help_works(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "compare" in out and "generate" in out
