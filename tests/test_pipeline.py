@@ -392,24 +392,8 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
         assert len(record["policies"]) == 2 and (out / folder / "policy_001.zip").is_file()
         assert mean == pytest.approx(sum(p["achieved_return"] for p in record["policies"]) / 2)
     # the same start: a single-target call from the same seed reports the same start return
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(experiment / "model"),
-                "--target-return",
-                "400",
-                "--episodes",
-                "2",
-                "--seed",
-                "3",
-                "--out",
-                str(tmp_path / "one"),
-            ]
-        )
-        == 0
-    )
+    one = ["--target-return", "400", "--episodes", "2", "--seed", "3", "--out", str(tmp_path / "one")]
+    assert main([*args[:3], *one]) == 0
     single = json.loads((tmp_path / "one" / "generated.json").read_text())
     assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
 
