@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `rl-gpt compare ... | head`: the reader left; stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
     except OSError as exc:  # full disk and friends: say so in one line; nothing half-written is left
         print(f"rl-gpt {args.command}: error: {exc.strerror or exc} ({getattr(exc, 'filename', '')})", file=sys.stderr)
         return 1
