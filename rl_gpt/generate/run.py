@@ -140,9 +140,12 @@ def generate(
         "start_return": start_return,
         "model": str(Path(model_dir).resolve()),
     }
+    names = [f"target_{t:g}" for t in targets]
+    if len(set(names)) < len(names):  # targets that differ beyond 6 significant digits: number the folders
+        names = [f"target_{j:02d}" for j in range(len(targets))]
     records = []
     for j, t in enumerate(targets):
-        folder = out if len(targets) == 1 else ensure_writable_dir(out / f"target_{t:g}")
+        folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
         rows_j = slice(j * num, (j + 1) * num)
         items = _export(task, gen.layout, params[rows_j], res.mean[rows_j], res.std[rows_j], folder, seed)
         record = {
@@ -161,7 +164,7 @@ def generate(
         "target_return": targets,
         "conditioned_on": cond.tolist(),
         "achieved_mean": achieved.nanmean(1).tolist(),
-        "folders": [f"target_{t:g}" for t in targets],
+        "folders": names,
         "policies_per_target": num,
     }
     atomic_write_json(out / "generated.json", summary)
