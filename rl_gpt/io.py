@@ -9,7 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_save_safetensors", "atomic_write_json", "atomic_write_text", "ensure_writable_dir", "replace_dir"]
+__all__ = [
+    "atomic_save_figure",
+    "atomic_save_safetensors",
+    "atomic_write_json",
+    "atomic_write_text",
+    "ensure_writable_dir",
+    "replace_dir",
+]
 
 
 def _file_mode() -> int:
@@ -54,6 +61,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure under a temporary name and rename it into place (never a half-written PNG)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the suffix tells matplotlib the format
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path) -> Path:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from rl_gpt.io import atomic_save_figure
+
 __all__ = ["plot_targets"]
 
 
@@ -31,9 +33,7 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
     ax.set_title(f"{summary['task']} from {summary['start']}{calibrated}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")  # never a half-written figure under the final name
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_save_figure(fig, path)
+    finally:
+        plt.close(fig)

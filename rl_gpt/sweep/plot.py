@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from rl_gpt.io import atomic_save_figure
+
 __all__ = ["plot_sweep"]
 
 
@@ -51,9 +53,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_save_figure(fig, path)
+    finally:
+        plt.close(fig)
