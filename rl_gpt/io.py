@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,34 +64,36 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure under a temporary name and rename it into place (never a half-written PNG)."""
+def _write_then_rename(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` for a temporary name beside ``path``, then give it the usual mode and rename it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # the suffix tells matplotlib the format
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keep the suffix: matplotlib reads the format from it
     try:
-        fig.savefig(tmp, dpi=dpi)
+        write(tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, save and close a matplotlib figure; ``path`` is never a half-written image."""
+    import matplotlib.pyplot as plt
+
+    try:
+        fig.tight_layout()
+        return _write_then_rename(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path) -> Path:
     """``safetensors.torch.save_file`` under a temporary name, renamed into place with the usual file mode."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(tensors, str(tmp))
-        os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return _write_then_rename(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -32,8 +32,4 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
     calibrated = ", prompts calibrated" if summary["calibrated"] else ""
     ax.set_title(f"{summary['task']} from {summary['start']}{calibrated}", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return atomic_save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_save_figure(fig, path)

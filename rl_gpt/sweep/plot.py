@@ -52,8 +52,4 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax2.set_ylabel(name)
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        return atomic_save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_save_figure(fig, path)
