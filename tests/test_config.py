@@ -80,7 +80,7 @@ def test_a_preset_extends_another_and_overrides_only_what_it_names():
     full, base = load_config("digits_full"), load_config("digits")
     assert full.task == base.task and full.collect == base.collect
     assert (full.train.batch, full.train.steps, full.train.calibrate) == (1024, 3200, base.train.calibrate)
-    assert full.sweep.average == base.sweep.average and full.sweep.guidance == 1.0 != base.sweep.guidance
+    assert full.sweep == base.sweep and full.train.function_loss == base.train.function_loss
     assert full.train.model_overrides == {"width": 256, "heads": 4, "depth": 6}
     assert full.out == "runs/digits_full"
 
