@@ -84,6 +84,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         dataset=args.dataset,
         average=args.average,
         calibrated=not args.no_calibration,
+        extrapolate=args.extrapolate,
     )
     if "policies" in rec:
         print(f"start {rec['metric']} {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}")
@@ -209,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-calibration", action="store_true", help="condition on the target as given, ignoring calibration.json"
+    )
+    p.add_argument(
+        "--extrapolate",
+        action="store_true",
+        help="condition on a target outside the training data's range as given (default: the range's nearest end)",
     )
     p.add_argument(
         "--average",

@@ -179,6 +179,9 @@ class SweepConfig:
     # Condition on the prompts of the model's calibration.json (``rl-gpt calibrate``) where it was
     # measured with this sweep's guidance, steps and average; false: the prompts as given.
     calibrated: bool = True
+    # Condition on prompts inside the training data's metric range (the nearest end for one outside
+    # it); the prompt itself is still what the achieved metric is scored against. False: as given.
+    clamp_prompts: bool = True
     calibration_inits: int = 32  # training runs whose step-0 networks ``rl-gpt calibrate`` prompts
     calibration_prompts: int = 20  # prompts over the metric range that it measures
 

@@ -218,7 +218,11 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     with pytest.warns(UserWarning, match="run `rl-gpt calibrate`"):
         assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "guidance=1.5", *small]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert not report["calibration"]["applied"] and report["calibration"]["conditioned_on"] == report["prompts"]
+    assert not report["calibration"]["applied"]
+    # prompts as given, except where they lie outside the training data's range: there its nearest end
+    low, high = report["calibration"]["clamped_to"]
+    assert report["prompts"][0] < low < high < report["prompts"][-1]  # the preset sweeps 0..500; the data less
+    assert report["calibration"]["conditioned_on"] == [min(max(p, low), high) for p in report["prompts"]]
 
     # measured for other weights (the model was trained again since): not applied either
     stale = load_calibration(model)
@@ -235,9 +239,10 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     rec = json.loads((tmp_path / "g" / "generated.json").read_text())
     assert rec["calibrated"]
     assert rec["conditioned_on"] == pytest.approx(float(cal.conditioning(torch.tensor([300.0]))[0]))
-    assert main([*args, "--no-calibration"]) == 0
+    target = (low + high) / 2  # inside the training range: conditioned on as given
+    assert main([*args[:4], f"{target}", *args[5:], "--no-calibration"]) == 0
     rec = json.loads((tmp_path / "g" / "generated.json").read_text())
-    assert not rec["calibrated"] and rec["conditioned_on"] == 300.0
+    assert not rec["calibrated"] and rec["conditioned_on"] == target
 
     # without a config, calibrate (like sweep) takes the settings saved with --model, not the embedded default's
     saved = yaml.safe_load((model / "config.yaml").read_text())
@@ -398,21 +403,23 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
 
 
-def test_prompt_outside_the_training_range_warns(experiment, tmp_path):
-    with pytest.warns(UserWarning, match="outside the training data's range"):
-        main(
-            [
-                "generate",
-                "--model",
-                str(experiment / "model"),
-                "--target-return",
-                "5000",
-                "--episodes",
-                "2",
-                "--out",
-                str(tmp_path / "g"),
-            ]
-        )
+def test_a_sweep_prompts_over_the_metric_range_it_is_given(experiment, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=1", "prompts=3", "samples=1"]
+    assert main([*args, "episodes=2", "sweep.recursive=1", "task.metric_range=[20,60]", *QUIET]) == 0
+    assert json.loads((out / "report.json").read_text())["prompts"] == [20.0, 40.0, 60.0]
+
+
+def test_a_target_outside_the_training_range_is_conditioned_on_its_end_unless_asked(experiment, tmp_path):
+    high = read_model_info(experiment / "model")["normalizer"]["metric_high"]
+    args = ["generate", "--model", str(experiment / "model"), "--target-return", "5000", "--episodes", "2"]
+    with pytest.warns(UserWarning, match=r"outside the training data's range .* nearest end instead"):
+        assert main([*args, "--out", str(tmp_path / "g")]) == 0
+    rec = json.loads((tmp_path / "g" / "generated.json").read_text())
+    assert rec["target_return"] == 5000.0 and rec["conditioned_on"] == pytest.approx(high)
+    with pytest.warns(UserWarning, match="conditioning on them as given"):
+        assert main([*args, "--extrapolate", "--out", str(tmp_path / "x")]) == 0
+    assert json.loads((tmp_path / "x" / "generated.json").read_text())["conditioned_on"] == 5000.0
 
 
 def test_ddp_training_with_two_processes(experiment, tmp_path):

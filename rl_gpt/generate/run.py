@@ -67,6 +67,7 @@ def generate(
     dataset: str | Path | None = None,
     average: int | None = None,
     calibrated: bool = True,
+    extrapolate: bool = False,
 ) -> dict[str, Any]:
     """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
 
@@ -80,7 +81,8 @@ def generate(
     as the model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
     sampling steps (default: ``sweep.steps``). Where the model has a ``calibration.json`` measured
     with these settings, the generator is conditioned on its map of ``target`` (``calibrated=False``:
-    on ``target`` itself).
+    on ``target`` itself). A target outside the training data's metric range is conditioned on the
+    range's nearest end, with a warning (``extrapolate=True``: on the target as given).
     """
     from rl_gpt.config import task_config
     from rl_gpt.dataset import CheckpointDataset
@@ -92,11 +94,12 @@ def generate(
     out = ensure_writable_dir(out)
     gen, info = load_generator(model_dir)
     low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
-    outside = [t for t in targets if not low - 0.1 * (high - low) <= t <= high + 0.1 * (high - low)]
+    outside = [t for t in targets if not low <= t <= high]
     if outside:
+        then = "conditioning on them as given" if extrapolate else "conditioning on the range's nearest end instead"
         warnings.warn(
             f"target {', '.join(f'{t:g}' for t in outside)} lies outside the training data's range "
-            f"[{low:.1f}, {high:.1f}]; expect the generator to extrapolate poorly",
+            f"[{low:.4g}, {high:.4g}], where the generator extrapolates poorly; {then}",
             stacklevel=2,
         )
     theta = load_start(info, from_zip, seed)
@@ -114,7 +117,8 @@ def generate(
     start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean[0])  # reported like the outputs
     rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
     g = torch.Generator().manual_seed(seed)
-    cond, cal = conditioning_prompts(model_dir, torch.tensor(targets), guidance, steps, average, calibrated)
+    bounds = None if extrapolate else (low, high)
+    cond, cal = conditioning_prompts(model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds)
     params = gen.sample(
         theta[None].expand(rows, -1),
         start.expand(rows),
@@ -151,7 +155,8 @@ def generate(
         record = {
             **shared,
             "target_return": t,
-            "conditioned_on": float(cond[j]),  # the prompt given to the generator (calibration.json's map of t)
+            # the prompt given to the generator: t, or calibration.json's map of t, inside the training range
+            "conditioned_on": float(cond[j]),
             "policies": items,
         }
         atomic_write_json(folder / "generated.json", record)

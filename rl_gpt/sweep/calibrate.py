@@ -41,7 +41,10 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
     slices = ds.run_slices()
     rows = torch.tensor([slices[r].start for r in runs])
     theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()  # labelled as trained on
-    grid = prompt_grid(ds.spec, gen, sc.calibration_prompts)
+    grid = prompt_grid(ds.spec, gen, sc.calibration_prompts, cfg.task.metric_range)
+    if sc.clamp_prompts:  # the sweep conditions only on prompts in the training range: spread the grid over that
+        ends = grid[[0, -1]].clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)
+        grid = torch.linspace(float(ends[0]), float(ends[1]), len(grid))
     if progress:
         print(
             f"calibrating prompts from {len(runs)} training runs' inits: {len(grid)} prompts x {sc.samples} samples "

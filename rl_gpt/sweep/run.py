@@ -81,7 +81,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]
     test_runs = info["meta"]["test_runs"]
-    prompts = prompt_grid(spec, gen, sc.prompts)
+    prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 
@@ -99,9 +99,14 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
 
     # ---------------------------------------------------------------- the generator
     t = time.time()
-    cond, cal = conditioning_prompts(model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated)
+    bounds = (gen.normalizer.metric_low, gen.normalizer.metric_high) if sc.clamp_prompts else None
+    cond, cal = conditioning_prompts(model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds)
     if cal is not None:
         say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond)))
+    elif not torch.equal(cond, prompts):
+        moved = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond) if a != b)
+        low, high = bounds
+        say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
     samples = run_prompts(gen, None, inits, init_m, cond, sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
     timings["sample_s"] = time.time() - t
     t = time.time()
@@ -118,7 +123,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         "init_metric": init_metric.tolist(),
         "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
         # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them.
-        "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist()}
+        "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist(), "clamped_to": bounds}
         | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)

@@ -142,13 +142,31 @@ def _check(cal: PromptCalibration) -> None:
 
 
 def conditioning_prompts(
-    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, use: bool = True
+    model_dir: str | Path,
+    desired: torch.Tensor,
+    guidance: float,
+    steps: int,
+    average: int,
+    use: bool = True,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, PromptCalibration | None]:
     """The prompts to condition on for ``desired`` metrics, and the calibration applied (None: as given).
 
     A calibration measured for other weights (a retrained model) or with other sampler settings is
-    not applied, with a warning saying how to refit it.
+    not applied, with a warning saying how to refit it. ``bounds`` (the training data's metric
+    range) clamps what the generator is conditioned on: it never saw a metric outside them, and
+    asked for one it extrapolates badly (CartPole prompted 0, below the lowest return in its data,
+    ~9, gave 118-154 on average; docs/results.md).
     """
+    cond, cal = _calibrated(model_dir, desired, guidance, steps, average, use)
+    if bounds is not None:
+        cond = cond.clamp(min(bounds), max(bounds))
+    return cond, cal
+
+
+def _calibrated(
+    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, use: bool
+) -> tuple[torch.Tensor, PromptCalibration | None]:
     cal = load_calibration(model_dir) if use else None
     if cal is None:
         return desired, None

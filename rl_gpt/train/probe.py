@@ -6,6 +6,7 @@ evaluation itself is :mod:`rl_gpt.evaluate.dataset_metric`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -19,9 +20,12 @@ from rl_gpt.train.generator import ParameterGenerator
 __all__ = ["prompt_grid", "quick_alignment", "run_prompts"]
 
 
-def prompt_grid(spec: dict[str, Any], gen: ParameterGenerator, count: int) -> torch.Tensor:
-    """``count`` prompts evenly over the task's metric range (or the training data's)."""
-    rng = spec["task"].get("metric_range")
+def prompt_grid(
+    spec: dict[str, Any], gen: ParameterGenerator, count: int, metric_range: Sequence[float] | None = None
+) -> torch.Tensor:
+    """``count`` prompts evenly over ``metric_range``, else the task's range in the dataset's spec,
+    else the training data's."""
+    rng = metric_range or spec["task"].get("metric_range")
     low, high = rng if rng else (gen.normalizer.metric_low, gen.normalizer.metric_high)
     return torch.linspace(float(low), float(high), count)
 
@@ -70,12 +74,14 @@ def quick_alignment(
     """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt.
 
     ``stats_runs`` supply VecNormalize statistics (use training runs, so held-out runs stay unseen).
+    Prompts outside the training data's range are conditioned on its nearest end, as sweeps do.
     """
     slices = ds.run_slices()
     rows = torch.tensor([slices[r].start for r in runs])
     theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
     grid = prompt_grid(ds.spec, gen, prompts)
-    out = run_prompts(gen, model, theta, metric, grid, 1, steps, guidance, seed)
+    cond = grid.clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)
+    out = run_prompts(gen, model, theta, metric, cond, 1, steps, guidance, seed)
     res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, stats_runs or runs)
     achieved = res.mean.reshape(len(runs), prompts)
     worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())  # NaN counts as worst
