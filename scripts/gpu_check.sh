@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, for a machine with CUDA (~4 minutes on an H100): the CUDA tests, then
-# the digits_full generator trained and swept on the GPU (docs/results.md: R2 0.946 there).
+# The GPU checks in one go, for a machine with CUDA (~5 minutes on an H200): the CUDA tests, then
+# the digits_full generator collected, trained and swept there (docs/results.md: R2 0.989).
 #   bash scripts/gpu_check.sh [OUT_DIR]
 set -euo pipefail
 out=${1:-runs/gpu_check}
