@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=int, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"
     )
     p.add_argument(
-        "--no-calibration", action="store_true", help="condition on the target as given, ignoring calibration.json"
+        "--no-calibration",
+        action="store_true",
+        help="ignore calibration.json (a target outside the training range still goes to its end: --extrapolate)",
     )
     p.add_argument(
         "--extrapolate",

@@ -205,6 +205,8 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     assert main(["calibrate", *common, "sweep.calibration_inits=2", "sweep.calibration_prompts=3", *small]) == 0
     cal = load_calibration(model)
     assert cal is not None and len(cal.prompts) == 3 and cal.meta["samples"] == 1
+    normalizer = read_model_info(model)["normalizer"]  # measured only where the sweep conditions: the training range
+    assert cal.prompts[0] == pytest.approx(normalizer["metric_low"]) and cal.prompts[-1] == normalizer["metric_high"]
     assert set(cal.meta["runs"]) <= set(read_model_info(model)["meta"]["train_runs"])  # never held-out runs
 
     out = tmp_path / "sweep"
@@ -220,7 +222,7 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     report = json.loads((out / "report.json").read_text())
     assert not report["calibration"]["applied"]
     # prompts as given, except where they lie outside the training data's range: there its nearest end
-    low, high = report["calibration"]["clamped_to"]
+    low, high = report["calibration"]["clamp_range"]
     assert report["prompts"][0] < low < high < report["prompts"][-1]  # the preset sweeps 0..500; the data less
     assert report["calibration"]["conditioned_on"] == [min(max(p, low), high) for p in report["prompts"]]
 
@@ -403,11 +405,30 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
 
 
-def test_a_sweep_prompts_over_the_metric_range_it_is_given(experiment, tmp_path):
+def test_a_sweep_and_its_calibration_follow_the_metric_range_they_are_given(experiment, tmp_path):
+    from rl_gpt.train.calibration import load_calibration
+
+    model = tmp_path / "model"  # a copy: calibration.json must not reach the other tests' model
+    shutil.copytree(experiment / "model", model)
     out = tmp_path / "sweep"
-    args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=1", "prompts=3", "samples=1"]
-    assert main([*args, "episodes=2", "sweep.recursive=1", "task.metric_range=[20,60]", *QUIET]) == 0
-    assert json.loads((out / "report.json").read_text())["prompts"] == [20.0, 40.0, 60.0]
+    args = ["cartpole", f"out={experiment}", "--model", str(model), "samples=1", "episodes=2", *QUIET]
+    sweep = ["sweep", *args, "--out", str(out), "inits=1", "prompts=3", "sweep.recursive=1"]
+    assert main([*sweep, "task.metric_range=[20,60]"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["prompts"] == [20.0, 40.0, 60.0] == report["calibration"]["conditioned_on"]
+
+    # as given: the preset's 0 and 500 lie outside the training data's range, and stay there
+    assert main([*sweep, "sweep.clamp_prompts=false"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["clamp_range"] is None
+    assert report["prompts"] == report["calibration"]["conditioned_on"] == [0.0, 250.0, 500.0]
+
+    # a calibration measured over a narrower range is not applied to a sweep beyond it
+    assert main(["calibrate", *args, "task.metric_range=[20,60]", "sweep.calibration_inits=2"]) == 0
+    assert load_calibration(model).prompts[0] == 20.0 and load_calibration(model).prompts[-1] == 60.0
+    with pytest.warns(UserWarning, match=r"measured over prompts \[20, 60\], which do not cover"):
+        assert main(sweep) == 0
+    assert not json.loads((out / "report.json").read_text())["calibration"]["applied"]
 
 
 def test_a_target_outside_the_training_range_is_conditioned_on_its_end_unless_asked(experiment, tmp_path):

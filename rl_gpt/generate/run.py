@@ -136,6 +136,8 @@ def generate(
         "env_id": task.env_id,
         "metric": info["spec"]["metric"]["name"],
         "calibrated": cal is not None,
+        "training_range": [low, high],
+        "extrapolate": extrapolate,
         "guidance": guidance,
         "steps": steps,
         "average": average,
@@ -155,7 +157,8 @@ def generate(
         record = {
             **shared,
             "target_return": t,
-            # the prompt given to the generator: t, or calibration.json's map of t, inside the training range
+            # the prompt given to the generator: t, or calibration.json's map of t, held inside the
+            # training range unless extrapolating
             "conditioned_on": float(cond[j]),
             "policies": items,
         }

@@ -26,7 +26,8 @@ __all__ = ["calibrate", "ensure_calibrated"]
 def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:
     """Fit the prompt calibration of the model in ``model_dir`` and write ``model_dir/calibration.json``.
 
-    Conditions on ``sweep.calibration_prompts`` prompts over the metric range from the step-0
+    Conditions on ``sweep.calibration_prompts`` prompts over the metric range (held inside the
+    training data's range unless ``sweep.clamp_prompts`` is false, as the sweep does) from the step-0
     networks of up to ``sweep.calibration_inits`` training runs (never the held-out runs, nor the
     sweep's unseen inits), ``sweep.samples`` samples each, evaluated as the sweep evaluates.
     """
@@ -41,10 +42,11 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
     slices = ds.run_slices()
     rows = torch.tensor([slices[r].start for r in runs])
     theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()  # labelled as trained on
-    grid = prompt_grid(ds.spec, gen, sc.calibration_prompts, cfg.task.metric_range)
+    asked = prompt_grid(ds.spec, gen, sc.calibration_prompts, cfg.task.metric_range).sort().values
+    grid = asked
     if sc.clamp_prompts:  # the sweep conditions only on prompts in the training range: spread the grid over that
-        ends = grid[[0, -1]].clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)
-        grid = torch.linspace(float(ends[0]), float(ends[1]), len(grid))
+        ends = asked[[0, -1]].clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)
+        grid = torch.linspace(float(ends[0]), float(ends[1]), len(asked))
     if progress:
         print(
             f"calibrating prompts from {len(runs)} training runs' inits: {len(grid)} prompts x {sc.samples} samples "
@@ -57,7 +59,7 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
     achieved = evaluate_flat(ds, out.reshape(-1, d), sc.episodes, sc.seed + 8, train_runs, device=device).mean
     failed = ~torch.isfinite(achieved)
     # A failed (NaN) sample counts as the worst prompt, as the sweep scores it.
-    worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())
+    worst = float(asked.min() if ds.spec["metric"]["higher_is_better"] else asked.max())
     sampler = {"guidance": sc.guidance, "steps": sc.steps, "average": sc.average}
     meta: dict[str, Any] = {
         "from": "step 0 of training runs",
@@ -93,7 +95,7 @@ def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bo
     return calibrate(cfg, model_dir, progress)
 
 
-def _measurement(cfg: ExperimentConfig, train_runs: list[int]) -> dict[str, int]:
+def _measurement(cfg: ExperimentConfig, train_runs: list[int]) -> dict[str, Any]:
     """What a calibration measured besides the sampler settings; a stored one with others is measured again."""
     sc = cfg.sweep
     return {
@@ -102,4 +104,6 @@ def _measurement(cfg: ExperimentConfig, train_runs: list[int]) -> dict[str, int]
         "samples": sc.samples,
         "episodes": sc.episodes,
         "seed": sc.seed,
+        "metric_range": cfg.task.metric_range,
+        "clamp_prompts": sc.clamp_prompts,
     }

@@ -103,7 +103,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     cond, cal = conditioning_prompts(model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds)
     if cal is not None:
         say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond)))
-    elif not torch.equal(cond, prompts):
+    elif bounds is not None and not torch.equal(cond, prompts):
         moved = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond) if a != b)
         low, high = bounds
         say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
@@ -122,8 +122,9 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         "inits": sc.inits,
         "init_metric": init_metric.tolist(),
         "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
-        # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them.
-        "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist(), "clamped_to": bounds}
+        # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them,
+        # held inside clamp_range (the training data's metric range; None: sweep.clamp_prompts=false).
+        "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist(), "clamp_range": bounds}
         | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)

@@ -158,6 +158,8 @@ def conditioning_prompts(
     asked for one it extrapolates badly (CartPole prompted 0, below the lowest return in its data,
     ~9, gave 118-154 on average; docs/results.md).
     """
+    if bounds is not None:
+        desired = desired.clamp(min(bounds), max(bounds))
     cond, cal = _calibrated(model_dir, desired, guidance, steps, average, use)
     if bounds is not None:
         cond = cond.clamp(min(bounds), max(bounds))
@@ -182,6 +184,16 @@ def _calibrated(
             f"{Path(model_dir) / 'calibration.json'} was measured with {cal.describe()}, not guidance "
             f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; run `rl-gpt calibrate` "
             "with these settings to calibrate them",
+            stacklevel=2,
+        )
+        return desired, None
+    low, high = min(cal.prompts), max(cal.prompts)
+    slack = 0.05 * (high - low)
+    if float(desired.min()) < low - slack or float(desired.max()) > high + slack:
+        warnings.warn(
+            f"{Path(model_dir) / 'calibration.json'} was measured over prompts [{low:.4g}, {high:.4g}], which do not "
+            f"cover {float(desired.min()):.4g} to {float(desired.max()):.4g}: prompts are used as given; run "
+            "`rl-gpt calibrate` over this range to calibrate them",
             stacklevel=2,
         )
         return desired, None
