@@ -173,6 +173,9 @@ class SweepConfig:
     guidance: float = 2.0  # classifier-free guidance scale (2 beat 1 on CartPole: docs/results.md)
     recursive: int = 3  # recursive prompting steps (output fed back as input)
     init_seed: int = 1_000_000  # first seed of the unseen inits (collection uses seed + run)
+    # Where the inits come from: unseen random inits (the product's case), or the step-0 networks of
+    # the model's training runs or held-out runs (G.pt's protocol; how well the model fits its data).
+    init_source: Literal["unseen", "train", "heldout"] = "unseen"
     noise_scale: float = 0.1  # the noise baseline adds this many per-layer stds to the retrieved checkpoint
     seed: int = 0  # sampling seed
     device: str | None = None  # sampling and torch-dynamics rollouts (cpu, cuda, ...); None: train.device

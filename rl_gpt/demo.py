@@ -10,6 +10,7 @@ from typing import Any
 from rl_gpt.collect import collect
 from rl_gpt.config import load_config
 from rl_gpt.sweep.calibrate import ensure_calibrated
+from rl_gpt.sweep.plot import describe_inits
 from rl_gpt.sweep.run import sweep
 from rl_gpt.train import train
 
@@ -62,7 +63,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
 
     average = int((report.get("config") or {}).get("average", 1))
     lines = [
-        f"{report['task']} ({report['env_id']}), {report['inits']} unseen random inits"
+        f"{report['task']} ({report['env_id']}), {report['inits']} {describe_inits(report)}"
         + (f", each generated network the mean of {average} samples" if average > 1 else ""),
         f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8} {'behaviour':>9}",
     ]

@@ -431,6 +431,27 @@ def test_a_sweep_and_its_calibration_follow_the_metric_range_they_are_given(expe
     assert not json.loads((out / "report.json").read_text())["calibration"]["applied"]
 
 
+def test_a_sweep_can_start_from_the_models_own_runs(experiment, tmp_path):
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.compare import ReportError, compare_reports
+
+    info = read_model_info(experiment / "model")
+    ds = CheckpointDataset(experiment / "dataset")
+    slices = ds.run_slices()
+    args = ["sweep", "cartpole", f"out={experiment}", "prompts=3", "samples=1", "episodes=2", "sweep.recursive=1"]
+    reports = {}
+    for source, runs in (("train", info["meta"]["train_runs"]), ("heldout", info["meta"]["test_runs"])):
+        out = tmp_path / source
+        assert main([*args, "--out", str(out), "inits=8", f"sweep.init_source={source}", *QUIET]) == 0
+        reports[source] = json.loads((out / "report.json").read_text())
+        assert reports[source]["init_source"] == source and reports[source]["inits"] == min(8, len(runs))
+        # the generator's input is each run's step-0 label, measured again as the dataset measured it
+        labels = [float(ds.data["metric"][slices[r].start]) for r in runs[:8]]
+        assert reports[source]["init_metric_as_labelled"] == pytest.approx(labels)
+    with pytest.raises(ReportError, match="sweep.init_source"):
+        compare_reports([tmp_path / "train", tmp_path / "heldout"])
+
+
 def test_a_target_outside_the_training_range_is_conditioned_on_its_end_unless_asked(experiment, tmp_path):
     high = read_model_info(experiment / "model")["normalizer"]["metric_high"]
     args = ["generate", "--model", str(experiment / "model"), "--target-return", "5000", "--episodes", "2"]

@@ -130,6 +130,7 @@ def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
         "direction": "higher is better" if report["metric"]["higher_is_better"] else "lower is better",
         "sweep.inits": int(sweep.get("inits", len(report["r2_per_init"]))),
         "sweep.init_seed": sweep.get("init_seed"),
+        "sweep.init_source": sweep.get("init_source", "unseen"),
         "sweep.prompts": len(report["prompts"]),
         # the grid spans the model's metric range unless task.metric_range fixes it
         "prompt values": [round(float(p), 4) for p in report["prompts"]],

@@ -12,6 +12,14 @@ from rl_gpt.io import atomic_save_figure
 __all__ = ["plot_sweep"]
 
 
+INIT_SOURCES = {"unseen": "unseen random inits", "train": "training runs' inits", "heldout": "held-out runs' inits"}
+
+
+def describe_inits(report: dict[str, Any]) -> str:
+    """What the sweep's inits were, in words: "unseen random inits" unless ``sweep.init_source`` says otherwise."""
+    return INIT_SOURCES[(report.get("config") or {}).get("init_source", "unseen")]
+
+
 def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib
 
@@ -40,7 +48,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     average = int((report.get("config") or {}).get("average", 1))
     mean_of = f", means of {average} samples" if average > 1 else ""
     calibrated = ", prompts calibrated" if (report.get("calibration") or {}).get("applied") else ""
-    ax1.set_title(f"{report['task']}: {report['inits']} unseen inits{mean_of}{calibrated}", fontsize=10)
+    ax1.set_title(f"{report['task']}: {report['inits']} {describe_inits(report)}{mean_of}{calibrated}", fontsize=10)
     ax1.legend(fontsize=8)
     best = prompts.tolist().index(report["one_step"]["prompt"])
     one = achieved[:, best]  # (K, S)
@@ -48,7 +56,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax2.scatter(torch.arange(len(inits)), inits, marker="x", color="C3", label="init (θ)")
     for s in range(one.shape[1]):
         ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
-    ax2.set_xlabel("unseen init")
+    ax2.set_xlabel(describe_inits(report)[:-1])  # singular
     ax2.set_ylabel(name)
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)

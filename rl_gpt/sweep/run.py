@@ -1,4 +1,5 @@
-"""``rl-gpt sweep``: prompt sweeps from unseen random inits, with baselines, novelty and a report.
+"""``rl-gpt sweep``: prompt sweeps from unseen random inits (or the model's own runs' inits), with
+baselines, novelty and a report.
 
 Everything a sceptic would ask for sits next to the generator's numbers: retrieval (the training
 checkpoint with the closest return, ignoring θ), noise (that checkpoint plus Gaussian noise) and
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from rl_gpt.collect.inits import random_inits
-from rl_gpt.config import ExperimentConfig, SweepConfig, task_config, to_dict
+from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, task_config, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
@@ -91,7 +92,7 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows, device=device).mean
 
     # ---------------------------------------------------------------- inits never seen in collection
-    inits = random_inits(task, sc.inits, sc.init_seed)  # (K, D)
+    inits = _inits(sc, task, ds, train_runs, test_runs)  # (K, D)
     init_metric = evaluate(inits, sc.seed + 1)  # (K,) reported, like every achieved metric
     # The generator's input m is measured as the training labels were (see start_metric).
     init_m = start_metric(ds, inits, train_runs, sc.episodes, device).float()  # (K,)
@@ -119,7 +120,8 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
         "metric": spec["metric"],
         "prompts": prompts.tolist(),
         "achieved": achieved.tolist(),
-        "inits": sc.inits,
+        "inits": len(inits),
+        "init_source": sc.init_source,
         "init_metric": init_metric.tolist(),
         "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
         # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them,
@@ -197,6 +199,19 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     plot_sweep(report, out / "sweep.png")
     _log_wandb(cfg, report, out)
     return report
+
+
+def _inits(
+    sc: SweepConfig, task: TaskConfig, ds: CheckpointDataset, train_runs: list[int], test_runs: list[int]
+) -> torch.Tensor:
+    """The sweep's start networks: unseen random inits, or the step-0 networks of the model's own runs."""
+    if sc.init_source == "unseen":
+        return random_inits(task, sc.inits, sc.init_seed)
+    runs = (train_runs if sc.init_source == "train" else test_runs)[: sc.inits]
+    if not runs:
+        raise ValueError("sweep.init_source=heldout: the model has no held-out runs (train.test_fraction was 0)")
+    slices = ds.run_slices()
+    return ds.data["params"][torch.tensor([slices[r].start for r in runs])].float()
 
 
 def _ppo_curve(ds: CheckpointDataset, runs: list[int], slices: dict[int, slice]) -> dict[str, list[float]]:
