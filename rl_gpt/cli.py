@@ -3,12 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of things, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; it counts things and needs at least 1")
+    return value
+
+
+def _finite(text: str) -> float:
+    """argparse type: a finite number (no nan or inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def _scale(text: str) -> float:
+    """argparse type: a guidance scale, 0 or more (0 ignores the prompt, 1 is the plain conditional)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is negative; use 0 or more (1 = no guidance)")
+    return value
+
+
+def _one_line_warnings(command: str) -> Callable[..., str]:
+    """Format warnings as ``rl-gpt CMD: warning: ...`` on one line, not as Python source locations;
+    returns the previous formatter, for the caller to put back. (Replacing the formatter, not the
+    printer, keeps ``warnings.catch_warnings(record=True)`` working.)"""
+
+    def one_line(message: Warning | str, *_where: Any, **_kw: Any) -> str:
+        return f"rl-gpt {command}: warning: {message}\n"
+
+    previous, warnings.formatwarning = warnings.formatwarning, one_line
+    return previous
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:
@@ -87,7 +132,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         extrapolate=args.extrapolate,
     )
     if "policies" in rec:
-        print(f"start {rec['metric']} {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}")
+        cond = "" if rec["conditioned_on"] == rec["target_return"] else f" (conditioned on {rec['conditioned_on']:.4g})"
+        print(f"start {rec['metric']} {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}{cond}")
         for p in rec["policies"]:
             print(f"  {p['file']}: achieved {p['achieved_return']:.4g} +- {p['achieved_std']:.3g}")
     else:  # several targets: one folder each
@@ -113,7 +159,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from rl_gpt.devices import resolve_device
     from rl_gpt.evaluate.cli import evaluate_target
+
+    resolve_device(args.device, "--device")  # a missing GPU is a one-line error, before any work
 
     result = evaluate_target(args.target, args.episodes, args.device, args.seed, args.stochastic)
     print(result["text"])
@@ -189,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory written by `rl-gpt train`")
     p.add_argument(
         "--target-return",
-        type=float,
+        type=_finite,
         nargs="+",
         required=True,
         help="the prompted return (or test loss/error); several values sweep them from the same start",
@@ -202,11 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from the task's own random initialiser (SB3's for policies; the default)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
-    p.add_argument("--num", type=int, default=1, help="number of policies")
-    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's sweep.guidance)")
+    p.add_argument("--num", type=_count, default=1, help="number of policies (samples from the one start network)")
+    p.add_argument("--guidance", type=_scale, default=None, help="guidance scale (default: the model's sweep.guidance)")
     p.add_argument("--dataset", default=None, help="the model's dataset, if it is no longer where training left it")
     p.add_argument(
-        "--steps", type=int, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"
+        "--steps", type=_count, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"
     )
     p.add_argument(
         "--no-calibration",
@@ -220,11 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--average",
-        type=int,
+        type=_count,
         default=None,
         help="each policy is the mean of this many samples (default: the model's sweep.average)",
     )
-    p.add_argument("--episodes", type=int, default=16, help="evaluation episodes per policy")
+    p.add_argument("--episodes", type=_count, default=16, help="evaluation episodes per policy (RL tasks)")
     p.add_argument("--out", required=True, help="output directory")
 
     p = sub.add_parser("demo", help="collect, train and sweep the embedded CartPole default")
@@ -247,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="evaluate an SB3 policy .zip or dataset rows with the batched evaluator")
     p.add_argument("target", help="POLICY.zip, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)")
-    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--episodes", type=_count, default=10)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic ones")
@@ -280,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rl_gpt.sweep.compare import ReportError
     from rl_gpt.train.modelfile import ModelFileError
 
+    previous_format = _one_line_warnings(args.command)
     try:
         COMMANDS[args.command](args)
     except (
@@ -302,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # full disk and friends: say so in one line; nothing half-written is left
         print(f"rl-gpt {args.command}: error: {exc.strerror or exc} ({getattr(exc, 'filename', '')})", file=sys.stderr)
         return 1
+    finally:
+        warnings.formatwarning = previous_format
     return 0
 
 

@@ -274,7 +274,22 @@ MINIMUMS: dict[str, int] = {
 }
 
 #: Weights and exponents that a negative value would turn into nonsense (a loss to be maximised).
-NON_NEGATIVE: frozenset[str] = frozenset({"train.function_loss", "train.function_signal_power", "train.metric_jitter"})
+NON_NEGATIVE: frozenset[str] = frozenset(
+    {
+        "train.function_loss",
+        "train.function_signal_power",
+        "train.metric_jitter",
+        "train.weight_decay",
+        "train.warmup",
+        "train.prompt_dropout",
+        "train.guidance",  # 0 = prompt-free, 1 = plain conditional; below 0 steers away from the prompt
+        "sweep.guidance",
+        "sweep.noise_scale",
+    }
+)
+
+#: Rates and sizes that must be above zero.
+POSITIVE: frozenset[str] = frozenset({"train.lr", "train.grad_clip", "train.ckpt_every", "train.log_every"})
 
 
 # ---------------------------------------------------------------------------- loading
@@ -307,12 +322,40 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         key = aliases.get(key, key)
+        if "." not in key and key not in _TOP_LEVEL:
+            raise ConfigError(_unknown_short_name(key, aliases))
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         _set_path(data, key.split("."), value)
     return _build(ExperimentConfig, data, "")
+
+
+_TOP_LEVEL = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
+
+
+def _unknown_short_name(key: str, aliases: Mapping[str, str]) -> str:
+    """The message for ``key=value`` whose key is neither a short name nor a section.key."""
+    hints = typing.get_type_hints(ExperimentConfig)
+    sections = {name: tp for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
+    dotted = [f"{name}.{f.name}" for name, tp in sections.items() for f in dataclasses.fields(tp)]
+    same_leaf = [d for d in dotted if d.endswith(f".{key}")]
+    if same_leaf:  # e.g. seed= where the command has no short name for it: several sections have one
+        return f"unknown config key {key}; did you mean {' or '.join(same_leaf)}?"
+    short = [*aliases, *sorted(_TOP_LEVEL)]
+    close = difflib.get_close_matches(key, short, n=1) or difflib.get_close_matches(
+        key, [d.split(".", 1)[1] for d in dotted], n=1
+    )
+    if close and close[0] in aliases:
+        return f"unknown config key {key}; did you mean {close[0]} ({aliases[close[0]]})?"
+    if close and close[0] in _TOP_LEVEL:
+        return f"unknown config key {key}; did you mean {close[0]}?"
+    if close:
+        full = [d for d in dotted if d.endswith(f".{close[0]}")]
+        return f"unknown config key {key}; did you mean {' or '.join(full)}?"
+    names = ", ".join([*aliases, "out", "dataset"])
+    return f"unknown config key {key}; use section.key (e.g. train.steps) or one of: {names}"
 
 
 def task_config(data: Mapping[str, Any]) -> TaskConfig:
@@ -384,6 +427,8 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             raise ConfigError(f"{prefix}{key}: {value!r} is too small; it counts things and needs at least {least}")
         if f"{prefix}{key}" in NON_NEGATIVE and kwargs[key] < 0:
             raise ConfigError(f"{prefix}{key}: {value!r} is negative; use 0 or more")
+        if f"{prefix}{key}" in POSITIVE and not kwargs[key] > 0:
+            raise ConfigError(f"{prefix}{key}: {value!r} must be above 0")
     return cls(**kwargs)
 
 

@@ -16,7 +16,8 @@ def resolve_device(name: str, key: str) -> torch.device:
     except (RuntimeError, ValueError):
         raise ConfigError(f"{key}={name!r} is not a device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key}={name}: this machine has no CUDA device; pass device=cpu")
+        fix = f"{key} cpu" if key.startswith("--") else "device=cpu"
+        raise ConfigError(f"{key}={name}: this machine has no CUDA device; pass {fix}")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"{key}={name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device

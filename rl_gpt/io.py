@@ -40,7 +40,9 @@ def ensure_writable_dir(path: str | Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise PermissionError(f"cannot write to {path} ({exc.strerror}); choose another out= directory") from None
+        raise PermissionError(
+            f"cannot write to {path} ({exc.strerror}); choose another output directory (--out or out=)"
+        ) from None
     return path
 
 

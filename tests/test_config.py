@@ -53,11 +53,26 @@ def test_short_names_and_dotted_overrides():
         ("train.batch=0", "train.batch: 0 is too small"),
         ("train.function_signal_power=-1", "train.function_signal_power: -1 is negative; use 0 or more"),
         ("train.function_loss=-10", "train.function_loss: -10 is negative"),
+        ("train.lr=-1", "train.lr: -1 must be above 0"),
+        ("sweep.guidance=-1", "sweep.guidance: -1 is negative"),
+        ("timestep=5", "timestep; did you mean timesteps (collect.timesteps)?"),
+        ("eval_episodes=5", "eval_episodes; did you mean collect.eval_episodes?"),
+        ("steps=5", "steps; did you mean train.steps or sweep.steps?"),
+        ("xyzzy=1", "xyzzy; use section.key (e.g. train.steps) or one of: runs, timesteps"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):
-    with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("?", r"\?")):
+    with pytest.raises(
+        ConfigError, match=needle.replace(".", r"\.").replace("?", r"\?").replace("(", r"\(").replace(")", r"\)")
+    ):
         load_config("cartpole", [override], command="collect")
+
+
+def test_short_names_of_another_command_are_suggested_as_the_command_knows_them():
+    with pytest.raises(ConfigError, match=r"stpes; did you mean steps \(train\.steps\)\?"):
+        load_config("cartpole", ["stpes=100"], command="train")
+    with pytest.raises(ConfigError, match=r"seed; did you mean collect\.seed or train\.seed or sweep\.seed\?"):
+        load_config("cartpole", ["seed=3"], command="demo")
 
 
 def test_bad_yaml_file(tmp_path):

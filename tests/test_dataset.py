@@ -78,6 +78,15 @@ def test_refuses_a_different_task_in_the_same_directory(tmp_path):
         DatasetWriter(tmp_path / "ds", other)
 
 
+def test_more_runs_must_be_collected_like_the_stored_ones(tmp_path):
+    DatasetWriter(tmp_path / "ds", dict(SPEC, collect={"runs": 2, "timesteps": 2048, "workers": 1}))
+    more = dict(SPEC, collect={"runs": 8, "timesteps": 2048, "workers": 2})  # more runs, elsewhere: fine
+    DatasetWriter(tmp_path / "ds", more)
+    longer = dict(SPEC, collect={"runs": 8, "timesteps": 4096, "workers": 2})
+    with pytest.raises(DatasetError, match="collected with collect.timesteps=2048"):
+        DatasetWriter(tmp_path / "ds", longer)
+
+
 def test_an_unfolded_dataset_names_the_option_that_extends_it(tmp_path):
     DatasetWriter(tmp_path / "ds", dict(SPEC, policy={"head": "gaussian", "normalize_obs": True}))
     folded = dict(SPEC, policy={"head": "gaussian", "normalize_obs": False})

@@ -491,6 +491,9 @@ def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsy
         load_sb3_policy(tmp_path / "junk.zip")
     assert main(["evaluate", str(tmp_path / "junk.zip")]) == 2
     assert "not an SB3 save file" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["evaluate", str(tmp_path / "junk.zip"), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
     PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"activation_fn": Tanh}, device="cpu").save(tmp_path / "own.zip")
     with pytest.raises(PolicyFileError, match="unsupported activation"):
         load_sb3_policy(tmp_path / "own.zip", "CartPole-v1")
@@ -525,3 +528,17 @@ def test_mismatches_are_refused_with_a_message() -> None:
     normalized = PolicySpec.from_dict({**spec.to_dict(), "normalize_obs": True})
     with pytest.raises(ValueError, match="obs_mean"):
         evaluate_params(flat[None], layout, normalized, "CartPole-v1")
+
+
+def test_dataset_rows_that_select_nothing_or_are_not_numbers_are_refused() -> None:
+    from rl_gpt.dataset import DatasetError
+    from rl_gpt.evaluate.cli import _parse_rows
+
+    assert _parse_rows("", 5).tolist() == [0, 1, 2, 3, 4]
+    assert _parse_rows("1:3", 5).tolist() == [1, 2] and _parse_rows("-1", 5).tolist() == [4]
+    with pytest.raises(DatasetError, match="select nothing: the dataset has rows 0 to 4"):
+        _parse_rows("5000:5010", 5)
+    with pytest.raises(DatasetError, match="select nothing"):
+        _parse_rows("7", 5)
+    with pytest.raises(DatasetError, match="whole numbers"):
+        _parse_rows("abc", 5)

@@ -79,6 +79,22 @@ def test_a_moved_run_folder_finds_its_dataset(experiment, tmp_path):
     assert model_dataset(moved / "model", info, fallback=moved / "dataset") == moved / "dataset"
 
 
+def test_a_dataset_the_user_names_is_used_and_checked(experiment, tmp_path):
+    """dataset= / --dataset is not ignored when the recorded one exists; another task's is refused."""
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment / "dataset", copy)
+    info = read_model_info(experiment / "model")
+    assert model_dataset(experiment / "model", info, given=copy) == copy
+    with pytest.warns(UserWarning, match="holds no dataset"):
+        assert model_dataset(experiment / "model", info, given=tmp_path / "typo") == Path(info["meta"]["dataset"])
+    spec = json.loads((copy / "spec.json").read_text())
+    spec["task"]["name"], spec["env_id"] = "pendulum", "Pendulum-v1"
+    (copy / "spec.json").write_text(json.dumps(spec))
+    args = ["sweep", "--model", str(experiment / "model"), "--out", str(tmp_path / "s"), f"dataset={copy}"]
+    assert main([*args, *QUIET]) == 2
+    assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
 def test_resume_continues_the_same_run(experiment, tmp_path):
     out = tmp_path / "resume"
     shutil.copytree(experiment / "dataset", out / "dataset")
@@ -405,6 +421,83 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
 
 
+def test_generate_again_into_a_folder_removes_what_it_no_longer_lists(experiment, tmp_path, capsys):
+    out = tmp_path / "again"
+    base = ["generate", "--model", str(experiment / "model"), "--episodes", "2", "--out", str(out)]
+    assert main([*base, "--target-return", "100", "400", "--num", "2"]) == 0
+    (out / "notes.txt").write_text("mine")  # not generate's: left alone
+    assert main([*base, "--target-return", "400", "--num", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "generated.json",
+        "notes.txt",
+        "policy_000.zip",
+        "policy_001.zip",
+        "policy_002.zip",
+    ]
+    assert main([*base, "--target-return", "400"]) == 0
+    assert not (out / "policy_001.zip").exists() and (out / "policy_000.zip").is_file()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num", "0"], "argument --num: 0 is too small"),
+        (["--num", "-2"], "--num"),
+        (["--average", "0"], "--average"),
+        (["--steps", "0"], "--steps"),
+        (["--episodes", "0"], "--episodes"),
+        (["--guidance", "-1"], "negative"),
+        (["--target-return", "nan"], "not a finite number"),
+    ],
+)
+def test_bad_generate_flags_stop_before_anything_is_written(experiment, tmp_path, capsys, flags, message):
+    args = ["generate", "--model", str(experiment / "model"), "--out", str(tmp_path / "g"), *flags]
+    if "--target-return" not in flags:
+        args += ["--target-return", "400"]
+    with pytest.raises(SystemExit) as stop:  # argparse: usage and one line on stderr
+        main(args)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "g").exists()
+
+
+def test_a_missing_model_or_a_preset_for_another_task_leaves_nothing_behind(experiment, tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["generate", "--model", str(tmp_path / "none"), "--target-return", "1", "--out", str(out)]) == 2
+    assert not out.exists()
+    # a model with another task's preset: its sampler settings would apply to the wrong generator
+    assert main(["sweep", "digits", "--model", str(experiment / "model"), "--out", str(out), *QUIET]) == 2
+    assert "trained for cartpole" in capsys.readouterr().err and not out.exists()
+    assert main(["calibrate", "digits", "--model", str(experiment / "model"), *QUIET]) == 2
+
+
+def test_training_fewer_steps_than_are_saved_is_refused(experiment, tmp_path, capsys):
+    out = tmp_path / "short"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", "train.final_probe=false", *TINY_MODEL, *QUIET]
+    assert main([*args, "steps=20"]) == 0
+    capsys.readouterr()
+    assert main([*args, "steps=10"]) == 2
+    assert "already trained to step 20" in capsys.readouterr().err
+    assert main([*args, "steps=10", "--restart"]) == 0
+    assert json.loads((out / "model" / "train_state" / "state.json").read_text())["step"] == 10
+
+
+def test_training_without_a_dataset_leaves_no_model_folder(tmp_path, capsys):
+    assert main(["train", "cartpole", f"out={tmp_path / 'x'}", *QUIET]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_dataset_of_single_checkpoint_runs_is_refused(experiment, tmp_path, capsys):
+    out = tmp_path / "one"
+    collect = ["collect", "cartpole", f"out={out}", "runs=2", "timesteps=64", "collect.checkpoint_every=4096"]
+    assert main([*collect, "task.n_envs=2", "collect.eval_episodes=1", *QUIET]) == 0
+    assert main(["train", "cartpole", f"out={out}", "steps=2", *TINY_MODEL, *QUIET]) == 2
+    assert "single valid checkpoint" in capsys.readouterr().err
+
+
 def test_a_sweep_and_its_calibration_follow_the_metric_range_they_are_given(experiment, tmp_path):
     from rl_gpt.train.calibration import load_calibration
 
@@ -542,6 +635,7 @@ def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
     out = tmp_path / "demo"
     shutil.copytree(experiment / "dataset", out / "dataset")  # collection then finds all 4 runs done
     args = ["demo", "cartpole", "runs=4", "timesteps=1024", "collect.checkpoint_every=256", "task.n_envs=2"]
+    args += ["collect.eval_episodes=2"]  # as the copied dataset was collected: more runs must be alike
     args += ["steps=4", *TINY_MODEL, "inits=2", "prompts=3", "samples=1", "episodes=2", "--out", str(out), *QUIET]
     assert main(args) == 0
     report = json.loads((out / "report.json").read_text())
@@ -560,3 +654,16 @@ def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
     cal.write_text("{")  # damaged: the demo measures it again instead of stopping
     assert main(calibrated) == 0
     assert json.loads(cal.read_text())["prompts"] == json.loads(first)["prompts"]
+
+
+def test_warnings_print_as_one_line_naming_the_command():
+    import warnings
+
+    from rl_gpt.cli import _one_line_warnings
+
+    previous = _one_line_warnings("generate")
+    try:
+        text = warnings.formatwarning(UserWarning("target 5000 lies outside"), UserWarning, "cli.py", 74, "x = 1")
+    finally:
+        warnings.formatwarning = previous
+    assert text == "rl-gpt generate: warning: target 5000 lies outside\n"

@@ -153,6 +153,11 @@ class PairSampler:
             kept.append(r)
         if not rows:
             raise DatasetError("no valid (finite, evaluated) checkpoints in the training runs; collect again")
+        if max(len(r) for r in rows) < 2:
+            raise DatasetError(
+                "every training run has a single valid checkpoint, so there is no update to learn; collect with "
+                "collect.checkpoint_every well below collect.timesteps (supervised: task.hyperparams.steps)"
+            )
         self.rows = torch.cat(rows)  # (R,) dataset row of every usable checkpoint, grouped by run
         self.run_pos = torch.cat(run_of)  # (R,) position of its run in the lists below
         counts = torch.tensor([len(r) for r in rows])

@@ -72,6 +72,17 @@ def _fold_differs(old: dict, new: dict) -> bool:
     return old_policy.pop("normalize_obs", None) is True and new_policy.pop("normalize_obs", None) is False
 
 
+#: Collection settings that may change when a dataset is extended: how many runs and where they run.
+_EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address"})
+
+
+def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``collect.key=old value`` for each setting that would make new runs unlike the stored ones."""
+    before, after = old.get("collect") or {}, new.get("collect") or {}
+    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)  # older specs lack some keys
+    return [f"collect.{k}={before[k]!r}" for k in shared if before[k] != after[k]]
+
+
 class DatasetWriter:
     """Appends finished runs atomically and consolidates them into one memmapped TensorDict."""
 
@@ -90,6 +101,13 @@ class DatasetWriter:
                         "use another out= directory or delete the old dataset"
                         + (_FOLD_HINT if key == "policy" and _fold_differs(old, spec) else "")
                     )
+            changed = _changed_collection(old, spec)
+            if changed:
+                raise DatasetError(
+                    f"{self.root} holds runs collected with {', '.join(changed)}; more runs must be collected "
+                    "alike (only collect.runs and how they are executed may change): use those values, or "
+                    "another out= directory"
+                )
         atomic_write_json(spec_path, spec)
         self.spec = spec
         self.layout = Layout.from_dict(spec["layout"])

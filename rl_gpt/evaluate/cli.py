@@ -11,13 +11,23 @@ __all__ = ["evaluate_target"]
 
 
 def _parse_rows(text: str, n: int) -> torch.Tensor:
-    """``""`` (all), ``5`` (one row) or ``0:100`` (a slice)."""
+    """``""`` (all), ``5`` (one row) or ``0:100`` (a slice) of a dataset with ``n`` rows."""
+    from rl_gpt.dataset import DatasetError
+
     if not text:
         return torch.arange(n)
-    if ":" in text:
-        start, _, stop = text.partition(":")
-        return torch.arange(n)[slice(int(start) if start else None, int(stop) if stop else None)]
-    return torch.tensor([int(text)])
+    try:
+        if ":" in text:
+            start, _, stop = text.partition(":")
+            idx = torch.arange(n)[slice(int(start) if start else None, int(stop) if stop else None)]
+        else:
+            row = int(text)
+            idx = torch.tensor([row if row >= 0 else n + row]) if -n <= row < n else torch.arange(0)
+    except ValueError:
+        raise DatasetError(f"rows {text!r}: give a row (5) or a range (0:100) of whole numbers") from None
+    if len(idx) == 0:
+        raise DatasetError(f"rows {text!r} select nothing: the dataset has rows 0 to {n - 1}")
+    return idx
 
 
 def evaluate_target(target: str, episodes: int, device: str, seed: int, stochastic: bool) -> dict[str, Any]:

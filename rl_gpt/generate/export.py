@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -16,12 +17,15 @@ __all__ = ["export_sb3", "export_safetensors"]
 def export_sb3(task: TaskConfig, layout: Layout, flat: torch.Tensor, path: str | Path, seed: int = 0) -> Path:
     """Save ``flat`` as an SB3 model that ``PPO.load``/``SAC.load`` opens.
 
-    Only the actor is generated; the critic keeps SB3's fresh initialisation (it is not needed to act).
+    Only the actor is generated; the critic keeps SB3's fresh initialisation (it is not needed to act,
+    but continuing training with ``.learn()`` starts from an untrained critic).
     """
     from rl_gpt.collect.sb3_run import build_model
     from rl_gpt.sb3_policy import actor_layout, load_actor
 
-    model = build_model(task, seed=seed)
+    with warnings.catch_warnings():  # the rollout buffer's size is irrelevant to a policy that is only saved
+        warnings.filterwarnings("ignore", message="You have specified a mini-batch size")
+        model = build_model(task, seed=seed)
     if actor_layout(model.policy, task.algo) != layout:
         raise ValueError("the task's SB3 policy does not match the generated parameters' layout")
     load_actor(model.policy, layout, flat)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +18,7 @@ from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.layout import Layout
-from rl_gpt.train.modelfile import ModelFileError, load_generator, model_dataset
+from rl_gpt.train.modelfile import ModelFileError, check_compatible, load_generator, model_dataset
 
 __all__ = ["generate", "load_start"]
 
@@ -91,8 +94,9 @@ def generate(
     targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
     if not targets:
         raise ValueError("no target given: pass one or more values to --target-return")
-    out = ensure_writable_dir(out)
-    gen, info = load_generator(model_dir)
+    if not all(math.isfinite(t) for t in targets):
+        raise ValueError(f"targets must be finite numbers, got {', '.join(f'{t:g}' for t in targets)}")
+    gen, info = load_generator(model_dir)  # before creating out: a refused call leaves no empty folder
     low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
     outside = [t for t in targets if not low <= t <= high]
     if outside:
@@ -104,6 +108,9 @@ def generate(
         )
     theta = load_start(info, from_zip, seed)
     ds = CheckpointDataset(model_dataset(model_dir, info, dataset))
+    check_compatible(info, ds.spec)
+    out = ensure_writable_dir(out)
+    stale = _previous_outputs(out)
     config = info["meta"].get("config", {})
     swept = config.get("sweep", {})
     if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes
@@ -141,7 +148,7 @@ def generate(
         "guidance": guidance,
         "steps": steps,
         "average": average,
-        "episodes": episodes,
+        "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
         "start": from_zip or f"random init ({initialiser} initialiser, seed {seed})",
         "start_return": start_return,
         "model": str(Path(model_dir).resolve()),
@@ -165,6 +172,7 @@ def generate(
         atomic_write_json(folder / "generated.json", record)
         records.append(record)
     if len(targets) == 1:
+        _remove_stale(stale, out, records[0])
         return records[0]
     achieved = res.mean.reshape(len(targets), num)
     summary = {
@@ -177,7 +185,39 @@ def generate(
     }
     atomic_write_json(out / "generated.json", summary)
     plot_targets(summary, achieved, out / "generated.png")
+    _remove_stale(stale, out, summary)
     return summary
+
+
+def _listed_outputs(out: Path, record: dict[str, Any]) -> set[Path]:
+    """The files and folders a ``generated.json`` record in ``out`` names."""
+    paths = {out / p["file"] for p in record.get("policies", []) if p.get("file")}
+    for folder in record.get("folders", []):
+        paths.add(out / folder)
+        paths |= _previous_outputs(out / folder)
+    if record.get("folders"):
+        paths.add(out / "generated.png")
+    return paths
+
+
+def _previous_outputs(out: Path) -> set[Path]:
+    """What an earlier ``generate`` into ``out`` wrote, as its ``generated.json`` lists it (else nothing)."""
+    try:
+        return _listed_outputs(out, json.loads((out / "generated.json").read_text()))
+    except (OSError, ValueError, TypeError, KeyError):  # no earlier call, or a file that is not ours
+        return set()
+
+
+def _remove_stale(stale: set[Path], out: Path, record: dict[str, Any]) -> None:
+    """Delete an earlier call's outputs that this call's ``generated.json`` no longer lists."""
+    keep = _listed_outputs(out, record) | {out / "generated.json"}
+    for path in sorted(stale - keep, key=lambda p: len(p.parts), reverse=True):  # files before their folders
+        if path.is_dir():
+            (path / "generated.json").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder the user put more in stays
+                path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _export(

@@ -17,7 +17,14 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
-from rl_gpt.train.modelfile import ModelFileError, check_compatible, load_generator, model_dataset, read_model_info
+from rl_gpt.train.modelfile import (
+    ModelFileError,
+    check_compatible,
+    check_config_task,
+    load_generator,
+    model_dataset,
+    read_model_info,
+)
 from rl_gpt.train.probe import prompt_grid, run_prompts
 
 __all__ = ["calibrate", "ensure_calibrated"]
@@ -35,8 +42,9 @@ def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = Tru
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset_dir))
+    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset, cfg.dataset_dir))
     check_compatible(info, ds.spec)
+    check_config_task(info, cfg.task.name, cfg.task.env_id)
     train_runs = info["meta"]["train_runs"]
     runs = train_runs[: sc.calibration_inits]
     slices = ds.run_slices()

@@ -25,7 +25,7 @@ from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.train.calibration import conditioning_prompts
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import check_compatible, load_generator, model_dataset
+from rl_gpt.train.modelfile import check_compatible, check_config_task, load_generator, model_dataset
 from rl_gpt.train.probe import prompt_grid, run_prompts
 
 __all__ = ["sweep"]
@@ -72,12 +72,13 @@ def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progres
     """Run the sweep, write ``out/report.json`` and ``out/sweep.png``; return the report."""
     sc: SweepConfig = cfg.sweep
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
-    out = ensure_writable_dir(out)
     timings: dict[str, float] = {}
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset_dir))
+    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset, cfg.dataset_dir))
     check_compatible(info, ds.spec)
+    check_config_task(info, cfg.task.name, cfg.task.env_id)
+    out = ensure_writable_dir(out)  # after the checks, so a refused sweep leaves no empty folder
     spec, task = ds.spec, task_config(ds.spec["task"])
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]

@@ -182,8 +182,9 @@ def _calibrated(
     if not cal.matches(guidance, steps, average):
         warnings.warn(
             f"{Path(model_dir) / 'calibration.json'} was measured with {cal.describe()}, not guidance "
-            f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; run `rl-gpt calibrate` "
-            "with these settings to calibrate them",
+            f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; sample with its settings "
+            "(generate --guidance/--steps/--average, sweep guidance= sweep.steps= average=) or run "
+            "`rl-gpt calibrate` with these",
             stacklevel=2,
         )
         return desired, None

@@ -79,7 +79,7 @@ def load_train_state(
     if changed:
         raise ConfigError(
             f"{directory.parent} holds a run trained with different train.{', train.'.join(changed)}; "
-            "use another out= directory to start a new run"
+            "train again with --restart (it replaces that run) or use another out= directory"
         )
     tensors = load_file(str(directory / "state.safetensors"))
     try:

@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from rl_gpt.config import ExperimentConfig, TrainConfig, dump_yaml, to_dict
+from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
@@ -60,8 +61,6 @@ def diffusion_args(cfg: TrainConfig) -> dict[str, Any]:
 
 def model_config(cfg: TrainConfig) -> ModelConfig:
     if cfg.model not in MODELS:
-        from rl_gpt.config import ConfigError
-
         raise ConfigError(f"train.model: unknown model {cfg.model!r}; choose one of {', '.join(MODELS)}")
     # A residual (θ + f) output is the identity only when the network predicts θ' itself (and sees θ).
     residual = cfg.prediction == "x0" and cfg.target == "theta" and cfg.condition_on_theta
@@ -69,8 +68,6 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     try:
         return ModelConfig.from_dict(base)
     except (TypeError, ValueError) as exc:
-        from rl_gpt.config import ConfigError
-
         colon = any(":" in k for k in cfg.model_overrides)
         example = "'train.model_overrides={width: 128}'"
         hint = f" (YAML needs a space after each colon; quote it for the shell: {example})" if colon else ""
@@ -92,8 +89,6 @@ def build_generator(
     cfg: TrainConfig, ds: CheckpointDataset, normalizer: Normalizer
 ) -> tuple[ParameterGenerator, ModelConfig]:
     if not cfg.condition_on_theta and cfg.target != "theta":
-        from rl_gpt.config import ConfigError
-
         raise ConfigError(
             "train.condition_on_theta=false models θ' without θ, so train.target=delta has nothing to add "
             "the update to; set train.target=theta"
@@ -132,11 +127,11 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         tc.device if not tc.device.startswith("cuda") or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
     main_proc = rank == 0
+    ds = CheckpointDataset(cfg.dataset_dir)  # before creating out/model: a missing dataset leaves nothing behind
     out = ensure_writable_dir(cfg.model_dir) if main_proc else cfg.model_dir
     torch.manual_seed(tc.seed + rank)
 
     # ---------------------------------------------------------------- data
-    ds = CheckpointDataset(cfg.dataset_dir)
     state_dir = out / "train_state"
     saved = read_data_state(state_dir) if resume else None
     if saved is not None:  # a resumed run keeps its split and normaliser even if the dataset has grown since
@@ -144,6 +139,12 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         normalizer = Normalizer.from_dict(saved["normalizer"])
     else:
         train_runs, test_runs = split_runs(sorted(ds.run_slices()), tc.test_fraction, tc.split_seed)
+        if not test_runs and main_proc:
+            warnings.warn(
+                f"no run is held out ({len(train_runs)} run(s), train.test_fraction={tc.test_fraction}): "
+                "alignment.json will only measure the training runs; collect more runs to measure generalisation",
+                stacklevel=2,
+            )
         sampler0 = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed)
         normalizer = fit_normalizer(ds, sampler0, input_columns=tc.normalize_input_columns)
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
@@ -162,6 +163,11 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     step = 0
     if resume and (state_dir / "state.json").exists():
         step = load_train_state(state_dir, model, ema, opt, sampler.generator, expect=to_dict(tc))
+        if step > tc.steps:
+            raise ConfigError(
+                f"{out} is already trained to step {step}, past train.steps={tc.steps}; train again with --restart "
+                "to start a new run of that length, or use another out= directory"
+            )
         if world > 1:  # only rank 0's sampler state was saved: give every rank its own stream again
             sampler.generator.manual_seed(tc.seed * 1000 + rank + step * world)
         if main_proc and progress:
@@ -314,7 +320,8 @@ def _final_alignment(
     from rl_gpt.io import atomic_write_json
 
     episodes = cfg.sweep.episodes  # as many as the sweep uses, so the two measure alike
-    result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance}
+    # One draw per prompt (no sweep.average): a quick check, not the sweep's protocol; said so in the file.
+    result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance, "samples": 1, "average": 1}
     if progress:  # MuJoCo tasks spend minutes here on the CPU simulator: say what the wait is for
         print(
             f"model saved in {out}; measuring prompt alignment from {len(train_runs[:16])} training and "

@@ -9,6 +9,7 @@ safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
 from rl_gpt.train.generator import ParameterGenerator
 
-__all__ = ["ModelFileError", "check_compatible", "load_generator", "model_dataset", "save_model"]
+__all__ = ["ModelFileError", "check_compatible", "check_config_task", "load_generator", "model_dataset", "save_model"]
 
 FORMAT = {"name": "rl_gpt.model", "version": 1}
 
@@ -74,18 +75,38 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
     return info
 
 
-def model_dataset(directory: str | Path, info: dict[str, Any], fallback: str | Path | None = None) -> Path:
-    """The dataset a model was trained on: its recorded path, else that path relative to the model
-    directory (a run folder that was moved or copied whole), else ``fallback``."""
+def model_dataset(
+    directory: str | Path, info: dict[str, Any], given: str | Path | None = None, fallback: str | Path | None = None
+) -> Path:
+    """The dataset to use with a model: ``given`` (one the user named) where it holds one (the caller
+    checks that it fits, with :func:`check_compatible`), else the model's recorded path, else that
+    path relative to the model directory (a run folder that was moved or copied whole), else
+    ``fallback`` (where the config's ``out`` keeps its dataset)."""
     meta = info.get("meta", {})
+    if given and (Path(given) / "spec.json").is_file():
+        return Path(given)
     candidates = [meta.get("dataset"), meta.get("dataset_relative") and Path(directory) / meta["dataset_relative"]]
     for path in [*candidates, fallback]:
         if path and (Path(path) / "spec.json").is_file():
+            if given:
+                warnings.warn(f"{given} holds no dataset (no spec.json); using the model's own at {path}", stacklevel=2)
             return Path(path)
     raise ModelFileError(
-        f"the dataset of model {directory} is not at {meta.get('dataset')}; "
-        "pass its location (sweep: dataset=PATH, generate: --dataset PATH)"
+        f"the dataset of model {directory} is not at {meta.get('dataset')}"
+        + (f" and {given} holds none" if given else "")
+        + "; pass its location (sweep: dataset=PATH, generate: --dataset PATH)"
     )
+
+
+def check_config_task(info: dict[str, Any], task_name: str, env_id: str) -> None:
+    """Refuse a config written for another task than the model's: its sampler and prompt settings
+    (guidance, averaging, metric range) would be applied to the wrong generator without a word."""
+    mine = info["spec"]
+    if mine["task"].get("name") != task_name or mine.get("env_id") != env_id:
+        raise ModelFileError(
+            f"the model was trained for {mine['task'].get('name')} ({mine.get('env_id')}) but the config is for "
+            f"{task_name} ({env_id}); leave the config out to use the model's own, or pass its task's preset"
+        )
 
 
 def check_compatible(info: dict[str, Any], spec: dict[str, Any]) -> None:
