@@ -92,6 +92,13 @@ def _model_config(args: argparse.Namespace) -> str | None:
     return args.config
 
 
+def _named_dataset(args: argparse.Namespace, cfg: Any) -> str | None:
+    """``cfg.dataset`` where the user named it (a config file or ``dataset=``), not where it comes from
+    the model's own config.yaml: that path was typed at training time, maybe relative to elsewhere."""
+    named = args.config is not None or any(o.startswith("dataset=") for o in args.overrides)
+    return cfg.dataset if named else None
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
     from rl_gpt.demo import format_table
@@ -100,7 +107,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     cfg = load_config(_model_config(args), args.overrides, command="sweep")
     model = args.model or str(cfg.model_dir)
     out = args.out or str(Path(cfg.out) / "sweep")
-    report = sweep(cfg, model, out, progress=not args.quiet)
+    report = sweep(cfg, model, out, progress=not args.quiet, dataset=_named_dataset(args, cfg))
     print(format_table(report))
     print(f"report: {Path(out) / 'report.json'}  plot: {Path(out) / 'sweep.png'}")
 
@@ -110,7 +117,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from rl_gpt.sweep.calibrate import calibrate
 
     cfg = load_config(_model_config(args), args.overrides, command="calibrate")
-    calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet)
+    calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet, dataset=_named_dataset(args, cfg))
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
@@ -253,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
     p.add_argument("--num", type=_count, default=1, help="number of policies (samples from the one start network)")
     p.add_argument("--guidance", type=_scale, default=None, help="guidance scale (default: the model's sweep.guidance)")
-    p.add_argument("--dataset", default=None, help="the model's dataset, if it is no longer where training left it")
+    p.add_argument(
+        "--dataset", default=None, help="use this dataset (it must hold the model's runs) instead of the recorded one"
+    )
     p.add_argument(
         "--steps", type=_count, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"
     )

@@ -368,6 +368,17 @@ def test_model_for_another_task_is_refused(experiment):
         check_compatible(info, other)
 
 
+def test_a_config_for_another_task_is_refused_but_a_supervised_env_id_is_not_compared(experiment):
+    from rl_gpt.train.modelfile import check_config_task
+
+    info = read_model_info(experiment / "model")
+    check_config_task(info, "cartpole", "CartPole-v1")
+    with pytest.raises(ModelFileError, match="trained for cartpole .* config is for digits"):
+        check_config_task(info, "digits", "digits", "supervised")
+    supervised = {"spec": {"task": {"name": "digits"}, "env_id": "digits"}}  # env_id: the data set's name
+    check_config_task(supervised, "digits", "CartPole-v1", "supervised")  # a config that left task.env_id out
+
+
 def test_generate_from_an_incompatible_policy_is_refused(experiment, tmp_path, capsys):
     wrong = PPO("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [8]}, device="cpu")
     wrong.save(tmp_path / "wrong.zip")
@@ -496,6 +507,7 @@ def test_a_dataset_of_single_checkpoint_runs_is_refused(experiment, tmp_path, ca
     assert main([*collect, "task.n_envs=2", "collect.eval_episodes=1", *QUIET]) == 0
     assert main(["train", "cartpole", f"out={out}", "steps=2", *TINY_MODEL, *QUIET]) == 2
     assert "single valid checkpoint" in capsys.readouterr().err
+    assert not (out / "model").exists()
 
 
 def test_a_sweep_and_its_calibration_follow_the_metric_range_they_are_given(experiment, tmp_path):
@@ -667,3 +679,23 @@ def test_warnings_print_as_one_line_naming_the_command():
     finally:
         warnings.formatwarning = previous
     assert text == "rl-gpt generate: warning: target 5000 lies outside\n"
+
+
+def test_an_edited_generated_json_cannot_make_generate_delete_elsewhere(experiment, tmp_path):
+    out, victim = tmp_path / "g", tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out.mkdir()
+    for record in (
+        {"policies": [{"file": "../victim.txt"}, {"file": str(victim)}], "folders": ["..", ".", "../victim.txt"]},
+        [],
+        {"policies": ["a.zip"], "folders": "target_1"},
+    ):
+        (out / "generated.json").write_text(json.dumps(record))
+        args = ["generate", "--model", str(experiment / "model"), "--target-return", "400", "--episodes", "2"]
+        assert main([*args, "--out", str(out)]) == 0
+        assert victim.read_text() == "keep me"
+    # generating again from a policy of the last call into the same folder keeps that start file
+    assert main([*args, "--num", "3", "--out", str(out)]) == 0
+    start = out / "policy_002.zip"
+    assert main([*args, "--from", str(start), "--out", str(out)]) == 0
+    assert start.is_file() and not (out / "policy_001.zip").exists()

@@ -79,7 +79,8 @@ _EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address"})
 def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``collect.key=old value`` for each setting that would make new runs unlike the stored ones."""
     before, after = old.get("collect") or {}, new.get("collect") or {}
-    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)  # older specs lack some keys
+    unused = {"timesteps"} if (new.get("task") or {}).get("kind") == "supervised" else set()  # steps: task.hyperparams
+    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE | unused)  # older specs lack some
     return [f"collect.{k}={before[k]!r}" for k in shared if before[k] != after[k]]
 
 

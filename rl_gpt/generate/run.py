@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,7 +80,7 @@ def generate(
     ``out`` holds a summary ``generated.json`` and ``generated.png`` (prompted against achieved).
 
     ``guidance`` defaults to the scale the model's config sweeps with (``sweep.guidance``: 2 for the
-    CartPole presets, 1.5 for digits); ``dataset`` is a fallback location of the model's dataset; each
+    CartPole presets, 1.5 for digits); ``dataset`` is used instead of the model's recorded one; each
     policy is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many
     as the model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
     sampling steps (default: ``sweep.steps``). Where the model has a ``calibration.json`` measured
@@ -111,6 +112,7 @@ def generate(
     check_compatible(info, ds.spec)
     out = ensure_writable_dir(out)
     stale = _previous_outputs(out)
+    start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
     config = info["meta"].get("config", {})
     swept = config.get("sweep", {})
     if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes
@@ -172,7 +174,7 @@ def generate(
         atomic_write_json(folder / "generated.json", record)
         records.append(record)
     if len(targets) == 1:
-        _remove_stale(stale, out, records[0])
+        _remove_stale(stale, out, records[0], keep=start_file)
         return records[0]
     achieved = res.mean.reshape(len(targets), num)
     summary = {
@@ -185,33 +187,45 @@ def generate(
     }
     atomic_write_json(out / "generated.json", summary)
     plot_targets(summary, achieved, out / "generated.png")
-    _remove_stale(stale, out, summary)
+    _remove_stale(stale, out, summary, keep=start_file)
     return summary
 
 
-def _listed_outputs(out: Path, record: dict[str, Any]) -> set[Path]:
-    """The files and folders a ``generated.json`` record in ``out`` names."""
-    paths = {out / p["file"] for p in record.get("policies", []) if p.get("file")}
-    for folder in record.get("folders", []):
-        paths.add(out / folder)
-        paths |= _previous_outputs(out / folder)
-    if record.get("folders"):
-        paths.add(out / "generated.png")
+#: What generate writes into a folder, and nothing else may be removed as an earlier call's output.
+_OUTPUT_NAME = re.compile(r"(policy_\d+\.zip|classifier_\d+\.safetensors|target_[^/\\]+|generated\.png)")
+
+
+def _listed_outputs(out: Path, record: Any, depth: int = 0) -> set[Path]:
+    """The files and folders a ``generated.json`` record in ``out`` names: only names generate
+    writes, directly inside ``out`` (a hand-edited or foreign file cannot point elsewhere)."""
+    if not isinstance(record, dict):
+        return set()
+    policies, folders = record.get("policies"), record.get("folders") if depth == 0 else None
+    policies = policies if isinstance(policies, list) else []
+    folders = folders if isinstance(folders, list) else []
+    names = [p.get("file") for p in policies if isinstance(p, dict)]
+    names += [*folders, "generated.png"] if folders else []
+    paths = {out / n for n in names if isinstance(n, str) and _OUTPUT_NAME.fullmatch(n)}
+    for folder in folders:
+        if isinstance(folder, str) and out / folder in paths:
+            paths |= _previous_outputs(out / folder, depth + 1)
     return paths
 
 
-def _previous_outputs(out: Path) -> set[Path]:
+def _previous_outputs(out: Path, depth: int = 0) -> set[Path]:
     """What an earlier ``generate`` into ``out`` wrote, as its ``generated.json`` lists it (else nothing)."""
     try:
-        return _listed_outputs(out, json.loads((out / "generated.json").read_text()))
-    except (OSError, ValueError, TypeError, KeyError):  # no earlier call, or a file that is not ours
+        return _listed_outputs(out, json.loads((out / "generated.json").read_text()), depth)
+    except (OSError, ValueError):  # no earlier call, or a file that is not JSON
         return set()
 
 
-def _remove_stale(stale: set[Path], out: Path, record: dict[str, Any]) -> None:
-    """Delete an earlier call's outputs that this call's ``generated.json`` no longer lists."""
-    keep = _listed_outputs(out, record) | {out / "generated.json"}
-    for path in sorted(stale - keep, key=lambda p: len(p.parts), reverse=True):  # files before their folders
+def _remove_stale(stale: set[Path], out: Path, record: dict[str, Any], keep: set[Path] = frozenset()) -> None:
+    """Delete an earlier call's outputs that this call's ``generated.json`` no longer lists (never ``keep``)."""
+    keep = {p.resolve() for p in (*_listed_outputs(out, record), out / "generated.json", *keep)}
+    for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):  # files before their folders
+        if path.resolve() in keep or path.is_symlink():
+            continue
         if path.is_dir():
             (path / "generated.json").unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # a folder the user put more in stays

@@ -30,21 +30,24 @@ from rl_gpt.train.probe import prompt_grid, run_prompts
 __all__ = ["calibrate", "ensure_calibrated"]
 
 
-def calibrate(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:
+def calibrate(
+    cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True, dataset: str | Path | None = None
+) -> PromptCalibration:
     """Fit the prompt calibration of the model in ``model_dir`` and write ``model_dir/calibration.json``.
 
     Conditions on ``sweep.calibration_prompts`` prompts over the metric range (held inside the
     training data's range unless ``sweep.clamp_prompts`` is false, as the sweep does) from the step-0
     networks of up to ``sweep.calibration_inits`` training runs (never the held-out runs, nor the
     sweep's unseen inits), ``sweep.samples`` samples each, evaluated as the sweep evaluates.
+    ``dataset``: one the user named, as for :func:`rl_gpt.sweep.run.sweep`.
     """
     sc = cfg.sweep
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset, cfg.dataset_dir))
+    ds = CheckpointDataset(model_dataset(model_dir, info, dataset, cfg.dataset_dir))
     check_compatible(info, ds.spec)
-    check_config_task(info, cfg.task.name, cfg.task.env_id)
+    check_config_task(info, cfg.task.name, cfg.task.env_id, cfg.task.kind)
     train_runs = info["meta"]["train_runs"]
     runs = train_runs[: sc.calibration_inits]
     slices = ds.run_slices()

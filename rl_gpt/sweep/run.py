@@ -68,16 +68,25 @@ def _ppo_equivalent(ds: CheckpointDataset, runs: list[int], value: float, higher
     return None if med == float("inf") else med
 
 
-def sweep(cfg: ExperimentConfig, model_dir: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run the sweep, write ``out/report.json`` and ``out/sweep.png``; return the report."""
+def sweep(
+    cfg: ExperimentConfig,
+    model_dir: str | Path,
+    out: str | Path,
+    progress: bool = True,
+    dataset: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run the sweep, write ``out/report.json`` and ``out/sweep.png``; return the report.
+
+    ``dataset``: one the user named, used instead of the model's own if it holds the model's runs.
+    """
     sc: SweepConfig = cfg.sweep
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     timings: dict[str, float] = {}
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(model_dataset(model_dir, info, cfg.dataset, cfg.dataset_dir))
+    ds = CheckpointDataset(model_dataset(model_dir, info, dataset, cfg.dataset_dir))
     check_compatible(info, ds.spec)
-    check_config_task(info, cfg.task.name, cfg.task.env_id)
+    check_config_task(info, cfg.task.name, cfg.task.env_id, cfg.task.kind)
     out = ensure_writable_dir(out)  # after the checks, so a refused sweep leaves no empty folder
     spec, task = ds.spec, task_config(ds.spec["task"])
     higher = spec["metric"]["higher_is_better"]

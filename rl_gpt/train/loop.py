@@ -127,8 +127,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         tc.device if not tc.device.startswith("cuda") or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
     main_proc = rank == 0
-    ds = CheckpointDataset(cfg.dataset_dir)  # before creating out/model: a missing dataset leaves nothing behind
-    out = ensure_writable_dir(cfg.model_dir) if main_proc else cfg.model_dir
+    ds = CheckpointDataset(cfg.dataset_dir)
+    out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
     torch.manual_seed(tc.seed + rank)
 
     # ---------------------------------------------------------------- data
@@ -148,6 +148,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         sampler0 = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed)
         normalizer = fit_normalizer(ds, sampler0, input_columns=tc.normalize_input_columns)
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
+    if main_proc:
+        ensure_writable_dir(out)
 
     # ---------------------------------------------------------------- model, optimiser
     gen, mc = build_generator(tc, ds, normalizer)

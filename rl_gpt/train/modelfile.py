@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.io import atomic_save_safetensors, atomic_write_json
@@ -78,12 +79,14 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
 def model_dataset(
     directory: str | Path, info: dict[str, Any], given: str | Path | None = None, fallback: str | Path | None = None
 ) -> Path:
-    """The dataset to use with a model: ``given`` (one the user named) where it holds one (the caller
-    checks that it fits, with :func:`check_compatible`), else the model's recorded path, else that
-    path relative to the model directory (a run folder that was moved or copied whole), else
-    ``fallback`` (where the config's ``out`` keeps its dataset)."""
+    """The dataset to use with a model: ``given`` (one the user named on the command line) where it
+    holds one and has the model's training runs (the caller checks task and layout with
+    :func:`check_compatible`), else the model's recorded path, else that path relative to the model
+    directory (a run folder that was moved or copied whole), else ``fallback`` (where the config's
+    ``out`` keeps its dataset)."""
     meta = info.get("meta", {})
     if given and (Path(given) / "spec.json").is_file():
+        _check_has_runs(Path(given), meta.get("train_runs", []) + meta.get("test_runs", []))
         return Path(given)
     candidates = [meta.get("dataset"), meta.get("dataset_relative") and Path(directory) / meta["dataset_relative"]]
     for path in [*candidates, fallback]:
@@ -98,14 +101,28 @@ def model_dataset(
     )
 
 
-def check_config_task(info: dict[str, Any], task_name: str, env_id: str) -> None:
-    """Refuse a config written for another task than the model's: its sampler and prompt settings
-    (guidance, averaging, metric range) would be applied to the wrong generator without a word."""
-    mine = info["spec"]
-    if mine["task"].get("name") != task_name or mine.get("env_id") != env_id:
+def _check_has_runs(dataset: Path, runs: list[int]) -> None:
+    """Refuse a dataset that lacks runs the model was split over: its ids would index other data."""
+    missing = sorted(set(runs) - set(CheckpointDataset(dataset).run_slices()))
+    if missing:
         raise ModelFileError(
-            f"the model was trained for {mine['task'].get('name')} ({mine.get('env_id')}) but the config is for "
-            f"{task_name} ({env_id}); leave the config out to use the model's own, or pass its task's preset"
+            f"{dataset} lacks runs {missing[:5]}{' ...' if len(missing) > 5 else ''} that the model was trained "
+            "or held out on; pass the dataset the model was trained on"
+        )
+
+
+def check_config_task(info: dict[str, Any], task_name: str, env_id: str, kind: str = "rl") -> None:
+    """Refuse a config written for another task than the model's: its sampler and prompt settings
+    (guidance, averaging, metric range) would be applied to the wrong generator without a word.
+    A supervised task's env id is its data set's name, recorded from the network, so only RL tasks
+    compare it."""
+    mine = info["spec"]
+    name = mine["task"].get("name")
+    if name != task_name or (kind == "rl" and mine.get("env_id") != env_id):
+        raise ModelFileError(
+            f"the model was trained for {name} ({mine.get('env_id')}) but the config is for {task_name} ({env_id}); "
+            f"pass the config it was trained with (its config.yaml is used when no config is given) or its "
+            f"task's preset, e.g. `{name}`"
         )
 
 
