@@ -126,6 +126,9 @@ class TrainConfig:
     # Gaussian noise on the start metric m and the prompt m' while training, as a fraction of the
     # metric range (0 = off): the model must not read an exact label value as a flag.
     metric_jitter: float = 0.0
+    # False: jitter only the start metric m (where every init carries the same label), not the prompt
+    # m', whose exact value says how good the target network is.
+    jitter_prompt: bool = True
     # Weight of the function-space loss (rl_gpt/train/function_loss.py): the squared difference of
     # the outputs of the x0 estimate and of the real θ' on probe inputs, weighted over noise levels
     # by function_signal_power. 0 = off (weights-only MSE, G.pt's loss).

@@ -91,10 +91,12 @@ def test_theta_free_loss_and_gradients_do_not_depend_on_theta() -> None:
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
-@pytest.mark.parametrize("jitter", [0.0, 0.05])
-def test_metric_jitter_perturbs_the_metrics_the_network_sees_by_its_share_of_the_range(jitter: float) -> None:
+@pytest.mark.parametrize(("jitter", "prompt_too"), [(0.0, True), (0.05, True), (0.05, False)])
+def test_metric_jitter_perturbs_the_metrics_the_network_sees_by_its_share_of_the_range(
+    jitter: float, prompt_too: bool
+) -> None:
     gen = _generator(True)
-    gen.metric_jitter = jitter
+    gen.metric_jitter, gen.jitter_prompt = jitter, prompt_too
     seen = {}
     real = gen.diffusion.training_loss
 
@@ -110,7 +112,8 @@ def test_metric_jitter_perturbs_the_metrics_the_network_sees_by_its_share_of_the
     gen.loss(batch, generator=torch.Generator().manual_seed(0))
     for key, raw in (("metric", m), ("prompt", prompt)):
         err = seen[key] - gen.normalizer.metric(raw)  # in normalised units: the range spans 2
-        assert err.mean().abs() < 0.01 and (err.std() - 2 * jitter).abs() < 0.01, key
+        std = 2 * jitter if key == "metric" or prompt_too else 0.0  # train.jitter_prompt=false: m only
+        assert err.mean().abs() < 0.01 and (err.std() - std).abs() < 0.01, key
     with pytest.raises(ValueError, match="metric_jitter"):
         ParameterGenerator(gen.model, gen.diffusion, _normalizer(), LAYOUT, metric_jitter=-0.1)
 

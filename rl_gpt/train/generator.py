@@ -44,6 +44,7 @@ class ParameterGenerator:
         prompt_dropout: float = 0.1,
         condition_on_theta: bool = True,
         metric_jitter: float = 0.0,
+        jitter_prompt: bool = True,
     ):
         if target not in ("theta", "delta"):
             raise ValueError(f"target={target!r}: choose 'theta' or 'delta'")
@@ -55,6 +56,7 @@ class ParameterGenerator:
         self.target, self.prompt_dropout = target, prompt_dropout
         self.condition_on_theta = bool(condition_on_theta)
         self.metric_jitter = float(metric_jitter)
+        self.jitter_prompt = bool(jitter_prompt)
 
     def to(self, device: torch.device | str) -> ParameterGenerator:
         self.model.to(device)
@@ -122,7 +124,7 @@ class ParameterGenerator:
         if self.metric_jitter > 0:
             # Labels are measurements: noise of metric_jitter x the metric range (2 normalised units)
             # keeps the model from keying on exact values, e.g. the one number every init is labelled with.
-            for key in ("metric", "prompt"):
+            for key in ("metric", "prompt") if self.jitter_prompt else ("metric",):
                 noise = torch.randn(b, generator=generator, device=theta.device)
                 cond[key] = cond[key] + 2 * self.metric_jitter * noise
         use_function = function_probe is not None and function_weight > 0

@@ -105,6 +105,7 @@ def build_generator(
         cfg.prompt_dropout,
         cfg.condition_on_theta,
         cfg.metric_jitter,
+        cfg.jitter_prompt,
     )
     return gen, mc
 
