@@ -84,12 +84,23 @@ def _cmd_train(args: argparse.Namespace) -> None:
         ensure_calibrated(cfg, out, progress=not args.quiet)
 
 
-def _model_config(args: argparse.Namespace) -> str | None:
+def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:
     """The config to run with: the one given, else the one saved with ``--model`` (its task's sweep
-    settings, not the embedded CartPole's), else None (the embedded default)."""
-    if args.config is None and args.model and (Path(args.model) / "config.yaml").is_file():
+    settings, not the embedded CartPole's): its config.yaml, else the copy in its model.json (a model
+    folder copied without the YAML), else None (the embedded default)."""
+    if args.config is not None or not args.model:
+        return args.config
+    if (Path(args.model) / "config.yaml").is_file():
         return str(Path(args.model) / "config.yaml")
-    return args.config
+    try:
+        from rl_gpt.config import load_config
+        from rl_gpt.train.modelfile import read_model_info
+
+        stored = read_model_info(args.model)["meta"]["config"]
+        load_config(stored)  # written by an older version with keys that are gone: use the default
+        return stored
+    except (OSError, ValueError, KeyError, TypeError):  # no model, or an unreadable copy: fall back as before
+        return None
 
 
 def _named_dataset(args: argparse.Namespace, cfg: Any) -> str | None:

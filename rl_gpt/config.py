@@ -8,6 +8,7 @@ a message naming the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -309,10 +310,14 @@ def find_preset(name_or_path: str) -> Path:
 
 
 def load_config(
-    source: str | Path | None = None, overrides: Sequence[str] = (), command: str | None = None
+    source: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = (), command: str | None = None
 ) -> ExperimentConfig:
-    """Defaults, then the YAML file (if any), then ``key=value`` overrides; validated throughout."""
-    data = _read_preset(str(source)) if source is not None else {}
+    """Defaults, then the YAML file (if any; or its sections as a mapping), then ``key=value``
+    overrides; validated throughout."""
+    if isinstance(source, Mapping):
+        data = copy.deepcopy(dict(source))
+    else:
+        data = _read_preset(str(source)) if source is not None else {}
     env_mode = os.environ.get("WANDB_MODE")
     if env_mode:  # wandb.init's mode argument beats the variable; honour it ourselves, below the command line
         mode = WANDB_MODE_ALIASES.get(env_mode, env_mode)

@@ -699,3 +699,15 @@ def test_an_edited_generated_json_cannot_make_generate_delete_elsewhere(experime
     start = out / "policy_002.zip"
     assert main([*args, "--from", str(start), "--out", str(out)]) == 0
     assert start.is_file() and not (out / "policy_001.zip").exists()
+
+
+def test_a_model_folder_without_its_config_yaml_sweeps_with_the_config_in_model_json(experiment, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    (model / "config.yaml").unlink()
+    info = json.loads((model / "model.json").read_text())
+    info["meta"]["config"]["sweep"]["prompts"] = 3  # marks where the sweep took its settings from
+    (model / "model.json").write_text(json.dumps(info))
+    args = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=1", "samples=1", "episodes=1"]
+    assert main([*args, *QUIET]) == 0
+    assert len(json.loads((tmp_path / "s" / "report.json").read_text())["prompts"]) == 3
