@@ -117,13 +117,26 @@ def _dist_info() -> tuple[int, int]:
 
 
 def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
-    """Train the generator on ``cfg.dataset_dir``; writes ``cfg.model_dir``. Returns the model directory."""
-    tc = cfg.train
-    resolve_device(tc.device, "train.device")  # before any work: a missing GPU is a one-line error
-    rank, world = _dist_info()
+    """Train the generator on ``cfg.dataset_dir``; writes ``cfg.model_dir``. Returns the model directory.
+
+    Under ``torchrun`` it joins (or opens) the process group; one it opened is closed again however
+    training ends, so rank 0 may go on alone (train.calibrate) and a refused run leaves none open.
+    """
+    resolve_device(cfg.train.device, "train.device")  # before any work: a missing GPU is a one-line error
+    _, world = _dist_info()
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
-        dist.init_process_group("nccl" if tc.device.startswith("cuda") else "gloo")
+        dist.init_process_group("nccl" if cfg.train.device.startswith("cuda") else "gloo")
+    try:
+        return _train(cfg, progress, resume)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
+    tc = cfg.train
+    rank, world = _dist_info()
     device = torch.device(
         tc.device if not tc.device.startswith("cuda") or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
@@ -274,8 +287,6 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
         run.finish()
     if world > 1:
         dist.barrier()
-    if own_group:  # rank 0 may go on alone (train.calibrate): leave no group open behind it
-        dist.destroy_process_group()
     return out
 
 
