@@ -19,7 +19,7 @@ from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.layout import Layout
-from rl_gpt.train.modelfile import ModelFileError, check_compatible, load_generator, model_dataset
+from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset
 
 __all__ = ["generate", "load_start"]
 
@@ -89,7 +89,6 @@ def generate(
     range's nearest end, with a warning (``extrapolate=True``: on the target as given).
     """
     from rl_gpt.config import task_config
-    from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.train.calibration import conditioning_prompts
 
     targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
@@ -108,8 +107,7 @@ def generate(
             stacklevel=2,
         )
     theta = load_start(info, from_zip, seed)
-    ds = CheckpointDataset(model_dataset(model_dir, info, dataset))
-    check_compatible(info, ds.spec)
+    ds = open_dataset(model_dir, info, dataset)
     out = ensure_writable_dir(out)
     stale = _previous_outputs(out)
     start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call

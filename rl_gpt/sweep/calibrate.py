@@ -13,18 +13,10 @@ from typing import Any
 import torch
 
 from rl_gpt.config import ExperimentConfig
-from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
-from rl_gpt.train.modelfile import (
-    ModelFileError,
-    check_compatible,
-    check_config_task,
-    load_generator,
-    model_dataset,
-    read_model_info,
-)
+from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
 from rl_gpt.train.probe import prompt_grid, run_prompts
 
 __all__ = ["calibrate", "ensure_calibrated"]
@@ -45,9 +37,7 @@ def calibrate(
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(model_dataset(model_dir, info, dataset, cfg.dataset_dir))
-    check_compatible(info, ds.spec)
-    check_config_task(info, cfg.task.name, cfg.task.env_id, cfg.task.kind)
+    ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
     train_runs = info["meta"]["train_runs"]
     runs = train_runs[: sc.calibration_inits]
     slices = ds.run_slices()

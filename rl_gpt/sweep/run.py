@@ -25,7 +25,7 @@ from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.train.calibration import conditioning_prompts
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import check_compatible, check_config_task, load_generator, model_dataset
+from rl_gpt.train.modelfile import load_generator, open_dataset
 from rl_gpt.train.probe import prompt_grid, run_prompts
 
 __all__ = ["sweep"]
@@ -84,9 +84,7 @@ def sweep(
     timings: dict[str, float] = {}
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = CheckpointDataset(model_dataset(model_dir, info, dataset, cfg.dataset_dir))
-    check_compatible(info, ds.spec)
-    check_config_task(info, cfg.task.name, cfg.task.env_id, cfg.task.kind)
+    ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
     out = ensure_writable_dir(out)  # after the checks, so a refused sweep leaves no empty folder
     spec, task = ds.spec, task_config(ds.spec["task"])
     higher = spec["metric"]["higher_is_better"]

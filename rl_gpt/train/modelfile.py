@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from rl_gpt.config import TaskConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
@@ -25,7 +26,15 @@ from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
 from rl_gpt.train.generator import ParameterGenerator
 
-__all__ = ["ModelFileError", "check_compatible", "check_config_task", "load_generator", "model_dataset", "save_model"]
+__all__ = [
+    "ModelFileError",
+    "check_compatible",
+    "check_config_task",
+    "load_generator",
+    "model_dataset",
+    "open_dataset",
+    "save_model",
+]
 
 FORMAT = {"name": "rl_gpt.model", "version": 1}
 
@@ -139,6 +148,22 @@ def check_compatible(info: dict[str, Any], spec: dict[str, Any]) -> None:
             f"model's parameter layout ({mine['layout']['numel']} parameters) does not match this network's "
             f"({theirs['layout']['numel']}); the policy architecture differs from the training data's"
         )
+
+
+def open_dataset(
+    directory: str | Path,
+    info: dict[str, Any],
+    given: str | Path | None = None,
+    fallback: str | Path | None = None,
+    task: TaskConfig | None = None,
+) -> CheckpointDataset:
+    """The dataset to use with the model in ``directory`` (see :func:`model_dataset`), checked to fit
+    the model and, where ``task`` is given, the config's task too."""
+    ds = CheckpointDataset(model_dataset(directory, info, given, fallback))
+    check_compatible(info, ds.spec)
+    if task is not None:
+        check_config_task(info, task.name, task.env_id, task.kind)
+    return ds
 
 
 def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ParameterGenerator, dict]:
