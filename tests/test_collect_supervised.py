@@ -58,6 +58,7 @@ def test_digits_collection_rows_reload_and_match_a_fresh_evaluation(tmp_path):
     assert set(spec) >= {"task", "env_id", "algo", "policy_kwargs", "metric", "policy", "layout", "fields"}
     assert set(spec) >= {"evaluation", "versions", "collect"}
     assert (spec["env_id"], spec["algo"], spec["policy"]["kind"]) == ("digits", "sgd", "classifier")
+    assert spec["task"]["kind"] == "supervised" and not spec["task"].keys() & {"algo", "policy_kwargs", "n_envs"}
     assert spec["metric"] == {**spec["metric"], "name": "test_loss", "higher_is_better": False, "field": "metric"}
     assert torch.unique(td["run"]).tolist() == [0, 1, 2]
     assert td["step"].dtype == torch.int64 and td["wall_time"].dtype == torch.float32
@@ -91,6 +92,17 @@ def test_collection_resumes_without_duplicates(tmp_path):
     assert torch.equal(td["params"][: len(first)], first["params"])  # stored runs are kept, not retrained
     assert _collect(tmp_path, "runs=3", "workers=1") == 0  # a finished collection is a no-op
     assert len(_load(tmp_path)[0]) == len(td)
+
+
+def test_a_dataset_whose_task_record_still_names_an_rl_algorithm_extends(tmp_path):
+    assert _collect(tmp_path, "runs=1", "workers=1") == 0
+    spec_path = tmp_path / "dataset" / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["task"].update(algo="ppo", n_envs=8, normalize=False)  # how specs were written before
+    spec_path.write_text(json.dumps(spec))
+    assert _collect(tmp_path, "runs=2", "workers=1") == 0
+    assert torch.unique(_load(tmp_path)[0]["run"]).tolist() == [0, 1]
+    assert "algo" not in json.loads(spec_path.read_text())["task"]  # rewritten in the new form
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

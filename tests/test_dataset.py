@@ -6,7 +6,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from rl_gpt.dataset import CheckpointDataset, DatasetError, DatasetWriter
+from rl_gpt.dataset import CheckpointDataset, DatasetError, DatasetWriter, task_record
 from rl_gpt.layout import LayerSpec, Layout
 
 LAYOUT = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
@@ -76,6 +76,13 @@ def test_refuses_a_different_task_in_the_same_directory(tmp_path):
     other = dict(SPEC, task={"name": "other"})
     with pytest.raises(DatasetError, match="different task"):
         DatasetWriter(tmp_path / "ds", other)
+
+
+def test_task_records_leave_out_the_other_kinds_fields():
+    rl = {"name": "cartpole", "kind": "rl", "algo": "ppo", "network": "", "data_root": None}
+    supervised = {"name": "digits", "kind": "supervised", "algo": "ppo", "n_envs": 8, "network": "digits_mlp"}
+    assert task_record(rl) == {"name": "cartpole", "kind": "rl", "algo": "ppo"}
+    assert task_record(supervised) == {"name": "digits", "kind": "supervised", "network": "digits_mlp"}
 
 
 def test_more_runs_must_be_collected_like_the_stored_ones(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
-from rl_gpt.dataset import DatasetWriter
+from rl_gpt.dataset import DatasetWriter, task_record
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
 from rl_gpt.wandb_run import CollectionLog
 
@@ -43,7 +43,7 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
         return supervised_spec(cfg)
     from rl_gpt.collect.sb3_run import describe_policy, describe_versions, folds_normalisation
 
-    task = to_dict(cfg.task)
+    task = task_record(to_dict(cfg.task))
     folded = folds_normalisation(cfg)
     layout, policy = describe_policy(cfg.task, folded)
     stats = "VecNormalize running {} (only when task.normalize)"

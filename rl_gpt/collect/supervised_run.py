@@ -18,6 +18,7 @@ import torch
 
 from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sample_hyperparams
 from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
+from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_run
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.train import LR_SCHEDULES, OPTIMIZERS
@@ -209,7 +210,7 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     hp = cfg.task.hyperparams
     algo = hp.get("optimizer", "sgd") if "optimizers" not in hp else "supervised"
     return {
-        "task": to_dict(cfg.task),
+        "task": task_record(to_dict(cfg.task)),
         "env_id": dataset,
         "algo": algo,
         "policy_kwargs": {},

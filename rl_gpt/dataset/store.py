@@ -72,6 +72,23 @@ def _fold_differs(old: dict, new: dict) -> bool:
     return old_policy.pop("normalize_obs", None) is True and new_policy.pop("normalize_obs", None) is False
 
 
+#: Task fields that mean nothing for the other kind of task, left out of the records datasets store:
+#: a classifier has no SB3 algorithm or policy_kwargs, a policy no network name or data folder.
+_OTHER_KIND_FIELDS = {
+    "rl": ("network", "data_root"),
+    "supervised": ("algo", "policy_kwargs", "n_envs", "normalize"),
+}
+
+
+def task_record(task: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``task`` section a spec stores: a resolved task config without the other kind's fields.
+
+    Also how two records are compared, so datasets written before these fields were left out
+    (a supervised spec used to say ``algo: "ppo"``) still compare equal to new ones.
+    """
+    return {k: v for k, v in task.items() if k not in _OTHER_KIND_FIELDS.get(task.get("kind", "rl"), ())}
+
+
 #: Collection settings that may change when a dataset is extended: how many runs and where they run.
 _EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address"})
 
@@ -96,7 +113,10 @@ class DatasetWriter:
         if spec_path.exists():
             old = read_spec(self.root)
             for key in ("task", "layout", "policy"):
-                if old.get(key) != spec.get(key):
+                before, after = old.get(key), spec.get(key)
+                if key == "task" and before is not None and after is not None:
+                    before, after = task_record(before), task_record(after)
+                if before != after:
                     raise DatasetError(
                         f"{self.root} already holds a dataset with a different {key}; "
                         "use another out= directory or delete the old dataset"
