@@ -88,6 +88,13 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     fid = report.get("init_fidelity") or {}
     if fid and None not in fid.values():
         lines.append(f"init fidelity: generator {fid['generator']:.2f}, real training {fid['real_training']:.2f}")
+    clf = report["one_step"].get("classifier")
+    if clf:
+        best = clf["dataset_best"]
+        lines.append(
+            f"one-step classifiers: test loss {clf['test_loss']:.3f}, test error {clf['test_error']:.1%}"
+            + (f" (the dataset's best: {best['test_loss']:.3f}, {best['test_error']:.1%})" if len(best) == 2 else "")
+        )
     rec = report["recursive"]["mean_return"]
     lines.append("recursive prompting: " + " -> ".join((value if not rl else "{:.0f}").format(v) for v in rec))
     if stages:

@@ -59,6 +59,11 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     prompts = report["prompts"]
     assert report["one_step"]["prompt"] == min(prompts)  # lower is better: the best prompt is the lowest loss
     assert np.isfinite(np.array(report["achieved"])).all()
+    classifier = report["one_step"]["classifier"]  # both metrics of the one-step networks, and the data's best
+    assert classifier["test_loss"] == pytest.approx(report["one_step"]["mean_return"], rel=1e-5)
+    assert 0.0 <= classifier["dataset_best"]["test_error"] <= classifier["test_error"] <= 1.0
+    retrieved_best = min(report["baselines"]["retrieval"]["achieved_mean"])  # a training checkpoint's loss
+    assert classifier["dataset_best"]["test_loss"] <= retrieved_best + 1e-5
     behaviour = report["behavioural_novelty"]
     assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
     n_test = len(load_digits()[2])

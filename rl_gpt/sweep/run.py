@@ -23,6 +23,7 @@ from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.supervised.data import load_dataset_cached
+from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.calibration import conditioning_prompts
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import load_generator, open_dataset
@@ -52,6 +53,25 @@ def _summary(
             "solved_fraction": solved,
         },
         "achieved_mean": achieved.nanmean(dim=(0, 2)).tolist(),
+    }
+
+
+def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor) -> dict[str, Any]:
+    """Test loss and error of generated classifiers (B, D), next to the dataset's best checkpoint of each.
+
+    A model prompts one metric; users judge a classifier by both (a loss-prompted network's error is
+    what they deploy it for).
+    """
+    measured = supervised_metric(ds.spec, params)
+    rows = ds.valid_mask()
+    return {
+        "test_loss": float(measured["test_loss"].nanmean()),
+        "test_error": float(measured["test_error"].nanmean()),
+        "dataset_best": {
+            key: float(ds.data[key][rows].min())
+            for key in ("test_loss", "test_error")
+            if key in ds.data.keys()  # noqa: SIM118 (TensorDict has no `in`)
+        },
     }
 
 
@@ -138,6 +158,8 @@ def sweep(
         | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
+    if task.kind == "supervised":
+        report["one_step"]["classifier"] = _classifier_metrics(ds, samples[:, best].reshape(-1, d))
     solved = report["one_step"]["solved_fraction"]
     say(
         f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.4g} "
