@@ -100,6 +100,13 @@ def test_a_preset_extends_another_and_overrides_only_what_it_names():
     assert full.out == "runs/digits_full"
 
 
+def test_the_large_cartpole_preset_is_the_full_one_with_a_gpu_sized_generator():
+    large, full = load_config("cartpole_large"), load_config("cartpole_full")
+    assert large.task == full.task and large.collect == full.collect and large.sweep == full.sweep
+    assert large.train.model_overrides == {"width": 512, "heads": 8, "depth": 8}
+    assert (large.train.batch, large.train.steps, large.train.lr) == (1024, 3000, 5e-4)
+
+
 def test_extends_a_file_beside_it_and_refuses_a_loop(tmp_path):
     (tmp_path / "a.yaml").write_text("extends: b.yaml\ntrain: {steps: 7}\n")
     (tmp_path / "b.yaml").write_text("extends: cartpole\ntrain: {steps: 5, batch: 3}\n")
