@@ -232,6 +232,19 @@ def test_fused_tokens_pair_each_unit_with_its_own_theta(theta_tokens: str) -> No
         torch.testing.assert_close(f, f_shuffled, rtol=1e-4, atol=1e-5)
 
 
+def test_metric_frequency_is_a_model_setting_and_older_files_keep_the_old_one() -> None:
+    from rl_gpt.model.embed import METRIC_FREQ_SCALE
+
+    layout = mlp_layout([4, 16, 2])
+    model = build_model("neuron", layout, metric_frequency=30.0)
+    embedders = (model.cond.metric_embed, model.cond.prompt_embed, model.cond.delta_embed)
+    assert [e.scale for e in embedders] == [30.0] * 3 and model.cond.t_embed.scale == 1.0
+    old = {k: v for k, v in MODELS["neuron"].to_dict().items() if k != "metric_frequency"}
+    assert ModelConfig.from_dict(old).metric_frequency == METRIC_FREQ_SCALE == 1000.0
+    with pytest.raises(ValueError, match="metric_frequency"):
+        ModelConfig(metric_frequency=0.0)
+
+
 def test_model_files_without_theta_tokens_load_as_separate() -> None:
     old = {k: v for k, v in MODELS["neuron"].to_dict().items() if k != "theta_tokens"}
     assert ModelConfig.from_dict(old).theta_tokens == "separate"

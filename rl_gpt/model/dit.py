@@ -113,7 +113,7 @@ class DiT(nn.Module):
             self.fuse = nn.Linear(2 * width, width)
         else:
             self.source_embed = nn.Embedding(2, width)  # 0: θ tokens, 1: x_t tokens
-        self.cond = ConditionEmbedder(width)
+        self.cond = ConditionEmbedder(width, config.metric_frequency)
         self.blocks = nn.ModuleList(
             DiTBlock(width, config.heads, config.mlp_ratio, config.dropout, self.adaln) for _ in range(config.depth)
         )

@@ -67,12 +67,12 @@ class ConditionEmbedder(nn.Module):
     kept: it describes θ, not the request.
     """
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, metric_scale: float = METRIC_FREQ_SCALE) -> None:
         super().__init__()
         self.t_embed = ScalarEmbedder(width)
-        self.metric_embed = ScalarEmbedder(width, METRIC_FREQ_SCALE)
-        self.prompt_embed = ScalarEmbedder(width, METRIC_FREQ_SCALE)
-        self.delta_embed = ScalarEmbedder(width, METRIC_FREQ_SCALE)
+        self.metric_embed = ScalarEmbedder(width, metric_scale)
+        self.prompt_embed = ScalarEmbedder(width, metric_scale)
+        self.delta_embed = ScalarEmbedder(width, metric_scale)
         self.null_prompt = nn.Parameter(torch.randn(width) * 0.02)
         self.null_delta = nn.Parameter(torch.randn(width) * 0.02)
 

@@ -47,7 +47,7 @@ class ResidualMLP(nn.Module):
         self.config = config
         self.layout = layout
         width, dim = config.width, layout.numel
-        self.cond = ConditionEmbedder(width)
+        self.cond = ConditionEmbedder(width, config.metric_frequency)
         self.input = nn.Linear(2 * dim, width)
         self.blocks = nn.ModuleList(
             ResidualMLPBlock(width, config.mlp_ratio, config.dropout) for _ in range(config.depth)

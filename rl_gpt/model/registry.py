@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from rl_gpt.layout import Layout
+from rl_gpt.model.embed import METRIC_FREQ_SCALE
 from rl_gpt.model.tokenize import TOKENIZERS
 
 __all__ = ["MODELS", "ModelConfig", "build_model"]
@@ -40,6 +41,9 @@ class ModelConfig:
     # "separate" mode unit j's θ token and x_t token can only find each other by content, which noise
     # destroys; "fused" keeps them together and halves the sequence.
     theta_tokens: str = "fused"
+    # Multiplier of the normalised metrics m, m' and m' - m before their frequency embedding: its
+    # fastest feature turns by this many radians per normalised unit (see rl_gpt/model/embed.py).
+    metric_frequency: float = METRIC_FREQ_SCALE
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -54,6 +58,8 @@ class ModelConfig:
             raise ValueError(f"width, chunk_size and mlp_ratio must be positive and depth >= 0: {self}")
         if self.kind == "dit" and self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if not self.metric_frequency > 0:
+            raise ValueError(f"metric_frequency must be positive, got {self.metric_frequency}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
