@@ -90,10 +90,11 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
         lines.append(f"init fidelity: generator {fid['generator']:.2f}, real training {fid['real_training']:.2f}")
     clf = report["one_step"].get("classifier")
     if clf:
-        best = clf["dataset_best"]
+        shown = {"test_loss": "{:.3f}", "test_error": "{:.1%}"}
+        best = [fmt.format(clf["dataset_best"][k]) for k, fmt in shown.items() if k in clf["dataset_best"]]
         lines.append(
             f"one-step classifiers: test loss {clf['test_loss']:.3f}, test error {clf['test_error']:.1%}"
-            + (f" (the dataset's best: {best['test_loss']:.3f}, {best['test_error']:.1%})" if len(best) == 2 else "")
+            + (f" (the dataset's best: {', '.join(best)})" if best else "")
         )
     rec = report["recursive"]["mean_return"]
     lines.append("recursive prompting: " + " -> ".join((value if not rl else "{:.0f}").format(v) for v in rec))

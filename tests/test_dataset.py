@@ -85,6 +85,19 @@ def test_task_records_leave_out_the_other_kinds_fields():
     assert task_record(supervised) == {"name": "digits", "kind": "supervised", "network": "digits_mlp"}
 
 
+def test_an_rl_dataset_written_with_the_supervised_fields_extends_and_is_rewritten(tmp_path):
+    old_task = {"name": "toy", "kind": "rl", "algo": "ppo", "network": "", "data_root": None}
+    DatasetWriter(tmp_path / "ds", dict(SPEC, task=old_task))
+    DatasetWriter(tmp_path / "ds", dict(SPEC, task=task_record(old_task)))
+    assert json.loads((tmp_path / "ds" / "spec.json").read_text())["task"] == {
+        "name": "toy",
+        "kind": "rl",
+        "algo": "ppo",
+    }
+    with pytest.raises(DatasetError, match="different task"):  # what the record keeps is still compared
+        DatasetWriter(tmp_path / "ds", dict(SPEC, task={**task_record(old_task), "algo": "sac"}))
+
+
 def test_more_runs_must_be_collected_like_the_stored_ones(tmp_path):
     DatasetWriter(tmp_path / "ds", dict(SPEC, collect={"runs": 2, "timesteps": 2048, "workers": 1}))
     more = dict(SPEC, collect={"runs": 8, "timesteps": 2048, "workers": 2})  # more runs, elsewhere: fine

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from rl_gpt.cli import main
+from rl_gpt.demo import format_table
 from rl_gpt.supervised import build_classifier, classifier_layout, evaluate_classifiers, load_digits
 
 QUIET = ["wandb.mode=disabled", "-q"]
@@ -64,6 +65,11 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     assert 0.0 <= classifier["dataset_best"]["test_error"] <= classifier["test_error"] <= 1.0
     retrieved_best = min(report["baselines"]["retrieval"]["achieved_mean"])  # a training checkpoint's loss
     assert classifier["dataset_best"]["test_loss"] <= retrieved_best + 1e-5
+    line = next(x for x in format_table(report).splitlines() if x.startswith("one-step classifiers"))
+    assert f"test error {classifier['test_error']:.1%}" in line and "the dataset's best: " in line
+    del classifier["dataset_best"]["test_loss"]  # a dataset without that field prints what it has
+    line = next(x for x in format_table(report).splitlines() if x.startswith("one-step classifiers"))
+    assert line.endswith(f"(the dataset's best: {classifier['dataset_best']['test_error']:.1%})")
     behaviour = report["behavioural_novelty"]
     assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
     n_test = len(load_digits()[2])

@@ -29,7 +29,7 @@ from tensordict import TensorDict
 from rl_gpt.io import atomic_write_json, ensure_writable_dir, replace_dir
 from rl_gpt.layout import Layout
 
-__all__ = ["FORMAT", "CheckpointDataset", "DatasetError", "DatasetWriter", "read_spec"]
+__all__ = ["FORMAT", "CheckpointDataset", "DatasetError", "DatasetWriter", "read_spec", "task_record"]
 
 FORMAT = {"name": "rl_gpt.checkpoints", "version": 1}
 REQUIRED_FIELDS = {"params": torch.float32, "metric": torch.float32, "run": torch.int64, "step": torch.int64}
@@ -73,7 +73,8 @@ def _fold_differs(old: dict, new: dict) -> bool:
 
 
 #: Task fields that mean nothing for the other kind of task, left out of the records datasets store:
-#: a classifier has no SB3 algorithm or policy_kwargs, a policy no network name or data folder.
+#: a classifier has no SB3 algorithm, policy_kwargs, training envs or VecNormalize; a policy no
+#: network name or data folder.
 _OTHER_KIND_FIELDS = {
     "rl": ("network", "data_root"),
     "supervised": ("algo", "policy_kwargs", "n_envs", "normalize"),

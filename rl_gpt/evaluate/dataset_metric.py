@@ -96,11 +96,12 @@ def start_metric(
 ) -> torch.Tensor:
     """The metric m of networks handed to the generator (B,), measured as the dataset labelled its checkpoints.
 
-    The generator reads m as a precise number (its frequency embedding resolves ~0.1 % of the metric
-    range), and every init it trained on carries a label from the collection's protocol (its episode
-    count and evaluation seed). An init measured any other way looks like no training input: on
-    InvertedPendulum the same model and inits gave R² 0.77 with m = 25.6 (the protocol's value) and
-    0.33 with m = 27.1 (16 episodes from another seed; docs/results.md).
+    The generator reads m as a precise number (at the default ``metric_frequency`` its embedding
+    resolves ~0.1 % of the metric range), and every init it trained on carries a label from the
+    collection's protocol (its episode count and evaluation seed). An init measured any other way
+    looks like no training input: on InvertedPendulum the same model and inits gave R² 0.77 with
+    m = 25.6 (the protocol's value) and 0.33 with m = 27.1 (16 episodes from another seed;
+    docs/results.md).
     """
     episodes, seed = label_protocol(ds.spec, fallback_episodes)
     return evaluate_flat(ds, params, episodes, seed, stats_runs, device=device).mean

@@ -4,9 +4,10 @@ Each scalar goes through a sinusoidal frequency embedding and a two-layer MLP, a
 ``TimestepEmbedder`` (Peebles & Xie 2023). The diffusion step lives in [0, 999] and uses DiT's
 frequencies unchanged. Metrics arrive normalised to roughly [-1, 1], where those frequencies
 (1 down to 1e-4 rad per unit) would barely move: a change of 0.01 in a normalised return would turn
-the fastest feature by 0.01 rad. Metrics are therefore multiplied by :data:`METRIC_FREQ_SCALE`
-first, so their frequencies run from 1000 down to 0.1 rad per normalised unit: the fastest
-resolves ~1e-3 of the range, the slowest is still near-linear (monotone) across [-2, 2].
+the fastest feature by 0.01 rad. Metrics are therefore multiplied by ``ModelConfig.metric_frequency``
+(default :data:`METRIC_FREQ_SCALE`) first, so at the default their frequencies run from 1000 down to
+0.1 rad per normalised unit: the fastest resolves ~1e-3 of the range, the slowest is still
+near-linear (monotone) across [-2, 2].
 """
 
 from __future__ import annotations

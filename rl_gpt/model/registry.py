@@ -6,6 +6,7 @@ layout)`` rebuilds the same network before loading its weights.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -58,7 +59,7 @@ class ModelConfig:
             raise ValueError(f"width, chunk_size and mlp_ratio must be positive and depth >= 0: {self}")
         if self.kind == "dit" and self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
-        if not self.metric_frequency > 0:
+        if not (math.isfinite(self.metric_frequency) and self.metric_frequency > 0):
             raise ValueError(f"metric_frequency must be positive, got {self.metric_frequency}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")

@@ -63,15 +63,17 @@ def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor) -> dict[str
     what they deploy it for).
     """
     measured = supervised_metric(ds.spec, params)
-    rows = ds.valid_mask()
+    best = {}
+    for key in ("test_loss", "test_error"):
+        if key in ds.data:
+            values = ds.data[key][ds.valid_mask()].float()
+            values = values[torch.isfinite(values)]  # the other field of a valid row may still be NaN
+            if len(values):
+                best[key] = float(values.min())
     return {
         "test_loss": float(measured["test_loss"].nanmean()),
         "test_error": float(measured["test_error"].nanmean()),
-        "dataset_best": {
-            key: float(ds.data[key][rows].min())
-            for key in ("test_loss", "test_error")
-            if key in ds.data.keys()  # noqa: SIM118 (TensorDict has no `in`)
-        },
+        "dataset_best": best,  # over every valid checkpoint, held-out runs' included
     }
 
 
@@ -358,11 +360,13 @@ def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None
         return
     import wandb
 
+    classifier = report["one_step"].get("classifier") or {}
     run.log(
         {
             "prompt_alignment_r2": report["prompt_alignment_r2"],
             "one_step_return": report["one_step"]["mean_return"],
             "solved_fraction": report["one_step"]["solved_fraction"],
+            **{f"one_step_{k}": v for k, v in classifier.items() if k != "dataset_best"},
             "sweep": wandb.Image(str(out / "sweep.png")),
         }
     )
