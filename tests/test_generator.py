@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -201,6 +202,27 @@ def test_resume_of_a_run_saved_before_the_flag(tmp_path: Path) -> None:
         load_train_state(
             tmp_path / "state", model, ema, opt, torch.Generator(), to_dict(TrainConfig(condition_on_theta=False))
         )
+
+
+def test_resume_refuses_weights_of_another_resolved_architecture(tmp_path: Path) -> None:
+    """Same train config, other registry default: the saved weights fit by shape but not by meaning."""
+    old = build_model("neuron", LAYOUT, metric_frequency=1000.0)
+    new = build_model("neuron", LAYOUT, metric_frequency=30.0)
+    config, state_dir = to_dict(TrainConfig()), tmp_path / "model" / "state"
+    ema = copy.deepcopy(old)
+    save_train_state(state_dir, old, ema, torch.optim.AdamW(old.parameters()), torch.Generator(), 3, config)
+    args = (torch.optim.AdamW(new.parameters()), torch.Generator(), config)
+    with pytest.raises(ConfigError, match=r"metric_frequency 1000.0 -> 30.0.*--restart"):
+        load_train_state(state_dir, new, copy.deepcopy(new), *args)
+    assert load_train_state(state_dir, old, ema, torch.optim.AdamW(old.parameters()), torch.Generator(), config) == 3
+
+    # a state saved before the architecture was recorded: the model file beside it tells
+    state = json.loads((state_dir / "state.json").read_text())
+    del state["model"]
+    (state_dir / "state.json").write_text(json.dumps(state))
+    (tmp_path / "model" / "model.json").write_text(json.dumps({"model": old.config.to_dict()}))
+    with pytest.raises(ConfigError, match="metric_frequency"):
+        load_train_state(state_dir, new, copy.deepcopy(new), *args)
 
 
 @pytest.mark.parametrize("input_columns", [False, True])

@@ -51,6 +51,8 @@ def save_train_state(
     tensors["rng.sampler"] = sampler_gen.get_state()
     atomic_save_safetensors(tensors, tmp / "state.safetensors")
     info = {"step": step, "param_groups": opt_state["param_groups"], "config": config, "data": data_state}
+    if hasattr(model, "config"):  # the resolved architecture: a registry default may change later
+        info["model"] = model.config.to_dict()
     atomic_write_json(tmp / "state.json", info)
     replace_dir(tmp, directory)
 
@@ -59,6 +61,33 @@ def read_data_state(directory: Path) -> dict[str, Any] | None:
     """The train/test split and normaliser a saved run used (None if there is no saved run)."""
     path = directory / "state.json"
     return json.loads(path.read_text()).get("data") if path.exists() else None
+
+
+def _check_same_model(directory: Path, info: dict[str, Any], model: torch.nn.Module) -> None:
+    """Refuse to continue a run whose resolved architecture differs from the one built now.
+
+    Weights of the same shapes load into a model with, say, another metric frequency without an
+    error, and the result generates nonsense; the train config alone cannot tell, since a run saved
+    before a registry default changed names the same model. States saved before the architecture
+    was recorded fall back to the model file written beside them.
+    """
+    from rl_gpt.config import ConfigError
+    from rl_gpt.model import ModelConfig
+
+    saved = info.get("model")
+    model_file = directory.parent / "model.json"
+    if saved is None and model_file.exists():
+        saved = json.loads(model_file.read_text()).get("model")
+    if saved is None or not hasattr(model, "config"):
+        return
+    before, now = ModelConfig.from_dict(saved).to_dict(), model.config.to_dict()
+    changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+    if changed:
+        raise ConfigError(
+            f"{directory.parent} holds a run of another architecture than train.model builds now "
+            f"({', '.join(changed)}; a registry default changed since); train again with --restart "
+            "(it replaces that run) or use another out= directory"
+        )
 
 
 def load_train_state(
@@ -81,6 +110,7 @@ def load_train_state(
             f"{directory.parent} holds a run trained with different train.{', train.'.join(changed)}; "
             "train again with --restart (it replaces that run) or use another out= directory"
         )
+    _check_same_model(directory, info, model)
     tensors = load_file(str(directory / "state.safetensors"))
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
