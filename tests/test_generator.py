@@ -215,6 +215,8 @@ def test_resume_refuses_weights_of_another_resolved_architecture(tmp_path: Path)
     with pytest.raises(ConfigError, match=r"metric_frequency 1000.0 -> 30.0.*--restart"):
         load_train_state(state_dir, new, copy.deepcopy(new), *args)
     assert load_train_state(state_dir, old, ema, torch.optim.AdamW(old.parameters()), torch.Generator(), config) == 3
+    pinned = config | {"model_overrides": {"metric_frequency": 1000}}  # a preset pinning the old value resumes
+    assert load_train_state(state_dir, old, ema, torch.optim.AdamW(old.parameters()), torch.Generator(), pinned) == 3
 
     # a state saved before the architecture was recorded: the model file beside it tells
     state = json.loads((state_dir / "state.json").read_text())

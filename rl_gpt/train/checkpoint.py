@@ -63,24 +63,32 @@ def read_data_state(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()).get("data") if path.exists() else None
 
 
-def _check_same_model(directory: Path, info: dict[str, Any], model: torch.nn.Module) -> None:
+def _saved_architecture(directory: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved model config a saved run trained; states saved before it was recorded fall back to
+    the model file written beside them at every checkpoint."""
+    model_file = directory.parent / "model.json"
+    if info.get("model") is None and model_file.exists():
+        return json.loads(model_file.read_text()).get("model")
+    return info.get("model")
+
+
+def _check_same_model(directory: Path, saved: dict[str, Any], model: torch.nn.Module) -> None:
     """Refuse to continue a run whose resolved architecture differs from the one built now.
 
     Weights of the same shapes load into a model with, say, another metric frequency without an
     error, and the result generates nonsense; the train config alone cannot tell, since a run saved
-    before a registry default changed names the same model. States saved before the architecture
-    was recorded fall back to the model file written beside them.
+    before a registry default changed names the same model.
     """
     from rl_gpt.config import ConfigError
     from rl_gpt.model import ModelConfig
 
-    saved = info.get("model")
-    model_file = directory.parent / "model.json"
-    if saved is None and model_file.exists():
-        saved = json.loads(model_file.read_text()).get("model")
-    if saved is None or not hasattr(model, "config"):
-        return
-    before, now = ModelConfig.from_dict(saved).to_dict(), model.config.to_dict()
+    try:
+        before = ModelConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"{directory.parent} holds a run of a model this version cannot read ({exc}); train again with --restart"
+        ) from None
+    now = model.config.to_dict()
     changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
     if changed:
         raise ConfigError(
@@ -104,13 +112,18 @@ def load_train_state(
     info = json.loads((directory / "state.json").read_text())
     # A field added since the run was saved counts as its default (the value the run was trained with).
     saved = to_dict(TrainConfig()) | info["config"]
-    changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES and saved.get(k) != expect[k])
+    architecture = _saved_architecture(directory, info) if hasattr(model, "config") else None
+    # Where the resolved architecture is on record it decides, not how the config spelled it: a preset
+    # that now pins a field to its old default (model_overrides) still continues its runs.
+    spelled = {"model", "model_overrides"} if architecture is not None else set()
+    changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES | spelled and saved.get(k) != expect[k])
     if changed:
         raise ConfigError(
             f"{directory.parent} holds a run trained with different train.{', train.'.join(changed)}; "
             "train again with --restart (it replaces that run) or use another out= directory"
         )
-    _check_same_model(directory, info, model)
+    if architecture is not None:
+        _check_same_model(directory, architecture, model)
     tensors = load_file(str(directory / "state.safetensors"))
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
