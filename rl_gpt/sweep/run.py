@@ -63,10 +63,10 @@ def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor) -> dict[str
     what they deploy it for).
     """
     measured = supervised_metric(ds.spec, params)
-    best = {}
+    best, rows = {}, ds.valid_mask()
     for key in ("test_loss", "test_error"):
         if key in ds.data:
-            values = ds.data[key][ds.valid_mask()].float()
+            values = ds.data[key][rows].float()
             values = values[torch.isfinite(values)]  # the other field of a valid row may still be NaN
             if len(values):
                 best[key] = float(values.min())
