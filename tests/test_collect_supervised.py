@@ -16,7 +16,7 @@ from torch.nn import functional as F
 import rl_gpt.supervised
 from rl_gpt.cli import main
 from rl_gpt.cli_data import add_data_parser, cmd_data
-from rl_gpt.collect.supervised_run import resolve_hyperparams, supervised_spec
+from rl_gpt.collect.supervised_run import plan_batches, resolve_hyperparams, supervised_spec
 from rl_gpt.config import load_config
 from rl_gpt.supervised import DownloadError, build_classifier, load_digits
 from rl_gpt.supervised.data import MNIST_FILES
@@ -80,6 +80,35 @@ def test_digits_collection_rows_reload_and_match_a_fresh_evaluation(tmp_path):
     runs = json.loads((tmp_path / "dataset" / "runs.json").read_text())
     assert runs["2"]["final_metric"] == runs["2"]["final_return"] == pytest.approx(td["metric"][-1].item())
     assert runs["2"]["seed"] == 7 and runs["2"]["hyperparams"]["steps"] == 60
+
+
+def test_batched_collection_equals_one_run_at_a_time(tmp_path):
+    """Runs trained together (stacked weights, one learning rate each) store what each alone stores."""
+    sampled = ["collect.sample_hyperparams={lr: [0.02, 0.3]}", "runs=5", "workers=1"]
+    assert _collect(tmp_path / "batched", *sampled, "collect.batch_runs=4") == 0
+    assert _collect(tmp_path / "single", *sampled, "collect.batch_runs=1") == 0
+    batched, _ = _load(tmp_path / "batched")
+    single, _ = _load(tmp_path / "single")
+    assert torch.equal(batched["run"], single["run"]) and torch.equal(batched["step"], single["step"])
+    torch.testing.assert_close(batched["params"], single["params"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched["test_loss"], single["test_loss"], rtol=1e-4, atol=1e-5)
+    lrs = [
+        json.loads((tmp_path / "batched" / "dataset" / "runs.json").read_text())[str(r)]["hyperparams"]["lr"]
+        for r in range(5)
+    ]
+    assert len(set(lrs)) == 5  # every run kept its own sampled rate
+
+
+def test_plan_batches_groups_runs_that_can_train_together():
+    cfg = load_config("digits", ["collect.sample_hyperparams={lr: [0.01, 0.3]}", "collect.batch_runs=3"])
+    assert plan_batches(cfg, list(range(7)), workers=1) == [[0, 1], [2, 3], [4, 5], [6]]  # 4 batches per worker
+    assert plan_batches(cfg, list(range(40)), workers=1)[0] == [0, 1, 2]  # at most batch_runs
+    mixed = load_config("digits")
+    mixed.task.hyperparams = {"optimizers": ["sgd", "adam"], "steps": 60}
+    batches = plan_batches(mixed, list(range(6)), workers=1)
+    assert sorted(sum(batches, [])) == list(range(6))
+    for batch in batches:  # an optimizer per batch: runs 0, 2, 4 use sgd, 1, 3, 5 adam
+        assert len({run % 2 for run in batch}) == 1
 
 
 def test_collection_resumes_without_duplicates(tmp_path):

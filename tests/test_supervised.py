@@ -35,6 +35,7 @@ from rl_gpt.supervised import (
     load_digits,
     load_mnist,
     train_classifier_run,
+    train_classifier_runs,
 )
 from rl_gpt.supervised.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_FILES, MNIST_MEAN, MNIST_STD
 from rl_gpt.supervised.fetch import RemoteFile, Source, extract_tar
@@ -426,6 +427,37 @@ def test_digits_run_learns_and_is_deterministic(digits: tuple[torch.Tensor, ...]
     assert torch.equal(again["params"], run["params"]) and torch.equal(again["test_loss"], run["test_loss"])
     other = train_classifier_run("digits_mlp", *digits, **{**kwargs, "seed": 4})
     assert not torch.equal(other["params"], run["params"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_runs_trained_together_match_each_trained_alone(digits: tuple[torch.Tensor, ...], optimizer: str) -> None:
+    """The stacked update (one lr per run) against the plain loop: an nn.Module and torch.optim."""
+    seeds, lrs = [2, 7, 9], ([0.05, 0.1, 0.3] if optimizer == "sgd" else [0.003, 0.01, 0.02])
+    kwargs = dict(optimizer=optimizer, steps=40, batch_size=64, checkpoint_steps=[20])  # epoch 2 starts at step 22
+    rng_before = torch.get_rng_state()
+    runs = train_classifier_runs("digits_mlp", *digits, seeds=seeds, lr=lrs, **kwargs)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    for seed, lr, run in zip(seeds, lrs, runs):
+        alone = train_classifier_run("digits_mlp", *digits, seed=seed, lr=lr, **kwargs)
+        assert torch.equal(run["params"][0], alone["params"][0])  # the same init
+        assert not torch.allclose(run["params"][-1], alone["params"][0])  # and it trained
+        torch.testing.assert_close(run["params"], alone["params"], rtol=1e-4, atol=1e-5)
+        for key in ("test_loss", "test_error", "train_loss", "train_error", "step"):
+            torch.testing.assert_close(run[key], alone[key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one lr per seed"):
+        train_classifier_runs("digits_mlp", *digits, seeds=[0, 1], lr=[0.1], steps=5)
+
+
+def test_cnn_runs_trained_together_match_each_trained_alone() -> None:
+    """The stacked path vmaps convolutions too (grouped convs, through autograd)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
+    data, kwargs = (x, y, x[:32], y[:32]), dict(steps=6, batch_size=32)
+    runs = train_classifier_runs("cifar_cnn", *data, seeds=[1, 2], lr=[0.05, 0.1], **kwargs)
+    for seed, lr, run in zip([1, 2], [0.05, 0.1], runs):
+        alone = train_classifier_run("cifar_cnn", *data, seed=seed, lr=lr, **kwargs)
+        torch.testing.assert_close(run["params"], alone["params"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(run["test_loss"], alone["test_loss"], rtol=1e-4, atol=1e-5)
 
 
 def test_digits_run_with_adam_and_epochs(digits: tuple[torch.Tensor, ...]) -> None:

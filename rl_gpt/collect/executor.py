@@ -7,11 +7,12 @@ flight; running the same command again skips the runs already stored.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from rl_gpt.wandb_run import CollectionLog
 __all__ = ["collect", "dataset_spec"]
 
 RunFn = Callable[[ExperimentConfig, int], Any]
+#: A job trains several runs (a supervised batch) or one (RL) and returns their results in order.
+JobFn = Callable[[ExperimentConfig, Sequence[int]], list[Any]]
 
 #: The spec's note for datasets collected with ``collect.fold_normalisation`` (policy.normalize_obs is false).
 OBS_FOLDED = (
@@ -86,14 +89,27 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     return spec
 
 
-def _default_run_fn(cfg: ExperimentConfig) -> RunFn:
-    if cfg.task.kind == "supervised":
-        from rl_gpt.collect.supervised_run import train_supervised_run
+def _one_run(run_fn: RunFn, cfg: ExperimentConfig, runs: Sequence[int]) -> list[Any]:
+    return [run_fn(cfg, run) for run in runs]
 
-        return train_supervised_run
-    from rl_gpt.collect.sb3_run import train_rl_run
 
-    return train_rl_run
+def _call_job(job_fn: JobFn, cfg: ExperimentConfig, runs: Sequence[int]) -> list[Any]:
+    """A plain function around ``job_fn`` for Ray, whose remote decorator refuses partials."""
+    return job_fn(cfg, runs)
+
+
+def _plan_jobs(cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int]) -> tuple[JobFn, list[list[int]]]:
+    """What each job runs and which runs it takes: supervised runs train in stacked batches, RL runs
+    (and an injected ``run_fn``) one per job."""
+    if run_fn is None and cfg.task.kind == "supervised":
+        from rl_gpt.collect.supervised_run import plan_batches, train_supervised_runs
+
+        return train_supervised_runs, plan_batches(cfg, todo, _workers(cfg))
+    if run_fn is None:
+        from rl_gpt.collect.sb3_run import train_rl_run
+
+        run_fn = train_rl_run
+    return functools.partial(_one_run, run_fn), [[run] for run in todo]
 
 
 def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool = True) -> Path:
@@ -105,9 +121,9 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     root = ensure_writable_dir(cfg.dataset_dir)
     writer = DatasetWriter(root, dataset_spec(cfg))
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
-    run_fn = run_fn or _default_run_fn(cfg)
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]
+    job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
     bar = tqdm(
         total=cfg.collect.runs,
         initial=cfg.collect.runs - len(todo),
@@ -120,7 +136,7 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     start = time.time()
     log = CollectionLog(cfg, root.parent, "opt_step" if cfg.task.kind == "supervised" else "env_step") if todo else None
     try:
-        results = _run_ray(cfg, run_fn, todo) if cfg.collect.executor == "ray" else _run_local(cfg, run_fn, todo)
+        results = _run_ray(cfg, job_fn, jobs) if cfg.collect.executor == "ray" else _run_local(cfg, job_fn, jobs)
         for run, result in results:
             writer.add_run(run, result.rows, result.meta)
             if log is not None:
@@ -192,23 +208,23 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _run_local(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterator[tuple[int, Any]]:
-    if not todo:
+def _run_local(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
+    if not jobs:
         return
-    workers = min(_workers(cfg), len(todo))
+    workers = min(_workers(cfg), len(jobs))
     if workers == 1:  # no pool: simpler tracebacks and no process start-up
-        for run in todo:
-            yield run, run_fn(cfg, run)
+        for runs in jobs:
+            yield from zip(runs, job_fn(cfg, runs), strict=True)
         return
     # spawn, not fork: torch and SB3 hold threads and locks that fork copies in a broken state
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        pending = {pool.submit(run_fn, cfg, run): run for run in todo}
+        pending = {pool.submit(job_fn, cfg, runs): runs for runs in jobs}
         try:
             while pending:
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    run = pending.pop(fut)
-                    yield run, fut.result()
+                    runs = pending.pop(fut)
+                    yield from zip(runs, fut.result(), strict=True)
         except BaseException:
             for fut in pending:
                 fut.cancel()
@@ -216,12 +232,12 @@ def _run_local(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterato
             raise
 
 
-def _run_ray(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterator[tuple[int, Any]]:
+def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
     try:
         import ray
     except ImportError:
         raise ConfigError("collect.executor=ray needs Ray: pip install 'rl_gpt[ray]'") from None
-    if not todo:
+    if not jobs:
         return
     started_here = not ray.is_initialized()
     if started_here:
@@ -231,14 +247,14 @@ def _run_ray(cfg: ExperimentConfig, run_fn: RunFn, todo: list[int]) -> Iterator[
             else {"num_cpus": _workers(cfg), "include_dashboard": False}
         )
         ray.init(log_to_driver=False, **kwargs)
-    remote = ray.remote(num_cpus=1)(run_fn)
-    refs: dict[Any, int] = {}
+    remote = ray.remote(num_cpus=1)(_call_job)
+    refs: dict[Any, list[int]] = {}
     try:
-        refs = {remote.remote(cfg, run): run for run in todo}
+        refs = {remote.remote(job_fn, cfg, runs): runs for runs in jobs}
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
-                yield refs.pop(ref), ray.get(ref)
+                yield from zip(refs.pop(ref), ray.get(ref), strict=True)
     finally:
         for ref in list(refs):
             ray.cancel(ref, force=True)

@@ -10,7 +10,9 @@ is the run length, and ``collect.checkpoint_every`` counts optimiser steps.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +21,25 @@ import torch
 from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sample_hyperparams
 from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
 from rl_gpt.dataset import task_record
-from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_run
+from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.train import LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "HYPERPARAMS",
     "SUPERVISED_METRICS",
+    "plan_batches",
     "resolve_hyperparams",
     "supervised_spec",
     "train_supervised_run",
+    "train_supervised_runs",
 ]
 
 #: What ``task.metric`` may name for a supervised task; both are lower-is-better.
 SUPERVISED_METRICS = ("test_loss", "test_error")
 
 DEFAULT_BATCH_SIZE = 128  # G.pt's mb_size
+DEFAULT_LR = 0.1  # G.pt's
 
 #: ``task.hyperparams`` keys a supervised run understands (defaults are train_classifier_run's).
 HYPERPARAMS = {
@@ -145,35 +150,62 @@ def _number(key: str, value: Any, kind: type) -> Any:
     return kind(number)
 
 
-# ---------------------------------------------------------------------------------------------- one run
-def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
-    """Train one classifier, checkpointing at step 0, every ``checkpoint_every`` steps and the end."""
+# ---------------------------------------------------------------------------------------------- runs
+def plan_batches(cfg: ExperimentConfig, runs: Sequence[int], workers: int) -> list[list[int]]:
+    """Split ``runs`` into batches that train together: runs whose hyperparameters differ only in
+    ``lr`` share a batch, at most ``collect.batch_runs`` per batch and no more than spreads the runs
+    over ``workers`` four times (so the progress bar moves and the workers stay busy to the end)."""
+    groups: dict[str, list[int]] = {}
+    for run in runs:
+        hp = dict(resolve_hyperparams(cfg, run))
+        hp.pop("lr", None)
+        groups.setdefault(repr(sorted(hp.items())), []).append(run)
+    size = max(1, min(cfg.collect.batch_runs, math.ceil(len(runs) / (4 * max(workers, 1)))))
+    return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def train_supervised_runs(cfg: ExperimentConfig, runs: Sequence[int]) -> list[RunResult]:
+    """Train the classifiers of ``runs`` together (one batch of :func:`plan_batches`), each
+    checkpointed at step 0, every ``checkpoint_every`` steps and the end."""
     dataset = _check_task(cfg)
-    name = cfg.task.network
-    seed = run_seed(cfg, run)
-    hp = resolve_hyperparams(cfg, run)
+    hps = [resolve_hyperparams(cfg, run) for run in runs]
+    shared = {key: value for key, value in hps[0].items() if key != "lr"}
+    if any({k: v for k, v in hp.items() if k != "lr"} != shared for hp in hps):
+        raise ValueError("runs trained together must share every hyperparameter but lr; batch them with plan_batches")
     x_train, y_train, x_test, y_test = load_dataset_cached(dataset, cfg.task.data_root)
     start = time.time()
-    steps = hp["steps"] if "steps" in hp else hp["epochs"] * (x_train.shape[0] // hp["batch_size"])
+    steps = shared["steps"] if "steps" in shared else shared["epochs"] * (x_train.shape[0] // shared["batch_size"])
     every = cfg.collect.checkpoint_every
     try:
-        out = train_classifier_run(
-            name,
+        outs = train_classifier_runs(
+            cfg.task.network,
             x_train,
             y_train,
             x_test,
             y_test,
-            seed=seed,
+            seeds=[run_seed(cfg, run) for run in runs],
+            lr=[hp.get("lr", DEFAULT_LR) for hp in hps],
             checkpoint_steps=range(every, max(steps, 0), every),
             train_eval_size=_TRAIN_EVAL_SIZE,
-            num_threads=1,  # one core per run; parallelism comes from running runs side by side
-            **hp,
+            num_threads=1,  # one core per batch; parallelism comes from running batches side by side
+            **shared,
         )
-    except ValueError as exc:  # every remaining check in train_classifier_run is about these hyperparameters
+    except ValueError as exc:  # every remaining check in train_classifier_runs is about these hyperparameters
         raise ConfigError(f"task.hyperparams: {exc}") from None
     run_time = time.time() - start
-    train_time = float(out["wall_time"][-1])
+    return [_run_result(cfg, run, hp, out, run_time) for run, hp, out in zip(runs, hps, outs, strict=True)]
 
+
+def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
+    """Train one classifier (a batch of one run)."""
+    return train_supervised_runs(cfg, [run])[0]
+
+
+def _run_result(
+    cfg: ExperimentConfig, run: int, hp: dict[str, Any], out: dict[str, torch.Tensor], run_time: float
+) -> RunResult:
+    """One run's rows and metadata; times are its batch's (the runs shared every step)."""
+    train_time = float(out["wall_time"][-1])
     params = out["params"]  # (C, D)
     valid = torch.isfinite(params).all(dim=1) & (params.abs().amax(dim=1) <= cfg.collect.max_abs_weight)
     nan = torch.tensor(float("nan"))
@@ -187,7 +219,7 @@ def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
 
     final = float(rows["metric"][-1])
     meta = {
-        "seed": seed,
+        "seed": run_seed(cfg, run),
         "hyperparams": hp,
         "steps": int(rows["step"][-1]),
         "train_time": train_time,

@@ -15,7 +15,7 @@ from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
 from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
 from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.supervised.models import CLASSIFIERS, ClassifierSpec, build_classifier, classifier_layout
-from rl_gpt.supervised.train import train_classifier_run
+from rl_gpt.supervised.train import train_classifier_run, train_classifier_runs
 
 __all__ = [
     "CLASSIFIERS",
@@ -40,4 +40,5 @@ __all__ = [
     "read_idx",
     "supervised_metric",
     "train_classifier_run",
+    "train_classifier_runs",
 ]
