@@ -28,9 +28,11 @@ def bench(preset: str, runs: int, workers: int, batch_runs: int | None, override
             command="collect",
         )
         start = time.perf_counter()
-        collect(cfg, progress=False)
+        root = collect(cfg, progress=False)
         wall = time.perf_counter() - start
-    return {"batch_runs": cfg.collect.batch_runs, "wall_s": round(wall, 2), "runs_per_s": round(runs / wall, 2)}
+        meta = json.loads((root / "runs.json").read_text())
+    largest = max(m.get("runs_in_batch", 1) for m in meta.values())  # batches are also capped by runs / workers
+    return {"runs_per_job": largest, "wall_s": round(wall, 2), "runs_per_s": round(runs / wall, 2)}
 
 
 def main() -> None:

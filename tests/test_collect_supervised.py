@@ -97,6 +97,9 @@ def test_batched_collection_equals_one_run_at_a_time(tmp_path):
         for r in range(5)
     ]
     assert len(set(lrs)) == 5  # every run kept its own sampled rate
+    # How runs execute may change when a dataset grows: run 5 alone joins the batched runs.
+    assert _collect(tmp_path / "batched", *sampled[:1], "runs=6", "workers=1", "collect.batch_runs=1") == 0
+    assert torch.unique(_load(tmp_path / "batched")[0]["run"]).tolist() == list(range(6))
 
 
 def test_plan_batches_groups_runs_that_can_train_together():

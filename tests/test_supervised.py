@@ -446,6 +446,8 @@ def test_runs_trained_together_match_each_trained_alone(digits: tuple[torch.Tens
             torch.testing.assert_close(run[key], alone[key], rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="one lr per seed"):
         train_classifier_runs("digits_mlp", *digits, seeds=[0, 1], lr=[0.1], steps=5)
+    with pytest.raises(ValueError, match="must be >= 0"):  # as torch.optim refuses for a single run
+        train_classifier_runs("digits_mlp", *digits, seeds=[0, 1], lr=[0.1, -0.1], steps=5)
 
 
 def test_cnn_runs_trained_together_match_each_trained_alone() -> None:
@@ -453,7 +455,9 @@ def test_cnn_runs_trained_together_match_each_trained_alone() -> None:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 3, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
     data, kwargs = (x, y, x[:32], y[:32]), dict(steps=6, batch_size=32)
+    rng_before = torch.get_rng_state()
     runs = train_classifier_runs("cifar_cnn", *data, seeds=[1, 2], lr=[0.05, 0.1], **kwargs)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the evaluator's template draws nothing either
     for seed, lr, run in zip([1, 2], [0.05, 0.1], runs):
         alone = train_classifier_run("cifar_cnn", *data, seed=seed, lr=lr, **kwargs)
         torch.testing.assert_close(run["params"], alone["params"], rtol=1e-4, atol=1e-5)

@@ -1,11 +1,12 @@
-"""One supervised collection run (a small classifier checkpointed every K optimiser steps) and the
-dataset spec of supervised tasks. The batched test metric of generated weights is
+"""Supervised collection runs (small classifiers checkpointed every K optimiser steps, trained in
+batches) and the dataset spec of supervised tasks. The batched test metric of generated weights is
 :func:`rl_gpt.supervised.metric.supervised_metric`.
 
-The training itself is :func:`rl_gpt.supervised.train_classifier_run` (G.pt's ``data_gen/train_mnist.py``
-recipe); this module maps an :class:`ExperimentConfig` onto it the way ``sb3_run.py`` maps one onto
-Stable-Baselines3. ``collect.timesteps`` is unused here: ``task.hyperparams.steps`` (or ``epochs``)
-is the run length, and ``collect.checkpoint_every`` counts optimiser steps.
+The training itself is :func:`rl_gpt.supervised.train_classifier_runs` (G.pt's
+``data_gen/train_mnist.py`` recipe, many runs at once); this module maps an :class:`ExperimentConfig`
+onto it the way ``sb3_run.py`` maps one onto Stable-Baselines3. ``collect.timesteps`` is unused
+here: ``task.hyperparams.steps`` (or ``epochs``) is the run length, and ``collect.checkpoint_every``
+counts optimiser steps.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
 from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
 from rl_gpt.supervised.data import load_dataset_cached
-from rl_gpt.supervised.train import LR_SCHEDULES, OPTIMIZERS
+from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
     "HYPERPARAMS",
@@ -39,9 +40,8 @@ __all__ = [
 SUPERVISED_METRICS = ("test_loss", "test_error")
 
 DEFAULT_BATCH_SIZE = 128  # G.pt's mb_size
-DEFAULT_LR = 0.1  # G.pt's
 
-#: ``task.hyperparams`` keys a supervised run understands (defaults are train_classifier_run's).
+#: ``task.hyperparams`` keys a supervised run understands (defaults are train_classifier_runs').
 HYPERPARAMS = {
     "optimizer": "sgd (Nesterov momentum 0.9, as G.pt) or adam",
     "optimizers": "a list such as [sgd, adam]: run i uses optimizers[seed % len] (instead of optimizer)",
@@ -193,7 +193,7 @@ def train_supervised_runs(cfg: ExperimentConfig, runs: Sequence[int]) -> list[Ru
     except ValueError as exc:  # every remaining check in train_classifier_runs is about these hyperparameters
         raise ConfigError(f"task.hyperparams: {exc}") from None
     run_time = time.time() - start
-    return [_run_result(cfg, run, hp, out, run_time) for run, hp, out in zip(runs, hps, outs, strict=True)]
+    return [_run_result(cfg, run, hp, out, run_time, len(runs)) for run, hp, out in zip(runs, hps, outs, strict=True)]
 
 
 def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
@@ -202,7 +202,7 @@ def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
 
 
 def _run_result(
-    cfg: ExperimentConfig, run: int, hp: dict[str, Any], out: dict[str, torch.Tensor], run_time: float
+    cfg: ExperimentConfig, run: int, hp: dict[str, Any], out: dict[str, torch.Tensor], run_time: float, batch: int
 ) -> RunResult:
     """One run's rows and metadata; times are its batch's (the runs shared every step)."""
     train_time = float(out["wall_time"][-1])
@@ -222,7 +222,8 @@ def _run_result(
         "seed": run_seed(cfg, run),
         "hyperparams": hp,
         "steps": int(rows["step"][-1]),
-        "train_time": train_time,
+        "train_time": train_time,  # the batch's: its runs trained together
+        "runs_in_batch": batch,
         "eval_time": run_time - train_time,  # all checkpoints are evaluated together after training
         "final_metric": final,
         "final_return": final,  # the collection progress bar's key
@@ -275,7 +276,8 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "train_error": "(N,) float32 top-1 error on that training subset (NaN where invalid)",
             "run": "(N,) int64 training run index (seed = collect.seed + run)",
             "step": "(N,) int64 optimiser steps taken when the checkpoint was saved",
-            "wall_time": "(N,) float32 training seconds elapsed when the checkpoint was saved",
+            "wall_time": "(N,) float32 training seconds elapsed when the checkpoint was saved (shared by the "
+            "runs of a batch, which train together; runs.json gives each run's runs_in_batch)",
             "valid": "(N,) bool false for NaN/inf or exploding weights (excluded from training)",
         },
         "evaluation": {

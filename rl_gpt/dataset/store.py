@@ -91,7 +91,7 @@ def task_record(task: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: Collection settings that may change when a dataset is extended: how many runs and where they run.
-_EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address"})
+_EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address", "batch_runs"})  # how runs execute, not what
 
 
 def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

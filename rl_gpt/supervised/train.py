@@ -18,6 +18,7 @@ fast, one Python step serving R runs (scripts/bench_supervised_collect.py).
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 
@@ -33,6 +34,8 @@ __all__ = ["OPTIMIZERS", "train_classifier_run", "train_classifier_runs"]
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant")
+DEFAULT_LR = 0.1  # G.pt's
+_MODEL_CHUNK = 1024  # checkpoints evaluated per call: bounds memory when R runs x C checkpoints is large
 _TRAIN_EVAL_SEED = 0  # the train-loss subset belongs to the data set, not the run: same for every seed
 _SGD_MOMENTUM = 0.9  # G.pt's, with Nesterov
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults
@@ -42,7 +45,8 @@ class _StackedSGD:
     """``torch.optim.SGD(momentum=0.9, nesterov=True, weight_decay=wd)`` on stacked (R, D) weights."""
 
     def __init__(self, weight_decay: float) -> None:
-        self.weight_decay, self.buf = weight_decay, None
+        self.weight_decay = weight_decay
+        self.buf: torch.Tensor | None = None  # torch's: the first step's gradient, then the running sum
 
     def step(self, params: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> None:
         grad = grad.add(params, alpha=self.weight_decay)
@@ -57,7 +61,9 @@ class _StackedAdam:
     """``torch.optim.Adam(weight_decay=wd)`` (L2 added to the gradient) on stacked (R, D) weights."""
 
     def __init__(self, weight_decay: float) -> None:
-        self.weight_decay, self.t, self.m, self.v = weight_decay, 0, None, None
+        self.weight_decay, self.t = weight_decay, 0
+        self.m: torch.Tensor | None = None  # first and second moments, allocated on the first step
+        self.v: torch.Tensor | None = None
 
     def step(self, params: torch.Tensor, grad: torch.Tensor, lr: torch.Tensor) -> None:
         (b1, b2), self.t = _ADAM_BETAS, self.t + 1
@@ -150,13 +156,15 @@ def _evaluate(
     """Test and train-subset loss and error of checkpoints rows (R, C, D): each (R, C) float32 on the CPU."""
     x_train, y_train, x_test, y_test = data
     layout = classifier_layout(name)
-    flat = rows.flatten(0, 1)
-    test_loss, test_error = evaluate_classifiers(flat, layout, name, x_test, y_test)
     subset = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(_TRAIN_EVAL_SEED))
     subset = subset[:train_eval_size].to(x_train.device)
-    train_loss, train_error = evaluate_classifiers(flat, layout, name, x_train[subset], y_train[subset])
-    metrics = {"test_loss": test_loss, "test_error": test_error, "train_loss": train_loss, "train_error": train_error}
-    return {key: value.float().cpu().view(rows.shape[0], rows.shape[1]) for key, value in metrics.items()}
+    parts: dict[str, list[torch.Tensor]] = {"test_loss": [], "test_error": [], "train_loss": [], "train_error": []}
+    for chunk in rows.flatten(0, 1).split(_MODEL_CHUNK):
+        for split, x, y in (("test", x_test, y_test), ("train", x_train[subset], y_train[subset])):
+            loss, error = evaluate_classifiers(chunk, layout, name, x, y)
+            parts[f"{split}_loss"].append(loss)
+            parts[f"{split}_error"].append(error)
+    return {key: torch.cat(value).float().cpu().view(rows.shape[0], rows.shape[1]) for key, value in parts.items()}
 
 
 def _results(
@@ -171,8 +179,9 @@ def _results(
     stacked = torch.stack(rows, dim=1).float()  # (R, C, D)
     metrics = _evaluate(name, stacked, data, train_eval_size)
     return [
-        {"params": stacked[r].cpu()}
-        | {key: value[r] for key, value in metrics.items()}
+        # Copies, not views: pickling a view (to a Ray worker's caller) would ship the whole batch.
+        {"params": stacked[r].cpu().clone()}
+        | {key: value[r].clone() for key, value in metrics.items()}
         | {"step": torch.tensor(save_at, dtype=torch.int64), "wall_time": torch.tensor(wall, dtype=torch.float64)}
         for r in range(stacked.shape[0])
     ]
@@ -186,7 +195,7 @@ def train_classifier_run(
     y_test: torch.Tensor,
     seed: int,
     optimizer: str = "sgd",
-    lr: float = 0.1,
+    lr: float = DEFAULT_LR,
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 128,
@@ -215,12 +224,15 @@ def train_classifier_run(
     """
     data = (x_train, y_train, x_test, y_test)
     total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
-    layout = classifier_layout(name)
+    layout, keep = classifier_layout(name), set(save_at)
     with torch_threads(num_threads):
+        # ---------------------------------------------------------------------------- data, model, optimiser
         data = _on_device(data, device)
         model = _init(name, seed, device)
         opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
         batches = _minibatches(x_train.shape[0], batch_size, seed)
+
+        # ---------------------------------------------------------------------------- training loop
         rows, wall = [layout.flatten(model.state_dict()).detach().clone()[None]], [0.0]  # step 0
         start = time.perf_counter()
         for step in range(total):
@@ -231,9 +243,10 @@ def train_classifier_run(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if step + 1 in save_at:
+            if step + 1 in keep:
                 rows.append(layout.flatten(model.state_dict()).detach().clone()[None])
                 wall.append(time.perf_counter() - start)
+        # ---------------------------------------------------------------------------- evaluate all checkpoints
         return _results(name, rows, wall, save_at, data, train_eval_size)[0]
 
 
@@ -245,7 +258,7 @@ def train_classifier_runs(
     y_test: torch.Tensor,
     seeds: Sequence[int],
     optimizer: str = "sgd",
-    lr: float | Sequence[float] = 0.1,
+    lr: float | Sequence[float] = DEFAULT_LR,
     epochs: int | None = None,
     steps: int | None = None,
     batch_size: int = 128,
@@ -264,9 +277,11 @@ def train_classifier_runs(
     trains the plain way (:func:`train_classifier_run`), which is faster for one network.
     """
     seeds = [int(s) for s in seeds]
-    lrs = [float(lr)] * len(seeds) if isinstance(lr, (int, float)) else [float(v) for v in lr]
+    lrs = [float(lr)] * len(seeds) if isinstance(lr, numbers.Real) else [float(v) for v in lr]
     if not seeds or len(lrs) != len(seeds):
         raise ValueError(f"need at least one seed and one lr per seed, got {len(seeds)} seeds and {len(lrs)} rates")
+    if min(lrs) < 0 or weight_decay < 0:  # torch.optim refuses these for one run; the stacked update must too
+        raise ValueError(f"lr and weight_decay must be >= 0, got lr {min(lrs)} and weight_decay {weight_decay}")
     kwargs = dict(optimizer=optimizer, epochs=epochs, steps=steps, batch_size=batch_size)
     kwargs |= dict(checkpoint_steps=checkpoint_steps, weight_decay=weight_decay, lr_schedule=lr_schedule)
     kwargs |= dict(train_eval_size=train_eval_size, device=device, num_threads=num_threads)
@@ -274,11 +289,13 @@ def train_classifier_runs(
     if len(seeds) == 1:
         return [train_classifier_run(name, *data, seed=seeds[0], lr=lrs[0], **kwargs)]
     total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
-    layout = classifier_layout(name)
+    layout, keep = classifier_layout(name), set(save_at)
     with torch_threads(num_threads):
+        # ---------------------------------------------------------------------------- data, models, optimiser
         data = _on_device(data, device)
-        template = _init(name, seeds[0], device)  # supplies the forward; its own weights are never used
-        params = torch.stack([layout.flatten(_init(name, s, device).state_dict()) for s in seeds])  # (R, D)
+        inits = [_init(name, s, device) for s in seeds]
+        params = torch.stack([layout.flatten(m.state_dict()) for m in inits])  # (R, D), updated in place
+        template = inits[0]  # supplies the forward; the weights it runs with are params'
         forward = vmap(lambda flat, x: functional_call(template, layout.unflatten(flat), (x,)))
 
         def gradients(idx: torch.Tensor) -> torch.Tensor:
@@ -292,17 +309,23 @@ def train_classifier_runs(
         opt = _STACKED_OPTIMIZERS[optimizer](weight_decay)
         peak = torch.tensor(lrs, device=device).unsqueeze(1)  # (R, 1)
         batches = [_minibatches(x_train.shape[0], batch_size, s) for s in seeds]
+
+        # ---------------------------------------------------------------------------- training loop
         rows, wall = [params.clone()], [0.0]  # step 0
         start = time.perf_counter()
         for step in range(total):
             idx = torch.stack([next(b) for b in batches]).to(device)  # (R, batch): each run's own minibatch
             opt.step(params, gradients(idx), peak * _lr_factor(lr_schedule, step, total))
-            if step + 1 in save_at:
+            if step + 1 in keep:
                 rows.append(params.clone())
                 wall.append(time.perf_counter() - start)
+
+        # ---------------------------------------------------------------------------- evaluate all checkpoints
         return _results(name, rows, wall, save_at, data, train_eval_size)
 
 
 def _on_device(data: Sequence[torch.Tensor], device: str | torch.device) -> tuple[torch.Tensor, ...]:
+    """The training split on ``device`` for indexing every step; the test split stays where it is
+    (the evaluator moves it over chunk by chunk)."""
     x_train, y_train, x_test, y_test = data
     return x_train.to(device, torch.float32), y_train.to(device, torch.int64), x_test, y_test

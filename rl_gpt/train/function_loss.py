@@ -84,9 +84,9 @@ class FunctionProbe:
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
         x = self.inputs.to(params.dtype)
         if self.kind == "classifier":
-            from rl_gpt.supervised import classifier_logits
+            from rl_gpt.supervised.evaluate import class_probabilities, classifier_logits
 
-            return classifier_logits(params, self.layout, self.network, x).softmax(-1)
+            return class_probabilities(classifier_logits(params, self.layout, self.network, x))
         heads = _chain_heads(self.layout, self.layout.unflatten(params), x)
         spec = self.spec
         if spec.head == "categorical":
