@@ -100,8 +100,8 @@ class CollectConfig:
     # averaged ones, real checkpoints reproduced their labels only with R2 0.75 (docs/results.md).
     fold_normalisation: bool = True
     # Supervised tasks: up to this many runs train together in one job, their weights stacked (one
-    # Python step serves them all; 512 digits runs: ~15 s instead of ~70-100 s on 2 cores,
-    # scripts/bench_supervised_collect.py). 1 trains one run at a time. Unused by RL tasks.
+    # Python step serves them all: the digits demo's 512 runs took 30-36 s on 2 cores, against
+    # 67-99 s one at a time; docs/benchmarks.md). 1 trains one run at a time. Unused by RL tasks.
     batch_runs: int = 64
 
 
