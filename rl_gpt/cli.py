@@ -346,12 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rl_gpt.config import ConfigError
     from rl_gpt.dataset import DatasetError
     from rl_gpt.evaluate import PolicyFileError
+    from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
     from rl_gpt.sweep.compare import ReportError
     from rl_gpt.train.modelfile import ModelFileError
 
     previous_format = _one_line_warnings(args.command)
     try:
-        COMMANDS[args.command](args)
+        with sigterm_as_interrupt():  # `kill PID` saves as Ctrl-C does
+            COMMANDS[args.command](args)
     except (
         ConfigError,
         DatasetError,
@@ -364,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         print(f"rl-gpt {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        return 143  # the shell's code for a SIGTERM exit
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `rl-gpt compare ... | head`: the reader left; stop quietly, as Unix tools do

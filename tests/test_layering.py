@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": set(),
     "io": set(),
     "threads": set(),
+    "interrupt": set(),
     "wandb_run": {"config"},
     "devices": {"config"},
     "sb3_policy": {"layout"},

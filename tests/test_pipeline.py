@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,27 @@ def test_resume_continues_the_same_run(experiment, tmp_path):
     assert any(not torch.equal(saved_ema[k], resumed_ema[k]) for k in saved_ema)
     # changing what is trained is refused instead of silently mixing two runs
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(experiment, tmp_path):
+    """`kill PID` (a scheduler's stop; also how to stop `nohup rl-gpt train &`, which ignores Ctrl-C)."""
+    out = tmp_path / "term"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", *TINY_MODEL, *QUIET, "steps=100000"]
+    code = "import sys; from rl_gpt.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    state_file = out / "model" / "train_state" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not state_file.exists():  # the first periodic checkpoint
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stdout
+    assert "interrupted at step" in stdout and "Run the same command to resume" in stdout
+    step = json.loads(state_file.read_text())["step"]
+    assert 10 <= step < 100000
+    assert main([*args[:-1], f"steps={step + 5}"]) == 0  # continues from the saved step
+    assert json.loads(state_file.read_text())["step"] == step + 5
 
 
 def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monkeypatch):
