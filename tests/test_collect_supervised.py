@@ -16,6 +16,7 @@ from torch.nn import functional as F
 import rl_gpt.supervised
 from rl_gpt.cli import main
 from rl_gpt.cli_data import add_data_parser, cmd_data
+from rl_gpt.collect.executor import _plan_jobs
 from rl_gpt.collect.supervised_run import plan_batches, resolve_hyperparams, supervised_spec
 from rl_gpt.config import load_config
 from rl_gpt.supervised import DownloadError, build_classifier, load_digits
@@ -112,6 +113,13 @@ def test_plan_batches_groups_runs_that_can_train_together():
     assert sorted(sum(batches, [])) == list(range(6))
     for batch in batches:  # an optimizer per batch: runs 0, 2, 4 use sgd, 1, 3, 5 adam
         assert len({run % 2 for run in batch}) == 1
+
+
+def test_a_remote_ray_cluster_is_not_sized_by_this_machine():
+    local = load_config("digits", ["collect.workers=8"])
+    assert [len(b) for b in _plan_jobs(local, None, list(range(64)))[1]] == [2] * 32  # 4 batches per worker
+    remote = load_config("digits", ["collect.executor=ray", "collect.ray_address=ray://head:10001"])
+    assert [len(b) for b in _plan_jobs(remote, None, list(range(64)))[1]] == [16] * 4  # batch_runs and runs/4 cap
 
 
 def test_collection_resumes_without_duplicates(tmp_path):

@@ -104,7 +104,10 @@ def _plan_jobs(cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int]) -> 
     if run_fn is None and cfg.task.kind == "supervised":
         from rl_gpt.collect.supervised_run import plan_batches, train_supervised_runs
 
-        return train_supervised_runs, plan_batches(cfg, todo, _workers(cfg))
+        # A Ray cluster's size is not known before it is joined: there, only batch_runs caps a batch.
+        remote = cfg.collect.executor == "ray" and cfg.collect.ray_address and cfg.collect.workers <= 0
+        workers = 1 if remote else _workers(cfg)
+        return train_supervised_runs, plan_batches(cfg, todo, workers)
     if run_fn is None:
         from rl_gpt.collect.sb3_run import train_rl_run
 
