@@ -32,7 +32,6 @@ __all__ = [
     "plan_batches",
     "resolve_hyperparams",
     "supervised_spec",
-    "train_supervised_run",
     "train_supervised_runs",
 ]
 
@@ -194,11 +193,6 @@ def train_supervised_runs(cfg: ExperimentConfig, runs: Sequence[int]) -> list[Ru
         raise ConfigError(f"task.hyperparams: {exc}") from None
     run_time = time.time() - start
     return [_run_result(cfg, run, hp, out, run_time, len(runs)) for run, hp, out in zip(runs, hps, outs, strict=True)]
-
-
-def train_supervised_run(cfg: ExperimentConfig, run: int) -> RunResult:
-    """Train one classifier (a batch of one run)."""
-    return train_supervised_runs(cfg, [run])[0]
 
 
 def _run_result(
