@@ -26,6 +26,7 @@ import torch
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
+from rl_gpt.layout import Layout
 from rl_gpt.supervised.evaluate import cross_entropy, evaluate_classifiers
 from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_layout
 from rl_gpt.threads import torch_threads
@@ -105,9 +106,10 @@ def _plan(
     epochs: int | None,
     steps: int | None,
     checkpoint_steps: Sequence[int],
-) -> tuple[int, list[int]]:
-    """Check a run's arguments; returns its number of steps and the sorted steps it keeps."""
-    classifier_layout(name)  # rejects unknown names
+) -> tuple[Layout, int, list[int]]:
+    """Check a run's arguments; returns the network's layout, its number of steps and the sorted
+    steps it keeps."""
+    layout = classifier_layout(name)  # rejects unknown names
     spec = CLASSIFIERS[name]
     x_train, y_train, x_test, y_test = data
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
@@ -124,7 +126,7 @@ def _plan(
     save_at = sorted({0, total, *checkpoint_steps})
     if save_at[0] < 0 or save_at[-1] > total:
         raise ValueError(f"checkpoint_steps must lie in [0, {total}], got {sorted(set(checkpoint_steps))}")
-    return total, save_at
+    return layout, total, save_at
 
 
 def _init(name: str, seed: int, device: str | torch.device) -> torch.nn.Module:
@@ -223,8 +225,8 @@ def train_classifier_run(
     Deterministic for a given seed on a given device and thread count.
     """
     data = (x_train, y_train, x_test, y_test)
-    total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
-    layout, keep = classifier_layout(name), set(save_at)
+    layout, total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
+    keep = set(save_at)
     with torch_threads(num_threads):
         # ---------------------------------------------------------------------------- data, model, optimiser
         data = _on_device(data, device)
@@ -288,8 +290,8 @@ def train_classifier_runs(
     data = (x_train, y_train, x_test, y_test)
     if len(seeds) == 1:
         return [train_classifier_run(name, *data, seed=seeds[0], lr=lrs[0], **kwargs)]
-    total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
-    layout, keep = classifier_layout(name), set(save_at)
+    layout, total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
+    keep = set(save_at)
     with torch_threads(num_threads):
         # ---------------------------------------------------------------------------- data, models, optimiser
         data = _on_device(data, device)
