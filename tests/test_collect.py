@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -188,13 +189,18 @@ def test_ray_executor_with_a_local_instance(tmp_path):
         (["task.env_id=CartPole-v9"], "unknown Gymnasium environment 'CartPole-v9'"),
         (["collect.runz=2"], "did you mean collect.runs"),
         (["runs=two"], "collect.runs: expected an integer"),
+        (["task.policy_kwargs={activation_fn: sigmoid}"], "task.policy_kwargs.activation_fn='sigmoid': choose"),
+        (["task.policy_kwargs={net_arch: {pi: [0]}}"], "task.policy_kwargs.net_arch: {'pi': [0]} must be"),
+        (["task.policy_kwargs={net_arch: 5}"], "task.policy_kwargs.net_arch: 5 must be a list of layer widths"),
+        (["--bogus"], "unrecognized arguments: --bogus (see rl-gpt --help)"),
     ],
 )
 def test_bad_input_fails_fast_with_one_line(tmp_path, capsys, args, message):
-    assert _collect("cartpole", tmp_path, *args) == 2
+    with pytest.raises(SystemExit) if args[0].startswith("--") else contextlib.nullcontext():
+        assert _collect("cartpole", tmp_path, *args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "dataset" / "data").exists()
+    assert not (tmp_path / "dataset").exists()  # refused before the folder was made
 
 
 def test_unwritable_output_dir(tmp_path, capsys):

@@ -121,8 +121,9 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
 
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
+    spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
     root = ensure_writable_dir(cfg.dataset_dir)
-    writer = DatasetWriter(root, dataset_spec(cfg))
+    writer = DatasetWriter(root, spec)
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]

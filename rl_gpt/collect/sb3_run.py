@@ -92,7 +92,11 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     if task.normalize:
         env = VecNormalize(env, norm_obs=True, norm_reward=False)
     hp = {k: _schedule(v) for k, v in (task.hyperparams if hyperparams is None else hyperparams).items()}
-    kwargs = resolve_policy_kwargs(task.algo, task.policy_kwargs)
+    _check_net_arch(task.policy_kwargs.get("net_arch"))
+    try:
+        kwargs = resolve_policy_kwargs(task.algo, task.policy_kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"task.{exc}") from None
     try:
         model = ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
     except TypeError as exc:
@@ -100,6 +104,22 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     # A folder-less logger with no outputs; set_logger also stops learn() from configuring its own.
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model
+
+
+def _check_net_arch(arch: Any) -> None:
+    """Refuse a ``net_arch`` SB3 would fail on deep inside (or build with an empty layer)."""
+    if arch is None:
+        return
+    for widths in arch.values() if isinstance(arch, dict) else [arch]:
+        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+            ok = False
+        else:
+            ok = all(w >= 1 for w in widths)
+        if not ok:
+            raise ConfigError(
+                f"task.policy_kwargs.net_arch: {arch!r} must be a list of layer widths (positive integers) "
+                "or a dict of such lists, e.g. {pi: [16], vf: [64, 64]}"
+            )
 
 
 def folds_normalisation(cfg: ExperimentConfig) -> bool:

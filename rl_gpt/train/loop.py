@@ -141,6 +141,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
         tc.device if not tc.device.startswith("cuda") or world == 1 else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     )
     main_proc = rank == 0
+    model_config(tc)  # a bad train.model or model_overrides is refused before any work
     ds = CheckpointDataset(cfg.dataset_dir)
     out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
     torch.manual_seed(tc.seed + rank)
@@ -162,11 +163,11 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
         sampler0 = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed)
         normalizer = fit_normalizer(ds, sampler0, input_columns=tc.normalize_input_columns)
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
-    if main_proc:
-        ensure_writable_dir(out)
 
     # ---------------------------------------------------------------- model, optimiser
     gen, mc = build_generator(tc, ds, normalizer)
+    if main_proc:  # once the model is built: a refused architecture leaves no folder either
+        ensure_writable_dir(out)
     gen.to(device)
     probe = None
     if tc.function_loss > 0:  # the same inputs on every rank: drawn from the split, not the rank
