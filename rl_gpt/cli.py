@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main"]
 
@@ -148,6 +148,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         average=args.average,
         calibrated=not args.no_calibration,
         extrapolate=args.extrapolate,
+        rerank=args.rerank,
     )
     if "policies" in rec:
         cond = "" if rec["conditioned_on"] == rec["target_return"] else f" (conditioned on {rec['conditioned_on']:.4g})"
@@ -169,8 +170,11 @@ def _cmd_data(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
+    from rl_gpt.config import ConfigError
     from rl_gpt.demo import run_demo
 
+    if args.task and args.config:
+        raise ConfigError(f"give the demo's task once: --task {args.task} or {args.config}, not both")
     config = args.task or args.config
     out = args.out or (f"runs/demo-{config}" if config else "runs/demo")
     run_demo(out, config, args.overrides, progress=not args.quiet, restart=args.restart)
@@ -181,6 +185,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from rl_gpt.evaluate.cli import evaluate_target
 
     resolve_device(args.device, "--device")  # a missing GPU is a one-line error, before any work
+    if args.json:  # an unwritable --json fails before the work, naming the path given
+        _check_json_path(args.json)
 
     result = evaluate_target(args.target, args.episodes, args.device, args.seed, args.stochastic)
     print(result["text"])
@@ -190,14 +196,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         atomic_write_json(args.json, result["json"])
 
 
+def _check_json_path(path: str) -> None:
+    """Refuse a ``--json`` path that cannot be written, with a one-line error naming it."""
+    from rl_gpt.config import ConfigError
+    from rl_gpt.io import ensure_writable_dir
+
+    if Path(path).is_dir():
+        raise ConfigError(f"--json {path} is a directory; give a file name such as {path}/result.json")
+    ensure_writable_dir(Path(path).resolve().parent)
+
+
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from rl_gpt.io import atomic_write_json, ensure_writable_dir
-    from rl_gpt.sweep.compare import ReportError, compare_reports, comparison_json, format_comparison
+    from rl_gpt.io import atomic_write_json
+    from rl_gpt.sweep.compare import compare_reports, comparison_json, format_comparison
 
     if args.json:  # fail before the work, naming the path given
-        if Path(args.json).is_dir():
-            raise ReportError(f"--json {args.json} is a directory; give a file name such as {args.json}/compare.json")
-        ensure_writable_dir(Path(args.json).resolve().parent)
+        _check_json_path(args.json)
     rows = compare_reports(args.reports)
     print(format_comparison(rows))
     if args.json:
@@ -218,10 +232,15 @@ COMMANDS = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (not the whole usage) and points at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rl-gpt", description="Generative models of neural-network checkpoints (after G.pt)."
-    )
+    parser = _OneLineParser(prog="rl-gpt", description="Generative models of neural-network checkpoints (after G.pt).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="train SB3 runs and store their checkpoints as a dataset")
@@ -292,6 +311,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         default=None,
         help="each policy is the mean of this many samples (default: the model's sweep.average)",
+    )
+    p.add_argument(
+        "--rerank",
+        type=_count,
+        default=None,
+        help="keep, of this many candidates per policy, the one the model's ranker predicts nearest the target "
+        "(default: the model's sweep.rerank)",
     )
     p.add_argument("--episodes", type=_count, default=16, help="evaluation episodes per policy (RL tasks)")
     p.add_argument("--out", required=True, help="output directory")

@@ -29,6 +29,7 @@ def run_demo(
     ``restart`` trains the generator afresh even if ``out`` holds a saved training state (the dataset is kept).
     """
     cfg = load_config(config, [f"out={out}", *overrides], command="demo")
+    out = Path(cfg.out)  # an out= override names the folder for every stage, the sweep's report included
     start = time.time()
     stages = {}
     collect(cfg, progress=progress)
@@ -52,7 +53,9 @@ def run_demo(
 
 def format_table(report: dict[str, Any], stages: dict[str, float] | None = None) -> str:
     """A short text table of the generator against the baselines."""
-    rows = [("generator", report)] + [(k, v) for k, v in report["baselines"].items()]
+    rerank = report.get("rerank") or {}
+    unranked = [("unranked", rerank["without_rerank"])] if rerank else []  # the same draws without the ranker
+    rows = [("generator", report), *unranked] + [(k, v) for k, v in report["baselines"].items()]
     nov = report.get("novelty") or {}
     beh = report.get("behavioural_novelty") or {}
     rl = (report.get("metric") or {}).get("name", "return") == "return"
@@ -64,7 +67,8 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     average = int((report.get("config") or {}).get("average", 1))
     lines = [
         f"{report['task']} ({report['env_id']}), {report['inits']} {describe_inits(report)}"
-        + (f", each generated network the mean of {average} samples" if average > 1 else ""),
+        + (f", each generated network the mean of {average} samples" if average > 1 else "")
+        + (f", ranked: the ranker's pick of {rerank['candidates']} candidates" if rerank else ""),
         f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8} {'behaviour':>9}",
     ]
     for name, r in rows:

@@ -18,6 +18,7 @@ import yaml
 from safetensors.torch import load_file
 from stable_baselines3 import PPO
 from stable_baselines3.common.evaluation import evaluate_policy
+from tensordict import TensorDict
 
 from rl_gpt.cli import main
 from rl_gpt.demo import format_table
@@ -691,6 +692,18 @@ def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
     assert main(calibrated) == 0
     assert json.loads(cal.read_text())["prompts"] == json.loads(first)["prompts"]
 
+    moved = tmp_path / "moved"  # out= instead of --out: every stage writes there, the report included
+    shutil.copytree(experiment / "dataset", moved / "dataset")
+    at = args.index("--out")
+    assert main([*args[:at], *args[at + 2 :], f"out={moved}"]) == 0
+    assert (moved / "report.json").is_file() and (moved / "model" / "model.json").is_file()
+
+
+def test_the_demo_refuses_a_config_and_a_task_together(tmp_path, capsys):
+    assert main(["demo", "cartpole", "--task", "digits", "--out", str(tmp_path / "d"), *QUIET]) == 2
+    assert "--task digits or cartpole, not both" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
 
 def test_warnings_print_as_one_line_naming_the_command():
     import warnings
@@ -735,3 +748,46 @@ def test_a_model_folder_without_its_config_yaml_sweeps_with_the_config_in_model_
     args = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=1", "samples=1", "episodes=1"]
     assert main([*args, *QUIET]) == 0
     assert len(json.loads((tmp_path / "s" / "report.json").read_text())["prompts"]) == 3
+
+
+def test_rerank_ranks_candidates_in_sweep_calibrate_and_generate(experiment, tmp_path):
+    from rl_gpt.train.calibration import load_calibration
+
+    model = tmp_path / "model"  # a copy: the ranker and calibration must not reach the other tests' model
+    shutil.copytree(experiment / "model", model)
+    common = ["cartpole", f"out={experiment}", "--model", str(model)]
+    small = ["samples=1", "episodes=2", "rerank=3", *QUIET]
+    out = tmp_path / "sweep"
+    assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "sweep.recursive=1", *small]) == 0
+    ranker_file = model / "ranker.safetensors"
+    assert ranker_file.is_file()  # fitted on first use and stored with the model
+    report = json.loads((out / "report.json").read_text())
+    rerank = report["rerank"]
+    assert rerank["candidates"] == 3 and rerank["ranker"]["rows"] > 0 and np.isfinite(rerank["rmse_on_chosen"])
+    labels = TensorDict.load_memmap(experiment / "dataset" / "data")["metric"].numpy()
+    assert rerank["ranker"]["rmse_train"] < 0.5 * np.nanstd(labels)  # it learned the labels, not their mean
+    unranked = rerank["without_rerank"]  # the same draws, unranked, scored alike
+    assert np.array(unranked["achieved"]).shape == np.array(report["achieved"]).shape
+    assert np.isfinite(unranked["prompt_alignment_r2"])
+
+    grid = ["sweep.calibration_inits=2", "sweep.calibration_prompts=3"]
+    assert main(["calibrate", *common, *grid, *small]) == 0
+    assert load_calibration(model).sampler["rerank"] == 3
+
+    fitted = ranker_file.stat().st_mtime_ns
+    args = ["generate", "--model", str(model), "--target-return", "300", "--episodes", "2", "--num", "2"]
+    assert main([*args, "--rerank", "3", "--out", str(tmp_path / "g")]) == 0
+    assert ranker_file.stat().st_mtime_ns == fitted  # the stored ranker is reused
+    rec = json.loads((tmp_path / "g" / "generated.json").read_text())
+    assert rec["rerank"] == 3 and rec["calibrated"]  # calibrated with the same reranking
+    assert all(np.isfinite(p["predicted_return"]) for p in rec["policies"])
+    with pytest.warns(UserWarning, match="rerank 3, not .* rerank 1"):  # measured with ranking: not applied without
+        assert main([*args, "--rerank", "1", "--out", str(tmp_path / "g1")]) == 0
+    rec = json.loads((tmp_path / "g1" / "generated.json").read_text())
+    assert not rec["calibrated"] and "predicted_return" not in rec["policies"][0]
+
+    meta = json.loads((model / "ranker.json").read_text())
+    meta["fit"]["train_runs"] = [0]  # fitted for other training runs: fitted again
+    (model / "ranker.json").write_text(json.dumps(meta))
+    assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "sweep.recursive=1", *small]) == 0
+    assert json.loads((model / "ranker.json").read_text())["fit"]["train_runs"] != [0]

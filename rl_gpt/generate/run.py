@@ -20,6 +20,7 @@ from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.layout import Layout
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset
+from rl_gpt.train.ranker import ranker_for
 
 __all__ = ["generate", "load_start"]
 
@@ -72,6 +73,7 @@ def generate(
     average: int | None = None,
     calibrated: bool = True,
     extrapolate: bool = False,
+    rerank: int | None = None,
 ) -> dict[str, Any]:
     """Sample ``num`` policies prompted with ``target``; save each as SB3 .zip plus ``generated.json``.
 
@@ -83,7 +85,10 @@ def generate(
     CartPole presets, 1.5 for digits); ``dataset`` is used instead of the model's recorded one; each
     policy is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`), by default as many
     as the model's config sweeps with (``sweep.average``: 8 for digits, 1 elsewhere), with ``steps``
-    sampling steps (default: ``sweep.steps``). Where the model has a ``calibration.json`` measured
+    sampling steps (default: ``sweep.steps``). With ``rerank`` N > 1 each policy is the one of N
+    candidates whose metric, as the model's ranker predicts it, is nearest the conditioning prompt
+    (default: ``sweep.rerank``; a missing ranker is fitted and stored in the model directory first).
+    Where the model has a ``calibration.json`` measured
     with these settings, the generator is conditioned on its map of ``target`` (``calibrated=False``:
     on ``target`` itself). A target outside the training data's metric range is conditioned on the
     range's nearest end, with a warning (``extrapolate=True``: on the target as given).
@@ -119,22 +124,31 @@ def generate(
         average = int(swept.get("average", 1))
     if steps is None:
         steps = int(swept.get("steps", 20))
+    if rerank is None:
+        rerank = int(swept.get("rerank", 1))
     runs = info["meta"]["train_runs"]
     start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
     start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean[0])  # reported like the outputs
     rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
     g = torch.Generator().manual_seed(seed)
     bounds = None if extrapolate else (low, high)
-    cond, cal = conditioning_prompts(model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds)
+    cond, cal = conditioning_prompts(
+        model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds, rerank
+    )
     params = gen.sample(
-        theta[None].expand(rows, -1),
-        start.expand(rows),
-        cond.repeat_interleave(num),
+        theta[None].expand(rows * rerank, -1),
+        start.expand(rows * rerank),
+        cond.repeat_interleave(num * rerank),
         steps=steps,
         guidance=guidance,
         generator=g,
         average=average,
     )
+    predicted = None
+    if rerank > 1:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
+        ranker = ranker_for(model_dir, ds, gen.layout, runs, info["meta"]["test_runs"])
+        targets_rows = cond.repeat_interleave(num).double()
+        params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_config(info["spec"]["task"])
     initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
@@ -148,6 +162,7 @@ def generate(
         "guidance": guidance,
         "steps": steps,
         "average": average,
+        "rerank": rerank,
         "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
         "start": from_zip or f"random init ({initialiser} initialiser, seed {seed})",
         "start_return": start_return,
@@ -161,6 +176,9 @@ def generate(
         folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
         rows_j = slice(j * num, (j + 1) * num)
         items = _export(task, gen.layout, params[rows_j], res.mean[rows_j], res.std[rows_j], folder, seed)
+        if predicted is not None:
+            for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
+                item["predicted_return"] = value  # the ranker's prediction for the kept candidate
         record = {
             **shared,
             "target_return": t,

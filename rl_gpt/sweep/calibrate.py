@@ -18,6 +18,7 @@ from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
 from rl_gpt.train.probe import prompt_grid, run_prompts
+from rl_gpt.train.ranker import ranker_for
 
 __all__ = ["calibrate", "ensure_calibrated"]
 
@@ -51,17 +52,21 @@ def calibrate(
     if progress:
         print(
             f"calibrating prompts from {len(runs)} training runs' inits: {len(grid)} prompts x {sc.samples} samples "
-            f"(guidance {sc.guidance:g}, {sc.steps} steps, average {sc.average})",
+            f"(guidance {sc.guidance:g}, {sc.steps} steps, average {sc.average}, rerank {sc.rerank})",
             flush=True,
         )
+    say = print if progress else (lambda *a, **k: None)
+    test_runs = info["meta"]["test_runs"]
+    ranker = ranker_for(model_dir, ds, gen.layout, train_runs, test_runs, say) if sc.rerank > 1 else None
     gen.to(device)
-    out = run_prompts(gen, None, theta, metric, grid, sc.samples, sc.steps, sc.guidance, sc.seed + 7, sc.average)
+    sampler = (sc.steps, sc.guidance, sc.seed + 7, sc.average, ranker, sc.rerank)
+    out = run_prompts(gen, None, theta, metric, grid, sc.samples, *sampler)
     k, p, s, d = out.shape
     achieved = evaluate_flat(ds, out.reshape(-1, d), sc.episodes, sc.seed + 8, train_runs, device=device).mean
     failed = ~torch.isfinite(achieved)
     # A failed (NaN) sample counts as the worst prompt, as the sweep scores it.
     worst = float(asked.min() if ds.spec["metric"]["higher_is_better"] else asked.max())
-    sampler = {"guidance": sc.guidance, "steps": sc.steps, "average": sc.average}
+    sampler = {"guidance": sc.guidance, "steps": sc.steps, "average": sc.average, "rerank": sc.rerank}
     meta: dict[str, Any] = {
         "from": "step 0 of training runs",
         "runs": list(runs),
@@ -89,7 +94,7 @@ def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bo
         cal = load_calibration(model_dir)
     except ModelFileError:
         cal = None  # a damaged file is measured again
-    if cal is not None and cal.measured_for(model_dir) and cal.matches(sc.guidance, sc.steps, sc.average):
+    if cal is not None and cal.measured_for(model_dir) and cal.matches(sc.guidance, sc.steps, sc.average, sc.rerank):
         wanted = _measurement(cfg, read_model_info(model_dir)["meta"]["train_runs"])
         if all(cal.meta.get(key) == value for key, value in wanted.items()):
             return cal

@@ -38,6 +38,11 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax1.plot(prompts, prompts, "k--", lw=1, label="y = x")
     ax1.plot(prompts, mean, "o-", color="C0", label=f"generator (R² {report['prompt_alignment_r2']:.2f})")
     ax1.fill_between(prompts, mean - std, mean + std, color="C0", alpha=0.2)
+    rerank = report.get("rerank")
+    if rerank:  # the same draws without the ranker's choice
+        u = rerank["without_rerank"]
+        label = f"unranked draws (R² {u['prompt_alignment_r2']:.2f})"
+        ax1.plot(prompts, u["achieved_mean"], ".-", color="C0", alpha=0.45, label=label)
     for i, (base, style) in enumerate((("retrieval", "s:"), ("noise", "^:"), ("identity", "x:"))):
         b = report["baselines"][base]
         ax1.plot(
@@ -47,6 +52,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax1.set_ylabel(f"achieved {name}")
     average = int((report.get("config") or {}).get("average", 1))
     mean_of = f", means of {average} samples" if average > 1 else ""
+    mean_of += f", best of {rerank['candidates']} by the ranker" if rerank else ""
     calibrated = ", prompts calibrated" if (report.get("calibration") or {}).get("applied") else ""
     ax1.set_title(f"{report['task']}: {report['inits']} {describe_inits(report)}{mean_of}{calibrated}", fontsize=10)
     ax1.legend(fontsize=8)

@@ -27,7 +27,8 @@ from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.calibration import conditioning_prompts
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import load_generator, open_dataset
-from rl_gpt.train.probe import prompt_grid, run_prompts
+from rl_gpt.train.probe import choose_candidates, prompt_grid, run_prompts, sample_candidates
+from rl_gpt.train.ranker import MetricRanker, ranker_for
 
 __all__ = ["sweep"]
 
@@ -116,6 +117,7 @@ def sweep(
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 
+    ranker = ranker_for(model_dir, ds, gen.layout, train_runs, test_runs, say) if sc.rerank > 1 else None
     gen.to(device)  # sampling runs there; everything it returns is on the CPU
 
     def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,14 +133,20 @@ def sweep(
     # ---------------------------------------------------------------- the generator
     t = time.time()
     bounds = (gen.normalizer.metric_low, gen.normalizer.metric_high) if sc.clamp_prompts else None
-    cond, cal = conditioning_prompts(model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds)
+    cond, cal = conditioning_prompts(
+        model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds, sc.rerank
+    )
     if cal is not None:
         say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond)))
     elif bounds is not None and not torch.equal(cond, prompts):
         moved = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond) if a != b)
         low, high = bounds
         say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
-    samples = run_prompts(gen, None, inits, init_m, cond, sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
+    args = (sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
+    candidates = sample_candidates(gen, None, inits, init_m, cond, *args, sc.rerank)  # (K, P, S, N, D)
+    samples = candidates[..., 0, :]
+    if ranker is not None:  # ranked towards what the generator was conditioned on, as calibrate measures it
+        samples, predicted = choose_candidates(candidates, cond, ranker)
     timings["sample_s"] = time.time() - t
     t = time.time()
     k, p, s, d = samples.shape
@@ -160,6 +168,12 @@ def sweep(
         | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
     }
     report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
+    if ranker is not None:  # what ranking bought: the first candidate of each sample, unranked, scored alike
+        unranked = evaluate(candidates[..., 0, :].reshape(-1, d), sc.seed + 2).reshape(k, p, s)
+        report["rerank"] = _rerank_report(ranker, sc.rerank, predicted, achieved) | {
+            "without_rerank": _summary(prompts, unranked, best, task.reward_threshold, higher)
+            | {"achieved": unranked.tolist()}
+        }
     if task.kind == "supervised":
         report["one_step"]["classifier"] = _classifier_metrics(ds, samples[:, best].reshape(-1, d))
     solved = report["one_step"]["solved_fraction"]
@@ -173,7 +187,8 @@ def sweep(
     theta, metric, curve = inits, init_m, [float(init_metric.mean())]
     for _ in range(sc.recursive):
         step = cond[best : best + 1]
-        theta = run_prompts(gen, None, theta, metric, step, 1, sc.steps, sc.guidance, sc.seed + 3, sc.average)[:, 0, 0]
+        sampler = (sc.steps, sc.guidance, sc.seed + 3, sc.average, ranker, sc.rerank)
+        theta = run_prompts(gen, None, theta, metric, step, 1, *sampler)[:, 0, 0]
         curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
         metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
     slices = ds.run_slices()
@@ -231,6 +246,16 @@ def sweep(
     plot_sweep(report, out / "sweep.png")
     _log_wandb(cfg, report, out)
     return report
+
+
+def _rerank_report(
+    ranker: MetricRanker, candidates: int, predicted: torch.Tensor, achieved: torch.Tensor
+) -> dict[str, Any]:
+    """How the ranked samples were chosen, and how well the ranker predicted what they achieved."""
+    fit = {key: value for key, value in ranker.fit_info.items() if key != "train_runs"}
+    ok = torch.isfinite(predicted) & torch.isfinite(achieved)
+    error = (predicted[ok] - achieved[ok].double()).pow(2).mean().sqrt() if ok.any() else torch.tensor(float("nan"))
+    return {"candidates": candidates, "ranker": fit, "rmse_on_chosen": float(error)}
 
 
 def _inits(
@@ -367,6 +392,11 @@ def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None
             "one_step_return": report["one_step"]["mean_return"],
             "solved_fraction": report["one_step"]["solved_fraction"],
             **{f"one_step_{k}": v for k, v in classifier.items() if k != "dataset_best"},
+            **(
+                {"prompt_alignment_r2_unranked": report["rerank"]["without_rerank"]["prompt_alignment_r2"]}
+                if "rerank" in report
+                else {}
+            ),
             "sweep": wandb.Image(str(out / "sweep.png")),
         }
     )

@@ -43,17 +43,18 @@ class PromptCalibration:
     prompts: list[float]  # the grid of prompts the generator was conditioned on
     achieved: list[float]  # mean achieved metric at each, over inits and samples (as measured)
     fitted: list[float]  # the isotonic (non-decreasing) fit of ``achieved`` on ``prompts``
-    sampler: dict[str, float]  # guidance, steps, average: the settings the map holds for
+    sampler: dict[str, float]  # guidance, steps, average, rerank: the settings the map holds for
     meta: dict[str, Any] = field(default_factory=dict)  # inits, samples, episodes, runs, seed
     model_sha256: str | None = None  # the weights it was measured for: a retrained model needs a new one
 
-    def matches(self, guidance: float, steps: int, average: int) -> bool:
-        """Whether sampling with these settings is what this calibration measured."""
+    def matches(self, guidance: float, steps: int, average: int, rerank: int = 1) -> bool:
+        """Whether sampling with these settings is what this calibration measured (older files: no reranking)."""
         s = self.sampler
         return (
             float(s["guidance"]) == float(guidance)
             and int(s["steps"]) == int(steps)
             and int(s["average"]) == int(average)
+            and int(s.get("rerank", 1)) == int(rerank)
         )
 
     def measured_for(self, model_dir: str | Path) -> bool:
@@ -62,7 +63,10 @@ class PromptCalibration:
 
     def describe(self) -> str:
         s = self.sampler
-        return f"guidance {s['guidance']:g}, {int(s['steps'])} steps, average {int(s['average'])}"
+        return (
+            f"guidance {s['guidance']:g}, {int(s['steps'])} steps, average {int(s['average'])}, "
+            f"rerank {int(s.get('rerank', 1))}"
+        )
 
     def conditioning(self, desired: torch.Tensor) -> torch.Tensor:
         """The prompts to condition on so that the achieved metric is ``desired`` (same shape).
@@ -149,6 +153,7 @@ def conditioning_prompts(
     average: int,
     use: bool = True,
     bounds: tuple[float, float] | None = None,
+    rerank: int = 1,
 ) -> tuple[torch.Tensor, PromptCalibration | None]:
     """The prompts to condition on for ``desired`` metrics, and the calibration applied (None: as given).
 
@@ -160,14 +165,14 @@ def conditioning_prompts(
     """
     if bounds is not None:
         desired = desired.clamp(min(bounds), max(bounds))
-    cond, cal = _calibrated(model_dir, desired, guidance, steps, average, use)
+    cond, cal = _calibrated(model_dir, desired, guidance, steps, average, rerank, use)
     if bounds is not None:
         cond = cond.clamp(min(bounds), max(bounds))
     return cond, cal
 
 
 def _calibrated(
-    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, use: bool
+    model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, rerank: int, use: bool
 ) -> tuple[torch.Tensor, PromptCalibration | None]:
     cal = load_calibration(model_dir) if use else None
     if cal is None:
@@ -179,12 +184,12 @@ def _calibrated(
             stacklevel=2,
         )
         return desired, None
-    if not cal.matches(guidance, steps, average):
+    if not cal.matches(guidance, steps, average, rerank):
         warnings.warn(
             f"{Path(model_dir) / 'calibration.json'} was measured with {cal.describe()}, not guidance "
-            f"{guidance:g}, {steps} steps, average {average}: prompts are used as given; sample with its settings "
-            "(generate --guidance/--steps/--average, sweep guidance= sweep.steps= average=) or run "
-            "`rl-gpt calibrate` with these",
+            f"{guidance:g}, {steps} steps, average {average}, rerank {rerank}: prompts are used as given; sample "
+            "with its settings (generate --guidance/--steps/--average/--rerank, sweep guidance= sweep.steps= "
+            "average= rerank=) or run `rl-gpt calibrate` with these",
             stacklevel=2,
         )
         return desired, None

@@ -16,8 +16,9 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.evaluate.alignment import alignment_r2
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.train.generator import ParameterGenerator
+from rl_gpt.train.ranker import MetricRanker
 
-__all__ = ["prompt_grid", "quick_alignment", "run_prompts"]
+__all__ = ["choose_candidates", "prompt_grid", "quick_alignment", "run_prompts", "sample_candidates"]
 
 
 def prompt_grid(
@@ -42,21 +43,59 @@ def run_prompts(
     guidance: float,
     seed: int = 0,
     average: int = 1,
+    ranker: MetricRanker | None = None,
+    rerank: int = 1,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters on the CPU.
 
-    Each sample is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`). Sampling
-    runs where the network is (a model on CUDA takes CPU inputs here).
+    Each sample is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`). With
+    ``rerank`` N > 1 each sample is the one of N such candidates whose metric, as ``ranker``
+    predicts it, is nearest its target: ``targets`` (P,), the metrics the user asked for (default
+    ``prompts``, which may be calibrated conditioning values). Sampling runs where the network is (a
+    model on CUDA takes CPU inputs here).
     """
+    cands = sample_candidates(gen, model, theta, metric, prompts, samples, steps, guidance, seed, average, rerank)
+    if rerank == 1:
+        return cands[..., 0, :]
+    return choose_candidates(cands, prompts if targets is None else targets, ranker)[0]
+
+
+@torch.no_grad()
+def sample_candidates(
+    gen: ParameterGenerator,
+    model: nn.Module | None,
+    theta: torch.Tensor,
+    metric: torch.Tensor,
+    prompts: torch.Tensor,
+    samples: int,
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    average: int = 1,
+    candidates: int = 1,
+) -> torch.Tensor:
+    """``candidates`` draws for every init × prompt × sample: (K, P, S, C, D) raw parameters on the CPU."""
     k, d = theta.shape
     p = prompts.numel()
+    n = samples * candidates
     device = next((gen.model if model is None else model).parameters()).device
-    th = theta[:, None, None].expand(k, p, samples, d).reshape(-1, d).to(device)
-    m = metric[:, None, None].expand(k, p, samples).reshape(-1).to(device)
-    pr = prompts[None, :, None].expand(k, p, samples).reshape(-1).to(device)
+    th = theta[:, None, None].expand(k, p, n, d).reshape(-1, d).to(device)
+    m = metric[:, None, None].expand(k, p, n).reshape(-1).to(device)
+    pr = prompts[None, :, None].expand(k, p, n).reshape(-1).to(device)
     g = torch.Generator(device=device).manual_seed(seed)
     out = gen.sample(th, m, pr, steps=steps, guidance=guidance, generator=g, model=model, average=average)
-    return out.reshape(k, p, samples, d).cpu()
+    return out.reshape(k, p, samples, candidates, d).cpu()
+
+
+def choose_candidates(
+    candidates: torch.Tensor, targets: torch.Tensor, ranker: MetricRanker | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ranked choice of (K, P, S, C, D) candidates for targets (P,): (K, P, S, D) and predicted (K, P, S)."""
+    if ranker is None:
+        raise ValueError("ranking candidates needs the model's ranker (see rl_gpt.train.ranker.ranker_for)")
+    k, p, s = candidates.shape[:3]
+    return ranker.choose(candidates, targets.double()[None, :, None].expand(k, p, s))
 
 
 def quick_alignment(

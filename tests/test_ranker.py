@@ -1,0 +1,80 @@
+"""The ranker: a metric predictor from behaviour that keeps the candidate nearest a target."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_gpt.evaluate.policy import PolicySpec
+from rl_gpt.layout import LayerSpec, Layout
+from rl_gpt.train.function_loss import FunctionProbe
+from rl_gpt.train.modelfile import ModelFileError
+from rl_gpt.train.ranker import RANKER_FILE, MetricRanker, load_ranker
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAYOUT = Layout.build(
+    {
+        "mlp_extractor.policy_net.0.weight": (8, 4),
+        "mlp_extractor.policy_net.0.bias": (8,),
+        "action_net.weight": (2, 8),
+        "action_net.bias": (2,),
+    },
+    [LayerSpec("mlp_extractor.policy_net.0", None, "h0", "tanh"), LayerSpec("action_net", "h0", None)],
+)
+SPEC = PolicySpec(algo="ppo", head="categorical", activation="tanh", obs_dim=4, action_dim=1, n_actions=2)
+
+
+def _ranker(seed: int = 0) -> MetricRanker:
+    torch.manual_seed(seed)
+    probe = FunctionProbe(LAYOUT, torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), "policy", spec=SPEC)
+    return MetricRanker(probe, low=0.0, high=500.0, hidden=32).eval()
+
+
+def _params(b: int, seed: int) -> torch.Tensor:
+    return torch.randn(b, LAYOUT.numel, generator=torch.Generator().manual_seed(seed))
+
+
+def test_a_permuted_network_gets_the_same_prediction() -> None:
+    ranker, params = _ranker(), _params(5, 2)
+    perms = LAYOUT.random_permutations(5, torch.Generator().manual_seed(3))
+    permuted = params.gather(1, LAYOUT.permutation_index(perms, 5))
+    assert not torch.equal(permuted, params)
+    # equal up to float rounding: the hidden units are summed in another order
+    torch.testing.assert_close(ranker.predict(permuted), ranker.predict(params), rtol=1e-6, atol=1e-4)
+    assert ranker.predict(params).std() > 0  # and different networks get different predictions
+
+
+def test_choose_keeps_the_candidate_predicted_nearest_each_target() -> None:
+    ranker = _ranker()
+    candidates = _params(3 * 4, 4).reshape(3, 4, -1)
+    predicted = ranker.predict(candidates.reshape(12, -1)).reshape(3, 4)
+    targets = predicted[:, 2] + 1e-6  # each row's third candidate is nearest
+    chosen, chosen_pred = ranker.choose(candidates, targets)
+    torch.testing.assert_close(chosen, candidates[:, 2])
+    torch.testing.assert_close(chosen_pred, predicted[:, 2])
+
+
+def test_a_non_finite_candidate_is_chosen_only_when_all_are() -> None:
+    ranker = _ranker()
+    candidates = _params(2 * 3, 5).reshape(2, 3, -1)
+    predicted = ranker.predict(candidates.reshape(6, -1)).reshape(2, 3)
+    candidates[0, 1, 0] = float("nan")  # row 0: the candidate nearest the target is broken
+    candidates[1, :, 0] = float("inf")  # row 1: all are
+    chosen, chosen_pred = ranker.choose(candidates, predicted[:, 1])
+    assert torch.isfinite(chosen[0]).all() and torch.isfinite(chosen_pred[0])
+    assert not torch.isfinite(chosen[1]).all() and chosen_pred[1].isnan()
+
+
+def test_save_and_load_reproduce_the_predictions(tmp_path) -> None:
+    ranker = _ranker()
+    ranker.fit_info = {"train_runs": [0, 2], "rows": 7}
+    ranker.save(tmp_path)
+    loaded = load_ranker(tmp_path, LAYOUT)
+    assert loaded is not None and loaded.fit_info == ranker.fit_info
+    params = _params(6, 6)
+    torch.testing.assert_close(loaded.predict(params), ranker.predict(params), rtol=1e-6, atol=1e-4)
+    assert load_ranker(tmp_path / "elsewhere", LAYOUT) is None  # no ranker: None, not an error
+    (tmp_path / RANKER_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(ModelFileError, match="delete"):
+        load_ranker(tmp_path, LAYOUT)
