@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from rl_gpt.config import ConfigError
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.evaluate.policy import PolicySpec
 from rl_gpt.io import atomic_save_safetensors, atomic_write_json
@@ -137,16 +138,28 @@ def fit_ranker(
     steps: int = 4_000,
     seed: int = 0,
     probes: int = 256,
+    max_rows: int = 50_000,
 ) -> MetricRanker:
     """Fit a ranker on the checkpoints of ``train_runs``; ``test_runs`` only measure its error.
 
     An MLP reads the outputs on ``probes`` inputs and regresses the recorded metric (scaled to the
-    training rows' range) with AdamW and a cosine schedule. Takes ~25 s for CartPole's 3,300 rows on
-    one CPU thread.
+    training rows' range) with AdamW and a cosine schedule, on at most ``max_rows`` checkpoints (a
+    random subset of larger datasets, whose features would not fit in memory). Takes ~20 s for
+    CartPole's 3,300 rows on one CPU thread.
     """
     start = time.time()
-    probe = function_probe(ds, train_runs, count=probes, seed=seed)
     rows, held = _rows(ds, train_runs), _rows(ds, test_runs)
+    if not len(rows):
+        raise ConfigError(
+            "the training runs hold no valid checkpoint with a finite metric to fit the ranker on; "
+            "sample without ranking (sweep.rerank=1, generate --rerank 1)"
+        )
+    g = torch.Generator().manual_seed(seed)
+    if len(rows) > max_rows:
+        rows = rows[torch.randperm(len(rows), generator=g)[:max_rows]].sort().values
+    if len(held) > max_rows:
+        held = held[torch.randperm(len(held), generator=g)[:max_rows]].sort().values
+    probe = function_probe(ds, train_runs, count=probes, seed=seed)
     metric = ds.data["metric"]
     y_raw = metric[rows].double()
     low, high = float(y_raw.min()), float(y_raw.max())
@@ -158,7 +171,6 @@ def fit_ranker(
     y = ((y_raw - low) / scale).float()
     opt = torch.optim.AdamW(ranker.net.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         idx = torch.randint(len(x), (min(256, len(x)),), generator=g)
         loss = (ranker._scaled(x[idx]) - y[idx]).pow(2).mean()
