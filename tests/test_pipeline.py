@@ -786,8 +786,39 @@ def test_rerank_ranks_candidates_in_sweep_calibrate_and_generate(experiment, tmp
     rec = json.loads((tmp_path / "g1" / "generated.json").read_text())
     assert not rec["calibrated"] and "predicted_return" not in rec["policies"][0]
 
-    meta = json.loads((model / "ranker.json").read_text())
-    meta["fit"]["train_runs"] = [0]  # fitted for other training runs: fitted again
-    (model / "ranker.json").write_text(json.dumps(meta))
-    assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "sweep.recursive=1", *small]) == 0
-    assert json.loads((model / "ranker.json").read_text())["fit"]["train_runs"] != [0]
+    # several targets, several policies each: every target's folder gets its own ranked policies
+    assert main([*args[:4], "100", "400", *args[5:], "--rerank", "3", "--out", str(tmp_path / "g2")]) == 0
+    for folder in ("target_100", "target_400"):
+        policies = json.loads((tmp_path / "g2" / folder / "generated.json").read_text())["policies"]
+        assert len(policies) == 2 and all(np.isfinite(p["predicted_return"]) for p in policies)
+
+    for key, stale in (("train_runs", [0]), ("data_sha256", "0" * 64)):  # other runs or other data: fitted again
+        meta = json.loads((model / "ranker.json").read_text())
+        meta["fit"][key] = stale
+        (model / "ranker.json").write_text(json.dumps(meta))
+        assert main(["sweep", *common, "--out", str(out), "inits=2", "prompts=3", "sweep.recursive=1", *small]) == 0
+        assert json.loads((model / "ranker.json").read_text())["fit"][key] != stale
+
+
+def test_ranked_sampling_draws_what_plain_sampling_draws(experiment):
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.train.modelfile import load_generator
+    from rl_gpt.train.probe import sample_candidates
+    from rl_gpt.train.ranker import fit_ranker
+
+    gen, info = load_generator(experiment / "model")
+    theta, metric, prompts = torch.zeros(2, gen.layout.numel), torch.full((2,), 20.0), torch.tensor([50.0, 300.0])
+    candidates = sample_candidates(gen, None, theta, metric, prompts, 3, 4, 2.0, seed=5, candidates=1)
+    rows = 2 * 2 * 3  # init x prompt x sample, in that order
+    plain = gen.sample(
+        theta.repeat_interleave(6, 0),
+        metric.repeat_interleave(6),
+        prompts.repeat_interleave(3).repeat(2),
+        steps=4,
+        guidance=2.0,
+        generator=torch.Generator().manual_seed(5),
+    )
+    torch.testing.assert_close(candidates.reshape(rows, -1), plain)
+    # a model that holds no run out still gets a ranker, with no held-out error to report
+    ranker = fit_ranker(CheckpointDataset(experiment / "dataset"), info["meta"]["train_runs"], [], steps=5)
+    assert ranker.fit_info["rmse_heldout_runs"] is None and ranker.fit_info["rmse_train"] > 0

@@ -113,9 +113,6 @@ def generate(
         )
     theta = load_start(info, from_zip, seed)
     ds = open_dataset(model_dir, info, dataset)
-    out = ensure_writable_dir(out)
-    stale = _previous_outputs(out)
-    start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
     config = info["meta"].get("config", {})
     swept = config.get("sweep", {})
     if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes
@@ -126,6 +123,12 @@ def generate(
         steps = int(swept.get("steps", 20))
     if rerank is None:
         rerank = int(swept.get("rerank", 1))
+    ranker = None
+    if rerank > 1:  # fitted (once) before the output folder exists: a refused fit leaves nothing behind
+        ranker = ranker_for(model_dir, ds, gen.layout, info["meta"]["train_runs"], info["meta"]["test_runs"])
+    out = ensure_writable_dir(out)
+    stale = _previous_outputs(out)
+    start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
     runs = info["meta"]["train_runs"]
     start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
     start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean[0])  # reported like the outputs
@@ -145,8 +148,7 @@ def generate(
         average=average,
     )
     predicted = None
-    if rerank > 1:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
-        ranker = ranker_for(model_dir, ds, gen.layout, runs, info["meta"]["test_runs"])
+    if ranker is not None:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
         targets_rows = cond.repeat_interleave(num).double()
         params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from rl_gpt.layout import Layout
 from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_layout
 
-__all__ = ["class_probabilities", "classifier_logits", "cross_entropy", "evaluate_classifiers"]
+__all__ = ["activation_numel", "class_probabilities", "classifier_logits", "cross_entropy", "evaluate_classifiers"]
 
 _ACTIVATIONS = {None: lambda h: h, "relu": F.relu, "tanh": torch.tanh}
 # Auto example chunk: keep B × chunk × (largest per-example activation) under this many elements.
@@ -87,7 +87,7 @@ def classifier_logits(params: torch.Tensor, layout: Layout, name: str, x: torch.
 
 
 @cache
-def _activation_numel(name: str) -> int:
+def activation_numel(name: str) -> int:
     """Largest per-example activation of one model, from a shape-only (meta) forward pass."""
     spec = CLASSIFIERS[name]
     sizes: list[int] = []
@@ -119,7 +119,7 @@ def evaluate_classifiers(
         raise ValueError(f"x and y must hold the same non-zero number of examples, got {x.shape[0]} and {y.shape[0]}")
     n_models, n_examples = params.shape[0], x.shape[0]
     if batch_size is None:
-        batch_size = max(1, _ELEMENT_BUDGET // (n_models * _activation_numel(name)))
+        batch_size = max(1, _ELEMENT_BUDGET // (n_models * activation_numel(name)))
     forward = _batched_forward(params, layout, name)
     loss_sum = torch.zeros(n_models, dtype=torch.float64, device=params.device)
     wrong = torch.zeros(n_models, dtype=torch.int64, device=params.device)

@@ -12,6 +12,7 @@ held-out runs, the sweep's inits or a test split.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -31,11 +32,11 @@ from rl_gpt.layout import Layout
 from rl_gpt.train.function_loss import FunctionProbe, function_probe
 from rl_gpt.train.modelfile import ModelFileError
 
-__all__ = ["RANKER_FILE", "MetricRanker", "fit_ranker", "load_ranker", "ranker_for"]
+__all__ = ["RANKER_FILE", "MetricRanker", "data_fingerprint", "fit_ranker", "load_ranker", "ranker_for"]
 
 RANKER_FILE = "ranker.safetensors"
 _META_FILE = "ranker.json"
-_CHUNK = 4096  # networks probed at once
+_ELEMENTS = 1 << 26  # activations held at once while probing (the batched classifier evaluation's budget, ×2)
 
 
 class MetricRanker(nn.Module):
@@ -57,7 +58,18 @@ class MetricRanker(nn.Module):
     def features(self, params: torch.Tensor) -> torch.Tensor:
         """(B, N·K): each network's outputs on the N probe inputs, flattened."""
         with torch.no_grad():
-            return torch.cat([self.probe(chunk.float()).flatten(1) for chunk in params.split(_CHUNK)])
+            return torch.cat([self.probe(chunk.float()).flatten(1) for chunk in params.split(self._chunk())])
+
+    def _chunk(self) -> int:
+        """Networks probed at once, so that their activations stay within a fixed memory budget."""
+        probe = self.probe
+        if probe.kind == "classifier":
+            from rl_gpt.supervised.evaluate import activation_numel
+
+            widest = activation_numel(probe.network)
+        else:
+            widest = max(spec.shape[0] for spec in (probe.layout[n] for n in probe.layout.names))
+        return max(1, min(4096, _ELEMENTS // (len(probe.inputs) * widest)))
 
     def _scaled(self, features: torch.Tensor) -> torch.Tensor:
         return self.net(features).squeeze(-1)
@@ -67,7 +79,7 @@ class MetricRanker(nn.Module):
         """(B,) predicted metric of raw flat networks; NaN for a network with a non-finite weight."""
         finite = torch.isfinite(params).all(-1)
         safe = torch.where(finite[:, None], params, torch.zeros_like(params))
-        pred = torch.cat([self._scaled(self.features(chunk)) for chunk in safe.split(_CHUNK)])
+        pred = torch.cat([self._scaled(self.features(chunk)) for chunk in safe.split(self._chunk())])
         pred = pred.double() * (self.high - self.low) + self.low
         return torch.where(finite, pred, torch.full_like(pred, float("nan")))
 
@@ -126,9 +138,24 @@ def load_ranker(model_dir: str | Path, layout: Layout) -> MetricRanker | None:
 
 
 def _rows(ds: CheckpointDataset, runs: list[int]) -> torch.Tensor:
+    """Rows of ``runs`` with a valid network and a finite metric (none for no runs: a model may hold none out)."""
     slices = ds.run_slices()
-    rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in runs])
+    rows = torch.cat(
+        [torch.arange(slices[r].start, slices[r].stop) for r in runs] or [torch.zeros(0, dtype=torch.long)]
+    )
     return rows[ds.valid_mask()[rows] & torch.isfinite(ds.data["metric"][rows].float())]
+
+
+def data_fingerprint(ds: CheckpointDataset, train_runs: list[int]) -> str:
+    """SHA-256 of what a ranker learns from: the layout, and the training runs' rows, weights and metrics.
+
+    A dataset collected again, or another one passed with ``--dataset``, gets a ranker of its own.
+    """
+    rows = _rows(ds, train_runs)
+    digest = hashlib.sha256(json.dumps(ds.layout.to_dict(), sort_keys=True).encode())
+    for column in ("params", "metric"):
+        digest.update(ds.data[column][rows].float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def fit_ranker(
@@ -187,6 +214,7 @@ def fit_ranker(
 
     ranker.fit_info = {
         "train_runs": list(train_runs),
+        "data_sha256": data_fingerprint(ds, train_runs),
         "rows": len(rows),
         "rmse_train": rmse(rows),
         "rmse_heldout_runs": rmse(held),
@@ -207,12 +235,16 @@ def ranker_for(
     test_runs: list[int],
     say: Callable[[str], Any] = print,
 ) -> MetricRanker:
-    """The model's stored ranker if it was fitted on these training runs; else fit one and store it."""
+    """The model's stored ranker if it was fitted on these training runs of this data; else fit one and store it."""
     try:
         ranker = load_ranker(model_dir, layout)
     except ModelFileError:
         ranker = None  # a damaged file is fitted again
-    if ranker is not None and ranker.fit_info.get("train_runs") == list(train_runs):
+    if (
+        ranker is not None
+        and ranker.fit_info.get("train_runs") == list(train_runs)
+        and ranker.fit_info.get("data_sha256") == data_fingerprint(ds, train_runs)
+    ):
         return ranker
     say(f"fitting the ranker (metric predictor) on {len(train_runs)} training runs' checkpoints ...")
     ranker = fit_ranker(ds, train_runs, test_runs)
