@@ -154,7 +154,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         cond = "" if rec["conditioned_on"] == rec["target_return"] else f" (conditioned on {rec['conditioned_on']:.4g})"
         print(f"start {rec['metric']} {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}{cond}")
         for p in rec["policies"]:
-            print(f"  {p['file']}: achieved {p['achieved_return']:.4g} +- {p['achieved_std']:.3g}")
+            ranked = f" (the ranker predicted {p['predicted_return']:.4g})" if "predicted_return" in p else ""
+            print(f"  {p['file']}: achieved {p['achieved_return']:.4g} +- {p['achieved_std']:.3g}{ranked}")
     else:  # several targets: one folder each
         print(f"start {rec['metric']} {rec['start_return']:.4g}; {rec['policies_per_target']} per target")
         for folder, target, got in zip(rec["folders"], rec["target_return"], rec["achieved_mean"], strict=True):
