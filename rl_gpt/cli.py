@@ -90,17 +90,30 @@ def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:
     folder copied without the YAML), else None (the embedded default)."""
     if args.config is not None or not args.model:
         return args.config
-    if (Path(args.model) / "config.yaml").is_file():
-        return str(Path(args.model) / "config.yaml")
+    saved = Path(args.model) / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        stored = yaml.safe_load(saved.read_text())
+        return _sampled_as_saved(stored) if isinstance(stored, dict) else str(saved)
     try:
         from rl_gpt.config import load_config
         from rl_gpt.train.modelfile import read_model_info
 
-        stored = read_model_info(args.model)["meta"]["config"]
+        stored = _sampled_as_saved(read_model_info(args.model)["meta"]["config"])
         load_config(stored)  # written by an older version with keys that are gone: use the default
         return stored
     except (OSError, ValueError, KeyError, TypeError):  # no model, or an unreadable copy: fall back as before
         return None
+
+
+def _sampled_as_saved(config: dict[str, Any]) -> dict[str, Any]:
+    """A model's saved config, with ``sweep.rerank: 1`` where it predates ranking (session 19): its
+    sweeps and its calibration.json were measured without it, as ``generate`` reads such a model."""
+    sweep = config.get("sweep")
+    if isinstance(sweep, dict) and "rerank" not in sweep:
+        config = {**config, "sweep": {**sweep, "rerank": 1}}
+    return config
 
 
 def _named_dataset(args: argparse.Namespace, cfg: Any) -> str | None:

@@ -750,6 +750,19 @@ def test_a_model_folder_without_its_config_yaml_sweeps_with_the_config_in_model_
     assert len(json.loads((tmp_path / "s" / "report.json").read_text())["prompts"]) == 3
 
 
+def test_a_model_saved_before_ranking_samples_without_it(experiment, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    saved = yaml.safe_load((model / "config.yaml").read_text())
+    assert saved["sweep"]["rerank"] == 4  # today's default, saved with the model
+    del saved["sweep"]["rerank"]  # as config.yaml was written before session 19
+    (model / "config.yaml").write_text(yaml.safe_dump(saved))
+    args = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=1", "prompts=2", "samples=1"]
+    assert main([*args, "episodes=1", "sweep.recursive=0", *QUIET]) == 0
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["config"]["rerank"] == 1 and "rerank" not in report and not (model / "ranker.json").exists()
+
+
 def test_rerank_ranks_candidates_in_sweep_calibrate_and_generate(experiment, tmp_path):
     from rl_gpt.train.calibration import load_calibration
 
