@@ -45,20 +45,19 @@ def run_prompts(
     average: int = 1,
     ranker: MetricRanker | None = None,
     rerank: int = 1,
-    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample θ' for every init × prompt × sample: returns (K, P, S, D) raw parameters on the CPU.
 
     Each sample is the mean of ``average`` draws (see :meth:`ParameterGenerator.sample`). With
     ``rerank`` N > 1 each sample is the one of N such candidates whose metric, as ``ranker``
-    predicts it, is nearest its target: ``targets`` (P,), the metrics the user asked for (default
-    ``prompts``, which may be calibrated conditioning values). Sampling runs where the network is (a
-    model on CUDA takes CPU inputs here).
+    predicts it, is nearest the prompt it was conditioned on (so a calibration measured with ranking
+    maps what the user asks for to that prompt). Sampling runs where the network is (a model on
+    CUDA takes CPU inputs here).
     """
     cands = sample_candidates(gen, model, theta, metric, prompts, samples, steps, guidance, seed, average, rerank)
     if rerank == 1:
         return cands[..., 0, :]
-    return choose_candidates(cands, prompts if targets is None else targets, ranker)[0]
+    return choose_candidates(cands, prompts, ranker)[0]
 
 
 @torch.no_grad()
