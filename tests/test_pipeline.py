@@ -753,6 +753,8 @@ def test_a_model_folder_without_its_config_yaml_sweeps_with_the_config_in_model_
 def test_a_model_saved_before_ranking_samples_without_it(experiment, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(experiment / "model", model)
+    for name in ("ranker.safetensors", "ranker.json"):  # fitted there by earlier tests' sweeps
+        (model / name).unlink(missing_ok=True)
     saved = yaml.safe_load((model / "config.yaml").read_text())
     assert saved["sweep"]["rerank"] == 4  # today's default, saved with the model
     del saved["sweep"]["rerank"]  # as config.yaml was written before session 19
