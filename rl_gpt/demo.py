@@ -96,9 +96,14 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     if clf:
         shown = {"test_loss": "{:.3f}", "test_error": "{:.1%}"}
         best = [fmt.format(clf["dataset_best"][k]) for k, fmt in shown.items() if k in clf["dataset_best"]]
+        final = clf.get("heldout_final") or {}  # absent in reports written before it
+        ended = [fmt.format(final[k]) for k, fmt in shown.items() if k in final]
+        context = ([f"held-out runs end at {', '.join(ended)}, median"] if ended else []) + (
+            [f"the dataset's best: {', '.join(best)}"] if best else []
+        )
         lines.append(
             f"one-step classifiers: test loss {clf['test_loss']:.3f}, test error {clf['test_error']:.1%}"
-            + (f" (the dataset's best: {', '.join(best)})" if best else "")
+            + (f" ({'; '.join(context)})" if context else "")
         )
     rec = report["recursive"]["mean_return"]
     lines.append("recursive prompting: " + " -> ".join((value if not rl else "{:.0f}").format(v) for v in rec))

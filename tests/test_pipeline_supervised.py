@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from tensordict import TensorDict
 
 from rl_gpt.cli import main
 from rl_gpt.demo import format_table
@@ -65,9 +66,17 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     assert 0.0 <= classifier["dataset_best"]["test_error"] <= classifier["test_error"] <= 1.0
     retrieved_best = min(report["baselines"]["retrieval"]["achieved_mean"])  # a training checkpoint's loss
     assert classifier["dataset_best"]["test_loss"] <= retrieved_best + 1e-5
+    # Where real training ends from inits the generator never saw: the held-out runs' last checkpoints.
+    meta = json.loads((out / "model" / "model.json").read_text())["meta"]
+    data = TensorDict.load_memmap(out / "dataset" / "data")
+    ends = [float(data["test_error"][data["run"] == r][-1]) for r in meta["test_runs"]]
+    assert classifier["heldout_runs"] == len(meta["test_runs"]) == 1
+    assert classifier["heldout_final"]["test_error"] == pytest.approx(ends[0])
     line = next(x for x in format_table(report).splitlines() if x.startswith("one-step classifiers"))
     assert f"test error {classifier['test_error']:.1%}" in line and "the dataset's best: " in line
+    assert f"(held-out runs end at {classifier['heldout_final']['test_loss']:.3f}, " in line
     del classifier["dataset_best"]["test_loss"]  # a dataset without that field prints what it has
+    del classifier["heldout_final"]
     line = next(x for x in format_table(report).splitlines() if x.startswith("one-step classifiers"))
     assert line.endswith(f"(the dataset's best: {classifier['dataset_best']['test_error']:.1%})")
     behaviour = report["behavioural_novelty"]

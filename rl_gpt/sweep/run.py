@@ -57,24 +57,34 @@ def _summary(
     }
 
 
-def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor) -> dict[str, Any]:
-    """Test loss and error of generated classifiers (B, D), next to the dataset's best checkpoint of each.
+def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor, heldout_runs: list[int]) -> dict[str, Any]:
+    """Test loss and error of generated classifiers (B, D), next to the dataset's best checkpoint of each
+    and to where real training ends: the median final checkpoint of the held-out runs.
 
     A model prompts one metric; users judge a classifier by both (a loss-prompted network's error is
-    what they deploy it for).
+    what they deploy it for). The held-out runs started from inits the generator never saw and ran
+    the whole recipe, so they are what one generated step competes with.
     """
     measured = supervised_metric(ds.spec, params)
-    best, rows = {}, ds.valid_mask()
+    best, final, rows = {}, {}, ds.valid_mask()
+    slices = ds.run_slices()
     for key in ("test_loss", "test_error"):
-        if key in ds.data:
-            values = ds.data[key][rows].float()
-            values = values[torch.isfinite(values)]  # the other field of a valid row may still be NaN
-            if len(values):
-                best[key] = float(values.min())
+        if key not in ds.data:
+            continue
+        values = ds.data[key].float()
+        usable = rows & torch.isfinite(values)  # the other field of a valid row may still be NaN
+        if usable.any():
+            best[key] = float(values[usable].min())
+        last = [values[s][usable[s]][-1] for r in heldout_runs if usable[(s := slices[r])].any()]
+        if last:
+            final[key] = float(torch.stack(last).median())
     return {
         "test_loss": float(measured["test_loss"].nanmean()),
         "test_error": float(measured["test_error"].nanmean()),
         "dataset_best": best,  # over every valid checkpoint, held-out runs' included
+        # median over held-out runs of their last valid checkpoint; empty without held-out runs
+        "heldout_final": final,
+        "heldout_runs": len(heldout_runs),
     }
 
 
@@ -175,7 +185,7 @@ def sweep(
             | {"achieved": unranked.tolist()}
         }
     if task.kind == "supervised":
-        report["one_step"]["classifier"] = _classifier_metrics(ds, samples[:, best].reshape(-1, d))
+        report["one_step"]["classifier"] = _classifier_metrics(ds, samples[:, best].reshape(-1, d), test_runs)
     solved = report["one_step"]["solved_fraction"]
     say(
         f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.4g} "

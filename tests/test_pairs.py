@@ -1,0 +1,55 @@
+"""The pair sampler: which checkpoints training sees as targets θ'."""
+
+import pytest
+import torch
+
+from rl_gpt.dataset import CheckpointDataset, DatasetWriter
+from rl_gpt.dataset.pairs import PairSampler
+from rl_gpt.layout import LayerSpec, Layout
+
+LAYOUT = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
+SPEC = {
+    "task": {"name": "toy"},
+    "metric": {"name": "test_error", "higher_is_better": False},
+    "layout": LAYOUT.to_dict(),
+    "policy": {"head": "classifier"},
+}
+# A classifier's test error along one run: a few checkpoints on the way down, then most of them
+# crowd the best end.
+ERRORS = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.08, 0.06, 0.05, 0.04, 0.035, 0.03, 0.028, 0.025, 0.022]
+
+
+def _dataset(tmp_path, runs: int = 4) -> CheckpointDataset:
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    n = len(ERRORS)
+    for run in range(runs):
+        rows = {
+            "params": torch.randn(n, LAYOUT.numel),
+            "metric": torch.tensor(ERRORS, dtype=torch.float32),
+            "step": torch.arange(n) * 10,
+            "valid": torch.ones(n, dtype=torch.bool),
+        }
+        w.add_run(run, rows, {"seed": run})
+    w.consolidate()
+    return CheckpointDataset(tmp_path / "ds")
+
+
+def _targets(sampler: PairSampler, ds: CheckpointDataset) -> torch.Tensor:
+    source, target = sampler.sample_positions(20_000)
+    assert (sampler.run_pos[source] == sampler.run_pos[target]).all()  # θ and θ' come from one run
+    return ds.data["metric"][sampler.rows[target]]
+
+
+def test_targets_are_balanced_over_metric_bins(tmp_path):
+    ds = _dataset(tmp_path)
+    metric = _targets(PairSampler(ds, [0, 1, 2, 3], bins=10, seed=0), ds)
+    # Bins of 0.088 over [0.022, 0.9]: the ten best checkpoints share the first bin, one of nine filled
+    # ones, so the three below 3 % get 3/10 of a ninth of the draws and the worst one a whole ninth.
+    assert float((metric < 0.03).float().mean()) == pytest.approx(3 / 10 / 9, abs=0.01)
+    assert float((metric > 0.85).float().mean()) == pytest.approx(1 / 9, abs=0.01)
+
+
+def test_one_bin_samples_every_checkpoint_alike(tmp_path):
+    ds = _dataset(tmp_path)
+    metric = _targets(PairSampler(ds, [0, 1, 2, 3], bins=1, seed=0), ds)
+    assert float((metric < 0.03).float().mean()) == pytest.approx(3 / 18, abs=0.01)
