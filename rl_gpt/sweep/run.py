@@ -66,7 +66,7 @@ def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor, heldout_run
     the whole recipe, so they are what one generated step competes with.
     """
     measured = supervised_metric(ds.spec, params)
-    best, final, rows = {}, {}, ds.valid_mask()
+    best, final, ended, rows = {}, {}, {}, ds.valid_mask()
     slices = ds.run_slices()
     for key in ("test_loss", "test_error"):
         if key not in ds.data:
@@ -75,16 +75,18 @@ def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor, heldout_run
         usable = rows & torch.isfinite(values)  # the other field of a valid row may still be NaN
         if usable.any():
             best[key] = float(values[usable].min())
+        # A run's end is its last usable checkpoint (a diverged run's last one before it diverged).
         last = [values[s][usable[s]][-1] for r in heldout_runs if usable[(s := slices[r])].any()]
         if last:
-            final[key] = float(torch.stack(last).median())
+            final[key] = float(torch.stack(last).double().quantile(0.5))  # the middle two's mean if even
+            ended[key] = len(last)
     return {
         "test_loss": float(measured["test_loss"].nanmean()),
         "test_error": float(measured["test_error"].nanmean()),
         "dataset_best": best,  # over every valid checkpoint, held-out runs' included
-        # median over held-out runs of their last valid checkpoint; empty without held-out runs
+        # median over held-out runs of their last usable checkpoint; empty without held-out runs
         "heldout_final": final,
-        "heldout_runs": len(heldout_runs),
+        "heldout_runs": ended,  # how many held-out runs that median is over, per metric
     }
 
 
