@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
+from rl_gpt.config import ConfigError
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration
 from rl_gpt.train.modelfile import ModelFileError
+from rl_gpt.train.probe import prompt_range
 
 SAMPLER = {"guidance": 2.0, "steps": 20, "average": 1}
 
@@ -91,3 +93,15 @@ def test_the_file_round_trips_and_a_malformed_one_is_a_one_line_error(tmp_path) 
         with pytest.raises(ModelFileError, match="rl-gpt calibrate") as err:
             load_calibration(tmp_path)
         assert "\n" not in str(err.value)
+
+
+def test_a_prompt_range_far_outside_the_data_is_refused() -> None:
+    # The mnist preset's loss range kept after task.metric=test_error: errors lie in [0.065, 0.99].
+    spec = {"task": {"metric_range": [0.22, 2.35]}, "metric": {"name": "test_error"}}
+    expected = r"\[0.22, 2.35\] lies far outside the test_error .* \[0.065, 0.99\]; "
+    expected += r"set task.metric_range=\[0.065, 0.99\]"
+    with pytest.raises(ConfigError, match=expected):
+        prompt_range(spec, 0.065, 0.99)
+    assert prompt_range(spec, 0.2, 2.4) == (0.22, 2.35)
+    assert prompt_range({"task": {}}, 0.2, 2.4) == (0.2, 2.4)  # no range set: the data's
+    assert prompt_range(spec, 0.065, 0.99, [0.05, 1.2]) == (0.05, 1.2)  # a little past the data: allowed

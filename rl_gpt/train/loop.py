@@ -29,7 +29,7 @@ from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import save_model
-from rl_gpt.train.probe import quick_alignment
+from rl_gpt.train.probe import prompt_range, quick_alignment
 
 __all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
 
@@ -165,6 +165,9 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
 
     # ---------------------------------------------------------------- model, optimiser
+    # The prompts the probe and calibration will use: a range for another metric fails now, not
+    # after training.
+    prompt_range(ds.spec, normalizer.metric_low, normalizer.metric_high, cfg.task.metric_range)
     gen, mc = build_generator(tc, ds, normalizer)
     if main_proc:  # once the model is built: a refused architecture leaves no folder either
         ensure_writable_dir(out)
@@ -315,6 +318,7 @@ def _probe(
             steps=cfg.train.sample_steps,
             guidance=cfg.train.guidance,
             stats_runs=train_runs,
+            metric_range=cfg.task.metric_range,
         )
         if run is not None:
             run.log({f"probe/{name}_r2": r2}, step=step)
@@ -355,6 +359,7 @@ def _final_alignment(
                 steps=cfg.train.sample_steps,
                 guidance=cfg.train.guidance,
                 stats_runs=train_runs,
+                metric_range=cfg.task.metric_range,
             )
     atomic_write_json(out / "alignment.json", result)
     if run is not None:

@@ -12,23 +12,43 @@ from typing import Any
 import torch
 from torch import nn
 
+from rl_gpt.config import ConfigError
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.evaluate.alignment import alignment_r2
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.ranker import MetricRanker
 
-__all__ = ["choose_candidates", "prompt_grid", "quick_alignment", "run_prompts", "sample_candidates"]
+__all__ = ["choose_candidates", "prompt_grid", "prompt_range", "quick_alignment", "run_prompts", "sample_candidates"]
+
+
+def prompt_range(
+    spec: dict[str, Any], low: float, high: float, metric_range: Sequence[float] | None = None
+) -> tuple[float, float]:
+    """The range prompts span: ``metric_range``, else the task's range in the dataset's spec, else
+    the training data's [low, high]. A set range far outside the data's is refused: it is another
+    metric's (a loss range kept after ``task.metric=test_error``) or a typo, and would prompt for
+    networks no training run came near."""
+    rng = metric_range or spec["task"].get("metric_range")
+    if not rng:
+        return low, high
+    a, b = float(rng[0]), float(rng[1])
+    margin = 0.5 * (high - low)  # some extrapolation stays allowed
+    if a < low - margin or b > high + margin:
+        metric = spec.get("metric", {}).get("name", "metric")
+        raise ConfigError(
+            f"task.metric_range [{a:.4g}, {b:.4g}] lies far outside the {metric} the training data holds "
+            f"[{low:.4g}, {high:.4g}]; set task.metric_range=[{low:.4g}, {high:.4g}] or a range inside it"
+        )
+    return a, b
 
 
 def prompt_grid(
     spec: dict[str, Any], gen: ParameterGenerator, count: int, metric_range: Sequence[float] | None = None
 ) -> torch.Tensor:
-    """``count`` prompts evenly over ``metric_range``, else the task's range in the dataset's spec,
-    else the training data's."""
-    rng = metric_range or spec["task"].get("metric_range")
-    low, high = rng if rng else (gen.normalizer.metric_low, gen.normalizer.metric_high)
-    return torch.linspace(float(low), float(high), count)
+    """``count`` prompts evenly over :func:`prompt_range`."""
+    low, high = prompt_range(spec, gen.normalizer.metric_low, gen.normalizer.metric_high, metric_range)
+    return torch.linspace(low, high, count)
 
 
 @torch.no_grad()
@@ -108,16 +128,18 @@ def quick_alignment(
     guidance: float = 1.0,
     seed: int = 0,
     stats_runs: list[int] | None = None,
+    metric_range: Sequence[float] | None = None,
 ) -> float:
     """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt.
 
     ``stats_runs`` supply VecNormalize statistics (use training runs, so held-out runs stay unseen).
-    Prompts outside the training data's range are conditioned on its nearest end, as sweeps do.
+    Prompts span :func:`prompt_range` (``metric_range``: ``task.metric_range``); those outside the
+    training data's range are conditioned on its nearest end, as sweeps do.
     """
     slices = ds.run_slices()
     rows = torch.tensor([slices[r].start for r in runs])
     theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
-    grid = prompt_grid(ds.spec, gen, prompts)
+    grid = prompt_grid(ds.spec, gen, prompts, metric_range)
     cond = grid.clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)
     out = run_prompts(gen, model, theta, metric, cond, 1, steps, guidance, seed)
     res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, stats_runs or runs)
