@@ -11,6 +11,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+import rl_gpt.train.generator as generator_module
 from rl_gpt.config import ConfigError, TrainConfig, load_config, to_dict
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
@@ -262,3 +263,18 @@ def test_averaged_samples_are_the_mean_of_independent_draws_from_each_row() -> N
     assert (mean - other).norm() < 0.5 * (draws[:, 0] - draws[:, 1]).norm()
     with pytest.raises(ValueError, match="average=0"):
         gen.sample(theta, m, prompt, steps=5, average=0)
+
+
+@pytest.mark.parametrize("average", [1, 4])
+def test_large_batches_are_sampled_in_chunks_that_give_the_same_draws(average: int, monkeypatch) -> None:
+    gen = _generator(True)
+    theta, m = _inits(11, b=7)
+    prompt = torch.linspace(50.0, 450.0, 7)
+    whole = gen.sample(theta, m, prompt, steps=5, generator=torch.Generator().manual_seed(6), average=average)
+    calls = []
+    model_fn = gen._model_fn
+    monkeypatch.setattr(gen, "_model_fn", lambda net: calls.append(1) or model_fn(net))
+    monkeypatch.setattr(generator_module, "SAMPLE_CHUNK_VALUES", 3 * average * D)  # 3 rows per call
+    chunked = gen.sample(theta, m, prompt, steps=5, generator=torch.Generator().manual_seed(6), average=average)
+    assert len(calls) == 3  # rows 0-2, 3-5, 6
+    torch.testing.assert_close(chunked, whole)
