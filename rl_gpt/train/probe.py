@@ -26,19 +26,26 @@ def prompt_range(
     spec: dict[str, Any], low: float, high: float, metric_range: Sequence[float] | None = None
 ) -> tuple[float, float]:
     """The range prompts span: ``metric_range``, else the task's range in the dataset's spec, else
-    the training data's [low, high]. A set range far outside the data's is refused: it is another
-    metric's (a loss range kept after ``task.metric=test_error``) or a typo, and would prompt for
-    networks no training run came near."""
+    the training data's [low, high].
+
+    A set range may reach past the data's best end (prompting for more than any run reached, as the
+    RL presets' environment ranges do with short collections), but a range reaching far past its
+    worst end, below every init, is refused: it is another metric's (a loss range kept after
+    ``task.metric=test_error``) or a typo.
+    """
     rng = metric_range or spec["task"].get("metric_range")
     if not rng:
         return low, high
     a, b = float(rng[0]), float(rng[1])
+    metric = spec.get("metric", {})
+    higher = metric.get("higher_is_better", True)
     margin = 0.5 * (high - low)  # some extrapolation stays allowed
-    if a < low - margin or b > high + margin:
-        metric = spec.get("metric", {}).get("name", "metric")
+    if (a < low - margin) if higher else (b > high + margin):
+        worst = low if higher else high
         raise ConfigError(
-            f"task.metric_range [{a:.4g}, {b:.4g}] lies far outside the {metric} the training data holds "
-            f"[{low:.4g}, {high:.4g}]; set task.metric_range=[{low:.4g}, {high:.4g}] or a range inside it"
+            f"task.metric_range [{a:.4g}, {b:.4g}] reaches far past the worst {metric.get('name', 'metric')} the "
+            f"training data holds ({worst:.4g}; the data span [{low:.4g}, {high:.4g}]); set "
+            f"task.metric_range=[{low:.4g}, {high:.4g}] or a range that ends near {worst:.4g}"
         )
     return a, b
 
