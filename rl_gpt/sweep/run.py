@@ -120,12 +120,12 @@ def sweep(
     t = time.time()
     gen, info = load_generator(model_dir)
     ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
-    out = ensure_writable_dir(out)  # after the checks, so a refused sweep leaves no empty folder
     spec, task = ds.spec, task_config(ds.spec["task"])
+    prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
+    out = ensure_writable_dir(out)  # after the checks, so a refused sweep leaves no empty folder
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]
     test_runs = info["meta"]["test_runs"]
-    prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
     best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
     say = print if progress else (lambda *a, **k: None)
 

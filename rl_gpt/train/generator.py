@@ -28,8 +28,9 @@ from rl_gpt.layout import Layout
 __all__ = ["ParameterGenerator"]
 
 # Parameter values one sampling call holds (rows x average x D). The denoiser's activations are
-# ~20x that, so a sweep of 64 MNIST inits x 10 prompts x 2 samples x 8 averaged x 4 candidates in one
-# call (26 GB) was killed; in calls of this size it stays under ~1 GB.
+# ~20x that: a sweep of 64 MNIST inits x 10 prompts x 2 samples x 8 averaged x 4 candidates in one
+# call (~26 GB) was killed; in calls of this size it peaked at 5.5 GB (the whole batch's starting
+# noise and output are still held at once).
 SAMPLE_CHUNK_VALUES = 1 << 25
 
 

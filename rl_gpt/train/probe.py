@@ -28,24 +28,22 @@ def prompt_range(
     """The range prompts span: ``metric_range``, else the task's range in the dataset's spec, else
     the training data's [low, high].
 
-    A set range may reach past the data's best end (prompting for more than any run reached, as the
-    RL presets' environment ranges do with short collections), but a range reaching far past its
-    worst end, below every init, is refused: it is another metric's (a loss range kept after
-    ``task.metric=test_error``) or a typo.
+    A set range may reach past the data's ends: the RL presets prompt their environment's whole
+    range, beyond the best return a short collection reached and below its inits' returns. For a
+    lower-is-better metric (a classifier's loss or error) the data's worst value is about the
+    inits', and a range reaching far above it is refused: it is another metric's (the mnist
+    preset's loss range kept after ``task.metric=test_error``) or a typo.
     """
     rng = metric_range or spec["task"].get("metric_range")
     if not rng:
         return low, high
     a, b = float(rng[0]), float(rng[1])
     metric = spec.get("metric", {})
-    higher = metric.get("higher_is_better", True)
-    margin = 0.5 * (high - low)  # some extrapolation stays allowed
-    if (a < low - margin) if higher else (b > high + margin):
-        worst = low if higher else high
+    if not metric.get("higher_is_better", True) and b > high + 0.5 * (high - low):  # some margin stays allowed
         raise ConfigError(
-            f"task.metric_range [{a:.4g}, {b:.4g}] reaches far past the worst {metric.get('name', 'metric')} the "
-            f"training data holds ({worst:.4g}; the data span [{low:.4g}, {high:.4g}]); set "
-            f"task.metric_range=[{low:.4g}, {high:.4g}] or a range that ends near {worst:.4g}"
+            f"task.metric_range [{a:.4g}, {b:.4g}] reaches far above the worst {metric.get('name', 'metric')} the "
+            f"training data holds ({high:.4g}; the data span [{low:.4g}, {high:.4g}]); set "
+            f"task.metric_range=[{low:.4g}, {high:.4g}] or a range that ends near {high:.4g}"
         )
     return a, b
 
