@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -75,6 +76,14 @@ class TaskConfig:
     higher_is_better: bool = True  # direction of the metric
     reward_threshold: float | None = 475.0  # return at which the task counts as solved
     metric_range: list[float] | None = None  # [low, high] prompts are swept over; None: from the data
+
+    def __post_init__(self) -> None:
+        r = self.metric_range
+        if r is not None and not (len(r) == 2 and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] < r[1]):
+            raise ConfigError(
+                f"task.metric_range: {r!r} is not [low, high] with low < high; write it as "
+                f"[low, high] whichever way the metric improves (task.higher_is_better says that)"
+            )
 
 
 @dataclass

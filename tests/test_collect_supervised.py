@@ -18,7 +18,7 @@ from rl_gpt.cli import main
 from rl_gpt.cli_data import add_data_parser, cmd_data
 from rl_gpt.collect.executor import _plan_jobs
 from rl_gpt.collect.supervised_run import plan_batches, resolve_hyperparams, supervised_spec
-from rl_gpt.config import load_config
+from rl_gpt.config import ConfigError, load_config
 from rl_gpt.supervised import DownloadError, build_classifier, load_digits
 from rl_gpt.supervised.data import MNIST_FILES
 from rl_gpt.supervised.metric import supervised_metric
@@ -91,8 +91,10 @@ def test_batched_collection_equals_one_run_at_a_time(tmp_path):
     batched, _ = _load(tmp_path / "batched")
     single, _ = _load(tmp_path / "single")
     assert torch.equal(batched["run"], single["run"]) and torch.equal(batched["step"], single["step"])
-    torch.testing.assert_close(batched["params"], single["params"], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(batched["test_loss"], single["test_loss"], rtol=1e-4, atol=1e-5)
+    # Batched matmuls and nn.Linear round differently, and 60 SGD steps at lr up to 0.3 amplify it:
+    # the largest difference was 1.2e-4 on an AMD EPYC (below 1e-5 on the machines before).
+    torch.testing.assert_close(batched["params"], single["params"], rtol=1e-3, atol=5e-4)
+    torch.testing.assert_close(batched["test_loss"], single["test_loss"], rtol=1e-3, atol=5e-4)
     lrs = [
         json.loads((tmp_path / "batched" / "dataset" / "runs.json").read_text())[str(r)]["hyperparams"]["lr"]
         for r in range(5)
@@ -113,6 +115,8 @@ def test_plan_batches_groups_runs_that_can_train_together():
     assert sorted(sum(batches, [])) == list(range(6))
     for batch in batches:  # an optimizer per batch: runs 0, 2, 4 use sgd, 1, 3, 5 adam
         assert len({run % 2 for run in batch}) == 1
+    cnn = load_config("cifar10", ["collect.batch_runs=3"])  # the CPU trains its runs one by one
+    assert plan_batches(cnn, list(range(4)), workers=1) == [[0], [1], [2], [3]]
 
 
 def test_a_remote_ray_cluster_is_not_sized_by_this_machine():
@@ -202,6 +206,14 @@ def test_optimizers_list_alternates_by_seed_with_per_optimizer_rates():
     lrs = [resolve_hyperparams(sampled, run)["lr"] for run in range(8)]
     assert lrs == [resolve_hyperparams(sampled, run)["lr"] for run in range(8)]  # fixed by the seed
     assert all(0.01 <= lr <= 0.3 for lr in lrs) and len(set(lrs)) == 8
+
+
+def test_a_null_hyperparameter_is_dropped_so_an_override_can_switch_the_run_length():
+    overrides = ["task.hyperparams.epochs=null", "task.hyperparams.steps=400", "collect.sample_hyperparams={}"]
+    hp = resolve_hyperparams(load_config("cifar10", overrides, command="collect"), 0)
+    assert hp["steps"] == 400 and "epochs" not in hp
+    with pytest.raises(ConfigError, match="give exactly one of steps"):  # dropping both leaves no run length
+        resolve_hyperparams(load_config("cifar10", ["task.hyperparams.epochs=null"], command="collect"), 0)
 
 
 # ---------------------------------------------------------------------------------------------- sweep metric

@@ -69,6 +69,13 @@ def test_bad_overrides_name_the_key(override, needle):
         load_config("cartpole", [override], command="collect")
 
 
+@pytest.mark.parametrize("bad", ["[500, 0]", "[1]", "[0, .nan]", "[3, 3]"])
+def test_a_metric_range_must_run_from_low_to_high(bad):
+    with pytest.raises(ConfigError, match=r"^task\.metric_range: .* is not \[low, high\] with low < high"):
+        load_config("cartpole", [f"task.metric_range={bad}"])
+    assert load_config("cartpole", ["task.metric_range=[0, 500]"]).task.metric_range == [0.0, 500.0]
+
+
 def test_short_names_of_another_command_are_suggested_as_the_command_knows_them():
     with pytest.raises(ConfigError, match=r"stpes; did you mean steps \(train\.steps\)\?"):
         load_config("cartpole", ["stpes=100"], command="train")

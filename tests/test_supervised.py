@@ -19,6 +19,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import rl_gpt.supervised.evaluate as supervised_evaluate
+import rl_gpt.supervised.train as supervised_train
 from rl_gpt.supervised import (
     CLASSIFIERS,
     NPM_COPIES,
@@ -443,8 +445,23 @@ def test_classifier_sizes() -> None:
     assert dict(classifier_layout("cifar_cnn").groups) == {"h0": 16, "h1": 32}
 
 
+@pytest.fixture(params=["native", "vmap"])
+def cnn_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the CNN both ways: looped on the CPU (the native choice here) and vmapped, as on a GPU."""
+    if request.param == "vmap":
+        monkeypatch.setattr(supervised_evaluate, "loops_over_models", lambda layout, device: False)
+        monkeypatch.setattr(supervised_train, "loops_over_models", lambda layout, device: False)
+    return request.param
+
+
+def test_only_the_cnn_on_the_cpu_loops_over_models() -> None:
+    assert supervised_evaluate.loops_over_models(classifier_layout("cifar_cnn"), "cpu")
+    assert not supervised_evaluate.loops_over_models(classifier_layout("cifar_cnn"), "cuda")
+    assert not supervised_evaluate.loops_over_models(classifier_layout("digits_mlp"), "cpu")
+
+
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
-def test_batched_evaluation_matches_module_loop(name: str) -> None:
+def test_batched_evaluation_matches_module_loop(name: str, cnn_path: str) -> None:
     n = 6 if name == "cifar_cnn" else 23
     params = random_params(name, 4).double()  # float64: the two paths must agree to rounding
     x = torch.randn(n, *INPUT_SHAPES[name], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -525,8 +542,8 @@ def test_runs_trained_together_match_each_trained_alone(digits: tuple[torch.Tens
         train_classifier_runs("digits_mlp", *digits, seeds=[0, 1], lr=[0.1, -0.1], steps=5)
 
 
-def test_cnn_runs_trained_together_match_each_trained_alone() -> None:
-    """The stacked path vmaps convolutions too (grouped convs, through autograd)."""
+def test_cnn_runs_trained_together_match_each_trained_alone(cnn_path: str) -> None:
+    """The stacked path vmaps convolutions too (grouped convs, through autograd), where it is used."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(96, 3, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g)
     data, kwargs = (x, y, x[:32], y[:32]), dict(steps=6, batch_size=32)

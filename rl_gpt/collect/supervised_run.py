@@ -24,6 +24,7 @@ from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
 from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
 from rl_gpt.supervised.data import load_dataset_cached
+from rl_gpt.supervised.evaluate import loops_over_models
 from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
 __all__ = [
@@ -102,7 +103,8 @@ def resolve_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     :func:`sample_hyperparams`), an ``optimizers`` list resolved to one ``optimizer`` by the seed and
     an ``lr`` mapping resolved to that optimizer's rate.
     """
-    hp = sample_hyperparams(cfg, run)
+    # null drops a key, so an override can switch the run length: epochs=null steps=2000
+    hp = {key: value for key, value in sample_hyperparams(cfg, run).items() if value is not None}
     unknown = sorted(set(hp) - set(HYPERPARAMS))
     if unknown:
         raise ConfigError(
@@ -153,13 +155,16 @@ def _number(key: str, value: Any, kind: type) -> Any:
 def plan_batches(cfg: ExperimentConfig, runs: Sequence[int], workers: int) -> list[list[int]]:
     """Split ``runs`` into batches that train together: runs whose hyperparameters differ only in
     ``lr`` share a batch, at most ``collect.batch_runs`` per batch and no more than spreads the runs
-    over ``workers`` four times (so the progress bar moves and the workers stay busy to the end)."""
+    over ``workers`` four times (so the progress bar moves and the workers stay busy to the end).
+    Networks the CPU trains one run at a time (the CNN) get batches of one."""
     groups: dict[str, list[int]] = {}
     for run in runs:
         hp = dict(resolve_hyperparams(cfg, run))
         hp.pop("lr", None)
         groups.setdefault(repr(sorted(hp.items())), []).append(run)
     size = max(1, min(cfg.collect.batch_runs, math.ceil(len(runs) / (4 * max(workers, 1)))))
+    if loops_over_models(classifier_layout(cfg.task.network), "cpu"):  # its runs train one by one anyway
+        size = 1  # so each run reaches the dataset (and the progress bar) as soon as it ends
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
 
