@@ -110,7 +110,8 @@ class CollectConfig:
     fold_normalisation: bool = True
     # Supervised tasks: up to this many runs train together in one job, their weights stacked (one
     # Python step serves them all: the digits demo's 512 runs took 30-36 s on 2 cores, against
-    # 67-99 s one at a time; docs/benchmarks.md). 1 trains one run at a time. Unused by RL tasks.
+    # 67-99 s one at a time; docs/benchmarks.md). 1 trains one run at a time. Unused by RL tasks
+    # and by the CNN on the CPU, whose runs train one by one (a stacked conv step is slower there).
     batch_runs: int = 64
 
 

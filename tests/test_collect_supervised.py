@@ -212,6 +212,8 @@ def test_a_null_hyperparameter_is_dropped_so_an_override_can_switch_the_run_leng
     overrides = ["task.hyperparams.epochs=null", "task.hyperparams.steps=400", "collect.sample_hyperparams={}"]
     hp = resolve_hyperparams(load_config("cifar10", overrides, command="collect"), 0)
     assert hp["steps"] == 400 and "epochs" not in hp
+    no_optimizer = load_config("digits", ["task.hyperparams.optimizer=null"], command="collect")
+    assert resolve_hyperparams(no_optimizer, 0)["optimizer"] == supervised_spec(no_optimizer)["algo"] == "sgd"
     with pytest.raises(ConfigError, match="give exactly one of steps"):  # dropping both leaves no run length
         resolve_hyperparams(load_config("cifar10", ["task.hyperparams.epochs=null"], command="collect"), 0)
 

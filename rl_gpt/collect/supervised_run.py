@@ -103,8 +103,7 @@ def resolve_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     :func:`sample_hyperparams`), an ``optimizers`` list resolved to one ``optimizer`` by the seed and
     an ``lr`` mapping resolved to that optimizer's rate.
     """
-    # null drops a key, so an override can switch the run length: epochs=null steps=2000
-    hp = {key: value for key, value in sample_hyperparams(cfg, run).items() if value is not None}
+    hp = _non_null(sample_hyperparams(cfg, run))
     unknown = sorted(set(hp) - set(HYPERPARAMS))
     if unknown:
         raise ConfigError(
@@ -140,6 +139,12 @@ def resolve_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     return hp
 
 
+def _non_null(hp: dict[str, Any]) -> dict[str, Any]:
+    """``hp`` without its null values: null drops a key, so an override can switch the run length
+    (``task.hyperparams.epochs=null task.hyperparams.steps=400``)."""
+    return {key: value for key, value in hp.items() if value is not None}
+
+
 def _number(key: str, value: Any, kind: type) -> Any:
     """A non-negative int/float; YAML leaves ``1e-3`` (no dot) as a string, so numeric strings count."""
     try:
@@ -172,6 +177,9 @@ def train_supervised_runs(cfg: ExperimentConfig, runs: Sequence[int]) -> list[Ru
     """Train the classifiers of ``runs`` together (one batch of :func:`plan_batches`), each
     checkpointed at step 0, every ``checkpoint_every`` steps and the end."""
     dataset = _check_task(cfg)
+    if len(runs) > 1 and loops_over_models(classifier_layout(cfg.task.network), "cpu"):
+        # trained one after another anyway: give each run its own times, not the batch's
+        return [result for run in runs for result in train_supervised_runs(cfg, [run])]
     hps = [resolve_hyperparams(cfg, run) for run in runs]
     shared = {key: value for key, value in hps[0].items() if key != "lr"}
     if any({k: v for k, v in hp.items() if k != "lr"} != shared for hp in hps):
@@ -239,7 +247,7 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     dataset = _check_task(cfg)
     name = cfg.task.network
     spec = CLASSIFIERS[name]
-    hp = cfg.task.hyperparams
+    hp = _non_null(cfg.task.hyperparams)
     algo = hp.get("optimizer", "sgd") if "optimizers" not in hp else "supervised"
     return {
         "task": task_record(to_dict(cfg.task)),

@@ -3,8 +3,8 @@
 All B models run on each chunk of examples: MLPs together, as batched matmuls walking the layout's
 layer chain; other networks (the CNN) through ``torch.func.functional_call``. On a GPU that runs
 under ``vmap``, which turns a batch of conv weights into one grouped convolution; on the CPU it
-loops over the models, because torch's CPU grouped convolution is ~3x slower per model than plain
-ones (scripts/bench_classifier_eval.py, docs/benchmarks.md).
+loops over the models, because torch's CPU grouped convolution is slower than plain ones: 15.7
+against 9.3 s for 8 CIFAR CNNs on 10,000 images (scripts/bench_classifier_eval.py).
 """
 
 from __future__ import annotations

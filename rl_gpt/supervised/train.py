@@ -12,7 +12,9 @@ every step is one vmapped forward and backward over R different minibatches, fol
 SGD / Adam update written out for stacked weights with one learning rate per run. Each run keeps its
 own init and data order (its seed), so it comes out as the plain loop makes it, up to float
 rounding (tests/test_supervised.py); for networks this small the batch is what makes collection
-fast, one Python step serving R runs (scripts/bench_supervised_collect.py).
+fast, one Python step serving R runs (scripts/bench_supervised_collect.py). The CNN on the CPU is
+the exception: a vmapped (grouped) convolution step is slower there than plain ones, so its runs
+train one after another (:func:`~rl_gpt.supervised.evaluate.loops_over_models`).
 """
 
 from __future__ import annotations
@@ -277,7 +279,8 @@ def train_classifier_runs(
     ``lr`` is one peak learning rate for all runs or one per seed; the other hyperparameters are
     shared. ``wall_time`` is the whole batch's, since the runs share every step. A single seed, and
     the CNN on the CPU (see :func:`~rl_gpt.supervised.evaluate.loops_over_models`), train the plain
-    way (:func:`train_classifier_run`), one run after another, which is faster there.
+    way (:func:`train_classifier_run`), one run after another, which is faster there; then each
+    run's ``wall_time`` is its own.
     """
     seeds = [int(s) for s in seeds]
     lrs = [float(lr)] * len(seeds) if isinstance(lr, numbers.Real) else [float(v) for v in lr]
@@ -291,7 +294,7 @@ def train_classifier_runs(
     data = (x_train, y_train, x_test, y_test)
     if len(seeds) == 1 or loops_over_models(classifier_layout(name), device):
         # The CNN on the CPU: plain runs one after another beat one vmapped step of all runs (CIFAR
-        # CNN, one thread: 29 against 46 ms per step per run), as in evaluation.
+        # CNN, one thread, measured once in session 21: 29-37 against 46 ms per step per run).
         return [train_classifier_run(name, *data, seed=seed, lr=rate, **kwargs) for seed, rate in zip(seeds, lrs)]
     layout, total, save_at = _plan(name, data, optimizer, lr_schedule, batch_size, epochs, steps, checkpoint_steps)
     keep = set(save_at)
