@@ -168,17 +168,22 @@ def plan_batches(cfg: ExperimentConfig, runs: Sequence[int], workers: int) -> li
         hp.pop("lr", None)
         groups.setdefault(repr(sorted(hp.items())), []).append(run)
     size = max(1, min(cfg.collect.batch_runs, math.ceil(len(runs) / (4 * max(workers, 1)))))
-    if loops_over_models(classifier_layout(cfg.task.network), "cpu"):  # its runs train one by one anyway
+    if _trains_one_by_one(cfg):
         size = 1  # so each run reaches the dataset (and the progress bar) as soon as it ends
     return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def _trains_one_by_one(cfg: ExperimentConfig) -> bool:
+    """Whether the task's runs train one after another even when batched: the CNN on the CPU, the
+    device collection trains on (see :func:`~rl_gpt.supervised.evaluate.loops_over_models`)."""
+    return loops_over_models(classifier_layout(cfg.task.network), "cpu")
 
 
 def train_supervised_runs(cfg: ExperimentConfig, runs: Sequence[int]) -> list[RunResult]:
     """Train the classifiers of ``runs`` together (one batch of :func:`plan_batches`), each
     checkpointed at step 0, every ``checkpoint_every`` steps and the end."""
     dataset = _check_task(cfg)
-    if len(runs) > 1 and loops_over_models(classifier_layout(cfg.task.network), "cpu"):
-        # trained one after another anyway: give each run its own times, not the batch's
+    if len(runs) > 1 and _trains_one_by_one(cfg):  # give each run its own times, not the batch's
         return [result for run in runs for result in train_supervised_runs(cfg, [run])]
     hps = [resolve_hyperparams(cfg, run) for run in runs]
     shared = {key: value for key, value in hps[0].items() if key != "lr"}
