@@ -17,11 +17,10 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
+from rl_gpt.progress import progress_bar
 from rl_gpt.wandb_run import CollectionLog
 
 __all__ = ["collect", "dataset_spec"]
@@ -128,7 +127,7 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]
     job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
-    bar = tqdm(
+    bar = progress_bar(
         total=cfg.collect.runs,
         initial=cfg.collect.runs - len(todo),
         desc="runs",
@@ -146,8 +145,8 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
             if log is not None:
                 log.add(run, *_wandb_entry(cfg, result.rows, result.meta))
             checkpoints += len(result.rows["params"])
+            bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta), refresh=False)
             bar.update(1)
-            bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta))
     except KeyboardInterrupt:
         bar.close()
         writer.consolidate()

@@ -58,9 +58,9 @@ def sample(
     spaced = diffusion.schedule.respace(timesteps)  # float64 tables over the K visited steps
     order = range(len(timesteps) - 1, -1, -1)
     if progress:
-        from tqdm.auto import tqdm
+        from rl_gpt.progress import progress_bar
 
-        order = tqdm(order, desc=f"{method} sampling")
+        order = progress_bar(order, desc=f"{method} sampling")
 
     for k in order:
         t = torch.full((shape[0],), float(timesteps[k]), device=x.device, dtype=x.dtype)  # (B,)

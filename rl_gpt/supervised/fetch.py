@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm.auto import tqdm
-
+from rl_gpt.progress import progress_bar
 from rl_gpt.supervised.data import CIFAR10_DIR
 
 __all__ = [
@@ -153,7 +152,9 @@ def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: f
         received = 0
         with (
             open(part, mode) as f,
-            tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=part.name, disable=not progress) as bar,
+            progress_bar(
+                total=total, initial=offset, unit="B", unit_scale=True, desc=part.name, disable=not progress
+            ) as bar,
         ):
             while chunk := response.read(_CHUNK):
                 f.write(chunk)

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from rl_gpt.dataset import CheckpointDataset
@@ -26,6 +25,7 @@ from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.io import atomic_write_text, ensure_writable_dir
 from rl_gpt.model import MODELS, ModelConfig, build_model
+from rl_gpt.progress import progress_bar
 from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import save_model
@@ -217,7 +217,9 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
 
     # ---------------------------------------------------------------- loop
-    bar = tqdm(total=tc.steps, initial=step, desc="train", disable=not (progress and main_proc), dynamic_ncols=True)
+    bar = progress_bar(
+        total=tc.steps, initial=step, desc="train", disable=not (progress and main_proc), dynamic_ncols=True
+    )
     last_probe = time.time()
     t0, seen = time.time(), 0
     try:
@@ -258,7 +260,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
                 rate = seen / (time.time() - t0)
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", refresh=False)
                 if run is not None:
                     run.log(
                         {
