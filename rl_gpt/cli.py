@@ -202,7 +202,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:  # an unwritable --json fails before the work, naming the path given
         _check_json_path(args.json)
 
-    result = evaluate_target(args.target, args.episodes, args.device, args.seed, args.stochastic)
+    result = evaluate_target(
+        args.target, args.episodes, args.device, args.seed, args.stochastic, args.dataset, args.data_root
+    )
     print(result["text"])
     if args.json:
         from rl_gpt.io import atomic_write_json
@@ -354,11 +356,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", help="report.json files or sweep --out directories; the first is the base")
     p.add_argument("--json", help="also write the rows to this JSON file")
 
-    p = sub.add_parser("evaluate", help="evaluate an SB3 policy .zip or dataset rows with the batched evaluator")
-    p.add_argument("target", help="POLICY.zip, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)")
-    p.add_argument("--episodes", type=_count, default=10)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate SB3 policies (.zip, dataset rows) by their return, classifiers (.safetensors, dataset rows) "
+        "by their test loss and error",
+    )
+    p.add_argument(
+        "target",
+        help="POLICY.zip, CLASSIFIER.safetensors, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)",
+    )
+    p.add_argument(
+        "--episodes", type=_count, default=10, help="episodes per policy (classifiers: the whole test split)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first episode's start state (default 0)")
+    p.add_argument(
+        "--dataset",
+        help="a classifier file's checkpoint dataset, for files that do not name their network and data set",
+    )
+    p.add_argument("--data-root", help="folder of the MNIST / CIFAR-10 files classifiers are tested on")
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic ones")
     p.add_argument("--json", help="also write the returns to this JSON file")
 
@@ -387,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rl_gpt.dataset import DatasetError
     from rl_gpt.evaluate import PolicyFileError
     from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
+    from rl_gpt.supervised.files import ClassifierFileError
     from rl_gpt.sweep.compare import ReportError
     from rl_gpt.train.modelfile import ModelFileError
 
@@ -399,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatasetError,
         ModelFileError,
         PolicyFileError,
+        ClassifierFileError,
         ReportError,
         PermissionError,
         FileNotFoundError,

@@ -91,11 +91,11 @@ def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
         plt.close(fig)
 
 
-def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path) -> Path:
+def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """``safetensors.torch.save_file`` under a temporary name, renamed into place with the usual file mode."""
     from safetensors.torch import save_file
 
-    return _write_then_rename(path, lambda tmp: save_file(tensors, str(tmp)))
+    return _write_then_rename(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -187,6 +187,8 @@ def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
         ("digits", ["task.hyperparams.steps=ten"], "task.hyperparams.steps: 'ten' is not a non-negative int"),
         ("digits", ["task.metric=return"], "task.metric: 'return' is not one of test_loss, test_error"),
         ("digits", ["task.network=resnet"], "task.network: 'resnet' is not a classifier"),
+        ("digits", ["timesteps=60"], "set its length with task.hyperparams.steps"),
+        ("mnist", ["task.data_root=."], "MNIST file train-images-idx3-ubyte[.gz] not found"),  # a folder without it
     ],
 )
 def test_bad_supervised_config_fails_fast_with_one_line(tmp_path, capsys, preset, args, message):

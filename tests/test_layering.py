@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
         *("train", "evaluate", "supervised", "collect", "devices"),
         *("dataset", "layout", "sb3_policy", "config", "io", "threads", "wandb_run"),
     },
-    "generate": {"train", "evaluate", "collect", "dataset", "layout", "sb3_policy", "config", "io"},
+    "generate": {"train", "evaluate", "collect", "supervised", "dataset", "layout", "sb3_policy", "config", "io"},
 }
 ENTRY_POINTS = {"demo", "cli", "cli_data"}  # may import everything
 

@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from tensordict import TensorDict
 
 from rl_gpt.cli import main
+from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.demo import format_table
 from rl_gpt.supervised import build_classifier, classifier_layout, evaluate_classifiers, load_digits
 
 QUIET = ["wandb.mode=disabled", "-q"]
 
 
-def test_digits_collect_train_sweep_generate(tmp_path):
+def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     out = tmp_path / "digits"
     assert (
         main(
@@ -115,3 +116,17 @@ def test_digits_collect_train_sweep_generate(tmp_path):
     _, _, x_test, y_test = load_digits()
     loss, _ = evaluate_classifiers(layout.flatten(net.state_dict())[None], layout, "digits_mlp", x_test, y_test)
     assert torch.isclose(loss[0].double(), torch.tensor(record["policies"][0]["achieved_return"]).double(), atol=1e-4)
+
+    # `rl-gpt evaluate` measures the generated file alone (its header names the network and data
+    # set) and dataset rows by test loss and error, as generate and the dataset report them
+    capsys.readouterr()
+    classifier = gen_dir / record["policies"][0]["file"]
+    assert main(["evaluate", str(classifier), "--json", str(tmp_path / "eval.json")]) == 0
+    assert f"test loss {record['policies'][0]['achieved_return']:.4f}" in capsys.readouterr().out
+    measured = json.loads((tmp_path / "eval.json").read_text())["classifiers"][0]
+    assert measured["test_loss"] == pytest.approx(record["policies"][0]["achieved_return"], abs=1e-5)
+    assert main(["evaluate", f"{out / 'dataset'}:0:2", "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())["classifiers"]
+    dataset = CheckpointDataset(out / "dataset")
+    assert [r["test_loss"] for r in rows] == pytest.approx(dataset.data["test_loss"][:2].tolist(), abs=1e-5)
+    assert [r["test_error"] for r in rows] == pytest.approx(dataset.data["test_error"][:2].tolist(), abs=1e-6)

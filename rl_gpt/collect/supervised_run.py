@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sample_hyperparams
-from rl_gpt.config import ConfigError, ExperimentConfig, to_dict
+from rl_gpt.config import CollectConfig, ConfigError, ExperimentConfig, to_dict
 from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
 from rl_gpt.supervised.data import load_dataset_cached
@@ -88,6 +88,15 @@ def _check_task(cfg: ExperimentConfig) -> str:
             raise ConfigError(
                 f"task.data_root: {root} is not a folder; run `rl-gpt data fetch {dataset} --root {root}`"
             )
+        try:  # missing or damaged files are refused before a dataset folder is written (workers reuse the load)
+            load_dataset_cached(dataset, root)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"task.data_root: {exc}") from None
+    if cfg.collect.timesteps != CollectConfig.timesteps:
+        raise ConfigError(
+            f"collect.timesteps: {cfg.collect.timesteps} counts environment steps, which a supervised run does not "
+            "take; set its length with task.hyperparams.steps (optimiser steps) or task.hyperparams.epochs"
+        )
     if cfg.collect.checkpoint_every < 1:
         raise ConfigError(
             f"collect.checkpoint_every: expected a positive number of steps, got {cfg.collect.checkpoint_every}"

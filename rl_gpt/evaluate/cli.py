@@ -1,4 +1,8 @@
-"""What ``rl-gpt evaluate`` does: an SB3 .zip or dataset rows through the batched evaluator."""
+"""What ``rl-gpt evaluate`` does: an SB3 .zip, a classifier .safetensors or dataset rows, measured in batches.
+
+Policies get episode returns; classifiers (supervised datasets and generated classifier files) get
+the test loss and error on their data set's full test split.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from rl_gpt.supervised import ClassifierFileError, classifier_test_metrics, read_classifier_file, supervised_metric
 
 __all__ = ["evaluate_target"]
 
@@ -30,10 +36,25 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
     return idx
 
 
-def evaluate_target(target: str, episodes: int, device: str, seed: int, stochastic: bool) -> dict[str, Any]:
-    """Evaluate ``POLICY.zip`` or ``DATASET[:rows]``; returns printable text and a JSON record."""
+def evaluate_target(
+    target: str,
+    episodes: int,
+    device: str,
+    seed: int,
+    stochastic: bool,
+    dataset: str | None = None,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``POLICY.zip``, ``CLASSIFIER.safetensors`` or ``DATASET[:rows]``; returns text and a JSON record.
+
+    ``dataset`` (a checkpoint dataset folder) names the network and data set of a classifier file
+    that does not carry them; ``data_root`` replaces the folder of MNIST/CIFAR-10 files a classifier
+    is tested on.
+    """
     from rl_gpt.evaluate import evaluate_sb3_file
 
+    if target.endswith(".safetensors"):
+        return _evaluate_classifier_file(target, dataset, data_root, device)
     if target.endswith(".zip"):
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")
@@ -46,6 +67,10 @@ def evaluate_target(target: str, episodes: int, device: str, seed: int, stochast
         root, _, sel = target.partition(":") if not Path(target).exists() else (target, "", "")
         ds = CheckpointDataset(root)
         idx = _parse_rows(sel, len(ds))
+        if ds.spec["task"].get("kind") == "supervised":
+            params = ds.data["params"][idx].float().to(device)
+            metrics = supervised_metric(ds.spec, params, data_root)
+            return _classifier_report(target, [f"row {int(i)}" for i in idx], metrics)
         spec = PolicySpec.from_dict(ds.spec["policy"])
         extra = {}
         if spec.normalize_obs:
@@ -72,5 +97,35 @@ def evaluate_target(target: str, episodes: int, device: str, seed: int, stochast
             {"name": n, "mean": float(m), "std": float(s), "returns": r}
             for n, m, s, r in zip(rows, res.mean, res.std, res.returns.tolist())
         ],
+    }
+    return {"text": "\n".join(lines), "json": record}
+
+
+def _evaluate_classifier_file(target: str, dataset: str | None, data_root: str | None, device: str) -> dict[str, Any]:
+    """A generated classifier file: its network and data set from its metadata, else from ``dataset``'s spec."""
+    from rl_gpt.dataset import CheckpointDataset
+
+    network = name = None
+    if dataset is not None:
+        spec = CheckpointDataset(dataset).spec
+        if spec["task"].get("kind") != "supervised":
+            raise ClassifierFileError(f"--dataset {dataset} holds policies, not classifiers")
+        network, name = spec["policy"]["network"], spec["policy"]["dataset"]
+        data_root = data_root or spec["task"].get("data_root")
+    file = read_classifier_file(target, network, name)
+    metrics = classifier_test_metrics(
+        file.network, file.dataset, file.params[None].to(device), data_root or file.data_root
+    )
+    return _classifier_report(target, [target], metrics)
+
+
+def _classifier_report(target: str, names: list[str], metrics: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Printable lines and the JSON record of classifiers' test loss and error."""
+    loss, error = metrics["test_loss"].tolist(), metrics["test_error"].tolist()
+    lines = [f"{n}: test loss {v:.4f}, test error {100 * e:.2f}%" for n, v, e in zip(names, loss, error)]
+    record = {
+        "target": target,
+        "split": "test",
+        "classifiers": [{"name": n, "test_loss": v, "test_error": e} for n, v, e in zip(names, loss, error)],
     }
     return {"text": "\n".join(lines), "json": record}

@@ -36,8 +36,14 @@ def export_sb3(task: TaskConfig, layout: Layout, flat: torch.Tensor, path: str |
     return path
 
 
-def export_safetensors(layout: Layout, flat: torch.Tensor, path: str | Path) -> Path:
-    """Save ``flat`` as a named state dict (the network's own parameter names)."""
+def export_safetensors(
+    layout: Layout, flat: torch.Tensor, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """Save ``flat`` as a named state dict (the network's own parameter names).
+
+    ``metadata`` (strings) goes into the file's header; generated classifiers carry their network and
+    data set there (``CLASSIFIER_METADATA``), so ``rl-gpt evaluate FILE`` can measure them alone."""
     if not torch.isfinite(flat).all():
         raise ValueError("refusing to export non-finite (NaN/inf) parameters")
-    return atomic_save_safetensors({k: v.contiguous() for k, v in layout.unflatten(flat.detach().cpu()).items()}, path)
+    state = {k: v.contiguous() for k, v in layout.unflatten(flat.detach().cpu()).items()}
+    return atomic_save_safetensors(state, path, metadata)

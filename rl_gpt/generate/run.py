@@ -19,6 +19,7 @@ from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_writable_dir
 from rl_gpt.layout import Layout
+from rl_gpt.supervised.files import classifier_metadata
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset
 from rl_gpt.train.ranker import ranker_for
 
@@ -270,7 +271,7 @@ def _export(
         if not written:
             path.unlink(missing_ok=True)  # never point at a stale file from an earlier call
         elif supervised:  # a state_dict that loads into rl_gpt.supervised.build_classifier(task.network)
-            export_safetensors(layout, params[i], path)
+            export_safetensors(layout, params[i], path, classifier_metadata(task.network, task.env_id, task.data_root))
         else:
             export_sb3(task, layout, params[i], path, seed=seed)
         items.append(

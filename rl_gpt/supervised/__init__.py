@@ -13,7 +13,8 @@ from rl_gpt.supervised.data import (
 )
 from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
 from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
-from rl_gpt.supervised.metric import supervised_metric
+from rl_gpt.supervised.files import ClassifierFile, ClassifierFileError, classifier_metadata, read_classifier_file
+from rl_gpt.supervised.metric import classifier_test_metrics, supervised_metric
 from rl_gpt.supervised.models import CLASSIFIERS, ClassifierSpec, build_classifier, classifier_layout
 from rl_gpt.supervised.npm_copy import NPM_COPIES, fetch_npm
 from rl_gpt.supervised.train import train_classifier_run, train_classifier_runs
@@ -24,6 +25,8 @@ __all__ = [
     "NPM_COPIES",
     "SOURCES",
     "ChecksumError",
+    "ClassifierFile",
+    "ClassifierFileError",
     "ClassifierSpec",
     "CorruptDataError",
     "DownloadError",
@@ -31,6 +34,8 @@ __all__ = [
     "build_classifier",
     "classifier_layout",
     "classifier_logits",
+    "classifier_metadata",
+    "classifier_test_metrics",
     "download",
     "evaluate_classifiers",
     "fetch",
@@ -40,6 +45,7 @@ __all__ = [
     "load_dataset_cached",
     "load_digits",
     "load_mnist",
+    "read_classifier_file",
     "read_idx",
     "supervised_metric",
     "train_classifier_run",

@@ -12,7 +12,7 @@ from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.evaluate import evaluate_classifiers
 from rl_gpt.supervised.models import classifier_layout
 
-__all__ = ["supervised_metric"]
+__all__ = ["classifier_test_metrics", "supervised_metric"]
 
 
 @torch.inference_mode()
@@ -39,18 +39,33 @@ def supervised_metric(
         empty = params.new_empty(0, dtype=torch.float32)
         return {"test_loss": empty, "test_error": empty.clone(), "metric": empty.clone()}
     root = data_root if data_root is not None else spec["task"].get("data_root")
-    _, _, x_test, y_test = load_dataset_cached(dataset, None if root is None else str(root))
+    out = classifier_test_metrics(name, dataset, params, root, model_batch)
+    out["metric"] = out[spec["metric"]["name"]]
+    return out
+
+
+@torch.inference_mode()
+def classifier_test_metrics(
+    network: str, dataset: str, params: torch.Tensor, data_root: str | Path | None = None, model_batch: int = 1024
+) -> dict[str, torch.Tensor]:
+    """Test loss and error (B,) of B flat ``network`` classifiers on ``dataset``'s full test split.
+
+    params (B, D) in the network's layout order; ``data_root`` holds the downloaded sets' files
+    (digits needs none). Non-finite rows give NaN.
+    """
+    layout = classifier_layout(network)
+    if params.dim() != 2 or params.shape[1] != layout.numel:
+        raise ValueError(f"params must be (B, {layout.numel}) for {network}, got {tuple(params.shape)}")
+    _, _, x_test, y_test = load_dataset_cached(dataset, None if data_root is None else str(data_root))
     finite = torch.isfinite(params).all(dim=1)  # (B,)
     safe = torch.where(finite[:, None], params, torch.zeros_like(params)).float()
     losses, errors = [], []
     for chunk in safe.split(model_batch):
-        loss, error = evaluate_classifiers(chunk, layout, name, x_test, y_test)  # (b,), (b,)
+        loss, error = evaluate_classifiers(chunk, layout, network, x_test, y_test)  # (b,), (b,)
         losses.append(loss)
         errors.append(error)
     nan = torch.tensor(float("nan"), device=params.device)
-    out = {
+    return {
         "test_loss": torch.where(finite, torch.cat(losses), nan),
         "test_error": torch.where(finite, torch.cat(errors), nan),
     }
-    out["metric"] = out[spec["metric"]["name"]]
-    return out

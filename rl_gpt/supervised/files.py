@@ -1,0 +1,76 @@
+"""Classifier files: a generated network's ``state_dict`` as safetensors, with what it classifies.
+
+The header's metadata names the network and the data set (and the data folder it was measured
+with), so a file can be evaluated without the dataset it came from. Files written before that
+metadata existed need the network and data set from elsewhere (``rl-gpt evaluate --dataset``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rl_gpt.supervised.models import CLASSIFIERS, classifier_layout
+
+__all__ = ["ClassifierFile", "ClassifierFileError", "classifier_metadata", "read_classifier_file"]
+
+_KEYS = {"network": "rl_gpt.network", "dataset": "rl_gpt.dataset", "data_root": "rl_gpt.data_root"}
+
+
+class ClassifierFileError(ValueError):
+    """A classifier file that cannot be read as the network it should hold; the message says why."""
+
+
+@dataclass(frozen=True)
+class ClassifierFile:
+    params: torch.Tensor  # (D,) float32 in the network's layout order
+    network: str  # name in rl_gpt.supervised.CLASSIFIERS
+    dataset: str  # digits, mnist or cifar10
+    data_root: str | None  # where the data set's files were (None for digits, or unknown)
+
+
+def classifier_metadata(network: str, dataset: str, data_root: str | Path | None) -> dict[str, str]:
+    """The safetensors metadata of a classifier file (strings only, as the format requires)."""
+    meta = {_KEYS["network"]: network, _KEYS["dataset"]: dataset}
+    if data_root is not None:
+        meta[_KEYS["data_root"]] = str(data_root)
+    return meta
+
+
+def read_classifier_file(path: str | Path, network: str | None = None, dataset: str | None = None) -> ClassifierFile:
+    """Load ``path`` (safetensors; nothing is unpickled) as a flat classifier.
+
+    ``network``/``dataset`` override the file's metadata and are required for files without it.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ClassifierFileError(f"no classifier file {path}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ClassifierFileError(f"{path} is not a readable safetensors file ({exc})") from None
+    network = network or meta.get(_KEYS["network"])
+    dataset = dataset or meta.get(_KEYS["dataset"])
+    if network is None or dataset is None:
+        raise ClassifierFileError(
+            f"{path} does not say which network and data set it holds (written before rl_gpt stored that); "
+            "pass --dataset DIR, the checkpoint dataset it was generated from"
+        )
+    if network not in CLASSIFIERS:
+        raise ClassifierFileError(f"{path}: unknown network {network!r}; rl_gpt knows {sorted(CLASSIFIERS)}")
+    layout = classifier_layout(network)
+    extra = sorted(set(state) - set(layout.names))
+    if extra:
+        raise ClassifierFileError(f"{path} holds tensors {network} does not have: {extra}")
+    try:
+        flat = layout.flatten({k: v.float() for k, v in state.items()})
+    except (KeyError, ValueError) as exc:
+        raise ClassifierFileError(f"{path} does not hold a {network}: {exc}") from None
+    return ClassifierFile(flat, network, dataset, meta.get(_KEYS["data_root"]))

@@ -1,0 +1,77 @@
+"""Classifier files: generated state dicts that say which network and data set they hold."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from rl_gpt.cli import main
+from rl_gpt.generate import export_safetensors
+from rl_gpt.supervised import (
+    ClassifierFileError,
+    build_classifier,
+    classifier_layout,
+    classifier_metadata,
+    classifier_test_metrics,
+    read_classifier_file,
+)
+
+
+def _network() -> torch.Tensor:
+    torch.manual_seed(0)
+    return classifier_layout("digits_mlp").flatten(build_classifier("digits_mlp").state_dict())
+
+
+def test_an_exported_classifier_reads_back_with_its_network_and_data_set(tmp_path):
+    flat = _network()
+    path = export_safetensors(
+        classifier_layout("digits_mlp"),
+        flat,
+        tmp_path / "c.safetensors",
+        classifier_metadata("digits_mlp", "digits", None),
+    )
+    file = read_classifier_file(path)
+    assert (file.network, file.dataset, file.data_root) == ("digits_mlp", "digits", None)
+    assert torch.equal(file.params, flat)
+    assert read_classifier_file(path, "digits_mlp", "mnist").dataset == "mnist"  # an explicit name wins
+
+
+def test_rl_gpt_evaluate_measures_a_classifier_file(tmp_path, capsys):
+    flat = _network()
+    path = export_safetensors(
+        classifier_layout("digits_mlp"),
+        flat,
+        tmp_path / "c.safetensors",
+        classifier_metadata("digits_mlp", "digits", None),
+    )
+    assert main(["evaluate", str(path)]) == 0
+    expected = classifier_test_metrics("digits_mlp", "digits", flat[None])
+    assert f"test loss {float(expected['test_loss'][0]):.4f}" in capsys.readouterr().out
+
+
+def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys):
+    layout = classifier_layout("digits_mlp")
+    state = layout.unflatten(_network())
+    bare = tmp_path / "bare.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bare))  # no metadata: an older export
+    with pytest.raises(ClassifierFileError, match="--dataset"):
+        read_classifier_file(bare)
+    meta = classifier_metadata("digits_mlp", "digits", None)
+    extra = tmp_path / "extra.safetensors"
+    save_file({**{k: v.contiguous() for k, v in state.items()}, "head.weight": torch.zeros(2)}, str(extra), meta)
+    with pytest.raises(ClassifierFileError, match="head.weight"):
+        read_classifier_file(extra)
+    wrong = tmp_path / "wrong.safetensors"
+    first = layout.names[0]
+    save_file({**{k: v.contiguous() for k, v in state.items()}, first: torch.zeros(3, 3)}, str(wrong), meta)
+    with pytest.raises(ClassifierFileError, match="does not hold a digits_mlp"):
+        read_classifier_file(wrong)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(ClassifierFileError, match="not a readable safetensors"):
+        read_classifier_file(junk)
+    capsys.readouterr()
+    assert main(["evaluate", str(bare)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rl-gpt evaluate: error:") and "\n" not in err
