@@ -181,6 +181,23 @@ def test_resume_after_a_registry_change_is_one_line(experiment, tmp_path, monkey
     assert main([*args, "--restart"]) == 0
 
 
+def test_training_refuses_another_tasks_data_or_run_naming_both_tasks(experiment, tmp_path, capsys):
+    out = tmp_path / "mixed"
+    args = [f"out={out}", f"dataset={experiment / 'dataset'}", "steps=2", *TINY_MODEL, *QUIET]
+    assert main(["train", "digits", *args]) == 2  # CartPole checkpoints under a digits config
+    err = capsys.readouterr().err.strip()
+    assert "holds cartpole (CartPole-v1) checkpoints but the config is for digits" in err, err
+    assert not out.exists()  # refused before the model folder was made
+    assert main(["train", "cartpole", *args]) == 0
+    info = json.loads((out / "model" / "model.json").read_text())
+    info["spec"]["task"]["name"] = "acrobot"  # as if that folder held another task's run
+    (out / "model" / "model.json").write_text(json.dumps(info))
+    capsys.readouterr()
+    assert main(["train", "cartpole", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a generator trained for acrobot" in err and "--restart" in err, err
+
+
 def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     out = tmp_path / "sweep"
     assert (

@@ -28,7 +28,7 @@ from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
 from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import save_model
+from rl_gpt.train.modelfile import read_model_info, same_task, save_model
 from rl_gpt.train.probe import prompt_range, quick_alignment
 
 __all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
@@ -144,6 +144,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     model_config(tc)  # a bad train.model or model_overrides is refused before any work
     ds = CheckpointDataset(cfg.dataset_dir)
     out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
+    _check_tasks(cfg, ds, out, resume)
     torch.manual_seed(tc.seed + rank)
 
     # ---------------------------------------------------------------- data
@@ -294,6 +295,27 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     if world > 1:
         dist.barrier()
     return out
+
+
+def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume: bool) -> None:
+    """Refuse data of another task than the config's, and a run to resume that learnt another task.
+
+    Otherwise the first difference found downstream is reported (a metric range, a train.* field),
+    which names a symptom instead of the mix-up."""
+    task, spec = cfg.task, ds.spec
+    if not same_task(spec, task.name, task.env_id, task.kind):
+        raise ConfigError(
+            f"{cfg.dataset_dir} holds {spec['task'].get('name')} ({spec.get('env_id')}) checkpoints but the config "
+            f"is for {task.name} ({task.env_id}); pass dataset= a {task.name} collection, or the "
+            f"{spec['task'].get('name')} config"
+        )
+    if resume and (out / "train_state" / "state.json").is_file() and (out / "model.json").is_file():
+        saved = read_model_info(out)["spec"]
+        if not same_task(saved, task.name, task.env_id, task.kind):
+            raise ConfigError(
+                f"{out} holds a generator trained for {saved['task'].get('name')} ({saved.get('env_id')}), not "
+                f"{task.name}; use another out= directory, or --restart to replace it"
+            )
 
 
 def _probe(

@@ -120,6 +120,12 @@ def _check_has_runs(dataset: Path, runs: list[int]) -> None:
         )
 
 
+def same_task(spec: dict[str, Any], task_name: str | None, env_id: str | None, kind: str = "rl") -> bool:
+    """Whether a dataset or model ``spec`` is of the named task. A supervised task's env id is its
+    data set's name, recorded from the network, so only RL tasks compare it."""
+    return spec["task"].get("name") == task_name and (kind != "rl" or spec.get("env_id") == env_id)
+
+
 def check_config_task(info: dict[str, Any], task_name: str, env_id: str, kind: str = "rl") -> None:
     """Refuse a config written for another task than the model's: its sampler and prompt settings
     (guidance, averaging, metric range) would be applied to the wrong generator without a word.
@@ -127,7 +133,7 @@ def check_config_task(info: dict[str, Any], task_name: str, env_id: str, kind: s
     compare it."""
     mine = info["spec"]
     name = mine["task"].get("name")
-    if name != task_name or (kind == "rl" and mine.get("env_id") != env_id):
+    if not same_task(mine, task_name, env_id, kind):
         raise ModelFileError(
             f"the model was trained for {name} ({mine.get('env_id')}) but the config is for {task_name} ({env_id}); "
             f"pass the config it was trained with (its config.yaml is used when no config is given) or its "
