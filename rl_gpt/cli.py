@@ -30,7 +30,8 @@ def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        hint = "; options are flags here, e.g. --out DIR" if "=" in text else ""
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number{hint}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text} is not a finite number")
     return value
@@ -168,7 +169,8 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         print(f"start {rec['metric']} {rec['start_return']:.4g} -> prompted {rec['target_return']:.4g}{cond}")
         for p in rec["policies"]:
             ranked = f" (the ranker predicted {p['predicted_return']:.4g})" if "predicted_return" in p else ""
-            print(f"  {p['file']}: achieved {p['achieved_return']:.4g} +- {p['achieved_std']:.3g}{ranked}")
+            spread = "" if rec["episodes"] is None else f" +- {p['achieved_std']:.3g}"  # classifiers: one test split
+            print(f"  {p['file']}: achieved {p['achieved_return']:.4g}{spread}{ranked}")
     else:  # several targets: one folder each
         print(f"start {rec['metric']} {rec['start_return']:.4g}; {rec['policies_per_target']} per target")
         for folder, target, got in zip(rec["folders"], rec["target_return"], rec["achieved_mean"], strict=True):
@@ -255,31 +257,52 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _override_hint(flags: list[str]) -> str:
+    """For ``--out X`` or ``--steps 10`` given to a command that takes them as overrides: how to write them."""
+    for flag in flags:
+        name = flag.lstrip("-").partition("=")[0].replace("-", "_")
+        if flag.startswith("--") and name and not flag.startswith("---"):
+            return f"; settings are key=value overrides without dashes, e.g. {name}=..."
+    return ""
+
+
+# The experiment folder, as the commands that take a config share it.
+_OUT_EPILOG = (
+    "out=DIR is the experiment folder (default: the preset's out, e.g. runs/digits): collect writes DIR/dataset, "
+    "train DIR/model, sweep DIR/sweep. Settings are key=value overrides: a dotted name (train.lr=3e-4, "
+    "task.hyperparams.steps=200) or a short name (runs= timesteps= workers= seed= dataset= steps= batch= lr= "
+    "inits= prompts= samples= average= rerank= episodes= guidance= device=; see README)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="rl-gpt", description="Generative models of neural-network checkpoints (after G.pt).")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices  # each command's parser: its errors point at its own --help
 
-    p = sub.add_parser("collect", help="train SB3 runs and store their checkpoints as a dataset")
+    p = sub.add_parser("collect", help="train SB3 runs and store their checkpoints as a dataset", epilog=_OUT_EPILOG)
     p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. runs=8 timesteps=20000 out=runs/x")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
-    p = sub.add_parser("train", help="train the generator on a checkpoint dataset (torchrun-ready)")
+    p = sub.add_parser("train", help="train the generator on a checkpoint dataset (torchrun-ready)", epilog=_OUT_EPILOG)
     p.add_argument("config", nargs="?", default=None, help="config file or preset (the same as for collect)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dataset=DIR model=mlp steps=2000 batch=256")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
 
-    p = sub.add_parser("sweep", help="prompt sweep from unseen inits, with baselines and novelty")
+    p = sub.add_parser("sweep", help="prompt sweep from unseen inits, with baselines and novelty", epilog=_OUT_EPILOG)
     p.add_argument(
         "config", nargs="?", default=None, help="config file or preset (default: --model's own, else embedded CartPole)"
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inits=16 prompts=10 samples=2")
     p.add_argument("--model", help="model directory (default: <out>/model)")
-    p.add_argument("--out", help="report directory (default: <out>/sweep)")
+    p.add_argument("--out", help="report directory only (default: <out>/sweep); the model is --model or <out>/model")
     p.add_argument("-q", "--quiet", action="store_true")
 
-    p = sub.add_parser("calibrate", help="measure the prompt bias on training runs' inits; store calibration.json")
+    p = sub.add_parser(
+        "calibrate", help="measure the prompt bias on training runs' inits; store calibration.json", epilog=_OUT_EPILOG
+    )
     p.add_argument(
         "config", nargs="?", default=None, help="config file or preset (default: --model's own, else embedded CartPole)"
     )
@@ -338,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_count, default=16, help="evaluation episodes per policy (RL tasks)")
     p.add_argument("--out", required=True, help="output directory")
 
-    p = sub.add_parser("demo", help="collect, train and sweep the embedded CartPole default")
+    p = sub.add_parser("demo", help="collect, train and sweep the embedded CartPole default (or --task digits)")
     p.add_argument("config", nargs="?", default=None, help="optional config file or preset")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--task", help="preset to demo instead of the embedded CartPole default (e.g. digits)")
@@ -393,8 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # key=value overrides may come before or after flags such as -q: collect the leftovers
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = parser.commands[args.command]
+        flags = [
+            e for i, e in enumerate(extra) if e.startswith("-") or (i and extra[i - 1].startswith("-") and "=" not in e)
+        ]
+        if flags or not hasattr(args, "overrides") or any("=" not in e for e in extra):
+            command.error(f"unrecognized arguments: {' '.join(flags or extra)}{_override_hint(flags)}")
         args.overrides = [*args.overrides, *extra]
     config = getattr(args, "config", None)
     if config and "=" in config and not Path(config).exists():  # `rl-gpt train steps=10`: no config named

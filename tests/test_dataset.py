@@ -139,3 +139,18 @@ def test_crash_after_consolidation_rename_does_not_duplicate(tmp_path):
         CheckpointDataset(tmp_path / "ds")
     assert w.consolidate() == 4
     assert len(CheckpointDataset(tmp_path / "ds")) == 4
+
+
+def test_an_experiment_folder_given_for_its_dataset_or_model_is_named(tmp_path):
+    from rl_gpt.train.modelfile import ModelFileError, read_model_info
+
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "spec.json").write_text("{}")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.json").write_text("{}")
+    with pytest.raises(DatasetError, match=f"its dataset is {tmp_path / 'dataset'}"):
+        CheckpointDataset(tmp_path)
+    with pytest.raises(ModelFileError, match=f"its model is {tmp_path / 'model'}"):
+        read_model_info(tmp_path)
+    with pytest.raises(DatasetError, match="no spec.json"):  # any other folder: as before
+        CheckpointDataset(tmp_path / "model")

@@ -99,7 +99,7 @@ def test_a_dataset_the_user_names_is_used_and_checked(experiment, tmp_path):
     assert not (tmp_path / "s").exists()  # refused before anything was written
 
 
-def test_resume_continues_the_same_run(experiment, tmp_path):
+def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     out = tmp_path / "resume"
     shutil.copytree(experiment / "dataset", out / "dataset")
     args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", *TINY_MODEL, *QUIET]
@@ -111,6 +111,12 @@ def test_resume_continues_the_same_run(experiment, tmp_path):
     assert state["step"] == 20
     resumed_ema = load_file(str(out / "model" / "model.safetensors"))
     assert any(not torch.equal(saved_ema[k], resumed_ema[k]) for k in saved_ema)
+    # the same command again finds the run finished: nothing is trained, measured or rewritten
+    written = {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
+    capsys.readouterr()
+    assert main([a for a in args if a != "-q"] + ["steps=20"]) == 0
+    assert "already trained to train.steps=20; nothing to do" in capsys.readouterr().out
+    assert written == {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
     # changing what is trained is refused instead of silently mixing two runs
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
 
@@ -132,6 +138,10 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(experiment, tmp_path):
     assert "interrupted at step" in stdout and "Run the same command to resume" in stdout
     step = json.loads(state_file.read_text())["step"]
     assert 10 <= step < 100000
+    from rl_gpt.train.modelfile import load_generator
+
+    with pytest.warns(UserWarning, match=f"saved at step {step} of train.steps=100000"):  # sweeps say so
+        load_generator(out / "model")
     assert main([*args[:-1], f"steps={step + 5}"]) == 0  # continues from the saved step
     assert json.loads(state_file.read_text())["step"] == step + 5
 

@@ -42,6 +42,9 @@ class DatasetError(ValueError):
 def read_spec(root: str | Path) -> dict[str, Any]:
     path = Path(root) / "spec.json"
     if not path.is_file():
+        inner = Path(root) / "dataset"
+        if (inner / "spec.json").is_file():  # an experiment folder given for its dataset
+            raise DatasetError(f"{root} is an experiment folder; its dataset is {inner}")
         raise DatasetError(f"{root} is not a checkpoint dataset (no spec.json); run `rl-gpt collect` first")
     spec = json.loads(path.read_text())
     if spec.get("format", {}).get("name") != FORMAT["name"]:

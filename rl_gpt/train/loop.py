@@ -191,6 +191,10 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
             )
         if world > 1:  # only rank 0's sampler state was saved: give every rank its own stream again
             sampler.generator.manual_seed(tc.seed * 1000 + rank + step * world)
+        if step == tc.steps and _finished(out, tc):
+            if main_proc and progress:
+                print(f"{out} is already trained to train.steps={step}; nothing to do (--restart trains it again)")
+            return out
         if main_proc and progress:
             print(f"resuming from step {step}")
     ddp_model = model
@@ -297,6 +301,15 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     return out
 
 
+def _finished(out: Path, tc: TrainConfig) -> bool:
+    """A run at its last step whose model file, and alignment.json if asked for, were written after it."""
+    weights = out / "model.safetensors"
+    if not weights.is_file():
+        return False
+    alignment = out / "alignment.json"
+    return not tc.final_probe or (alignment.is_file() and alignment.stat().st_mtime >= weights.stat().st_mtime)
+
+
 def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume: bool) -> None:
     """Refuse data of another task than the config's, and a run to resume that learnt another task.
 
@@ -366,9 +379,10 @@ def _final_alignment(
     # One draw per prompt (no sweep.average): a quick check, not the sweep's protocol; said so in the file.
     result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance, "samples": 1, "average": 1}
     if progress:  # MuJoCo tasks spend minutes here on the CPU simulator: say what the wait is for
+        each = "on the test split" if cfg.task.kind == "supervised" else f"{episodes} episodes each"
         print(
             f"model saved in {out}; measuring prompt alignment from {len(train_runs[:16])} training and "
-            f"{len(test_runs[:16])} held-out inits (10 prompts, {episodes} episodes each) for alignment.json",
+            f"{len(test_runs[:16])} held-out inits (10 prompts, {each}) for alignment.json",
             flush=True,
         )
     for name, runs in (("train_inits_r2", train_runs[:16]), ("heldout_inits_r2", test_runs[:16])):

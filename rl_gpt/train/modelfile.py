@@ -78,6 +78,9 @@ def save_model(
 def read_model_info(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "model.json"
     if not path.is_file():
+        inner = Path(directory) / "model"
+        if (inner / "model.json").is_file():  # an experiment folder given for its model
+            raise ModelFileError(f"{directory} is an experiment folder; its model is {inner}")
         raise ModelFileError(f"{directory} holds no model (no model.json); train one with `rl-gpt train`")
     info = json.loads(path.read_text())
     if info.get("format", {}).get("name") != FORMAT["name"]:
@@ -172,6 +175,19 @@ def open_dataset(
     return ds
 
 
+def _warn_if_unfinished(directory: str | Path, info: dict[str, Any]) -> None:
+    """A model saved before its last step (stopped, or still training) is usable but says so."""
+    meta = info.get("meta", {})
+    planned = meta.get("config", {}).get("train", {}).get("steps")
+    step = meta.get("step")
+    if isinstance(planned, int) and isinstance(step, int) and step < planned:
+        warnings.warn(
+            f"{directory} holds a generator saved at step {step} of train.steps={planned} (stopped early, or still "
+            "training); run its `rl-gpt train` command again to finish it",
+            stacklevel=3,
+        )
+
+
 def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ParameterGenerator, dict]:
     """Rebuild the generator from a model directory alone."""
     info = read_model_info(directory)
@@ -188,6 +204,7 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
         raise ModelFileError(f"{weights} does not fit its model.json ({str(exc).splitlines()[0]})") from None
     if any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise ModelFileError(f"{weights} contains NaN/inf weights; retrain or use an earlier checkpoint")
+    _warn_if_unfinished(directory, info)
     diffusion = GaussianDiffusion(**info["diffusion"])
     gen = ParameterGenerator(
         model,
