@@ -71,11 +71,24 @@ def test_recover_from_crash_between_renames(tmp_path):
     assert len(CheckpointDataset(tmp_path / "ds")) == 4
 
 
+def _stored(root, spec):
+    """A dataset folder holding one run written under ``spec``."""
+    writer = DatasetWriter(root, spec)
+    writer.add_run(0, _rows(0), {})
+    return writer
+
+
 def test_refuses_a_different_task_in_the_same_directory(tmp_path):
-    DatasetWriter(tmp_path / "ds", SPEC)
-    other = dict(SPEC, task={"name": "other"})
-    with pytest.raises(DatasetError, match="different task"):
+    _stored(tmp_path / "ds", SPEC)
+    other = dict(SPEC, task={**SPEC["task"], "name": "other"})
+    with pytest.raises(DatasetError, match=r"different task \(task.name: '\w+' -> 'other'\)"):
         DatasetWriter(tmp_path / "ds", other)
+
+
+def test_a_spec_without_runs_is_replaced(tmp_path):
+    DatasetWriter(tmp_path / "ds", SPEC)  # e.g. a collection refused after writing its spec
+    other = dict(SPEC, task={**SPEC["task"], "name": "other"})
+    assert DatasetWriter(tmp_path / "ds", other).spec["task"]["name"] == "other"
 
 
 def test_task_records_leave_out_the_other_kinds_fields():
@@ -87,7 +100,7 @@ def test_task_records_leave_out_the_other_kinds_fields():
 
 def test_an_rl_dataset_written_with_the_supervised_fields_extends_and_is_rewritten(tmp_path):
     old_task = {"name": "toy", "kind": "rl", "algo": "ppo", "network": "", "data_root": None}
-    DatasetWriter(tmp_path / "ds", dict(SPEC, task=old_task))
+    _stored(tmp_path / "ds", dict(SPEC, task=old_task))
     DatasetWriter(tmp_path / "ds", dict(SPEC, task=task_record(old_task)))
     assert json.loads((tmp_path / "ds" / "spec.json").read_text())["task"] == {
         "name": "toy",
@@ -99,7 +112,7 @@ def test_an_rl_dataset_written_with_the_supervised_fields_extends_and_is_rewritt
 
 
 def test_more_runs_must_be_collected_like_the_stored_ones(tmp_path):
-    DatasetWriter(tmp_path / "ds", dict(SPEC, collect={"runs": 2, "timesteps": 2048, "workers": 1}))
+    _stored(tmp_path / "ds", dict(SPEC, collect={"runs": 2, "timesteps": 2048, "workers": 1}))
     more = dict(SPEC, collect={"runs": 8, "timesteps": 2048, "workers": 2})  # more runs, elsewhere: fine
     DatasetWriter(tmp_path / "ds", more)
     longer = dict(SPEC, collect={"runs": 8, "timesteps": 4096, "workers": 2})
@@ -108,7 +121,7 @@ def test_more_runs_must_be_collected_like_the_stored_ones(tmp_path):
 
 
 def test_an_unfolded_dataset_names_the_option_that_extends_it(tmp_path):
-    DatasetWriter(tmp_path / "ds", dict(SPEC, policy={"head": "gaussian", "normalize_obs": True}))
+    _stored(tmp_path / "ds", dict(SPEC, policy={"head": "gaussian", "normalize_obs": True}))
     folded = dict(SPEC, policy={"head": "gaussian", "normalize_obs": False})
     with pytest.raises(DatasetError, match="different policy.*collect.fold_normalisation=false"):
         DatasetWriter(tmp_path / "ds", folded)

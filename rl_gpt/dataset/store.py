@@ -105,6 +105,14 @@ def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     return [f"collect.{k}={before[k]!r}" for k in shared if before[k] != after[k]]
 
 
+def _differences(before: Any, after: Any, name: str) -> list[str]:
+    """``name.key: stored -> new`` for each leaf that differs between two spec sections."""
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        keys = sorted(before.keys() | after.keys())
+        return [d for k in keys for d in _differences(before.get(k), after.get(k), f"{name}.{k}")]
+    return [] if before == after else [f"{name}: {before!r} -> {after!r}"]
+
+
 class DatasetWriter:
     """Appends finished runs atomically and consolidates them into one memmapped TensorDict."""
 
@@ -114,16 +122,18 @@ class DatasetWriter:
         _recover(self.root)
         spec = dict(spec, format=FORMAT)
         spec_path = self.root / "spec.json"
-        if spec_path.exists():
+        if spec_path.exists() and self._holds_runs():  # a spec without runs (a refused start) is simply replaced
             old = read_spec(self.root)
             for key in ("task", "layout", "policy"):
                 before, after = old.get(key), spec.get(key)
                 if key == "task" and before is not None and after is not None:
                     before, after = task_record(before), task_record(after)
                 if before != after:
+                    which = _differences(before, after, key)
                     raise DatasetError(
-                        f"{self.root} already holds a dataset with a different {key}; "
-                        "use another out= directory or delete the old dataset"
+                        f"{self.root} already holds a dataset with a different {key}"
+                        + (f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else "")
+                        + "; use another out= directory or delete the old dataset"
                         + (_FOLD_HINT if key == "policy" and _fold_differs(old, spec) else "")
                     )
             changed = _changed_collection(old, spec)
@@ -140,6 +150,10 @@ class DatasetWriter:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ what is there
+    def _holds_runs(self) -> bool:
+        """Whether any run was stored: a finished one, one being merged, or consolidated data."""
+        return (self.root / "data").exists() or any(p.name.startswith("run_") for p in (self.root / "runs").iterdir())
+
     def completed_runs(self) -> set[int]:
         done = {int(p.name.split("_")[1]) for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()}
         data = self.root / "data"
