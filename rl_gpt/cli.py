@@ -434,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rl_gpt.sweep.compare import ReportError
     from rl_gpt.train.modelfile import ModelFileError
 
+    silent_before = os.environ.get("WANDB_SILENT")
+    if getattr(args, "quiet", False):  # -q quiets W&B's own banners too (the run is still logged)
+        os.environ.setdefault("WANDB_SILENT", "true")
     previous_format = _one_line_warnings(args.command)
     try:
         with sigterm_as_interrupt():  # `kill PID` saves as Ctrl-C does
@@ -463,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         warnings.formatwarning = previous_format
+        if silent_before is None:
+            os.environ.pop("WANDB_SILENT", None)
     return 0
 
 
