@@ -162,3 +162,15 @@ def test_the_cli_reads_a_leading_key_value_as_an_override_of_the_embedded_defaul
     odd.write_text("seed: 3\n")
     assert cli.main([command, str(odd)]) == 0
     assert seen == {"config": str(odd), "overrides": []}
+
+
+def test_quiet_commands_silence_wandb_only_while_they_run(monkeypatch):
+    import os
+
+    from rl_gpt import cli
+
+    seen = []
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    monkeypatch.setitem(cli.COMMANDS, "collect", lambda args: seen.append(os.environ.get("WANDB_SILENT")))
+    assert cli.main(["collect", "-q"]) == 0 and cli.main(["collect"]) == 0
+    assert seen == ["true", None] and "WANDB_SILENT" not in os.environ
