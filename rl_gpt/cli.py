@@ -250,29 +250,37 @@ COMMANDS = {
 }
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (not the whole usage) and points at --help."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _override_hint(flags: list[str]) -> str:
+def _override_hint(command: str, flags: list[str]) -> str:
     """For ``--out X`` or ``--steps 10`` given to a command that takes them as overrides: how to write them."""
+    from rl_gpt.config import ALIASES
+
+    known = {*ALIASES.get(command, {}), "out", "dataset"}
     for flag in flags:
         name = flag.lstrip("-").partition("=")[0].replace("-", "_")
-        if flag.startswith("--") and name and not flag.startswith("---"):
-            return f"; settings are key=value overrides without dashes, e.g. {name}=..."
+        if flag.startswith("--") and name in known:
+            return f"; settings are key=value overrides without dashes: {name}=..."
     return ""
 
 
-# The experiment folder, as the commands that take a config share it.
-_OUT_EPILOG = (
-    "out=DIR is the experiment folder (default: the preset's out, e.g. runs/digits): collect writes DIR/dataset, "
-    "train DIR/model, sweep DIR/sweep. Settings are key=value overrides: a dotted name (train.lr=3e-4, "
-    "task.hyperparams.steps=200) or a short name (runs= timesteps= workers= seed= dataset= steps= batch= lr= "
-    "inits= prompts= samples= average= rerank= episodes= guidance= device=; see README)."
-)
+def _epilog(command: str) -> str:
+    """What out=DIR is and the command's short names, under its --help."""
+    from rl_gpt.config import ALIASES
+
+    short = " ".join(f"{k}=" for k in ALIASES[command])
+    return (
+        "out=DIR is the experiment folder (default: the preset's out, e.g. runs/digits): collect writes "
+        "DIR/dataset, train DIR/model, sweep DIR/sweep; dataset=DIR reads another dataset. Settings are key=value "
+        f"overrides: a dotted name (train.lr=3e-4, task.hyperparams.steps=200) or a short name ({short})."
+    )
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (not the whole usage) and points at --help."""
+
+    commands: dict[str, argparse.ArgumentParser]  # the top-level parser's subcommands, by name
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,18 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = sub.choices  # each command's parser: its errors point at its own --help
 
-    p = sub.add_parser("collect", help="train SB3 runs and store their checkpoints as a dataset", epilog=_OUT_EPILOG)
+    p = sub.add_parser(
+        "collect", help="train SB3 runs and store their checkpoints as a dataset", epilog=_epilog("collect")
+    )
     p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. runs=8 timesteps=20000 out=runs/x")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
-    p = sub.add_parser("train", help="train the generator on a checkpoint dataset (torchrun-ready)", epilog=_OUT_EPILOG)
+    p = sub.add_parser(
+        "train", help="train the generator on a checkpoint dataset (torchrun-ready)", epilog=_epilog("train")
+    )
     p.add_argument("config", nargs="?", default=None, help="config file or preset (the same as for collect)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. dataset=DIR model=mlp steps=2000 batch=256")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true", help="ignore a saved training state and start over")
 
-    p = sub.add_parser("sweep", help="prompt sweep from unseen inits, with baselines and novelty", epilog=_OUT_EPILOG)
+    p = sub.add_parser(
+        "sweep", help="prompt sweep from unseen inits, with baselines and novelty", epilog=_epilog("sweep")
+    )
     p.add_argument(
         "config", nargs="?", default=None, help="config file or preset (default: --model's own, else embedded CartPole)"
     )
@@ -301,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser(
-        "calibrate", help="measure the prompt bias on training runs' inits; store calibration.json", epilog=_OUT_EPILOG
+        "calibrate",
+        help="measure the prompt bias on training runs' inits; store calibration.json",
+        epilog=_epilog("calibrate"),
     )
     p.add_argument(
         "config", nargs="?", default=None, help="config file or preset (default: --model's own, else embedded CartPole)"
@@ -421,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             e for i, e in enumerate(extra) if e.startswith("-") or (i and extra[i - 1].startswith("-") and "=" not in e)
         ]
         if flags or not hasattr(args, "overrides") or any("=" not in e for e in extra):
-            command.error(f"unrecognized arguments: {' '.join(flags or extra)}{_override_hint(flags)}")
+            command.error(f"unrecognized arguments: {' '.join(flags or extra)}{_override_hint(args.command, flags)}")
         args.overrides = [*args.overrides, *extra]
     config = getattr(args, "config", None)
     if config and "=" in config and not Path(config).exists():  # `rl-gpt train steps=10`: no config named

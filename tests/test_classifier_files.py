@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -29,12 +31,15 @@ def test_an_exported_classifier_reads_back_with_its_network_and_data_set(tmp_pat
         classifier_layout("digits_mlp"),
         flat,
         tmp_path / "c.safetensors",
-        classifier_metadata("digits_mlp", "digits", None),
+        classifier_metadata("digits_mlp", None),
     )
     file = read_classifier_file(path)
     assert (file.network, file.dataset, file.data_root) == ("digits_mlp", "digits", None)
     assert torch.equal(file.params, flat)
-    assert read_classifier_file(path, "digits_mlp", "mnist").dataset == "mnist"  # an explicit name wins
+    with pytest.raises(ClassifierFileError, match="digits_mlp classifies digits, not mnist"):
+        read_classifier_file(path, "digits_mlp", "mnist")
+    meta = classifier_metadata("mnist_mlp", "data/mnist")
+    assert meta["rl_gpt.dataset"] == "mnist" and meta["rl_gpt.data_root"] == str(Path("data/mnist").resolve())
 
 
 def test_rl_gpt_evaluate_measures_a_classifier_file(tmp_path, capsys):
@@ -43,7 +48,7 @@ def test_rl_gpt_evaluate_measures_a_classifier_file(tmp_path, capsys):
         classifier_layout("digits_mlp"),
         flat,
         tmp_path / "c.safetensors",
-        classifier_metadata("digits_mlp", "digits", None),
+        classifier_metadata("digits_mlp", None),
     )
     assert main(["evaluate", str(path)]) == 0
     expected = classifier_test_metrics("digits_mlp", "digits", flat[None])
@@ -57,7 +62,7 @@ def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys)
     save_file({k: v.contiguous() for k, v in state.items()}, str(bare))  # no metadata: an older export
     with pytest.raises(ClassifierFileError, match="--dataset"):
         read_classifier_file(bare)
-    meta = classifier_metadata("digits_mlp", "digits", None)
+    meta = classifier_metadata("digits_mlp", None)
     extra = tmp_path / "extra.safetensors"
     save_file({**{k: v.contiguous() for k, v in state.items()}, "head.weight": torch.zeros(2)}, str(extra), meta)
     with pytest.raises(ClassifierFileError, match="head.weight"):
@@ -75,3 +80,12 @@ def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys)
     assert main(["evaluate", str(bare)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rl-gpt evaluate: error:") and "\n" not in err
+    mnist = classifier_layout("mnist_mlp")
+    no_root = export_safetensors(
+        mnist,
+        mnist.flatten(build_classifier("mnist_mlp").state_dict()),
+        tmp_path / "m.safetensors",
+        classifier_metadata("mnist_mlp", None),
+    )
+    assert main(["evaluate", str(no_root)]) == 2  # MNIST's files are needed and not named
+    assert "is tested on mnist; pass --data-root DIR" in capsys.readouterr().err

@@ -192,11 +192,11 @@ def test_ray_executor_with_a_local_instance(tmp_path):
         (["task.policy_kwargs={activation_fn: sigmoid}"], "task.policy_kwargs.activation_fn='sigmoid': choose"),
         (["task.policy_kwargs={net_arch: {pi: [0]}}"], "task.policy_kwargs.net_arch: {'pi': [0]} must be"),
         (["task.policy_kwargs={net_arch: 5}"], "task.policy_kwargs.net_arch: 5 must be a list of layer widths"),
-        (["--bogus"], "unrecognized arguments: --bogus; settings are key=value"),
+        (["--bogus"], "rl-gpt collect: error: unrecognized arguments: --bogus (see rl-gpt collect --help)"),
         (
             ["--runs", "2"],
             "rl-gpt collect: error: unrecognized arguments: --runs 2; settings are key=value overrides "
-            "without dashes, e.g. runs=... (see rl-gpt collect --help)",
+            "without dashes: runs=... (see rl-gpt collect --help)",
         ),
     ],
 )

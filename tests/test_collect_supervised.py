@@ -169,6 +169,8 @@ def test_mnist_collects_from_a_data_root(tmp_path):
 
 
 def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
+    for name in MNIST_FILES.values():
+        _write_idx(tmp_path / name, np.zeros(4, dtype=np.uint8))
     (tmp_path / MNIST_FILES["train_images"]).write_bytes(b"\x00\x00\x08\x03\x00")  # a cut-off IDX header
     args = ["runs=1", "workers=1", f"task.data_root={tmp_path}", "wandb.mode=disabled", "-q"]
     assert main(["collect", "mnist", f"out={tmp_path / 'out'}", *args]) == 2
@@ -187,7 +189,6 @@ def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
         ("digits", ["task.hyperparams.steps=ten"], "task.hyperparams.steps: 'ten' is not a non-negative int"),
         ("digits", ["task.metric=return"], "task.metric: 'return' is not one of test_loss, test_error"),
         ("digits", ["task.network=resnet"], "task.network: 'resnet' is not a classifier"),
-        ("digits", ["timesteps=60"], "set its length with task.hyperparams.steps"),
         ("mnist", ["task.data_root=."], "MNIST file train-images-idx3-ubyte[.gz] not found"),  # a folder without it
     ],
 )
@@ -306,3 +307,10 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     chart = next(e for e in logged if "curves/test_loss" in e)["curves/test_loss"]
     assert chart["keys"] == ["run 0", "run 1"] and chart["xs"][0] == [0, 20, 40, 60]
     assert logged[-1] == {"finished": True}
+
+
+def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, capsys):
+    args = ["runs=1", "workers=1", "timesteps=60", "task.hyperparams.steps=4", "collect.checkpoint_every=2"]
+    with pytest.warns(UserWarning, match="collect.timesteps=60 .* task.hyperparams.steps"):
+        assert main(["collect", "digits", f"out={tmp_path}", "wandb.mode=disabled", "-q", *args]) == 0
+    assert _load(tmp_path)[0]["step"].tolist() == [0, 2, 4]  # the run is as long as its hyperparams say

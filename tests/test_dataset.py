@@ -89,6 +89,31 @@ def test_a_spec_without_runs_is_replaced(tmp_path):
     DatasetWriter(tmp_path / "ds", SPEC)  # e.g. a collection refused after writing its spec
     other = dict(SPEC, task={**SPEC["task"], "name": "other"})
     assert DatasetWriter(tmp_path / "ds", other).spec["task"]["name"] == "other"
+    (tmp_path / "ds" / "runs" / ".tmp-run_00000").mkdir()  # another collection writing its first run
+    with pytest.raises(DatasetError, match="different task"):
+        DatasetWriter(tmp_path / "ds", SPEC)
+
+
+def test_a_spec_over_consolidated_data_alone_is_kept(tmp_path):
+    _stored(tmp_path / "ds", SPEC).consolidate()
+    assert not any((tmp_path / "ds" / "runs").glob("run_*"))  # the runs now live in data/ only
+    with pytest.raises(DatasetError, match="different task"):
+        DatasetWriter(tmp_path / "ds", dict(SPEC, task={**SPEC["task"], "name": "other"}))
+
+
+def test_a_folder_whose_spec_json_is_not_ours_is_refused(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "spec.json").write_text('{"someone": "else"}')
+    with pytest.raises(DatasetError, match="not an rl_gpt checkpoint dataset spec"):
+        DatasetWriter(tmp_path / "ds", SPEC)
+
+
+def test_a_layout_difference_reads_in_one_short_line(tmp_path):
+    _stored(tmp_path / "ds", SPEC)
+    other = Layout.build({"m.weight": (7, 3), "m.bias": (7,)}, [LayerSpec("m", None, None)]).to_dict()
+    with pytest.raises(DatasetError, match="different layout") as info:
+        DatasetWriter(tmp_path / "ds", dict(SPEC, layout=other))
+    assert len(str(info.value)) < 500 and "\n" not in str(info.value)
 
 
 def test_task_records_leave_out_the_other_kinds_fields():

@@ -117,6 +117,11 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     assert main([a for a in args if a != "-q"] + ["steps=20"]) == 0
     assert "already trained to train.steps=20; nothing to do" in capsys.readouterr().out
     assert written == {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
+    # a run stopped while measuring its alignment (alignment.json of another step) measures it again
+    alignment = out / "model" / "alignment.json"
+    alignment.write_text(json.dumps(json.loads(alignment.read_text()) | {"step": 10}))
+    assert main([*args, "steps=20"]) == 0
+    assert json.loads(alignment.read_text())["step"] == 20
     # changing what is trained is refused instead of silently mixing two runs
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
 

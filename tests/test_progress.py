@@ -48,3 +48,10 @@ def test_an_explicit_interval_wins() -> None:
         assert bar.mininterval == 0.5
     with progress_bar(total=1, file=io.StringIO()) as bar:
         assert bar.mininterval == LOG_INTERVAL_S
+
+
+def test_a_bar_writing_to_a_file_still_shows_progress_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks = itertools.count()
+    monkeypatch.setattr(tqdm.std, "time", lambda: 1_000.0 + next(ticks) * 0.1)  # 2,000 steps: minutes of "time"
+    draws = _draws(io.StringIO())
+    assert 3 < draws < 30  # a redraw every 30 s of them, not one per step

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sampl
 from rl_gpt.config import CollectConfig, ConfigError, ExperimentConfig, to_dict
 from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
-from rl_gpt.supervised.data import load_dataset_cached
+from rl_gpt.supervised.data import load_dataset_cached, require_files
 from rl_gpt.supervised.evaluate import loops_over_models
 from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
@@ -88,15 +89,10 @@ def _check_task(cfg: ExperimentConfig) -> str:
             raise ConfigError(
                 f"task.data_root: {root} is not a folder; run `rl-gpt data fetch {dataset} --root {root}`"
             )
-        try:  # missing or damaged files are refused before a dataset folder is written (workers reuse the load)
-            load_dataset_cached(dataset, root)
+        try:  # missing files are refused before a dataset folder is written (workers load them)
+            require_files(dataset, root)
         except FileNotFoundError as exc:
             raise ConfigError(f"task.data_root: {exc}") from None
-    if cfg.collect.timesteps != CollectConfig.timesteps:
-        raise ConfigError(
-            f"collect.timesteps: {cfg.collect.timesteps} counts environment steps, which a supervised run does not "
-            "take; set its length with task.hyperparams.steps (optimiser steps) or task.hyperparams.epochs"
-        )
     if cfg.collect.checkpoint_every < 1:
         raise ConfigError(
             f"collect.checkpoint_every: expected a positive number of steps, got {cfg.collect.checkpoint_every}"
@@ -259,6 +255,12 @@ def _run_result(
 def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """The dataset spec of a supervised task: the RL spec's keys, describing a classifier instead of a policy."""
     dataset = _check_task(cfg)
+    if cfg.collect.timesteps != CollectConfig.timesteps:  # once, from the main process
+        warnings.warn(
+            f"collect.timesteps={cfg.collect.timesteps} counts environment steps and does nothing here: a supervised "
+            "run's length is task.hyperparams.steps (optimiser steps) or task.hyperparams.epochs",
+            stacklevel=2,
+        )
     name = cfg.task.network
     spec = CLASSIFIERS[name]
     hp = _non_null(cfg.task.hyperparams)

@@ -110,7 +110,13 @@ def _differences(before: Any, after: Any, name: str) -> list[str]:
     if isinstance(before, Mapping) and isinstance(after, Mapping):
         keys = sorted(before.keys() | after.keys())
         return [d for k in keys for d in _differences(before.get(k), after.get(k), f"{name}.{k}")]
-    return [] if before == after else [f"{name}: {before!r} -> {after!r}"]
+    return [] if before == after else [f"{name}: {_short(before)} -> {_short(after)}"]
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to a readable length (a layout's parameter list would fill the screen)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class DatasetWriter:
@@ -122,8 +128,8 @@ class DatasetWriter:
         _recover(self.root)
         spec = dict(spec, format=FORMAT)
         spec_path = self.root / "spec.json"
-        if spec_path.exists() and self._holds_runs():  # a spec without runs (a refused start) is simply replaced
-            old = read_spec(self.root)
+        old = read_spec(self.root) if spec_path.exists() else None  # a file that is no rl_gpt spec is refused
+        if old is not None and self._holds_runs():  # a spec without runs (a refused start) is simply replaced
             for key in ("task", "layout", "policy"):
                 before, after = old.get(key), spec.get(key)
                 if key == "task" and before is not None and after is not None:
@@ -151,8 +157,9 @@ class DatasetWriter:
 
     # ------------------------------------------------------------------ what is there
     def _holds_runs(self) -> bool:
-        """Whether any run was stored: a finished one, one being merged, or consolidated data."""
-        return (self.root / "data").exists() or any(p.name.startswith("run_") for p in (self.root / "runs").iterdir())
+        """Whether any run was stored or is being written: a finished one, one mid-write, or consolidated data."""
+        runs = (p.name for p in (self.root / "runs").iterdir())
+        return (self.root / "data").exists() or any(n.startswith(("run_", ".tmp-run_")) for n in runs)
 
     def completed_runs(self) -> set[int]:
         done = {int(p.name.split("_")[1]) for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()}

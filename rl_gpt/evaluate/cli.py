@@ -113,9 +113,15 @@ def _evaluate_classifier_file(target: str, dataset: str | None, data_root: str |
         network, name = spec["policy"]["network"], spec["policy"]["dataset"]
         data_root = data_root or spec["task"].get("data_root")
     file = read_classifier_file(target, network, name)
-    metrics = classifier_test_metrics(
-        file.network, file.dataset, file.params[None].to(device), data_root or file.data_root
-    )
+    root = data_root or file.data_root
+    if file.dataset != "digits" and not (root and Path(root).is_dir()):
+        raise ClassifierFileError(
+            f"{target} is tested on {file.dataset}, whose files are not at {root}; pass --data-root DIR"
+            if root
+            else f"{target} is tested on {file.dataset}; pass --data-root DIR, the folder of its files"
+        )
+    params = file.params[None].to(device)  # (1, D)
+    metrics = classifier_test_metrics(file.network, file.dataset, params, root)
     return _classifier_report(target, [target], metrics)
 
 

@@ -42,7 +42,8 @@ def export_safetensors(
     """Save ``flat`` as a named state dict (the network's own parameter names).
 
     ``metadata`` (strings) goes into the file's header; generated classifiers carry their network and
-    data set there (``CLASSIFIER_METADATA``), so ``rl-gpt evaluate FILE`` can measure them alone."""
+    data set there (``rl_gpt.supervised.classifier_metadata``), so ``rl-gpt evaluate FILE`` can measure
+    them alone."""
     if not torch.isfinite(flat).all():
         raise ValueError("refusing to export non-finite (NaN/inf) parameters")
     state = {k: v.contiguous() for k, v in layout.unflatten(flat.detach().cpu()).items()}

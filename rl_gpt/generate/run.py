@@ -271,7 +271,7 @@ def _export(
         if not written:
             path.unlink(missing_ok=True)  # never point at a stale file from an earlier call
         elif supervised:  # a state_dict that loads into rl_gpt.supervised.build_classifier(task.network)
-            export_safetensors(layout, params[i], path, classifier_metadata(task.network, task.env_id, task.data_root))
+            export_safetensors(layout, params[i], path, classifier_metadata(task.network, task.data_root))
         else:
             export_sb3(task, layout, params[i], path, seed=seed)
         items.append(

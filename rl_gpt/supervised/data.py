@@ -33,6 +33,7 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "read_idx",
+    "require_files",
 ]
 
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -159,6 +160,11 @@ def _read_cifar_batch(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     return records[:, 1:].reshape(-1, 3, 32, 32), labels  # (N, 3, 32, 32) uint8, (N,)
 
 
+def _cifar_folder(root: Path) -> Path:
+    """``root/cifar-10-batches-bin``, or ``root`` itself when it is that folder."""
+    return root if (root / "test_batch.bin").is_file() and not (root / CIFAR10_DIR).is_dir() else root / CIFAR10_DIR
+
+
 def load_cifar10(root: str | Path, train_batches: tuple[int, ...] = (1, 2, 3, 4, 5)) -> Split:
     """CIFAR-10 from the binary version: x (N, 3, 32, 32) normalised per channel, y (N,).
 
@@ -167,7 +173,7 @@ def load_cifar10(root: str | Path, train_batches: tuple[int, ...] = (1, 2, 3, 4,
     ``train_batches`` picks a subset of ``data_batch_{1..5}.bin`` (all five by default).
     """
     root = Path(root)
-    folder = root if (root / "test_batch.bin").is_file() and not (root / CIFAR10_DIR).is_dir() else root / CIFAR10_DIR
+    folder = _cifar_folder(root)
     mean = np.asarray(CIFAR10_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
     std = np.asarray(CIFAR10_STD, dtype=np.float32).reshape(1, 3, 1, 1)
     out = []
@@ -181,6 +187,21 @@ def load_cifar10(root: str | Path, train_batches: tuple[int, ...] = (1, 2, 3, 4,
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
+def require_files(name: str, root: str | Path) -> None:
+    """Raise FileNotFoundError (saying how to fetch them) unless ``root`` holds ``name``'s files.
+
+    Cheap (nothing is read): a check before work starts, whose loads happen elsewhere."""
+    root = Path(root)
+    if name == "mnist":
+        for stem in MNIST_FILES.values():
+            _find_idx(root, stem)
+    elif name == "cifar10":
+        folder = _cifar_folder(root)
+        for file in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+            if not (folder / file).is_file():
+                raise FileNotFoundError(f"CIFAR-10 file {folder / file} not found; {_fetch_hint('cifar10', root)}")
+
+
 def load_dataset(name: str, root: str | Path | None = None) -> Split:
     """Load ``name`` (one of DATASETS); ``root`` is required for the downloaded sets."""
     if name == "digits":

@@ -31,18 +31,22 @@ class ClassifierFile:
     data_root: str | None  # where the data set's files were (None for digits, or unknown)
 
 
-def classifier_metadata(network: str, dataset: str, data_root: str | Path | None) -> dict[str, str]:
-    """The safetensors metadata of a classifier file (strings only, as the format requires)."""
-    meta = {_KEYS["network"]: network, _KEYS["dataset"]: dataset}
+def classifier_metadata(network: str, data_root: str | Path | None) -> dict[str, str]:
+    """The safetensors metadata of a ``network`` classifier file (strings only, as the format requires).
+
+    The data set is the network's own; ``data_root`` is stored as an absolute path, so the file is
+    measured alike from any working directory."""
+    meta = {_KEYS["network"]: network, _KEYS["dataset"]: CLASSIFIERS[network].dataset}
     if data_root is not None:
-        meta[_KEYS["data_root"]] = str(data_root)
+        meta[_KEYS["data_root"]] = str(Path(data_root).resolve())
     return meta
 
 
 def read_classifier_file(path: str | Path, network: str | None = None, dataset: str | None = None) -> ClassifierFile:
     """Load ``path`` (safetensors; nothing is unpickled) as a flat classifier.
 
-    ``network``/``dataset`` override the file's metadata and are required for files without it.
+    ``network``/``dataset`` override the file's metadata and are required for files without it; a
+    network is tested only on its own data set.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
@@ -60,11 +64,13 @@ def read_classifier_file(path: str | Path, network: str | None = None, dataset: 
     dataset = dataset or meta.get(_KEYS["dataset"])
     if network is None or dataset is None:
         raise ClassifierFileError(
-            f"{path} does not say which network and data set it holds (written before rl_gpt stored that); "
-            "pass --dataset DIR, the checkpoint dataset it was generated from"
+            f"{path} does not name the classifier it holds (a generator's model file, or a classifier exported "
+            "before rl_gpt stored that); for a classifier, pass --dataset DIR, the dataset it was generated from"
         )
     if network not in CLASSIFIERS:
         raise ClassifierFileError(f"{path}: unknown network {network!r}; rl_gpt knows {sorted(CLASSIFIERS)}")
+    if dataset != CLASSIFIERS[network].dataset:
+        raise ClassifierFileError(f"{path}: {network} classifies {CLASSIFIERS[network].dataset}, not {dataset}")
     layout = classifier_layout(network)
     extra = sorted(set(state) - set(layout.names))
     if extra:

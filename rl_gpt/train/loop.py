@@ -8,6 +8,7 @@ diffusion loss, step, EMA, log, probe, checkpoint) → model file. Runs single-p
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import time
@@ -173,11 +174,6 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     if main_proc:  # once the model is built: a refused architecture leaves no folder either
         ensure_writable_dir(out)
     gen.to(device)
-    probe = None
-    if tc.function_loss > 0:  # the same inputs on every rank: drawn from the split, not the rank
-        from rl_gpt.train.function_loss import function_probe
-
-        probe = function_probe(ds, train_runs, tc.function_probes, seed=tc.seed).to(device)
     model = gen.model
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -191,12 +187,17 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
             )
         if world > 1:  # only rank 0's sampler state was saved: give every rank its own stream again
             sampler.generator.manual_seed(tc.seed * 1000 + rank + step * world)
-        if step == tc.steps and _finished(out, tc):
+        if step == tc.steps and _finished(out, tc, step):
             if main_proc and progress:
                 print(f"{out} is already trained to train.steps={step}; nothing to do (--restart trains it again)")
             return out
         if main_proc and progress:
             print(f"resuming from step {step}")
+    probe = None
+    if tc.function_loss > 0:  # the same inputs on every rank: drawn from the split, not the rank
+        from rl_gpt.train.function_loss import function_probe
+
+        probe = function_probe(ds, train_runs, tc.function_probes, seed=tc.seed).to(device)
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
@@ -293,7 +294,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     bar.close()
     checkpoint()
     if main_proc and tc.final_probe:
-        _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress)
+        _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress, step)
     if run is not None:
         run.finish()
     if world > 1:
@@ -301,13 +302,16 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     return out
 
 
-def _finished(out: Path, tc: TrainConfig) -> bool:
-    """A run at its last step whose model file, and alignment.json if asked for, were written after it."""
-    weights = out / "model.safetensors"
-    if not weights.is_file():
+def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
+    """Whether the run saved at ``step`` wrote its model file and, if asked for, measured alignment.json there."""
+    if not (out / "model.safetensors").is_file():
         return False
-    alignment = out / "alignment.json"
-    return not tc.final_probe or (alignment.is_file() and alignment.stat().st_mtime >= weights.stat().st_mtime)
+    if not tc.final_probe:
+        return True
+    try:
+        return json.loads((out / "alignment.json").read_text()).get("step") == step
+    except (OSError, ValueError):  # missing or cut short
+        return False
 
 
 def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume: bool) -> None:
@@ -371,13 +375,17 @@ def _final_alignment(
     out: Path,
     run: Any,
     progress: bool,
+    step: int,
 ) -> None:
-    """Prompt alignment from the inits of up to 16 training and 16 held-out runs -> ``alignment.json``."""
+    """Prompt alignment from the inits of up to 16 training and 16 held-out runs -> ``alignment.json``.
+
+    The file records the training ``step`` it measured, which tells a rerun that the run is finished."""
     from rl_gpt.io import atomic_write_json
 
     episodes = cfg.sweep.episodes  # as many as the sweep uses, so the two measure alike
     # One draw per prompt (no sweep.average): a quick check, not the sweep's protocol; said so in the file.
-    result = {"prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance, "samples": 1, "average": 1}
+    result = {"step": step, "prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance, "samples": 1}
+    result["average"] = 1
     if progress:  # MuJoCo tasks spend minutes here on the CPU simulator: say what the wait is for
         each = "on the test split" if cfg.task.kind == "supervised" else f"{episodes} episodes each"
         print(
