@@ -176,6 +176,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         for folder, target, got in zip(rec["folders"], rec["target_return"], rec["achieved_mean"], strict=True):
             print(f"  target {target:<8.4g} achieved {got:<8.4g} {args.out}/{folder}/")
         print(f"plot: {args.out}/generated.png")
+    if rec.get("eval_seed") is not None:
+        print(
+            f"returns over {rec['episodes']} episodes from evaluation seed {rec['eval_seed']} "
+            f"(`rl-gpt evaluate FILE --episodes {rec['episodes']} --seed {rec['eval_seed']}` measures a file alike)"
+        )
     print(f"written to {args.out}/generated.json")
 
 
@@ -408,7 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=_count, default=10, help="episodes per policy (classifiers: the whole test split)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first episode's start state (default 0)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the evaluator's seed for start states (default 0; rl_gpt's batched environments, not "
+        "Gymnasium's reset(seed=))",
+    )
     p.add_argument(
         "--dataset",
         help="a classifier file's checkpoint dataset, for files that do not name their network and data set",

@@ -406,7 +406,10 @@ def _read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc.__class__.__name__}); fix the file") from None
+        mark = getattr(exc, "problem_mark", None)  # where the parser stopped (0-based), if it knows
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem}); fix the file") from None
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     data = loaded or {}

@@ -15,6 +15,7 @@ __all__ = [
     "atomic_save_safetensors",
     "atomic_write_json",
     "atomic_write_text",
+    "ensure_report_dir",
     "ensure_writable_dir",
     "replace_dir",
 ]
@@ -44,6 +45,16 @@ def ensure_writable_dir(path: str | Path) -> Path:
             f"cannot write to {path} ({exc.strerror}); choose another output directory (--out or out=)"
         ) from None
     return path
+
+
+def ensure_report_dir(path: str | Path) -> Path:
+    """:func:`ensure_writable_dir` for a command's outputs, refusing a checkpoint dataset's or a
+    model's folder: reports and generated networks written there would mix with what they describe."""
+    path = Path(path)
+    for marker, holds in (("spec.json", "a checkpoint dataset"), ("model.json", "a generator model")):
+        if (path / marker).is_file():
+            raise PermissionError(f"{path} holds {holds}; write the outputs to another folder (--out)")
+    return ensure_writable_dir(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

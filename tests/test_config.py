@@ -88,6 +88,10 @@ def test_bad_yaml_file(tmp_path):
     bad.write_text("task: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+    misplaced = tmp_path / "misplaced.yaml"
+    misplaced.write_text("task:\n  env_id: CartPole-v1\n  n_envs: 4: 8\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 12: mapping values are not allowed here"):
+        load_config(misplaced)
     typo = tmp_path / "typo.yaml"
     typo.write_text("task:\n  env_idd: CartPole-v1\n")
     with pytest.raises(ConfigError, match="task.env_idd; did you mean task.env_id"):

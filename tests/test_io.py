@@ -46,3 +46,15 @@ def test_top_level_help_works(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "compare" in out and "generate" in out
+
+
+def test_outputs_are_refused_in_a_dataset_or_model_folder(tmp_path):
+    from rl_gpt.io import ensure_report_dir
+
+    for marker in ("spec.json", "model.json"):
+        folder = tmp_path / marker.split(".")[0]
+        folder.mkdir()
+        (folder / marker).write_text("{}")
+        with pytest.raises(PermissionError, match="write the outputs to another folder"):
+            ensure_report_dir(folder)
+    assert ensure_report_dir(tmp_path / "reports") == tmp_path / "reports"

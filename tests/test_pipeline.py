@@ -614,13 +614,21 @@ def test_a_sweep_can_start_from_the_models_own_runs(experiment, tmp_path):
         compare_reports([tmp_path / "train", tmp_path / "heldout"])
 
 
-def test_a_target_outside_the_training_range_is_conditioned_on_its_end_unless_asked(experiment, tmp_path):
+def test_a_target_outside_the_training_range_is_conditioned_on_its_end_unless_asked(experiment, tmp_path, capsys):
     high = read_model_info(experiment / "model")["normalizer"]["metric_high"]
     args = ["generate", "--model", str(experiment / "model"), "--target-return", "5000", "--episodes", "2"]
-    with pytest.warns(UserWarning, match=r"outside the training data's range .* nearest end instead"):
+    with pytest.warns(UserWarning, match=r"outside the range of the runs the model trained on .* nearest end instead"):
         assert main([*args, "--out", str(tmp_path / "g")]) == 0
     rec = json.loads((tmp_path / "g" / "generated.json").read_text())
     assert rec["target_return"] == 5000.0 and rec["conditioned_on"] == pytest.approx(high)
+    # `rl-gpt evaluate` with the recorded seed measures the file as generate did
+    policy = rec["policies"][0]
+    seed = ["--seed", str(rec["eval_seed"]), "--episodes", "2", "--json", str(tmp_path / "e.json")]
+    assert main(["evaluate", str(tmp_path / "g" / policy["file"]), *seed]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["policies"][0]["mean"] == policy["achieved_return"]
+    capsys.readouterr()
+    assert main([*args, "--out", str(experiment / "dataset")]) == 2  # outputs never land in the data
+    assert "holds a checkpoint dataset; write the outputs to another folder" in capsys.readouterr().err
     with pytest.warns(UserWarning, match="conditioning on them as given"):
         assert main([*args, "--extrapolate", "--out", str(tmp_path / "x")]) == 0
     assert json.loads((tmp_path / "x" / "generated.json").read_text())["conditioned_on"] == 5000.0

@@ -17,7 +17,7 @@ from rl_gpt.config import TaskConfig
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
-from rl_gpt.io import atomic_write_json, ensure_writable_dir
+from rl_gpt.io import atomic_write_json, ensure_report_dir, ensure_writable_dir
 from rl_gpt.layout import Layout
 from rl_gpt.supervised.files import classifier_metadata
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset
@@ -108,8 +108,8 @@ def generate(
     if outside:
         then = "conditioning on them as given" if extrapolate else "conditioning on the range's nearest end instead"
         warnings.warn(
-            f"target {', '.join(f'{t:g}' for t in outside)} lies outside the training data's range "
-            f"[{low:.4g}, {high:.4g}], where the generator extrapolates poorly; {then}",
+            f"target {', '.join(f'{t:g}' for t in outside)} lies outside the range of the runs the model trained on "
+            f"[{low:.4g}, {high:.4g}] (held-out runs excluded), where the generator extrapolates poorly; {then}",
             stacklevel=2,
         )
     theta = load_start(info, from_zip, seed)
@@ -127,7 +127,7 @@ def generate(
     ranker = None
     if rerank > 1:  # fitted (once) before the output folder exists: a refused fit leaves nothing behind
         ranker = ranker_for(model_dir, ds, gen.layout, info["meta"]["train_runs"], info["meta"]["test_runs"])
-    out = ensure_writable_dir(out)
+    out = ensure_report_dir(out)
     stale = _previous_outputs(out)
     start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
     runs = info["meta"]["train_runs"]
@@ -167,6 +167,8 @@ def generate(
         "average": average,
         "rerank": rerank,
         "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
+        # the rollouts' seed: `rl-gpt evaluate FILE --episodes E --seed S` measures a file alike
+        "eval_seed": None if task.kind == "supervised" else seed + 2,
         "start": from_zip or f"random init ({initialiser} initialiser, seed {seed})",
         "start_return": start_return,
         "model": str(Path(model_dir).resolve()),

@@ -21,7 +21,7 @@ from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
-from rl_gpt.io import atomic_write_json, ensure_writable_dir
+from rl_gpt.io import atomic_write_json, ensure_report_dir
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.calibration import conditioning_prompts
@@ -122,7 +122,7 @@ def sweep(
     ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
     spec, task = ds.spec, task_config(ds.spec["task"])
     prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
-    out = ensure_writable_dir(out)  # after the checks, so a refused sweep leaves no empty folder
+    out = ensure_report_dir(out)  # after the checks, so a refused sweep leaves no empty folder
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]
     test_runs = info["meta"]["test_runs"]

@@ -411,9 +411,10 @@ def _final_alignment(
     if run is not None:
         run.summary.update(result)
     if progress:
+        held_out = f"{result['heldout_inits_r2']:.3f}" if "heldout_inits_r2" in result else "- (no run held out)"
         print(
             f"prompt alignment R2 from training runs' inits {result.get('train_inits_r2', float('nan')):.3f}, "
-            f"held-out runs' inits {result.get('heldout_inits_r2', float('nan')):.3f}"
+            f"held-out runs' inits {held_out}"
         )
 
 
