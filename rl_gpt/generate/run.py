@@ -26,6 +26,17 @@ from rl_gpt.train.ranker import ranker_for
 __all__ = ["generate", "load_start"]
 
 
+def _architecture(layout: dict[str, Any]) -> str:
+    """A layout as its layers read, e.g. ``4->16 tanh, 16->2`` (in -> out features, then the activation)."""
+    shapes = {p["name"]: p["shape"] for p in layout["params"]}
+    parts = []
+    for layer in layout.get("layers", []):
+        weight = shapes.get(f"{layer['prefix']}.weight")
+        if weight is not None and len(weight) >= 2:
+            parts.append(f"{weight[1]}->{weight[0]}" + (f" {layer['activation']}" if layer.get("activation") else ""))
+    return ", ".join(parts) or f"{layout['numel']} parameters"
+
+
 def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.Tensor:
     """The starting actor θ (D,): an SB3 policy file, or SB3's own random initialiser with ``seed``."""
     from rl_gpt.collect.inits import random_inits
@@ -47,8 +58,8 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
     layout = actor_layout(policy, algo)
     if layout.to_dict() != info["layout"] or algo != task.algo:
         raise ModelFileError(
-            f"{from_zip} is a {algo} policy with {layout.numel} actor parameters; the model generates "
-            f"{task.algo} actors with {info['layout']['numel']} for {task.env_id}"
+            f"{from_zip} is a {algo} policy ({_architecture(layout.to_dict())}); the model generates "
+            f"{task.algo} actors ({_architecture(info['layout'])}) for {task.env_id}"
         )
     if info["spec"].get("obs_normalisation"):
         warnings.warn(

@@ -196,10 +196,12 @@ def _calibrated(
     low, high = min(cal.prompts), max(cal.prompts)
     slack = 0.05 * (high - low)
     if float(desired.min()) < low - slack or float(desired.max()) > high + slack:
+        a, b = float(desired.min()), float(desired.max())
+        asked = f"{a:.4g}" if a == b else f"{a:.4g} to {b:.4g}"
         warnings.warn(
             f"{Path(model_dir) / 'calibration.json'} was measured over prompts [{low:.4g}, {high:.4g}], which do not "
-            f"cover {float(desired.min()):.4g} to {float(desired.max()):.4g}: prompts are used as given; run "
-            "`rl-gpt calibrate` over this range to calibrate them",
+            f"cover {asked}: all prompts are used uncalibrated. Within the training runs' range, `rl-gpt calibrate "
+            "'task.metric_range=[LOW, HIGH]'` can measure a wider one; beyond it no calibration exists",
             stacklevel=2,
         )
         return desired, None
