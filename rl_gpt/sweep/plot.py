@@ -25,6 +25,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     prompts = torch.tensor(report["prompts"])
     achieved = torch.tensor(report["achieved"])  # (K, P, S)
@@ -63,6 +64,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     for s in range(one.shape[1]):
         ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
     ax2.set_xlabel(describe_inits(report)[:-1])  # singular
+    ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # inits are numbered: no 0.5 ticks
     ax2.set_ylabel(name)
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
