@@ -25,14 +25,13 @@ def _network() -> torch.Tensor:
     return classifier_layout("digits_mlp").flatten(build_classifier("digits_mlp").state_dict())
 
 
+def _export_digits(flat: torch.Tensor, path: Path) -> Path:
+    return export_safetensors(classifier_layout("digits_mlp"), flat, path, classifier_metadata("digits_mlp", None))
+
+
 def test_an_exported_classifier_reads_back_with_its_network_and_data_set(tmp_path):
     flat = _network()
-    path = export_safetensors(
-        classifier_layout("digits_mlp"),
-        flat,
-        tmp_path / "c.safetensors",
-        classifier_metadata("digits_mlp", None),
-    )
+    path = _export_digits(flat, tmp_path / "c.safetensors")
     file = read_classifier_file(path)
     assert (file.network, file.dataset, file.data_root) == ("digits_mlp", "digits", None)
     assert torch.equal(file.params, flat)
@@ -44,12 +43,7 @@ def test_an_exported_classifier_reads_back_with_its_network_and_data_set(tmp_pat
 
 def test_rl_gpt_evaluate_measures_a_classifier_file(tmp_path, capsys):
     flat = _network()
-    path = export_safetensors(
-        classifier_layout("digits_mlp"),
-        flat,
-        tmp_path / "c.safetensors",
-        classifier_metadata("digits_mlp", None),
-    )
+    path = _export_digits(flat, tmp_path / "c.safetensors")
     assert main(["evaluate", str(path)]) == 0
     expected = classifier_test_metrics("digits_mlp", "digits", flat[None])
     assert f"test loss {float(expected['test_loss'][0]):.4f}" in capsys.readouterr().out
