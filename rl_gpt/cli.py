@@ -453,13 +453,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = getattr(args, "config", None)
     if config and "=" in config and not Path(config).exists():  # `rl-gpt train steps=10`: no config named
         args.overrides, args.config = [config, *args.overrides], None
-    from rl_gpt.config import ConfigError
-    from rl_gpt.dataset import DatasetError
-    from rl_gpt.evaluate import PolicyFileError
-    from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
-    from rl_gpt.supervised.files import ClassifierFileError
-    from rl_gpt.sweep.compare import ReportError
-    from rl_gpt.train.modelfile import ModelFileError
+    try:  # these pull in torch and friends (seconds): a Ctrl-C here is a quiet stop, not a traceback
+        from rl_gpt.config import ConfigError
+        from rl_gpt.dataset import DatasetError
+        from rl_gpt.evaluate import PolicyFileError
+        from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
+        from rl_gpt.supervised.files import ClassifierFileError
+        from rl_gpt.sweep.compare import ReportError
+        from rl_gpt.train.modelfile import ModelFileError
+    except KeyboardInterrupt:
+        return 130
 
     silent_before = os.environ.get("WANDB_SILENT")
     if getattr(args, "quiet", False):  # -q quiets W&B's own banners too (the run is still logged)

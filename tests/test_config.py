@@ -178,3 +178,20 @@ def test_quiet_commands_silence_wandb_only_while_they_run(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "collect", lambda args: seen.append(os.environ.get("WANDB_SILENT")))
     assert cli.main(["collect", "-q"]) == 0 and cli.main(["collect"]) == 0
     assert seen == ["true", None] and "WANDB_SILENT" not in os.environ
+
+
+def test_ctrl_c_while_the_cli_loads_its_modules_stops_quietly(monkeypatch, capsys):
+    import builtins
+
+    from rl_gpt import cli
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "rl_gpt.evaluate":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert cli.main(["info", "somewhere"]) == 130
+    assert "Traceback" not in capsys.readouterr().err
