@@ -384,8 +384,14 @@ def _final_alignment(
 
     episodes = cfg.sweep.episodes  # as many as the sweep uses, so the two measure alike
     # One draw per prompt (no sweep.average): a quick check, not the sweep's protocol; said so in the file.
-    result = {"step": step, "prompts": 10, "episodes": episodes, "guidance": cfg.train.guidance, "samples": 1}
-    result["average"] = 1
+    result = {
+        "step": step,
+        "prompts": 10,
+        "episodes": episodes,
+        "guidance": cfg.train.guidance,
+        "samples": 1,
+        "average": 1,
+    }
     if progress:  # MuJoCo tasks spend minutes here on the CPU simulator: say what the wait is for
         each = "on the test split" if cfg.task.kind == "supervised" else f"{episodes} episodes each"
         print(
