@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import math
+import pathlib
 import pickle
 import zipfile
 from collections.abc import Iterator
@@ -530,15 +531,25 @@ def test_mismatches_are_refused_with_a_message() -> None:
         evaluate_params(flat[None], layout, normalized, "CartPole-v1")
 
 
-def test_dataset_rows_that_select_nothing_or_are_not_numbers_are_refused() -> None:
+def test_dataset_rows_outside_the_dataset_or_not_numbers_are_refused() -> None:
     from rl_gpt.dataset import DatasetError
     from rl_gpt.evaluate.cli import _parse_rows
 
     assert _parse_rows("", 5).tolist() == [0, 1, 2, 3, 4]
     assert _parse_rows("1:3", 5).tolist() == [1, 2] and _parse_rows("-1", 5).tolist() == [4]
-    with pytest.raises(DatasetError, match="select nothing: the dataset has rows 0 to 4"):
-        _parse_rows("5000:5010", 5)
-    with pytest.raises(DatasetError, match="select nothing"):
-        _parse_rows("7", 5)
+    assert _parse_rows("-2", 5).tolist() == [3] and _parse_rows("-2:", 5).tolist() == [3, 4]
+    assert _parse_rows(":2", 5).tolist() == [0, 1] and _parse_rows("3:", 5).tolist() == [3, 4]
+    assert _parse_rows("0:5", 5).tolist() == [0, 1, 2, 3, 4]
+    # A range that runs past the end is refused, not clipped to the rows that exist.
+    for rows in ("5000:5010", "3:9", "7", "-6", "3:2", "2:2"):
+        with pytest.raises(DatasetError, match="not in the dataset: it has rows 0 to 4"):
+            _parse_rows(rows, 5)
     with pytest.raises(DatasetError, match="whole numbers"):
         _parse_rows("abc", 5)
+
+
+def test_evaluate_refuses_a_dataset_flag_it_would_ignore(tmp_path: pathlib.Path) -> None:
+    from rl_gpt.evaluate.cli import evaluate_target
+
+    with pytest.raises(ValueError, match="--dataset names the network of a .safetensors classifier file"):
+        evaluate_target(str(tmp_path / "ds:0:3"), 1, "cpu", 0, False, dataset=str(tmp_path))

@@ -25,15 +25,18 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
     try:
         if ":" in text:
             start, _, stop = text.partition(":")
-            idx = torch.arange(n)[slice(int(start) if start else None, int(stop) if stop else None)]
+            first, end = int(start) if start else 0, int(stop) if stop else n
         else:
-            row = int(text)
-            idx = torch.tensor([row if row >= 0 else n + row]) if -n <= row < n else torch.arange(0)
+            first = int(text)
+            end = first + 1 if first != -1 else n  # -1 alone is the last row
     except ValueError:
         raise DatasetError(f"rows {text!r}: give a row (5) or a range (0:100) of whole numbers") from None
-    if len(idx) == 0:
-        raise DatasetError(f"rows {text!r} select nothing: the dataset has rows 0 to {n - 1}")
-    return idx
+    # Negative bounds count from the end, as in Python; a bound past the end is an error, not clipped,
+    # so a typo does not silently measure fewer rows than asked for.
+    first, end = (first + n if first < 0 else first), (end + n if end < 0 else end)
+    if not 0 <= first < end <= n:
+        raise DatasetError(f"rows {text!r} are not in the dataset: it has rows 0 to {n - 1} (give e.g. 0:{n})")
+    return torch.arange(first, end)
 
 
 def evaluate_target(
@@ -55,6 +58,8 @@ def evaluate_target(
 
     if target.endswith(".safetensors"):
         return _evaluate_classifier_file(target, dataset, data_root, device)
+    if dataset is not None:  # it would be ignored: a policy file and dataset rows carry what they are
+        raise ValueError(f"--dataset names the network of a .safetensors classifier file; {target} needs none")
     if target.endswith(".zip"):
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")
