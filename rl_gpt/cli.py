@@ -458,6 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rl_gpt.dataset import DatasetError
         from rl_gpt.evaluate import PolicyFileError
         from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
+        from rl_gpt.io import FolderInUseError
         from rl_gpt.supervised.files import ClassifierFileError
         from rl_gpt.sweep.compare import ReportError
         from rl_gpt.train.modelfile import ModelFileError
@@ -481,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         PermissionError,
         FileNotFoundError,
         FloatingPointError,
+        FolderInUseError,
     ) as exc:
         print(f"rl-gpt {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -287,12 +287,15 @@ ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.dev
 #: Counts a run cannot do without; below these a stage would crash later or report nonsense.
 MINIMUMS: dict[str, int] = {
     "collect.runs": 1,
+    "collect.timesteps": 1,
     "collect.checkpoint_every": 1,
     "collect.eval_episodes": 1,
     "collect.batch_runs": 1,
     "train.steps": 1,
     "train.batch": 1,
     "train.function_probes": 1,
+    "train.sample_steps": 1,
+    "train.bins": 1,
     "sweep.inits": 1,
     "sweep.prompts": 2,  # R² needs two prompts
     "sweep.samples": 1,
@@ -307,6 +310,7 @@ MINIMUMS: dict[str, int] = {
 #: Weights and exponents that a negative value would turn into nonsense (a loss to be maximised).
 NON_NEGATIVE: frozenset[str] = frozenset(
     {
+        "collect.workers",  # 0: one per core
         "train.function_loss",
         "train.function_signal_power",
         "train.metric_jitter",

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "FolderInUseError",
     "atomic_save_figure",
     "atomic_save_safetensors",
     "atomic_write_json",
     "atomic_write_text",
     "ensure_report_dir",
     "ensure_writable_dir",
+    "exclusive_folder",
     "replace_dir",
 ]
 
@@ -45,6 +48,40 @@ def ensure_writable_dir(path: str | Path) -> Path:
             f"cannot write to {path} ({exc.strerror}); choose another output directory (--out or out=)"
         ) from None
     return path
+
+
+class FolderInUseError(RuntimeError):
+    """Another process is writing the folder a command would write."""
+
+
+@contextlib.contextmanager
+def exclusive_folder(path: str | Path, command: str) -> Iterator[Path]:
+    """Hold an exclusive lock on the folder ``path`` while ``command`` writes it.
+
+    Two trainings (or collections) writing one folder interleave their files: a restarted run and
+    the workers of a killed ``torchrun`` saved steps over each other. The second writer is refused
+    instead. The lock is ``flock`` on the folder itself: no lock file, and the kernel drops it when
+    its holder dies, so a crashed or killed run never leaves a stale lock. Without ``fcntl`` (not
+    POSIX) nothing is locked.
+    """
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:
+        yield path
+        return
+    fd = os.open(path, os.O_RDONLY)  # not inherited by spawned workers (PEP 446)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderInUseError(
+                f"{path} is being written by another process (an `rl-gpt {command}` still running, or the "
+                "workers of a stopped torchrun?); wait for it to end or stop it, or use another out= directory"
+            ) from None
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def ensure_report_dir(path: str | Path) -> Path:

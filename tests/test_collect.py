@@ -170,6 +170,16 @@ def test_killed_collection_resumes_without_duplicates(tmp_path):
     assert len(_load(tmp_path)) == len(td)
 
 
+def test_a_dataset_being_collected_is_refused_to_a_second_collection(tmp_path, capsys):
+    from rl_gpt.io import exclusive_folder
+
+    (tmp_path / "dataset").mkdir()
+    with exclusive_folder(tmp_path / "dataset", "collect"):
+        assert _collect("cartpole", tmp_path, "runs=1", "timesteps=256", "workers=1") == 2
+    assert "dataset is being written by another process (an `rl-gpt collect`" in capsys.readouterr().err
+    assert list((tmp_path / "dataset").iterdir()) == []
+
+
 def test_parallel_workers_match_the_run_count(tmp_path):
     extra = ["runs=3", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=2"]
     assert _collect("cartpole", tmp_path, *extra) == 0

@@ -58,3 +58,36 @@ def test_outputs_are_refused_in_a_dataset_or_model_folder(tmp_path):
         with pytest.raises(PermissionError, match="write the outputs to another folder"):
             ensure_report_dir(folder)
     assert ensure_report_dir(tmp_path / "reports") == tmp_path / "reports"
+
+
+def test_a_folder_being_written_is_refused_to_a_second_writer(tmp_path: Path) -> None:
+    from rl_gpt.io import FolderInUseError, exclusive_folder
+
+    first, busy = exclusive_folder(tmp_path, "train"), r"being written by another process \(an `rl-gpt train`"
+    with first, pytest.raises(FolderInUseError, match=busy), exclusive_folder(tmp_path, "train"):
+        pass
+    with exclusive_folder(tmp_path, "train"):  # released on exit, exception or not
+        pass
+    assert list(tmp_path.iterdir()) == []  # no lock file is left behind
+
+
+def test_a_killed_writers_lock_is_gone_with_it(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from rl_gpt.io import exclusive_folder
+
+    hold = f"from rl_gpt.io import exclusive_folder\nwith exclusive_folder({str(tmp_path)!r}, 'collect'):\n"
+    hold += "    print('held', flush=True)\n    import time; time.sleep(60)\n"
+    proc = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        from rl_gpt.io import FolderInUseError
+
+        with pytest.raises(FolderInUseError), exclusive_folder(tmp_path, "collect"):
+            pass
+    finally:
+        proc.kill()  # kill -9: nothing of the holder runs
+        proc.wait()
+    with exclusive_folder(tmp_path, "collect"):
+        pass

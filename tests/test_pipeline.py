@@ -126,6 +126,21 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
 
 
+def test_a_model_folder_being_trained_is_refused_to_a_second_training(experiment, tmp_path, capsys):
+    """A second `rl-gpt train` (or a restart while a killed torchrun's workers go on) must not write
+    over a running training's steps."""
+    from rl_gpt.io import exclusive_folder
+
+    out = tmp_path / "busy"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    (out / "model").mkdir()
+    with exclusive_folder(out / "model", "train"):
+        assert main(["train", "cartpole", f"out={out}", "steps=10", *TINY_MODEL, *QUIET]) == 2
+    assert "is being written by another process" in capsys.readouterr().err
+    assert list((out / "model").iterdir()) == []
+    assert main(["train", "cartpole", f"out={out}", "steps=10", *TINY_MODEL, *QUIET]) == 0
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(experiment, tmp_path):
     """`kill PID` (a scheduler's stop; also how to stop `nohup rl-gpt train &`, which ignores Ctrl-C)."""
     out = tmp_path / "term"

@@ -19,7 +19,7 @@ from typing import Any
 
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
-from rl_gpt.io import atomic_write_text, ensure_writable_dir
+from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.progress import progress_bar
 from rl_gpt.wandb_run import CollectionLog
 
@@ -121,7 +121,13 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
-    root = ensure_writable_dir(cfg.dataset_dir)
+    with exclusive_folder(ensure_writable_dir(cfg.dataset_dir), "collect") as root:
+        return _collect_into(root, spec, cfg, run_fn, progress)
+
+
+def _collect_into(
+    root: Path, spec: dict[str, Any], cfg: ExperimentConfig, run_fn: RunFn | None, progress: bool
+) -> Path:
     writer = DatasetWriter(root, spec)
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
     done = writer.completed_runs()

@@ -7,6 +7,7 @@ diffusion loss, step, EMA, log, probe, checkpoint) → model file. Runs single-p
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -24,7 +25,7 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.io import atomic_write_text, ensure_writable_dir
+from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
 from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
@@ -129,13 +130,15 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     if own_group:
         dist.init_process_group("nccl" if cfg.train.device.startswith("cuda") else "gloo")
     try:
-        return _train(cfg, progress, resume)
+        with contextlib.ExitStack() as held:
+            return _train(cfg, progress, resume, held)
     finally:
         if own_group:
             dist.destroy_process_group()
 
 
-def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
+def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib.ExitStack) -> Path:
+    """The training; ``held`` keeps the model folder's lock (rank 0's) until it returns."""
     tc = cfg.train
     rank, world = _dist_info()
     device = torch.device(
@@ -172,7 +175,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool) -> Path:
     prompt_range(ds.spec, normalizer.metric_low, normalizer.metric_high, cfg.task.metric_range)
     gen, mc = build_generator(tc, ds, normalizer)
     if main_proc:  # once the model is built: a refused architecture leaves no folder either
-        ensure_writable_dir(out)
+        held.enter_context(exclusive_folder(ensure_writable_dir(out), "train"))
     gen.to(device)
     model = gen.model
     ema = copy.deepcopy(model).requires_grad_(False)
