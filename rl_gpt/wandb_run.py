@@ -2,31 +2,70 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rl_gpt.config import ExperimentConfig
+from rl_gpt.config import ConfigError, ExperimentConfig
+from rl_gpt.io import atomic_write_text
 
-__all__ = ["CollectionLog", "start_run"]
+__all__ = ["CollectionLog", "check_login", "start_run"]
 
 
-def start_run(cfg: ExperimentConfig, group: str, name: str, directory: str | Path, config: Mapping[str, Any]) -> Any:
-    """A ``wandb`` run for this stage, or None when ``wandb.mode=disabled`` (wandb is then never imported)."""
+def check_login(cfg: ExperimentConfig) -> None:
+    """``wandb.mode=online`` needs W&B credentials: found, asked for (in a terminal), or refused now,
+    before a command writes anything, instead of a traceback when its first run opens."""
+    if cfg.wandb.mode != "online":
+        return
+    import wandb
+
+    try:
+        wandb.login(verify=False)
+    except wandb.errors.UsageError:
+        raise ConfigError(
+            "wandb.mode=online needs a W&B API key: run `wandb login` or set WANDB_API_KEY; or log offline "
+            "(wandb.mode=offline, the default) and upload later with `wandb sync OUT/wandb/offline-run-*`"
+        ) from None
+
+
+def start_run(
+    cfg: ExperimentConfig,
+    group: str,
+    name: str,
+    directory: str | Path,
+    config: Mapping[str, Any],
+    resume: bool = False,
+) -> Any:
+    """A ``wandb`` run for this stage, or None when ``wandb.mode=disabled`` (wandb is then never imported).
+
+    With ``resume`` the stage goes on logging to the run it opened before in ``directory`` (its id is
+    kept in ``directory/wandb/GROUP.run_id``), so an interrupted and resumed training is one run
+    with one set of curves, not two.
+    """
     if cfg.wandb.mode == "disabled":
         return None
     import wandb
 
-    return wandb.init(
-        mode=cfg.wandb.mode,
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        group=group,
-        name=name,
-        config=dict(config),
-        dir=str(directory),
-        reinit="create_new",
-    )
+    id_file = Path(directory) / "wandb" / f"{group}.run_id"
+    run_id = id_file.read_text().strip() if resume and id_file.is_file() else secrets.token_hex(4)
+    try:
+        run = wandb.init(
+            mode=cfg.wandb.mode,
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            group=group,
+            name=name,
+            config=dict(config),
+            dir=str(directory),
+            id=run_id,
+            resume="allow",
+            reinit="create_new",
+        )
+    except wandb.errors.UsageError as exc:  # e.g. online without credentials, where check_login was not called
+        raise ConfigError(f"W&B: {exc} (or log offline: wandb.mode=offline)") from None
+    atomic_write_text(id_file, run_id)
+    return run
 
 
 class CollectionLog:
@@ -39,13 +78,15 @@ class CollectionLog:
 
     MAX_CURVES = 64
 
-    def __init__(self, cfg: ExperimentConfig, directory: str | Path, step_name: str) -> None:
+    def __init__(self, cfg: ExperimentConfig, directory: str | Path, step_name: str, stored: int = 0) -> None:
+        """``stored``: runs a resumed collection already holds; it goes on logging to its run, counting from there."""
         from rl_gpt.config import to_dict
 
         name = cfg.task.name
-        self.run = start_run(cfg, f"collect-{name}", f"collect-{name}", directory, {"experiment": to_dict(cfg)})
+        config = {"experiment": to_dict(cfg)}
+        self.run = start_run(cfg, f"collect-{name}", f"collect-{name}", directory, config, resume=stored > 0)
         self.step_name = step_name
-        self.finished = 0
+        self.finished = stored
         self.curves: dict[str, list[tuple[int, list[int], list[float]]]] = {}
 
     def add(self, run: int, steps: list[int], series: Mapping[str, list[float]], summary: Mapping[str, Any]) -> None:

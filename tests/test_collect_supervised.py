@@ -281,6 +281,22 @@ def test_a_collection_logs_one_wandb_run_with_a_step_per_finished_run(tmp_path, 
     assert len(offline) == 1, "one W&B run for the whole collection, not one per collection run"
     assert main(["collect", "digits", f"out={tmp_path}", *TINY[1:], f"runs={runs}"]) == 0  # nothing left to do
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1, "a collection with nothing to do logs nothing"
+    # A collection resumed with more runs goes on logging to the same W&B run (one id, two offline parts).
+    assert main(["collect", "digits", f"out={tmp_path}", *TINY[1:], f"runs={runs + 1}", "workers=1"]) == 0
+    parts = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and len({part.name for part in parts}) == 2
+    assert len({run.stem for run in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}) == 1, parts
+
+
+def test_online_logging_without_credentials_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no saved login
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
+    out = tmp_path / "exp"
+    assert main(["collect", "digits", f"out={out}", *TINY[1:], "runs=1", "wandb.mode=online"]) == 2
+    assert "wandb.mode=online needs a W&B API key: run `wandb login`" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, monkeypatch):
@@ -307,6 +323,9 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     chart = next(e for e in logged if "curves/test_loss" in e)["curves/test_loss"]
     assert chart["keys"] == ["run 0", "run 1"] and chart["xs"][0] == [0, 20, 40, 60]
     assert logged[-1] == {"finished": True}
+    logged.clear()  # a resumed collection counts on from the runs it holds
+    assert _collect(tmp_path, "runs=3", "workers=1") == 0
+    assert [(e["run"], e["runs_finished"], e["_step"]) for e in logged if "runs_finished" in e] == [(2, 3, 3)]
 
 
 def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, capsys):

@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "threads": set(),
     "interrupt": set(),
     "progress": set(),
-    "wandb_run": {"config"},
+    "wandb_run": {"config", "io"},
     "devices": {"config"},
     "sb3_policy": {"layout"},
     "dataset": {"layout", "io"},

@@ -141,6 +141,21 @@ def test_a_model_folder_being_trained_is_refused_to_a_second_training(experiment
     assert main(["train", "cartpole", f"out={out}", "steps=10", *TINY_MODEL, *QUIET]) == 0
 
 
+def test_a_resumed_training_logs_to_the_wandb_run_it_began(experiment, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    out = tmp_path / "wb"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", *TINY_MODEL, "wandb.mode=offline", "-q"]
+    assert main([*args, "steps=5"]) == 0
+    assert main([*args, "steps=10"]) == 0  # resumed from step 5
+    parts = sorted((out / "model" / "wandb").glob("offline-run-*"))
+    assert len(parts) == 2 and len({part.name for part in parts}) == 2
+    assert len({run.stem for run in (out / "model" / "wandb").glob("offline-run-*/run-*.wandb")}) == 1, parts
+    assert main([*args, "steps=5", "--restart"]) == 0  # a new run of the folder is a new W&B run
+    assert len({run.stem for run in (out / "model" / "wandb").glob("offline-run-*/run-*.wandb")}) == 2
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(experiment, tmp_path):
     """`kill PID` (a scheduler's stop; also how to stop `nohup rl-gpt train &`, which ignores Ctrl-C)."""
     out = tmp_path / "term"

@@ -21,7 +21,7 @@ from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.progress import progress_bar
-from rl_gpt.wandb_run import CollectionLog
+from rl_gpt.wandb_run import CollectionLog, check_login
 
 __all__ = ["collect", "dataset_spec"]
 
@@ -121,6 +121,7 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
+    check_login(cfg)  # and W&B credentials, where they are needed
     with exclusive_folder(ensure_writable_dir(cfg.dataset_dir), "collect") as root:
         return _collect_into(root, spec, cfg, run_fn, progress)
 
@@ -143,7 +144,8 @@ def _collect_into(
     )
     checkpoints = 0
     start = time.time()
-    log = CollectionLog(cfg, root.parent, "opt_step" if cfg.task.kind == "supervised" else "env_step") if todo else None
+    step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
+    log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
     try:
         results = _run_ray(cfg, job_fn, jobs) if cfg.collect.executor == "ray" else _run_local(cfg, job_fn, jobs)
         for run, result in results:

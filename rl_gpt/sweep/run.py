@@ -29,6 +29,7 @@ from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import load_generator, open_dataset
 from rl_gpt.train.probe import choose_candidates, prompt_grid, run_prompts, sample_candidates
 from rl_gpt.train.ranker import MetricRanker, ranker_for
+from rl_gpt.wandb_run import check_login
 
 __all__ = ["sweep"]
 
@@ -116,6 +117,7 @@ def sweep(
     """
     sc: SweepConfig = cfg.sweep
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
+    check_login(cfg)  # wandb.mode=online without credentials fails now, not after the sweep
     timings: dict[str, float] = {}
     t = time.time()
     gen, info = load_generator(model_dir)

@@ -32,6 +32,7 @@ from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_trai
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import read_model_info, same_task, save_model
 from rl_gpt.train.probe import prompt_range, quick_alignment
+from rl_gpt.wandb_run import check_login
 
 __all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
 
@@ -125,7 +126,9 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     training ends, so rank 0 may go on alone (train.calibrate) and a refused run leaves none open.
     """
     resolve_device(cfg.train.device, "train.device")  # before any work: a missing GPU is a one-line error
-    _, world = _dist_info()
+    rank, world = _dist_info()
+    if rank == 0:  # the one process that logs: missing W&B credentials (wandb.mode=online) fail now too
+        check_login(cfg)
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         dist.init_process_group("nccl" if cfg.train.device.startswith("cuda") else "gloo")
@@ -207,7 +210,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     g = torch.Generator(device=device).manual_seed(tc.seed * 7 + rank + step)
     perm_gen = torch.Generator().manual_seed(tc.seed * 13 + rank + step)
 
-    run = _wandb_init(cfg) if main_proc else None
+    run = _wandb_init(cfg, resume=step > 0) if main_proc else None  # a resumed run logs to the run it began
     if main_proc:
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     dataset = Path(cfg.dataset_dir).resolve()
@@ -427,7 +430,8 @@ def _final_alignment(
         )
 
 
-def _wandb_init(cfg: ExperimentConfig) -> Any:
+def _wandb_init(cfg: ExperimentConfig, resume: bool) -> Any:
     from rl_gpt.wandb_run import start_run
 
-    return start_run(cfg, f"train-{cfg.task.name}", f"{cfg.task.name}-{cfg.train.model}", cfg.model_dir, to_dict(cfg))
+    name = f"{cfg.task.name}-{cfg.train.model}"
+    return start_run(cfg, f"train-{cfg.task.name}", name, cfg.model_dir, to_dict(cfg), resume=resume)
