@@ -170,6 +170,46 @@ def test_killed_collection_resumes_without_duplicates(tmp_path):
     assert len(_load(tmp_path)) == len(td)
 
 
+def _spawned_workers(group: int) -> list[int]:
+    """Processes of the process group ``group`` started by multiprocessing's spawn (Linux /proc)."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            stat = (proc / "stat").read_text()
+            pgrp = int(stat.rsplit(")", 1)[1].split()[2])
+            if pgrp == group and b"spawn_main" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("when", ["workers_starting", "first_run_stored"])
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
+def test_ctrl_c_stops_a_parallel_collection_in_one_message(tmp_path, when):
+    """A terminal's Ctrl-C reaches the whole process group: workers still importing torch printed
+    tracebacks, and cancelled futures an InvalidStateError. Now the main process alone handles it."""
+    args = ["collect", "cartpole", f"out={tmp_path}", "runs=6", "timesteps=4096", "workers=2", *TINY]
+    cmd = [sys.executable, "-c", "import sys; from rl_gpt.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "dataset" / "runs"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        _spawned_workers(proc.pid) if when == "workers_starting" else list(runs.glob("run_*/run.json"))
+    ):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: every process of the group
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "Error" not in err, err
+    assert "run the same command again to resume" in err
+    deadline = time.time() + 20  # no worker is left running (multiprocessing's tracker leaves last)
+    with contextlib.suppress(ProcessLookupError):
+        while time.time() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)
+
+
 def test_a_dataset_being_collected_is_refused_to_a_second_collection(tmp_path, capsys):
     from rl_gpt.io import exclusive_folder
 

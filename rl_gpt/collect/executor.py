@@ -7,9 +7,11 @@ flight; running the same command again skips the runs already stored.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -133,7 +135,6 @@ def _collect_into(
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]
-    job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
     bar = progress_bar(
         total=cfg.collect.runs,
         initial=cfg.collect.runs - len(todo),
@@ -144,9 +145,11 @@ def _collect_into(
     )
     checkpoints = 0
     start = time.time()
-    step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
-    log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
-    try:
+    log = None
+    try:  # from here a Ctrl-C (also while SB3 is still being imported) says what is stored
+        job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
+        step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
+        log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
         results = _run_ray(cfg, job_fn, jobs) if cfg.collect.executor == "ray" else _run_local(cfg, job_fn, jobs)
         for run, result in results:
             writer.add_run(run, result.rows, result.meta)
@@ -228,19 +231,41 @@ def _run_local(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> I
             yield from zip(runs, job_fn(cfg, runs), strict=True)
         return
     # spawn, not fork: torch and SB3 hold threads and locks that fork copies in a broken state
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker) as pool:
-        pending = {pool.submit(job_fn, cfg, runs): runs for runs in jobs}
-        try:
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    runs = pending.pop(fut)
-                    yield from zip(runs, fut.result(), strict=True)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    before, pool = set(mp.active_children()), None
+    try:
+        with _sigint_blocked():  # the workers inherit the blocked signal; the pool starts them as jobs are submitted
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+            pending = {pool.submit(job_fn, cfg, runs): runs for runs in jobs}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                runs = pending.pop(fut)
+                yield from zip(runs, fut.result(), strict=True)
+    except BaseException:
+        # Ctrl-C reaches this process only, which stops its workers here, at once, whatever they are
+        # doing: a worker still importing torch printed tracebacks when Ctrl-C reached it too. Their
+        # futures then fail as a broken pool; cancelling them raced the pool's own thread, which
+        # printed an InvalidStateError.
+        for process in set(mp.active_children()) - before:
+            process.terminate()
+        if pool is not None:
+            pool.shutdown(wait=False)
+        raise
+    pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT while worker processes start, so that they inherit the mask and never see a
+    terminal's Ctrl-C; one that arrives meanwhile is delivered to this process when it ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX: the workers see Ctrl-C too
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
