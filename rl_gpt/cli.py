@@ -77,9 +77,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides, command="train")
     out = train(cfg, progress=not args.quiet, resume=not args.restart)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the rest is rank 0's: said and done once
+        return
     if not args.quiet:
         print(f"model written to {out}")
-    if cfg.train.calibrate and int(os.environ.get("RANK", "0")) == 0:  # once, not on every DDP rank
+    if cfg.train.calibrate:
         from rl_gpt.sweep.calibrate import ensure_calibrated  # the demo's path too: one way to calibrate after training
 
         ensure_calibrated(cfg, out, progress=not args.quiet)

@@ -122,8 +122,12 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     alignment.write_text(json.dumps(json.loads(alignment.read_text()) | {"step": 10}))
     assert main([*args, "steps=20"]) == 0
     assert json.loads(alignment.read_text())["step"] == 20
-    # changing what is trained is refused instead of silently mixing two runs
+    # changing what is trained is refused instead of silently mixing two runs, naming the values
+    capsys.readouterr()
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
+    assert "holds a run trained with other settings (train.lr: 0.001 -> 0.5)" in capsys.readouterr().err
+    assert main([*args, "steps=30", "train.model_overrides={width: 16, depth: 1}"]) == 2
+    assert "train.model or model_overrides differ from the run's" in capsys.readouterr().err
 
 
 def test_a_model_folder_being_trained_is_refused_to_a_second_training(experiment, tmp_path, capsys):
@@ -203,7 +207,7 @@ def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monke
             pass
 
     recorder = Recorder()
-    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg: recorder)
+    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg, resume: recorder)
     assert main(["train", "cartpole", f"out={tmp_path / 'probe2'}", f"dataset={out / 'dataset'}", *often]) == 0
     probes = [d for d in recorder.logged if "probe/train_r2" in d]
     assert len(probes) == 3 and len(calls) == 6  # every step, for training and held-out inits
@@ -222,7 +226,7 @@ def test_resume_after_a_registry_change_is_one_line(experiment, tmp_path, monkey
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--restart" in err, err
+    assert len(err.splitlines()) == 1 and "--restart" in err and "a registry default changed since" in err, err
     assert main([*args, "--restart"]) == 0
 
 
@@ -685,6 +689,11 @@ def test_ddp_training_with_two_processes(experiment, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_model_info(out / "model")["meta"]["step"] == 6
+    result = subprocess.run([c for c in cmd if c != "-q"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.count("model written to") == 1, result.stdout  # rank 0 alone
+    # Resumed in one process: each step now takes half the pairs, which is said
+    with pytest.warns(UserWarning, match=r"trained on 2 process\(es\) and goes on with 1: .* 32 pairs instead of 64"):
+        assert main(["train", "cartpole", f"out={out}", "steps=8", *TINY_MODEL, *QUIET]) == 0
 
 
 def test_training_with_the_function_loss(experiment, tmp_path):

@@ -72,8 +72,13 @@ def _saved_architecture(directory: Path, info: dict[str, Any]) -> dict[str, Any]
     return info.get("model")
 
 
-def _check_same_model(directory: Path, saved: dict[str, Any], model: torch.nn.Module) -> None:
+def _check_same_model(
+    directory: Path, saved: dict[str, Any], model: torch.nn.Module, config: dict[str, Any], expect: dict[str, Any]
+) -> None:
     """Refuse to continue a run whose resolved architecture differs from the one built now.
+
+    ``config`` is the saved run's train config and ``expect`` the one asked for now; they tell a
+    changed ``train.model`` from a changed registry default.
 
     Weights of the same shapes load into a model with, say, another metric frequency without an
     error, and the result generates nonsense; the train config alone cannot tell, since a run saved
@@ -91,11 +96,20 @@ def _check_same_model(directory: Path, saved: dict[str, Any], model: torch.nn.Mo
     now = model.config.to_dict()
     changed = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
     if changed:
+        asked_otherwise = any(config.get(k) != expect.get(k) for k in ("model", "model_overrides"))
+        why = "train.model or model_overrides differ from the run's"
+        why = why if asked_otherwise else "a registry default changed since"
         raise ConfigError(
             f"{directory.parent} holds a run of another architecture than train.model builds now "
-            f"({', '.join(changed)}; a registry default changed since); train again with --restart "
+            f"({', '.join(changed)}; {why}); train again with --restart "
             "(it replaces that run) or use another out= directory"
         )
+
+
+def _short(value: Any) -> str:
+    """A setting as the config would spell it, cut to a readable length."""
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_train_state(
@@ -118,12 +132,13 @@ def load_train_state(
     spelled = {"model", "model_overrides"} if architecture is not None else set()
     changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES | spelled and saved.get(k) != expect[k])
     if changed:
+        values = ", ".join(f"train.{k}: {_short(saved.get(k))} -> {_short(expect[k])}" for k in changed)
         raise ConfigError(
-            f"{directory.parent} holds a run trained with different train.{', train.'.join(changed)}; "
+            f"{directory.parent} holds a run trained with other settings ({values}); "
             "train again with --restart (it replaces that run) or use another out= directory"
         )
     if architecture is not None:
-        _check_same_model(directory, architecture, model)
+        _check_same_model(directory, architecture, model, saved, expect)
     tensors = load_file(str(directory / "state.safetensors"))
     try:
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})

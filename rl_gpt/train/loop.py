@@ -160,6 +160,13 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if saved is not None:  # a resumed run keeps its split and normaliser even if the dataset has grown since
         train_runs, test_runs = saved["train_runs"], saved["test_runs"]
         normalizer = Normalizer.from_dict(saved["normalizer"])
+        before = saved.get("processes", world)  # runs saved before this was recorded: not known
+        if before != world and main_proc:
+            warnings.warn(
+                f"{out} was trained on {before} process(es) and goes on with {world}: train.batch counts pairs "
+                f"per process, so each step now takes {world * tc.batch} pairs instead of {before * tc.batch}",
+                stacklevel=2,
+            )
     else:
         train_runs, test_runs = split_runs(sorted(ds.run_slices()), tc.test_fraction, tc.split_seed)
         if not test_runs and main_proc:
@@ -224,7 +231,12 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
 
     def checkpoint() -> None:
         if main_proc:
-            data_state = {"train_runs": train_runs, "test_runs": test_runs, "normalizer": normalizer.to_dict()}
+            data_state = {
+                "train_runs": train_runs,
+                "test_runs": test_runs,
+                "normalizer": normalizer.to_dict(),
+                "processes": world,
+            }
             save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state)
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
 
