@@ -228,7 +228,7 @@ def _check_json_path(path: str) -> None:
 
     if Path(path).is_dir():
         raise ConfigError(f"--json {path} is a directory; give a file name such as {path}/result.json")
-    ensure_writable_dir(Path(path).resolve().parent)
+    ensure_writable_dir(Path(path).resolve().parent, "--json")
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:

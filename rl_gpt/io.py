@@ -36,17 +36,17 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
-def ensure_writable_dir(path: str | Path) -> Path:
-    """Create ``path`` if needed and check we can write there, with a message that says what to do."""
+def ensure_writable_dir(path: str | Path, option: str = "out=") -> Path:
+    """Create ``path`` if needed and check we can write there, with a message that says what to do
+    (``option``: how the user chose it, e.g. ``out=`` or ``--out``)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise PermissionError(
-            f"cannot write to {path} ({exc.strerror}); choose another output directory (--out or out=)"
-        ) from None
+        why = f"cannot write to {path} ({exc.strerror})"
+        raise PermissionError(f"{why}; choose another output directory ({option})") from None
     return path
 
 
@@ -84,14 +84,14 @@ def exclusive_folder(path: str | Path, command: str) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
-def ensure_report_dir(path: str | Path) -> Path:
+def ensure_report_dir(path: str | Path, option: str = "--out") -> Path:
     """:func:`ensure_writable_dir` for a command's outputs, refusing a checkpoint dataset's or a
     model's folder: reports and generated networks written there would mix with what they describe."""
     path = Path(path)
     for marker, holds in (("spec.json", "a checkpoint dataset"), ("model.json", "a generator model")):
         if (path / marker).is_file():
-            raise PermissionError(f"{path} holds {holds}; write the outputs to another folder (--out)")
-    return ensure_writable_dir(path)
+            raise PermissionError(f"{path} holds {holds}; write the outputs to another folder ({option})")
+    return ensure_writable_dir(path, option)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -262,7 +262,8 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     assert _collect("cartpole", blocker / "sub", "runs=1") == 2
-    assert "cannot write to" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and err.strip().endswith("choose another output directory (out=)"), err
 
 
 def test_info_prints_summary(tmp_path, capsys):

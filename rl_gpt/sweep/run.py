@@ -124,7 +124,7 @@ def sweep(
     ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
     spec, task = ds.spec, task_config(ds.spec["task"])
     prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
-    out = ensure_report_dir(out)  # after the checks, so a refused sweep leaves no empty folder
+    out = ensure_report_dir(out, "--out or out=")  # after the checks: a refused sweep leaves no empty folder
     higher = spec["metric"]["higher_is_better"]
     train_runs = info["meta"]["train_runs"]
     test_runs = info["meta"]["test_runs"]
