@@ -15,6 +15,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,6 +357,8 @@ def load_config(
             raise ConfigError(f"WANDB_MODE={env_mode!r} is not offline, online or disabled; unset it or fix it")
         _set_path(data, ["wandb", "mode"], mode)
     aliases = ALIASES.get(command or "", {})
+    preset_task = copy.deepcopy(data.get("task")) if isinstance(data.get("task"), dict) else {}
+    overridden: set[str] = set()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -368,7 +371,31 @@ def load_config(
         except yaml.YAMLError:
             value = raw
         _set_path(data, key.split("."), value)
+        overridden.add(key)
+    _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
     return _build(ExperimentConfig, data, "")
+
+
+def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str]) -> None:
+    """A preset's ``task.env_id`` replaced on the command line keeps the preset's return range and
+    threshold, which belong to the preset's environment (CartPole's [0, 500] on Pendulum): say so."""
+    if not isinstance(task, dict) or "task.env_id" not in overridden:
+        return
+    family = [str(env).rsplit("-v", 1)[0] for env in (task.get("env_id"), preset.get("env_id"))]
+    if family[0] == family[1]:  # the same environment, another version (or a typo of it, refused later)
+        return
+    kept = [
+        f"task.{key}={preset[key]}"
+        for key in ("metric_range", "reward_threshold")
+        if preset.get(key) is not None and f"task.{key}" not in overridden and "task" not in overridden
+    ]
+    if kept:
+        warnings.warn(
+            f"task.env_id={task.get('env_id')} replaces the preset's {preset.get('env_id')} but keeps its "
+            f"{' and '.join(kept)}; set them for the new environment (null: the collected range, no threshold), "
+            "or start from a preset for it",
+            stacklevel=3,
+        )
 
 
 _TOP_LEVEL = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))

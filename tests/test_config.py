@@ -1,6 +1,7 @@
 """Config loading: defaults, presets, overrides, and the errors a user sees."""
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,12 @@ def test_ctrl_c_while_the_cli_loads_its_modules_stops_quietly(monkeypatch, capsy
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert cli.main(["info", "somewhere"]) == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_another_env_on_a_preset_warns_of_the_range_it_keeps():
+    with pytest.warns(UserWarning, match=r"keeps its task\.metric_range=\[0, 500\] and task\.reward_threshold=475"):
+        load_config("cartpole", ["task.env_id=Pendulum-v1"], command="collect")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config("cartpole", ["task.env_id=Pendulum-v1", "task.metric_range=null", "task.reward_threshold=-200"])
+        load_config("cartpole", ["task.env_id=CartPole-v1"])  # the preset's own environment
