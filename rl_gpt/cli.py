@@ -67,8 +67,22 @@ def _cmd_collect(args: argparse.Namespace) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> None:
     from rl_gpt.dataset.info import describe
+    from rl_gpt.train.info import describe_model
 
-    print(describe(args.dataset, show_spec=args.spec))
+    folder = Path(args.dataset)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no folder {folder}; give a dataset, a model or an experiment folder (out=)")
+    parts = []  # an experiment folder: its dataset, then its model
+    if (folder / "model.json").is_file():
+        parts.append(describe_model(folder))
+    elif (folder / "dataset" / "spec.json").is_file() or (folder / "model" / "model.json").is_file():
+        if (folder / "dataset" / "spec.json").is_file():
+            parts.append(describe(folder / "dataset", show_spec=args.spec))
+        if (folder / "model" / "model.json").is_file():
+            parts.append(describe_model(folder / "model"))
+    else:
+        parts.append(describe(folder, show_spec=args.spec))
+    print("\n\n".join(parts))
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -434,8 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
-    p = sub.add_parser("info", help="summarise a checkpoint dataset")
-    p.add_argument("dataset", help="dataset directory")
+    p = sub.add_parser("info", help="summarise a checkpoint dataset, a generator model or an experiment folder")
+    p.add_argument("dataset", metavar="FOLDER", help="a dataset, a model, or an experiment folder holding both")
     p.add_argument("--spec", action="store_true", help="also print spec.json")
     return parser
 

@@ -70,6 +70,18 @@ def test_model_file_is_self_describing(experiment):
     assert all(torch.isfinite(v).all() for v in weights.values())
 
 
+def test_info_summarises_a_model_and_an_experiment_folder(experiment, tmp_path, capsys):
+    assert main(["info", str(experiment / "model")]) == 0
+    out = capsys.readouterr().out
+    assert "task         cartpole (CartPole-v1)" in out and "step 30 of train.steps=30 (finished)" in out
+    assert "3 for training, 1 held out" in out and f"dataset      {experiment / 'dataset'}" in out
+    assert main(["info", str(experiment)]) == 0  # the experiment folder: its dataset, then its model
+    out = capsys.readouterr().out
+    assert out.index("runs         4") < out.index("model        ") and "M parameters" in out
+    assert main(["info", str(tmp_path / "none")]) == 2
+    assert "no folder" in capsys.readouterr().err
+
+
 def test_a_moved_run_folder_finds_its_dataset(experiment, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(experiment / "dataset", moved / "dataset")

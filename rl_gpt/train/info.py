@@ -1,0 +1,89 @@
+"""A human-readable summary of a generator model folder (``rl-gpt info MODEL``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from rl_gpt.train.calibration import load_calibration
+from rl_gpt.train.modelfile import ModelFileError, model_dataset, read_model_info
+
+__all__ = ["describe_model"]
+
+
+def _parameter_count(path: Path) -> int:
+    """Values in a safetensors file, read from its header (no tensor is loaded)."""
+    total = 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            count = 1
+            for size in f.get_slice(key).get_shape():
+                count *= size
+            total += count
+    return total
+
+
+def _training(meta: dict[str, Any]) -> str:
+    step, planned = meta.get("step"), meta.get("config", {}).get("train", {}).get("steps")
+    if not isinstance(step, int) or not isinstance(planned, int):
+        return f"step {step}"
+    if step >= planned:
+        return f"step {step} of train.steps={planned} (finished)"
+    return f"step {step} of train.steps={planned} (stopped early or still training; its `rl-gpt train` resumes it)"
+
+
+def _alignment(directory: Path, step: Any) -> str:
+    path = directory / "alignment.json"
+    if not path.is_file():
+        return "none (train.final_probe=false, or training has not finished)"
+    result = json.loads(path.read_text())
+    held = result.get("heldout_inits_r2")
+    text = f"R2 {result.get('train_inits_r2', float('nan')):.3f} from training runs' inits, " + (
+        f"{held:.3f} from held-out runs' inits" if held is not None else "no held-out run"
+    )
+    measured = result.get("step")
+    return text + (f" (measured at step {measured}: out of date)" if measured not in (None, step) else "")
+
+
+def describe_model(directory: str | Path) -> str:
+    """What a model folder holds: task, training progress, network, data, calibration, measurements."""
+    directory = Path(directory)
+    info = read_model_info(directory)
+    meta, spec, model = info.get("meta", {}), info.get("spec", {}), info.get("model", {})
+    metric = spec.get("metric", {})
+    direction = "higher" if metric.get("higher_is_better", True) else "lower"
+    try:
+        dataset = str(model_dataset(directory, info))
+    except ModelFileError:
+        dataset = f"{meta.get('dataset')} (not found there; pass dataset=PATH to sweep, --dataset to generate)"
+    shown = ("width", "depth", "heads", "tokens", "conditioning")  # the rest is in model.json
+    network = ", ".join(f"{k} {model[k]}" for k in shown if k in model)
+    weights = directory / "model.safetensors"
+    count = f"{_parameter_count(weights) / 1e6:.2f}M parameters" if weights.is_file() else "no weights file"
+    calibration = load_calibration(directory)
+    if calibration is None:
+        cal_text = "none (`rl-gpt calibrate` measures one)"
+    else:
+        fresh = "" if calibration.measured_for(directory) else "; measured for other weights: calibrate again"
+        cal_text = f"calibration.json ({calibration.describe()}{fresh})"
+    has_ranker = (directory / "ranker.safetensors").is_file()
+    ranker = "ranker.safetensors" if has_ranker else "none (fitted by the first ranked sweep)"
+    task = spec.get("task", {})
+    lines = [
+        f"model        {directory.resolve()}",
+        f"task         {task.get('name')} ({spec.get('env_id', '')})",
+        f"metric       {metric.get('name')} ({direction} is better)",
+        f"trained      {_training(meta)}",
+        f"network      {model.get('kind')} ({network}); {count}",
+        f"predicts     {info.get('target', 'theta')} with prompt dropout {info.get('prompt_dropout')}"
+        + ("" if info.get("condition_on_theta", True) else "; prompt-free p(theta' | m')"),
+        f"dataset      {dataset}",
+        f"runs         {len(meta.get('train_runs', []))} for training, {len(meta.get('test_runs', []))} held out",
+        f"alignment    {_alignment(directory, meta.get('step'))}",
+        f"calibration  {cal_text}",
+        f"ranker       {ranker}",
+    ]
+    return "\n".join(lines)
