@@ -82,6 +82,12 @@ def test_info_summarises_a_model_and_an_experiment_folder(experiment, tmp_path, 
     assert "no folder" in capsys.readouterr().err
 
 
+def test_a_run_shorter_than_its_warmup_says_so(experiment, tmp_path):
+    args = ["train", "cartpole", f"out={tmp_path}", f"dataset={experiment / 'dataset'}", "steps=3", *TINY_MODEL, *QUIET]
+    with pytest.warns(UserWarning, match="train.steps=3 ends within the 200-step warm-up"):
+        assert main([*args, "train.final_probe=false"]) == 0
+
+
 def test_a_moved_run_folder_finds_its_dataset(experiment, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(experiment / "dataset", moved / "dataset")
