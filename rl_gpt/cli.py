@@ -510,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
     except OSError as exc:  # full disk and friends: say so in one line; nothing half-written is left
-        print(f"rl-gpt {args.command}: error: {exc.strerror or exc} ({getattr(exc, 'filename', '')})", file=sys.stderr)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"rl-gpt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     finally:
         warnings.formatwarning = previous_format

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,12 @@ def exclusive_folder(path: str | Path, command: str) -> Iterator[Path]:
                 f"{path} is being written by another process (an `rl-gpt {command}` still running, or the "
                 "workers of a stopped torchrun?); wait for it to end or stop it, or use another out= directory"
             ) from None
+        except OSError as exc:  # NFS (flock on a read-only descriptor), Lustre without -o flock, ...
+            warnings.warn(
+                f"{path} is not locked against a second `rl-gpt {command}` ({exc.strerror}: its filesystem does "
+                "not lock folders); run one command per folder",
+                stacklevel=3,
+            )
         yield path
     finally:
         os.close(fd)  # releases the lock

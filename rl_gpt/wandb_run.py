@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import secrets
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,14 @@ def check_login(cfg: ExperimentConfig) -> None:
     import wandb
 
     try:
-        wandb.login(verify=False)
+        logged_in = wandb.login(verify=False)
     except wandb.errors.UsageError:
+        logged_in = False
+    if not logged_in:  # no key found and none entered (or "don't visualize" chosen at the prompt)
         raise ConfigError(
             "wandb.mode=online needs a W&B API key: run `wandb login` or set WANDB_API_KEY; or log offline "
             "(wandb.mode=offline, the default) and upload later with `wandb sync OUT/wandb/offline-run-*`"
-        ) from None
+        )
 
 
 def start_run(
@@ -36,19 +40,21 @@ def start_run(
     directory: str | Path,
     config: Mapping[str, Any],
     resume: bool = False,
+    key: str | None = None,
 ) -> Any:
     """A ``wandb`` run for this stage, or None when ``wandb.mode=disabled`` (wandb is then never imported).
 
     With ``resume`` the stage goes on logging to the run it opened before in ``directory`` (its id is
-    kept in ``directory/wandb/GROUP.run_id``), so an interrupted and resumed training is one run
-    with one set of curves, not two.
+    kept in ``directory/wandb/KEY.run_id``, ``key`` defaulting to ``group``), so an interrupted and
+    resumed training is one run with one set of curves, not two.
     """
     if cfg.wandb.mode == "disabled":
         return None
     import wandb
 
-    id_file = Path(directory) / "wandb" / f"{group}.run_id"
-    run_id = id_file.read_text().strip() if resume and id_file.is_file() else secrets.token_hex(4)
+    id_file = Path(directory) / "wandb" / f"{key or group}.run_id"
+    run_id = _saved_run_id(id_file) if resume else None
+    run_id = run_id or secrets.token_hex(4)
     try:
         run = wandb.init(
             mode=cfg.wandb.mode,
@@ -63,9 +69,23 @@ def start_run(
             reinit="create_new",
         )
     except wandb.errors.UsageError as exc:  # e.g. online without credentials, where check_login was not called
-        raise ConfigError(f"W&B: {exc} (or log offline: wandb.mode=offline)") from None
+        hint = " (or log offline: wandb.mode=offline)" if cfg.wandb.mode == "online" else ""
+        raise ConfigError(f"W&B: {exc}{hint}") from None
     atomic_write_text(id_file, run_id)
     return run
+
+
+def _saved_run_id(path: Path) -> str | None:
+    """The W&B run id a resumed stage logs to again; None (a new run) where the file is missing or
+    holds no valid id (W&B ids are lower-case letters and digits)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if re.fullmatch(r"[a-z0-9]{1,64}", text):
+        return text
+    warnings.warn(f"{path} holds no W&B run id; this stage logs to a new run", stacklevel=3)
+    return None
 
 
 class CollectionLog:
@@ -84,7 +104,9 @@ class CollectionLog:
 
         name = cfg.task.name
         config = {"experiment": to_dict(cfg)}
-        self.run = start_run(cfg, f"collect-{name}", f"collect-{name}", directory, config, resume=stored > 0)
+        # Keyed by the dataset folder too: two datasets in one folder (dataset=a, dataset=b) are two runs.
+        key = f"collect-{name}-{Path(cfg.dataset_dir).name}"
+        self.run = start_run(cfg, f"collect-{name}", f"collect-{name}", directory, config, stored > 0, key)
         self.step_name = step_name
         self.finished = stored
         self.curves: dict[str, list[tuple[int, list[int], list[float]]]] = {}

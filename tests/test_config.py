@@ -208,3 +208,16 @@ def test_another_env_on_a_preset_warns_of_the_range_it_keeps():
         warnings.simplefilter("error")
         load_config("cartpole", ["task.env_id=Pendulum-v1", "task.metric_range=null", "task.reward_threshold=-200"])
         load_config("cartpole", ["task.env_id=CartPole-v1"])  # the preset's own environment
+
+
+def test_a_saved_wandb_run_id_is_used_only_when_valid(tmp_path):
+    from rl_gpt.wandb_run import _saved_run_id
+
+    path = tmp_path / "train-cartpole.run_id"
+    assert _saved_run_id(path) is None  # none saved: a new run
+    path.write_text("0a43def1\n")
+    assert _saved_run_id(path) == "0a43def1"
+    for bad in ("", "not an id!"):
+        path.write_text(bad)
+        with pytest.warns(UserWarning, match="holds no W&B run id; this stage logs to a new run"):
+            assert _saved_run_id(path) is None

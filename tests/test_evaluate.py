@@ -541,8 +541,11 @@ def test_dataset_rows_outside_the_dataset_or_not_numbers_are_refused() -> None:
     assert _parse_rows(":2", 5).tolist() == [0, 1] and _parse_rows("3:", 5).tolist() == [3, 4]
     assert _parse_rows("0:5", 5).tolist() == [0, 1, 2, 3, 4]
     # A range that runs past the end is refused, not clipped to the rows that exist.
-    for rows in ("5000:5010", "3:9", "7", "-6", "3:2", "2:2"):
+    for rows in ("5000:5010", "3:9", "7", "-6", "-9:2"):
         with pytest.raises(DatasetError, match="not in the dataset: it has rows 0 to 4"):
+            _parse_rows(rows, 5)
+    for rows in ("3:2", "2:2", ":0", "-1:-2"):
+        with pytest.raises(DatasetError, match="select no rows: a range's start must be below its stop"):
             _parse_rows(rows, 5)
     with pytest.raises(DatasetError, match="whole numbers"):
         _parse_rows("abc", 5)
@@ -550,6 +553,7 @@ def test_dataset_rows_outside_the_dataset_or_not_numbers_are_refused() -> None:
 
 def test_evaluate_refuses_a_dataset_flag_it_would_ignore(tmp_path: pathlib.Path) -> None:
     from rl_gpt.evaluate.cli import evaluate_target
+    from rl_gpt.supervised import ClassifierFileError
 
-    with pytest.raises(ValueError, match="--dataset names the network of a .safetensors classifier file"):
+    with pytest.raises(ClassifierFileError, match="--dataset names the network of a .safetensors classifier file"):
         evaluate_target(str(tmp_path / "ds:0:3"), 1, "cpu", 0, False, dataset=str(tmp_path))

@@ -91,3 +91,18 @@ def test_a_killed_writers_lock_is_gone_with_it(tmp_path: Path) -> None:
         proc.wait()
     with exclusive_folder(tmp_path, "collect"):
         pass
+
+
+def test_a_filesystem_without_folder_locks_warns_and_goes_on(tmp_path: Path, monkeypatch) -> None:
+    import errno
+    import fcntl
+
+    from rl_gpt.io import exclusive_folder
+
+    def unsupported(fd: int, op: int) -> None:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))  # as NFS answers flock on a read-only descriptor
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    unlocked = pytest.warns(UserWarning, match="is not locked against a second `rl-gpt train`")
+    with unlocked, exclusive_folder(tmp_path, "train") as held:
+        assert held == tmp_path

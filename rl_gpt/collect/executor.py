@@ -151,13 +151,15 @@ def _collect_into(
         step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
         log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
         results = _run_ray(cfg, job_fn, jobs) if cfg.collect.executor == "ray" else _run_local(cfg, job_fn, jobs)
-        for run, result in results:
-            writer.add_run(run, result.rows, result.meta)
-            if log is not None:
-                log.add(run, *_wandb_entry(cfg, result.rows, result.meta))
-            checkpoints += len(result.rows["params"])
-            bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta), refresh=False)
-            bar.update(1)
+        # closing: an error here (Ctrl-C while a run is stored, a full disk) stops the workers at once
+        with contextlib.closing(results):
+            for run, result in results:
+                writer.add_run(run, result.rows, result.meta)
+                if log is not None:
+                    log.add(run, *_wandb_entry(cfg, result.rows, result.meta))
+                checkpoints += len(result.rows["params"])
+                bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta), refresh=False)
+                bar.update(1)
     except KeyboardInterrupt:
         bar.close()
         writer.consolidate()
@@ -261,6 +263,10 @@ def _sigint_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX: the workers see Ctrl-C too
         yield
         return
+    from multiprocessing import resource_tracker
+
+    # Started now, not by the pool's first lock inside the block: starting it unblocks SIGINT again.
+    resource_tracker.ensure_running()
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield

@@ -34,8 +34,10 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
     # Negative bounds count from the end, as in Python; a bound past the end is an error, not clipped,
     # so a typo does not silently measure fewer rows than asked for.
     first, end = (first + n if first < 0 else first), (end + n if end < 0 else end)
-    if not 0 <= first < end <= n:
+    if not (first >= 0 and end <= n):
         raise DatasetError(f"rows {text!r} are not in the dataset: it has rows 0 to {n - 1} (give e.g. 0:{n})")
+    if first >= end:
+        raise DatasetError(f"rows {text!r} select no rows: a range's start must be below its stop")
     return torch.arange(first, end)
 
 
@@ -59,7 +61,7 @@ def evaluate_target(
     if target.endswith(".safetensors"):
         return _evaluate_classifier_file(target, dataset, data_root, device)
     if dataset is not None:  # it would be ignored: a policy file and dataset rows carry what they are
-        raise ValueError(f"--dataset names the network of a .safetensors classifier file; {target} needs none")
+        raise ClassifierFileError(f"--dataset names the network of a .safetensors classifier file; {target} needs none")
     if target.endswith(".zip"):
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")

@@ -149,12 +149,6 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     )
     main_proc = rank == 0
     model_config(tc)  # a bad train.model or model_overrides is refused before any work
-    if tc.warmup >= tc.steps and main_proc:
-        warnings.warn(
-            f"train.steps={tc.steps} ends within the {tc.warmup}-step warm-up, so the learning rate never reaches "
-            f"train.lr={tc.lr:g}; lower train.warmup for a run this short",
-            stacklevel=2,
-        )
     ds = CheckpointDataset(cfg.dataset_dir)
     out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
     _check_tasks(cfg, ds, out, resume)
@@ -212,6 +206,12 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             return out
         if main_proc and progress:
             print(f"resuming from step {step}")
+    if tc.warmup > tc.steps and main_proc:  # (after "nothing to do": a finished run is not warned again)
+        warnings.warn(
+            f"train.steps={tc.steps} ends within the {tc.warmup}-step warm-up, so the learning rate never reaches "
+            f"train.lr={tc.lr:g}; lower train.warmup for a run this short",
+            stacklevel=2,
+        )
     probe = None
     if tc.function_loss > 0:  # the same inputs on every rank: drawn from the split, not the rank
         from rl_gpt.train.function_loss import function_probe
