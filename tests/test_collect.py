@@ -188,7 +188,10 @@ def test_ctrl_c_stops_a_parallel_collection_in_one_message(tmp_path, when):
     """A terminal's Ctrl-C reaches the whole process group: workers still importing torch printed
     tracebacks, and cancelled futures an InvalidStateError. Now the main process alone handles it."""
     args = ["collect", "cartpole", f"out={tmp_path}", "runs=6", "timesteps=4096", "workers=2", *TINY]
-    cmd = [sys.executable, "-c", "import sys; from rl_gpt.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    # Ctrl-C handled as at a terminal, whatever this test inherits: a shell's background job (`cmd &`)
+    # starts with SIGINT ignored, and Python keeps an inherited SIG_IGN.
+    run = "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); from rl_gpt.cli import main; "
+    cmd = [sys.executable, "-c", run + "sys.exit(main(sys.argv[1:]))", *args]
     proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "dataset" / "runs"
     deadline = time.time() + 120
