@@ -72,16 +72,13 @@ def _cmd_info(args: argparse.Namespace) -> None:
     folder = Path(args.dataset)
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder {folder}; give a dataset, a model or an experiment folder (out=)")
-    parts = []  # an experiment folder: its dataset, then its model
     if (folder / "model.json").is_file():
-        parts.append(describe_model(folder))
-    elif (folder / "dataset" / "spec.json").is_file() or (folder / "model" / "model.json").is_file():
-        if (folder / "dataset" / "spec.json").is_file():
-            parts.append(describe(folder / "dataset", show_spec=args.spec))
-        if (folder / "model" / "model.json").is_file():
-            parts.append(describe_model(folder / "model"))
-    else:
-        parts.append(describe(folder, show_spec=args.spec))
+        parts = [describe_model(folder)]
+    else:  # an experiment folder: its dataset, then its model; else the folder as a dataset
+        dataset, model = folder / "dataset", folder / "model"
+        parts = [describe(dataset, show_spec=args.spec)] if (dataset / "spec.json").is_file() else []
+        parts += [describe_model(model)] if (model / "model.json").is_file() else []
+        parts = parts or [describe(folder, show_spec=args.spec)]
     print("\n\n".join(parts))
 
 
