@@ -247,6 +247,11 @@ class ExperimentConfig:
         return Path(self.dataset) if self.dataset else Path(self.out) / "dataset"
 
     @property
+    def dataset_option(self) -> str:
+        """The option that chose :attr:`dataset_dir`, for messages that say what to change."""
+        return "dataset=" if self.dataset else "out="
+
+    @property
     def model_dir(self) -> Path:
         return Path(self.out) / "model"
 

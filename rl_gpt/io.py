@@ -56,14 +56,14 @@ class FolderInUseError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive_folder(path: str | Path, command: str) -> Iterator[Path]:
+def exclusive_folder(path: str | Path, command: str, option: str = "out=") -> Iterator[Path]:
     """Hold an exclusive lock on the folder ``path`` while ``command`` writes it.
 
     Two trainings (or collections) writing one folder interleave their files: a restarted run and
     the workers of a killed ``torchrun`` saved steps over each other. The second writer is refused
     instead. The lock is ``flock`` on the folder itself: no lock file, and the kernel drops it when
     its holder dies, so a crashed or killed run never leaves a stale lock. Without ``fcntl`` (not
-    POSIX) nothing is locked.
+    POSIX) nothing is locked. ``option`` names how the user chose the folder, for the message.
     """
     path = Path(path)
     try:
@@ -78,7 +78,7 @@ def exclusive_folder(path: str | Path, command: str) -> Iterator[Path]:
         except BlockingIOError:
             raise FolderInUseError(
                 f"{path} is being written by another process (an `rl-gpt {command}` still running, or the "
-                "workers of a stopped torchrun?); wait for it to end or stop it, or use another out= directory"
+                f"workers of a stopped torchrun?); wait for it to end or stop it, or use another {option} directory"
             ) from None
         except OSError as exc:  # NFS (flock on a read-only descriptor), Lustre without -o flock, ...
             warnings.warn(

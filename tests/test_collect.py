@@ -223,6 +223,15 @@ def test_a_dataset_being_collected_is_refused_to_a_second_collection(tmp_path, c
     assert list((tmp_path / "dataset").iterdir()) == []
 
 
+def test_a_folder_chosen_with_dataset_is_named_so_in_the_message(tmp_path, capsys):
+    from rl_gpt.io import exclusive_folder
+
+    (tmp_path / "elsewhere").mkdir()
+    with exclusive_folder(tmp_path / "elsewhere", "collect"):
+        assert _collect("cartpole", tmp_path, f"dataset={tmp_path / 'elsewhere'}", "runs=1", "timesteps=256") == 2
+    assert "or use another dataset= directory" in capsys.readouterr().err
+
+
 def test_parallel_workers_match_the_run_count(tmp_path):
     extra = ["runs=3", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=2"]
     assert _collect("cartpole", tmp_path, *extra) == 0

@@ -124,14 +124,15 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
         check_env_id(cfg.task.env_id)
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
     check_login(cfg)  # and W&B credentials, where they are needed
-    with exclusive_folder(ensure_writable_dir(cfg.dataset_dir), "collect") as root:
+    option = cfg.dataset_option
+    with exclusive_folder(ensure_writable_dir(cfg.dataset_dir, option), "collect", option) as root:
         return _collect_into(root, spec, cfg, run_fn, progress)
 
 
 def _collect_into(
     root: Path, spec: dict[str, Any], cfg: ExperimentConfig, run_fn: RunFn | None, progress: bool
 ) -> Path:
-    writer = DatasetWriter(root, spec)
+    writer = DatasetWriter(root, spec, cfg.dataset_option)
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]

@@ -122,8 +122,9 @@ def _short(value: Any) -> str:
 class DatasetWriter:
     """Appends finished runs atomically and consolidates them into one memmapped TensorDict."""
 
-    def __init__(self, root: str | Path, spec: Mapping[str, Any]):
-        self.root = ensure_writable_dir(root)
+    def __init__(self, root: str | Path, spec: Mapping[str, Any], option: str = "out="):
+        """``option``: how the user chose ``root`` (``out=`` or ``dataset=``), for messages that say what to change."""
+        self.root = ensure_writable_dir(root, option)
         (self.root / "runs").mkdir(exist_ok=True)
         _recover(self.root)
         spec = dict(spec, format=FORMAT)
@@ -139,7 +140,7 @@ class DatasetWriter:
                     raise DatasetError(
                         f"{self.root} already holds a dataset with a different {key}"
                         + (f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else "")
-                        + "; use another out= directory or delete the old dataset"
+                        + f"; use another {option} directory or delete the old dataset"
                         + (_FOLD_HINT if key == "policy" and _fold_differs(old, spec) else "")
                     )
             changed = _changed_collection(old, spec)
@@ -147,7 +148,7 @@ class DatasetWriter:
                 raise DatasetError(
                     f"{self.root} holds runs collected with {', '.join(changed)}; more runs must be collected "
                     "alike (only collect.runs and how they are executed may change): use those values, or "
-                    "another out= directory"
+                    f"another {option} directory"
                 )
         atomic_write_json(spec_path, spec)
         self.spec = spec
