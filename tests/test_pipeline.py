@@ -163,6 +163,29 @@ def test_a_model_folder_being_trained_is_refused_to_a_second_training(experiment
     assert main(["train", "cartpole", f"out={out}", "steps=10", *TINY_MODEL, *QUIET]) == 0
 
 
+def test_a_restart_stopped_before_its_first_checkpoint_is_not_resumed_as_the_old_run(
+    experiment, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "restart"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", *TINY_MODEL, *QUIET]
+    assert main([*args, "steps=10"]) == 0
+    assert (out / "model" / "train_state" / "state.json").is_file()
+
+    def crash(*_args, **_kwargs):  # a kill -9 before the restart's first checkpoint
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr("rl_gpt.train.loop.lr_at", crash)
+        with pytest.raises(RuntimeError, match="killed"):
+            main([*args, "steps=20", "--restart"])
+    assert not (out / "model" / "train_state").exists()
+    capsys.readouterr()
+    assert main([a for a in args if a != "-q"] + ["steps=20"]) == 0
+    assert "resuming from step" not in capsys.readouterr().out  # a new run, not the old one's step 10
+    assert json.loads((out / "model" / "train_state" / "state.json").read_text())["step"] == 20
+
+
 def test_a_resumed_training_logs_to_the_wandb_run_it_began(experiment, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from rl_gpt.io import atomic_save_safetensors, atomic_write_json, replace_dir
 
-__all__ = ["load_train_state", "read_data_state", "save_train_state"]
+__all__ = ["discard_train_state", "load_train_state", "read_data_state", "save_train_state"]
 
 # Config fields that may change between a run and its resume without changing what is trained.
 _RESUMABLE_CHANGES = {
@@ -55,6 +55,18 @@ def save_train_state(
         info["model"] = model.config.to_dict()
     atomic_write_json(tmp / "state.json", info)
     replace_dir(tmp, directory)
+
+
+def discard_train_state(directory: Path) -> None:
+    """Remove a saved run at the start of ``--restart``: a restart stopped before its first checkpoint
+    would otherwise leave the old run's state to be resumed by the next plain ``train``. Renamed
+    first, so a removal cut short leaves no half state under the real name."""
+    if not directory.exists():
+        return
+    gone = directory.with_name(directory.name + ".discarded")
+    shutil.rmtree(gone, ignore_errors=True)
+    directory.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def read_data_state(directory: Path) -> dict[str, Any] | None:

@@ -28,7 +28,7 @@ from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
-from rl_gpt.train.checkpoint import load_train_state, read_data_state, save_train_state
+from rl_gpt.train.checkpoint import discard_train_state, load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import read_model_info, same_task, save_model
 from rl_gpt.train.probe import prompt_range, quick_alignment
@@ -186,6 +186,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     gen, mc = build_generator(tc, ds, normalizer)
     if main_proc:  # once the model is built: a refused architecture leaves no folder either
         held.enter_context(exclusive_folder(ensure_writable_dir(out), "train"))
+        if not resume:  # --restart replaces the run now, not at its first checkpoint
+            discard_train_state(state_dir)
     gen.to(device)
     model = gen.model
     ema = copy.deepcopy(model).requires_grad_(False)
