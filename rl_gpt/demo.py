@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,19 +65,23 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     def solved(fraction: float) -> str:
         return "-" if fraction != fraction else f"{fraction:.0%}"  # NaN: the task has no threshold
 
+    # A task without a reward threshold (classifiers, or reward_threshold=null) has no "solved" column.
+    thresholded = any(not math.isnan(r["one_step"]["solved_fraction"]) for _, r in rows)
     average = int((report.get("config") or {}).get("average", 1))
     lines = [
         f"{report['task']} ({report['env_id']}), {report['inits']} {describe_inits(report)}"
         + (f", each generated network the mean of {average} samples" if average > 1 else "")
         + (f", ranked: the ranker's pick of {rerank['candidates']} candidates" if rerank else ""),
-        f"{'method':<10} {'R2':>7} {'one-step':>9} {'solved':>7} {'novelty':>8} {'behaviour':>9}",
+        f"{'method':<10} {'R2':>7} {'one-step':>9}"
+        + (f" {'solved':>7}" if thresholded else "")
+        + f" {'novelty':>8} {'behaviour':>9}",
     ]
     for name, r in rows:
         n, b = nov.get(name), (beh.get(name) or {}).get("fraction")
         lines.append(
-            f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {value.format(r['one_step']['mean_return']):>9} "
-            f"{solved(r['one_step']['solved_fraction']):>7} {'' if n is None else f'{n:.2f}':>8} "
-            f"{'' if b is None else f'{b:.0%}':>9}"
+            f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {value.format(r['one_step']['mean_return']):>9}"
+            + (f" {solved(r['one_step']['solved_fraction']):>7}" if thresholded else "")
+            + f" {'' if n is None else f'{n:.2f}':>8} {'' if b is None else f'{b:.0%}':>9}"
         )
     first = next((v for v in beh.values() if v), None)
     if first:

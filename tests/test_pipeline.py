@@ -339,6 +339,7 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     assert behaviour["retrieval"]["fraction"] == 0.0  # a training checkpoint's nearest neighbour is itself
     table = format_table(report)
     assert "behaviour" in table.splitlines()[1] and "2048 own-rollout states" in table
+    assert "solved" in table.splitlines()[1]  # CartPole has a reward threshold
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

@@ -73,7 +73,10 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     ends = [float(data["test_error"][data["run"] == r][-1]) for r in meta["test_runs"]]
     assert classifier["heldout_runs"] == {"test_loss": 2, "test_error": 2} and len(meta["test_runs"]) == 2
     assert classifier["heldout_final"]["test_error"] == pytest.approx(sum(ends) / 2)
-    line = next(x for x in format_table(report).splitlines() if x.startswith("one-step classifiers"))
+    table = format_table(report).splitlines()
+    assert "novelty" in table[1] and "solved" not in table[1]  # a classifier task has no reward threshold
+    assert not any(" - " in row for row in table[2:6]), table  # and no column of dashes in its place
+    line = next(x for x in table if x.startswith("one-step classifiers"))
     assert f"test error {classifier['test_error']:.1%}" in line and "the dataset's best: " in line
     assert f"(held-out runs end at {classifier['heldout_final']['test_loss']:.3f}, " in line
     del classifier["dataset_best"]["test_loss"]  # a dataset without that field prints what it has
