@@ -133,3 +133,17 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     dataset = CheckpointDataset(out / "dataset")
     assert [r["test_loss"] for r in rows] == pytest.approx(dataset.data["test_loss"][:2].tolist(), abs=1e-5)
     assert [r["test_error"] for r in rows] == pytest.approx(dataset.data["test_error"][:2].tolist(), abs=1e-6)
+
+    # A task.metric other than the data's is refused, not ignored: the model would learn test loss
+    # while its config.yaml said test error, and a sweep would read its prompts in the wrong metric.
+    capsys.readouterr()
+    assert (
+        main(["train", "digits", f"out={tmp_path / 'err'}", f"dataset={out / 'dataset'}", "task.metric=test_error"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "holds checkpoints measured by test_loss" in err and "pass task.metric=test_loss" in err, err
+    assert not (tmp_path / "err").exists()
+    args = ["sweep", "digits", "--model", str(out / "model"), "--out", str(tmp_path / "s"), *QUIET]
+    assert main([*args, "task.metric=test_error"]) == 2
+    assert "the model was trained on test_loss prompts" in capsys.readouterr().err

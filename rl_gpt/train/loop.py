@@ -30,7 +30,7 @@ from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
 from rl_gpt.train.checkpoint import discard_train_state, load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import read_model_info, same_task, save_model
+from rl_gpt.train.modelfile import metric_mismatch, read_model_info, same_task, save_model
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login
 
@@ -352,12 +352,23 @@ def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume
             f"is for {task.name} ({task.env_id}); pass dataset= a {task.name} collection, or the "
             f"{spec['task'].get('name')} config"
         )
+    changed = metric_mismatch(spec, task.metric, task.higher_is_better)
+    if changed:  # the model would learn the data's metric while its config.yaml claims another
+        measured = spec["metric"]["name"]
+        raise ConfigError(
+            f"{cfg.dataset_dir} holds checkpoints measured by {measured}, but the config asks for another metric "
+            f"({changed}); pass task.metric={measured}, or collect the other metric into another {cfg.dataset_option} "
+            "directory"
+        )
     if resume and (out / "train_state" / "state.json").is_file() and (out / "model.json").is_file():
         saved = read_model_info(out)["spec"]
-        if not same_task(saved, task.name, task.env_id, task.kind):
+        if not same_task(saved, task.name, task.env_id, task.kind) or metric_mismatch(
+            saved, task.metric, task.higher_is_better
+        ):
             raise ConfigError(
-                f"{out} holds a generator trained for {saved['task'].get('name')} ({saved.get('env_id')}), not "
-                f"{task.name}; use another out= directory, or --restart to replace it"
+                f"{out} holds a generator trained for {saved['task'].get('name')} ({saved.get('env_id')}, "
+                f"{saved.get('metric', {}).get('name')}), not {task.name} ({task.metric}); use another out= "
+                "directory, or --restart to replace it"
             )
 
 

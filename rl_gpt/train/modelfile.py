@@ -30,6 +30,7 @@ __all__ = [
     "ModelFileError",
     "check_compatible",
     "check_config_task",
+    "metric_mismatch",
     "load_generator",
     "model_dataset",
     "open_dataset",
@@ -129,7 +130,30 @@ def same_task(spec: dict[str, Any], task_name: str | None, env_id: str | None, k
     return spec["task"].get("name") == task_name and (kind != "rl" or spec.get("env_id") == env_id)
 
 
-def check_config_task(info: dict[str, Any], task_name: str, env_id: str, kind: str = "rl") -> None:
+def metric_mismatch(spec: dict[str, Any], metric: str, higher_is_better: bool) -> str | None:
+    """How a config's ``task.metric`` / ``task.higher_is_better`` differ from what ``spec``'s data
+    measure (e.g. ``task.metric: 'test_loss' -> 'test_error'``), or None where they agree or the
+    spec does not say."""
+    recorded = spec.get("metric") or {}
+    changes = [
+        f"{key}: {recorded[field]!r} -> {mine!r}"
+        for key, field, mine in (
+            ("task.metric", "name", metric),
+            ("task.higher_is_better", "higher_is_better", higher_is_better),
+        )
+        if recorded.get(field) is not None and recorded[field] != mine
+    ]
+    return ", ".join(changes) or None
+
+
+def check_config_task(
+    info: dict[str, Any],
+    task_name: str,
+    env_id: str,
+    kind: str = "rl",
+    metric: str | None = None,
+    higher_is_better: bool | None = None,
+) -> None:
     """Refuse a config written for another task than the model's: its sampler and prompt settings
     (guidance, averaging, metric range) would be applied to the wrong generator without a word.
     A supervised task's env id is its data set's name, recorded from the network, so only RL tasks
@@ -141,6 +165,13 @@ def check_config_task(info: dict[str, Any], task_name: str, env_id: str, kind: s
             f"the model was trained for {name} ({mine.get('env_id')}) but the config is for {task_name} ({env_id}); "
             f"pass the config it was trained with (its config.yaml is used when no config is given) or its "
             f"task's preset, e.g. `{name}`"
+        )
+    changed = None if metric is None else metric_mismatch(mine, metric, bool(higher_is_better))
+    if changed:  # prompts and metric_range would be read in another metric than the model's
+        trained = mine["metric"]["name"]
+        raise ModelFileError(
+            f"the model was trained on {trained} prompts, but the config asks for another metric ({changed}); "
+            f"pass task.metric={trained}, or leave the preset out to use the model's own config.yaml"
         )
 
 
@@ -171,7 +202,7 @@ def open_dataset(
     ds = CheckpointDataset(model_dataset(directory, info, given, fallback))
     check_compatible(info, ds.spec)
     if task is not None:
-        check_config_task(info, task.name, task.env_id, task.kind)
+        check_config_task(info, task.name, task.env_id, task.kind, task.metric, task.higher_is_better)
     return ds
 
 
