@@ -360,7 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start from the task's own random initialiser (SB3's for policies; the default)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random init and of sampling")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of sampling; the random init is the sweep's unseen init SEED (initialiser seed sweep.init_seed "
+        "+ SEED), never a training run's",
+    )
     p.add_argument("--num", type=_count, default=1, help="number of policies (samples from the one start network)")
     p.add_argument("--guidance", type=_scale, default=None, help="guidance scale (default: the model's sweep.guidance)")
     p.add_argument(

@@ -113,6 +113,15 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     record = json.loads((gen_dir / "generated.json").read_text())
     assert record["average"] == 3 and len(record["policies"]) == 2 and not record["calibrated"]
     assert record["steps"] == 10 and record["guidance"] == 1.5  # the digits preset's sweep.steps and sweep.guidance
+    # --seed 0 starts from the sweep's first unseen init, not from training run 0's (seed collect.seed + 0)
+    assert "seed 1000000: the sweep's unseen init 0" in record["start"]
+    layout, (_, _, x_test, y_test) = classifier_layout("digits_mlp"), load_digits()
+    torch.manual_seed(1_000_000)
+    unseen = layout.flatten(build_classifier("digits_mlp").state_dict())[None]
+    start_loss, _ = evaluate_classifiers(unseen, layout, "digits_mlp", x_test, y_test)
+    assert record["start_return"] == pytest.approx(float(start_loss[0]), abs=1e-5)
+    first_run = CheckpointDataset(out / "dataset").data["test_loss"][0].item()
+    assert record["start_return"] != pytest.approx(first_run, abs=1e-4)
     net = build_classifier("digits_mlp")
     net.load_state_dict(load_file(str(gen_dir / record["policies"][0]["file"])))  # loads into the task's nn.Module
     layout = classifier_layout("digits_mlp")

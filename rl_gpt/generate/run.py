@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.config import TaskConfig
+from rl_gpt.config import SweepConfig, TaskConfig
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
@@ -37,15 +37,32 @@ def _architecture(layout: dict[str, Any]) -> str:
     return ", ".join(parts) or f"{layout['numel']} parameters"
 
 
+def init_seed(info: dict[str, Any], seed: int) -> int:
+    """The initialiser's seed of ``generate --seed seed``: the model's sweep's unseen init number
+    ``seed`` (``sweep.init_seed + seed``). Collections seed run r with ``collect.seed + r``, so a plain
+    ``seed`` would start from a training run's own init, which the generator has learnt."""
+    swept = info.get("meta", {}).get("config", {}).get("sweep", {})
+    return int(swept.get("init_seed", SweepConfig.init_seed)) + seed
+
+
 def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.Tensor:
-    """The starting actor θ (D,): an SB3 policy file, or SB3's own random initialiser with ``seed``."""
+    """The starting actor θ (D,): an SB3 policy file, or the task's own random initialiser (SB3's for
+    policies) at the unseen init :func:`init_seed` picks for ``seed``."""
     from rl_gpt.collect.inits import random_inits
     from rl_gpt.config import task_config
     from rl_gpt.sb3_policy import actor_layout, read_actor
 
     task = task_config(info["spec"]["task"])
     if from_zip is None:
-        return random_inits(task, 1, seed)[0]
+        first = init_seed(info, seed)
+        collected = info["spec"].get("collect") or {}
+        if "seed" in collected and collected["seed"] <= first < collected["seed"] + collected.get("runs", 0):
+            warnings.warn(
+                f"the random init's seed {first} is the seed of a training run of the model's dataset "
+                f"(collect.seed={collected['seed']}, {collected['runs']} runs): the generator learnt from that init",
+                stacklevel=2,
+            )
+        return random_inits(task, 1, first)[0]
     if task.kind == "supervised":
         raise ModelFileError("--from takes an SB3 policy; supervised models start from --random-init")
     from rl_gpt.evaluate import load_sb3_policy
@@ -180,7 +197,8 @@ def generate(
         "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
         # the rollouts' seed: `rl-gpt evaluate FILE --episodes E --seed S` measures a file alike
         "eval_seed": None if task.kind == "supervised" else seed + 2,
-        "start": from_zip or f"random init ({initialiser} initialiser, seed {seed})",
+        "start": from_zip
+        or f"random init ({initialiser} initialiser, seed {init_seed(info, seed)}: the sweep's unseen init {seed})",
         "start_return": start_return,
         "model": str(Path(model_dir).resolve()),
     }
