@@ -156,3 +156,16 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     args = ["sweep", "digits", "--model", str(out / "model"), "--out", str(tmp_path / "s"), *QUIET]
     assert main([*args, "task.metric=test_error"]) == 2
     assert "the model was trained on test_loss prompts" in capsys.readouterr().err
+
+
+def test_error_targets_are_fractions():
+    from rl_gpt.generate.run import check_fraction_targets
+
+    check_fraction_targets("test_error", [0.0, 0.05, 1.0])
+    check_fraction_targets("test_loss", [5.0])  # a loss may exceed 1
+    with pytest.raises(
+        ValueError, match=r"target 5: the model's metric test_error is a fraction .* \(for 5 % pass 0.05\)"
+    ):
+        check_fraction_targets("test_error", [0.1, 5.0])
+    with pytest.raises(ValueError, match=r"target -0.1: .* fraction from 0 to 1$"):
+        check_fraction_targets("test_error", [-0.1])

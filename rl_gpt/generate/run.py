@@ -37,6 +37,19 @@ def _architecture(layout: dict[str, Any]) -> str:
     return ", ".join(parts) or f"{layout['numel']} parameters"
 
 
+def check_fraction_targets(metric: str | None, targets: Sequence[float]) -> None:
+    """Refuse test-error targets outside [0, 1]: errors are fractions, and a percentage (5 for 5 %)
+    would otherwise be clamped to the range's worst end and give a near-random classifier."""
+    if metric != "test_error":
+        return
+    wrong = [t for t in targets if not 0.0 <= t <= 1.0]
+    if wrong:
+        example = next((t for t in wrong if 1 < t <= 100), None)
+        hint = f" (for {example:g} % pass {example / 100:g})" if example is not None else ""
+        shown = ", ".join(f"{t:g}" for t in wrong)
+        raise ValueError(f"target {shown}: the model's metric test_error is a fraction from 0 to 1{hint}")
+
+
 def init_seed(info: dict[str, Any], seed: int) -> int:
     """The initialiser's seed of ``generate --seed seed``: the model's sweep's unseen init number
     ``seed`` (``sweep.init_seed + seed``). Collections seed run r with ``collect.seed + r``, so a plain
@@ -131,6 +144,7 @@ def generate(
     if not all(math.isfinite(t) for t in targets):
         raise ValueError(f"targets must be finite numbers, got {', '.join(f'{t:g}' for t in targets)}")
     gen, info = load_generator(model_dir)  # before creating out: a refused call leaves no empty folder
+    check_fraction_targets(info["spec"].get("metric", {}).get("name"), targets)
     low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
     outside = [t for t in targets if not low <= t <= high]
     if outside:
