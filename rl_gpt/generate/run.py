@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.config import SweepConfig, TaskConfig
+from rl_gpt.config import ConfigError, SweepConfig, TaskConfig
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
@@ -47,7 +47,7 @@ def check_fraction_targets(metric: str | None, targets: Sequence[float]) -> None
         example = next((t for t in wrong if 1 < t <= 100), None)
         hint = f" (for {example:g} % pass {example / 100:g})" if example is not None else ""
         shown = ", ".join(f"{t:g}" for t in wrong)
-        raise ValueError(f"target {shown}: the model's metric test_error is a fraction from 0 to 1{hint}")
+        raise ConfigError(f"target {shown}: the model's metric test_error is a fraction from 0 to 1{hint}")
 
 
 def init_seed(info: dict[str, Any], seed: int) -> int:
