@@ -354,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the prompted return (or test loss/error); several values sweep them from the same start",
     )
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--from", dest="from_zip", help="start from this SB3 policy .zip")
+    start.add_argument(
+        "--from",
+        dest="from_zip",
+        help="start from this network: an SB3 policy .zip, or for a classifier task a classifier .safetensors",
+    )
     start.add_argument(
         "--random-init",
         action="store_true",

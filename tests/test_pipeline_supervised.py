@@ -129,6 +129,65 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     loss, _ = evaluate_classifiers(layout.flatten(net.state_dict())[None], layout, "digits_mlp", x_test, y_test)
     assert torch.isclose(loss[0].double(), torch.tensor(record["policies"][0]["achieved_return"]).double(), atol=1e-4)
 
+    # --from a classifier: re-prompting a generated one, or one of the user's own (no metadata)
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(out / "model"),
+                "--target-return",
+                str(min(prompts)),
+                "--from",
+                str(gen_dir / record["policies"][0]["file"]),
+                "--out",
+                str(tmp_path / "again"),
+            ]
+        )
+        == 0
+    )
+    again = json.loads((tmp_path / "again" / "generated.json").read_text())
+    assert again["start_return"] == pytest.approx(record["policies"][0]["achieved_return"], abs=1e-5)
+    from safetensors.torch import save_file
+
+    save_file(net.state_dict(), str(tmp_path / "mine.safetensors"))  # a plain state dict, no header
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(out / "model"),
+                "--target-return",
+                str(min(prompts)),
+                "--from",
+                str(tmp_path / "mine.safetensors"),
+                "--out",
+                str(tmp_path / "mine"),
+            ]
+        )
+        == 0
+    )
+    torch.manual_seed(0)
+    save_file(build_classifier("mnist_mlp").state_dict(), str(tmp_path / "other.safetensors"))
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(out / "model"),
+                "--target-return",
+                "1",
+                "--from",
+                str(tmp_path / "other.safetensors"),
+                "--out",
+                str(tmp_path / "other"),
+            ]
+        )
+        == 2
+    )
+    assert "does not hold a digits_mlp" in capsys.readouterr().err
+
     # `rl-gpt evaluate` measures the generated file alone (its header names the network and data
     # set) and dataset rows by test loss and error, as generate and the dataset report them
     capsys.readouterr()

@@ -59,8 +59,9 @@ def init_seed(info: dict[str, Any], seed: int) -> int:
 
 
 def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.Tensor:
-    """The starting actor θ (D,): an SB3 policy file, or the task's own random initialiser (SB3's for
-    policies) at the unseen init :func:`init_seed` picks for ``seed``."""
+    """The starting network θ (D,): an SB3 policy file (a classifier's safetensors for supervised
+    tasks), or the task's own random initialiser (SB3's for policies) at the unseen init
+    :func:`init_seed` picks for ``seed``."""
     from rl_gpt.collect.inits import random_inits
     from rl_gpt.config import task_config
     from rl_gpt.sb3_policy import actor_layout, read_actor
@@ -76,8 +77,15 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
                 stacklevel=2,
             )
         return random_inits(task, 1, first)[0]
-    if task.kind == "supervised":
-        raise ModelFileError("--from takes an SB3 policy; supervised models start from --random-init")
+    if task.kind == "supervised":  # a classifier's safetensors, e.g. one generate wrote (re-prompting it)
+        from rl_gpt.supervised.files import read_classifier_file
+
+        classifier = read_classifier_file(from_zip, default_network=task.network)
+        if classifier.network != task.network:
+            raise ModelFileError(
+                f"{from_zip} holds a {classifier.network} classifier; the model generates {task.network} classifiers"
+            )
+        return classifier.params
     from rl_gpt.evaluate import load_sb3_policy
 
     try:  # read without unpickling: the file may come from anyone

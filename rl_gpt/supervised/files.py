@@ -42,11 +42,14 @@ def classifier_metadata(network: str, data_root: str | Path | None) -> dict[str,
     return meta
 
 
-def read_classifier_file(path: str | Path, network: str | None = None, dataset: str | None = None) -> ClassifierFile:
+def read_classifier_file(
+    path: str | Path, network: str | None = None, dataset: str | None = None, default_network: str | None = None
+) -> ClassifierFile:
     """Load ``path`` (safetensors; nothing is unpickled) as a flat classifier.
 
-    ``network``/``dataset`` override the file's metadata and are required for files without it; a
-    network is tested only on its own data set.
+    ``network``/``dataset`` override the file's metadata and are required for files without it,
+    unless ``default_network`` (with its own data set) stands in for the missing metadata; a network
+    is tested only on its own data set.
     """
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
@@ -60,8 +63,10 @@ def read_classifier_file(path: str | Path, network: str | None = None, dataset: 
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ClassifierFileError(f"{path} is not a readable safetensors file ({exc})") from None
-    network = network or meta.get(_KEYS["network"])
+    network = network or meta.get(_KEYS["network"]) or default_network
     dataset = dataset or meta.get(_KEYS["dataset"])
+    if dataset is None and network == default_network and network in CLASSIFIERS:
+        dataset = CLASSIFIERS[network].dataset
     if network is None or dataset is None:
         raise ClassifierFileError(
             f"{path} does not name the classifier it holds (a generator's model file, or a classifier exported "
