@@ -176,6 +176,21 @@ def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
     assert main(["collect", "mnist", f"out={tmp_path / 'out'}", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "delete it and run `rl-gpt data fetch mnist" in err, err
+    assert not (tmp_path / "out").exists()  # refused before the dataset folder was made
+
+
+def test_a_cut_cifar_batch_is_refused_before_the_dataset_folder_is_made(tmp_path, capsys):
+    folder = tmp_path / "cifar-10-batches-bin"
+    folder.mkdir()
+    record = np.zeros(3073, dtype=np.uint8)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        np.tile(record, 2).tofile(folder / name)
+    (folder / "data_batch_3.bin").write_bytes(bytes(3073 + 100))  # cut off mid-record
+    args = ["runs=1", "workers=1", f"task.data_root={tmp_path}", "wandb.mode=disabled", "-q"]
+    assert main(["collect", "cifar10", f"out={tmp_path / 'out'}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "data_batch_3.bin: 3173 bytes is not a whole number" in err, err
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -24,7 +24,7 @@ from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sampl
 from rl_gpt.config import CollectConfig, ConfigError, ExperimentConfig, to_dict
 from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
-from rl_gpt.supervised.data import load_dataset_cached, require_files
+from rl_gpt.supervised.data import CorruptDataError, load_dataset_cached, require_files
 from rl_gpt.supervised.evaluate import loops_over_models
 from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
@@ -89,9 +89,9 @@ def _check_task(cfg: ExperimentConfig) -> str:
             raise ConfigError(
                 f"task.data_root: {root} is not a folder; run `rl-gpt data fetch {dataset} --root {root}`"
             )
-        try:  # missing files are refused before a dataset folder is written (workers load them)
+        try:  # missing or damaged files are refused before a dataset folder is written (workers load them)
             require_files(dataset, root)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, CorruptDataError) as exc:
             raise ConfigError(f"task.data_root: {exc}") from None
     if cfg.collect.checkpoint_every < 1:
         raise ConfigError(

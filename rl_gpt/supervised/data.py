@@ -188,18 +188,31 @@ def load_cifar10(root: str | Path, train_batches: tuple[int, ...] = (1, 2, 3, 4,
 
 # ---------------------------------------------------------------------------------------------- dispatch
 def require_files(name: str, root: str | Path) -> None:
-    """Raise FileNotFoundError (saying how to fetch them) unless ``root`` holds ``name``'s files.
+    """Raise FileNotFoundError (saying how to fetch them) unless ``root`` holds ``name``'s files, and
+    CorruptDataError unless they parse (headers, sizes, labels).
 
-    Cheap (nothing is read): a check before work starts, whose loads happen elsewhere."""
+    A check before work starts, whose loads happen elsewhere (in each worker): the raw files are read
+    once (~1 s) and nothing is kept, so a damaged download is refused before a dataset folder exists."""
     root = Path(root)
     if name == "mnist":
         for stem in MNIST_FILES.values():
-            _find_idx(root, stem)
+            _find_idx(root, stem)  # every file's absence first: the fetch hint covers them all
+        for split in ("train", "test"):
+            images = _read_mnist_idx(root, MNIST_FILES[f"{split}_images"])
+            labels = _read_mnist_idx(root, MNIST_FILES[f"{split}_labels"])
+            if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+                raise CorruptDataError(
+                    f"MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}; "
+                    f"{_fetch_hint('mnist', root)}"
+                )
     elif name == "cifar10":
         folder = _cifar_folder(root)
-        for file in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-            if not (folder / file).is_file():
-                raise FileNotFoundError(f"CIFAR-10 file {folder / file} not found; {_fetch_hint('cifar10', root)}")
+        files = [folder / f"data_batch_{i}.bin" for i in range(1, 6)] + [folder / "test_batch.bin"]
+        for path in files:
+            if not path.is_file():
+                raise FileNotFoundError(f"CIFAR-10 file {path} not found; {_fetch_hint('cifar10', root)}")
+        for path in files:
+            _read_cifar_batch(path, root)
 
 
 def load_dataset(name: str, root: str | Path | None = None) -> Split:
