@@ -232,8 +232,11 @@ def test_a_null_hyperparameter_is_dropped_so_an_override_can_switch_the_run_leng
     assert hp["steps"] == 400 and "epochs" not in hp
     no_optimizer = load_config("digits", ["task.hyperparams.optimizer=null"], command="collect")
     assert resolve_hyperparams(no_optimizer, 0)["optimizer"] == supervised_spec(no_optimizer)["algo"] == "sgd"
-    with pytest.raises(ConfigError, match="give exactly one of steps"):  # dropping both leaves no run length
+    with pytest.raises(ConfigError, match="give the run length, task.hyperparams.steps=N or"):  # none is left
         resolve_hyperparams(load_config("cifar10", ["task.hyperparams.epochs=null"], command="collect"), 0)
+    both = load_config("cifar10", ["task.hyperparams.steps=4"], command="collect")  # the preset sets epochs
+    with pytest.raises(ConfigError, match="not both; drop the other with task.hyperparams.epochs=null"):
+        resolve_hyperparams(both, 0)
 
 
 # ---------------------------------------------------------------------------------------------- sweep metric

@@ -133,7 +133,14 @@ def resolve_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     if isinstance(hp.get("lr"), dict):
         hp["lr"] = hp["lr"][hp["optimizer"]]
     if ("steps" in hp) == ("epochs" in hp):
-        raise ConfigError("task.hyperparams: give exactly one of steps (the run length) or epochs")
+        if "steps" in hp:  # e.g. a preset's epochs with a steps= override: say how to drop the other
+            raise ConfigError(
+                "task.hyperparams: give exactly one of steps or epochs (the run length), not both; drop the other "
+                "with task.hyperparams.epochs=null (or task.hyperparams.steps=null)"
+            )
+        raise ConfigError(
+            "task.hyperparams: give the run length, task.hyperparams.steps=N or task.hyperparams.epochs=N"
+        )
     for key, kind in (("steps", int), ("epochs", int), ("batch_size", int), ("lr", float), ("weight_decay", float)):
         if key in hp:
             hp[key] = _number(f"task.hyperparams.{key}", hp[key], kind)
