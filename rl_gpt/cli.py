@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -461,6 +463,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def console_main() -> NoReturn:
+    """The ``rl-gpt`` command: :func:`main` on ``sys.argv``, as an exit status.
+
+    After a handled Ctrl-C the process only exits. Another SIGINT meanwhile (a key pressed twice,
+    or ``timeout -s INT``, which signals its child and then the child's whole process group) then
+    ends it at once, instead of a traceback from the interpreter's shutdown (its worker pools'
+    joins). Only here, not in :func:`main`: a caller that runs ``main`` in-process keeps its handler.
+    """
+    try:
+        code = main()
+    except KeyboardInterrupt:  # the second one, while main was finishing after the first
+        code = 130
+    if code == 130 and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after flags such as -q: collect the leftovers
@@ -528,4 +547,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -106,3 +107,54 @@ def test_a_filesystem_without_folder_locks_warns_and_goes_on(tmp_path: Path, mon
     unlocked = pytest.warns(UserWarning, match="is not locked against a second `rl-gpt train`")
     with unlocked, exclusive_folder(tmp_path, "train") as held:
         assert held == tmp_path
+
+
+def test_a_second_ctrl_c_waits_until_the_deferred_block_ends():
+    import signal
+
+    from rl_gpt.interrupt import sigint_deferred
+
+    # A background job starts with SIGINT ignored; a terminal's session has Python's default handler.
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        reached_end = False
+        with pytest.raises(KeyboardInterrupt), sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside: held back
+            time.sleep(0.05)  # Python runs handlers between bytecodes: give it the chance to misbehave
+            reached_end = True
+        assert reached_end
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+        with sigint_deferred():  # nothing received: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
+def test_a_second_ctrl_c_while_the_command_exits_ends_it_quietly():
+    """After a handled Ctrl-C, `timeout -s INT` (child, then its whole group) or a key pressed twice
+    sends another while the interpreter shuts down; it must not print a traceback."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import atexit, os, signal, time
+        import rl_gpt.cli as cli
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even from a background job
+
+        def interrupted_command():
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                return 130
+
+        cli.main = interrupted_command
+        atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))  # the second one
+        cli.console_main()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130 and done.stderr == "", done.stderr

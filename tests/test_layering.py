@@ -27,12 +27,15 @@ ALLOWED: dict[str, set[str]] = {
     "dataset": {"layout", "io"},
     "supervised": {"layout", "config", "threads", "progress"},
     "evaluate": {"layout", "sb3_policy", "dataset", "supervised", "threads"},
-    "collect": {"config", "dataset", "evaluate", "supervised", "layout", "sb3_policy", "io", "wandb_run", "progress"},
+    "collect": {
+        *("config", "dataset", "evaluate", "supervised", "layout", "sb3_policy"),
+        *("io", "wandb_run", "progress", "interrupt"),
+    },
     "model": {"layout"},
     "diffusion": {"progress"},
     "train": {
         *("model", "diffusion", "dataset", "devices", "evaluate", "supervised"),
-        *("layout", "config", "io", "wandb_run", "progress"),
+        *("layout", "config", "io", "wandb_run", "progress", "interrupt"),
     },
     "sweep": {
         *("train", "evaluate", "supervised", "collect", "devices"),

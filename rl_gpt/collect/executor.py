@@ -21,6 +21,7 @@ from typing import Any
 
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
+from rl_gpt.interrupt import sigint_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.progress import progress_bar
 from rl_gpt.wandb_run import CollectionLog, check_login
@@ -161,20 +162,21 @@ def _collect_into(
                 checkpoints += len(result.rows["params"])
                 bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta), refresh=False)
                 bar.update(1)
+        total = writer.consolidate()  # within the try: a Ctrl-C here, after the last run, still says so
     except KeyboardInterrupt:
-        bar.close()
-        writer.consolidate()
-        print(
-            f"\ninterrupted: {len(writer.completed_runs())} runs are stored in {root}; "
-            "run the same command again to resume",
-            file=sys.stderr,
-        )
+        with sigint_deferred():  # a second Ctrl-C waits until what is stored has been said
+            bar.close()
+            writer.consolidate()
+            print(
+                f"\ninterrupted: {len(writer.completed_runs())} runs are stored in {root}; "
+                "run the same command again to resume",
+                file=sys.stderr,
+            )
         raise
     finally:
         bar.close()
         if log is not None:
             log.finish()
-    total = writer.consolidate()
     if progress:
         print(
             f"collected {len(todo)} new runs ({checkpoints} checkpoints) in {time.time() - start:.1f}s; "

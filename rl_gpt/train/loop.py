@@ -25,6 +25,7 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
+from rl_gpt.interrupt import sigint_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
@@ -312,10 +313,11 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             if step % tc.ckpt_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
-        bar.close()
-        if main_proc:
-            print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
+        with sigint_deferred():  # a second Ctrl-C waits until the checkpoint is saved and said
+            checkpoint()
+            bar.close()
+            if main_proc:
+                print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
         raise
     bar.close()
     checkpoint()
