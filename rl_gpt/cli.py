@@ -185,7 +185,11 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         for p in rec["policies"]:
             ranked = f" (the ranker predicted {p['predicted_return']:.4g})" if "predicted_return" in p else ""
             spread = "" if rec["episodes"] is None else f" +- {p['achieved_std']:.3g}"  # classifiers: one test split
-            print(f"  {p['file']}: achieved {p['achieved_return']:.4g}{spread}{ranked}")
+            other = ""  # a classifier's other test metric
+            if "test_error" in p:
+                other = f" (test error {p['test_error']:.1%})" if rec["metric"] == "test_loss" else ""
+                other = other or f" (test loss {p['test_loss']:.4g})"
+            print(f"  {p['file']}: achieved {p['achieved_return']:.4g}{other}{spread}{ranked}")
     else:  # several targets: one folder each
         print(f"start {rec['metric']} {rec['start_return']:.4g}; {rec['policies_per_target']} per target")
         for folder, target, got in zip(rec["folders"], rec["target_return"], rec["achieved_mean"], strict=True):
@@ -309,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = sub.choices  # each command's parser: its errors point at its own --help
 
     p = sub.add_parser(
-        "collect", help="train SB3 runs and store their checkpoints as a dataset", epilog=_epilog("collect")
+        "collect",
+        help="train SB3 agents (or classifiers) and store their checkpoints as a dataset",
+        epilog=_epilog("collect"),
     )
     p.add_argument("config", nargs="?", default=None, help="config file or preset (default: embedded CartPole)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. runs=8 timesteps=20000 out=runs/x")
@@ -346,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory (default: <out>/model); calibration.json is written there")
     p.add_argument("-q", "--quiet", action="store_true")
 
-    p = sub.add_parser("generate", help="generate policies prompted with a target return")
+    p = sub.add_parser(
+        "generate", help="generate policies (or classifiers) prompted with a target return (or test loss/error)"
+    )
     p.add_argument("--model", required=True, help="model directory written by `rl-gpt train`")
     p.add_argument(
         "--target-return",
@@ -373,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of sampling; the random init is the sweep's unseen init SEED (initialiser seed sweep.init_seed "
         "+ SEED), never a training run's",
     )
-    p.add_argument("--num", type=_count, default=1, help="number of policies (samples from the one start network)")
+    p.add_argument("--num", type=_count, default=1, help="number of networks (samples from the one start network)")
     p.add_argument("--guidance", type=_scale, default=None, help="guidance scale (default: the model's sweep.guidance)")
     p.add_argument(
         "--dataset", default=None, help="use this dataset (it must hold the model's runs) instead of the recorded one"

@@ -113,6 +113,8 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     record = json.loads((gen_dir / "generated.json").read_text())
     assert record["average"] == 3 and len(record["policies"]) == 2 and not record["calibrated"]
     assert record["steps"] == 10 and record["guidance"] == 1.5  # the digits preset's sweep.steps and sweep.guidance
+    first = record["policies"][0]  # both test metrics of each classifier, the prompted one being achieved_return
+    assert first["test_loss"] == pytest.approx(first["achieved_return"]) and 0.0 <= first["test_error"] <= 1.0
     # --seed 0 starts from the sweep's first unseen init, not from training run 0's (seed collect.seed + 0)
     assert "seed 1000000: the sweep's unseen init 0" in record["start"]
     layout, (_, _, x_test, y_test) = classifier_layout("digits_mlp"), load_digits()

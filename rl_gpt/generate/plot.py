@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
     ax.set_xlabel(f"target {name}")
     ax.set_ylabel(f"achieved {name}")
     calibrated = ", prompts calibrated" if summary["calibrated"] else ""
-    ax.set_title(f"{summary['task']} from {summary['start']}{calibrated}", fontsize=9)
+    # Wrapped: a start such as "random init (SB3's initialiser, seed ...)" is wider than the axes.
+    title = textwrap.fill(f"{summary['task']} from {summary['start']}{calibrated}", width=70)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return atomic_save_figure(fig, path)

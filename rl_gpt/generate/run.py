@@ -20,6 +20,7 @@ from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_report_dir, ensure_writable_dir
 from rl_gpt.layout import Layout
 from rl_gpt.supervised.files import classifier_metadata
+from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset
 from rl_gpt.train.ranker import ranker_for
 
@@ -157,8 +158,10 @@ def generate(
     outside = [t for t in targets if not low <= t <= high]
     if outside:
         then = "conditioning on them as given" if extrapolate else "conditioning on the range's nearest end instead"
+        listed = ", ".join(f"{t:g}" for t in outside)
+        which = f"target {listed} lies" if len(outside) == 1 else f"targets [{listed}] lie"
         warnings.warn(
-            f"target {', '.join(f'{t:g}' for t in outside)} lies outside the range of the runs the model trained on "
+            f"{which} outside the range of the runs the model trained on "
             f"[{low:.4g}, {high:.4g}] (held-out runs excluded), where the generator extrapolates poorly; {then}",
             stacklevel=2,
         )
@@ -204,6 +207,8 @@ def generate(
         params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
     res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_config(info["spec"]["task"])
+    # Classifiers: both test metrics of every network, as `rl-gpt evaluate` and sweeps report them.
+    both = supervised_metric(ds.spec, params) if task.kind == "supervised" else None
     initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
     shared = {
         "task": task.name,
@@ -235,6 +240,12 @@ def generate(
         if predicted is not None:
             for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
                 item["predicted_return"] = value  # the ranker's prediction for the kept candidate
+        if both is not None:
+            for k, item in enumerate(items):
+                item |= {
+                    "test_loss": float(both["test_loss"][rows_j][k]),
+                    "test_error": float(both["test_error"][rows_j][k]),
+                }
         record = {
             **shared,
             "target_return": t,
