@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -13,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["main"]
+__all__ = ["console_main", "main"]
 
 
 def _count(text: str) -> int:
@@ -484,6 +485,9 @@ def console_main() -> NoReturn:
     except KeyboardInterrupt:  # the second one, while main was finishing after the first
         code = 130
     if code == 130 and threading.current_thread() is threading.main_thread():
+        for stream in (sys.stdout, sys.stderr):  # os._exit skips the flush: say what was saved first
+            with contextlib.suppress(Exception):
+                stream.flush()
         signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
     sys.exit(code)
 

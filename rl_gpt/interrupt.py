@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["Terminated", "sigint_deferred", "sigterm_as_interrupt"]
+__all__ = ["Terminated", "interrupts_deferred", "sigterm_as_interrupt"]
 
 
 class Terminated(KeyboardInterrupt):
@@ -43,15 +43,16 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Within the block a Ctrl-C (SIGINT) waits: the previous handler gets it when the block ends.
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block a Ctrl-C (SIGINT) or SIGTERM waits: the first one that came is sent again
+    to the previous handlers when the block ends.
 
-    For the work a first Ctrl-C starts (saving what is done, saying so), which a second one must not
-    cut short: a key pressed twice, or `timeout -s INT`, which signals its child and then the child's
-    whole process group, so the child may get two. The Python-level handler is swapped rather than
-    the signal blocked: a blocked mask holds for one thread only, and any other thread (a progress
-    bar's monitor) would still take the signal for the main thread. Main thread only; elsewhere the
-    block runs unchanged.
+    For the work a first stop starts (saving what is done, saying so), which a second one must not
+    cut short: a key pressed twice, `kill PID` twice, or `timeout`, which signals its child and then
+    the child's whole process group, so the child may get two. The Python-level handlers are swapped
+    rather than the signals blocked: a blocked mask holds for one thread only, and any other thread
+    (a progress bar's monitor) would still take the signal for the main thread. Main thread only;
+    elsewhere the block runs unchanged.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -61,10 +62,11 @@ def sigint_deferred() -> Iterator[None]:
     def remember(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
 
-    previous: Any = signal.signal(signal.SIGINT, remember)
+    previous: dict[int, Any] = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and callable(previous):
-            previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+        for sig, handler in previous.items():  # None: a handler set outside Python, which cannot be restored
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(received[0])  # Python's SIGINT handler raises KeyboardInterrupt here

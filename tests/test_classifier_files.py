@@ -66,6 +66,10 @@ def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys)
     save_file({**{k: v.contiguous() for k, v in state.items()}, first: torch.zeros(3, 3)}, str(wrong), meta)
     with pytest.raises(ClassifierFileError, match="does not hold a digits_mlp"):
         read_classifier_file(wrong)
+    batched = tmp_path / "batched.safetensors"  # every tensor with a leading axis: not one network, nor two
+    save_file({k: v[None].contiguous() for k, v in state.items()}, str(batched), meta)
+    with pytest.raises(ClassifierFileError, match=r"has shape \(1, 10, 64\), not \(10, 64\)"):
+        read_classifier_file(batched)
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(ClassifierFileError, match="not a readable safetensors"):

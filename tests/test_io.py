@@ -112,20 +112,29 @@ def test_a_filesystem_without_folder_locks_warns_and_goes_on(tmp_path: Path, mon
 def test_a_second_ctrl_c_waits_until_the_deferred_block_ends():
     import signal
 
-    from rl_gpt.interrupt import sigint_deferred
+    from rl_gpt.interrupt import interrupts_deferred
 
     # A background job starts with SIGINT ignored; a terminal's session has Python's default handler.
     outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         reached_end = False
-        with pytest.raises(KeyboardInterrupt), sigint_deferred():
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred():
             os.kill(os.getpid(), signal.SIGINT)  # arrives inside: held back
             time.sleep(0.05)  # Python runs handlers between bytecodes: give it the chance to misbehave
             reached_end = True
         assert reached_end
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-        with sigint_deferred():  # nothing received: nothing raised
+        with interrupts_deferred():  # nothing received: nothing raised
             pass
+        from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
+
+        reached_end = False
+        with sigterm_as_interrupt(), pytest.raises(Terminated), interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)  # `kill PID` twice, or `timeout`'s second signal
+            os.kill(os.getpid(), signal.SIGINT)  # the first one to come is the one sent on
+            time.sleep(0.05)
+            reached_end = True
+        assert reached_end
     finally:
         signal.signal(signal.SIGINT, outer)
 

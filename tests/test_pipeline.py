@@ -163,6 +163,39 @@ def test_a_model_folder_being_trained_is_refused_to_a_second_training(experiment
     assert main(["train", "cartpole", f"out={out}", "steps=10", *TINY_MODEL, *QUIET]) == 0
 
 
+def test_a_second_ctrl_c_during_the_interrupt_save_waits_for_it(experiment, tmp_path, monkeypatch, capsys):
+    import signal
+
+    from rl_gpt.train import checkpoint as ckpt
+
+    out = tmp_path / "twice"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    calls = {"lr": 0}
+
+    def first_ctrl_c(step, cfg):
+        calls["lr"] += 1
+        if calls["lr"] == 4:
+            raise KeyboardInterrupt
+        return cfg.lr
+
+    save = ckpt.save_train_state
+
+    def second_ctrl_c_while_saving(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        save(*args, **kwargs)
+
+    monkeypatch.setattr("rl_gpt.train.loop.lr_at", first_ctrl_c)
+    monkeypatch.setattr("rl_gpt.train.loop.save_train_state", second_ctrl_c_while_saving)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        assert main(["train", "cartpole", f"out={out}", "steps=50", *TINY_MODEL, "wandb.mode=disabled"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert "interrupted at step 3; checkpoint saved" in capsys.readouterr().out
+    assert json.loads((out / "model" / "train_state" / "state.json").read_text())["step"] == 3
+
+
 def test_a_restart_stopped_before_its_first_checkpoint_is_not_resumed_as_the_old_run(
     experiment, tmp_path, monkeypatch, capsys
 ):

@@ -110,6 +110,7 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
             ]
         )
     assert code == 0
+    assert "(test error " in capsys.readouterr().out  # the other metric, printed beside the prompted loss
     record = json.loads((gen_dir / "generated.json").read_text())
     assert record["average"] == 3 and len(record["policies"]) == 2 and not record["calibrated"]
     assert record["steps"] == 10 and record["guidance"] == 1.5  # the digits preset's sweep.steps and sweep.guidance
@@ -217,9 +218,22 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     args = ["sweep", "digits", "--model", str(out / "model"), "--out", str(tmp_path / "s"), *QUIET]
     assert main([*args, "task.metric=test_error"]) == 2
     assert "the model was trained on test_loss prompts" in capsys.readouterr().err
+    hib = ["train", "digits", f"out={tmp_path / 'err'}", f"dataset={out / 'dataset'}", "task.higher_is_better=true"]
+    assert main(hib) == 2
+    err = capsys.readouterr().err
+    assert "(task.higher_is_better: False -> True); pass task.metric=test_loss task.higher_is_better=false" in err, err
+    # a dataset of another metric (dataset= / --dataset) would score the model's outputs in that metric
+    from rl_gpt.train.modelfile import ModelFileError, check_compatible, read_model_info
+
+    info, spec = read_model_info(out / "model"), json.loads((out / "dataset" / "spec.json").read_text())
+    check_compatible(info, spec)
+    spec["metric"]["name"] = "test_error"
+    with pytest.raises(ModelFileError, match="trained on test_loss prompts, but the dataset measures test_error"):
+        check_compatible(info, spec)
 
 
 def test_error_targets_are_fractions():
+    from rl_gpt.config import ConfigError  # a one-line CLI error, not a traceback
     from rl_gpt.generate.run import check_fraction_targets
 
     check_fraction_targets("test_error", [0.0, 0.05, 1.0])
@@ -228,5 +242,5 @@ def test_error_targets_are_fractions():
         ValueError, match=r"target 5: the model's metric test_error is a fraction .* \(for 5 % pass 0.05\)"
     ):
         check_fraction_targets("test_error", [0.1, 5.0])
-    with pytest.raises(ValueError, match=r"target -0.1: .* fraction from 0 to 1$"):
+    with pytest.raises(ConfigError, match=r"target -0.1: .* fraction from 0 to 1$"):
         check_fraction_targets("test_error", [-0.1])

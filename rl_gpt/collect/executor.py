@@ -21,7 +21,7 @@ from typing import Any
 
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
-from rl_gpt.interrupt import sigint_deferred
+from rl_gpt.interrupt import interrupts_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.progress import progress_bar
 from rl_gpt.wandb_run import CollectionLog, check_login
@@ -164,7 +164,7 @@ def _collect_into(
                 bar.update(1)
         total = writer.consolidate()  # within the try: a Ctrl-C here, after the last run, still says so
     except KeyboardInterrupt:
-        with sigint_deferred():  # a second Ctrl-C waits until what is stored has been said
+        with interrupts_deferred():  # a second Ctrl-C (or SIGTERM) waits until what is stored has been said
             bar.close()
             writer.consolidate()
             print(

@@ -71,8 +71,10 @@ def _network(cfg: ExperimentConfig) -> str:
     return name
 
 
-def _check_task(cfg: ExperimentConfig) -> str:
-    """Refuse a supervised config that cannot run, before any work starts; returns the data set name."""
+def _check_task(cfg: ExperimentConfig, parse_files: bool = False) -> str:
+    """Refuse a supervised config that cannot run, before any work starts; returns the data set name.
+
+    ``parse_files``: read the data files through (once, in the main process, ~1 s), not only find them."""
     dataset = CLASSIFIERS[_network(cfg)].dataset
     if cfg.task.metric not in SUPERVISED_METRICS:
         raise ConfigError(f"task.metric: {cfg.task.metric!r} is not one of {', '.join(SUPERVISED_METRICS)}")
@@ -90,7 +92,7 @@ def _check_task(cfg: ExperimentConfig) -> str:
                 f"task.data_root: {root} is not a folder; run `rl-gpt data fetch {dataset} --root {root}`"
             )
         try:  # missing or damaged files are refused before a dataset folder is written (workers load them)
-            require_files(dataset, root)
+            require_files(dataset, root, parse=parse_files)
         except (FileNotFoundError, CorruptDataError) as exc:
             raise ConfigError(f"task.data_root: {exc}") from None
     if cfg.collect.checkpoint_every < 1:
@@ -261,7 +263,7 @@ def _run_result(
 # ---------------------------------------------------------------------------------------------- dataset spec
 def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """The dataset spec of a supervised task: the RL spec's keys, describing a classifier instead of a policy."""
-    dataset = _check_task(cfg)
+    dataset = _check_task(cfg, parse_files=True)  # the main process's check: damaged files are refused here
     if cfg.collect.timesteps != CollectConfig.timesteps:  # once, from the main process
         warnings.warn(
             f"collect.timesteps={cfg.collect.timesteps} counts environment steps and does nothing here: a supervised "

@@ -124,20 +124,26 @@ def _read_mnist_idx(root: Path, stem: str) -> np.ndarray:
         raise CorruptDataError(f"{e}; delete it and {_fetch_hint('mnist', root)}") from None
 
 
+def _mnist_split(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split's raw images (N, 28, 28) and labels (N,), uint8, checked to agree."""
+    images = _read_mnist_idx(root, MNIST_FILES[f"{split}_images"])
+    labels = _read_mnist_idx(root, MNIST_FILES[f"{split}_labels"])
+    if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        raise CorruptDataError(
+            f"MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}; "
+            f"{_fetch_hint('mnist', root)}"
+        )
+    if labels.size and labels.max() > 9:
+        raise CorruptDataError(f"MNIST {split} labels in {root} exceed 9; {_fetch_hint('mnist', root)}")
+    return images, labels
+
+
 def load_mnist(root: str | Path) -> Split:
     """MNIST from the four IDX files in ``root``: x (N, 784) normalised with MNIST_MEAN/STD, y (N,)."""
     root = Path(root)
     out = []
     for split in ("train", "test"):
-        images = _read_mnist_idx(root, MNIST_FILES[f"{split}_images"])  # (N, 28, 28) uint8
-        labels = _read_mnist_idx(root, MNIST_FILES[f"{split}_labels"])  # (N,) uint8
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise CorruptDataError(
-                f"MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}; "
-                f"{_fetch_hint('mnist', root)}"
-            )
-        if labels.size and labels.max() > 9:
-            raise CorruptDataError(f"MNIST {split} labels in {root} exceed 9; {_fetch_hint('mnist', root)}")
+        images, labels = _mnist_split(root, split)
         x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0  # (N, 784)
         out += [torch.from_numpy((x - MNIST_MEAN) / MNIST_STD), torch.from_numpy(labels.astype(np.int64))]
     return out[0], out[1], out[2], out[3]
@@ -187,31 +193,26 @@ def load_cifar10(root: str | Path, train_batches: tuple[int, ...] = (1, 2, 3, 4,
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
-def require_files(name: str, root: str | Path) -> None:
-    """Raise FileNotFoundError (saying how to fetch them) unless ``root`` holds ``name``'s files, and
-    CorruptDataError unless they parse (headers, sizes, labels).
+def require_files(name: str, root: str | Path, parse: bool = False) -> None:
+    """Raise FileNotFoundError (saying how to fetch them) unless ``root`` holds ``name``'s files; with
+    ``parse``, CorruptDataError unless they parse as the loaders read them (headers, sizes, labels).
 
-    A check before work starts, whose loads happen elsewhere (in each worker): the raw files are read
-    once (~1 s) and nothing is kept, so a damaged download is refused before a dataset folder exists."""
+    A check before work starts, whose loads happen elsewhere (in each worker). Finding the files is
+    free; parsing reads them once (~1 s) and keeps nothing: the collection's main process does it, so
+    that a damaged download is refused before a dataset folder exists."""
     root = Path(root)
     if name == "mnist":
         for stem in MNIST_FILES.values():
             _find_idx(root, stem)  # every file's absence first: the fetch hint covers them all
-        for split in ("train", "test"):
-            images = _read_mnist_idx(root, MNIST_FILES[f"{split}_images"])
-            labels = _read_mnist_idx(root, MNIST_FILES[f"{split}_labels"])
-            if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-                raise CorruptDataError(
-                    f"MNIST {split} files in {root} disagree: images {images.shape}, labels {labels.shape}; "
-                    f"{_fetch_hint('mnist', root)}"
-                )
+        for split in ("train", "test") if parse else ():
+            _mnist_split(root, split)
     elif name == "cifar10":
         folder = _cifar_folder(root)
         files = [folder / f"data_batch_{i}.bin" for i in range(1, 6)] + [folder / "test_batch.bin"]
         for path in files:
             if not path.is_file():
                 raise FileNotFoundError(f"CIFAR-10 file {path} not found; {_fetch_hint('cifar10', root)}")
-        for path in files:
+        for path in files if parse else ():
             _read_cifar_batch(path, root)
 
 

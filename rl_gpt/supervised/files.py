@@ -80,6 +80,12 @@ def read_classifier_file(
     extra = sorted(set(state) - set(layout.names))
     if extra:
         raise ClassifierFileError(f"{path} holds tensors {network} does not have: {extra}")
+    for spec in layout.params:  # flatten would read a leading extra axis as a batch of networks
+        if spec.name in state and tuple(state[spec.name].shape) != tuple(spec.shape):
+            raise ClassifierFileError(
+                f"{path} does not hold a {network}: {spec.name} has shape {tuple(state[spec.name].shape)}, "
+                f"not {tuple(spec.shape)}"
+            )
     try:
         flat = layout.flatten({k: v.float() for k, v in state.items()})
     except (KeyError, ValueError) as exc:

@@ -25,13 +25,13 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.interrupt import sigint_deferred
+from rl_gpt.interrupt import interrupts_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
 from rl_gpt.train.checkpoint import discard_train_state, load_train_state, read_data_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import metric_mismatch, read_model_info, same_task, save_model
+from rl_gpt.train.modelfile import metric_mismatch, read_model_info, recorded_metric_settings, same_task, save_model
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login
 
@@ -187,8 +187,6 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     gen, mc = build_generator(tc, ds, normalizer)
     if main_proc:  # once the model is built: a refused architecture leaves no folder either
         held.enter_context(exclusive_folder(ensure_writable_dir(out), "train"))
-        if not resume:  # --restart replaces the run now, not at its first checkpoint
-            discard_train_state(state_dir)
     gen.to(device)
     model = gen.model
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -250,6 +248,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
 
     # ---------------------------------------------------------------- loop
+    if main_proc and not resume:  # --restart replaces the old run now, not at its first checkpoint, and
+        discard_train_state(state_dir)  # only once the new one is ready to step (a failed start keeps it)
     bar = progress_bar(
         total=tc.steps, initial=step, desc="train", disable=not (progress and main_proc), dynamic_ncols=True
     )
@@ -313,7 +313,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             if step % tc.ckpt_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        with sigint_deferred():  # a second Ctrl-C waits until the checkpoint is saved and said
+        with interrupts_deferred():  # a second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said
             checkpoint()
             bar.close()
             if main_proc:
@@ -356,11 +356,10 @@ def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume
         )
     changed = metric_mismatch(spec, task.metric, task.higher_is_better)
     if changed:  # the model would learn the data's metric while its config.yaml claims another
-        measured = spec["metric"]["name"]
         raise ConfigError(
-            f"{cfg.dataset_dir} holds checkpoints measured by {measured}, but the config asks for another metric "
-            f"({changed}); pass task.metric={measured}, or collect the other metric into another {cfg.dataset_option} "
-            "directory"
+            f"{cfg.dataset_dir} holds checkpoints measured by {spec['metric']['name']}, but the config asks for "
+            f"another metric ({changed}); pass {recorded_metric_settings(spec)}, or collect the other metric into "
+            f"another {cfg.dataset_option} directory"
         )
     if resume and (out / "train_state" / "state.json").is_file() and (out / "model.json").is_file():
         saved = read_model_info(out)["spec"]

@@ -31,6 +31,7 @@ __all__ = [
     "check_compatible",
     "check_config_task",
     "metric_mismatch",
+    "recorded_metric_settings",
     "load_generator",
     "model_dataset",
     "open_dataset",
@@ -130,10 +131,10 @@ def same_task(spec: dict[str, Any], task_name: str | None, env_id: str | None, k
     return spec["task"].get("name") == task_name and (kind != "rl" or spec.get("env_id") == env_id)
 
 
-def metric_mismatch(spec: dict[str, Any], metric: str, higher_is_better: bool) -> str | None:
+def metric_mismatch(spec: dict[str, Any], metric: str | None, higher_is_better: bool | None) -> str | None:
     """How a config's ``task.metric`` / ``task.higher_is_better`` differ from what ``spec``'s data
-    measure (e.g. ``task.metric: 'test_loss' -> 'test_error'``), or None where they agree or the
-    spec does not say."""
+    measure (e.g. ``task.metric: 'test_loss' -> 'test_error'``), or None where they agree, where the
+    spec does not say, or where a value is not given (None)."""
     recorded = spec.get("metric") or {}
     changes = [
         f"{key}: {recorded[field]!r} -> {mine!r}"
@@ -141,9 +142,18 @@ def metric_mismatch(spec: dict[str, Any], metric: str, higher_is_better: bool) -
             ("task.metric", "name", metric),
             ("task.higher_is_better", "higher_is_better", higher_is_better),
         )
-        if recorded.get(field) is not None and recorded[field] != mine
+        if mine is not None and recorded.get(field) is not None and recorded[field] != mine
     ]
     return ", ".join(changes) or None
+
+
+def recorded_metric_settings(spec: dict[str, Any]) -> str:
+    """The overrides that name ``spec``'s metric, e.g. ``task.metric=test_loss task.higher_is_better=false``."""
+    recorded = spec.get("metric") or {}
+    parts = [f"task.metric={recorded['name']}"] if "name" in recorded else []
+    if "higher_is_better" in recorded:
+        parts.append(f"task.higher_is_better={str(recorded['higher_is_better']).lower()}")
+    return " ".join(parts)
 
 
 def check_config_task(
@@ -166,12 +176,11 @@ def check_config_task(
             f"pass the config it was trained with (its config.yaml is used when no config is given) or its "
             f"task's preset, e.g. `{name}`"
         )
-    changed = None if metric is None else metric_mismatch(mine, metric, bool(higher_is_better))
+    changed = metric_mismatch(mine, metric, higher_is_better)
     if changed:  # prompts and metric_range would be read in another metric than the model's
-        trained = mine["metric"]["name"]
         raise ModelFileError(
-            f"the model was trained on {trained} prompts, but the config asks for another metric ({changed}); "
-            f"pass task.metric={trained}, or leave the preset out to use the model's own config.yaml"
+            f"the model was trained on {mine['metric']['name']} prompts, but the config asks for another metric "
+            f"({changed}); pass {recorded_metric_settings(mine)}"
         )
 
 
@@ -182,6 +191,14 @@ def check_compatible(info: dict[str, Any], spec: dict[str, Any]) -> None:
         raise ModelFileError(
             f"model was trained for {mine['task'].get('name')} ({mine.get('env_id')}), not "
             f"{theirs['task'].get('name')} ({theirs.get('env_id')}); use a model trained on this task"
+        )
+    changed = metric_mismatch(
+        theirs, (mine.get("metric") or {}).get("name"), (mine.get("metric") or {}).get("higher_is_better")
+    )
+    if changed:  # the model's prompts are in one metric, the dataset would score its outputs in another
+        raise ModelFileError(
+            f"model was trained on {mine['metric']['name']} prompts, but the dataset measures "
+            f"{theirs['metric']['name']} ({changed}); use a dataset of the model's metric"
         )
     if mine["layout"] != theirs["layout"]:
         raise ModelFileError(
