@@ -262,7 +262,7 @@ def _run_local(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> I
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
     """Block SIGINT while worker processes start, so that they inherit the mask and never see a
-    terminal's Ctrl-C; one that arrives meanwhile is delivered to this process when it ends."""
+    terminal's Ctrl-C; one that arrives meanwhile (or a SIGTERM) is delivered to this process when it ends."""
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX: the workers see Ctrl-C too
         yield
         return
@@ -270,11 +270,16 @@ def _sigint_blocked() -> Iterator[None]:
 
     # Started now, not by the pool's first lock inside the block: starting it unblocks SIGINT again.
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    # The mask is what the workers inherit, but it holds for this thread only: a signal that another
+    # thread (the progress bar's monitor) takes still raises here, possibly between a worker's start
+    # and the spawn data it waits for (it then dies with "EOFError: Ran out of input"). The Python-level
+    # deferral holds the KeyboardInterrupt until every worker has started.
+    with interrupts_deferred():
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
