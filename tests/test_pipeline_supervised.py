@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,62 +134,21 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     assert torch.isclose(loss[0].double(), torch.tensor(record["policies"][0]["achieved_return"]).double(), atol=1e-4)
 
     # --from a classifier: re-prompting a generated one, or one of the user's own (no metadata)
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(out / "model"),
-                "--target-return",
-                str(min(prompts)),
-                "--from",
-                str(gen_dir / record["policies"][0]["file"]),
-                "--out",
-                str(tmp_path / "again"),
-            ]
-        )
-        == 0
-    )
+    def generate_from(start: Path, target: float, folder: str) -> int:
+        args = ["--model", str(out / "model"), "--target-return", str(target), "--from", str(start)]
+        return main(["generate", *args, "--out", str(tmp_path / folder)])
+
+    assert generate_from(gen_dir / record["policies"][0]["file"], min(prompts), "again") == 0
     again = json.loads((tmp_path / "again" / "generated.json").read_text())
     assert again["start_return"] == pytest.approx(record["policies"][0]["achieved_return"], abs=1e-5)
     from safetensors.torch import save_file
 
     save_file(net.state_dict(), str(tmp_path / "mine.safetensors"))  # a plain state dict, no header
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(out / "model"),
-                "--target-return",
-                str(min(prompts)),
-                "--from",
-                str(tmp_path / "mine.safetensors"),
-                "--out",
-                str(tmp_path / "mine"),
-            ]
-        )
-        == 0
-    )
+    assert generate_from(tmp_path / "mine.safetensors", min(prompts), "mine") == 0
     torch.manual_seed(0)
     save_file(build_classifier("mnist_mlp").state_dict(), str(tmp_path / "other.safetensors"))
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "generate",
-                "--model",
-                str(out / "model"),
-                "--target-return",
-                "1",
-                "--from",
-                str(tmp_path / "other.safetensors"),
-                "--out",
-                str(tmp_path / "other"),
-            ]
-        )
-        == 2
-    )
+    assert generate_from(tmp_path / "other.safetensors", 1.0, "other") == 2
     assert "does not hold a digits_mlp" in capsys.readouterr().err
 
     # `rl-gpt evaluate` measures the generated file alone (its header names the network and data
