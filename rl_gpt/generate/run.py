@@ -205,10 +205,14 @@ def generate(
     if ranker is not None:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
         targets_rows = cond.repeat_interleave(num).double()
         params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
-    res = evaluate_flat(ds, params, episodes, seed + 2, runs)
     task = task_config(info["spec"]["task"])
-    # Classifiers: both test metrics of every network, as `rl-gpt evaluate` and sweeps report them.
-    both = supervised_metric(ds.spec, params) if task.kind == "supervised" else None
+    both = None
+    if task.kind == "supervised":  # both test metrics in one pass, as `rl-gpt evaluate` and sweeps report them
+        both = supervised_metric(ds.spec, params)
+        mean, std = both["metric"].double(), torch.zeros(len(params), dtype=torch.float64)  # one test split
+    else:
+        res = evaluate_flat(ds, params, episodes, seed + 2, runs)
+        mean, std = res.mean, res.std
     initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
     shared = {
         "task": task.name,
@@ -236,7 +240,7 @@ def generate(
     for j, t in enumerate(targets):
         folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
         rows_j = slice(j * num, (j + 1) * num)
-        items = _export(task, gen.layout, params[rows_j], res.mean[rows_j], res.std[rows_j], folder, seed)
+        items = _export(task, gen.layout, params[rows_j], mean[rows_j], std[rows_j], folder, seed)
         if predicted is not None:
             for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
                 item["predicted_return"] = value  # the ranker's prediction for the kept candidate
@@ -259,7 +263,7 @@ def generate(
     if len(targets) == 1:
         _remove_stale(stale, out, records[0], keep=start_file)
         return records[0]
-    achieved = res.mean.reshape(len(targets), num)
+    achieved = mean.reshape(len(targets), num)
     summary = {
         **shared,
         "target_return": targets,
