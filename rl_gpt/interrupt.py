@@ -8,8 +8,10 @@ stored; raising :class:`Terminated` (a ``KeyboardInterrupt``) for SIGTERM gives 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -43,7 +45,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 @contextmanager
-def interrupts_deferred() -> Iterator[None]:
+def interrupts_deferred(notice: str | None = None, quiet_s: float = 1.0) -> Iterator[None]:
     """Within the block a Ctrl-C (SIGINT) or SIGTERM waits: the first one that came is sent again
     to the previous handlers when the block ends.
 
@@ -53,14 +55,22 @@ def interrupts_deferred() -> Iterator[None]:
     rather than the signals blocked: a blocked mask holds for one thread only, and any other thread
     (a progress bar's monitor) would still take the signal for the main thread. Main thread only;
     elsewhere the block runs unchanged.
+
+    ``notice``: said once on stderr when a signal is held more than ``quiet_s`` after the block began,
+    so a user pressing Ctrl-C again during a long save learns why nothing happens; a signal that comes
+    with the first (``timeout``'s second) is held silently.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
+    began, said = time.monotonic(), []
 
     def remember(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
+        if notice is not None and not said and time.monotonic() - began > quiet_s:
+            said.append(True)
+            os.write(2, f"\n{notice}\n".encode())  # not print(): the main thread may be inside a write to stderr
 
     previous: dict[int, Any] = {sig: signal.signal(sig, remember) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -139,6 +139,26 @@ def test_a_second_ctrl_c_waits_until_the_deferred_block_ends():
         signal.signal(signal.SIGINT, outer)
 
 
+def test_a_ctrl_c_held_during_a_long_save_says_why_once(capfd):
+    import signal
+
+    from rl_gpt.interrupt import interrupts_deferred
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred("still saving", quiet_s=0.0):
+            for _ in range(3):  # a user pressing again and again: said once
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.02)
+        assert capfd.readouterr().err.count("still saving") == 1
+        with pytest.raises(KeyboardInterrupt), interrupts_deferred("still saving", quiet_s=60.0):
+            os.kill(os.getpid(), signal.SIGINT)  # with the first, as `timeout` sends it: nothing to say
+            time.sleep(0.02)
+        assert "still saving" not in capfd.readouterr().err
+    finally:
+        signal.signal(signal.SIGINT, outer)
+
+
 def test_a_second_ctrl_c_while_the_command_exits_ends_it_quietly():
     """After a handled Ctrl-C, `timeout -s INT` (child, then its whole group) or a key pressed twice
     sends another while the interpreter shuts down; it must not print a traceback."""

@@ -353,7 +353,7 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
         "novelty",
         "init_fidelity",
         "baselines",
-        "ppo_equivalent",
+        "training_equivalent",
         "timings",
     ):
         assert key in report, key
@@ -361,6 +361,8 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     assert set(report["baselines"]) == {"retrieval", "noise", "identity"}
     assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction"}
     assert len(report["recursive"]["mean_return"]) == 3
+    assert report["recursive"]["training_curve"]["step_unit"] == "environment steps"
+    assert report["training_equivalent"]["step_unit"] == "environment steps"
     behaviour = report["behavioural_novelty"]
     assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
     for name, block in behaviour.items():

@@ -63,6 +63,8 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     prompts = report["prompts"]
     assert report["one_step"]["prompt"] == min(prompts)  # lower is better: the best prompt is the lowest loss
     assert np.isfinite(np.array(report["achieved"])).all()
+    assert report["training_equivalent"]["step_unit"] == "optimiser steps"  # SGD steps, not environment steps
+    assert report["recursive"]["training_curve"]["step"][0] == 0
     classifier = report["one_step"]["classifier"]  # both metrics of the one-step networks, and the data's best
     assert classifier["test_loss"] == pytest.approx(report["one_step"]["mean_return"], rel=1e-5)
     assert 0.0 <= classifier["dataset_best"]["test_error"] <= classifier["test_error"] <= 1.0

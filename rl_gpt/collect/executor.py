@@ -164,7 +164,8 @@ def _collect_into(
                 bar.update(1)
         total = writer.consolidate()  # within the try: a Ctrl-C here, after the last run, still says so
     except KeyboardInterrupt:
-        with interrupts_deferred():  # a second Ctrl-C (or SIGTERM) waits until what is stored has been said
+        # A second Ctrl-C (or SIGTERM) waits until what is stored has been said.
+        with interrupts_deferred(f"saving what is stored in {root} before stopping; this Ctrl-C waits until then"):
             bar.close()
             writer.consolidate()
             print(

@@ -91,8 +91,8 @@ def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor, heldout_run
     }
 
 
-def _ppo_equivalent(ds: CheckpointDataset, runs: list[int], value: float, higher: bool) -> float | None:
-    """Median environment steps the dataset's runs needed to first reach ``value`` (None if most never did)."""
+def _training_equivalent(ds: CheckpointDataset, runs: list[int], value: float, higher: bool) -> float | None:
+    """Median steps (the dataset's ``step``) its runs needed to first reach ``value`` (None if most never did)."""
     slices, steps = ds.run_slices(), []
     for r in runs:
         s = slices[r]
@@ -206,11 +206,14 @@ def sweep(
         curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
         metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
     slices = ds.run_slices()
-    ppo_curve = _ppo_curve(ds, train_runs, slices)
-    report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "ppo_learning_curve": ppo_curve}
-    report["ppo_equivalent"] = {
-        "one_step_return": report["one_step"]["mean_return"],
-        "ppo_timesteps": _ppo_equivalent(ds, train_runs, report["one_step"]["mean_return"], higher),
+    # Real training, for scale: the data's mean curve, and the steps its runs took to reach one generated step.
+    unit = "optimiser steps" if task.kind == "supervised" else "environment steps"
+    training_curve = _training_curve(ds, train_runs, slices) | {"step_unit": unit}
+    report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "training_curve": training_curve}
+    report["training_equivalent"] = {
+        "one_step": report["one_step"]["mean_return"],
+        "steps": _training_equivalent(ds, train_runs, report["one_step"]["mean_return"], higher),
+        "step_unit": unit,
     }
     timings["recursive_s"] = time.time() - t
 
@@ -285,8 +288,8 @@ def _inits(
     return ds.data["params"][torch.tensor([slices[r].start for r in runs])].float()
 
 
-def _ppo_curve(ds: CheckpointDataset, runs: list[int], slices: dict[int, slice]) -> dict[str, list[float]]:
-    """Mean dataset return per checkpoint index over ``runs`` (the PPO learning curve)."""
+def _training_curve(ds: CheckpointDataset, runs: list[int], slices: dict[int, slice]) -> dict[str, list[float]]:
+    """The dataset's mean metric per checkpoint index over ``runs``: real training's learning curve."""
     length = min(slices[r].stop - slices[r].start for r in runs)
     metric = torch.stack([ds.data["metric"][slices[r]][:length] for r in runs]).float()
     steps = ds.data["step"][slices[runs[0]]][:length].float()

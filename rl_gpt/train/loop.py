@@ -313,7 +313,9 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             if step % tc.ckpt_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        with interrupts_deferred():  # a second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said
+        # A second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said.
+        notice = f"saving the checkpoint in {out} before stopping; this Ctrl-C waits until then"
+        with interrupts_deferred(notice if main_proc else None):
             checkpoint()
             bar.close()
             if main_proc:
