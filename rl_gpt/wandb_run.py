@@ -117,9 +117,16 @@ class CollectionLog:
             return
         self.finished += 1
         self.run.log({"run": run, "runs_finished": self.finished, **summary}, step=self.finished)
+        self.keep_curves(run, steps, series)
+
+    def keep_curves(self, run: int, steps: list[int], series: Mapping[str, list[float]]) -> None:
+        """Keep a run's curves for the chart without logging it as a step: a resumed collection's
+        chart then holds the runs stored before it too, not only this session's."""
+        if self.run is None:
+            return
         for key, values in series.items():
             kept = self.curves.setdefault(key, [])
-            if len(kept) < self.MAX_CURVES:
+            if len(kept) < self.MAX_CURVES and run not in (r for r, _, _ in kept):
                 kept.append((run, list(steps), list(values)))
 
     def finish(self) -> None:
@@ -128,6 +135,7 @@ class CollectionLog:
         import wandb
 
         for key, kept in self.curves.items():
+            kept.sort(key=lambda entry: entry[0])
             if kept:
                 chart = wandb.plot.line_series(
                     xs=[steps for _, steps, _ in kept],

@@ -344,6 +344,9 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     logged.clear()  # a resumed collection counts on from the runs it holds
     assert _collect(tmp_path, "runs=3", "workers=1") == 0
     assert [(e["run"], e["runs_finished"], e["_step"]) for e in logged if "runs_finished" in e] == [(2, 3, 3)]
+    chart = next(e for e in logged if "curves/test_loss" in e)["curves/test_loss"]
+    assert chart["keys"] == ["run 0", "run 1", "run 2"]  # the runs stored before the resume too
+    assert chart["ys"][0] == pytest.approx(td["metric"][td["run"] == 0].tolist())
 
 
 def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, capsys):

@@ -152,6 +152,10 @@ def _collect_into(
         job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
         step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
         log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
+        if log is not None and log.run is not None:  # the chart also shows the runs stored before a resume
+            for run, rows in writer.stored_runs(CollectionLog.MAX_CURVES):
+                steps, series, _ = _wandb_entry(cfg, rows, {})
+                log.keep_curves(run, steps, series)
         results = _run_ray(cfg, job_fn, jobs) if cfg.collect.executor == "ray" else _run_local(cfg, job_fn, jobs)
         # closing: an error here (Ctrl-C while a run is stored, a full disk) stops the workers at once
         with contextlib.closing(results):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +168,21 @@ class DatasetWriter:
         if data.exists():
             done |= {int(r) for r in torch.unique(TensorDict.load_memmap(data)["run"]).tolist()}
         return done
+
+    def stored_runs(self, first: int) -> Iterator[tuple[int, TensorDict]]:
+        """The rows of the ``first`` lowest-numbered stored runs (consolidated or not), in run order."""
+        sources: dict[int, tuple[TensorDict, torch.Tensor | None]] = {}
+        data = self.root / "data"
+        if data.exists():
+            td = TensorDict.load_memmap(data)
+            for r in torch.unique(td["run"]).tolist():
+                sources[int(r)] = (td, td["run"] == r)
+        for p in (self.root / "runs").glob("run_*"):
+            if (p / "run.json").exists():
+                sources.setdefault(int(p.name.split("_")[1]), (TensorDict.load_memmap(p), None))
+        for run in sorted(sources)[:first]:
+            td, rows = sources[run]
+            yield run, td if rows is None else td[rows]
 
     # ------------------------------------------------------------------ append
     def add_run(self, run: int, rows: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
