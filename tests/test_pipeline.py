@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -194,6 +195,37 @@ def test_a_second_ctrl_c_during_the_interrupt_save_waits_for_it(experiment, tmp_
         signal.signal(signal.SIGINT, outer)
     assert "interrupted at step 3; checkpoint saved" in capsys.readouterr().out
     assert json.loads((out / "model" / "train_state" / "state.json").read_text())["step"] == 3
+
+
+def test_an_interrupted_run_resumed_ends_as_the_uninterrupted_one(experiment, tmp_path, monkeypatch):
+    """Bit for bit: the random streams follow the step, and a Ctrl-C during an update waits for it."""
+    import signal
+
+    import rl_gpt.train.loop as loop
+
+    args = ["train", "cartpole", "steps=12", "train.ckpt_every=100", "train.warmup=2", *TINY_MODEL, *QUIET]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for out in (whole, split):
+        shutil.copytree(experiment / "dataset", out / "dataset")
+    assert main([*args, f"out={whole}"]) == 0
+    update_ema = loop.update_ema
+
+    def ctrl_c_mid_update(ema, model, decay, step):  # after opt.step(), before the step is counted
+        update_ema(ema, model, decay, step)
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(loop, "update_ema", ctrl_c_mid_update)
+            assert main([*args, f"out={split}"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    assert json.loads((split / "model" / "train_state" / "state.json").read_text())["step"] == 7
+    assert main([*args, f"out={split}"]) == 0  # resumed from step 7
+    a, b = (load_file(str(out / "model" / "model.safetensors")) for out in (whole, split))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_restart_stopped_before_its_first_checkpoint_is_not_resumed_as_the_old_run(
@@ -768,9 +800,17 @@ def test_ddp_training_with_two_processes(experiment, tmp_path):
     assert read_model_info(out / "model")["meta"]["step"] == 6
     result = subprocess.run([c for c in cmd if c != "-q"], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and result.stdout.count("model written to") == 1, result.stdout  # rank 0 alone
-    # Resumed in one process: each step now takes half the pairs, which is said
-    with pytest.warns(UserWarning, match=r"trained on 2 process\(es\) and goes on with 1: .* 32 pairs instead of 64"):
+    shutil.copytree(out / "model", tmp_path / "ddp2" / "model")
+    # Resumed in one process: each step now takes half the pairs, which is said with the remedy
+    with pytest.warns(UserWarning, match=r"goes on with 1: .* 32 pairs instead of 64; pass train.batch=64 to keep"):
         assert main(["train", "cartpole", f"out={out}", "steps=8", *TINY_MODEL, *QUIET]) == 0
+    # which is accepted: the pairs per step stay the same, so the run goes on as it was
+    again = ["train", "cartpole", f"out={tmp_path / 'ddp2'}", f"dataset={out / 'dataset'}", "steps=8", *TINY_MODEL]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*again, *QUIET, "batch=64"]) == 0
+    assert not [w for w in caught if "process(es)" in str(w.message)]
+    assert read_model_info(tmp_path / "ddp2" / "model")["meta"]["step"] == 8
 
 
 def test_training_with_the_function_loss(experiment, tmp_path):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from rl_gpt.io import atomic_save_safetensors, atomic_write_json, replace_dir
 
-__all__ = ["discard_train_state", "load_train_state", "read_data_state", "save_train_state"]
+__all__ = ["discard_train_state", "load_train_state", "read_data_state", "read_saved_batch", "save_train_state"]
 
 # Config fields that may change between a run and its resume without changing what is trained.
 _RESUMABLE_CHANGES = {
@@ -75,6 +75,12 @@ def read_data_state(directory: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()).get("data") if path.exists() else None
 
 
+def read_saved_batch(directory: Path, default: int) -> int:
+    """The ``train.batch`` (pairs per process) a saved run trained with (``default`` if not on record)."""
+    path = directory / "state.json"
+    return int(json.loads(path.read_text()).get("config", {}).get("batch", default)) if path.exists() else default
+
+
 def _saved_architecture(directory: Path, info: dict[str, Any]) -> dict[str, Any] | None:
     """The resolved model config a saved run trained; states saved before it was recorded fall back to
     the model file written beside them at every checkpoint."""
@@ -131,8 +137,13 @@ def load_train_state(
     opt: torch.optim.Optimizer,
     sampler_gen: torch.Generator,
     expect: dict[str, Any],
+    world: int = 1,
 ) -> int:
-    """Restore what :func:`save_train_state` wrote; returns the step to continue from."""
+    """Restore what :func:`save_train_state` wrote; returns the step to continue from.
+
+    ``world``: the processes that go on. ``train.batch`` counts pairs per process, so it may change
+    where the pairs per step stay the same (32 on 2 processes going on as 64 on one).
+    """
     from rl_gpt.config import ConfigError, TrainConfig, to_dict
 
     info = json.loads((directory / "state.json").read_text())
@@ -142,7 +153,10 @@ def load_train_state(
     # Where the resolved architecture is on record it decides, not how the config spelled it: a preset
     # that now pins a field to its old default (model_overrides) still continues its runs.
     spelled = {"model", "model_overrides"} if architecture is not None else set()
-    changed = sorted(k for k in expect if k not in _RESUMABLE_CHANGES | spelled and saved.get(k) != expect[k])
+    processes = (info.get("data") or {}).get("processes")
+    same_pairs = processes is not None and saved.get("batch", 0) * processes == expect.get("batch", 0) * world
+    allowed = _RESUMABLE_CHANGES | spelled | ({"batch"} if same_pairs else set())
+    changed = sorted(k for k in expect if k not in allowed and saved.get(k) != expect[k])
     if changed:
         values = ", ".join(f"train.{k}: {_short(saved.get(k))} -> {_short(expect[k])}" for k in changed)
         raise ConfigError(

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -29,7 +30,13 @@ from rl_gpt.interrupt import interrupts_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
-from rl_gpt.train.checkpoint import discard_train_state, load_train_state, read_data_state, save_train_state
+from rl_gpt.train.checkpoint import (
+    discard_train_state,
+    load_train_state,
+    read_data_state,
+    read_saved_batch,
+    save_train_state,
+)
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import metric_mismatch, read_model_info, recorded_metric_settings, same_task, save_model
 from rl_gpt.train.probe import prompt_range, quick_alignment
@@ -120,6 +127,11 @@ def _dist_info() -> tuple[int, int]:
     return rank, world
 
 
+def step_seed(seed: int, rank: int, step: int, stream: int) -> int:
+    """The seed of one random stream of one training step, from the run's seed, the process and the step."""
+    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
     """Train the generator on ``cfg.dataset_dir``; writes ``cfg.model_dir``. Returns the model directory.
 
@@ -162,10 +174,12 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         train_runs, test_runs = saved["train_runs"], saved["test_runs"]
         normalizer = Normalizer.from_dict(saved["normalizer"])
         before = saved.get("processes", world)  # runs saved before this was recorded: not known
-        if before != world and main_proc:
+        was = before * read_saved_batch(state_dir, tc.batch)
+        if was != world * tc.batch and main_proc:
+            keep = f"; pass train.batch={was // world} to keep {was}" if was % world == 0 else ""
             warnings.warn(
                 f"{out} was trained on {before} process(es) and goes on with {world}: train.batch counts pairs "
-                f"per process, so each step now takes {world * tc.batch} pairs instead of {before * tc.batch}",
+                f"per process, so each step now takes {world * tc.batch} pairs instead of {was}{keep}",
                 stacklevel=2,
             )
     else:
@@ -193,14 +207,12 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
     if resume and (state_dir / "state.json").exists():
-        step = load_train_state(state_dir, model, ema, opt, sampler.generator, expect=to_dict(tc))
+        step = load_train_state(state_dir, model, ema, opt, sampler.generator, expect=to_dict(tc), world=world)
         if step > tc.steps:
             raise ConfigError(
                 f"{out} is already trained to step {step}, past train.steps={tc.steps}; train again with --restart "
                 "to start a new run of that length, or use another out= directory"
             )
-        if world > 1:  # only rank 0's sampler state was saved: give every rank its own stream again
-            sampler.generator.manual_seed(tc.seed * 1000 + rank + step * world)
         if step == tc.steps and _finished(out, tc, step):
             if main_proc and progress:
                 print(f"{out} is already trained to train.steps={step}; nothing to do (--restart trains it again)")
@@ -221,8 +233,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
-    g = torch.Generator(device=device).manual_seed(tc.seed * 7 + rank + step)
-    perm_gen = torch.Generator().manual_seed(tc.seed * 13 + rank + step)
+    g = torch.Generator(device=device)  # diffusion steps, noise, prompt dropout and metric jitter
+    perm_gen = torch.Generator()  # hidden-unit permutations
 
     run = _wandb_init(cfg, resume=step > 0) if main_proc else None  # a resumed run logs to the run it began
     if main_proc:
@@ -257,6 +269,10 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     t0, seen = time.time(), 0
     try:
         while step < tc.steps:
+            # Every random stream starts each step from (seed, rank, step) alone: a resumed run draws what
+            # the uninterrupted one would have, on any number of processes, with no RNG state to save.
+            for stream, rng in enumerate((sampler.generator, g, perm_gen)):
+                rng.manual_seed(step_seed(tc.seed, rank, step, stream))
             batch = sampler.sample(tc.batch)
             if tc.augment:  # one permutation per pair, applied to θ and θ' alike
                 perms = ds.layout.random_permutations(tc.batch, perm_gen)
@@ -286,9 +302,11 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                     f"loss {loss.item()}, gradient norm {float(grad_norm)} at step {step}; "
                     "lower train.lr or check the data (the last checkpoint is intact)"
                 )
-            opt.step()
-            update_ema(ema, model, tc.ema, step)
-            step += 1
+            # A Ctrl-C waits for the update to finish: weights, EMA and step counter then agree in what it saves.
+            with interrupts_deferred():
+                opt.step()
+                update_ema(ema, model, tc.ema, step)
+                step += 1
             seen += tc.batch * world
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
