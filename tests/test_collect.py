@@ -182,6 +182,28 @@ def _spawned_workers(group: int) -> list[int]:
     return found
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
+def test_workers_of_a_collection_killed_with_kill_9_exit_too(tmp_path):
+    args = ["collect", "cartpole", f"out={tmp_path}", "runs=4", "timesteps=1000000", "workers=2", *TINY]
+    cmd = [sys.executable, "-c", "import sys; from rl_gpt.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(_spawned_workers(proc.pid)) < 2:
+            time.sleep(0.05)
+        assert len(_spawned_workers(proc.pid)) == 2
+        time.sleep(2)  # the workers are training their runs now
+        os.kill(proc.pid, signal.SIGKILL)  # the main process alone: no handler runs, the pool is not shut down
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and _spawned_workers(proc.pid):
+            time.sleep(0.1)
+        assert not _spawned_workers(proc.pid), "workers outlived their collection"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("when", ["workers_starting", "first_run_stored"])
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through Linux's /proc")
 def test_ctrl_c_stops_a_parallel_collection_in_one_message(tmp_path, when):

@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -226,10 +227,20 @@ def _workers(cfg: ExperimentConfig) -> int:
     return cfg.collect.workers if cfg.collect.workers > 0 else (os.cpu_count() or 1)
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="exit-with-parent").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """End this worker once its parent is gone: a collection killed with ``kill -9`` cannot stop its
+    pool, whose workers would otherwise finish runs nobody stores and then wait for work forever."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _run_local(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
@@ -244,7 +255,9 @@ def _run_local(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> I
     before, pool = set(mp.active_children()), None
     try:
         with _sigint_blocked():  # the workers inherit the blocked signal; the pool starts them as jobs are submitted
-            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
+            pool = ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)
+            )
             pending = {pool.submit(job_fn, cfg, runs): runs for runs in jobs}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
