@@ -267,6 +267,28 @@ def test_ray_executor_with_a_local_instance(tmp_path):
     assert torch.unique(_load(tmp_path)["run"]).tolist() == [0, 1]
 
 
+def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
+    """Ray's driver installs a SIGTERM handler that aborted the process with a core dump, skipping the
+    consolidation and the message that a scheduler's stop (SIGTERM) gets elsewhere."""
+    pytest.importorskip("ray")
+    args = ["collect", "cartpole", f"out={tmp_path}", "runs=6", "timesteps=4096", "workers=1", "executor=ray", *TINY]
+    cmd = [sys.executable, "-c", "import sys; from rl_gpt.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    try:
+        runs = tmp_path / "dataset" / "runs"
+        deadline = time.time() + 180
+        while time.time() < deadline and not list(runs.glob("run_*/run.json")) and proc.poll() is None:
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "interrupted:" in err and "run the same command again to resume" in err, err[-2000:]
+    assert "SIGTERM received" not in err
+    assert (tmp_path / "dataset" / "data").is_dir()  # what was stored is consolidated
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -276,6 +298,8 @@ def test_ray_executor_with_a_local_instance(tmp_path):
         (["task.policy_kwargs={activation_fn: sigmoid}"], "task.policy_kwargs.activation_fn='sigmoid': choose"),
         (["task.policy_kwargs={net_arch: {pi: [0]}}"], "task.policy_kwargs.net_arch: {'pi': [0]} must be"),
         (["task.policy_kwargs={net_arch: 5}"], "task.policy_kwargs.net_arch: 5 must be a list of layer widths"),
+        (["executor=ray", "collect.ray_address=127.0.0.1:1"], "collect.ray_address=127.0.0.1:1: no Ray cluster"),
+        (["executor=ray", "collect.ray_address=head"], "collect.ray_address='head': expected HOST:PORT"),
         (["--bogus"], "rl-gpt collect: error: unrecognized arguments: --bogus (see rl-gpt collect --help)"),
         (
             ["--runs", "2"],

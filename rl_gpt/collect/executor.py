@@ -12,6 +12,7 @@ import functools
 import multiprocessing as mp
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -125,6 +126,8 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
+    if cfg.collect.executor == "ray":
+        check_ray(cfg.collect.ray_address)
     check_login(cfg)  # and W&B credentials, where they are needed
     option = cfg.dataset_option
     with exclusive_folder(ensure_writable_dir(cfg.dataset_dir, option), "collect", option) as root:
@@ -300,11 +303,30 @@ def _sigint_blocked() -> Iterator[None]:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
+def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
+    """Ray installed, and something listening at ``address`` (``host:port``), or a one-line error now:
+    ``ray.init`` waits for an unreachable cluster for minutes without saying why."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("collect.executor=ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')")
+    if not address or address == "auto" or "://" in address:  # auto: Ray looks it up and says so quickly
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"collect.ray_address={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379) or auto")
     try:
-        import ray
-    except ImportError:
-        raise ConfigError("collect.executor=ray needs Ray: pip install 'rl_gpt[ray]'") from None
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"collect.ray_address={address}: no Ray cluster answers there ({exc.strerror or exc}); start one with "
+            "`ray start --head` and pass the address it prints, or drop collect.ray_address to start Ray locally"
+        ) from None
+
+
+def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
+    import ray
+
     if not jobs:
         return
     started_here = not ray.is_initialized()
@@ -312,9 +334,17 @@ def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Ite
         kwargs: dict[str, Any] = (
             {"address": cfg.collect.ray_address}
             if cfg.collect.ray_address
-            else {"num_cpus": _workers(cfg), "include_dashboard": False}
+            # "local": a new instance of this machine's size, even where a `ray start` cluster runs or
+            # left its address file behind (ray.init would join that and refuse num_cpus)
+            else {"address": "local", "num_cpus": _workers(cfg), "include_dashboard": False}
         )
+        # Ray's driver installs its own SIGTERM handler, which aborts the process with a core dump
+        # instead of letting the collection store and say what is done: the handlers set before stay.
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         ray.init(log_to_driver=False, **kwargs)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     remote = ray.remote(num_cpus=1)(_call_job)
     refs: dict[Any, list[int]] = {}
     try:
