@@ -40,6 +40,17 @@ def _finite(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed, 0 or more (NumPy and Gymnasium refuse negative ones)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; seeds are 0 or more")
+    return value
+
+
 def _scale(text: str) -> float:
     """argparse type: a guidance scale, 0 or more (0 ignores the prompt, 1 is the plain conditional)."""
     value = _finite(text)
@@ -377,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=_seed,
         default=0,
         help="seed of sampling; the random init is the sweep's unseen init SEED (initialiser seed sweep.init_seed "
         "+ SEED), never a training run's",
@@ -444,15 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="POLICY.zip, CLASSIFIER.safetensors, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)",
     )
     p.add_argument(
-        "--episodes", type=_count, default=10, help="episodes per policy (classifiers: the whole test split)"
+        "--episodes",
+        type=_count,
+        default=None,
+        help="episodes per policy (default 10; dataset rows: as many as their labels were measured with; "
+        "classifiers: the whole test split)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
     p.add_argument(
         "--seed",
-        type=int,
-        default=0,
-        help="the evaluator's seed for start states (default 0; rl_gpt's batched environments, not "
-        "Gymnasium's reset(seed=))",
+        type=_seed,
+        default=None,
+        help="the evaluator's seed for start states (default 0; dataset rows: their labels' seed, so the labels "
+        "are reproduced; rl_gpt's batched environments, not Gymnasium's reset(seed=))",
     )
     p.add_argument(
         "--dataset",

@@ -115,6 +115,16 @@ class CollectConfig:
     # and by the CNN on the CPU, whose runs train one by one (a stacked conv step is slower there).
     batch_runs: int = 64
 
+    def __post_init__(self) -> None:
+        for key, bounds in self.sample_hyperparams.items():
+            ok = isinstance(bounds, list) and len(bounds) == 2
+            ok = ok and all(isinstance(b, (int, float)) and not isinstance(b, bool) and b > 0 for b in bounds)
+            if not ok or bounds[0] > bounds[1]:
+                raise ConfigError(
+                    f"collect.sample_hyperparams.{key}: {bounds!r} is not [low, high] with 0 < low <= high "
+                    f"(drawn log-uniformly); write it as '{{{key}: [1e-4, 1e-3]}}'"
+                )
+
 
 @dataclass
 class TrainConfig:
@@ -293,6 +303,7 @@ ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.dev
 #: Counts a run cannot do without; below these a stage would crash later or report nonsense.
 MINIMUMS: dict[str, int] = {
     "collect.runs": 1,
+    "task.n_envs": 1,
     "collect.timesteps": 1,
     "collect.checkpoint_every": 1,
     "collect.eval_episodes": 1,
@@ -317,6 +328,13 @@ MINIMUMS: dict[str, int] = {
 NON_NEGATIVE: frozenset[str] = frozenset(
     {
         "collect.workers",  # 0: one per core
+        # seeds: NumPy and Gymnasium take 0 or more
+        "collect.seed",
+        "collect.eval_seed",
+        "train.seed",
+        "train.split_seed",
+        "sweep.seed",
+        "sweep.init_seed",
         "train.function_loss",
         "train.function_signal_power",
         "train.metric_jitter",

@@ -299,6 +299,12 @@ def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
         (["task.policy_kwargs={net_arch: {pi: [0]}}"], "task.policy_kwargs.net_arch: {'pi': [0]} must be"),
         (["task.policy_kwargs={net_arch: 5}"], "task.policy_kwargs.net_arch: 5 must be a list of layer widths"),
         (["executor=ray", "collect.ray_address=127.0.0.1:1"], "collect.ray_address=127.0.0.1:1: no Ray cluster"),
+        (["seed=-1"], "collect.seed: -1 is negative; use 0 or more"),
+        (["task.n_envs=0"], "task.n_envs: 0 is too small"),
+        (["task.hyperparams.learning_rate=abc"], "Stable-Baselines3 refused task.hyperparams"),
+        (["task.hyperparams.batch_size=-5"], "task.hyperparams.batch_size: -5 must be a whole number of 1 or more"),
+        (["timesteps=16", "task.n_envs=2"], "collect.timesteps=16 is shorter than one PPO rollout (n_steps x n_envs"),
+        (["collect.sample_hyperparams={learning_rate: [1e-4]}"], "learning_rate: [0.0001] is not [low, high]"),
         (["executor=ray", "collect.ray_address=head"], "collect.ray_address='head': expected HOST:PORT"),
         (["--bogus"], "rl-gpt collect: error: unrecognized arguments: --bogus (see rl-gpt collect --help)"),
         (

@@ -61,6 +61,18 @@ def experiment(tmp_path_factory) -> Path:
     return out
 
 
+def test_evaluating_dataset_rows_reproduces_their_labels_by_default(experiment, capsys):
+    from rl_gpt.dataset import CheckpointDataset
+
+    labels = CheckpointDataset(experiment / "dataset").data["metric"][:3].tolist()
+    capsys.readouterr()
+    assert main(["evaluate", f"{experiment / 'dataset'}:0:3"]) == 0  # the labels' 2 episodes and seed 10,000
+    lines = capsys.readouterr().out.strip().splitlines()
+    for line, label in zip(lines, labels, strict=True):
+        measured = float(line.split(": ")[1].split(" +- ")[0])
+        assert measured == pytest.approx(label, abs=0.01) and line.endswith(f"(label {label:.2f})"), line
+
+
 def test_model_file_is_self_describing(experiment):
     info = read_model_info(experiment / "model")
     assert info["meta"]["step"] == 30

@@ -121,10 +121,11 @@ def _plan_jobs(cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int]) -> 
 
 def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool = True) -> Path:
     """Collect ``cfg.collect.runs`` runs into ``cfg.dataset_dir``, resuming what is already there."""
-    from rl_gpt.collect.sb3_run import check_env_id
+    from rl_gpt.collect.sb3_run import check_env_id, check_rl_collection
 
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
+        check_rl_collection(cfg)
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
     if cfg.collect.executor == "ray":
         check_ray(cfg.collect.ray_address)

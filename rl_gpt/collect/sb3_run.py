@@ -32,6 +32,7 @@ __all__ = [
     "RunResult",
     "build_model",
     "check_env_id",
+    "check_rl_collection",
     "describe_policy",
     "folds_normalisation",
     "run_seed",
@@ -81,6 +82,40 @@ def sample_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     return params
 
 
+#: Counts SB3 checks only when training has begun (a negative batch fails in the replay buffer).
+_POSITIVE_HYPERPARAMS = ("batch_size", "n_steps", "n_epochs", "buffer_size")
+
+
+def check_rl_collection(cfg: ExperimentConfig) -> None:
+    """Refuse, before any work, RL settings that SB3 accepts but that train nothing or fail mid-run."""
+    task, c = cfg.task, cfg.collect
+    for key in _POSITIVE_HYPERPARAMS:
+        value = task.hyperparams.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"task.hyperparams.{key}: {value!r} must be a whole number of 1 or more")
+    algo = ALGOS[task.algo]
+    if task.algo == "ppo":  # PPO updates only after a full rollout; SB3 rounds the run up to one
+        rollout = int(task.hyperparams.get("n_steps", _default(algo, "n_steps"))) * task.n_envs
+        if c.timesteps < rollout:
+            raise ConfigError(
+                f"collect.timesteps={c.timesteps} is shorter than one PPO rollout (n_steps x n_envs = {rollout}): "
+                "the policy would never be updated; raise collect.timesteps or lower task.hyperparams.n_steps"
+            )
+    else:
+        starts = int(task.hyperparams.get("learning_starts", _default(algo, "learning_starts")))
+        if c.timesteps <= starts:
+            raise ConfigError(
+                f"collect.timesteps={c.timesteps} ends before SAC's first update (learning_starts={starts}): "
+                "the policy would never be updated; raise collect.timesteps or lower task.hyperparams.learning_starts"
+            )
+
+
+def _default(algo: type[BaseAlgorithm], name: str) -> Any:
+    import inspect
+
+    return inspect.signature(algo.__init__).parameters[name].default
+
+
 def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None = None) -> BaseAlgorithm:
     """A fresh SB3 model for the task (its vectorised env wrapped in VecNormalize where configured).
 
@@ -101,6 +136,8 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
         model = ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
     except TypeError as exc:
         raise ConfigError(f"task.hyperparams: {exc}") from None
+    except (AssertionError, ValueError, KeyError) as exc:  # SB3's own checks of the values
+        raise ConfigError(f"Stable-Baselines3 refused task.hyperparams / task.policy_kwargs: {exc}") from None
     # A folder-less logger with no outputs; set_logger also stops learn() from configuring its own.
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model

@@ -43,9 +43,9 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
 
 def evaluate_target(
     target: str,
-    episodes: int,
+    episodes: int | None,
     device: str,
-    seed: int,
+    seed: int | None,
     stochastic: bool,
     dataset: str | None = None,
     data_root: str | None = None,
@@ -54,7 +54,8 @@ def evaluate_target(
 
     ``dataset`` (a checkpoint dataset folder) names the network and data set of a classifier file
     that does not carry them; ``data_root`` replaces the folder of MNIST/CIFAR-10 files a classifier
-    is tested on.
+    is tested on. ``episodes`` and ``seed`` (None: 10 and 0) default, for dataset rows, to the protocol
+    their labels were measured with, and each row is printed beside its label.
     """
     from rl_gpt.evaluate import evaluate_sb3_file
 
@@ -65,8 +66,9 @@ def evaluate_target(
     if target.endswith(".zip"):
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")
+        episodes, seed = episodes or 10, seed or 0
         res = evaluate_sb3_file(target, episodes=episodes, deterministic=not stochastic, seed=seed, device=device)
-        rows = [target]
+        rows, labels = [target], [None]
     else:
         from rl_gpt.dataset import CheckpointDataset
         from rl_gpt.evaluate import PolicySpec, evaluate_params
@@ -78,6 +80,13 @@ def evaluate_target(
             params = ds.data["params"][idx].float().to(device)
             metrics = supervised_metric(ds.spec, params, data_root)
             return _classifier_report(target, [f"row {int(i)}" for i in idx], metrics)
+        from rl_gpt.evaluate.dataset_metric import label_protocol
+
+        label_episodes, label_seed = label_protocol(ds.spec, 10)
+        episodes = label_episodes if episodes is None else episodes
+        seed = label_seed if seed is None else seed
+        field = "return_stoch" if stochastic else "metric"
+        labels = ds.data[field][idx].tolist() if field in ds.data else [None] * len(idx)
         spec = PolicySpec.from_dict(ds.spec["policy"])
         extra = {}
         if spec.normalize_obs:
@@ -94,15 +103,18 @@ def evaluate_target(
             **extra,
         )
         rows = [f"row {int(i)}" for i in idx]
-    lines = [f"{name}: {m:.2f} +- {s:.2f}" for name, m, s in zip(rows, res.mean.tolist(), res.std.tolist())]
+    lines = [
+        f"{name}: {m:.2f} +- {s:.2f}" + ("" if label is None else f" (label {label:.2f})")
+        for name, m, s, label in zip(rows, res.mean.tolist(), res.std.tolist(), labels)
+    ]
     record = {
         "target": target,
         "episodes": episodes,
         "deterministic": not stochastic,
         "seed": seed,
         "policies": [
-            {"name": n, "mean": float(m), "std": float(s), "returns": r}
-            for n, m, s, r in zip(rows, res.mean, res.std, res.returns.tolist())
+            {"name": n, "mean": float(m), "std": float(s), "returns": r} | ({} if label is None else {"label": label})
+            for n, m, s, r, label in zip(rows, res.mean, res.std, res.returns.tolist(), labels)
         ],
     }
     return {"text": "\n".join(lines), "json": record}
