@@ -173,7 +173,7 @@ def test_crash_after_consolidation_rename_does_not_duplicate(tmp_path):
     w.consolidate()
     # a crash between replacing data/ and deleting runs/run_00000 leaves the run in both places
     w.add_run(0, _rows(0), {})
-    with pytest.raises(DatasetError, match="unconsolidated runs"):
+    with pytest.raises(DatasetError, match="runs not yet merged into data"):
         CheckpointDataset(tmp_path / "ds")
     assert w.consolidate() == 4
     assert len(CheckpointDataset(tmp_path / "ds")) == 4

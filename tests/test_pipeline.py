@@ -524,6 +524,7 @@ def test_sweep_conditions_on_the_label_protocols_init_metric(experiment, tmp_pat
     expected = start_metric(ds, inits, read_model_info(experiment / "model")["meta"]["train_runs"])
     torch.testing.assert_close(metric, expected.float())
     assert ds.spec["evaluation"]["episodes"] == 2  # the labels' count, not the sweep's 3
+    assert "pure-torch port of CartPole-v1" in ds.spec["evaluation"]["definition"]  # readable without rl_gpt
     report = json.loads((out / "report.json").read_text())
     assert report["init_metric_as_labelled"] == pytest.approx(expected.tolist())
 

@@ -49,6 +49,7 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
 
         return supervised_spec(cfg)
     from rl_gpt.collect.sb3_run import describe_policy, describe_versions, folds_normalisation
+    from rl_gpt.evaluate.rollout import evaluation_definition
 
     task = task_record(to_dict(cfg.task))
     folded = folds_normalisation(cfg)
@@ -84,7 +85,11 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "obs_mean": "(N, obs_dim) float32 " + stats.format("mean"),
             "obs_var": "(N, obs_dim) float32 " + stats.format("variance"),
         },
-        "evaluation": {"episodes": cfg.collect.eval_episodes, "seed": cfg.collect.eval_seed},
+        "evaluation": {
+            "episodes": cfg.collect.eval_episodes,
+            "seed": cfg.collect.eval_seed,
+            "definition": evaluation_definition(cfg.task.env_id),
+        },
         "versions": describe_versions(),
         "collect": to_dict(cfg.collect),
     }

@@ -264,7 +264,11 @@ class CheckpointDataset:
         self.spec = read_spec(self.root)
         _recover(self.root)
         if any(p for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()):
-            raise DatasetError(f"{root} has unconsolidated runs; rerun `rl-gpt collect` with the same config to finish")
+            raise DatasetError(
+                f"{root} has runs not yet merged into data/ (its collection was stopped); rerun the same "
+                "`rl-gpt collect` command to finish and merge them (each runs/run_NNNNN/ is a TensorDict memmap "
+                "that can be read on its own)"
+            )
         if not (self.root / "data").exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
         self.data: TensorDict = TensorDict.load_memmap(self.root / "data")

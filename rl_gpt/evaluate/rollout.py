@@ -23,7 +23,7 @@ from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads
 
-__all__ = ["EvalResult", "evaluate_params"]
+__all__ = ["EvalResult", "evaluate_params", "evaluation_definition"]
 
 # Default bound on environments per chunk: torch states/activations are tiny, Gymnasium envs are not.
 _MAX_BATCH_TORCH = 1 << 16
@@ -45,6 +45,24 @@ class EvalResult(NamedTuple):
     std: torch.Tensor  # (B,) population std (ddof=0, as SB3's evaluate_policy)
     returns: torch.Tensor  # (B, E) float64 undiscounted returns
     lengths: torch.Tensor  # (B, E) int64 episode lengths
+
+
+def evaluation_definition(env_id: str) -> str:
+    """How :func:`evaluate_params` measures a policy on ``env_id``, in words, for a dataset's spec.json."""
+    if find_dynamics(env_id) is not None:
+        starts = (
+            f"drawn from `seed` by rl_gpt's pure-torch port of {env_id} (envs/), which follows Gymnasium's "
+            "dynamics and start distribution but not its reset(seed=) stream"
+        )
+    else:
+        starts = "set by Gymnasium's reset(seed=seed + e)"
+    return (
+        "each checkpoint rolled out after its run trained: `metric` is the mean undiscounted return over "
+        "`episodes` episodes of the deterministic policy (argmax; a Gaussian's mean clipped to the action "
+        "bounds; SAC's tanh-squashed mean), `return_stoch` of actions sampled from the policy; an episode ends "
+        f"at termination or the environment's TimeLimit. Episode e of every checkpoint starts from one state, "
+        f"{starts}. `rl-gpt evaluate DATASET:ROWS` reproduces it."
+    )
 
 
 def evaluate_params(
