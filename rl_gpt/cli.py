@@ -101,10 +101,12 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rl_gpt.train import train
 
     cfg = load_config(args.config, args.overrides, command="train")
+    state = Path(cfg.model_dir) / "train_state" / "state.json"
+    before = state.stat().st_mtime_ns if state.exists() else None
     out = train(cfg, progress=not args.quiet, resume=not args.restart)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the rest is rank 0's: said and done once
         return
-    if not args.quiet:
+    if not args.quiet and (not state.exists() or state.stat().st_mtime_ns != before):  # not after "nothing to do"
         print(f"model written to {out}")
     if cfg.train.calibrate:
         from rl_gpt.sweep.calibrate import ensure_calibrated  # the demo's path too: one way to calibrate after training

@@ -146,7 +146,8 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     written = {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
     capsys.readouterr()
     assert main([a for a in args if a != "-q"] + ["steps=20"]) == 0
-    assert "already trained to train.steps=20; nothing to do" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "already trained to train.steps=20; nothing to do" in said and "model written to" not in said
     assert written == {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
     # a run stopped while measuring its alignment (alignment.json of another step) measures it again
     alignment = out / "model" / "alignment.json"
@@ -159,6 +160,28 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     assert "holds a run trained with other settings (train.lr: 0.001 -> 0.5)" in capsys.readouterr().err
     assert main([*args, "steps=30", "train.model_overrides={width: 16, depth: 1}"]) == 2
     assert "train.model or model_overrides differ from the run's" in capsys.readouterr().err
+
+
+def test_a_resumed_run_says_it_does_not_use_runs_added_since(experiment, tmp_path):
+    out = tmp_path / "grown"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    assert main(["train", "cartpole", f"out={out}", "steps=4", *TINY_MODEL, *QUIET]) == 0
+    more = ["runs=5", "timesteps=1024", "collect.checkpoint_every=256", "task.n_envs=2", "collect.eval_episodes=2"]
+    assert main(["collect", "cartpole", f"out={out}", "workers=1", *more, *QUIET]) == 0
+    with pytest.warns(UserWarning, match=r"has 1 run\(s\) more than .* train with --restart to use them"):
+        assert main(["train", "cartpole", f"out={out}", "steps=6", *TINY_MODEL, *QUIET]) == 0
+
+
+def test_a_world_size_without_torchrun_is_one_line(experiment, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    out = tmp_path / "ws"
+    assert main(["train", "cartpole", f"out={out}", f"dataset={experiment / 'dataset'}", "steps=2", *TINY_MODEL]) == 2
+    assert "WORLD_SIZE=2 is set but MASTER_ADDR / MASTER_PORT are not: start distributed training with" in (
+        capsys.readouterr().err
+    )
+    assert not out.exists()
 
 
 def test_a_model_folder_being_trained_is_refused_to_a_second_training(experiment, tmp_path, capsys):
@@ -811,19 +834,20 @@ def test_ddp_training_with_two_processes(experiment, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert read_model_info(out / "model")["meta"]["step"] == 6
-    result = subprocess.run([c for c in cmd if c != "-q"], capture_output=True, text=True, timeout=300, env=env)
+    more = [c if c != "steps=6" else "steps=8" for c in cmd if c != "-q"]
+    result = subprocess.run(more, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0 and result.stdout.count("model written to") == 1, result.stdout  # rank 0 alone
     shutil.copytree(out / "model", tmp_path / "ddp2" / "model")
     # Resumed in one process: each step now takes half the pairs, which is said with the remedy
     with pytest.warns(UserWarning, match=r"goes on with 1: .* 32 pairs instead of 64; pass train.batch=64 to keep"):
-        assert main(["train", "cartpole", f"out={out}", "steps=8", *TINY_MODEL, *QUIET]) == 0
+        assert main(["train", "cartpole", f"out={out}", "steps=10", *TINY_MODEL, *QUIET]) == 0
     # which is accepted: the pairs per step stay the same, so the run goes on as it was
-    again = ["train", "cartpole", f"out={tmp_path / 'ddp2'}", f"dataset={out / 'dataset'}", "steps=8", *TINY_MODEL]
+    again = ["train", "cartpole", f"out={tmp_path / 'ddp2'}", f"dataset={out / 'dataset'}", "steps=10", *TINY_MODEL]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main([*again, *QUIET, "batch=64"]) == 0
     assert not [w for w in caught if "process(es)" in str(w.message)]
-    assert read_model_info(tmp_path / "ddp2" / "model")["meta"]["step"] == 8
+    assert read_model_info(tmp_path / "ddp2" / "model")["meta"]["step"] == 10
 
 
 def test_training_with_the_function_loss(experiment, tmp_path):

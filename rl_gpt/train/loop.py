@@ -143,6 +143,11 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     if rank == 0:  # the one process that logs: missing W&B credentials (wandb.mode=online) fail now too
         check_login(cfg)
     own_group = world > 1 and not dist.is_initialized()
+    if own_group and not {"MASTER_ADDR", "MASTER_PORT"} <= os.environ.keys():
+        raise ConfigError(
+            f"WORLD_SIZE={world} is set but MASTER_ADDR / MASTER_PORT are not: start distributed training with "
+            "`torchrun --nproc_per_node=N -m rl_gpt.cli train ...`, or unset WORLD_SIZE to train in one process"
+        )
     if own_group:
         dist.init_process_group("nccl" if cfg.train.device.startswith("cuda") else "gloo")
     try:
@@ -172,6 +177,14 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     saved = read_data_state(state_dir) if resume else None
     if saved is not None:  # a resumed run keeps its split and normaliser even if the dataset has grown since
         train_runs, test_runs = saved["train_runs"], saved["test_runs"]
+        unused = len(set(ds.run_slices()) - set(train_runs) - set(test_runs))
+        if unused and main_proc:
+            warnings.warn(
+                f"{cfg.dataset_dir} has {unused} run(s) more than {out} was started on; a resumed run keeps its "
+                f"split ({len(train_runs)} training, {len(test_runs)} held-out runs), so they are not used: "
+                "train with --restart to use them",
+                stacklevel=2,
+            )
         normalizer = Normalizer.from_dict(saved["normalizer"])
         before = saved.get("processes", world)  # runs saved before this was recorded: not known
         was = before * read_saved_batch(state_dir, tc.batch)
