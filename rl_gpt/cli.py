@@ -161,7 +161,19 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     cfg = load_config(_model_config(args), args.overrides, command="sweep")
     model = args.model or str(cfg.model_dir)
     out = args.out or str(Path(cfg.out) / "sweep")
-    report = sweep(cfg, model, out, progress=not args.quiet, dataset=_named_dataset(args, cfg))
+    existed = Path(out).exists()
+    try:
+        report = sweep(cfg, model, out, progress=not args.quiet, dataset=_named_dataset(args, cfg))
+    except KeyboardInterrupt:
+        if not existed:  # the folder the sweep made for its report, still empty: not left behind
+            with contextlib.suppress(OSError):
+                Path(out).rmdir()
+        print(
+            "\ninterrupted: a sweep writes report.json only when it ends, so nothing was written; "
+            "run the same command again",
+            file=sys.stderr,
+        )
+        raise
     print(format_table(report))
     print(f"report: {Path(out) / 'report.json'}  plot: {Path(out) / 'sweep.png'}")
 

@@ -172,6 +172,20 @@ def test_a_resumed_run_says_it_does_not_use_runs_added_since(experiment, tmp_pat
         assert main(["train", "cartpole", f"out={out}", "steps=6", *TINY_MODEL, *QUIET]) == 0
 
 
+def test_an_interrupted_sweep_says_so_and_leaves_no_empty_folder(experiment, tmp_path, monkeypatch, capsys):
+    import rl_gpt.sweep.run
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rl_gpt.sweep.run, "sample_candidates", ctrl_c)
+    out = tmp_path / "sweep"
+    args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=2", "prompts=2", "episodes=2"]
+    assert main(args) == 130
+    assert "interrupted: a sweep writes report.json only when it ends" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_world_size_without_torchrun_is_one_line(experiment, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")

@@ -157,6 +157,10 @@ def sweep(
         low, high = bounds
         say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
     args = (sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
+    draws = len(inits) * len(prompts) * sc.samples
+    each = f", each the mean of {sc.average} draws" if sc.average > 1 else ""
+    each += f", best of {sc.rerank}" if sc.rerank > 1 else ""
+    say(f"sampling {draws} networks ({len(inits)} inits x {len(prompts)} prompts x {sc.samples}{each}) ...")
     candidates = sample_candidates(gen, None, inits, init_m, cond, *args, sc.rerank)  # (K, P, S, N, D)
     samples = candidates[..., 0, :]
     if ranker is not None:  # ranked towards what the generator was conditioned on, as calibrate measures it
@@ -164,6 +168,7 @@ def sweep(
     timings["sample_s"] = time.time() - t
     t = time.time()
     k, p, s, d = samples.shape
+    say(f"evaluating them ({timings['sample_s']:.0f} s of sampling) ...")
     achieved = evaluate(samples.reshape(-1, d), sc.seed + 2).reshape(k, p, s)
     timings["evaluate_s"] = time.time() - t
     report: dict[str, Any] = {
@@ -198,6 +203,8 @@ def sweep(
 
     # ---------------------------------------------------------------- recursive prompting
     t = time.time()
+    if sc.recursive:
+        say(f"recursive prompting, {sc.recursive} steps ...")
     theta, metric, curve = inits, init_m, [float(init_metric.mean())]
     for _ in range(sc.recursive):
         step = cond[best : best + 1]
@@ -219,6 +226,7 @@ def sweep(
 
     # ---------------------------------------------------------------- baselines
     t = time.time()
+    say("baselines (retrieval, noise, identity) and the novelty audit ...")
     pool_rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in train_runs])
     pool_rows = pool_rows[ds.valid_mask()[pool_rows]]
     pool_metric = ds.data["metric"][pool_rows].float()
