@@ -88,12 +88,33 @@ def _cmd_info(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"no folder {folder}; give a dataset, a model or an experiment folder (out=)")
     if (folder / "model.json").is_file():
         parts = [describe_model(folder)]
-    else:  # an experiment folder: its dataset, then its model; else the folder as a dataset
+    elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", "dataset")):
+        from rl_gpt.demo import format_table
+        from rl_gpt.sweep.compare import load_report
+
+        parts = [format_table(load_report(folder))]
+    else:  # an experiment folder: its dataset, its model and its sweeps; else the folder as a dataset
         dataset, model = folder / "dataset", folder / "model"
         parts = [describe(dataset, show_spec=args.spec)] if (dataset / "spec.json").is_file() else []
         parts += [describe_model(model)] if (model / "model.json").is_file() else []
+        if parts:
+            parts += [_sweep_line(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("*/report.json"))]
         parts = parts or [describe(folder, show_spec=args.spec)]
     print("\n\n".join(parts))
+
+
+def _sweep_line(path: Path) -> str:
+    """One line on a sweep report found in an experiment folder (the demo's sits in the folder itself)."""
+    from rl_gpt.sweep.compare import ReportError, load_report
+
+    try:
+        r = load_report(path)
+    except ReportError as exc:
+        return f"sweep {path}: unreadable ({exc})"
+    k, p = len(r["r2_per_init"]), len(r["prompts"])
+    one = r.get("one_step", {}).get("mean_return", float("nan"))
+    r2 = r.get("prompt_alignment_r2", float("nan"))
+    return f"sweep {path}: R2 {r2:.3f}, one-step {one:.4g} ({k} inits x {p} prompts)"
 
 
 def _cmd_train(args: argparse.Namespace) -> None:

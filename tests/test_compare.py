@@ -70,10 +70,17 @@ def test_failed_samples_count_as_the_worst_prompt(tmp_path: Path) -> None:
     assert all(math.isfinite(c) for c in rows[1].one_step_delta_ci95)
 
 
+def test_the_plot_given_instead_of_its_report_is_named(tmp_path: Path, capsys) -> None:
+    (tmp_path / "sweep.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # the plot beside the report, given by mistake
+    assert main(["compare", str(tmp_path / "sweep.png")]) == 2
+    assert "not a sweep report (not text); give a report.json" in capsys.readouterr().err
+
+
 def test_reports_on_other_inits_are_refused(tmp_path: Path) -> None:
     a = _write(tmp_path / "a", _noisy(8, 10.0, 0))
     b = _write(tmp_path / "b", _noisy(8, 10.0, 1), init_seed=2000)
-    with pytest.raises(ReportError, match="sweep.init_seed 2000.* 1000.*same sweep.init_seed"):
+    in_order = r"a/report.json has sweep.init_seed 1000, .*b/report.json has 2000.*same sweep.init_seed"
+    with pytest.raises(ReportError, match=in_order):
         compare_reports([a, b])
     c = _write(tmp_path / "c", _noisy(8, 10.0, 0), higher=False)
     with pytest.raises(ReportError, match="direction"):

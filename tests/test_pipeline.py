@@ -402,7 +402,7 @@ def test_training_refuses_another_tasks_data_or_run_naming_both_tasks(experiment
     assert len(err.splitlines()) == 1 and "holds a generator trained for acrobot" in err and "--restart" in err, err
 
 
-def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
+def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert (
         main(
@@ -444,6 +444,16 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path):
     assert len(report["recursive"]["mean_return"]) == 3
     assert report["recursive"]["training_curve"]["step_unit"] == "environment steps"
     assert report["training_equivalent"]["step_unit"] == "environment steps"
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0  # a sweep folder: its table
+    assert "generator" in capsys.readouterr().out
+    folder = tmp_path / "experiment"  # an experiment folder lists its sweeps
+    folder.mkdir()
+    (folder / "model").symlink_to(experiment / "model")
+    shutil.copytree(out, folder / "sweep")
+    assert main(["info", str(folder)]) == 0
+    listed = f"sweep {folder / 'sweep' / 'report.json'}: R2 {report['prompt_alignment_r2']:.3f}"
+    assert listed in capsys.readouterr().out
     behaviour = report["behavioural_novelty"]
     assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
     for name, block in behaviour.items():

@@ -67,7 +67,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise ReportError(f"{p}: no sweep report here; give a report.json or the --out directory of `rl-gpt sweep`")
     try:
         report = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        hint = "give a report.json or a sweep --out directory"
+        raise ReportError(f"{p} is not a sweep report (not text); {hint}") from None
+    except json.JSONDecodeError as e:
         raise ReportError(f"{p} is not a sweep report ({e}); rerun `rl-gpt sweep`") from None
     if not isinstance(report, dict):
         kind = {list: "an array", str: "a string", type(None): "null"}.get(type(report), "a number")
@@ -164,7 +167,7 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
                     "prompt values": "task.metric_range",
                 }.get(key, key)
                 raise ReportError(
-                    f"{r['_path']} has {key} {got[key]}, {base['_path']} has {want[key]}: not the same inits "
+                    f"{base['_path']} has {key} {want[key]}, {r['_path']} has {got[key]}: not the same inits "
                     f"and prompts, so they cannot be paired; sweep both with the same {hint}"
                 )
     k = len(base["r2_per_init"])
