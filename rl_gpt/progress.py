@@ -8,6 +8,7 @@ when the bar's stream is not a terminal it redraws at most every ``LOG_INTERVAL_
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -15,6 +16,11 @@ from tqdm.auto import tqdm
 __all__ = ["LOG_INTERVAL_S", "progress_bar"]
 
 LOG_INTERVAL_S = 30.0  # seconds between redraws when the bar writes to a file
+
+# tqdm's default lock includes a multiprocessing semaphore; a command ended by a second Ctrl-C
+# (os._exit) never frees it and Python's resource tracker then warns of a leak. No bar here is
+# drawn from another process, so a thread lock is all that is needed.
+tqdm.set_lock(threading.RLock())
 
 
 def _is_interactive(stream: Any) -> bool:

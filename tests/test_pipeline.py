@@ -530,6 +530,23 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     assert load_calibration(model).sampler["guidance"] == 1.5
 
 
+def test_a_flat_calibration_is_said_to_change_nothing(experiment, tmp_path, monkeypatch):
+    import rl_gpt.sweep.calibrate as calibrate
+
+    real = calibrate.evaluate_flat
+
+    def every_prompt_alike(*args, **kwargs):  # a generator that ignores its prompt
+        res = real(*args, **kwargs)
+        return type(res)(torch.full_like(res.mean, 42.0), res.std, res.returns, res.lengths)
+
+    monkeypatch.setattr(calibrate, "evaluate_flat", every_prompt_alike)
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    args = ["calibrate", "cartpole", f"out={experiment}", "--model", str(model), "sweep.calibration_inits=2"]
+    with pytest.warns(UserWarning, match=r"fitted 42 for every prompt\), so this calibration changes no prompt"):
+        assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", *QUIET]) == 0
+
+
 def test_train_calibrate_measures_the_calibration_after_training(experiment, tmp_path):
     out = tmp_path / "run"
     args = ["train", "cartpole", f"out={out}", f"dataset={experiment / 'dataset'}", "steps=4", *TINY_MODEL]

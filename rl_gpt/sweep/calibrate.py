@@ -7,6 +7,7 @@ holds for the sweeps and ``generate`` calls made with them; see :mod:`rl_gpt.tra
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,16 @@ def calibrate(
     cal = fit_calibration(grid, torch.where(failed, worst, achieved).reshape(k, p, s), sampler, meta)
     cal.model_sha256 = model_fingerprint(model_dir)
     path = cal.save(model_dir)
+    if len(set(cal.fitted)) == 1:
+        name = ds.spec["metric"].get("name", "metric")
+        warnings.warn(
+            f"the achieved {name} did not rise with the prompt on the training runs' "
+            f"inits (fitted {cal.fitted[0]:.4g} for every prompt), so this calibration changes no prompt; "
+            "the generator ignores its prompt: train it longer or on more runs",
+            stacklevel=2,
+        )
     if progress:
-        pairs = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(cal.prompts, cal.achieved, strict=True))
+        pairs = ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(cal.prompts, cal.achieved, strict=True))
         print(f"prompt -> mean achieved: {pairs}\ncalibration written to {path}")
     return cal
 

@@ -151,9 +151,9 @@ def sweep(
         model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds, sc.rerank
     )
     if cal is not None:
-        say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond)))
+        say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(prompts, cond)))
     elif bounds is not None and not torch.equal(cond, prompts):
-        moved = ", ".join(f"{a:.3g}->{b:.3g}" for a, b in zip(prompts, cond) if a != b)
+        moved = ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(prompts, cond) if a != b)
         low, high = bounds
         say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
     args = (sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
