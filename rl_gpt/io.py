@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "ensure_writable_dir",
     "exclusive_folder",
     "replace_dir",
+    "shade_outside",
 ]
 
 
@@ -144,6 +145,19 @@ def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
         return _write_then_rename(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     finally:
         plt.close(fig)
+
+
+def shade_outside(ax: Any, xs: Sequence[float], bounds: Sequence[float] | None) -> None:
+    """Grey the x-ranges of ``xs`` outside ``bounds`` (the training data's metric range), where a
+    prompt is conditioned on the range's end: what is plotted there was not asked for as given."""
+    if bounds is None or not len(xs):
+        return
+    low, high = float(min(bounds)), float(max(bounds))
+    label = "outside the training range (conditioned on its end)"
+    for start, stop in ((min(xs), low), (high, max(xs))):
+        if start < stop:
+            ax.axvspan(start, stop, color="0.5", alpha=0.15, lw=0, label=label)
+            label = None  # one legend entry
 
 
 def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -187,3 +187,25 @@ def test_a_second_ctrl_c_while_the_command_exits_ends_it_quietly():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 130 and done.stderr == "", done.stderr
+
+
+def test_prompts_outside_the_training_range_are_greyed_once_in_the_legend():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rl_gpt.io import shade_outside
+
+    fig, ax = plt.subplots()
+    try:
+        shade_outside(ax, [-10.0, 0.0, 5.0, 20.0], (0.0, 10.0))  # both ends reach outside
+        assert len(ax.patches) == 2
+        assert [h.get_label() for h in ax.get_legend_handles_labels()[0]].count(
+            "outside the training range (conditioned on its end)"
+        ) == 1
+        shade_outside(ax, [1.0, 2.0], (0.0, 10.0))  # all inside; None: --extrapolate, nothing conditioned otherwise
+        shade_outside(ax, [-5.0, 2.0], None)
+        assert len(ax.patches) == 2
+    finally:
+        plt.close(fig)

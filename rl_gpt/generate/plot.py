@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.io import atomic_save_figure
+from rl_gpt.io import atomic_save_figure, shade_outside
 
 __all__ = ["plot_targets"]
 
@@ -25,7 +25,9 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
     ax.plot(targets, targets, "k--", lw=1, label="y = x")
     for i in range(achieved.shape[1]):
         ax.scatter(targets, achieved[:, i], color="C0", alpha=0.6, label="generated" if i == 0 else None)
-    ax.plot(targets, achieved.nanmean(1), "-", color="C0", lw=1)
+    num = achieved.shape[1]
+    ax.plot(targets, achieved.nanmean(1), "-", color="C0", lw=1, label=f"mean of {num}" if num > 1 else None)
+    shade_outside(ax, targets.tolist(), None if summary.get("extrapolate") else summary.get("training_range"))
     ax.axhline(summary["start_return"], color="C3", lw=1, ls=":", label="start")
     name = summary.get("metric", "return")
     ax.set_xlabel(f"target {name}")

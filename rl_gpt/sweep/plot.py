@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.io import atomic_save_figure
+from rl_gpt.io import atomic_save_figure, shade_outside
 
 __all__ = ["plot_sweep"]
 
@@ -49,6 +49,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
         ax1.plot(
             prompts, b["achieved_mean"], style, color=f"C{i + 1}", label=f"{base} (R² {b['prompt_alignment_r2']:.2f})"
         )
+    shade_outside(ax1, prompts.tolist(), (report.get("calibration") or {}).get("clamp_range"))
     ax1.set_xlabel(f"prompted {name}")
     ax1.set_ylabel(f"achieved {name}")
     average = int((report.get("config") or {}).get("average", 1))
