@@ -88,7 +88,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"no folder {folder}; give a dataset, a model or an experiment folder (out=)")
     if (folder / "model.json").is_file():
         parts = [describe_model(folder)]
-    elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", "dataset")):
+    elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
         from rl_gpt.demo import format_table
         from rl_gpt.sweep.compare import load_report
 
@@ -101,6 +101,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
             parts += [_sweep_line(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("*/report.json"))]
         parts = parts or [describe(folder, show_spec=args.spec)]
     print("\n\n".join(parts))
+
+
+EXPERIMENT = ("dataset", "model")  # what makes a folder an experiment's (out=), not a sweep's --out
 
 
 def _sweep_line(path: Path) -> str:
@@ -182,10 +185,15 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     cfg = load_config(_model_config(args), args.overrides, command="sweep")
     model = args.model or str(cfg.model_dir)
     out = args.out or str(Path(cfg.out) / "sweep")
-    existed = Path(out).exists()
+    existed, report_file = Path(out).exists(), Path(out) / "report.json"
+    before = report_file.stat().st_mtime_ns if report_file.exists() else None
     try:
         report = sweep(cfg, model, out, progress=not args.quiet, dataset=_named_dataset(args, cfg))
     except KeyboardInterrupt:
+        if report_file.exists() and report_file.stat().st_mtime_ns != before:  # stopped while plotting or logging
+            missing = "sweep.png or the W&B log may be missing"
+            print(f"\ninterrupted after {report_file} was written; {missing}", file=sys.stderr)
+            raise
         if not existed:  # the folder the sweep made for its report, still empty: not left behind
             with contextlib.suppress(OSError):
                 Path(out).rmdir()

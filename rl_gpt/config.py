@@ -328,11 +328,9 @@ MINIMUMS: dict[str, int] = {
 NON_NEGATIVE: frozenset[str] = frozenset(
     {
         "collect.workers",  # 0: one per core
-        # seeds: NumPy and Gymnasium take 0 or more
+        # seeds of Gymnasium environments and SB3 runs, which take 0 or more
         "collect.seed",
         "collect.eval_seed",
-        "train.seed",
-        "train.split_seed",
         "sweep.seed",
         "sweep.init_seed",
         "train.function_loss",

@@ -76,7 +76,13 @@ def interrupts_deferred(notice: str | None = None, quiet_s: float = 1.0) -> Iter
     try:
         yield
     finally:
-        for sig, handler in previous.items():  # None: a handler set outside Python, which cannot be restored
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        # Both handlers go back together: a signal between the two would otherwise run a restored
+        # handler while the other is still ours, and a later stop would be held with nobody to send it on.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, set(previous))
+        try:
+            for sig, handler in previous.items():  # None: a handler set outside Python, which cannot be restored
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         if received:
             signal.raise_signal(received[0])  # Python's SIGINT handler raises KeyboardInterrupt here

@@ -240,7 +240,7 @@ def test_a_dataset_being_collected_is_refused_to_a_second_collection(tmp_path, c
 
     (tmp_path / "dataset").mkdir()
     with exclusive_folder(tmp_path / "dataset", "collect"):
-        assert _collect("cartpole", tmp_path, "runs=1", "timesteps=256", "workers=1") == 2
+        assert _collect("cartpole", tmp_path, "runs=1", "timesteps=1024", "workers=1") == 2
     assert "dataset is being written by another process (an `rl-gpt collect`" in capsys.readouterr().err
     assert list((tmp_path / "dataset").iterdir()) == []
 
@@ -250,7 +250,7 @@ def test_a_folder_chosen_with_dataset_is_named_so_in_the_message(tmp_path, capsy
 
     (tmp_path / "elsewhere").mkdir()
     with exclusive_folder(tmp_path / "elsewhere", "collect"):
-        assert _collect("cartpole", tmp_path, f"dataset={tmp_path / 'elsewhere'}", "runs=1", "timesteps=256") == 2
+        assert _collect("cartpole", tmp_path, f"dataset={tmp_path / 'elsewhere'}", "runs=1", "timesteps=1024") == 2
     assert "or use another dataset= directory" in capsys.readouterr().err
 
 
@@ -265,6 +265,20 @@ def test_ray_executor_with_a_local_instance(tmp_path):
     extra = ["runs=2", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=2", "executor=ray"]
     assert _collect("cartpole", tmp_path, *extra) == 0
     assert torch.unique(_load(tmp_path)["run"]).tolist() == [0, 1]
+
+
+def test_sac_runs_must_store_a_checkpoint_after_learning_starts():
+    from rl_gpt.collect.sb3_run import check_rl_collection
+    from rl_gpt.config import ConfigError, load_config
+
+    def cfg(timesteps: int, *more: str):
+        return load_config("pendulum", [f"collect.timesteps={timesteps}", "collect.checkpoint_every=1", *more])
+
+    with pytest.raises(ConfigError, match="after SAC's first update \\(after learning_starts = 100 steps\\)"):
+        check_rl_collection(cfg(101, "task.hyperparams.learning_starts=100"))
+    check_rl_collection(cfg(102, "task.hyperparams.learning_starts=100"))  # step 102 follows the update at 101
+    with pytest.raises(ConfigError, match="learning_starts = 500"):  # a sampled value at the top of its range
+        check_rl_collection(cfg(400, "collect.sample_hyperparams={learning_starts: [10, 500]}"))
 
 
 def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
@@ -303,7 +317,9 @@ def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
         (["task.n_envs=0"], "task.n_envs: 0 is too small"),
         (["task.hyperparams.learning_rate=abc"], "Stable-Baselines3 refused task.hyperparams"),
         (["task.hyperparams.batch_size=-5"], "task.hyperparams.batch_size: -5 must be a whole number of 1 or more"),
-        (["timesteps=16", "task.n_envs=2"], "collect.timesteps=16 is shorter than one PPO rollout (n_steps x n_envs"),
+        (["timesteps=16", "task.n_envs=2"], "stores no checkpoint after the first PPO update (after one rollout"),
+        (["timesteps=64", "task.n_envs=2", "collect.checkpoint_every=32"], "collect.timesteps=64 with collect.chec"),
+        (["timesteps=1024", "collect.checkpoint_every=2048"], "stores no checkpoint after the first PPO update"),
         (["collect.sample_hyperparams={learning_rate: [1e-4]}"], "learning_rate: [0.0001] is not [low, high]"),
         (["executor=ray", "collect.ray_address=head"], "collect.ray_address='head': expected HOST:PORT"),
         (["--bogus"], "rl-gpt collect: error: unrecognized arguments: --bogus (see rl-gpt collect --help)"),

@@ -163,7 +163,8 @@ def _collect_into(
         step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
         log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
         if log is not None and log.run is not None:  # the chart also shows the runs stored before a resume
-            for run, rows in writer.stored_runs(CollectionLog.MAX_CURVES):
+            fields = ("step", "metric", *WANDB_SERIES)
+            for run, rows in writer.stored_runs(CollectionLog.MAX_CURVES, fields):
                 steps, series, _ = _wandb_entry(cfg, rows, {})
                 log.keep_curves(run, steps, series)
         results = _run_ray(cfg, job_fn, jobs) if cfg.collect.executor == "ray" else _run_local(cfg, job_fn, jobs)
@@ -179,7 +180,8 @@ def _collect_into(
         total = writer.consolidate()  # within the try: a Ctrl-C here, after the last run, still says so
     except KeyboardInterrupt:
         # A second Ctrl-C (or SIGTERM) waits until what is stored has been said.
-        with interrupts_deferred(f"saving what is stored in {root} before stopping; this Ctrl-C waits until then"):
+        notice = f"saving what is stored in {root} before stopping; this Ctrl-C (or SIGTERM) waits until then"
+        with interrupts_deferred(notice):
             bar.close()
             writer.consolidate()
             print(
@@ -340,6 +342,9 @@ def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Ite
         kwargs: dict[str, Any] = (
             {"address": cfg.collect.ray_address}
             if cfg.collect.ray_address
+            # RAY_ADDRESS (set by `ray job submit`): the cluster the job was sent to
+            else {}
+            if os.environ.get("RAY_ADDRESS")
             # "local": a new instance of this machine's size, even where a `ray start` cluster runs or
             # left its address file behind (ray.init would join that and refuse num_cpus)
             else {"address": "local", "num_cpus": _workers(cfg), "include_dashboard": False}

@@ -94,20 +94,27 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"task.hyperparams.{key}: {value!r} must be a whole number of 1 or more")
     algo = ALGOS[task.algo]
-    if task.algo == "ppo":  # PPO updates only after a full rollout; SB3 rounds the run up to one
-        rollout = int(task.hyperparams.get("n_steps", _default(algo, "n_steps"))) * task.n_envs
-        if c.timesteps < rollout:
-            raise ConfigError(
-                f"collect.timesteps={c.timesteps} is shorter than one PPO rollout (n_steps x n_envs = {rollout}): "
-                "the policy would never be updated; raise collect.timesteps or lower task.hyperparams.n_steps"
-            )
+
+    def largest(name: str) -> int:  # a sampled hyperparameter at the top of its range: the longest wait
+        sampled = c.sample_hyperparams.get(name)
+        return int(math.ceil(sampled[1] if sampled else task.hyperparams.get(name, _default(algo, name))))
+
+    # A checkpoint taken at step s shows an update only if one happened before it: PPO updates after
+    # each full rollout (and SB3 rounds the run up to whole rollouts), SAC from learning_starts on.
+    if task.algo == "ppo":
+        rollout = largest("n_steps") * task.n_envs
+        first, last = rollout, -(-c.timesteps // rollout) * rollout
+        what = f"the first PPO update (after one rollout, n_steps x n_envs = {rollout} steps)"
     else:
-        starts = int(task.hyperparams.get("learning_starts", _default(algo, "learning_starts")))
-        if c.timesteps <= starts:
-            raise ConfigError(
-                f"collect.timesteps={c.timesteps} ends before SAC's first update (learning_starts={starts}): "
-                "the policy would never be updated; raise collect.timesteps or lower task.hyperparams.learning_starts"
-            )
+        first, last = largest("learning_starts") + 1, c.timesteps
+        what = f"SAC's first update (after learning_starts = {first - 1} steps)"
+    every = c.checkpoint_every
+    if (last // every) * every <= first:  # no checkpoint step in (first, last]
+        raise ConfigError(
+            f"collect.timesteps={c.timesteps} with collect.checkpoint_every={every} stores no checkpoint after "
+            f"{what}: every stored policy would be the untrained one; raise collect.timesteps or lower "
+            "collect.checkpoint_every"
+        )
 
 
 def _default(algo: type[BaseAlgorithm], name: str) -> Any:
@@ -137,7 +144,9 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     except TypeError as exc:
         raise ConfigError(f"task.hyperparams: {exc}") from None
     except (AssertionError, ValueError, KeyError) as exc:  # SB3's own checks of the values
-        raise ConfigError(f"Stable-Baselines3 refused task.hyperparams / task.policy_kwargs: {exc}") from None
+        env.close()
+        where = "task.hyperparams (or collect.sample_hyperparams) / task.policy_kwargs"
+        raise ConfigError(f"Stable-Baselines3 refused {where}: {exc}") from None
     # A folder-less logger with no outputs; set_logger also stops learn() from configuring its own.
     model.set_logger(Logger(folder=None, output_formats=[]))
     return model

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,20 +169,23 @@ class DatasetWriter:
             done |= {int(r) for r in torch.unique(TensorDict.load_memmap(data)["run"]).tolist()}
         return done
 
-    def stored_runs(self, first: int) -> Iterator[tuple[int, TensorDict]]:
-        """The rows of the ``first`` lowest-numbered stored runs (consolidated or not), in run order."""
-        sources: dict[int, tuple[TensorDict, torch.Tensor | None]] = {}
+    def stored_runs(self, first: int, fields: Sequence[str]) -> Iterator[tuple[int, TensorDict]]:
+        """``fields`` (those present) of the ``first`` lowest-numbered stored runs, consolidated or not, in
+        run order; only those columns of those rows are read."""
+        sources: dict[int, tuple[TensorDict, slice]] = {}
         data = self.root / "data"
         if data.exists():
             td = TensorDict.load_memmap(data)
-            for r in torch.unique(td["run"]).tolist():
-                sources[int(r)] = (td, td["run"] == r)
+            runs, counts = torch.unique_consecutive(td["run"], return_counts=True)  # data/ is in run order
+            ends = torch.cumsum(counts, 0).tolist()
+            for r, n, end in zip(runs.tolist(), counts.tolist(), ends, strict=True):
+                sources[int(r)] = (td, slice(end - n, end))
         for p in (self.root / "runs").glob("run_*"):
             if (p / "run.json").exists():
-                sources.setdefault(int(p.name.split("_")[1]), (TensorDict.load_memmap(p), None))
+                sources.setdefault(int(p.name.split("_")[1]), (TensorDict.load_memmap(p), slice(None)))
         for run in sorted(sources)[:first]:
             td, rows = sources[run]
-            yield run, td if rows is None else td[rows]
+            yield run, td.select(*(f for f in fields if f in td))[rows]
 
     # ------------------------------------------------------------------ append
     def add_run(self, run: int, rows: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

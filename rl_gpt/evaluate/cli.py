@@ -85,8 +85,9 @@ def evaluate_target(
         label_episodes, label_seed = label_protocol(ds.spec, 10)
         episodes = label_episodes if episodes is None else episodes
         seed = label_seed if seed is None else seed
-        field = "return_stoch" if stochastic else "metric"
-        labels = ds.data[field][idx].tolist() if field in ds.data else [None] * len(idx)
+        # Stochastic returns depend on which rows share the call (one noise stream): only deterministic
+        # labels are reproduced, so only they are shown.
+        labels = [None] * len(idx) if stochastic else ds.data["metric"][idx].tolist()
         spec = PolicySpec.from_dict(ds.spec["policy"])
         extra = {}
         if spec.normalize_obs:

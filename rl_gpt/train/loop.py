@@ -129,7 +129,8 @@ def _dist_info() -> tuple[int, int]:
 
 def step_seed(seed: int, rank: int, step: int, stream: int) -> int:
     """The seed of one random stream of one training step, from the run's seed, the process and the step."""
-    return int(np.random.SeedSequence([seed, rank, step, stream]).generate_state(1, np.uint64)[0] >> 1)
+    entropy = [seed % 2**63, rank, step, stream]  # SeedSequence takes no negative numbers; torch's seeds may be
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
 def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
@@ -188,7 +189,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         normalizer = Normalizer.from_dict(saved["normalizer"])
         before = saved.get("processes", world)  # runs saved before this was recorded: not known
         was = before * read_saved_batch(state_dir, tc.batch)
-        if was != world * tc.batch and main_proc:
+        if before != world and was != world * tc.batch and main_proc:
             keep = f"; pass train.batch={was // world} to keep {was}" if was % world == 0 else ""
             warnings.warn(
                 f"{out} was trained on {before} process(es) and goes on with {world}: train.batch counts pairs "
@@ -248,6 +249,10 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
     g = torch.Generator(device=device)  # diffusion steps, noise, prompt dropout and metric jitter
     perm_gen = torch.Generator()  # hidden-unit permutations
+    # what draws without a generator of its own (dropout in the model) uses: torch's defaults
+    global_rngs = [torch.default_generator]
+    if device.type == "cuda":
+        global_rngs.append(torch.cuda.default_generators[device.index or 0])
 
     run = _wandb_init(cfg, resume=step > 0) if main_proc else None  # a resumed run logs to the run it began
     if main_proc:
@@ -284,7 +289,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         while step < tc.steps:
             # Every random stream starts each step from (seed, rank, step) alone: a resumed run draws what
             # the uninterrupted one would have, on any number of processes, with no RNG state to save.
-            for stream, rng in enumerate((sampler.generator, g, perm_gen)):
+            for stream, rng in enumerate((sampler.generator, g, perm_gen, *global_rngs)):
                 rng.manual_seed(step_seed(tc.seed, rank, step, stream))
             batch = sampler.sample(tc.batch)
             if tc.augment:  # one permutation per pair, applied to θ and θ' alike
@@ -345,7 +350,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                 checkpoint()
     except KeyboardInterrupt:
         # A second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said.
-        notice = f"saving the checkpoint in {out} before stopping; this Ctrl-C waits until then"
+        notice = f"saving the checkpoint in {out} before stopping; this Ctrl-C (or SIGTERM) waits until then"
         with interrupts_deferred(notice if main_proc else None):
             checkpoint()
             bar.close()
