@@ -17,12 +17,16 @@ from typing import Any, NoReturn
 __all__ = ["console_main", "main"]
 
 
-def _count(text: str) -> int:
-    """argparse type: a whole number of things, 1 or more."""
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _count(text: str) -> int:
+    """argparse type: a whole number of things, 1 or more."""
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is too small; it counts things and needs at least 1")
     return value
@@ -42,10 +46,7 @@ def _finite(text: str) -> float:
 
 def _seed(text: str) -> int:
     """argparse type: a seed, 0 or more (NumPy and Gymnasium refuse negative ones)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative; seeds are 0 or more")
     return value
