@@ -193,6 +193,22 @@ def test_an_interrupted_sweep_says_so_and_leaves_no_empty_folder(experiment, tmp
     assert (out / "report.json").is_file()
 
 
+def test_a_run_of_two_processes_goes_on_in_one_only_with_the_same_pairs_per_step(experiment, tmp_path, capsys):
+    out = tmp_path / "fewer"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", *TINY_MODEL, *QUIET]  # batch=32
+    assert main([*args, "steps=4"]) == 0
+    state = out / "model" / "train_state" / "state.json"
+    saved = json.loads(state.read_text())
+    saved["data"]["processes"] = 2  # as if torchrun had trained it on two: 64 pairs per step
+    state.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main([*args, "steps=6", "batch=48"]) == 2  # 48 pairs per step: another run
+    assert "train.batch: 32 -> 48" in capsys.readouterr().err
+    assert main([*args, "steps=6", "batch=64"]) == 0  # the same 64: it goes on
+    assert json.loads(state.read_text())["step"] == 6
+
+
 def test_a_world_size_without_torchrun_is_one_line(experiment, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
