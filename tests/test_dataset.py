@@ -192,3 +192,45 @@ def test_an_experiment_folder_given_for_its_dataset_or_model_is_named(tmp_path):
         read_model_info(tmp_path)
     with pytest.raises(DatasetError, match="no spec.json"):  # any other folder: as before
         CheckpointDataset(tmp_path / "model")
+
+
+def test_data_merge_makes_a_stopped_collections_runs_readable(tmp_path, capsys):
+    from rl_gpt.cli import main
+
+    spec = dict(SPEC, collect={"runs": 5})
+    w = DatasetWriter(tmp_path / "exp" / "dataset", spec)
+    w.add_run(0, _rows(0), {"seed": 0})
+    w.consolidate()
+    w.add_run(2, _rows(2), {"seed": 2})  # what a collection killed with kill -9 leaves: runs not merged
+    w.add_run(1, _rows(1), {"seed": 1})
+    (tmp_path / "exp" / "dataset" / "runs" / ".tmp-run_00003").mkdir()  # and a run killed mid-write
+    with pytest.raises(DatasetError, match="run `rl-gpt data merge"):
+        CheckpointDataset(tmp_path / "exp" / "dataset")
+
+    assert main(["data", "merge", str(tmp_path / "exp")]) == 0  # an experiment folder names its dataset
+    out = capsys.readouterr().out
+    assert "merged 2 run(s)" in out and "12 checkpoints of 3 runs" in out and "collects 2 more" in out
+    ds = CheckpointDataset(tmp_path / "exp" / "dataset")
+    assert ds.data["run"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert set(ds.runs_meta) == {"0", "1", "2"}
+    assert not list((tmp_path / "exp" / "dataset" / "runs").iterdir())
+    # a resumed collection goes on from there
+    assert DatasetWriter(tmp_path / "exp" / "dataset", spec).completed_runs() == {0, 1, 2}
+
+    assert main(["data", "merge", str(tmp_path / "exp" / "dataset")]) == 0  # twice: nothing to do, nothing lost
+    assert "had no runs to merge: it holds 12 checkpoints of 3 runs" in capsys.readouterr().out
+    assert len(CheckpointDataset(tmp_path / "exp" / "dataset")) == 12
+
+
+def test_data_merge_refuses_a_folder_a_collection_is_writing(tmp_path, capsys):
+    from rl_gpt.cli import main
+    from rl_gpt.io import exclusive_folder
+
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {})
+    with exclusive_folder(tmp_path / "ds", "collect"):
+        assert main(["data", "merge", str(tmp_path / "ds")]) == 2
+    assert "is being written by another process" in capsys.readouterr().err
+    assert (tmp_path / "ds" / "runs" / "run_00000").is_dir() and not (tmp_path / "ds" / "data").exists()
+    assert main(["data", "merge", str(tmp_path)]) == 2
+    assert "not a checkpoint dataset" in capsys.readouterr().err

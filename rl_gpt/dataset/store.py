@@ -26,10 +26,18 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from rl_gpt.io import atomic_write_json, ensure_writable_dir, replace_dir
+from rl_gpt.io import atomic_write_json, ensure_writable_dir, exclusive_folder, replace_dir
 from rl_gpt.layout import Layout
 
-__all__ = ["FORMAT", "CheckpointDataset", "DatasetError", "DatasetWriter", "read_spec", "task_record"]
+__all__ = [
+    "FORMAT",
+    "CheckpointDataset",
+    "DatasetError",
+    "DatasetWriter",
+    "merge_stored_runs",
+    "read_spec",
+    "task_record",
+]
 
 FORMAT = {"name": "rl_gpt.checkpoints", "version": 1}
 REQUIRED_FIELDS = {"params": torch.float32, "metric": torch.float32, "run": torch.int64, "step": torch.int64}
@@ -259,6 +267,25 @@ class DatasetWriter:
         return json.loads(path.read_text()) if path.exists() else {}
 
 
+def merge_stored_runs(root: str | Path) -> tuple[int, int, int, int | None]:
+    """Merge the finished runs in ``root/runs/`` into ``root/data/`` without collecting more.
+
+    For a collection stopped by ``kill -9`` or a crash, which left runs unmerged. Holds the folder's
+    lock, so a collection still writing it is refused. Returns (runs merged, runs and checkpoints
+    in ``data/`` now, the runs its collection asked for or None if the spec does not say).
+    """
+    spec = read_spec(root)  # refuses a folder that is no dataset before anything is written
+    with exclusive_folder(root, "collect", "DATASET") as path:  # the writer it may meet
+        writer = DatasetWriter(path, spec, "DATASET")  # also finishes a crashed merge and drops half-written runs
+        data = writer.root / "data"
+        merged_before = set(torch.unique(TensorDict.load_memmap(data)["run"]).tolist()) if data.exists() else set()
+        runs = writer.completed_runs()
+        merged = len(runs - merged_before)
+        rows = writer.consolidate()
+    planned = (spec.get("collect") or {}).get("runs")
+    return merged, len(runs), rows, planned if isinstance(planned, int) else None
+
+
 class CheckpointDataset:
     """Read access to a consolidated dataset; rows stay memory-mapped on disk."""
 
@@ -268,9 +295,9 @@ class CheckpointDataset:
         _recover(self.root)
         if any(p for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()):
             raise DatasetError(
-                f"{root} has runs not yet merged into data/ (its collection was stopped); rerun the same "
-                "`rl-gpt collect` command to finish and merge them (each runs/run_NNNNN/ is a TensorDict memmap "
-                "that can be read on its own)"
+                f"{root} has runs not yet merged into data/ (its collection was stopped); run `rl-gpt data merge "
+                f"{root}` to use the runs stored so far, or rerun the same `rl-gpt collect` command to finish and "
+                "merge them (each runs/run_NNNNN/ is a TensorDict memmap that can be read on its own)"
             )
         if not (self.root / "data").exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
