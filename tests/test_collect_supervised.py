@@ -138,15 +138,18 @@ def test_collection_resumes_without_duplicates(tmp_path):
     assert len(_load(tmp_path)[0]) == len(td)
 
 
-def test_a_dataset_whose_task_record_still_names_an_rl_algorithm_extends(tmp_path):
+def test_a_dataset_whose_spec_still_holds_rl_only_settings_extends(tmp_path):
     assert _collect(tmp_path, "runs=1", "workers=1") == 0
     spec_path = tmp_path / "dataset" / "spec.json"
     spec = json.loads(spec_path.read_text())
+    assert not {"timesteps", "eval_episodes", "eval_seed"} & spec["collect"].keys()  # RL-only settings
     spec["task"].update(algo="ppo", n_envs=8, normalize=False)  # how specs were written before
+    spec["collect"].update(timesteps=123, eval_episodes=9, eval_seed=7)
     spec_path.write_text(json.dumps(spec))
     assert _collect(tmp_path, "runs=2", "workers=1") == 0
     assert torch.unique(_load(tmp_path)[0]["run"]).tolist() == [0, 1]
-    assert "algo" not in json.loads(spec_path.read_text())["task"]  # rewritten in the new form
+    rewritten = json.loads(spec_path.read_text())  # in the new form
+    assert "algo" not in rewritten["task"] and "timesteps" not in rewritten["collect"]
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

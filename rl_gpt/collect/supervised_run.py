@@ -261,6 +261,11 @@ def _run_result(
 
 
 # ---------------------------------------------------------------------------------------------- dataset spec
+#: ``collect`` settings for RL runs only: a classifier's run length is ``task.hyperparams.steps`` and
+#: every checkpoint is evaluated on the whole test split.
+_RL_ONLY_COLLECT = ("timesteps", "eval_episodes", "eval_seed")
+
+
 def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """The dataset spec of a supervised task: the RL spec's keys, describing a classifier instead of a policy."""
     dataset = _check_task(cfg, parse_files=True)  # the main process's check: damaged files are refused here
@@ -318,5 +323,6 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "definition": "every checkpoint evaluated after training, in eval mode, on the whole test split",
         },
         "versions": describe_versions(),
-        "collect": to_dict(cfg.collect),
+        # without the settings of policy evaluation and environment steps, which mean nothing here
+        "collect": {k: v for k, v in to_dict(cfg.collect).items() if k not in _RL_ONLY_COLLECT},
     }

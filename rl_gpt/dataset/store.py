@@ -108,8 +108,9 @@ _EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address", "batch_ru
 def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``collect.key=old value`` for each setting that would make new runs unlike the stored ones."""
     before, after = old.get("collect") or {}, new.get("collect") or {}
-    unused = {"timesteps"} if (new.get("task") or {}).get("kind") == "supervised" else set()  # steps: task.hyperparams
-    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE | unused)  # older specs lack some
+    # Keys one spec lacks are not compared: older specs lack some, and supervised specs no longer hold
+    # the RL-only ones (their older specs still do).
+    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)
     return [f"collect.{k}={before[k]!r}" for k in shared if before[k] != after[k]]
 
 
