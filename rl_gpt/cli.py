@@ -85,8 +85,19 @@ def _cmd_info(args: argparse.Namespace) -> None:
     from rl_gpt.train.info import describe_model
 
     folder = Path(args.dataset)
+    if folder.is_file() and folder.name == "report.json":
+        from rl_gpt.demo import format_table
+        from rl_gpt.sweep.compare import load_report
+
+        print(format_table(load_report(folder)))
+        return
+    if folder.is_file() and folder.name in ("spec.json", "model.json"):
+        folder = folder.parent  # the file that marks what the folder holds
     if not folder.is_dir():
-        raise FileNotFoundError(f"no folder {folder}; give a dataset, a model or an experiment folder (out=)")
+        what = "a file" if folder.is_file() else "no folder"
+        raise FileNotFoundError(
+            f"{what} {folder}; give a dataset, a model, a sweep or an experiment folder (out=, or a sweep's --out)"
+        )
     if (folder / "model.json").is_file():
         parts = [describe_model(folder)]
     elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
@@ -525,8 +536,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
 
-    p = sub.add_parser("info", help="summarise a checkpoint dataset, a generator model or an experiment folder")
-    p.add_argument("dataset", metavar="FOLDER", help="a dataset, a model, or an experiment folder holding both")
+    p = sub.add_parser("info", help="summarise a checkpoint dataset, a generator model, a sweep or an experiment")
+    p.add_argument(
+        "dataset", metavar="FOLDER", help="a dataset, a model, a sweep's --out, or an experiment folder holding them"
+    )
     p.add_argument("--spec", action="store_true", help="also print spec.json")
     return parser
 

@@ -95,6 +95,8 @@ def test_info_summarises_a_model_and_an_experiment_folder(experiment, tmp_path, 
     assert out.index("runs         4") < out.index("model        ") and "M parameters" in out
     assert main(["info", str(tmp_path / "none")]) == 2
     assert "no folder" in capsys.readouterr().err
+    assert main(["info", str(experiment / "model" / "model.json")]) == 0  # the file that marks a folder: that folder
+    assert "step 30 of train.steps=30 (finished)" in capsys.readouterr().out
 
 
 def test_a_run_shorter_than_its_warmup_says_so(experiment, tmp_path):
@@ -470,7 +472,10 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
     assert report["training_equivalent"]["step_unit"] == "environment steps"
     capsys.readouterr()
     assert main(["info", str(out)]) == 0  # a sweep folder: its table
-    assert "generator" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "generator" in table
+    assert main(["info", str(out / "report.json")]) == 0  # or the report itself
+    assert capsys.readouterr().out == table
     folder = tmp_path / "experiment"  # an experiment folder lists its sweeps
     folder.mkdir()
     (folder / "model").symlink_to(experiment / "model")
