@@ -294,7 +294,8 @@ ALIASES: dict[str, dict[str, str]] = {
         "lr": "train.lr",
     },
 }
-ALIASES["calibrate"] = ALIASES["sweep"]  # it samples and evaluates as the sweep does
+# Calibration samples and evaluates as the sweep does, from its own inits and prompts.
+ALIASES["calibrate"] = ALIASES["sweep"] | {"inits": "sweep.calibration_inits", "prompts": "sweep.calibration_prompts"}
 # The demo runs all three stages: it takes their short names, except the ambiguous seed=.
 ALIASES["demo"] = {k: v for stage in ("collect", "train", "sweep") for k, v in ALIASES[stage].items() if k != "seed"}
 ALIASES["demo"]["device"] = "train.device"  # the demo's sweep follows train.device
@@ -391,6 +392,7 @@ def load_config(
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        _seed_default_mapping(data, key.split("."))
         _set_path(data, key.split("."), value)
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
@@ -422,12 +424,53 @@ def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: se
 _TOP_LEVEL = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
 
 
+#: Constructor arguments of SB3's PPO and SAC and of the classifiers' training (``task.hyperparams``),
+#: named in a hint when given as a short name.
+_TRAINING_ARGUMENTS = frozenset(
+    [
+        "n_steps",
+        "batch_size",
+        "n_epochs",
+        "gamma",
+        "gae_lambda",
+        "ent_coef",
+        "vf_coef",
+        "max_grad_norm",
+        "learning_rate",
+        "clip_range",
+        "clip_range_vf",
+        "normalize_advantage",
+        "target_kl",
+        "use_sde",
+        "sde_sample_freq",
+        "buffer_size",
+        "learning_starts",
+        "tau",
+        "train_freq",
+        "gradient_steps",
+        "target_update_interval",
+        "target_entropy",
+        "optimize_memory_usage",
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "steps",
+    ]
+)
+
+
 def _unknown_short_name(key: str, aliases: Mapping[str, str]) -> str:
     """The message for ``key=value`` whose key is neither a short name nor a section.key."""
     hints = typing.get_type_hints(ExperimentConfig)
     sections = {name: tp for name, tp in hints.items() if dataclasses.is_dataclass(tp)}
     dotted = [f"{name}.{f.name}" for name, tp in sections.items() for f in dataclasses.fields(tp)]
     same_leaf = [d for d in dotted if d.endswith(f".{key}")]
+    if key in _TRAINING_ARGUMENTS:  # n_steps=64 as rl-baselines3-zoo spells it: a run's hyperparameter
+        if key == "learning_rate" and "lr" in aliases:  # train: the generator's, more likely meant
+            same_leaf.append(f"lr ({aliases['lr']})")
+        same_leaf.append(f"task.hyperparams.{key}")
     if same_leaf:  # e.g. seed= where the command has no short name for it: several sections have one
         return f"unknown config key {key}; did you mean {' or '.join(same_leaf)}?"
     short = [*aliases, *sorted(_TOP_LEVEL)]
@@ -489,6 +532,28 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = _deep_merge(out[key], value) if both_dicts else value
     return out
+
+
+def _seed_default_mapping(data: dict, keys: list[str]) -> None:
+    """Before ``section.mapping.key=value`` sets one key of a mapping field the config leaves at its
+    default, copy the default in: ``task.hyperparams.n_steps=64`` on the embedded CartPole must change
+    that one of its tuned hyperparameters, not replace them all with SB3's defaults."""
+    cls: Any = ExperimentConfig
+    for depth, key in enumerate(keys[:-1]):
+        if not dataclasses.is_dataclass(cls) or not isinstance(data, dict):
+            return
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if key not in fields:
+            return  # refused later, with a hint
+        tp = typing.get_type_hints(cls)[key]
+        if dataclasses.is_dataclass(tp):
+            cls, data = tp, data.setdefault(key, {})  # as _set_path would make it
+            continue
+        if typing.get_origin(tp) is dict and key not in data and depth < len(keys) - 1:
+            default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
+            if isinstance(default, dict):
+                data[key] = copy.deepcopy(default)
+        return
 
 
 def _set_path(data: dict, keys: list[str], value: Any) -> None:

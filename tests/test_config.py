@@ -40,6 +40,17 @@ def test_short_names_and_dotted_overrides():
     assert cfg.collect.sample_hyperparams == {"learning_rate": [1e-4, 1e-3]}
 
 
+@pytest.mark.parametrize("preset", [None, "cartpole"])  # neither names hyperparams: both use the defaults
+def test_a_dotted_override_changes_one_key_of_a_default_mapping(preset):
+    default = ExperimentConfig().task
+    cfg = load_config(preset, ["task.hyperparams.n_steps=64", "task.policy_kwargs.net_arch.pi=[8]"])
+    assert cfg.task.hyperparams == dict(default.hyperparams, n_steps=64)  # the zoo's other values are kept
+    assert cfg.task.policy_kwargs == {"net_arch": {"pi": [8], "vf": default.policy_kwargs["net_arch"]["vf"]}}
+    assert load_config(preset, ["task.hyperparams={n_steps: 64}"]).task.hyperparams == {"n_steps": 64}  # whole
+    acrobot = load_config("acrobot").task.hyperparams  # a preset's own mapping is the one changed
+    assert load_config("acrobot", ["task.hyperparams.n_steps=64"]).task.hyperparams == dict(acrobot, n_steps=64)
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
@@ -62,7 +73,8 @@ def test_short_names_and_dotted_overrides():
         ("sweep.guidance=-1", "sweep.guidance: -1 is negative"),
         ("timestep=5", "timestep; did you mean timesteps (collect.timesteps)?"),
         ("eval_episodes=5", "eval_episodes; did you mean collect.eval_episodes?"),
-        ("steps=5", "steps; did you mean train.steps or sweep.steps?"),
+        ("n_steps=64", "n_steps; did you mean task.hyperparams.n_steps?"),  # as rl-baselines3-zoo names it
+        ("steps=5", "steps; did you mean train.steps or sweep.steps or task.hyperparams.steps?"),
         ("xyzzy=1", "xyzzy; use section.key (e.g. train.steps) or one of: runs, timesteps"),
     ],
 )
@@ -78,6 +90,12 @@ def test_a_metric_range_must_run_from_low_to_high(bad):
     with pytest.raises(ConfigError, match=r"^task\.metric_range: .* is not \[low, high\] with low < high"):
         load_config("cartpole", [f"task.metric_range={bad}"])
     assert load_config("cartpole", ["task.metric_range=[0, 500]"]).task.metric_range == [0.0, 500.0]
+
+
+def test_calibrate_short_names_set_the_calibrations_inits_and_prompts():
+    cfg = load_config("digits", ["inits=3", "prompts=4"], command="calibrate")
+    assert (cfg.sweep.calibration_inits, cfg.sweep.calibration_prompts) == (3, 4)
+    assert cfg.sweep.inits == load_config("digits").sweep.inits  # the sweep's own stay
 
 
 def test_short_names_of_another_command_are_suggested_as_the_command_knows_them():
