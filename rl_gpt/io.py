@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ __all__ = [
     "ensure_report_dir",
     "ensure_writable_dir",
     "exclusive_folder",
+    "nulls_as_nan",
     "replace_dir",
     "shade_outside",
 ]
@@ -119,7 +121,29 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write ``data`` as strict JSON: a NaN or infinity (an undefined number, such as the solved
+    fraction of a task without a threshold) is written as null, which every JSON parser reads."""
+    atomic_write_text(path, json.dumps(_finite_or_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def nulls_as_nan(value: Any) -> Any:
+    """The inverse of :func:`atomic_write_json`'s nulls for arrays: ``None`` in (nested) lists becomes
+    NaN, so a list of measurements reads back as numbers. Nulls outside lists stay ``None``."""
+    if isinstance(value, dict):
+        return {k: nulls_as_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [math.nan if v is None else nulls_as_nan(v) for v in value]
+    return value
 
 
 def _write_then_rename(path: str | Path, write: Callable[[Path], object]) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from rl_gpt.cli import main
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.demo import format_table
 from rl_gpt.supervised import build_classifier, classifier_layout, evaluate_classifiers, load_digits
+from rl_gpt.sweep.compare import load_report
 
 QUIET = ["wandb.mode=disabled", "-q"]
 
@@ -56,7 +58,10 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     assert (
         main(["sweep", "digits", f"out={out}", "inits=2", "prompts=3", "samples=1", "sweep.recursive=1", *QUIET]) == 0
     )
-    report = json.loads((out / "sweep" / "report.json").read_text())
+    text = (out / "sweep" / "report.json").read_text()
+    json.loads(text, parse_constant=pytest.fail)  # strict JSON (NaN is not): every parser reads it
+    report = load_report(out / "sweep")
+    assert math.isnan(report["one_step"]["solved_fraction"])  # no threshold: null in the file
     assert report["metric"]["name"] == "test_loss" and report["metric"]["higher_is_better"] is False
     assert report["config"]["average"] == 8  # the digits preset reports means of 8 samples
     assert report["calibration"]["applied"]  # the preset's train.calibrate measured it after training

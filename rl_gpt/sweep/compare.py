@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from rl_gpt.io import nulls_as_nan
+
 __all__ = [
     "ReportError",
     "SweepComparison",
@@ -75,6 +77,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not isinstance(report, dict):
         kind = {list: "an array", str: "a string", type(None): "null"}.get(type(report), "a number")
         raise ReportError(f"{p} holds {kind}, not a sweep report's JSON object; rerun `rl-gpt sweep`")
+    report = _undefined_as_nan(report)
     missing = {"prompts", "achieved", "r2_per_init", "metric", "config", "task"} - set(report)
     if missing:
         raise ReportError(f"{p} lacks {', '.join(sorted(missing))}: not a sweep report, or one from an older rl_gpt")
@@ -93,6 +96,23 @@ def load_report(path: str | Path) -> dict[str, Any]:
             "rerun `rl-gpt sweep`"
         )
     report["_path"] = str(p)
+    return report
+
+
+def _undefined_as_nan(report: dict[str, Any]) -> dict[str, Any]:
+    """NaN for the nulls a report's JSON holds where a number was undefined (an R² of flat
+    prompts, the solved fraction of a task without a threshold), as the sweep computed them."""
+    report = nulls_as_nan(report)
+    rows = [report, *(report.get("baselines") or {}).values(), (report.get("rerank") or {}).get("without_rerank")]
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        if row.get("prompt_alignment_r2", 0) is None:
+            row["prompt_alignment_r2"] = math.nan
+        one = row.get("one_step")
+        for key in ("mean_return", "solved_fraction"):
+            if isinstance(one, dict) and key in one and one[key] is None:
+                one[key] = math.nan
     return report
 
 

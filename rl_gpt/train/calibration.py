@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl_gpt.io import atomic_write_json
+from rl_gpt.io import atomic_write_json, nulls_as_nan
 from rl_gpt.train.modelfile import ModelFileError
 
 __all__ = [
@@ -123,7 +123,7 @@ def load_calibration(model_dir: str | Path) -> PromptCalibration | None:
     if not path.is_file():
         return None
     try:
-        cal = PromptCalibration(**json.loads(path.read_text()))
+        cal = PromptCalibration(**nulls_as_nan(json.loads(path.read_text())))
         _check(cal)
         return cal
     except (ValueError, TypeError, KeyError) as err:
