@@ -209,3 +209,18 @@ def test_prompts_outside_the_training_range_are_greyed_once_in_the_legend():
         assert len(ax.patches) == 2
     finally:
         plt.close(fig)
+
+
+def test_the_targets_plot_joins_targets_in_ascending_order(tmp_path, monkeypatch):
+    import rl_gpt.generate.plot as plot
+
+    drawn = {}
+    monkeypatch.setattr(plot, "atomic_save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    summary = {"target_return": [500.0, 0.0, 250.0], "start_return": 9.5, "task": "cartpole", "start": "init"}
+    summary |= {"calibrated": False, "training_range": [10.0, 500.0]}
+    achieved = torch.tensor([[480.0, 490.0], [9.0, 10.0], [240.0, 260.0]])  # (T, N), in the typed order
+    plot.plot_targets(summary, achieved, tmp_path / "generated.png")
+    ax = drawn["fig"].axes[0]
+    mean = next(line for line in ax.get_lines() if line.get_label() == "mean of 2")
+    assert mean.get_xdata().tolist() == [0.0, 250.0, 500.0] and mean.get_ydata().tolist() == [9.5, 250.0, 485.0]
+    assert "start (9.5)" in [t.get_text() for t in ax.get_legend().get_texts()]

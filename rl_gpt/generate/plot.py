@@ -21,6 +21,8 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
     import matplotlib.pyplot as plt
 
     targets = torch.tensor(summary["target_return"], dtype=torch.float64)
+    order = targets.argsort()  # lines join the targets in ascending order, however they were typed
+    targets, achieved = targets[order], achieved[order]
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.plot(targets, targets, "k--", lw=1, label="y = x")
     for i in range(achieved.shape[1]):
@@ -28,7 +30,8 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
     num = achieved.shape[1]
     ax.plot(targets, achieved.nanmean(1), "-", color="C0", lw=1, label=f"mean of {num}" if num > 1 else None)
     shade_outside(ax, targets.tolist(), None if summary.get("extrapolate") else summary.get("training_range"))
-    ax.axhline(summary["start_return"], color="C3", lw=1, ls=":", label="start")
+    start = summary["start_return"]
+    ax.axhline(start, color="C3", lw=1, ls=":", label=f"start ({start:.4g})")
     name = summary.get("metric", "return")
     ax.set_xlabel(f"target {name}")
     ax.set_ylabel(f"achieved {name}")
