@@ -296,7 +296,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         _check_json_path(args.json)
 
     result = evaluate_target(
-        args.target, args.episodes, args.device, args.seed, args.stochastic, args.dataset, args.data_root
+        args.target, args.episodes, args.device, args.seed, args.stochastic, args.dataset, args.data_root, args.env
     )
     print(result["text"])
     if args.json:
@@ -529,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a classifier file's checkpoint dataset, for files that do not name their network and data set",
     )
     p.add_argument("--data-root", help="folder of the MNIST / CIFAR-10 files classifiers are tested on")
+    p.add_argument(
+        "--env",
+        metavar="ENV_ID",
+        help="Gymnasium id to evaluate a .zip policy in (default: from the generated.json beside it, else the one "
+        "of CartPole, Pendulum, Acrobot, MountainCarContinuous whose spaces fit)",
+    )
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic ones")
     p.add_argument("--json", help="also write the returns to this JSON file")
 

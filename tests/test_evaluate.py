@@ -419,11 +419,18 @@ def test_evaluate_sb3_file(tmp_path) -> None:
     assert torch.equal(got.returns, evaluate_params(flat[None], layout, spec, "CartPole-v1", episodes=5).returns)
 
 
-def test_env_id_of_an_sb3_file_comes_from_generated_json(tmp_path) -> None:
+def test_env_id_of_an_sb3_file_comes_from_env_or_generated_json(tmp_path, capsys) -> None:
     make_model("ppo", "InvertedPendulum-v5", 0).save(tmp_path / "policy_000.zip")
     file = read_sb3_file(tmp_path / "policy_000.zip")
-    with pytest.raises(ValueError, match="pass env_id"):
+    with pytest.raises(ValueError, match="pass --env ENV_ID"):
         infer_env_id(file)  # MuJoCo: no torch port to match sizes against
+    policy = str(tmp_path / "policy_000.zip")
+    assert main(["evaluate", policy, "--episodes", "2", "--env", "InvertedPendulum-v5"]) == 0
+    assert "+-" in capsys.readouterr().out
+    assert main(["evaluate", policy, "--env", "InvertedPendulum-v9"]) == 2
+    assert "not a registered Gymnasium id; did you mean InvertedPendulum-v" in capsys.readouterr().err
+    assert main(["evaluate", policy, "--env", "CartPole-v1"]) == 2  # the weights do not fit its spaces
+    assert "does not fit CartPole-v1" in capsys.readouterr().err
     (tmp_path / "generated.json").write_text(json.dumps({"env_id": "InvertedPendulum-v5"}))
     assert infer_env_id(file) == "InvertedPendulum-v5"
     assert evaluate_sb3_file(tmp_path / "policy_000.zip", episodes=2).returns.shape == (1, 2)
@@ -502,7 +509,7 @@ def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsy
     with pytest.raises(PolicyFileError, match="gSDE"):
         load_sb3_policy(tmp_path / "sde.zip", "Pendulum-v1")
     PPO("MlpPolicy", _WideCartPole(), device="cpu").save(tmp_path / "wide.zip")
-    with pytest.raises(PolicyFileError, match="pass env_id"):
+    with pytest.raises(PolicyFileError, match="pass --env ENV_ID"):
         load_sb3_policy(tmp_path / "wide.zip")
 
 

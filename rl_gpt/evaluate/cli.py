@@ -49,16 +49,20 @@ def evaluate_target(
     stochastic: bool,
     dataset: str | None = None,
     data_root: str | None = None,
+    env_id: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``POLICY.zip``, ``CLASSIFIER.safetensors`` or ``DATASET[:rows]``; returns text and a JSON record.
 
     ``dataset`` (a checkpoint dataset folder) names the network and data set of a classifier file
     that does not carry them; ``data_root`` replaces the folder of MNIST/CIFAR-10 files a classifier
     is tested on. ``episodes`` and ``seed`` (None: 10 and 0) default, for dataset rows, to the protocol
-    their labels were measured with, and each row is printed beside its label.
+    their labels were measured with, and each row is printed beside its label. ``env_id`` is the
+    Gymnasium id a ``.zip`` policy is evaluated in (None: inferred, see :func:`infer_env_id`).
     """
-    from rl_gpt.evaluate import evaluate_sb3_file
+    from rl_gpt.evaluate import PolicyFileError, evaluate_sb3_file
 
+    if env_id is not None and not target.endswith(".zip"):
+        raise PolicyFileError(f"--env names the environment of a .zip policy file; {target} carries its own")
     if target.endswith(".safetensors"):
         return _evaluate_classifier_file(target, dataset, data_root, device)
     if dataset is not None:  # it would be ignored: a policy file and dataset rows carry what they are
@@ -67,7 +71,9 @@ def evaluate_target(
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")
         episodes, seed = episodes or 10, seed or 0
-        res = evaluate_sb3_file(target, episodes=episodes, deterministic=not stochastic, seed=seed, device=device)
+        res = evaluate_sb3_file(
+            target, episodes=episodes, deterministic=not stochastic, seed=seed, device=device, env_id=env_id
+        )
         rows, labels = [target], [None]
     else:
         from rl_gpt.dataset import CheckpointDataset

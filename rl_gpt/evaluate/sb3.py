@@ -203,7 +203,7 @@ def _sidecar_env_id(file: SB3File) -> str | None:
         return None
     env_id = json.loads(sidecar.read_text()).get("env_id")
     if env_id and (":" in env_id or env_id not in gym.registry):  # "module:Env" would import module
-        raise PolicyFileError(f"{sidecar}: env_id {env_id!r} is not a registered Gymnasium id; pass env_id")
+        raise PolicyFileError(f"{sidecar}: env_id {env_id!r} is not a registered Gymnasium id; pass --env ENV_ID")
     return env_id or None
 
 
@@ -220,7 +220,10 @@ def infer_env_id(file: SB3File) -> str:
     matches = [env_id for env_id in sorted(DYNAMICS) if _spaces_fit(file, env_id, bounds=True)]
     if len(matches) != 1:
         found = f"several ({matches})" if matches else "none"
-        raise PolicyFileError(f"{file.path}: cannot tell its env id ({found} match its spaces); pass env_id")
+        raise PolicyFileError(
+            f"{file.path}: cannot tell its environment ({found} of {', '.join(sorted(DYNAMICS))} match its spaces); "
+            "pass --env ENV_ID (a Gymnasium id)"
+        )
     return matches[0]
 
 
@@ -233,6 +236,12 @@ def load_sb3_policy(path: str | Path, env_id: str | None = None) -> tuple[SB3Fil
     from stable_baselines3.sac.policies import SACPolicy
 
     file = read_sb3_file(path)
+    if env_id is not None and (":" in env_id or env_id not in gym.registry):  # "module:Env" would import module
+        import difflib
+
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise PolicyFileError(f"--env {env_id}: not a registered Gymnasium id{hint}")
     env_id = env_id or infer_env_id(file)
     if not _spaces_fit(file, env_id):
         kind = "actions" if file.discrete else "action dims"
