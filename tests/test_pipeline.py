@@ -23,6 +23,7 @@ from tensordict import TensorDict
 
 from rl_gpt.cli import main
 from rl_gpt.demo import format_table
+from rl_gpt.evaluate import evaluate_sb3_file
 from rl_gpt.train.modelfile import ModelFileError, check_compatible, model_dataset, read_model_info
 
 QUIET = ["wandb.mode=disabled", "-q"]
@@ -712,9 +713,13 @@ def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path)
         return json.loads((out / "generated.json").read_text())
 
     first = generate(tmp_path / "g1")
-    second = generate(tmp_path / "g2", "--from", str(tmp_path / "g1" / "policy_000.zip"))
+    start = tmp_path / "g1" / "policy_000.zip"
+    second = generate(tmp_path / "g2", "--from", str(start))
     assert second["env_id"] == first["env_id"]
     assert (tmp_path / "g2" / "policy_000.zip").is_file()
+    # the start is measured on the outputs' start states: `evaluate --seed eval_seed` reproduces it
+    measured = evaluate_sb3_file(start, episodes=second["episodes"], seed=second["eval_seed"])
+    assert float(measured.mean[0]) == pytest.approx(second["start_return"], abs=1e-6)
 
 
 def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, capsys):

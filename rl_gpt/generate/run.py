@@ -185,7 +185,9 @@ def generate(
     start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
     runs = info["meta"]["train_runs"]
     start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
-    start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 1, runs).mean[0])  # reported like the outputs
+    # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
+    # and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
+    start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 2, runs).mean[0])
     rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
     g = torch.Generator().manual_seed(seed)
     bounds = None if extrapolate else (low, high)
