@@ -112,11 +112,21 @@ def test_a_moved_run_folder_finds_its_dataset(experiment, tmp_path):
     shutil.copytree(experiment / "model", moved / "model")
     info = read_model_info(moved / "model")
     info["meta"]["dataset"] = str(tmp_path / "gone")  # the original place no longer exists
-    assert model_dataset(moved / "model", info) == moved / "model" / ".." / "dataset"
+    assert model_dataset(moved / "model", info) == (moved / "dataset").resolve()
     del info["meta"]["dataset_relative"]  # a model from before the relative path was stored
     with pytest.raises(ModelFileError, match="dataset=PATH"):
         model_dataset(moved / "model", info)
     assert model_dataset(moved / "model", info, fallback=moved / "dataset") == moved / "dataset"
+
+
+def test_a_copied_run_folder_reads_its_own_dataset(experiment, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment / "dataset", copy / "dataset")
+    shutil.copytree(experiment / "model", copy / "model")
+    info = read_model_info(copy / "model")
+    assert Path(info["meta"]["dataset"]).resolve() == (experiment / "dataset").resolve()  # where it was trained
+    assert model_dataset(copy / "model", info) == (copy / "dataset").resolve()  # the copy's, not the original's
+    assert model_dataset(experiment / "model", info) == Path(info["meta"]["dataset"])  # in place: as recorded
 
 
 def test_a_dataset_the_user_names_is_used_and_checked(experiment, tmp_path):

@@ -9,6 +9,7 @@ safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -95,15 +96,19 @@ def model_dataset(
 ) -> Path:
     """The dataset to use with a model: ``given`` (one the user named on the command line) where it
     holds one and has the model's training runs (the caller checks task and layout with
-    :func:`check_compatible`), else the model's recorded path, else that path relative to the model
-    directory (a run folder that was moved or copied whole), else ``fallback`` (where the config's
-    ``out`` keeps its dataset)."""
+    :func:`check_compatible`), else the dataset at the recorded path relative to the model directory
+    (in a run folder that was copied or moved whole, the copy's own), else the recorded absolute
+    path, else ``fallback`` (where the config's ``out`` keeps its dataset)."""
     meta = info.get("meta", {})
     if given and (Path(given) / "spec.json").is_file():
         _check_has_runs(Path(given), meta.get("train_runs", []) + meta.get("test_runs", []))
         return Path(given)
-    candidates = [meta.get("dataset"), meta.get("dataset_relative") and Path(directory) / meta["dataset_relative"]]
-    for path in [*candidates, fallback]:
+    recorded = meta.get("dataset")
+    relative = meta.get("dataset_relative") and Path(directory) / meta["dataset_relative"]
+    if relative and (relative / "spec.json").is_file():  # named as recorded where it is that same folder
+        same = recorded and (Path(recorded) / "spec.json").is_file() and os.path.samefile(relative, recorded)
+        relative = Path(recorded) if same else relative.resolve()
+    for path in [relative, recorded, fallback]:
         if path and (Path(path) / "spec.json").is_file():
             if given:
                 warnings.warn(f"{given} holds no dataset (no spec.json); using the model's own at {path}", stacklevel=2)
