@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ def describe_inits(report: dict[str, Any]) -> str:
     return INIT_SOURCES[(report.get("config") or {}).get("init_source", "unseen")]
 
 
+def _nan_reduce(rows: torch.Tensor, reduce: Any) -> torch.Tensor:
+    """``reduce`` (torch.amin / amax) of each row's finite values (NaN where a row has none)."""
+    finite = [r[torch.isfinite(r)] for r in rows]
+    return torch.tensor([reduce(f).item() if len(f) else float("nan") for f in finite])
+
+
 def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     import matplotlib
 
@@ -34,16 +41,21 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     std = torch.tensor(
         [row[torch.isfinite(row)].std().item() if torch.isfinite(row).sum() > 1 else 0.0 for row in per_prompt]
     )
-    name = report["metric"]["name"]
+    name = report["metric"]["name"].replace("_", " ")  # test_loss -> test loss
+    episodes = (report.get("config") or {}).get("episodes") if name == "return" else None
+    measured = f"{name} (mean of {episodes} episodes)" if episodes else name
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax1.plot(prompts, prompts, "k--", lw=1, label="y = x")
     ax1.plot(prompts, mean, "o-", color="C0", label=f"generator (R² {report['prompt_alignment_r2']:.2f})")
-    ax1.fill_between(prompts, mean - std, mean + std, color="C0", alpha=0.2)
+    # Held within what was achieved: a band past CartPole's 500 would show returns that never happened.
+    low = torch.maximum(mean - std, _nan_reduce(per_prompt, torch.amin))
+    high = torch.minimum(mean + std, _nan_reduce(per_prompt, torch.amax))
+    ax1.fill_between(prompts, low, high, color="C0", alpha=0.2, label="generator ± 1 std (inits, samples)")
     rerank = report.get("rerank")
     if rerank:  # the same draws without the ranker's choice
         u = rerank["without_rerank"]
         label = f"unranked draws (R² {u['prompt_alignment_r2']:.2f})"
-        ax1.plot(prompts, u["achieved_mean"], ".-", color="C0", alpha=0.45, label=label)
+        ax1.plot(prompts, u["achieved_mean"], ".--", color="C7", label=label)  # grey: apart from the generator
     for i, (base, style) in enumerate((("retrieval", "s:"), ("noise", "^:"), ("identity", "x:"))):
         b = report["baselines"][base]
         ax1.plot(
@@ -51,12 +63,14 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
         )
     shade_outside(ax1, prompts.tolist(), (report.get("calibration") or {}).get("clamp_range"))
     ax1.set_xlabel(f"prompted {name}")
-    ax1.set_ylabel(f"achieved {name}")
+    ax1.set_ylabel(f"achieved {measured}")
     average = int((report.get("config") or {}).get("average", 1))
     mean_of = f", means of {average} samples" if average > 1 else ""
     mean_of += f", best of {rerank['candidates']} by the ranker" if rerank else ""
     calibrated = ", prompts calibrated" if (report.get("calibration") or {}).get("applied") else ""
-    ax1.set_title(f"{report['task']}: {report['inits']} {describe_inits(report)}{mean_of}{calibrated}", fontsize=10)
+    # Wrapped: with means, ranking and calibration the title is wider than the axes.
+    title = f"{report['task']}: {report['inits']} {describe_inits(report)}{mean_of}{calibrated}"
+    ax1.set_title(textwrap.fill(title, width=60), fontsize=10)
     ax1.legend(fontsize=8)
     best = prompts.tolist().index(report["one_step"]["prompt"])
     one = achieved[:, best]  # (K, S)
@@ -66,7 +80,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
         ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
     ax2.set_xlabel(describe_inits(report)[:-1])  # singular
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # inits are numbered: no 0.5 ticks
-    ax2.set_ylabel(name)
+    ax2.set_ylabel(measured)
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     return atomic_save_figure(fig, path)
