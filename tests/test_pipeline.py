@@ -517,7 +517,8 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     shutil.copytree(experiment / "model", model)
     common = ["cartpole", f"out={experiment}", "--model", str(model)]
     small = ["samples=1", "episodes=2", *QUIET]
-    assert main(["calibrate", *common, "sweep.calibration_inits=2", "sweep.calibration_prompts=3", *small]) == 0
+    assert main(["calibrate", *common, "inits=2", "prompts=3", *small]) == 0  # calibrate's own inits and prompts
+    assert (model / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the map, to look at
     cal = load_calibration(model)
     assert cal is not None and len(cal.prompts) == 3 and cal.meta["samples"] == 1
     normalizer = read_model_info(model)["normalizer"]  # measured only where the sweep conditions: the training range

@@ -16,6 +16,7 @@ import torch
 from rl_gpt.config import ExperimentConfig
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
+from rl_gpt.sweep.plot import plot_calibration
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
 from rl_gpt.train.probe import prompt_grid, run_prompts
@@ -78,6 +79,7 @@ def calibrate(
     cal = fit_calibration(grid, torch.where(failed, worst, achieved).reshape(k, p, s), sampler, meta)
     cal.model_sha256 = model_fingerprint(model_dir)
     path = cal.save(model_dir)
+    picture = plot_calibration(cal, ds.spec["metric"].get("name", "metric"), Path(model_dir) / "calibration.png")
     if len(set(cal.fitted)) == 1:
         name = ds.spec["metric"].get("name", "metric")
         warnings.warn(
@@ -88,7 +90,7 @@ def calibrate(
         )
     if progress:
         pairs = ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(cal.prompts, cal.achieved, strict=True))
-        print(f"prompt -> mean achieved: {pairs}\ncalibration written to {path}")
+        print(f"prompt -> mean achieved: {pairs}\ncalibration written to {path} (plot: {picture})")
     return cal
 
 

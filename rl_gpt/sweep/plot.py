@@ -84,3 +84,28 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     return atomic_save_figure(fig, path)
+
+
+def plot_calibration(cal: Any, metric: str, path: str | Path) -> Path:
+    """The calibration map: the mean achieved metric at each prompt, its monotone fit and y = x.
+
+    ``cal`` is a :class:`~rl_gpt.train.calibration.PromptCalibration`; sweeps and ``generate``
+    condition on the prompt whose fitted value is the one asked for.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = metric.replace("_", " ")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.plot(cal.prompts, cal.prompts, "k--", lw=1, label="y = x")
+    ax.plot(cal.prompts, cal.achieved, "o", color="C0", label="mean achieved")
+    ax.plot(cal.prompts, cal.fitted, "-", color="C1", label="monotone fit (what prompts are mapped through)")
+    ax.set_xlabel(f"prompted {name}")
+    ax.set_ylabel(f"achieved {name}")
+    meta = cal.meta or {}
+    what = f"{meta.get('inits', '?')} training runs' inits x {meta.get('samples', '?')} samples"
+    ax.set_title(textwrap.fill(f"prompt calibration: {what}", width=60), fontsize=10)
+    ax.legend(fontsize=8)
+    return atomic_save_figure(fig, path)
