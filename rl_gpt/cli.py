@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import signal
@@ -100,6 +101,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         )
     if (folder / "model.json").is_file():
         parts = [describe_model(folder)]
+    elif (folder / "generated.json").is_file() and not (folder / "spec.json").exists():
+        parts = [_generated_lines(folder / "generated.json")]
     elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
         from rl_gpt.demo import format_table
         from rl_gpt.sweep.compare import load_report
@@ -113,6 +116,27 @@ def _cmd_info(args: argparse.Namespace) -> None:
             parts += [_sweep_line(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("*/report.json"))]
         parts = parts or [describe(folder, show_spec=args.spec)]
     print("\n\n".join(parts))
+
+
+def _generated_lines(path: Path) -> str:
+    """What ``rl-gpt generate`` wrote in a folder: its start, and each target beside what was achieved."""
+    rec = json.loads(path.read_text())
+    name = rec.get("metric", "return")
+    lines = [
+        f"generated  {rec.get('task')} ({rec.get('env_id')}) by {rec.get('model')}",
+        f"start      {rec.get('start')}: {name} {rec.get('start_return', float('nan')):.4g}",
+    ]
+    if isinstance(rec.get("target_return"), list):  # several targets: a folder each
+        for target, achieved, folder in zip(rec["target_return"], rec["achieved_mean"], rec["folders"], strict=False):
+            lines.append(
+                f"target {target:<8.4g} achieved {achieved:.4g} (mean of {rec.get('policies_per_target')}; {folder}/)"
+            )
+    else:
+        for policy in rec.get("policies", []):
+            lines.append(
+                f"target {rec['target_return']:<8.4g} achieved {policy['achieved_return']:.4g} ({policy['file']})"
+            )
+    return "\n".join(lines)
 
 
 EXPERIMENT = ("dataset", "model")  # what makes a folder an experiment's (out=), not a sweep's --out

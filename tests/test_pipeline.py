@@ -753,6 +753,12 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     assert main([*args[:3], *one]) == 0
     single = json.loads((tmp_path / "one" / "generated.json").read_text())
     assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0  # a generate folder: its start and each target against what was achieved
+    listed = capsys.readouterr().out
+    assert f"achieved {summary['achieved_mean'][1]:.4g} (mean of 2; target_400/)" in listed
+    assert main(["info", str(tmp_path / "one")]) == 0
+    assert "(policy_000.zip)" in capsys.readouterr().out
 
 
 def test_generate_again_into_a_folder_removes_what_it_no_longer_lists(experiment, tmp_path, capsys):
