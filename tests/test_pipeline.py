@@ -476,6 +476,8 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
     ):
         assert key in report, key
     assert np.array(report["achieved"]).shape == (3, 4, 2)
+    first = report["config"]["init_seed"]  # unseen inits: the seeds `generate --seed 0..2` starts from too
+    assert report["init_ids"] == {"seeds": [first, first + 1, first + 2]}
     assert set(report["baselines"]) == {"retrieval", "noise", "identity"}
     assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction"}
     assert len(report["recursive"]["mean_return"]) == 3
@@ -880,6 +882,7 @@ def test_a_sweep_can_start_from_the_models_own_runs(experiment, tmp_path):
         assert main([*args, "--out", str(out), "inits=8", f"sweep.init_source={source}", *QUIET]) == 0
         reports[source] = json.loads((out / "report.json").read_text())
         assert reports[source]["init_source"] == source and reports[source]["inits"] == min(8, len(runs))
+        assert reports[source]["init_ids"] == {"runs": runs[:8]}  # which runs' step-0 networks
         # the generator's input is each run's step-0 label, measured again as the dataset measured it
         labels = [float(ds.data["metric"][slices[r].start]) for r in runs[:8]]
         assert reports[source]["init_metric_as_labelled"] == pytest.approx(labels)

@@ -179,6 +179,8 @@ def sweep(
         "achieved": achieved.tolist(),
         "inits": len(inits),
         "init_source": sc.init_source,
+        # which networks: the runs whose step-0 checkpoints were the inits, or the random inits' seeds
+        "init_ids": _init_ids(sc, train_runs, test_runs, len(inits)),
         "init_metric": init_metric.tolist(),
         "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
         # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them,
@@ -281,6 +283,13 @@ def _rerank_report(
     ok = torch.isfinite(predicted) & torch.isfinite(achieved)
     error = (predicted[ok] - achieved[ok].double()).pow(2).mean().sqrt() if ok.any() else torch.tensor(float("nan"))
     return {"candidates": candidates, "ranker": fit, "rmse_on_chosen": float(error)}
+
+
+def _init_ids(sc: SweepConfig, train_runs: list[int], test_runs: list[int], k: int) -> dict[str, Any]:
+    """What identifies each init: dataset run ids (train / heldout) or the seeds of unseen random inits."""
+    if sc.init_source == "unseen":  # random_inits seeds init k with sweep.init_seed + k
+        return {"seeds": list(range(sc.init_seed, sc.init_seed + k))}
+    return {"runs": list((train_runs if sc.init_source == "train" else test_runs)[:k])}
 
 
 def _inits(
