@@ -236,6 +236,11 @@ class Layout:
             LayerSpec(l["prefix"], l["in_group"], l["out_group"], l.get("activation")) for l in data["layers"]
         )
         layout = cls(params, layers, dict(data["groups"]))
+        stop = 0
+        for p in sorted(layout.params, key=lambda p: p.offset):  # the pieces tile the flat vector, in order
+            if p.offset != stop:
+                raise ValueError(f"{p.name} starts at offset {p.offset}, not where the one before it ends ({stop})")
+            stop = p.stop
         if "numel" in data and int(data["numel"]) != layout.numel:
             raise ValueError(f"layout says numel={data['numel']} but its parameters add up to {layout.numel}")
         return layout

@@ -234,3 +234,34 @@ def test_data_merge_refuses_a_folder_a_collection_is_writing(tmp_path, capsys):
     assert (tmp_path / "ds" / "runs" / "run_00000").is_dir() and not (tmp_path / "ds" / "data").exists()
     assert main(["data", "merge", str(tmp_path)]) == 2
     assert "not a checkpoint dataset" in capsys.readouterr().err
+
+
+def test_a_truncated_column_is_refused_and_left_as_it_is(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {})
+    w.consolidate()
+    column = tmp_path / "ds" / "data" / "params.memmap"
+    size = column.stat().st_size
+    with column.open("r+b") as f:
+        f.truncate(size // 2)  # a disk that filled, a partial copy
+    with pytest.raises(DatasetError, match=f"holds {size // 2} of its {size} bytes: the dataset is damaged"):
+        CheckpointDataset(tmp_path / "ds")
+    assert column.stat().st_size == size // 2  # opening it would have padded it with zeros, on disk
+    column.unlink()
+    with pytest.raises(DatasetError, match="params.memmap is missing"):
+        CheckpointDataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('{"task": ', "is not valid JSON"),
+        ("[1, 2]", "is not an rl_gpt checkpoint dataset spec"),
+        (json.dumps({**SPEC, "format": {"name": "rl_gpt.checkpoints"}, "layout": None}), "lacks layout"),
+    ],
+)
+def test_a_damaged_spec_is_a_one_line_error(tmp_path, text, needle):
+    DatasetWriter(tmp_path / "ds", SPEC).add_run(0, _rows(0), {})
+    (tmp_path / "ds" / "spec.json").write_text(text)
+    with pytest.raises(DatasetError, match=needle):
+        CheckpointDataset(tmp_path / "ds")

@@ -18,6 +18,7 @@ merged run directories.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -54,10 +55,52 @@ def read_spec(root: str | Path) -> dict[str, Any]:
         if (inner / "spec.json").is_file():  # an experiment folder given for its dataset
             raise DatasetError(f"{root} is an experiment folder; its dataset is {inner}")
         raise DatasetError(f"{root} is not a checkpoint dataset (no spec.json); run `rl-gpt collect` first")
-    spec = json.loads(path.read_text())
-    if spec.get("format", {}).get("name") != FORMAT["name"]:
+    try:
+        spec = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path} is not valid JSON ({exc}); restore it from a copy, or collect again") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("format"), dict):
         raise DatasetError(f"{path} is not an rl_gpt checkpoint dataset spec")
+    if spec["format"].get("name") != FORMAT["name"]:
+        raise DatasetError(f"{path} is not an rl_gpt checkpoint dataset spec")
+    missing = [key for key in ("task", "layout", "metric") if not isinstance(spec.get(key), dict)]
+    if missing:
+        raise DatasetError(f"{path} lacks {', '.join(missing)}: the spec is damaged; restore it, or collect again")
+    try:
+        Layout.from_dict(spec["layout"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"{path}: its layout is damaged ({type(exc).__name__}: {exc}); restore it") from None
     return spec
+
+
+def load_checked(folder: Path) -> TensorDict:
+    """``TensorDict.load_memmap(folder)``, after checking that every column's file holds the bytes its
+    ``meta.json`` says. Opening a short file would extend it with zeros, on disk: a truncated dataset
+    (a disk that filled, a partial copy) would then read, and train, as rows of zeros."""
+    meta_path = folder / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise DatasetError(
+            f"{meta_path}: unreadable ({reason}); the dataset is damaged: restore it or collect again"
+        ) from None
+    for key, column in meta.items() if isinstance(meta, dict) else ():
+        if not (isinstance(column, dict) and "shape" in column and "dtype" in column):
+            continue  # the TensorDict's own entries (its shape, device, type)
+        dtype = getattr(torch, str(column["dtype"]).removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            continue
+        want = math.prod(column["shape"]) * dtype.itemsize
+        path = folder / f"{key}.memmap"
+        have = path.stat().st_size if path.is_file() else None
+        if have is None or have < want:
+            what = "is missing" if have is None else f"holds {have} of its {want} bytes"
+            raise DatasetError(
+                f"{path} {what}: the dataset is damaged (a full disk or a partial copy?); restore it, or "
+                "collect again into a new folder"
+            )
+    return TensorDict.load_memmap(folder)
 
 
 def _run_dir_name(run: int) -> str:
@@ -175,7 +218,7 @@ class DatasetWriter:
         done = {int(p.name.split("_")[1]) for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()}
         data = self.root / "data"
         if data.exists():
-            done |= {int(r) for r in torch.unique(TensorDict.load_memmap(data)["run"]).tolist()}
+            done |= {int(r) for r in torch.unique(load_checked(data)["run"]).tolist()}
         return done
 
     def stored_runs(self, first: int, fields: Sequence[str]) -> Iterator[tuple[int, TensorDict]]:
@@ -184,14 +227,14 @@ class DatasetWriter:
         sources: dict[int, tuple[TensorDict, slice]] = {}
         data = self.root / "data"
         if data.exists():
-            td = TensorDict.load_memmap(data)
+            td = load_checked(data)
             runs, counts = torch.unique_consecutive(td["run"], return_counts=True)  # data/ is in run order
             ends = torch.cumsum(counts, 0).tolist()
             for r, n, end in zip(runs.tolist(), counts.tolist(), ends, strict=True):
                 sources[int(r)] = (td, slice(end - n, end))
         for p in (self.root / "runs").glob("run_*"):
             if (p / "run.json").exists():
-                sources.setdefault(int(p.name.split("_")[1]), (TensorDict.load_memmap(p), slice(None)))
+                sources.setdefault(int(p.name.split("_")[1]), (load_checked(p), slice(None)))
         for run in sorted(sources)[:first]:
             td, rows = sources[run]
             yield run, td.select(*(f for f in fields if f in td))[rows]
@@ -221,16 +264,16 @@ class DatasetWriter:
         if data_dir.exists() and run_dirs:
             # A crash after the last consolidation's rename but before its clean-up leaves runs that
             # data/ already holds: drop them instead of merging them twice.
-            stored = set(torch.unique(TensorDict.load_memmap(data_dir)["run"]).tolist())
+            stored = set(torch.unique(load_checked(data_dir)["run"]).tolist())
             for p in [p for p in run_dirs if int(p.name.split("_")[1]) in stored]:
                 shutil.rmtree(p)
                 run_dirs.remove(p)
         if not run_dirs:
-            return len(TensorDict.load_memmap(data_dir)) if data_dir.exists() else 0
+            return len(load_checked(data_dir)) if data_dir.exists() else 0
         sources: list[TensorDict] = []
         if data_dir.exists():
-            sources.append(TensorDict.load_memmap(data_dir))
-        sources += [TensorDict.load_memmap(p) for p in run_dirs]
+            sources.append(load_checked(data_dir))
+        sources += [load_checked(p) for p in run_dirs]
         # One source per run, ordered by run index, so readers get (run, step) order.
         pieces = []
         for src in sources:
@@ -279,7 +322,7 @@ def merge_stored_runs(root: str | Path) -> tuple[int, int, int, int | None]:
     with exclusive_folder(root, "collect", "DATASET") as path:  # the writer it may meet
         writer = DatasetWriter(path, spec, "DATASET")  # also finishes a crashed merge and drops half-written runs
         data = writer.root / "data"
-        merged_before = set(torch.unique(TensorDict.load_memmap(data)["run"]).tolist()) if data.exists() else set()
+        merged_before = set(torch.unique(load_checked(data)["run"]).tolist()) if data.exists() else set()
         runs = writer.completed_runs()
         merged = len(runs - merged_before)
         rows = writer.consolidate()
@@ -302,7 +345,7 @@ class CheckpointDataset:
             )
         if not (self.root / "data").exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
-        self.data: TensorDict = TensorDict.load_memmap(self.root / "data")
+        self.data: TensorDict = load_checked(self.root / "data")
         self.layout = Layout.from_dict(self.spec["layout"])
         if self.data["params"].shape[-1] != self.layout.numel:
             raise DatasetError(
