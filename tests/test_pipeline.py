@@ -145,6 +145,21 @@ def test_a_dataset_the_user_names_is_used_and_checked(experiment, tmp_path):
     assert not (tmp_path / "s").exists()  # refused before anything was written
 
 
+def test_a_save_cut_between_its_two_renames_is_resumed_from_the_old_state(experiment, tmp_path, capsys):
+    out = tmp_path / "cut"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", "train.final_probe=false", *TINY_MODEL]
+    assert main([*args, *QUIET, "steps=10"]) == 0
+    state = out / "model" / "train_state"
+    state.rename(state.with_name("train_state.old"))  # replace_dir moved the old state aside, then was killed
+    capsys.readouterr()
+    assert main([*args, "wandb.mode=disabled", "steps=10"]) == 0  # found: the run is at step 10 already
+    assert "already trained to train.steps=10; nothing to do" in capsys.readouterr().out
+    assert main([*args, *QUIET, "steps=20"]) == 0  # goes on from step 10, and its save replaces both names
+    assert json.loads((state / "state.json").read_text())["step"] == 20
+    assert not state.with_name("train_state.old").exists()
+
+
 def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     out = tmp_path / "resume"
     shutil.copytree(experiment / "dataset", out / "dataset")

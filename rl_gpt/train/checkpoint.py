@@ -12,7 +12,14 @@ from safetensors.torch import load_file
 
 from rl_gpt.io import atomic_save_safetensors, atomic_write_json, replace_dir
 
-__all__ = ["discard_train_state", "load_train_state", "read_data_state", "read_saved_batch", "save_train_state"]
+__all__ = [
+    "discard_train_state",
+    "load_train_state",
+    "read_data_state",
+    "read_saved_batch",
+    "save_train_state",
+    "saved_state",
+]
 
 # Config fields that may change between a run and its resume without changing what is trained.
 _RESUMABLE_CHANGES = {
@@ -57,10 +64,21 @@ def save_train_state(
     replace_dir(tmp, directory)
 
 
+def saved_state(directory: Path) -> Path:
+    """Where a saved run's state is: ``directory``, or ``directory.old`` when a crash fell between the
+    two renames of :func:`~rl_gpt.io.replace_dir` (the old state moved aside, the new one not yet in
+    place). The next save replaces both."""
+    old = directory.with_name(directory.name + ".old")
+    if not (directory / "state.json").is_file() and (old / "state.json").is_file():
+        return old
+    return directory
+
+
 def discard_train_state(directory: Path) -> None:
     """Remove a saved run at the start of ``--restart``: a restart stopped before its first checkpoint
     would otherwise leave the old run's state to be resumed by the next plain ``train``. Renamed
     first, so a removal cut short leaves no half state under the real name."""
+    shutil.rmtree(directory.with_name(directory.name + ".old"), ignore_errors=True)  # a crashed save's
     if not directory.exists():
         return
     gone = directory.with_name(directory.name + ".discarded")

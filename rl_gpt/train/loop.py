@@ -36,6 +36,7 @@ from rl_gpt.train.checkpoint import (
     read_data_state,
     read_saved_batch,
     save_train_state,
+    saved_state,
 )
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import metric_mismatch, read_model_info, recorded_metric_settings, same_task, save_model
@@ -175,7 +176,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
 
     # ---------------------------------------------------------------- data
     state_dir = out / "train_state"
-    saved = read_data_state(state_dir) if resume else None
+    resume_from = saved_state(state_dir)  # where the last save is, even if a crash cut it short
+    saved = read_data_state(resume_from) if resume else None
     if saved is not None:  # a resumed run keeps its split and normaliser even if the dataset has grown since
         train_runs, test_runs = saved["train_runs"], saved["test_runs"]
         unused = len(set(ds.run_slices()) - set(train_runs) - set(test_runs))
@@ -188,7 +190,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             )
         normalizer = Normalizer.from_dict(saved["normalizer"])
         before = saved.get("processes", world)  # runs saved before this was recorded: not known
-        was = before * read_saved_batch(state_dir, tc.batch)
+        was = before * read_saved_batch(resume_from, tc.batch)
         if before != world and was != world * tc.batch and main_proc:
             keep = f"; pass train.batch={was // world} to keep {was}" if was % world == 0 else ""
             warnings.warn(
@@ -220,8 +222,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     step = 0
-    if resume and (state_dir / "state.json").exists():
-        step = load_train_state(state_dir, model, ema, opt, sampler.generator, expect=to_dict(tc), world=world)
+    if resume and (resume_from / "state.json").exists():
+        step = load_train_state(resume_from, model, ema, opt, sampler.generator, expect=to_dict(tc), world=world)
         if step > tc.steps:
             raise ConfigError(
                 f"{out} is already trained to step {step}, past train.steps={tc.steps}; train again with --restart "
@@ -399,7 +401,7 @@ def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume
             f"another metric ({changed}); pass {recorded_metric_settings(spec)}, or collect the other metric into "
             f"another {cfg.dataset_option} directory"
         )
-    if resume and (out / "train_state" / "state.json").is_file() and (out / "model.json").is_file():
+    if resume and (saved_state(out / "train_state") / "state.json").is_file() and (out / "model.json").is_file():
         saved = read_model_info(out)["spec"]
         if not same_task(saved, task.name, task.env_id, task.kind) or metric_mismatch(
             saved, task.metric, task.higher_is_better
