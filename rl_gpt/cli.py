@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -594,6 +595,18 @@ def console_main() -> NoReturn:
     sys.exit(code)
 
 
+#: What torch's file writes and safetensors say when the disk is full or a file outgrows its limit.
+_DISK_ERRORS = ("No space left on device", "File too large", "Disk quota exceeded")
+_DISK_ADVICE = (
+    "; free space (or raise the limit) and run the same command again (collect and train go on from their last save)"
+)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may come before or after flags such as -q: collect the leftovers
@@ -651,7 +664,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # full disk and friends: say so in one line; nothing half-written is left
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"rl-gpt {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        advice = _DISK_ADVICE if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+        print(f"rl-gpt {args.command}: error: {exc.strerror or exc}{where}{advice}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # torch and safetensors report a full disk as their own error types
+        reason = next((r for r in _DISK_ERRORS if r in str(exc)), None)
+        if reason is None:
+            raise
+        print(f"rl-gpt {args.command}: error: {reason} ({_first_line(exc)}){_DISK_ADVICE}", file=sys.stderr)
         return 1
     finally:
         warnings.formatwarning = previous_format

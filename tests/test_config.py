@@ -239,3 +239,35 @@ def test_a_saved_wandb_run_id_is_used_only_when_valid(tmp_path):
         path.write_text(bad)
         with pytest.warns(UserWarning, match="holds no W&B run id; this stage logs to a new run"):
             assert _saved_run_id(path) is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("unable to write to file </d/runs/.tmp-run_00008/metric.memmap>: No space left on device (28)"),
+        OSError(28, "No space left on device", "/d/model/model.json"),
+        RuntimeError("unable to resize file </d/.tmp-data/params.memmap> to the right size: File too large (27)"),
+    ],
+)
+def test_a_full_disk_is_one_line_that_says_what_to_do(monkeypatch, capsys, error):
+    from rl_gpt import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "info", fail)
+    assert cli.main(["info", "somewhere"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "free space (or raise the limit) and run the same command again" in err
+    assert "memmap" in err or "model.json" in err  # where
+
+
+def test_other_errors_are_not_taken_for_a_full_disk(monkeypatch):
+    from rl_gpt import cli
+
+    def fail(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "info", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info", "somewhere"])

@@ -100,6 +100,22 @@ def test_info_summarises_a_model_and_an_experiment_folder(experiment, tmp_path, 
     assert "step 30 of train.steps=30 (finished)" in capsys.readouterr().out
 
 
+def test_damaged_model_files_are_one_line_errors(experiment, tmp_path, capsys):
+    import pickle
+
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    (model / "model.safetensors").write_bytes(pickle.dumps({"weights": 1}))  # a pickle where safetensors belong
+    args = ["generate", "--model", str(model), "--target-return", "100", "--out", str(tmp_path / "g"), *QUIET]
+    assert main(args) == 2
+    assert "model.safetensors is not a readable safetensors file" in capsys.readouterr().err
+    assert main(["info", str(model)]) == 0  # info still describes the rest
+    assert "unreadable weights file" in capsys.readouterr().out
+    (model / "model.json").write_text('{"format": ')
+    assert main(["info", str(model)]) == 2
+    assert "model.json is not valid JSON" in capsys.readouterr().err
+
+
 def test_a_run_shorter_than_its_warmup_says_so(experiment, tmp_path):
     args = ["train", "cartpole", f"out={tmp_path}", f"dataset={experiment / 'dataset'}", "steps=3", *TINY_MODEL, *QUIET]
     with pytest.warns(UserWarning, match="train.steps=3 ends within the 200-step warm-up"):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from rl_gpt.train.calibration import load_calibration
 from rl_gpt.train.modelfile import ModelFileError, model_dataset, read_model_info
@@ -39,7 +39,12 @@ def _alignment(directory: Path, step: Any) -> str:
     path = directory / "alignment.json"
     if not path.is_file():
         return "none (train.final_probe=false, or training has not finished)"
-    result = json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "unreadable (alignment.json is not valid JSON; train again to measure it)"
+    if not isinstance(result, dict):
+        return "unreadable (alignment.json is not a JSON object)"
     held = result.get("heldout_inits_r2")
     text = f"R2 {result.get('train_inits_r2', float('nan')):.3f} from training runs' inits, " + (
         f"{held:.3f} from held-out runs' inits" if held is not None else "no held-out run"
@@ -62,7 +67,10 @@ def describe_model(directory: str | Path) -> str:
     shown = ("width", "depth", "heads", "tokens", "conditioning")  # the rest is in model.json
     network = ", ".join(f"{k} {model[k]}" for k in shown if k in model)
     weights = directory / "model.safetensors"
-    count = f"{_parameter_count(weights) / 1e6:.2f}M parameters" if weights.is_file() else "no weights file"
+    try:
+        count = f"{_parameter_count(weights) / 1e6:.2f}M parameters" if weights.is_file() else "no weights file"
+    except SafetensorError as exc:
+        count = f"unreadable weights file ({exc})"
     calibration = load_calibration(directory)
     if calibration is None:
         cal_text = "none (`rl-gpt calibrate` measures one)"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -85,8 +86,13 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
         if (inner / "model.json").is_file():  # an experiment folder given for its model
             raise ModelFileError(f"{directory} is an experiment folder; its model is {inner}")
         raise ModelFileError(f"{directory} holds no model (no model.json); train one with `rl-gpt train`")
-    info = json.loads(path.read_text())
-    if info.get("format", {}).get("name") != FORMAT["name"]:
+    try:
+        info = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(f"{path} is not valid JSON ({exc}); restore it, or train again with --restart") from None
+    if not isinstance(info, dict) or not isinstance(info.get("format"), dict):
+        raise ModelFileError(f"{path} is not an rl_gpt model file")
+    if info["format"].get("name") != FORMAT["name"]:
         raise ModelFileError(f"{path} is not an rl_gpt model file")
     return info
 
@@ -250,11 +256,16 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
     weights = Path(directory) / "model.safetensors"
     if not weights.is_file():
         raise ModelFileError(f"{weights} is missing; the model directory is incomplete")
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as exc:  # truncated, or not a safetensors file at all (nothing is unpickled)
+        raise ModelFileError(f"{weights} is not a readable safetensors file ({exc}); restore it or retrain") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise ModelFileError(f"{weights} does not fit its model.json ({str(exc).splitlines()[0]})") from None
+        # torch's first line only names the class; the second says which tensor differs
+        detail = " ".join(line.strip() for line in str(exc).splitlines()[1:2]) or str(exc).splitlines()[0]
+        raise ModelFileError(f"{weights} does not fit its model.json ({detail[:200]})") from None
     if any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise ModelFileError(f"{weights} contains NaN/inf weights; retrain or use an earlier checkpoint")
     _warn_if_unfinished(directory, info)
