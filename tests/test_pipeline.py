@@ -106,7 +106,7 @@ def test_damaged_model_files_are_one_line_errors(experiment, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(experiment / "model", model)
     (model / "model.safetensors").write_bytes(pickle.dumps({"weights": 1}))  # a pickle where safetensors belong
-    args = ["generate", "--model", str(model), "--target-return", "100", "--out", str(tmp_path / "g"), *QUIET]
+    args = ["generate", "--model", str(model), "--target-return", "100", "--out", str(tmp_path / "g")]
     assert main(args) == 2
     assert "model.safetensors is not a readable safetensors file" in capsys.readouterr().err
     assert main(["info", str(model)]) == 0  # info still describes the rest
