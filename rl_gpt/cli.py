@@ -221,7 +221,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
     cfg = load_config(_model_config(args), args.overrides, command="sweep")
     model = args.model or str(cfg.model_dir)
-    out = args.out or str(Path(cfg.out) / "sweep")
+    # Beside the model it sweeps: a --model's saved config names the out= it was trained in, relative
+    # to wherever that was, and a sweep of a copied model would land in (and replace) the original's.
+    named_out = any(o.startswith("out=") for o in args.overrides)
+    out = args.out or str((Path(args.model).parent if args.model and not named_out else Path(cfg.out)) / "sweep")
     existed, report_file = Path(out).exists(), Path(out) / "report.json"
     before = report_file.stat().st_mtime_ns if report_file.exists() else None
     try:
@@ -429,7 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. inits=16 prompts=10 samples=2")
     p.add_argument("--model", help="model directory (default: <out>/model)")
-    p.add_argument("--out", help="report directory only (default: <out>/sweep); the model is --model or <out>/model")
+    p.add_argument(
+        "--out",
+        help="report directory only (default: <out>/sweep, or with --model the sweep/ folder beside it); "
+        "the model is --model or <out>/model",
+    )
     p.add_argument("-q", "--quiet", action="store_true")
 
     p = sub.add_parser(

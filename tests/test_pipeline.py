@@ -767,6 +767,29 @@ def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path)
     assert len({tuple(r) for r in returns}) > 1  # other seeds give other start states: the check can fail
 
 
+def test_a_generate_or_sweep_into_a_folder_in_use_is_refused(experiment, tmp_path, capsys):
+    from rl_gpt.io import exclusive_folder
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "mine.txt").write_text("kept")
+    with exclusive_folder(out, "generate"):  # another generate still writing there
+        args = ["generate", "--model", str(experiment / "model"), "--target-return", "100", "--out", str(out)]
+        assert main(args) == 2
+        assert "is being written by another process" in capsys.readouterr().err
+        assert main(["sweep", "--model", str(experiment / "model"), "--out", str(out), "inits=1", *QUIET]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+
+
+def test_a_sweep_of_a_named_model_lands_beside_it(experiment, tmp_path, monkeypatch):
+    model = tmp_path / "copy" / "model"
+    shutil.copytree(experiment / "model", model)
+    monkeypatch.chdir(tmp_path)  # the model's saved out= is relative to where it was trained, not to here
+    args = ["sweep", "--model", str(model), "inits=1", "prompts=2", "samples=1", "episodes=2", "sweep.recursive=1"]
+    assert main([*args, *QUIET]) == 0
+    assert (tmp_path / "copy" / "sweep" / "report.json").is_file()
+
+
 def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, capsys):
     out = tmp_path / "sweep"
     args = ["generate", "--model", str(experiment / "model"), "--target-return", "100", "400", "100"]

@@ -17,7 +17,7 @@ from rl_gpt.config import ConfigError, SweepConfig, TaskConfig
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
-from rl_gpt.io import atomic_write_json, ensure_report_dir, ensure_writable_dir
+from rl_gpt.io import atomic_write_json, ensure_report_dir, ensure_writable_dir, exclusive_folder
 from rl_gpt.layout import Layout
 from rl_gpt.supervised.files import classifier_metadata
 from rl_gpt.supervised.metric import supervised_metric
@@ -181,103 +181,104 @@ def generate(
     if rerank > 1:  # fitted (once) before the output folder exists: a refused fit leaves nothing behind
         ranker = ranker_for(model_dir, ds, gen.layout, info["meta"]["train_runs"], info["meta"]["test_runs"])
     out = ensure_report_dir(out)
-    stale = _previous_outputs(out)
-    start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
-    runs = info["meta"]["train_runs"]
-    start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
-    # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
-    # and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
-    start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 2, runs).mean[0])
-    rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
-    g = torch.Generator().manual_seed(seed)
-    bounds = None if extrapolate else (low, high)
-    cond, cal = conditioning_prompts(
-        model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds, rerank
-    )
-    params = gen.sample(
-        theta[None].expand(rows * rerank, -1),
-        start.expand(rows * rerank),
-        cond.repeat_interleave(num * rerank),
-        steps=steps,
-        guidance=guidance,
-        generator=g,
-        average=average,
-    )
-    predicted = None
-    if ranker is not None:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
-        targets_rows = cond.repeat_interleave(num).double()
-        params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
-    task = task_config(info["spec"]["task"])
-    both = None
-    if task.kind == "supervised":  # both test metrics in one pass, as `rl-gpt evaluate` and sweeps report them
-        both = supervised_metric(ds.spec, params)
-        mean, std = both["metric"].double(), torch.zeros(len(params), dtype=torch.float64)  # one test split
-    else:
-        res = evaluate_flat(ds, params, episodes, seed + 2, runs)
-        mean, std = res.mean, res.std
-    initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
-    shared = {
-        "task": task.name,
-        "env_id": task.env_id,
-        "metric": info["spec"]["metric"]["name"],
-        "calibrated": cal is not None,
-        "training_range": [low, high],
-        "extrapolate": extrapolate,
-        "guidance": guidance,
-        "steps": steps,
-        "average": average,
-        "rerank": rerank,
-        "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
-        # the rollouts' seed: `rl-gpt evaluate FILE --episodes E --seed S` measures a file alike
-        "eval_seed": None if task.kind == "supervised" else seed + 2,
-        "start": from_zip
-        or f"random init ({initialiser} initialiser, seed {init_seed(info, seed)}: the sweep's unseen init {seed})",
-        "start_return": start_return,
-        "model": str(Path(model_dir).resolve()),
-    }
-    names = [f"target_{t:g}" for t in targets]
-    if len(set(names)) < len(names):  # targets that differ beyond 6 significant digits: number the folders
-        names = [f"target_{j:02d}" for j in range(len(targets))]
-    records = []
-    for j, t in enumerate(targets):
-        folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
-        rows_j = slice(j * num, (j + 1) * num)
-        items = _export(task, gen.layout, params[rows_j], mean[rows_j], std[rows_j], folder, seed)
-        if predicted is not None:
-            for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
-                item["predicted_return"] = value  # the ranker's prediction for the kept candidate
-        if both is not None:
-            for k, item in enumerate(items):
-                item |= {
-                    "test_loss": float(both["test_loss"][rows_j][k]),
-                    "test_error": float(both["test_error"][rows_j][k]),
-                }
-        record = {
-            **shared,
-            "target_return": t,
-            # the prompt given to the generator: t, or calibration.json's map of t, held inside the
-            # training range unless extrapolating
-            "conditioned_on": float(cond[j]),
-            "policies": items,
+    with exclusive_folder(out, "generate", "--out"):  # a second generate into the same folder is refused
+        stale = _previous_outputs(out)
+        start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
+        runs = info["meta"]["train_runs"]
+        start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
+        # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
+        # and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
+        start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 2, runs).mean[0])
+        rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
+        g = torch.Generator().manual_seed(seed)
+        bounds = None if extrapolate else (low, high)
+        cond, cal = conditioning_prompts(
+            model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds, rerank
+        )
+        params = gen.sample(
+            theta[None].expand(rows * rerank, -1),
+            start.expand(rows * rerank),
+            cond.repeat_interleave(num * rerank),
+            steps=steps,
+            guidance=guidance,
+            generator=g,
+            average=average,
+        )
+        predicted = None
+        if ranker is not None:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
+            targets_rows = cond.repeat_interleave(num).double()
+            params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
+        task = task_config(info["spec"]["task"])
+        both = None
+        if task.kind == "supervised":  # both test metrics in one pass, as `rl-gpt evaluate` and sweeps report them
+            both = supervised_metric(ds.spec, params)
+            mean, std = both["metric"].double(), torch.zeros(len(params), dtype=torch.float64)  # one test split
+        else:
+            res = evaluate_flat(ds, params, episodes, seed + 2, runs)
+            mean, std = res.mean, res.std
+        initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
+        shared = {
+            "task": task.name,
+            "env_id": task.env_id,
+            "metric": info["spec"]["metric"]["name"],
+            "calibrated": cal is not None,
+            "training_range": [low, high],
+            "extrapolate": extrapolate,
+            "guidance": guidance,
+            "steps": steps,
+            "average": average,
+            "rerank": rerank,
+            "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
+            # the rollouts' seed: `rl-gpt evaluate FILE --episodes E --seed S` measures a file alike
+            "eval_seed": None if task.kind == "supervised" else seed + 2,
+            "start": from_zip
+            or f"random init ({initialiser} initialiser, seed {init_seed(info, seed)}: the sweep's unseen init {seed})",
+            "start_return": start_return,
+            "model": str(Path(model_dir).resolve()),
         }
-        atomic_write_json(folder / "generated.json", record)
-        records.append(record)
-    if len(targets) == 1:
-        _remove_stale(stale, out, records[0], keep=start_file)
-        return records[0]
-    achieved = mean.reshape(len(targets), num)
-    summary = {
-        **shared,
-        "target_return": targets,
-        "conditioned_on": cond.tolist(),
-        "achieved_mean": achieved.nanmean(1).tolist(),
-        "folders": names,
-        "policies_per_target": num,
-    }
-    atomic_write_json(out / "generated.json", summary)
-    plot_targets(summary, achieved, out / "generated.png")
-    _remove_stale(stale, out, summary, keep=start_file)
-    return summary
+        names = [f"target_{t:g}" for t in targets]
+        if len(set(names)) < len(names):  # targets that differ beyond 6 significant digits: number the folders
+            names = [f"target_{j:02d}" for j in range(len(targets))]
+        records = []
+        for j, t in enumerate(targets):
+            folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
+            rows_j = slice(j * num, (j + 1) * num)
+            items = _export(task, gen.layout, params[rows_j], mean[rows_j], std[rows_j], folder, seed)
+            if predicted is not None:
+                for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
+                    item["predicted_return"] = value  # the ranker's prediction for the kept candidate
+            if both is not None:
+                for k, item in enumerate(items):
+                    item |= {
+                        "test_loss": float(both["test_loss"][rows_j][k]),
+                        "test_error": float(both["test_error"][rows_j][k]),
+                    }
+            record = {
+                **shared,
+                "target_return": t,
+                # the prompt given to the generator: t, or calibration.json's map of t, held inside the
+                # training range unless extrapolating
+                "conditioned_on": float(cond[j]),
+                "policies": items,
+            }
+            atomic_write_json(folder / "generated.json", record)
+            records.append(record)
+        if len(targets) == 1:
+            _remove_stale(stale, out, records[0], keep=start_file)
+            return records[0]
+        achieved = mean.reshape(len(targets), num)
+        summary = {
+            **shared,
+            "target_return": targets,
+            "conditioned_on": cond.tolist(),
+            "achieved_mean": achieved.nanmean(1).tolist(),
+            "folders": names,
+            "policies_per_target": num,
+        }
+        atomic_write_json(out / "generated.json", summary)
+        plot_targets(summary, achieved, out / "generated.png")
+        _remove_stale(stale, out, summary, keep=start_file)
+        return summary
 
 
 #: What generate writes into a folder, and nothing else may be removed as an earlier call's output.

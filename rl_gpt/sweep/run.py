@@ -21,7 +21,7 @@ from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
-from rl_gpt.io import atomic_write_json, ensure_report_dir
+from rl_gpt.io import atomic_write_json, ensure_report_dir, exclusive_folder
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.calibration import conditioning_prompts
@@ -125,154 +125,158 @@ def sweep(
     spec, task = ds.spec, task_config(ds.spec["task"])
     prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
     out = ensure_report_dir(out, "--out or out=")  # after the checks: a refused sweep leaves no empty folder
-    higher = spec["metric"]["higher_is_better"]
-    train_runs = info["meta"]["train_runs"]
-    test_runs = info["meta"]["test_runs"]
-    best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
-    say = print if progress else (lambda *a, **k: None)
+    with exclusive_folder(out, "sweep", "--out"):  # a second sweep into the same folder is refused
+        higher = spec["metric"]["higher_is_better"]
+        train_runs = info["meta"]["train_runs"]
+        test_runs = info["meta"]["test_runs"]
+        best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
+        say = print if progress else (lambda *a, **k: None)
 
-    ranker = ranker_for(model_dir, ds, gen.layout, train_runs, test_runs, say) if sc.rerank > 1 else None
-    gen.to(device)  # sampling runs there; everything it returns is on the CPU
+        ranker = ranker_for(model_dir, ds, gen.layout, train_runs, test_runs, say) if sc.rerank > 1 else None
+        gen.to(device)  # sampling runs there; everything it returns is on the CPU
 
-    def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
-        return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows, device=device).mean
+        def evaluate(params: torch.Tensor, seed: int, stats_rows: torch.Tensor | None = None) -> torch.Tensor:
+            return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows, device=device).mean
 
-    # ---------------------------------------------------------------- inits never seen in collection
-    inits = _inits(sc, task, ds, train_runs, test_runs)  # (K, D)
-    init_metric = evaluate(inits, sc.seed + 1)  # (K,) reported, like every achieved metric
-    # The generator's input m is measured as the training labels were (see start_metric).
-    init_m = start_metric(ds, inits, train_runs, sc.episodes, device).float()  # (K,)
-    timings["setup_s"] = time.time() - t
+        # ---------------------------------------------------------------- inits never seen in collection
+        inits = _inits(sc, task, ds, train_runs, test_runs)  # (K, D)
+        init_metric = evaluate(inits, sc.seed + 1)  # (K,) reported, like every achieved metric
+        # The generator's input m is measured as the training labels were (see start_metric).
+        init_m = start_metric(ds, inits, train_runs, sc.episodes, device).float()  # (K,)
+        timings["setup_s"] = time.time() - t
 
-    # ---------------------------------------------------------------- the generator
-    t = time.time()
-    bounds = (gen.normalizer.metric_low, gen.normalizer.metric_high) if sc.clamp_prompts else None
-    cond, cal = conditioning_prompts(
-        model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds, sc.rerank
-    )
-    if cal is not None:
-        say("prompts calibrated (calibration.json): " + ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(prompts, cond)))
-    elif bounds is not None and not torch.equal(cond, prompts):
-        moved = ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(prompts, cond) if a != b)
-        low, high = bounds
-        say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
-    args = (sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
-    draws = len(inits) * len(prompts) * sc.samples
-    each = f", each the mean of {sc.average} draws" if sc.average > 1 else ""
-    each += f", best of {sc.rerank}" if sc.rerank > 1 else ""
-    say(f"sampling {draws} networks ({len(inits)} inits x {len(prompts)} prompts x {sc.samples}{each}) ...")
-    candidates = sample_candidates(gen, None, inits, init_m, cond, *args, sc.rerank)  # (K, P, S, N, D)
-    samples = candidates[..., 0, :]
-    if ranker is not None:  # ranked towards what the generator was conditioned on, as calibrate measures it
-        samples, predicted = choose_candidates(candidates, cond, ranker)
-    timings["sample_s"] = time.time() - t
-    t = time.time()
-    k, p, s, d = samples.shape
-    say(f"evaluating them ({timings['sample_s']:.0f} s of sampling) ...")
-    achieved = evaluate(samples.reshape(-1, d), sc.seed + 2).reshape(k, p, s)
-    timings["evaluate_s"] = time.time() - t
-    report: dict[str, Any] = {
-        "task": task.name,
-        "env_id": spec["env_id"],
-        "metric": spec["metric"],
-        "prompts": prompts.tolist(),
-        "achieved": achieved.tolist(),
-        "inits": len(inits),
-        "init_source": sc.init_source,
-        # which networks: the runs whose step-0 checkpoints were the inits, or the random inits' seeds
-        "init_ids": _init_ids(sc, train_runs, test_runs, len(inits)),
-        "init_metric": init_metric.tolist(),
-        "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
-        # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them,
-        # held inside clamp_range (the training data's metric range; None: sweep.clamp_prompts=false).
-        "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist(), "clamp_range": bounds}
-        | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
-    }
-    report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
-    if ranker is not None:  # what ranking bought: the first candidate of each sample, unranked, scored alike
-        unranked = evaluate(candidates[..., 0, :].reshape(-1, d), sc.seed + 2).reshape(k, p, s)
-        report["rerank"] = _rerank_report(ranker, sc.rerank, predicted, achieved) | {
-            "without_rerank": _summary(prompts, unranked, best, task.reward_threshold, higher)
-            | {"achieved": unranked.tolist()}
+        # ---------------------------------------------------------------- the generator
+        t = time.time()
+        bounds = (gen.normalizer.metric_low, gen.normalizer.metric_high) if sc.clamp_prompts else None
+        cond, cal = conditioning_prompts(
+            model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds, sc.rerank
+        )
+        if cal is not None:
+            say(
+                "prompts calibrated (calibration.json): "
+                + ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(prompts, cond))
+            )
+        elif bounds is not None and not torch.equal(cond, prompts):
+            moved = ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(prompts, cond) if a != b)
+            low, high = bounds
+            say(f"prompts outside the training data's range [{low:.3g}, {high:.3g}] conditioned on its end: {moved}")
+        args = (sc.samples, sc.steps, sc.guidance, sc.seed, sc.average)
+        draws = len(inits) * len(prompts) * sc.samples
+        each = f", each the mean of {sc.average} draws" if sc.average > 1 else ""
+        each += f", best of {sc.rerank}" if sc.rerank > 1 else ""
+        say(f"sampling {draws} networks ({len(inits)} inits x {len(prompts)} prompts x {sc.samples}{each}) ...")
+        candidates = sample_candidates(gen, None, inits, init_m, cond, *args, sc.rerank)  # (K, P, S, N, D)
+        samples = candidates[..., 0, :]
+        if ranker is not None:  # ranked towards what the generator was conditioned on, as calibrate measures it
+            samples, predicted = choose_candidates(candidates, cond, ranker)
+        timings["sample_s"] = time.time() - t
+        t = time.time()
+        k, p, s, d = samples.shape
+        say(f"evaluating them ({timings['sample_s']:.0f} s of sampling) ...")
+        achieved = evaluate(samples.reshape(-1, d), sc.seed + 2).reshape(k, p, s)
+        timings["evaluate_s"] = time.time() - t
+        report: dict[str, Any] = {
+            "task": task.name,
+            "env_id": spec["env_id"],
+            "metric": spec["metric"],
+            "prompts": prompts.tolist(),
+            "achieved": achieved.tolist(),
+            "inits": len(inits),
+            "init_source": sc.init_source,
+            # which networks: the runs whose step-0 checkpoints were the inits, or the random inits' seeds
+            "init_ids": _init_ids(sc, train_runs, test_runs, len(inits)),
+            "init_metric": init_metric.tolist(),
+            "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
+            # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them,
+            # held inside clamp_range (the training data's metric range; None: sweep.clamp_prompts=false).
+            "calibration": {"applied": cal is not None, "conditioned_on": cond.tolist(), "clamp_range": bounds}
+            | ({} if cal is None else {"sampler": cal.sampler, "fitted_on": cal.meta}),
         }
-    if task.kind == "supervised":
-        report["one_step"]["classifier"] = _classifier_metrics(ds, samples[:, best].reshape(-1, d), test_runs)
-    solved = report["one_step"]["solved_fraction"]
-    say(
-        f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.4g} "
-        f"at prompt {float(prompts[best]):.4g}" + ("" if solved != solved else f", solved {solved:.0%}")
-    )
+        report |= _summary(prompts, achieved, best, task.reward_threshold, higher)
+        if ranker is not None:  # what ranking bought: the first candidate of each sample, unranked, scored alike
+            unranked = evaluate(candidates[..., 0, :].reshape(-1, d), sc.seed + 2).reshape(k, p, s)
+            report["rerank"] = _rerank_report(ranker, sc.rerank, predicted, achieved) | {
+                "without_rerank": _summary(prompts, unranked, best, task.reward_threshold, higher)
+                | {"achieved": unranked.tolist()}
+            }
+        if task.kind == "supervised":
+            report["one_step"]["classifier"] = _classifier_metrics(ds, samples[:, best].reshape(-1, d), test_runs)
+        solved = report["one_step"]["solved_fraction"]
+        say(
+            f"generator: R2 {report['prompt_alignment_r2']:.3f}, one-step {report['one_step']['mean_return']:.4g} "
+            f"at prompt {float(prompts[best]):.4g}" + ("" if solved != solved else f", solved {solved:.0%}")
+        )
 
-    # ---------------------------------------------------------------- recursive prompting
-    t = time.time()
-    if sc.recursive:
-        say(f"recursive prompting, {sc.recursive} steps ...")
-    theta, metric, curve = inits, init_m, [float(init_metric.mean())]
-    for _ in range(sc.recursive):
-        step = cond[best : best + 1]
-        sampler = (sc.steps, sc.guidance, sc.seed + 3, sc.average, ranker, sc.rerank)
-        theta = run_prompts(gen, None, theta, metric, step, 1, *sampler)[:, 0, 0]
-        curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
-        metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
-    slices = ds.run_slices()
-    # Real training, for scale: the data's mean curve, and the steps its runs took to reach one generated step.
-    unit = "optimiser steps" if task.kind == "supervised" else "environment steps"
-    training_curve = _training_curve(ds, train_runs, slices) | {"step_unit": unit}
-    report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "training_curve": training_curve}
-    report["training_equivalent"] = {
-        "one_step": report["one_step"]["mean_return"],
-        "steps": _training_equivalent(ds, train_runs, report["one_step"]["mean_return"], higher),
-        "step_unit": unit,
-    }
-    timings["recursive_s"] = time.time() - t
+        # ---------------------------------------------------------------- recursive prompting
+        t = time.time()
+        if sc.recursive:
+            say(f"recursive prompting, {sc.recursive} steps ...")
+        theta, metric, curve = inits, init_m, [float(init_metric.mean())]
+        for _ in range(sc.recursive):
+            step = cond[best : best + 1]
+            sampler = (sc.steps, sc.guidance, sc.seed + 3, sc.average, ranker, sc.rerank)
+            theta = run_prompts(gen, None, theta, metric, step, 1, *sampler)[:, 0, 0]
+            curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
+            metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
+        slices = ds.run_slices()
+        # Real training, for scale: the data's mean curve, and the steps its runs took to reach one generated step.
+        unit = "optimiser steps" if task.kind == "supervised" else "environment steps"
+        training_curve = _training_curve(ds, train_runs, slices) | {"step_unit": unit}
+        report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "training_curve": training_curve}
+        report["training_equivalent"] = {
+            "one_step": report["one_step"]["mean_return"],
+            "steps": _training_equivalent(ds, train_runs, report["one_step"]["mean_return"], higher),
+            "step_unit": unit,
+        }
+        timings["recursive_s"] = time.time() - t
 
-    # ---------------------------------------------------------------- baselines
-    t = time.time()
-    say("baselines (retrieval, noise, identity) and the novelty audit ...")
-    pool_rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in train_runs])
-    pool_rows = pool_rows[ds.valid_mask()[pool_rows]]
-    pool_metric = ds.data["metric"][pool_rows].float()
-    nearest = pool_rows[torch.argmin((pool_metric[None] - prompts[:, None]).abs(), dim=1)]  # (P,)
-    retrieved = ds.data["params"][nearest].float()  # (P, D)
-    # A retrieved checkpoint is deployed with its own VecNormalize statistics (it fits no other).
-    retr_metric = evaluate(retrieved, sc.seed + 2, nearest)  # (P,)
-    retr = retr_metric[None, :, None].expand(k, p, 1)
-    g = torch.Generator().manual_seed(sc.seed + 5)
-    scale = sc.noise_scale * gen.normalizer.std.cpu()
-    noisy = retrieved[None].expand(k, p, d) + scale * torch.randn(k, p, d, generator=g)
-    noise = evaluate(noisy.reshape(-1, d), sc.seed + 2, nearest.repeat(k)).reshape(k, p, 1)
-    ident = init_metric[:, None, None].expand(k, p, 1)
-    report["baselines"] = {
-        "retrieval": _summary(prompts, retr, best, task.reward_threshold, higher),
-        "noise": _summary(prompts, noise, best, task.reward_threshold, higher) | {"scale": sc.noise_scale},
-        "identity": _summary(prompts, ident, best, task.reward_threshold, higher),
-    }
-    timings["baselines_s"] = time.time() - t
+        # ---------------------------------------------------------------- baselines
+        t = time.time()
+        say("baselines (retrieval, noise, identity) and the novelty audit ...")
+        pool_rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in train_runs])
+        pool_rows = pool_rows[ds.valid_mask()[pool_rows]]
+        pool_metric = ds.data["metric"][pool_rows].float()
+        nearest = pool_rows[torch.argmin((pool_metric[None] - prompts[:, None]).abs(), dim=1)]  # (P,)
+        retrieved = ds.data["params"][nearest].float()  # (P, D)
+        # A retrieved checkpoint is deployed with its own VecNormalize statistics (it fits no other).
+        retr_metric = evaluate(retrieved, sc.seed + 2, nearest)  # (P,)
+        retr = retr_metric[None, :, None].expand(k, p, 1)
+        g = torch.Generator().manual_seed(sc.seed + 5)
+        scale = sc.noise_scale * gen.normalizer.std.cpu()
+        noisy = retrieved[None].expand(k, p, d) + scale * torch.randn(k, p, d, generator=g)
+        noise = evaluate(noisy.reshape(-1, d), sc.seed + 2, nearest.repeat(k)).reshape(k, p, 1)
+        ident = init_metric[:, None, None].expand(k, p, 1)
+        report["baselines"] = {
+            "retrieval": _summary(prompts, retr, best, task.reward_threshold, higher),
+            "noise": _summary(prompts, noise, best, task.reward_threshold, higher) | {"scale": sc.noise_scale},
+            "identity": _summary(prompts, ident, best, task.reward_threshold, higher),
+        }
+        timings["baselines_s"] = time.time() - t
 
-    # ---------------------------------------------------------------- novelty and init fidelity
-    t = time.time()
-    report |= _novelty(
-        ds,
-        gen,
-        samples[:, best, 0],
-        inits,
-        retrieved[best : best + 1].expand(k, d),
-        noisy[:, best],
-        pool_rows,
-        train_runs,
-        test_runs,
-        sc.seed + 6,
-    )
-    timings["novelty_s"] = time.time() - t
-    report["timings"] = timings
-    report["config"] = to_dict(sc)
-    report["model"] = str(Path(model_dir).resolve())
-    atomic_write_json(out / "report.json", report)
-    from rl_gpt.sweep.plot import plot_sweep
+        # ---------------------------------------------------------------- novelty and init fidelity
+        t = time.time()
+        report |= _novelty(
+            ds,
+            gen,
+            samples[:, best, 0],
+            inits,
+            retrieved[best : best + 1].expand(k, d),
+            noisy[:, best],
+            pool_rows,
+            train_runs,
+            test_runs,
+            sc.seed + 6,
+        )
+        timings["novelty_s"] = time.time() - t
+        report["timings"] = timings
+        report["config"] = to_dict(sc)
+        report["model"] = str(Path(model_dir).resolve())
+        atomic_write_json(out / "report.json", report)
+        from rl_gpt.sweep.plot import plot_sweep
 
-    plot_sweep(report, out / "sweep.png")
-    _log_wandb(cfg, report, out)
-    return report
+        plot_sweep(report, out / "sweep.png")
+        _log_wandb(cfg, report, out)
+        return report
 
 
 def _rerank_report(
