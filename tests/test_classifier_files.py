@@ -87,3 +87,14 @@ def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys)
     )
     assert main(["evaluate", str(no_root)]) == 2  # MNIST's files are needed and not named
     assert "is tested on mnist; pass --data-root DIR" in capsys.readouterr().err
+
+
+def test_a_classifier_with_nan_weights_is_refused(tmp_path, capsys):
+    state = {k: v.contiguous() for k, v in classifier_layout("digits_mlp").unflatten(_network()).items()}
+    state["fc1.weight"][0, 3] = float("nan")  # written by other code: rl_gpt's export refuses NaN
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path), metadata=classifier_metadata("digits_mlp", None))
+    with pytest.raises(ClassifierFileError, match="fc1.weight hold NaN or infinite weights"):
+        read_classifier_file(path)
+    assert main(["evaluate", str(path)]) == 2  # was: "test loss nan, test error nan%"
+    assert "NaN or infinite" in capsys.readouterr().err

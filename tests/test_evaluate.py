@@ -564,3 +564,14 @@ def test_evaluate_refuses_a_dataset_flag_it_would_ignore(tmp_path: pathlib.Path)
 
     with pytest.raises(ClassifierFileError, match="--dataset names the network of a .safetensors classifier file"):
         evaluate_target(str(tmp_path / "ds:0:3"), 1, "cpu", 0, False, dataset=str(tmp_path))
+
+
+def test_a_policy_with_nan_weights_is_refused(tmp_path, capsys) -> None:
+    model = make_model("ppo", "CartPole-v1", 0)
+    with torch.no_grad():
+        model.policy.action_net.weight[0, 0] = float("nan")
+    model.save(tmp_path / "nan.zip")
+    with pytest.raises(PolicyFileError, match="action_net.weight hold NaN or infinite weights"):
+        load_sb3_policy(tmp_path / "nan.zip")
+    assert main(["evaluate", str(tmp_path / "nan.zip")]) == 2  # was: "9.50 +- 0.50", as if it were a policy
+    assert "NaN or infinite weights" in capsys.readouterr().err

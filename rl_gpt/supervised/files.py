@@ -90,4 +90,7 @@ def read_classifier_file(
         flat = layout.flatten({k: v.float() for k, v in state.items()})
     except (KeyError, ValueError) as exc:
         raise ClassifierFileError(f"{path} does not hold a {network}: {exc}") from None
+    bad = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:  # its test loss would read nan, and an update of it would be nonsense
+        raise ClassifierFileError(f"{path}: {', '.join(bad[:3])} hold NaN or infinite weights; use another file")
     return ClassifierFile(flat, network, dataset, meta.get(_KEYS["data_root"]))
