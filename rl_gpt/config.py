@@ -349,6 +349,18 @@ NON_NEGATIVE: frozenset[str] = frozenset(
 #: Rates and sizes that must be above zero.
 POSITIVE: frozenset[str] = frozenset({"train.lr", "train.grad_clip", "train.ckpt_every", "train.log_every"})
 
+#: Shares and probabilities: (low, high, whether high itself is allowed).
+FRACTIONS: dict[str, tuple[float, float, bool]] = {
+    "train.ema": (0.0, 1.0, False),  # 1 would never move the sampling weights from their start
+    "train.prompt_dropout": (0.0, 1.0, True),
+    "train.init_fraction": (0.0, 1.0, True),
+    "train.test_fraction": (0.0, 1.0, False),  # some run must be left to train on
+}
+
+#: Seeds numpy, SB3 and Gymnasium take: below 2**32 (torch's alone would take 64 bits).
+SEEDS: frozenset[str] = frozenset({"collect.seed", "collect.eval_seed", "sweep.seed", "sweep.init_seed"})
+_LARGEST_INT = 2**63 - 1  # what torch and numpy index and seed with
+
 
 # ---------------------------------------------------------------------------- loading
 def find_preset(name_or_path: str) -> Path:
@@ -584,6 +596,12 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
             raise ConfigError(f"{prefix}{key}: {value!r} is negative; use 0 or more")
         if f"{prefix}{key}" in POSITIVE and not kwargs[key] > 0:
             raise ConfigError(f"{prefix}{key}: {value!r} must be above 0")
+        span = FRACTIONS.get(f"{prefix}{key}")
+        if span is not None and not (span[0] <= kwargs[key] <= span[1] and (span[2] or kwargs[key] < span[1])):
+            upper = f"{span[1]:g}" if span[2] else f"below {span[1]:g}"
+            raise ConfigError(f"{prefix}{key}: {value!r} is a fraction: give {span[0]:g} to {upper}")
+        if f"{prefix}{key}" in SEEDS and kwargs[key] >= 2**32:
+            raise ConfigError(f"{prefix}{key}: {value!r} is too large for a seed; use 0 to {2**32 - 1}")
     return cls(**kwargs)
 
 
@@ -620,14 +638,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true/false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        number = _as_float(value)
+        given = value
+        number = None if isinstance(value, int) else _as_float(value)
         if number is not None and number.is_integer():
-            return int(number)  # YAML reads 1e5 as a string and 1.0e5 as a float
+            value = int(number)  # YAML reads 1e5 as a string and 1.0e5 as a float
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _LARGEST_INT:
+                raise ConfigError(f"{key}: {given!r} is out of range; use a number below 2**63")
+            return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         number = _as_float(value)
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number")
         if number is not None:
             return number
         raise ConfigError(f"{key}: expected a number, got {value!r}")
