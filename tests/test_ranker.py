@@ -78,3 +78,20 @@ def test_save_and_load_reproduce_the_predictions(tmp_path) -> None:
     (tmp_path / RANKER_FILE).write_bytes(b"not safetensors")
     with pytest.raises(ModelFileError, match="delete"):
         load_ranker(tmp_path, LAYOUT)
+
+
+def test_a_ranker_that_cannot_be_kept_is_still_used(monkeypatch, tmp_path):
+    """A read-only model folder: the fitted ranker ranks this command's candidates and is not stored."""
+    import rl_gpt.train.ranker as ranker_module
+
+    class Fitted:
+        fit_info = {"rmse_train": 1.0, "rmse_heldout_runs": None, "seconds": 0.0}
+
+        def save(self, model_dir):
+            raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(ranker_module, "load_ranker", lambda model_dir, layout: None)
+    monkeypatch.setattr(ranker_module, "fit_ranker", lambda ds, train_runs, test_runs: Fitted())
+    said = []
+    got = ranker_module.ranker_for(tmp_path, None, None, [0], [], said.append)
+    assert isinstance(got, Fitted) and "not kept (Read-only file system" in said[-1]

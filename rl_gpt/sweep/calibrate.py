@@ -16,6 +16,7 @@ import torch
 from rl_gpt.config import ExperimentConfig
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
+from rl_gpt.io import ensure_writable_dir
 from rl_gpt.sweep.plot import plot_calibration
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
@@ -40,6 +41,7 @@ def calibrate(
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     t = time.time()
     gen, info = load_generator(model_dir)
+    ensure_writable_dir(model_dir, "--model")  # calibration.json goes there: refused before the work
     ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
     train_runs = info["meta"]["train_runs"]
     runs = train_runs[: sc.calibration_inits]

@@ -248,12 +248,16 @@ def ranker_for(
         return ranker
     say(f"fitting the ranker (metric predictor) on {len(train_runs)} training runs' checkpoints ...")
     ranker = fit_ranker(ds, train_runs, test_runs)
-    ranker.save(model_dir)
+    try:
+        ranker.save(model_dir)
+        kept = f"written to {Path(model_dir) / RANKER_FILE}"
+    except OSError as exc:  # a read-only model folder: rank with it now, fit it again next time
+        kept = f"not kept ({exc.strerror}: {model_dir}), so later commands fit it again"
     info = ranker.fit_info
     heldout = info["rmse_heldout_runs"]
     say(
         f"ranker: rmse {info['rmse_train']:.4g} on training checkpoints"
         + ("" if heldout is None else f", {heldout:.4g} on held-out runs")
-        + f" ({info['seconds']:.0f}s), written to {Path(model_dir) / RANKER_FILE}"
+        + f" ({info['seconds']:.0f}s), {kept}"
     )
     return ranker
