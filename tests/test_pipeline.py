@@ -835,6 +835,26 @@ def test_generate_again_into_a_folder_removes_what_it_no_longer_lists(experiment
     capsys.readouterr()
 
 
+def test_a_generate_stopped_while_writing_leaves_no_record_of_replaced_files(experiment, tmp_path, monkeypatch):
+    import rl_gpt.generate.run as run
+
+    out = tmp_path / "cut"
+    base = ["generate", "--model", str(experiment / "model"), "--episodes", "2", "--out", str(out)]
+    assert main([*base, "--target-return", "400", "--num", "2"]) == 0
+    export, written = run.export_sb3, []
+
+    def full_disk(*args, **kwargs):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(export(*args, **kwargs))
+        return written[-1]
+
+    monkeypatch.setattr(run, "export_sb3", full_disk)
+    assert main([*base, "--target-return", "100", "--num", "2"]) == 1  # policy_000 replaced, then the disk filled
+    assert not (out / "generated.json").exists()  # it described target 400's policies
+    assert not list(out.glob(".*tmp*"))
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

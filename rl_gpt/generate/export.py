@@ -31,8 +31,12 @@ def export_sb3(task: TaskConfig, layout: Layout, flat: torch.Tensor, path: str |
     load_actor(model.policy, layout, flat)
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.zip")
-    model.save(tmp)
-    tmp.replace(path)
+    try:
+        model.save(tmp)
+        tmp.replace(path)
+    except BaseException:  # a full disk or a Ctrl-C: no half-written zip is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -240,6 +240,7 @@ def generate(
         if len(set(names)) < len(names):  # targets that differ beyond 6 significant digits: number the folders
             names = [f"target_{j:02d}" for j in range(len(targets))]
         records = []
+        _retire_records(out, stale)  # from here files are replaced: no record may describe the old ones
         for j, t in enumerate(targets):
             folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
             rows_j = slice(j * num, (j + 1) * num)
@@ -308,6 +309,14 @@ def _previous_outputs(out: Path, depth: int = 0) -> set[Path]:
         return _listed_outputs(out, json.loads((out / "generated.json").read_text()), depth)
     except (OSError, ValueError):  # no earlier call, or a file that is not JSON
         return set()
+
+
+def _retire_records(out: Path, stale: set[Path]) -> None:
+    """Remove the ``generated.json`` records of an earlier call before its outputs are overwritten: a
+    call stopped midway then leaves files without a record, not a record of files that were replaced.
+    ``stale`` (read before) still lets :func:`_remove_stale` clear what the new record does not list."""
+    for record in [out / "generated.json", *(p / "generated.json" for p in stale if p.is_dir())]:
+        record.unlink(missing_ok=True)
 
 
 def _remove_stale(stale: set[Path], out: Path, record: dict[str, Any], keep: set[Path] = frozenset()) -> None:
