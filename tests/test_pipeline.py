@@ -24,6 +24,7 @@ from tensordict import TensorDict
 from rl_gpt.cli import main
 from rl_gpt.demo import format_table
 from rl_gpt.evaluate import evaluate_sb3_file
+from rl_gpt.evaluate.sb3 import read_sb3_file
 from rl_gpt.train.modelfile import ModelFileError, check_compatible, model_dataset, read_model_info
 
 QUIET = ["wandb.mode=disabled", "-q"]
@@ -804,11 +805,16 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
         assert record["target_return"] == target and record["start"] == summary["start"]
         assert len(record["policies"]) == 2 and (out / folder / "policy_001.zip").is_file()
         assert mean == pytest.approx(sum(p["achieved_return"] for p in record["policies"]) / 2)
-    # the same start: a single-target call from the same seed reports the same start return
-    one = ["--target-return", "400", "--episodes", "2", "--seed", "3", "--out", str(tmp_path / "one")]
+    # the same start: a single-target call from the same seed reports the same start return, and the
+    # same policies: a target's draws do not depend on the other targets asked for with it
+    one = ["--target-return", "400", "--num", "2", "--episodes", "2", "--seed", "3", "--out", str(tmp_path / "one")]
     assert main([*args[:3], *one]) == 0
     single = json.loads((tmp_path / "one" / "generated.json").read_text())
     assert single["start_return"] == summary["start_return"] and single["target_return"] == 400.0
+    among = json.loads((out / "target_400" / "generated.json").read_text())
+    assert [p["achieved_return"] for p in single["policies"]] == [p["achieved_return"] for p in among["policies"]]
+    alone, together = (read_sb3_file(d / "policy_001.zip").state for d in (tmp_path / "one", out / "target_400"))
+    assert all(torch.equal(alone[k], together[k]) for k in alone if k.startswith("action_net"))
     capsys.readouterr()
     assert main(["info", str(out)]) == 0  # a generate folder: its start and each target against what was achieved
     listed = capsys.readouterr().out

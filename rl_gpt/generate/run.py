@@ -195,6 +195,10 @@ def generate(
         cond, cal = conditioning_prompts(
             model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds, rerank
         )
+        # Each target starts from the same noise (the seed's), so its policies do not depend on which
+        # other targets the call asks for: `--target-return 300` alone gives what it gives among others.
+        per_target = num * rerank * average
+        noise = torch.randn((per_target, theta.numel()), generator=g).repeat(len(targets), 1)
         params = gen.sample(
             theta[None].expand(rows * rerank, -1),
             start.expand(rows * rerank),
@@ -203,6 +207,7 @@ def generate(
             guidance=guidance,
             generator=g,
             average=average,
+            x_T=noise.to(theta.device),
         )
         predicted = None
         if ranker is not None:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
