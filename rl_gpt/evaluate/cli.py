@@ -37,7 +37,8 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
     if not (first >= 0 and end <= n):
         raise DatasetError(f"rows {text!r} are not in the dataset: it has rows 0 to {n - 1} (give e.g. 0:{n})")
     if first >= end:
-        raise DatasetError(f"rows {text!r} select no rows: a range's start must be below its stop")
+        counted = f" (from row {first} to before row {end}: negative bounds count from the end)" if "-" in text else ""
+        raise DatasetError(f"rows {text!r} select no rows{counted}: a range's start must be below its stop")
     return torch.arange(first, end)
 
 
