@@ -552,7 +552,7 @@ def test_dataset_rows_outside_the_dataset_or_not_numbers_are_refused() -> None:
         with pytest.raises(DatasetError, match="not in the dataset: it has rows 0 to 4"):
             _parse_rows(rows, 5)
     for rows in ("3:2", "2:2", ":0", "-1:-2"):
-        with pytest.raises(DatasetError, match="select no rows: a range's start must be below its stop"):
+        with pytest.raises(DatasetError, match="select no rows.*: a range's start must be below its stop"):
             _parse_rows(rows, 5)
     with pytest.raises(DatasetError, match="whole numbers"):
         _parse_rows("abc", 5)
