@@ -69,12 +69,14 @@ def test_evaluating_dataset_rows_reproduces_their_labels_by_default(experiment, 
     labels = CheckpointDataset(experiment / "dataset").data["metric"][:3].tolist()
     capsys.readouterr()
     assert main(["evaluate", f"{experiment / 'dataset'}:0:3"]) == 0  # the labels' 2 episodes and seed 10,000
-    lines = capsys.readouterr().out.strip().splitlines()
+    header, *lines = capsys.readouterr().out.strip().splitlines()
+    assert header == "returns (2 episodes, seed 10000, deterministic actions):"
     for line, label in zip(lines, labels, strict=True):
         measured = float(line.split(": ")[1].split(" +- ")[0])
         assert measured == pytest.approx(label, abs=0.01) and line.endswith(f"(label {label:.2f})"), line
     assert main(["evaluate", f"{experiment / 'dataset'}:1:3", "--stochastic"]) == 0  # depends on the rows together:
-    assert "label" not in capsys.readouterr().out  # no label is claimed
+    said = capsys.readouterr().out
+    assert "label" not in said and "stochastic actions" in said  # no label is claimed, and it says how it measured
 
 
 def test_model_file_is_self_describing(experiment):

@@ -111,7 +111,8 @@ def evaluate_target(
             **extra,
         )
         rows = [f"row {int(i)}" for i in idx]
-    lines = [
+    how = f"{episodes} episodes, seed {seed}, " + ("stochastic actions" if stochastic else "deterministic actions")
+    lines = [f"returns ({how}):"] + [
         f"{name}: {m:.2f} +- {s:.2f}" + ("" if label is None else f" (label {label:.2f})")
         for name, m, s, label in zip(rows, res.mean.tolist(), res.std.tolist(), labels)
     ]
