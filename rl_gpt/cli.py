@@ -102,7 +102,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
         )
     if (folder / "model.json").is_file():
         parts = [describe_model(folder)]
-    elif (folder / "generated.json").is_file() and not (folder / "spec.json").exists():
+    elif (folder / "generated.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
         parts = [_generated_lines(folder / "generated.json")]
     elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
         from rl_gpt.demo import format_table
@@ -121,23 +121,33 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _generated_lines(path: Path) -> str:
     """What ``rl-gpt generate`` wrote in a folder: its start, and each target beside what was achieved."""
-    rec = json.loads(path.read_text())
-    name = rec.get("metric", "return")
-    lines = [
-        f"generated  {rec.get('task')} ({rec.get('env_id')}) by {rec.get('model')}",
-        f"start      {rec.get('start')}: {name} {rec.get('start_return', float('nan')):.4g}",
-    ]
-    if isinstance(rec.get("target_return"), list):  # several targets: a folder each
-        for target, achieved, folder in zip(rec["target_return"], rec["achieved_mean"], rec["folders"], strict=False):
-            lines.append(
-                f"target {target:<8.4g} achieved {achieved:.4g} (mean of {rec.get('policies_per_target')}; {folder}/)"
-            )
-    else:
-        for policy in rec.get("policies", []):
-            lines.append(
-                f"target {rec['target_return']:<8.4g} achieved {policy['achieved_return']:.4g} ({policy['file']})"
-            )
+    from rl_gpt.dataset import DatasetError
+
+    try:
+        rec = json.loads(path.read_text())
+        name = rec.get("metric", "return")
+        lines = [
+            f"generated  {rec.get('task')} ({rec.get('env_id')}) by {rec.get('model')}",
+            f"start      {rec.get('start')}: {name} {_number(rec.get('start_return'))}",
+        ]
+        if isinstance(rec.get("target_return"), list):  # several targets: a folder each
+            each = rec.get("policies_per_target")
+            rows = zip(rec["target_return"], rec["achieved_mean"], rec["folders"], strict=False)
+            for target, achieved, folder in rows:
+                lines.append(f"target {_number(target):<8} achieved {_number(achieved)} (mean of {each}; {folder}/)")
+        else:
+            target = _number(rec["target_return"])
+            for policy in rec.get("policies", []):
+                file = policy.get("file") or "not written: its weights were not finite"
+                lines.append(f"target {target:<8} achieved {_number(policy.get('achieved_return'))} ({file})")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path} is not a readable generate record ({type(exc).__name__}: {exc})") from None
     return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    """A recorded number as info prints it; null (an undefined one, such as a broken network's) as nan."""
+    return "nan" if value is None else f"{float(value):.4g}"
 
 
 EXPERIMENT = ("dataset", "model")  # what makes a folder an experiment's (out=), not a sweep's --out
@@ -224,7 +234,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     # Beside the model it sweeps: a --model's saved config names the out= it was trained in, relative
     # to wherever that was, and a sweep of a copied model would land in (and replace) the original's.
     named_out = any(o.startswith("out=") for o in args.overrides)
-    out = args.out or str((Path(args.model).parent if args.model and not named_out else Path(cfg.out)) / "sweep")
+    beside = Path(args.model).resolve().parent if args.model and not named_out else Path(cfg.out)
+    out = args.out or str(beside / "sweep")
     existed, report_file = Path(out).exists(), Path(out) / "report.json"
     before = report_file.stat().st_mtime_ns if report_file.exists() else None
     try:

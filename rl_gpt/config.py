@@ -124,6 +124,8 @@ class CollectConfig:
                     f"collect.sample_hyperparams.{key}: {bounds!r} is not [low, high] with 0 < low <= high "
                     f"(drawn log-uniformly); write it as '{{{key}: [1e-4, 1e-3]}}'"
                 )
+        if self.seed + self.runs - 1 >= 2**32:  # run r is seeded seed + r; numpy takes seeds below 2**32
+            raise ConfigError(f"collect.seed: {self.seed} + {self.runs} runs reaches 2**32; use a smaller seed")
 
 
 @dataclass
@@ -393,6 +395,9 @@ def load_config(
     aliases = ALIASES.get(command or "", {})
     preset_task = copy.deepcopy(data.get("task")) if isinstance(data.get("task"), dict) else {}
     overridden: set[str] = set()
+    # The default hyperparams and policy_kwargs are PPO's on CartPole: only a PPO policy task starts from them.
+    default_task = _final_task_value(data, overrides, aliases, "kind", "rl") == "rl"
+    default_task &= _final_task_value(data, overrides, aliases, "algo", "ppo") == "ppo"
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -404,11 +409,15 @@ def load_config(
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        _seed_default_mapping(data, key.split("."))
+        if default_task:
+            _seed_default_mapping(data, key.split("."))
         _set_path(data, key.split("."), value)
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
-    return _build(ExperimentConfig, data, "")
+    cfg = _build(ExperimentConfig, data, "")
+    if cfg.sweep.init_seed + max(cfg.sweep.inits, cfg.sweep.calibration_inits) - 1 >= 2**32:  # init k: seed + k
+        raise ConfigError(f"sweep.init_seed: {cfg.sweep.init_seed} + {cfg.sweep.inits} inits reaches 2**32; use less")
+    return cfg
 
 
 def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str]) -> None:
@@ -544,6 +553,16 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = _deep_merge(out[key], value) if both_dicts else value
     return out
+
+
+def _final_task_value(data: dict, overrides: Sequence[str], aliases: Mapping[str, str], key: str, default: str) -> Any:
+    """``task.KEY`` as the config will end up with it: the last override that sets it, else the file's."""
+    value = (data.get("task") or {}).get(key, default) if isinstance(data.get("task"), dict) else default
+    for item in overrides:
+        name, _, raw = item.partition("=")
+        if aliases.get(name, name) == f"task.{key}":
+            value = raw.strip()
+    return value
 
 
 def _seed_default_mapping(data: dict, keys: list[str]) -> None:

@@ -237,7 +237,7 @@ class Layout:
         )
         layout = cls(params, layers, dict(data["groups"]))
         stop = 0
-        for p in sorted(layout.params, key=lambda p: p.offset):  # the pieces tile the flat vector, in order
+        for p in layout.params:  # the pieces tile the flat vector, in the order listed (flatten's order)
             if p.offset != stop:
                 raise ValueError(f"{p.name} starts at offset {p.offset}, not where the one before it ends ({stop})")
             stop = p.stop

@@ -47,6 +47,11 @@ def test_a_dotted_override_changes_one_key_of_a_default_mapping(preset):
     assert cfg.task.hyperparams == dict(default.hyperparams, n_steps=64)  # the zoo's other values are kept
     assert cfg.task.policy_kwargs == {"net_arch": {"pi": [8], "vf": default.policy_kwargs["net_arch"]["vf"]}}
     assert load_config(preset, ["task.hyperparams={n_steps: 64}"]).task.hyperparams == {"n_steps": 64}  # whole
+    # PPO's CartPole values are not another kind's or algorithm's defaults: nothing is seeded for them
+    sac = ["task.algo=sac", "task.env_id=Pendulum-v1", "task.hyperparams.gamma=0.9"]
+    assert load_config(preset, sac).task.hyperparams == {"gamma": 0.9}
+    digits = ["task.kind=supervised", "task.network=digits_mlp", "task.hyperparams.steps=100"]
+    assert load_config(preset, digits).task.hyperparams == {"steps": 100}
     acrobot = load_config("acrobot").task.hyperparams  # a preset's own mapping is the one changed
     assert load_config("acrobot", ["task.hyperparams.n_steps=64"]).task.hyperparams == dict(acrobot, n_steps=64)
 
@@ -81,6 +86,7 @@ def test_a_dotted_override_changes_one_key_of_a_default_mapping(preset):
         ("train.prompt_dropout=1.5", "train.prompt_dropout: 1.5 is a fraction: give 0 to 1"),
         ("train.test_fraction=1.0", "train.test_fraction: 1.0 is a fraction"),
         ("collect.seed=4294967296", "collect.seed: 4294967296 is too large for a seed"),
+        ("collect.seed=4294967290", "64 runs reaches 2"),  # run r is seeded seed + r
         ("steps=5", "steps; did you mean train.steps or sweep.steps or task.hyperparams.steps?"),
         ("xyzzy=1", "xyzzy; use section.key (e.g. train.steps) or one of: runs, timesteps"),
     ],

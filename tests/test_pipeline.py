@@ -816,7 +816,7 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     among = json.loads((out / "target_400" / "generated.json").read_text())
     assert [p["achieved_return"] for p in single["policies"]] == [p["achieved_return"] for p in among["policies"]]
     alone, together = (read_sb3_file(d / "policy_001.zip").state for d in (tmp_path / "one", out / "target_400"))
-    assert all(torch.equal(alone[k], together[k]) for k in alone if k.startswith("action_net"))
+    assert all(torch.allclose(alone[k], together[k], atol=1e-6) for k in alone if k.startswith("action_net"))
     capsys.readouterr()
     assert main(["info", str(out)]) == 0  # a generate folder: its start and each target against what was achieved
     listed = capsys.readouterr().out

@@ -318,8 +318,9 @@ def merge_stored_runs(root: str | Path) -> tuple[int, int, int, int | None]:
     lock, so a collection still writing it is refused. Returns (runs merged, runs and checkpoints
     in ``data/`` now, the runs its collection asked for or None if the spec does not say).
     """
-    spec = read_spec(root)  # refuses a folder that is no dataset before anything is written
+    read_spec(root)  # refuses a folder that is no dataset before anything is written
     with exclusive_folder(root, "collect", "DATASET") as path:  # the writer it may meet
+        spec = read_spec(path)  # read under the lock: a collection that just ended may have extended it
         writer = DatasetWriter(path, spec, "DATASET")  # also finishes a crashed merge and drops half-written runs
         data = writer.root / "data"
         merged_before = set(torch.unique(load_checked(data)["run"]).tolist()) if data.exists() else set()

@@ -258,7 +258,8 @@ def load_sb3_policy(path: str | Path, env_id: str | None = None) -> tuple[SB3Fil
             f"{path}: its weights do not fit a {file.algo.upper()} MlpPolicy built from its net_arch "
             f"{file.policy_kwargs.get('net_arch')} for {env_id} (first differences: {', '.join(wrong[:3])})"
         )
-    bad = [k for k, v in file.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    actor = set(actor_layout(policy, file.algo).names)  # a diverged critic does not stop the actor acting
+    bad = [k for k in sorted(actor) if file.state[k].is_floating_point() and not torch.isfinite(file.state[k]).all()]
     if bad:  # its returns would be those of a broken policy, and an update of it nonsense
         raise PolicyFileError(f"{path}: {', '.join(bad[:3])} hold NaN or infinite weights; use another policy file")
     policy.load_state_dict(file.state)

@@ -245,7 +245,8 @@ def generate(
         if len(set(names)) < len(names):  # targets that differ beyond 6 significant digits: number the folders
             names = [f"target_{j:02d}" for j in range(len(targets))]
         records = []
-        _retire_records(out, stale)  # from here files are replaced: no record may describe the old ones
+        # from here files are replaced: no record may describe the old ones
+        _retire_records(out, [out / n for n in names] if len(targets) > 1 else [])
         for j, t in enumerate(targets):
             folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
             rows_j = slice(j * num, (j + 1) * num)
@@ -316,11 +317,12 @@ def _previous_outputs(out: Path, depth: int = 0) -> set[Path]:
         return set()
 
 
-def _retire_records(out: Path, stale: set[Path]) -> None:
-    """Remove the ``generated.json`` records of an earlier call before its outputs are overwritten: a
-    call stopped midway then leaves files without a record, not a record of files that were replaced.
-    ``stale`` (read before) still lets :func:`_remove_stale` clear what the new record does not list."""
-    for record in [out / "generated.json", *(p / "generated.json" for p in stale if p.is_dir())]:
+def _retire_records(out: Path, folders: list[Path]) -> None:
+    """Remove the ``generated.json`` records of an earlier call in ``out`` and in the target ``folders``
+    this call writes, before their outputs are overwritten: a call stopped midway then leaves files
+    without a record, not a record of files that were replaced. The earlier call's outputs were read
+    before (``stale``), so :func:`_remove_stale` still clears what the new record does not list."""
+    for record in [out / "generated.json", *(f / "generated.json" for f in folders)]:
         record.unlink(missing_ok=True)
 
 

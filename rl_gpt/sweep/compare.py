@@ -110,9 +110,11 @@ def _undefined_as_nan(report: dict[str, Any]) -> dict[str, Any]:
         if row.get("prompt_alignment_r2", 0) is None:
             row["prompt_alignment_r2"] = math.nan
         one = row.get("one_step")
-        for key in ("mean_return", "solved_fraction"):
-            if isinstance(one, dict) and key in one and one[key] is None:
-                one[key] = math.nan
+        clf = one.get("classifier") if isinstance(one, dict) else None
+        for block, keys in ((one, ("mean_return", "solved_fraction")), (clf, ("test_loss", "test_error"))):
+            for key in keys:
+                if isinstance(block, dict) and key in block and block[key] is None:
+                    block[key] = math.nan
     return report
 
 
