@@ -23,6 +23,7 @@ __all__ = [
     "ensure_writable_dir",
     "exclusive_folder",
     "nulls_as_nan",
+    "read_format_json",
     "replace_dir",
     "shade_outside",
 ]
@@ -134,6 +135,19 @@ def _finite_or_null(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite_or_null(v) for v in value]
     return value
+
+
+def read_format_json(path: Path, format_name: str, error: type[Exception], what: str, fix: str) -> dict[str, Any]:
+    """A JSON object whose ``format.name`` is ``format_name`` (a dataset spec, a model file); anything
+    else raises ``error``: "PATH is not valid JSON (...); FIX" or "PATH is not WHAT"."""
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}); {fix}") from None
+    marked = data.get("format") if isinstance(data, dict) else None
+    if not isinstance(marked, dict) or marked.get("name") != format_name:
+        raise error(f"{path} is not {what}")
+    return data
 
 
 def nulls_as_nan(value: Any) -> Any:

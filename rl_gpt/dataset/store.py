@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from rl_gpt.io import atomic_write_json, ensure_writable_dir, exclusive_folder, replace_dir
+from rl_gpt.io import atomic_write_json, ensure_writable_dir, exclusive_folder, read_format_json, replace_dir
 from rl_gpt.layout import Layout
 
 __all__ = [
@@ -55,14 +55,8 @@ def read_spec(root: str | Path) -> dict[str, Any]:
         if (inner / "spec.json").is_file():  # an experiment folder given for its dataset
             raise DatasetError(f"{root} is an experiment folder; its dataset is {inner}")
         raise DatasetError(f"{root} is not a checkpoint dataset (no spec.json); run `rl-gpt collect` first")
-    try:
-        spec = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path} is not valid JSON ({exc}); restore it from a copy, or collect again") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("format"), dict):
-        raise DatasetError(f"{path} is not an rl_gpt checkpoint dataset spec")
-    if spec["format"].get("name") != FORMAT["name"]:
-        raise DatasetError(f"{path} is not an rl_gpt checkpoint dataset spec")
+    fix = "restore it from a copy, or collect again"
+    spec = read_format_json(path, FORMAT["name"], DatasetError, "an rl_gpt checkpoint dataset spec", fix)
     missing = [key for key in ("task", "layout", "metric") if not isinstance(spec.get(key), dict)]
     if missing:
         raise DatasetError(f"{path} lacks {', '.join(missing)}: the spec is damaged; restore it, or collect again")

@@ -8,7 +8,6 @@ safetensors, everything else JSON.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from pathlib import Path
@@ -23,7 +22,7 @@ from rl_gpt.config import TaskConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.io import atomic_save_safetensors, atomic_write_json
+from rl_gpt.io import atomic_save_safetensors, atomic_write_json, read_format_json
 from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
 from rl_gpt.train.generator import ParameterGenerator
@@ -86,15 +85,8 @@ def read_model_info(directory: str | Path) -> dict[str, Any]:
         if (inner / "model.json").is_file():  # an experiment folder given for its model
             raise ModelFileError(f"{directory} is an experiment folder; its model is {inner}")
         raise ModelFileError(f"{directory} holds no model (no model.json); train one with `rl-gpt train`")
-    try:
-        info = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON ({exc}); restore it, or train again with --restart") from None
-    if not isinstance(info, dict) or not isinstance(info.get("format"), dict):
-        raise ModelFileError(f"{path} is not an rl_gpt model file")
-    if info["format"].get("name") != FORMAT["name"]:
-        raise ModelFileError(f"{path} is not an rl_gpt model file")
-    return info
+    fix = "restore it, or train again with --restart"
+    return read_format_json(path, FORMAT["name"], ModelFileError, "an rl_gpt model file", fix)
 
 
 def model_dataset(
