@@ -229,6 +229,10 @@ class SweepConfig:
     calibration_inits: int = 32  # training runs whose step-0 networks ``rl-gpt calibrate`` prompts
     calibration_prompts: int = 20  # prompts over the metric range that it measures
 
+    def __post_init__(self) -> None:
+        if self.init_seed + self.inits - 1 >= 2**32:  # unseen init k is seeded init_seed + k; numpy: below 2**32
+            raise ConfigError(f"sweep.init_seed: {self.init_seed} + {self.inits} inits reaches 2**32; use less")
+
 
 WANDB_MODE_ALIASES = {"dryrun": "offline", "run": "online"}  # wandb's older names for its modes
 
@@ -414,10 +418,7 @@ def load_config(
         _set_path(data, key.split("."), value)
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
-    cfg = _build(ExperimentConfig, data, "")
-    if cfg.sweep.init_seed + max(cfg.sweep.inits, cfg.sweep.calibration_inits) - 1 >= 2**32:  # init k: seed + k
-        raise ConfigError(f"sweep.init_seed: {cfg.sweep.init_seed} + {cfg.sweep.inits} inits reaches 2**32; use less")
-    return cfg
+    return _build(ExperimentConfig, data, "")
 
 
 def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str]) -> None:
@@ -570,7 +571,7 @@ def _seed_default_mapping(data: dict, keys: list[str]) -> None:
     default, copy the default in: ``task.hyperparams.n_steps=64`` on the embedded CartPole must change
     that one of its tuned hyperparameters, not replace them all with SB3's defaults."""
     cls: Any = ExperimentConfig
-    for depth, key in enumerate(keys[:-1]):
+    for key in keys[:-1]:
         if not dataclasses.is_dataclass(cls) or not isinstance(data, dict):
             return
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -580,10 +581,9 @@ def _seed_default_mapping(data: dict, keys: list[str]) -> None:
         if dataclasses.is_dataclass(tp):
             cls, data = tp, data.setdefault(key, {})  # as _set_path would make it
             continue
-        if typing.get_origin(tp) is dict and key not in data and depth < len(keys) - 1:
-            default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
-            if isinstance(default, dict):
-                data[key] = copy.deepcopy(default)
+        factory = fields[key].default_factory
+        if typing.get_origin(tp) is dict and key not in data and factory is not dataclasses.MISSING:
+            data[key] = factory()  # a fresh copy of the default
         return
 
 
