@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 __all__ = [
     "FolderInUseError",
     "atomic_save_figure",
+    "atomic_save_pair",
     "atomic_save_safetensors",
     "atomic_write_json",
     "atomic_write_text",
@@ -23,6 +25,7 @@ __all__ = [
     "ensure_writable_dir",
     "exclusive_folder",
     "nulls_as_nan",
+    "pair_matches",
     "read_format_json",
     "replace_dir",
     "shade_outside",
@@ -203,6 +206,37 @@ def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path, metadata:
     from safetensors.torch import save_file
 
     return _write_then_rename(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+# The key, in both files of a pair, of the id that ties them to one save.
+SAVE_ID = "rl_gpt.save_id"
+
+
+def atomic_save_pair(tensors: dict[str, Any], weights: str | Path, meta_path: str | Path, meta: dict) -> None:
+    """Save weights and the JSON that describes them, each atomically, tied by a shared random id.
+
+    Two files cannot be renamed into place at once: a crash between the renames leaves the new
+    weights beside the old JSON. Both carry one save's id (the safetensors header's metadata, the
+    JSON's ``rl_gpt.save_id`` key), so a reader tells such a pair by :func:`pair_matches`.
+    """
+    save_id = uuid.uuid4().hex
+    atomic_save_safetensors(tensors, weights, metadata={SAVE_ID: save_id})
+    atomic_write_json(meta_path, meta | {SAVE_ID: save_id})
+
+
+def pair_matches(weights: str | Path, meta: dict) -> bool:
+    """Whether ``weights`` come from the save that wrote ``meta`` (True for files written before the
+    id existed, which carry none; False where the weights are unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    expected = meta.get(SAVE_ID)
+    if expected is None:
+        return True
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return (f.metadata() or {}).get(SAVE_ID) == expected
+    except (OSError, SafetensorError):
+        return False
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -25,7 +25,7 @@ from rl_gpt.cli import main
 from rl_gpt.demo import format_table
 from rl_gpt.evaluate import evaluate_sb3_file
 from rl_gpt.evaluate.sb3 import read_sb3_file
-from rl_gpt.train.modelfile import ModelFileError, check_compatible, model_dataset, read_model_info
+from rl_gpt.train.modelfile import ModelFileError, check_compatible, load_generator, model_dataset, read_model_info
 
 QUIET = ["wandb.mode=disabled", "-q"]
 TINY_MODEL = [
@@ -177,6 +177,24 @@ def test_a_save_cut_between_its_two_renames_is_resumed_from_the_old_state(experi
     assert main([*args, *QUIET, "steps=20"]) == 0  # goes on from step 10, and its save replaces both names
     assert json.loads((state / "state.json").read_text())["step"] == 20
     assert not state.with_name("train_state.old").exists()
+
+
+def test_model_files_from_two_saves_are_refused_and_saved_again_by_the_same_train(experiment, tmp_path, capsys):
+    out = tmp_path / "pair"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", "train.final_probe=false", *TINY_MODEL, *QUIET]
+    assert main([*args, "steps=10"]) == 0
+    old_json = (out / "model" / "model.json").read_text()
+    assert main([*args, "steps=20"]) == 0
+    # a kill between the two renames of the last save: step 20's weights beside step 10's model.json
+    (out / "model" / "model.json").write_text(old_json)
+    with pytest.raises(ModelFileError, match="come from different saves"):
+        load_generator(out / "model")
+    assert main(["info", str(out / "model")]) == 0
+    assert "from another save than model.json" in capsys.readouterr().out
+    assert main([*args, "steps=20"]) == 0  # not "nothing to do": the same command saves both again
+    gen, info = load_generator(out / "model")
+    assert info["meta"]["step"] == 20
 
 
 def test_resume_continues_the_same_run(experiment, tmp_path, capsys):

@@ -47,6 +47,8 @@ def test_a_permuted_network_gets_the_same_prediction() -> None:
 
 def test_choose_keeps_the_candidate_predicted_nearest_each_target() -> None:
     ranker = _ranker()
+    with torch.no_grad():
+        ranker.net[-1].bias.add_(0.5)  # predictions inside the training range, which choose() reports within
     candidates = _params(3 * 4, 4).reshape(3, 4, -1)
     predicted = ranker.predict(candidates.reshape(12, -1)).reshape(3, 4)
     targets = predicted[:, 2] + 1e-6  # each row's third candidate is nearest
@@ -66,6 +68,16 @@ def test_a_non_finite_candidate_is_chosen_only_when_all_are() -> None:
     assert not torch.isfinite(chosen[1]).all() and chosen_pred[1].isnan()
 
 
+def test_the_reported_prediction_stays_within_the_training_range() -> None:
+    ranker = _ranker()
+    with torch.no_grad():
+        ranker.net[-1].bias.fill_(-3.0)  # a regression that overshoots below the lowest training metric
+    candidates = _params(2 * 3, 7).reshape(2, 3, -1)
+    assert (ranker.predict(candidates.reshape(6, -1)) < 0).all()
+    _, chosen_pred = ranker.choose(candidates, torch.tensor([0.0, 250.0]))
+    assert torch.equal(chosen_pred, torch.zeros(2, dtype=chosen_pred.dtype))
+
+
 def test_save_and_load_reproduce_the_predictions(tmp_path) -> None:
     ranker = _ranker()
     ranker.fit_info = {"train_runs": [0, 2], "rows": 7}
@@ -78,6 +90,15 @@ def test_save_and_load_reproduce_the_predictions(tmp_path) -> None:
     (tmp_path / RANKER_FILE).write_bytes(b"not safetensors")
     with pytest.raises(ModelFileError, match="delete"):
         load_ranker(tmp_path, LAYOUT)
+
+
+def test_a_ranker_whose_two_files_come_from_different_saves_is_fitted_again(tmp_path) -> None:
+    _ranker(0).save(tmp_path)
+    old_meta = (tmp_path / "ranker.json").read_text()
+    _ranker(1).save(tmp_path)
+    (tmp_path / "ranker.json").write_text(old_meta)  # a kill between the two renames of the second save
+    with pytest.warns(UserWarning, match="different saves"):
+        assert load_ranker(tmp_path, LAYOUT) is None
 
 
 def test_a_ranker_that_cannot_be_kept_is_still_used(monkeypatch, tmp_path):

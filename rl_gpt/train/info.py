@@ -8,6 +8,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from rl_gpt.io import pair_matches
 from rl_gpt.train.calibration import load_calibration
 from rl_gpt.train.modelfile import ModelFileError, model_dataset, read_model_info
 
@@ -71,6 +72,9 @@ def describe_model(directory: str | Path) -> str:
         count = f"{_parameter_count(weights) / 1e6:.2f}M parameters" if weights.is_file() else "no weights file"
     except SafetensorError as exc:
         count = f"unreadable weights file ({exc})"
+    else:
+        if weights.is_file() and not pair_matches(weights, info):
+            count += "; from another save than model.json (run its `rl-gpt train` command again)"
     calibration = load_calibration(directory)
     if calibration is None:
         cal_text = "none (`rl-gpt calibrate` measures one)"

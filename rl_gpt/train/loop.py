@@ -27,7 +27,7 @@ from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.interrupt import interrupts_deferred
-from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
+from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder, pair_matches
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
 from rl_gpt.train.checkpoint import (
@@ -39,7 +39,14 @@ from rl_gpt.train.checkpoint import (
     saved_state,
 )
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import metric_mismatch, read_model_info, recorded_metric_settings, same_task, save_model
+from rl_gpt.train.modelfile import (
+    ModelFileError,
+    metric_mismatch,
+    read_model_info,
+    recorded_metric_settings,
+    same_task,
+    save_model,
+)
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login
 
@@ -371,8 +378,12 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
 
 
 def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
-    """Whether the run saved at ``step`` wrote its model file and, if asked for, measured alignment.json there."""
-    if not (out / "model.safetensors").is_file():
+    """Whether the run saved at ``step`` wrote its model files (from one save) and, if asked for, measured
+    alignment.json there."""
+    try:
+        if not pair_matches(out / "model.safetensors", read_model_info(out)):
+            return False  # a save stopped between its renames: the last checkpoint() writes both again
+    except ModelFileError:
         return False
     if not tc.final_probe:
         return True

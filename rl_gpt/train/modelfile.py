@@ -22,7 +22,7 @@ from rl_gpt.config import TaskConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.io import atomic_save_safetensors, atomic_write_json, read_format_json
+from rl_gpt.io import atomic_save_pair, pair_matches, read_format_json
 from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
 from rl_gpt.train.generator import ParameterGenerator
@@ -55,12 +55,14 @@ def save_model(
     diffusion_args: dict[str, Any],
     meta: dict[str, Any],
 ) -> Path:
-    """Write weights then JSON, each atomically (the JSON last: its presence marks a complete file)."""
+    """Write weights then JSON, each atomically (the JSON last: its presence marks a complete file) and
+    tied by a save id (:func:`~rl_gpt.io.atomic_save_pair`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_save_safetensors(state, directory / "model.safetensors")
-    atomic_write_json(
+    atomic_save_pair(
+        state,
+        directory / "model.safetensors",
         directory / "model.json",
         {
             "format": FORMAT,
@@ -252,6 +254,11 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
         state = load_file(str(weights))
     except SafetensorError as exc:  # truncated, or not a safetensors file at all (nothing is unpickled)
         raise ModelFileError(f"{weights} is not a readable safetensors file ({exc}); restore it or retrain") from None
+    if not pair_matches(weights, info):
+        raise ModelFileError(
+            f"{weights} and its model.json come from different saves (a save stopped between the two); run the "
+            "same `rl-gpt train` command again to save them together"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from torch import nn
 from rl_gpt.config import ConfigError
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.evaluate.policy import PolicySpec
-from rl_gpt.io import atomic_save_safetensors, atomic_write_json
+from rl_gpt.io import atomic_save_pair, pair_matches
 from rl_gpt.layout import Layout
 from rl_gpt.train.function_loss import FunctionProbe, function_probe
 from rl_gpt.train.modelfile import ModelFileError
@@ -87,14 +88,16 @@ class MetricRanker(nn.Module):
         """Keep, for each target, the candidate whose predicted metric is nearest it.
 
         ``candidates`` (..., N, D) and ``targets`` (...): returns the chosen networks (..., D) and
-        their predicted metrics (...). A candidate with a non-finite weight is chosen only if all are.
+        their predicted metrics (...), held within the training rows' range: the regression can
+        overshoot it (a CartPole return of -2.7), a value no network could score. A candidate with a
+        non-finite weight is chosen only if all are.
         """
         *batch, n, d = candidates.shape
         pred = self.predict(candidates.reshape(-1, d)).reshape(*batch, n)
         gap = (pred - targets.to(pred.dtype).unsqueeze(-1)).abs().nan_to_num(float("inf"))
         pick = gap.argmin(-1)
         chosen = candidates.gather(-2, pick[..., None, None].expand(*batch, 1, d)).squeeze(-2)
-        return chosen, pred.gather(-1, pick[..., None]).squeeze(-1)
+        return chosen, pred.gather(-1, pick[..., None]).squeeze(-1).clamp(self.low, self.high)
 
     def save(self, model_dir: str | Path) -> Path:
         """Write ``ranker.safetensors`` (weights and probe inputs) and ``ranker.json`` into ``model_dir``."""
@@ -102,7 +105,6 @@ class MetricRanker(nn.Module):
         tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
         tensors["probe_inputs"] = self.probe.inputs.detach().float().contiguous()
         path = model_dir / RANKER_FILE
-        atomic_save_safetensors(tensors, path)
         probe = self.probe
         meta = {
             "kind": probe.kind,
@@ -113,7 +115,7 @@ class MetricRanker(nn.Module):
             "hidden": self.hidden,
             "fit": self.fit_info,
         }
-        atomic_write_json(model_dir / _META_FILE, meta)
+        atomic_save_pair(tensors, path, model_dir / _META_FILE, meta)
         return path
 
 
@@ -126,6 +128,9 @@ def load_ranker(model_dir: str | Path, layout: Layout) -> MetricRanker | None:
     try:
         meta = json.loads(meta_path.read_text())
         tensors = load_file(str(path))
+        if not pair_matches(path, meta):  # a save stopped between its renames: fitted again, as if missing
+            warnings.warn(f"{path} and {meta_path} come from different saves; the ranker is fitted again", stacklevel=2)
+            return None
         spec = None if meta["policy"] is None else PolicySpec.from_dict(meta["policy"])
         probe = FunctionProbe(layout, tensors.pop("probe_inputs"), meta["kind"], spec=spec, network=meta["network"])
         ranker = MetricRanker(probe, meta["low"], meta["high"], int(meta["hidden"]))
