@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +28,7 @@ __all__ = [
     "nulls_as_nan",
     "pair_matches",
     "read_format_json",
+    "remove_stale_temporaries",
     "replace_dir",
     "shade_outside",
 ]
@@ -93,9 +95,33 @@ def exclusive_folder(path: str | Path, command: str, option: str = "out=") -> It
                 "not lock folders); run one command per folder",
                 stacklevel=3,
             )
+        else:
+            remove_stale_temporaries(path)
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+# The names this module writes before a rename (and ensure_writable_dir's probe): hidden, so a user's
+# own files (notes.tmp) never match.
+_TEMPORARY_NAMES = (".*.tmp", ".*.tmp.*", ".write-test-*")
+STALE_AFTER_S = 60.0
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``path`` (not its subfolders), returning them.
+
+    Called under the folder's lock. A temporary is stale once unchanged for ``STALE_AFTER_S``: a writer
+    that takes no lock (``calibrate`` beside a training) may be filling one right now, and its mtime is fresh.
+    """
+    now, removed = time.time(), []
+    for pattern in _TEMPORARY_NAMES:
+        for tmp in path.glob(pattern):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+                if tmp.is_file() and now - tmp.stat().st_mtime > STALE_AFTER_S:
+                    tmp.unlink()
+                    removed.append(tmp)
+    return removed
 
 
 def ensure_report_dir(path: str | Path, option: str = "--out") -> Path:

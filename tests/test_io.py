@@ -72,6 +72,24 @@ def test_a_folder_being_written_is_refused_to_a_second_writer(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []  # no lock file is left behind
 
 
+def test_the_lock_clears_what_a_killed_writer_left_and_nothing_else(tmp_path: Path) -> None:
+    from rl_gpt.io import STALE_AFTER_S, exclusive_folder
+
+    left = [".alignment.json.k2j4x9.tmp", ".model.safetensors.tmp.safetensors", ".write-test-abc"]
+    kept = ["notes.tmp", ".hidden", "model.json", ".calibration.json.fresh.tmp"]  # the last: being written now
+    for name in left + kept:
+        (tmp_path / name).write_text("x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / ".x.json.abc.tmp").write_text("x")  # subfolders are their owners' business
+    old = time.time() - 2 * STALE_AFTER_S
+    for name in [*left, "notes.tmp", ".hidden", "model.json", "sub/.x.json.abc.tmp"]:
+        os.utime(tmp_path / name, (old, old))
+    with exclusive_folder(tmp_path, "train"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "sub"])
+    assert (tmp_path / "sub" / ".x.json.abc.tmp").exists()
+
+
 def test_a_killed_writers_lock_is_gone_with_it(tmp_path: Path) -> None:
     import subprocess
     import sys
