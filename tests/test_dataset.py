@@ -71,6 +71,20 @@ def test_recover_from_crash_between_renames(tmp_path):
     assert len(CheckpointDataset(tmp_path / "ds")) == 4
 
 
+def test_a_damaged_runs_json_warns_on_read_and_stops_a_merge_before_it_writes(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {})
+    w.consolidate()
+    (tmp_path / "ds" / "runs.json").write_text('{"0": {"seed": 0}')  # cut short
+    with pytest.warns(UserWarning, match="runs.json is not a JSON object of runs"):
+        ds = CheckpointDataset(tmp_path / "ds")
+    assert len(ds) == 4 and ds.runs_meta == {}  # the checkpoints stay usable
+    w.add_run(1, _rows(1), {})
+    with pytest.raises(DatasetError, match="restore it, or delete it"):
+        w.consolidate()  # would otherwise overwrite it, losing run 0's metadata
+    assert (tmp_path / "ds" / "runs.json").read_text() == '{"0": {"seed": 0}'
+
+
 def _stored(root, spec):
     """A dataset folder holding one run written under ``spec``."""
     writer = DatasetWriter(root, spec)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,7 @@ class DatasetWriter:
                 run_dirs.remove(p)
         if not run_dirs:
             return len(load_checked(data_dir)) if data_dir.exists() else 0
+        stored_meta = self._read_runs_meta()  # a damaged runs.json stops the merge before it copies anything
         sources: list[TensorDict] = []
         if data_dir.exists():
             sources.append(load_checked(data_dir))
@@ -290,7 +292,7 @@ class DatasetWriter:
                 raise DatasetError(f"runs in {self.root} store different fields; collect into a new directory")
             out[pos : pos + stop - start] = src[start:stop]
             pos += stop - start
-        meta = self._read_runs_meta() | {
+        meta = stored_meta | {
             str(json.loads((p / "run.json").read_text())["run"]): json.loads((p / "run.json").read_text())
             for p in run_dirs
         }
@@ -301,8 +303,24 @@ class DatasetWriter:
         return total
 
     def _read_runs_meta(self) -> dict[str, Any]:
-        path = self.root / "runs.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return read_runs_meta(self.root)
+
+
+def read_runs_meta(root: Path) -> dict[str, Any]:
+    """``runs.json``: each run's metadata (seed, hyperparameters, wall time) by run id; {} where absent."""
+    path = root / "runs.json"
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = exc
+    if not isinstance(meta, dict):
+        raise DatasetError(
+            f"{path} is not a JSON object of runs ({meta}); restore it, or delete it: it only holds each run's "
+            "metadata (seed, hyperparameters), which the checkpoints do not need"
+        )
+    return meta
 
 
 def merge_stored_runs(root: str | Path) -> tuple[int, int, int, int | None]:
@@ -346,8 +364,11 @@ class CheckpointDataset:
             raise DatasetError(
                 f"{root}: params have {self.data['params'].shape[-1]} columns, layout {self.layout.numel}"
             )
-        runs_json = self.root / "runs.json"
-        self.runs_meta: dict[str, Any] = json.loads(runs_json.read_text()) if runs_json.exists() else {}
+        try:
+            self.runs_meta: dict[str, Any] = read_runs_meta(self.root)
+        except DatasetError as exc:  # metadata only: the checkpoints are still usable
+            warnings.warn(str(exc), stacklevel=2)
+            self.runs_meta = {}
 
     def __len__(self) -> int:
         return int(self.data.batch_size[0])
