@@ -513,6 +513,21 @@ def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsy
         load_sb3_policy(tmp_path / "wide.zip")
 
 
+@pytest.mark.parametrize("net_arch", ['"64"', '[64, "x"]', '{"pi": 64}', "[-8]"])
+def test_a_damaged_net_arch_is_a_message(tmp_path, net_arch: str) -> None:
+    make_model("ppo", "CartPole-v1", 0).save(tmp_path / "clean.zip")
+    with zipfile.ZipFile(tmp_path / "clean.zip") as src, zipfile.ZipFile(tmp_path / "edited.zip", "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "data":
+                meta = json.loads(data)
+                meta["policy_kwargs"]["net_arch"] = json.loads(net_arch)
+                data = json.dumps(meta).encode()
+            dst.writestr(name, data)
+    with pytest.raises(PolicyFileError, match="is not SB3's list of layer widths"):
+        load_sb3_policy(tmp_path / "edited.zip", "CartPole-v1")
+
+
 def test_a_policy_pth_with_pickled_objects_is_refused_unrun(tmp_path) -> None:
     make_model("ppo", "CartPole-v1", 0).save(tmp_path / "clean.zip")
     armed = tmp_path / "armed"

@@ -141,11 +141,23 @@ def read_sb3_file(path: str | Path) -> SB3File:
     heads = ["action_net.weight"] if algo == "ppo" else ["actor.mu.weight", "actor.log_std.weight"]
     if any(h not in state for h in heads):
         raise PolicyFileError(f"{path}: not an SB3 {algo.upper()} MlpPolicy (no {' / '.join(heads)}; TD3, DQN?)")
+    if "net_arch" in kwargs and not _is_net_arch(kwargs["net_arch"]):
+        raise PolicyFileError(
+            f"{path}: its net_arch {kwargs['net_arch']!r} is not SB3's list of layer widths (or dict of such lists); "
+            "the file is damaged or was not written by SB3"
+        )
     dims = {d for t in state.values() for d in t.shape}
     if any(w not in dims for w in _ints(kwargs.get("net_arch"))):  # checked before SB3 allocates a network of that size
         raise PolicyFileError(f"{path}: its net_arch {kwargs['net_arch']} does not match its weights")
     spaces = {k: data.get(k) or {} for k in ("observation_space", "action_space")}
     return SB3File(Path(path), algo, state, kwargs, spaces)
+
+
+def _is_net_arch(value: Any) -> bool:
+    """SB3's forms: a list of positive widths, or a dict of such lists (``pi``/``vf``, ``pi``/``qf``)."""
+    if isinstance(value, dict):
+        return all(isinstance(v, list) and _is_net_arch(v) for v in value.values())
+    return isinstance(value, list) and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in value)
 
 
 def _ints(tree: Any) -> list[int]:
