@@ -176,6 +176,19 @@ def test_invalid_rows_are_masked(tmp_path):
     assert CheckpointDataset(tmp_path / "ds").valid_mask().tolist() == [True, False, False, True]
 
 
+def test_rows_marked_valid_with_nan_weights_are_left_out_with_a_warning(tmp_path):
+    rows = _rows(0, n=6)
+    rows["params"][2, 1] = float("nan")  # another tool's dataset: broken weights, yet marked valid
+    rows["params"][4, 0] = float("inf")
+    rows["valid"][4] = False  # already left out: not counted in the warning
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, rows, {})
+    w.consolidate()
+    ds = CheckpointDataset(tmp_path / "ds")
+    with pytest.warns(UserWarning, match=r"1 row\(s\) marked valid hold NaN or infinite weights \(rows 2\)"):
+        assert ds.valid_mask().tolist() == [True, True, False, True, False, True]
+
+
 def test_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="not a checkpoint dataset"):
         CheckpointDataset(tmp_path)

@@ -359,6 +359,7 @@ class CheckpointDataset:
         if not (self.root / "data").exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
         self.data: TensorDict = load_checked(self.root / "data")
+        self._valid: torch.Tensor | None = None
         self.layout = Layout.from_dict(self.spec["layout"])
         if self.data["params"].shape[-1] != self.layout.numel:
             raise DatasetError(
@@ -385,8 +386,24 @@ class CheckpointDataset:
         return {int(r): slice(int(s), int(s + c)) for r, s, c in zip(ids, starts, counts)}
 
     def valid_mask(self) -> torch.Tensor:
-        """Rows usable for training: finite, not exploding (``valid`` field) and evaluated."""
-        mask = torch.isfinite(self.data["metric"])
-        if "valid" in self.data:
-            mask &= self.data["valid"].bool()
-        return mask
+        """Rows usable for training: finite, not exploding (``valid`` field) and evaluated.
+
+        Weights are checked too: a dataset written by other tools may mark a row valid whose weights are
+        NaN, which would make the first training step that draws it fail. Such rows are left out, with a warning.
+        """
+        if self._valid is None:
+            mask = torch.isfinite(self.data["metric"])
+            if "valid" in self.data:
+                mask &= self.data["valid"].bool()
+            params = self.data["params"]
+            finite = torch.cat([torch.isfinite(params[i : i + 4096]).all(-1) for i in range(0, len(self), 4096)])
+            broken = torch.nonzero(mask & ~finite).flatten().tolist()
+            if broken:
+                shown = ", ".join(map(str, broken[:5])) + (", ..." if len(broken) > 5 else "")
+                warnings.warn(
+                    f"{self.root}: {len(broken)} row(s) marked valid hold NaN or infinite weights (rows {shown}); "
+                    "they are left out (set their `valid` to false to silence this)",
+                    stacklevel=2,
+                )
+            self._valid = mask & finite
+        return self._valid.clone()
