@@ -207,6 +207,10 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     assert main([*args, "steps=20"]) == 0
     state = json.loads((out / "model" / "train_state" / "state.json").read_text())
     assert state["step"] == 20
+    # the loss curve goes on where the first call stopped (train.log_every=5), and is drawn
+    assert [h["step"] for h in state["history"]] == [5, 10, 15, 20]
+    assert all(np.isfinite(h["loss"]) and h["lr"] > 0 for h in state["history"])
+    assert (out / "model" / "training.png").stat().st_size > 10_000
     resumed_ema = load_file(str(out / "model" / "model.safetensors"))
     assert any(not torch.equal(saved_ema[k], resumed_ema[k]) for k in saved_ema)
     # the same command again finds the run finished: nothing is trained, measured or rewritten

@@ -16,6 +16,7 @@ __all__ = [
     "discard_train_state",
     "load_train_state",
     "read_data_state",
+    "read_history",
     "read_saved_batch",
     "save_train_state",
     "saved_state",
@@ -44,8 +45,10 @@ def save_train_state(
     step: int,
     config: dict[str, Any],
     data_state: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
 ) -> None:
-    """Write model, EMA, optimiser and sampler RNG state to ``directory`` atomically (a temp dir, then rename)."""
+    """Write model, EMA, optimiser and sampler RNG state to ``directory`` atomically (a temp dir, then rename);
+    ``history``: the logged losses so far, which a resumed run goes on from."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -58,6 +61,7 @@ def save_train_state(
     tensors["rng.sampler"] = sampler_gen.get_state()
     atomic_save_safetensors(tensors, tmp / "state.safetensors")
     info = {"step": step, "param_groups": opt_state["param_groups"], "config": config, "data": data_state}
+    info["history"] = history or []
     if hasattr(model, "config"):  # the resolved architecture: a registry default may change later
         info["model"] = model.config.to_dict()
     atomic_write_json(tmp / "state.json", info)
@@ -91,6 +95,13 @@ def read_data_state(directory: Path) -> dict[str, Any] | None:
     """The train/test split and normaliser a saved run used (None if there is no saved run)."""
     path = directory / "state.json"
     return json.loads(path.read_text()).get("data") if path.exists() else None
+
+
+def read_history(directory: Path, step: int) -> list[dict[str, float]]:
+    """The losses a saved run logged up to ``step`` ([] where none are on record)."""
+    path = directory / "state.json"
+    history = json.loads(path.read_text()).get("history", []) if path.exists() else []
+    return [h for h in history if h.get("step", step + 1) <= step]
 
 
 def read_saved_batch(directory: Path, default: int) -> int:

@@ -98,4 +98,7 @@ def describe_model(directory: str | Path) -> str:
         f"calibration  {cal_text}",
         f"ranker       {ranker}",
     ]
+    plots = [name for name in ("training.png", "calibration.png") if (directory / name).is_file()]
+    if plots:
+        lines.append(f"plots        {', '.join(plots)}")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ from rl_gpt.train.checkpoint import (
     discard_train_state,
     load_train_state,
     read_data_state,
+    read_history,
     read_saved_batch,
     save_train_state,
     saved_state,
@@ -47,6 +48,7 @@ from rl_gpt.train.modelfile import (
     same_task,
     save_model,
 )
+from rl_gpt.train.plot import plot_training
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login
 
@@ -242,6 +244,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             return out
         if main_proc and progress:
             print(f"resuming from step {step}")
+    history = read_history(resume_from, step) if step else []
     if tc.warmup > tc.steps and main_proc:  # (after "nothing to do": a finished run is not warned again)
         warnings.warn(
             f"train.steps={tc.steps} ends within the {tc.warmup}-step warm-up, so the learning rate never reaches "
@@ -283,8 +286,11 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                 "normalizer": normalizer.to_dict(),
                 "processes": world,
             }
-            save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state)
+            save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state, history)
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
+            if history:
+                pairs = f"{tc.batch * world} pairs per step"
+                plot_training(history, out / "training.png", f"{cfg.task.name}: {pairs}, train.lr={tc.lr:g}")
 
     # ---------------------------------------------------------------- loop
     if main_proc and not resume:  # --restart replaces the old run now, not at its first checkpoint, and
@@ -339,18 +345,15 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             if step % tc.log_every == 0 or step == tc.steps:
                 rate = seen / (time.time() - t0)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", refresh=False)
+                logged = {
+                    "loss": loss.item(),
+                    "mse_x0": extras["mse_x0"].mean().item(),
+                    "lr": lr_at(step, tc),
+                    "grad_norm": float(grad_norm),
+                } | ({"function_loss": extras["function"].mean().item()} if "function" in extras else {})
+                history.append({"step": step} | logged)  # saved with each checkpoint, drawn in training.png
                 if run is not None:
-                    run.log(
-                        {
-                            "loss": loss.item(),
-                            "mse_x0": extras["mse_x0"].mean().item(),
-                            "lr": lr_at(step, tc),
-                            "grad_norm": float(grad_norm),
-                            "samples_per_s": rate,
-                        }
-                        | ({"function_loss": extras["function"].mean().item()} if "function" in extras else {}),
-                        step=step,
-                    )
+                    run.log(logged | {"samples_per_s": rate}, step=step)
             # The probe only feeds W&B: without a run (disabled, or a DDP rank > 0) it would be wasted work.
             if run is not None and tc.probe_every_s > 0 and time.time() - last_probe > tc.probe_every_s:
                 _probe(cfg, gen, ema, ds, train_runs, test_runs, run, step)

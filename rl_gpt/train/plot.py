@@ -1,0 +1,54 @@
+"""The figure of a training run: its loss against the step, drawn at every checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rl_gpt.io import atomic_save_figure
+
+__all__ = ["plot_training"]
+
+
+def _running_mean(values: list[float], width: int) -> list[float]:
+    """The mean of each value and up to ``width - 1`` before it: a trend through one-batch losses."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= width:
+            total -= values[i - width]
+        out.append(total / min(i + 1, width))
+    return out
+
+
+def plot_training(history: list[dict[str, float]], path: str | Path, title: str) -> Path:
+    """Plot each logged step's loss (one batch: noisy) and its running mean, on a log scale, with the
+    x0 error and the function-space term where they were logged; the learning rate on the right axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    steps = [h["step"] for h in history]
+    width = max(1, len(history) // 20)
+    for i, (key, label) in enumerate(
+        (("loss", "loss"), ("mse_x0", "x0 error (MSE)"), ("function_loss", "function-space term"))
+    ):
+        values = [h.get(key) for h in history]
+        if any(v is None for v in values) or not values:
+            continue
+        ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
+        trend = f" (running mean of {width})" if width > 1 else ""
+        ax.plot(steps, _running_mean(values, width), color=f"C{i}", lw=1.5, label=label + trend)
+    if history and all(h.get("loss", 0) > 0 for h in history):
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("per-batch value")
+    if history and all("lr" in h for h in history):
+        lr_ax = ax.twinx()
+        lr_ax.plot(steps, [h["lr"] for h in history], color="0.5", ls=":", lw=1)
+        lr_ax.set_ylabel("learning rate (dotted)", color="0.4")
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return atomic_save_figure(fig, path)
