@@ -242,3 +242,40 @@ def test_the_targets_plot_joins_targets_in_ascending_order(tmp_path, monkeypatch
     mean = next(line for line in ax.get_lines() if line.get_label() == "mean of 2")
     assert mean.get_xdata().tolist() == [0.0, 250.0, 500.0] and mean.get_ydata().tolist() == [9.5, 250.0, 485.0]
     assert "start (9.5)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    drawn.clear()
+    plot.plot_targets(summary | {"extrapolate": True}, achieved, tmp_path / "generated.png")
+    edges = [line for line in drawn["fig"].axes[0].get_lines() if line.get_linestyle() == "-."]
+    assert sorted(line.get_xdata()[0] for line in edges) == [10.0, 500.0]  # where the data ends, not shaded
+
+
+@pytest.mark.parametrize(
+    ("init_ids", "source", "label", "ticks"),
+    [
+        ({"seeds": [1_000_000, 1_000_001, 1_000_002]}, "unseen", "unseen random init: seed 1000000 + x", None),
+        ({"runs": [3, 7, 9]}, "heldout", "(dataset run)", ["3", "7", "9"]),
+    ],
+)
+def test_the_sweep_plot_names_its_inits_as_the_report_does(tmp_path, monkeypatch, init_ids, source, label, ticks):
+    import rl_gpt.sweep.plot as plot
+
+    drawn = {}
+    monkeypatch.setattr(plot, "atomic_save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    flat = {"achieved_mean": [1.0, 2.0], "prompt_alignment_r2": 0.5}
+    report = {
+        "task": "cartpole",
+        "metric": {"name": "return"},
+        "prompts": [10.0, 500.0],
+        "achieved": [[[10.0], [480.0]]] * 3,  # (inits, prompts, samples)
+        "prompt_alignment_r2": 0.9,
+        "baselines": {name: flat for name in ("retrieval", "noise", "identity")},
+        "inits": 3,
+        "init_metric": [9.0, 10.0, 11.0],
+        "one_step": {"prompt": 500.0},
+        "config": {"init_source": source},
+        "init_ids": init_ids,
+    }
+    plot.plot_sweep(report, tmp_path / "sweep.png")
+    ax = drawn["fig"].axes[1]
+    assert label in ax.get_xlabel()
+    if ticks:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ticks

@@ -29,7 +29,14 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
         ax.scatter(targets, achieved[:, i], color="C0", alpha=0.6, label="generated" if i == 0 else None)
     num = achieved.shape[1]
     ax.plot(targets, achieved.nanmean(1), "-", color="C0", lw=1, label=f"mean of {num}" if num > 1 else None)
-    shade_outside(ax, targets.tolist(), None if summary.get("extrapolate") else summary.get("training_range"))
+    bounds = summary.get("training_range")
+    if summary.get("extrapolate") and bounds:  # prompts are given as typed: mark where the data ends
+        for i, bound in enumerate(bounds):
+            ax.axvline(
+                bound, color="0.5", ls="-.", lw=1, label="training range (--extrapolate past it)" if not i else None
+            )
+    else:
+        shade_outside(ax, targets.tolist(), bounds)
     start = summary["start_return"]
     ax.axhline(start, color="C3", lw=1, ls=":", label=f"start ({start:.4g})")
     name = summary.get("metric", "return")

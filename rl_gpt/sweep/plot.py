@@ -78,12 +78,28 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax2.scatter(torch.arange(len(inits)), inits, marker="x", color="C3", label="init (θ)")
     for s in range(one.shape[1]):
         ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
-    ax2.set_xlabel(describe_inits(report)[:-1])  # singular
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # inits are numbered: no 0.5 ticks
+    ax2.set_xlabel(_init_axis(ax2, report))
     ax2.set_ylabel(measured)
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     return atomic_save_figure(fig, path)
+
+
+def _init_axis(ax: Any, report: dict[str, Any]) -> str:
+    """The one-step panel's x label, naming the inits as ``report.json``'s ``init_ids`` does: a seed
+    offset for unseen inits, the dataset's run ids for the model's own runs (as ticks, where they fit)."""
+    kind = describe_inits(report)[:-1]  # singular
+    ids = report.get("init_ids") or {}
+    seeds, runs = ids.get("seeds"), ids.get("runs")
+    if seeds and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{kind}: seed {seeds[0]} + x"
+    if runs and len(runs) <= 20:
+        ax.set_xticks(range(len(runs)), [str(r) for r in runs])
+        return f"{kind} (dataset run)"
+    if runs:
+        return f"{kind} (x: index into report.json's init_ids)"
+    return kind
 
 
 def plot_calibration(cal: Any, metric: str, path: str | Path) -> Path:
