@@ -50,6 +50,22 @@ def test_a_better_sweep_on_the_same_inits_is_significant_and_a_copy_is_not(tmp_p
     assert rows[0].one_step == pytest.approx(float(best.mean()))
 
 
+def test_reports_measured_with_other_settings_say_so_beside_the_deltas(tmp_path: Path) -> None:
+    from rl_gpt.sweep.compare import format_comparison
+
+    noise = _noisy(16, 60.0, 0)
+    plain, ranked = _write(tmp_path / "plain", noise), _write(tmp_path / "ranked", noise)
+    report = json.loads((ranked / "report.json").read_text())
+    report["rerank"] = {"candidates": 4}
+    report["calibration"] = {"applied": True}
+    (ranked / "report.json").write_text(json.dumps(report))
+    table = format_comparison(compare_reports([plain, ranked]))
+    assert "measured differently" in table
+    assert "calibrated False, rerank 0" in table and "calibrated True, rerank 4" in table
+    assert "average" not in table  # settings they share are not listed
+    assert "measured differently" not in format_comparison(compare_reports([plain, plain]))
+
+
 def test_bias_share_separates_a_shared_offset_from_spread(tmp_path: Path) -> None:
     offset = _write(tmp_path / "offset", PROMPTS.view(1, -1, 1).expand(8, -1, 2) - 40.0)
     assert bias_share(json.loads((offset / "report.json").read_text())) == pytest.approx(1.0)

@@ -58,6 +58,24 @@ class SweepComparison:
     r2_delta_ci95: tuple[float, float] | None = None
     one_step_delta: float | None = None
     one_step_delta_ci95: tuple[float, float] | None = None
+    measured: dict[str, Any] | None = None  # the sampler and evaluation settings (see _measurement)
+
+
+def _measurement(report: dict[str, Any]) -> dict[str, Any]:
+    """How a report's networks were drawn and scored: settings two paired reports may differ in (a
+    comparison of ranked against unranked draws is one), which the table then names beside the deltas."""
+    sweep = report.get("config") or {}
+    calibration = report.get("calibration") or {}
+    rerank = report.get("rerank") or {}
+    return {
+        "calibrated": bool(calibration.get("applied", False)),
+        "rerank": int(rerank.get("candidates", 0) or 0),
+        "average": int(sweep.get("average", 1) or 1),
+        "samples": sweep.get("samples"),
+        "guidance": sweep.get("guidance"),
+        "sampling steps": sweep.get("steps"),
+        "episodes": sweep.get("episodes") if report["metric"].get("name") == "return" else None,
+    }
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -214,6 +232,7 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
             _interval(r2, idx),
             float(one.mean()),
             bias_share(r),
+            measured=_measurement(r),
         )
         if r is not base:
             row.r2_delta = float((r2 - base_r2).mean())
@@ -253,6 +272,11 @@ def format_comparison(rows: list[SweepComparison]) -> str:
             f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "
             f"{r.bias_share:5.2f}"
         )
+    differ = [k for k in first.measured or {} if len({str((r.measured or {}).get(k)) for r in rows}) > 1]
+    if differ:  # a fair comparison only of what differs: e.g. calibrated against not
+        lines.append("measured differently: the deltas include these settings")
+        for name, r in zip(names, rows, strict=True):
+            lines.append(f"  {name:<{width}}  " + ", ".join(f"{k} {(r.measured or {}).get(k)}" for k in differ))
     lines.append("Δ: against the first report, over the same inits (95 % bootstrap intervals over inits;")
     lines.append("   they cover which inits were drawn, not the training seed: compare retrained models over seeds)")
     lines.append("one-step: mean at the best prompt, a failed sample counted as the worst prompt")
