@@ -328,13 +328,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from rl_gpt.devices import resolve_device
-    from rl_gpt.evaluate.cli import evaluate_target
+    from rl_gpt.evaluate.cli import evaluate_targets
 
     resolve_device(args.device, "--device")  # a missing GPU is a one-line error, before any work
     if args.json:  # an unwritable --json fails before the work, naming the path given
         _check_json_path(args.json)
 
-    result = evaluate_target(
+    result = evaluate_targets(
         args.target, args.episodes, args.device, args.seed, args.stochastic, args.dataset, args.data_root, args.env
     )
     print(result["text"])
@@ -550,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "target",
-        help="POLICY.zip, CLASSIFIER.safetensors, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100)",
+        nargs="+",
+        help="POLICY.zip, CLASSIFIER.safetensors, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100); several "
+        ".zip (or .safetensors) files are measured together (runs/gen/*.zip)",
     )
     p.add_argument(
         "--episodes",

@@ -490,6 +490,27 @@ class _WideCartPole(gym.Env):
     action_space = gym.spaces.Discrete(2)
 
 
+def test_several_files_are_evaluated_together_as_each_alone(tmp_path, capsys) -> None:
+    from rl_gpt.evaluate import evaluate_sb3_file, evaluate_sb3_files
+
+    paths = []
+    for seed, arch in ((0, PI), (1, PI), (2, [16, 16])):  # two architectures: two batches, one order
+        paths.append(tmp_path / f"p{seed}.zip")
+        make_model("ppo", "CartPole-v1", seed, arch).save(paths[-1])
+    together = evaluate_sb3_files(paths, episodes=3, seed=5)
+    for i, path in enumerate(paths):
+        alone = evaluate_sb3_file(path, episodes=3, seed=5)
+        torch.testing.assert_close(together.returns[i], alone.returns[0].double())
+    assert (
+        main(["evaluate", *map(str, paths), "--episodes", "3", "--seed", "5", "--json", str(tmp_path / "r.json")]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert all(f"{p}: {m:.2f}" in printed for p, m in zip(paths, together.mean.tolist()))
+    assert [r["name"] for r in json.loads((tmp_path / "r.json").read_text())["policies"]] == list(map(str, paths))
+    assert main(["evaluate", str(paths[0]), str(tmp_path)]) == 2  # a file and a dataset: not one kind
+    assert "several .zip policies" in capsys.readouterr().err
+
+
 def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsys) -> None:
     make_model("ppo", "CartPole-v1", 0).save(tmp_path / "cartpole.zip")
     with pytest.raises(PolicyFileError, match="does not fit Acrobot-v1"):

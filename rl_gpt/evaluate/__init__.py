@@ -8,7 +8,14 @@ from rl_gpt.evaluate.policy import (
     policy_spec_from_sb3,
 )
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
-from rl_gpt.evaluate.sb3 import PolicyFileError, detect_algo, evaluate_sb3_file, infer_env_id, load_sb3_policy
+from rl_gpt.evaluate.sb3 import (
+    PolicyFileError,
+    detect_algo,
+    evaluate_sb3_file,
+    evaluate_sb3_files,
+    infer_env_id,
+    load_sb3_policy,
+)
 
 __all__ = [
     "BatchedPolicy",
@@ -19,6 +26,7 @@ __all__ = [
     "detect_algo",
     "evaluate_params",
     "evaluate_sb3_file",
+    "evaluate_sb3_files",
     "fold_obs_normalisation",
     "infer_env_id",
     "load_sb3_policy",

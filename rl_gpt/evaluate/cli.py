@@ -13,7 +13,7 @@ import torch
 
 from rl_gpt.supervised import ClassifierFileError, classifier_test_metrics, read_classifier_file, supervised_metric
 
-__all__ = ["evaluate_target"]
+__all__ = ["evaluate_target", "evaluate_targets"]
 
 
 def _parse_rows(text: str, n: int) -> torch.Tensor:
@@ -42,6 +42,47 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
     return torch.arange(first, end)
 
 
+def evaluate_targets(
+    targets: list[str],
+    episodes: int | None,
+    device: str,
+    seed: int | None,
+    stochastic: bool,
+    dataset: str | None = None,
+    data_root: str | None = None,
+    env_id: str | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_target` for one target, or for several files of one kind: ``.zip`` policies
+    (rolled out together, one batch per environment and architecture) or ``.safetensors`` classifiers."""
+    if len(targets) == 1:
+        return evaluate_target(targets[0], episodes, device, seed, stochastic, dataset, data_root, env_id)
+    from rl_gpt.evaluate import PolicyFileError
+
+    if all(t.endswith(".safetensors") for t in targets):
+        parts = [_evaluate_classifier_file(t, dataset, data_root, device) for t in targets]
+        classifiers = [c for part in parts for c in part["json"]["classifiers"]]
+        record = {"target": targets, "split": "test", "classifiers": classifiers}
+        return {"text": "\n".join(part["text"] for part in parts), "json": record}
+    if not all(t.endswith(".zip") for t in targets):
+        raise PolicyFileError(
+            f"{len(targets)} targets: give several .zip policies, several .safetensors classifiers, or one dataset"
+        )
+    return _evaluate_policy_files(targets, episodes or 10, device, seed or 0, stochastic, env_id)
+
+
+def _evaluate_policy_files(
+    targets: list[str], episodes: int, device: str, seed: int, stochastic: bool, env_id: str | None
+) -> dict[str, Any]:
+    from rl_gpt.evaluate import evaluate_sb3_files
+
+    for target in targets:
+        if not Path(target).is_file():
+            raise FileNotFoundError(f"no policy file {target}")
+    res = evaluate_sb3_files(targets, episodes, not stochastic, seed, device, env_id)
+    named = targets[0] if len(targets) == 1 else targets  # one file's record names it as before
+    return _returns_report(named, targets, res, [None] * len(targets), episodes, seed, stochastic)
+
+
 def evaluate_target(
     target: str,
     episodes: int | None,
@@ -60,7 +101,7 @@ def evaluate_target(
     their labels were measured with, and each row is printed beside its label. ``env_id`` is the
     Gymnasium id a ``.zip`` policy is evaluated in (None: inferred, see :func:`infer_env_id`).
     """
-    from rl_gpt.evaluate import PolicyFileError, evaluate_sb3_file
+    from rl_gpt.evaluate import PolicyFileError
 
     if env_id is not None and not target.endswith(".zip"):
         raise PolicyFileError(f"--env names the environment of a .zip policy file; {target} carries its own")
@@ -69,13 +110,7 @@ def evaluate_target(
     if dataset is not None:  # it would be ignored: a policy file and dataset rows carry what they are
         raise ClassifierFileError(f"--dataset names the network of a .safetensors classifier file; {target} needs none")
     if target.endswith(".zip"):
-        if not Path(target).is_file():
-            raise FileNotFoundError(f"no policy file {target}")
-        episodes, seed = episodes or 10, seed or 0
-        res = evaluate_sb3_file(
-            target, episodes=episodes, deterministic=not stochastic, seed=seed, device=device, env_id=env_id
-        )
-        rows, labels = [target], [None]
+        return _evaluate_policy_files([target], episodes or 10, device, seed or 0, stochastic, env_id)
     else:
         from rl_gpt.dataset import CheckpointDataset
         from rl_gpt.evaluate import PolicySpec, evaluate_params
@@ -111,6 +146,13 @@ def evaluate_target(
             **extra,
         )
         rows = [f"row {int(i)}" for i in idx]
+    return _returns_report(target, rows, res, labels, episodes, seed, stochastic)
+
+
+def _returns_report(
+    target: str | list[str], rows: list[str], res: Any, labels: list, episodes: int, seed: int, stochastic: bool
+) -> dict[str, Any]:
+    """Printable lines and the JSON record of policies' returns, each row beside its label where it has one."""
     how = f"{episodes} episodes, seed {seed}, " + ("stochastic actions" if stochastic else "deterministic actions")
     lines = [f"returns ({how}):"] + [
         f"{name}: {m:.2f} +- {s:.2f}" + ("" if label is None else f" (label {label:.2f})")

@@ -29,6 +29,7 @@ from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
 from rl_gpt.sb3_policy import ACTIVATIONS, actor_layout, read_actor
 
 __all__ = [
+    "evaluate_sb3_files",
     "PolicyFileError",
     "SB3File",
     "detect_algo",
@@ -307,3 +308,37 @@ def evaluate_sb3_file(
     return evaluate_params(
         params, layout, spec, env_id, episodes, deterministic, seed, device, obs_mean=obs_mean, obs_var=obs_var
     )
+
+
+def evaluate_sb3_files(
+    paths: list[str | Path],
+    episodes: int = 10,
+    deterministic: bool = True,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    env_id: str | None = None,
+) -> EvalResult:
+    """:func:`evaluate_sb3_file` for several files, in the order given: policies of one environment and
+    architecture are rolled out together, in one batch (deterministic returns equal those of one file alone:
+    episode e of every policy starts from the same state)."""
+    groups: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
+    how: dict[tuple[str, str], tuple[Any, Any, str]] = {}
+    for i, path in enumerate(paths):
+        file, env, policy = load_sb3_policy(path, env_id)
+        layout = actor_layout(policy, file.algo)
+        spec = policy_spec_from_sb3(policy, file.algo)
+        key = (env, json.dumps([spec.to_dict(), layout.to_dict()], sort_keys=True))
+        groups.setdefault(key, []).append((i, read_actor(policy, layout)))
+        how[key] = (layout, spec, env)
+    mean, std = torch.zeros(len(paths), dtype=torch.float64), torch.zeros(len(paths), dtype=torch.float64)
+    returns = torch.zeros(len(paths), episodes, dtype=torch.float64)
+    lengths = torch.zeros(len(paths), episodes, dtype=torch.int64)
+    for key, members in groups.items():
+        layout, spec, env = how[key]
+        index = torch.tensor([i for i, _ in members])
+        res = evaluate_params(
+            torch.stack([p for _, p in members]), layout, spec, env, episodes, deterministic, seed, device
+        )
+        mean[index], std[index] = res.mean.double(), res.std.double()
+        returns[index], lengths[index] = res.returns.double(), res.lengths.long()
+    return EvalResult(mean, std, returns, lengths)
