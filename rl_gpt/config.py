@@ -429,6 +429,10 @@ def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: se
     family = [str(env).rsplit("-v", 1)[0] for env in (task.get("env_id"), preset.get("env_id"))]
     if family[0] == family[1]:  # the same environment, another version (or a typo of it, refused later)
         return
+    import gymnasium
+
+    if task.get("env_id") not in gymnasium.registry:  # refused by collect with a hint; warning first would bury it
+        return
     kept = [
         f"task.{key}={preset[key]}"
         for key in ("metric_range", "reward_threshold")

@@ -240,6 +240,7 @@ def test_another_env_on_a_preset_warns_of_the_range_it_keeps():
         warnings.simplefilter("error")
         load_config("cartpole", ["task.env_id=Pendulum-v1", "task.metric_range=null", "task.reward_threshold=-200"])
         load_config("cartpole", ["task.env_id=CartPole-v1"])  # the preset's own environment
+        load_config("cartpole", ["task.env_id=Pendlum-v1"])  # unknown: collect refuses it, no warning first
 
 
 def test_a_saved_wandb_run_id_is_used_only_when_valid(tmp_path):
