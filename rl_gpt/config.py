@@ -76,14 +76,16 @@ class TaskConfig:
     metric: str = "return"  # what `metric` in the dataset measures
     higher_is_better: bool = True  # direction of the metric
     reward_threshold: float | None = 475.0  # return at which the task counts as solved
-    metric_range: list[float] | None = None  # [low, high] prompts are swept over; None: from the data
+    # [low, high] prompts are swept over; None: the dataset's recorded range, else the data's; "data": the data's
+    metric_range: list[float] | Literal["data"] | None = None
 
     def __post_init__(self) -> None:
         r = self.metric_range
-        if r is not None and not (len(r) == 2 and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] < r[1]):
+        if r is not None and r != "data" and not (len(r) == 2 and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] < r[1]):
             raise ConfigError(
                 f"task.metric_range: {r!r} is not [low, high] with low < high; write it as "
-                f"[low, high] whichever way the metric improves (task.higher_is_better says that)"
+                f"[low, high] whichever way the metric improves (task.higher_is_better says that), or `data` for "
+                "the range the training data spans"
             )
 
 
@@ -701,6 +703,16 @@ def _as_float(value: Any) -> float | None:
 
 
 def _name(tp: Any) -> str:
+    """A type as a config user reads it: ``list[float] | 'data' | null``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(map(repr, args))
+    if tp is type(None):
+        return "null"
+    if origin is not None and args:
+        return f"{_name(origin)}[{', '.join(_name(a) for a in args)}]"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -104,8 +104,19 @@ def test_a_prompt_range_far_past_the_datas_worst_end_is_refused() -> None:
         prompt_range(spec, 0.065, 0.99)
     assert prompt_range(spec, 0.2, 2.4) == (0.22, 2.35)
     assert prompt_range({"task": {}}, 0.2, 2.4) == (0.2, 2.4)  # no range set: the data's
+    assert prompt_range(spec, 0.2, 2.4, "data") == (0.2, 2.4)  # asked for over the spec's range
     assert prompt_range(spec, 0.065, 0.99, [0.05, 1.2]) == (0.05, 1.2)  # a little past the data: allowed
     # Returns: the environment's whole range is allowed, e.g. CartPole's [0, 500] on a short
     # collection whose returns lie in [20, 40].
     cartpole = {"task": {"metric_range": [0, 500]}, "metric": {"name": "return", "higher_is_better": True}}
     assert prompt_range(cartpole, 20.0, 40.0) == (0.0, 500.0)
+
+
+def test_the_datas_range_can_be_asked_for_by_name() -> None:
+    from rl_gpt.config import load_config
+
+    assert load_config("cartpole", ["task.metric_range=data"]).task.metric_range == "data"
+    with pytest.raises(ConfigError, match="or `data` for the range the training data spans"):
+        load_config("cartpole", ["task.metric_range=[500, 0]"])
+    with pytest.raises(ConfigError, match="task.metric_range"):
+        load_config("cartpole", ["task.metric_range=date"])

@@ -23,10 +23,10 @@ __all__ = ["choose_candidates", "prompt_grid", "prompt_range", "quick_alignment"
 
 
 def prompt_range(
-    spec: dict[str, Any], low: float, high: float, metric_range: Sequence[float] | None = None
+    spec: dict[str, Any], low: float, high: float, metric_range: Sequence[float] | str | None = None
 ) -> tuple[float, float]:
     """The range prompts span: ``metric_range``, else the task's range in the dataset's spec, else
-    the training data's [low, high].
+    the training data's [low, high] (also what ``metric_range="data"`` asks for, over a spec's range).
 
     A set range may reach past the data's ends: the RL presets prompt their environment's whole
     range, beyond the best return a short collection reached and below its inits' returns. For a
@@ -35,7 +35,7 @@ def prompt_range(
     preset's loss range kept after ``task.metric=test_error``) or a typo.
     """
     rng = metric_range or spec["task"].get("metric_range")
-    if not rng:
+    if not rng or rng == "data":
         return low, high
     a, b = float(rng[0]), float(rng[1])
     metric = spec.get("metric", {})
@@ -49,7 +49,7 @@ def prompt_range(
 
 
 def prompt_grid(
-    spec: dict[str, Any], gen: ParameterGenerator, count: int, metric_range: Sequence[float] | None = None
+    spec: dict[str, Any], gen: ParameterGenerator, count: int, metric_range: Sequence[float] | str | None = None
 ) -> torch.Tensor:
     """``count`` prompts evenly over :func:`prompt_range`."""
     low, high = prompt_range(spec, gen.normalizer.metric_low, gen.normalizer.metric_high, metric_range)
@@ -133,7 +133,7 @@ def quick_alignment(
     guidance: float = 1.0,
     seed: int = 0,
     stats_runs: list[int] | None = None,
-    metric_range: Sequence[float] | None = None,
+    metric_range: Sequence[float] | str | None = None,
 ) -> float:
     """Mean per-init prompt-alignment R² from the inits (step 0) of ``runs``; one sample per prompt.
 
