@@ -81,7 +81,9 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         r = self.metric_range
-        if r is not None and r != "data" and not (len(r) == 2 and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] < r[1]):
+        if r is None or r == "data":
+            return
+        if not (len(r) == 2 and math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] < r[1]):
             raise ConfigError(
                 f"task.metric_range: {r!r} is not [low, high] with low < high; write it as "
                 f"[low, high] whichever way the metric improves (task.higher_is_better says that), or `data` for "
@@ -643,6 +645,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
+                if isinstance(value, list) and typing.get_origin(arg) in (list, Sequence):
+                    raise  # a list that fails the list type: what is wrong inside it says more
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not fit {_name(tp)}")
     if origin is Literal:
         if value not in args:
