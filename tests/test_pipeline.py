@@ -103,6 +103,24 @@ def test_info_summarises_a_model_and_an_experiment_folder(experiment, tmp_path, 
     assert "step 30 of train.steps=30 (finished)" in capsys.readouterr().out
 
 
+def test_a_training_runs_own_init_is_never_passed_off_as_unseen(experiment, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    info = json.loads((model / "model.json").read_text())
+    info["meta"]["config"]["sweep"]["init_seed"] = 0  # where the collection's seeds (collect.seed 0 + r) lie
+    (model / "model.json").write_text(json.dumps(info))
+    run = info["meta"]["train_runs"][0]
+    args = ["generate", "--model", str(model), "--target-return", "100", "--out", str(tmp_path / "g")]
+    assert main([*args, "--seed", str(run)]) == 2
+    assert f"which is training run {run}'s own step-0 network" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+    held_out = info["meta"]["test_runs"][0]  # not learnt from: a fair start
+    assert main([*args, "--seed", str(held_out), "--episodes", "1"]) == 0
+    sweep = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=2", "prompts=2", "sweep.init_seed=0", *QUIET]
+    assert main(sweep) == 2
+    assert "'unseen' inits are training runs' own step-0 networks" in capsys.readouterr().err
+
+
 def test_damaged_model_files_are_one_line_errors(experiment, tmp_path, capsys):
     import pickle
 

@@ -6,7 +6,7 @@ import torch
 
 from rl_gpt.config import TaskConfig
 
-__all__ = ["random_inits"]
+__all__ = ["random_inits", "training_init_matches"]
 
 
 def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
@@ -28,3 +28,15 @@ def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
         model = build_model(task, seed=first_seed + k)
         rows.append(read_actor(model.policy, actor_layout(model.policy, task.algo)))
     return torch.stack(rows)
+
+
+def training_init_matches(inits: torch.Tensor, run_inits: torch.Tensor, runs: list[int]) -> dict[int, int]:
+    """``{init k: run}`` for each of ``inits`` (K, D) that is one of ``runs``' own step-0 networks
+    ``run_inits`` (R, D), up to float rounding (a folded normalisation rescales a stored init by
+    1/sqrt(1 + eps)). A generator has learnt from those: they are not unseen, whatever their seed."""
+    if not len(inits) or not len(run_inits):
+        return {}
+    distance = torch.cdist(inits.double(), run_inits.double())  # (K, R)
+    scale = inits.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    nearest, index = (distance / scale).min(1)
+    return {k: runs[int(index[k])] for k in range(len(inits)) if nearest[k] < 1e-5}

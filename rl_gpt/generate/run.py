@@ -69,15 +69,7 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
 
     task = task_config(info["spec"]["task"])
     if from_zip is None:
-        first = init_seed(info, seed)
-        collected = info["spec"].get("collect") or {}
-        if "seed" in collected and collected["seed"] <= first < collected["seed"] + collected.get("runs", 0):
-            warnings.warn(
-                f"the random init's seed {first} is the seed of a training run of the model's dataset "
-                f"(collect.seed={collected['seed']}, {collected['runs']} runs): the generator learnt from that init",
-                stacklevel=2,
-            )
-        return random_inits(task, 1, first)[0]
+        return random_inits(task, 1, init_seed(info, seed))[0]
     if task.kind == "supervised":  # a classifier's safetensors, e.g. one generate wrote (re-prompting it)
         from rl_gpt.supervised.files import read_classifier_file
 
@@ -108,6 +100,22 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
             stacklevel=2,
         )
     return read_actor(policy, layout)
+
+
+def _refuse_a_training_init(ds: Any, info: dict[str, Any], theta: torch.Tensor, seed: int) -> None:
+    """The random init ``--seed`` picks must not be a training run's own (a dataset collected with
+    seeds in the sweep's range): the generator learnt from it, and its result would pass as unseen."""
+    from rl_gpt.collect.inits import training_init_matches
+
+    runs = info["meta"]["train_runs"]
+    slices = ds.run_slices()
+    seen = training_init_matches(theta[None], ds.data["params"][[slices[r].start for r in runs]].float(), runs)
+    if seen:
+        raise ConfigError(
+            f"--seed {seed} gives the random init of seed {init_seed(info, seed)}, which is training run {seen[0]}'s "
+            "own step-0 network (its dataset was collected with those seeds); pick another --seed, or pass the "
+            "network with --from to start from it on purpose"
+        )
 
 
 def generate(
@@ -167,6 +175,8 @@ def generate(
         )
     theta = load_start(info, from_zip, seed)
     ds = open_dataset(model_dir, info, dataset)
+    if from_zip is None:
+        _refuse_a_training_init(ds, info, theta, seed)
     config = info["meta"].get("config", {})
     swept = config.get("sweep", {})
     if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes

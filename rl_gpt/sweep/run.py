@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from rl_gpt.collect.inits import random_inits
-from rl_gpt.config import ExperimentConfig, SweepConfig, TaskConfig, task_config, to_dict
+from rl_gpt.collect.inits import random_inits, training_init_matches
+from rl_gpt.config import ConfigError, ExperimentConfig, SweepConfig, TaskConfig, task_config, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
@@ -301,7 +301,19 @@ def _inits(
 ) -> torch.Tensor:
     """The sweep's start networks: unseen random inits, or the step-0 networks of the model's own runs."""
     if sc.init_source == "unseen":
-        return random_inits(task, sc.inits, sc.init_seed)
+        inits = random_inits(task, sc.inits, sc.init_seed)
+        slices = ds.run_slices()
+        run_inits = ds.data["params"][[slices[r].start for r in train_runs]].float()
+        seen = training_init_matches(inits, run_inits, train_runs)
+        if seen:
+            pairs = ", ".join(f"init {k} (seed {sc.init_seed + k}) is run {r}'s" for k, r in list(seen.items())[:3])
+            raise ConfigError(
+                f"sweep.init_seed={sc.init_seed}: {len(seen)} of the {sc.inits} 'unseen' inits are training runs' own "
+                f"step-0 networks ({pairs}{', ...' if len(seen) > 3 else ''}), which the generator learnt from; "
+                "choose a sweep.init_seed whose seeds no collection used (the default is 1000000), or "
+                "sweep.init_source=train to sweep training inits on purpose"
+            )
+        return inits
     runs = (train_runs if sc.init_source == "train" else test_runs)[: sc.inits]
     if not runs:
         raise ValueError("sweep.init_source=heldout: the model has no held-out runs (train.test_fraction was 0)")
