@@ -116,8 +116,8 @@ def test_a_training_runs_own_init_is_never_passed_off_as_unseen(experiment, tmp_
     assert not (tmp_path / "g").exists()
     held_out = info["meta"]["test_runs"][0]  # not learnt from: a fair start
     assert main([*args, "--seed", str(held_out), "--episodes", "1"]) == 0
-    sweep = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=2", "prompts=2", "sweep.init_seed=0", *QUIET]
-    assert main(sweep) == 2
+    sweep = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=2", "prompts=2", *QUIET]
+    assert main([*sweep, "sweep.init_seed=0"]) == 2
     assert "'unseen' inits are training runs' own step-0 networks" in capsys.readouterr().err
 
 
