@@ -103,6 +103,20 @@ def test_reports_on_other_inits_are_refused(tmp_path: Path) -> None:
         compare_reports([a, c])
 
 
+def test_held_out_sweeps_of_other_datasets_are_not_paired_by_run_number(tmp_path: Path) -> None:
+    reports = []
+    for name, digest in (("x", "aa"), ("y", "bb"), ("z", "aa")):
+        path = _write(tmp_path / name, _noisy(8, 10.0, 0))
+        report = json.loads((path / "report.json").read_text())
+        report["init_ids"], report["init_sha256"] = {"runs": [2, 5]}, digest  # the same run numbers
+        report["config"]["init_source"] = "heldout"
+        (path / "report.json").write_text(json.dumps(report))
+        reports.append(path)
+    with pytest.raises(ReportError, match="start from other init networks"):
+        compare_reports(reports[:2])
+    assert len(compare_reports([reports[0], reports[2]])) == 2  # the same networks: paired
+
+
 def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, capsys) -> None:
     a = _write(tmp_path / "a", _noisy(8, 10.0, 0))
     b = _write(tmp_path / "b", _noisy(8, 20.0, 1))
@@ -132,3 +146,14 @@ def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, 
     assert main(["compare", str(a), "--json", str(tmp_path)]) == 2  # a directory: refused before any work
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 6 and all(line.startswith("rl-gpt compare: error:") for line in err)
+
+
+def test_the_r2_interval_is_the_reports_own_and_one_init_has_none(tmp_path: Path) -> None:
+    path = _write(tmp_path / "own", _noisy(8, 10.0, 0))
+    report = json.loads((path / "report.json").read_text())
+    report["prompt_alignment_r2_ci95"] = [0.125, 0.25]  # as the sweep printed it
+    (path / "report.json").write_text(json.dumps(report))
+    assert compare_reports([path])[0].r2_ci95 == (0.125, 0.25)
+    one, other = _write(tmp_path / "one", _noisy(1, 10.0, 0)), _write(tmp_path / "other", _noisy(1, 20.0, 1))
+    rows = compare_reports([one, other])
+    assert rows[0].r2_ci95 is None and rows[1].r2_delta_ci95 is None and rows[1].r2_delta is not None

@@ -27,11 +27,11 @@ def alignment_r2(prompts: torch.Tensor, achieved: torch.Tensor) -> torch.Tensor:
 
 
 def bootstrap_ci(values: torch.Tensor, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap confidence interval of the mean of ``values`` (K,)."""
+    """95 % bootstrap confidence interval of the mean of ``values`` (K,); undefined (NaN, written as null)
+    for fewer than two values, which have no spread to resample (a zero-width interval would claim certainty)."""
     values = values.double().flatten()
     if values.numel() < 2:
-        v = float(values.mean()) if values.numel() else float("nan")
-        return v, v
+        return float("nan"), float("nan")
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(values.numel(), (n, values.numel()), generator=g)
     means = values[idx].mean(1)

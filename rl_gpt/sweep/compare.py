@@ -6,7 +6,8 @@ spread, which on 16-64 inits is larger than most training changes are worth, so 
 interval is far narrower than the two unpaired ones. It covers the sampling of inits only: two
 training seeds of the same CartPole config differed by +0.033 [+0.002, +0.064] on 48 inits, so a
 change to training needs several seeds on each side. One bootstrap resample of inits serves every
-statistic, so the intervals of R² and one-step come from the same draws.
+paired difference, so the intervals of ΔR² and Δ one-step come from the same draws; each report's own
+R² interval is the one its sweep recorded. One init gives no interval at all.
 
 The bias share splits the squared error that R² counts into the part every init shares (the mean
 achieved metric per prompt minus the prompt: what ``rl-gpt calibrate`` can remove) and the spread
@@ -51,7 +52,7 @@ class SweepComparison:
     prompts: int
     samples: int
     r2: float
-    r2_ci95: tuple[float, float]
+    r2_ci95: tuple[float, float] | None  # report.json's own interval, where it has one
     one_step: float
     bias_share: float
     r2_delta: float | None = None
@@ -177,7 +178,19 @@ def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
         "sweep.prompts": len(report["prompts"]),
         # the grid spans the model's metric range unless task.metric_range fixes it
         "prompt values": [round(float(p), 4) for p in report["prompts"]],
+        # the init networks (reports written before it was recorded: their seeds and source above)
+        "init networks": report.get("init_sha256"),
     }
+
+
+def _own_interval(report: dict[str, Any], r2: torch.Tensor, idx: torch.Tensor) -> tuple[float, float] | None:
+    """A report's R² interval as the sweep printed it (report.json's), else resampled here; None for one init."""
+    if len(r2) < 2:
+        return None
+    own = report.get("prompt_alignment_r2_ci95")
+    if isinstance(own, list) and len(own) == 2 and all(isinstance(v, float) and math.isfinite(v) for v in own):
+        return float(own[0]), float(own[1])
+    return _interval(r2, idx)
 
 
 def _interval(values: torch.Tensor, idx: torch.Tensor) -> tuple[float, float]:
@@ -199,6 +212,14 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
     for r in reports[1:]:
         got = _pairing_fields(r)
         for key in want:
+            if key == "init networks" and None in (got[key], want[key]):
+                continue  # an older report: not on record
+            if key == "init networks" and got[key] != want[key]:
+                raise ReportError(
+                    f"{base['_path']} and {r['_path']} start from other init networks (the same "
+                    f"init_ids {base.get('init_ids')} of another dataset or split?), so they cannot be paired; "
+                    "sweep both models on one dataset's runs, or on unseen inits"
+                )
             if got[key] != want[key]:
                 hint = {
                     "task": "task",
@@ -229,16 +250,17 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
             p_,
             s_,
             float(r2.mean()),
-            _interval(r2, idx),
+            _own_interval(r, r2, idx),
             float(one.mean()),
             bias_share(r),
             measured=_measurement(r),
         )
         if r is not base:
             row.r2_delta = float((r2 - base_r2).mean())
-            row.r2_delta_ci95 = _interval(r2 - base_r2, idx)
             row.one_step_delta = float((one - base_one).nanmean())
-            row.one_step_delta_ci95 = _interval(one - base_one, idx)
+            if k > 1:  # one init has no spread to resample: no interval, rather than a zero-width one
+                row.r2_delta_ci95 = _interval(r2 - base_r2, idx)
+                row.one_step_delta_ci95 = _interval(one - base_one, idx)
         rows.append(row)
     return rows
 
@@ -266,7 +288,7 @@ def format_comparison(rows: list[SweepComparison]) -> str:
     head += f"{'Δ one-step paired [95% CI]':<32} {'bias':>5}"
     lines.append(head)
     for name, r in zip(names, rows, strict=True):
-        ci = f"[{r.r2_ci95[0]:.3f}, {r.r2_ci95[1]:.3f}]"
+        ci = "–" if r.r2_ci95 is None else f"[{r.r2_ci95[0]:.3f}, {r.r2_ci95[1]:.3f}]"
         lines.append(
             f"{name:<{width}}  {r.r2:6.3f} {ci:<16} {_signed(r.r2_delta, r.r2_delta_ci95, 3):<26} "
             f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "

@@ -8,6 +8,7 @@ identity (θ unchanged), each with the same alignment and success measures.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -185,6 +186,9 @@ def sweep(
             "init_source": sc.init_source,
             # which networks: the runs whose step-0 checkpoints were the inits, or the random inits' seeds
             "init_ids": _init_ids(sc, train_runs, test_runs, len(inits)),
+            # the networks themselves: `compare` pairs two reports only over the same ones (run 2 of another
+            # dataset, or of another split, is another network)
+            "init_sha256": hashlib.sha256(inits.float().contiguous().numpy().tobytes()).hexdigest(),
             "init_metric": init_metric.tolist(),
             "init_metric_as_labelled": init_m.tolist(),  # the generator's input m (the dataset's protocol)
             # The prompts the generator was conditioned on: the desired ones, or calibration.json's map of them,
