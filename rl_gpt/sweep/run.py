@@ -333,6 +333,10 @@ def _training_curve(ds: CheckpointDataset, runs: list[int], slices: dict[int, sl
     return {"step": steps.tolist(), "mean_return": metric.nanmean(0).tolist()}
 
 
+# The training checkpoints the novelty audit compares with: all of them up to this many weights (float32).
+NOVELTY_POOL_FLOATS = 250_000_000
+
+
 def _novelty(
     ds: CheckpointDataset,
     gen: ParameterGenerator,
@@ -351,8 +355,10 @@ def _novelty(
         return {"novelty": None, "init_fidelity": None, "behavioural_novelty": None}
     layout, slices = ds.layout, ds.run_slices()
     g = torch.Generator().manual_seed(0)
-    if len(pool_rows) > 5000:
-        pool_rows = pool_rows[torch.randperm(len(pool_rows), generator=g)[:5000]]
+    # Every training checkpoint, so that a copy of one scores 0; a random subset only past ~1 GB of weights.
+    cap = max(5000, NOVELTY_POOL_FLOATS // layout.numel)
+    if len(pool_rows) > cap:
+        pool_rows = pool_rows[torch.randperm(len(pool_rows), generator=g)[:cap]]
     pool = ds.data["params"][pool_rows].float()
     held_runs = test_runs or train_runs[-2:]
     held_final = ds.data["params"][torch.tensor([slices[r].stop - 1 for r in held_runs])].float()
