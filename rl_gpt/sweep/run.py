@@ -9,6 +9,7 @@ identity (θ unchanged), each with the same alignment and success measures.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -437,6 +438,26 @@ def _behavioural(
     return out
 
 
+def _one_step_logged(report: dict[str, Any]) -> dict[str, float]:
+    """The one-step numbers under names that say what they are: ``one_step_<metric>`` (a classifier's
+    test loss and error both), the solved fraction where the task has a threshold, and a classifier
+    task's references (the data's best checkpoint, the held-out runs' median end)."""
+    one = report["one_step"]
+    logged = {f"one_step_{report['metric']['name']}": one["mean_return"]}
+    solved = one.get("solved_fraction")
+    if isinstance(solved, float) and math.isfinite(solved):  # undefined without a threshold: not logged as NaN
+        logged["solved_fraction"] = solved
+    classifier = one.get("classifier") or {}
+    for metric in ("test_loss", "test_error"):
+        if metric in classifier:
+            logged[f"one_step_{metric}"] = classifier[metric]
+        for reference in ("dataset_best", "heldout_final"):
+            value = (classifier.get(reference) or {}).get(metric)
+            if value is not None:
+                logged[f"{reference}_{metric}"] = value
+    return logged
+
+
 def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
     from rl_gpt.wandb_run import start_run
 
@@ -445,13 +466,10 @@ def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None
         return
     import wandb
 
-    classifier = report["one_step"].get("classifier") or {}
     run.log(
         {
             "prompt_alignment_r2": report["prompt_alignment_r2"],
-            "one_step_return": report["one_step"]["mean_return"],
-            "solved_fraction": report["one_step"]["solved_fraction"],
-            **{f"one_step_{k}": v for k, v in classifier.items() if k != "dataset_best"},
+            **_one_step_logged(report),
             **(
                 {"prompt_alignment_r2_unranked": report["rerank"]["without_rerank"]["prompt_alignment_r2"]}
                 if "rerank" in report
