@@ -134,16 +134,18 @@ class CollectionLog:
             return
         import wandb
 
+        charts = {}
         for key, kept in self.curves.items():
             kept.sort(key=lambda entry: entry[0])
             if kept:
-                chart = wandb.plot.line_series(
+                charts[f"curves/{key}"] = wandb.plot.line_series(
                     xs=[steps for _, steps, _ in kept],
                     ys=[values for _, _, values in kept],
                     keys=[f"run {run}" for run, _, _ in kept],
                     title=f"{key} per checkpoint (first {len(kept)} runs)",
                     xname=self.step_name,
                 )
-                self.run.log({f"curves/{key}": chart})
+        if charts:  # at the last run's step, not past it: a resumed collection logs its next run at the next step
+            self.run.log(charts, step=self.finished)
         self.run.finish()
         self.run = None
