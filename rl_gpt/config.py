@@ -540,10 +540,37 @@ def _read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     data = loaded or {}
     base = data.pop("extends", None)
     if base is None:
-        return data
+        return _deep_merge(_inherited_defaults({}, data), data)
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'extends' names one preset or file, got {base!r}")
-    return _deep_merge(_read_preset(str(_base_preset(path, base)), (*seen, path.resolve())), data)
+    chain = _read_preset(str(_base_preset(path, base)), (*seen, path.resolve()))
+    return _deep_merge(_inherited_defaults(chain, data), data)
+
+
+def _inherited_defaults(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the embedded default's ``task.hyperparams`` / ``task.policy_kwargs`` written out
+    where ``top`` (a file over it) sets some of their keys and ``base`` leaves them at that default.
+
+    The file then changes only what it names, as a ``task.hyperparams.X=`` override does: a file that
+    extends ``cartpole`` with ``hyperparams: {ent_coef: 0.001}`` kept that one key and trained with SB3's
+    defaults for the rest. Only for the default's own task (PPO on CartPole-v1): another environment's
+    file spells out its own values, which CartPole's must not fill in.
+    """
+    top_task, base_task = top.get("task"), base.get("task") if isinstance(base.get("task"), dict) else {}
+    if not isinstance(top_task, dict):
+        return base
+    default = TaskConfig()
+    final = {"kind": default.kind, "algo": default.algo, "env_id": default.env_id} | {
+        k: v for k, v in (base_task | top_task).items() if k in ("kind", "algo", "env_id")
+    }
+    if (final["kind"], final["algo"], final["env_id"]) != (default.kind, default.algo, default.env_id):
+        return base
+    seeded = {
+        name: copy.deepcopy(getattr(default, name))
+        for name in ("hyperparams", "policy_kwargs")
+        if isinstance(top_task.get(name), dict) and name not in base_task
+    }
+    return base | {"task": base_task | seeded} if seeded else base
 
 
 def _base_preset(path: Path, base: str) -> Path:

@@ -56,6 +56,19 @@ def test_a_dotted_override_changes_one_key_of_a_default_mapping(preset):
     assert load_config("acrobot", ["task.hyperparams.n_steps=64"]).task.hyperparams == dict(acrobot, n_steps=64)
 
 
+@pytest.mark.parametrize("extends", ["extends: cartpole\n", ""])  # over the preset, or over the embedded default
+def test_a_config_file_changes_one_key_of_a_default_mapping(tmp_path, extends):
+    default = ExperimentConfig().task
+    own = tmp_path / "own.yaml"
+    own.write_text(extends + "task:\n  hyperparams: {ent_coef: 0.001}\n  policy_kwargs: {activation_fn: relu}\n")
+    task = load_config(str(own)).task
+    assert task.hyperparams == dict(default.hyperparams, ent_coef=0.001)  # the zoo's tuned values are kept
+    assert task.policy_kwargs == dict(default.policy_kwargs, activation_fn="relu")
+    # another environment's file spells out its own values: CartPole's do not fill in the rest
+    own.write_text(extends + "task:\n  env_id: Acrobot-v1\n  hyperparams: {n_steps: 256}\n")
+    assert load_config(str(own)).task.hyperparams == {"n_steps": 256}
+
+
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
