@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 import warnings
@@ -680,7 +681,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
     if tp is Any:
-        return value
+        return _numbers_read_as_text(value)
     if origin in (list, Sequence):
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -717,6 +718,22 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return str(value)
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported config type {_name(tp)}")
+
+
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _numbers_read_as_text(value: Any) -> Any:
+    """``value`` with strings such as ``1e-3`` made numbers, in nested lists and mappings too. YAML 1.1
+    reads an exponent without a dot as text, and rl-baselines3-zoo writes learning rates so; SB3 then
+    failed mid-training on ``ent_coef: '1e-3'``. Other strings (``lin_0.001``) stay as they are."""
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+        return float(value)
+    if isinstance(value, list):
+        return [_numbers_read_as_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _numbers_read_as_text(v) for k, v in value.items()}
+    return value
 
 
 def _as_float(value: Any) -> float | None:

@@ -56,6 +56,20 @@ def test_a_dotted_override_changes_one_key_of_a_default_mapping(preset):
     assert load_config("acrobot", ["task.hyperparams.n_steps=64"]).task.hyperparams == dict(acrobot, n_steps=64)
 
 
+def test_numbers_yaml_reads_as_text_are_numbers_in_mappings():
+    overrides = [
+        "task.hyperparams.ent_coef=1e-3",
+        "task.hyperparams.clip_range=lin_0.2",
+        "task.policy_kwargs.log_std_init=-2E0",
+    ]
+    task = load_config(None, overrides).task
+    assert task.hyperparams["ent_coef"] == 0.001 and task.hyperparams["clip_range"] == "lin_0.2"
+    assert task.policy_kwargs["log_std_init"] == -2.0
+    assert load_config("digits", ["collect.sample_hyperparams={lr: [1e-2, 3e-1]}"]).collect.sample_hyperparams == {
+        "lr": [0.01, 0.3]
+    }
+
+
 @pytest.mark.parametrize("extends", ["extends: cartpole\n", ""])  # over the preset, or over the embedded default
 def test_a_config_file_changes_one_key_of_a_default_mapping(tmp_path, extends):
     default = ExperimentConfig().task
