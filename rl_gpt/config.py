@@ -426,26 +426,33 @@ def load_config(
     return _build(ExperimentConfig, data, "")
 
 
-def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str]) -> None:
-    """A preset's ``task.env_id`` replaced on the command line keeps the preset's return range and
-    threshold, which belong to the preset's environment (CartPole's [0, 500] on Pendulum): say so."""
+def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str], by: str = "") -> None:
+    """A preset's ``task.env_id`` replaced (on the command line, or by a file that extends it) keeps the
+    preset's return range and threshold, which belong to the preset's environment (CartPole's [0, 500]
+    on Pendulum, or on CartPole-v0, whose episodes end at 200): say so. ``overridden``: the dotted keys
+    set over the preset; ``by``: the file that set them, for the message (the command line if empty)."""
     if not isinstance(task, dict) or "task.env_id" not in overridden:
         return
-    family = [str(env).rsplit("-v", 1)[0] for env in (task.get("env_id"), preset.get("env_id"))]
-    if family[0] == family[1]:  # the same environment, another version (or a typo of it, refused later)
+    new, old = task.get("env_id"), preset.get("env_id")
+    if new == old or not isinstance(new, str) or not isinstance(old, str):
         return
     import gymnasium
 
-    if task.get("env_id") not in gymnasium.registry:  # refused by collect with a hint; warning first would bury it
+    if new not in gymnasium.registry:  # refused by collect with a hint; warning first would bury it
         return
+    if old in gymnasium.registry and new.rsplit("-v", 1)[0] == old.rsplit("-v", 1)[0]:
+        a, b = gymnasium.spec(new), gymnasium.spec(old)
+        if (a.max_episode_steps, a.reward_threshold) == (b.max_episode_steps, b.reward_threshold):
+            return  # another version of the same task: the same range and threshold
     kept = [
         f"task.{key}={preset[key]}"
         for key in ("metric_range", "reward_threshold")
         if preset.get(key) is not None and f"task.{key}" not in overridden and "task" not in overridden
     ]
     if kept:
+        where = f" ({by})" if by else ""
         warnings.warn(
-            f"task.env_id={task.get('env_id')} replaces the preset's {preset.get('env_id')} but keeps its "
+            f"task.env_id={new}{where} replaces the preset's {old} but keeps its "
             f"{' and '.join(kept)}; set them for the new environment (null: the collected range, no threshold), "
             "or start from a preset for it",
             stacklevel=3,
@@ -545,7 +552,11 @@ def _read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'extends' names one preset or file, got {base!r}")
     chain = _read_preset(str(_base_preset(path, base)), (*seen, path.resolve()))
-    return _deep_merge(_inherited_defaults(chain, data), data)
+    merged = _deep_merge(_inherited_defaults(chain, data), data)
+    top_task = data.get("task") if isinstance(data.get("task"), dict) else {}
+    base_task = chain.get("task") if isinstance(chain.get("task"), dict) else {}
+    _warn_if_env_outgrows_task(base_task, merged.get("task"), {f"task.{k}" for k in top_task}, by=str(path))
+    return merged
 
 
 def _inherited_defaults(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

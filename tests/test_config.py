@@ -268,6 +268,20 @@ def test_another_env_on_a_preset_warns_of_the_range_it_keeps():
         load_config("cartpole", ["task.env_id=Pendulum-v1", "task.metric_range=null", "task.reward_threshold=-200"])
         load_config("cartpole", ["task.env_id=CartPole-v1"])  # the preset's own environment
         load_config("cartpole", ["task.env_id=Pendlum-v1"])  # unknown: collect refuses it, no warning first
+        load_config("inverted_pendulum", ["task.env_id=InvertedPendulum-v4"])  # another version, the same range
+    with pytest.warns(UserWarning, match="CartPole-v0 replaces the preset's CartPole-v1"):  # episodes end at 200
+        load_config("cartpole", ["task.env_id=CartPole-v0"])
+
+
+def test_a_file_that_moves_a_preset_to_another_env_warns_of_the_range_it_keeps(tmp_path):
+    own = tmp_path / "mcar.yaml"
+    own.write_text("extends: cartpole\ntask: {env_id: MountainCar-v0}\n")
+    with pytest.warns(UserWarning, match=r"MountainCar-v0 \(.*mcar.yaml\) replaces the preset's CartPole-v1"):
+        load_config(str(own))
+    own.write_text("extends: cartpole\ntask: {env_id: MountainCar-v0, metric_range: null, reward_threshold: -110}\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(str(own))
 
 
 def test_a_saved_wandb_run_id_is_used_only_when_valid(tmp_path):
