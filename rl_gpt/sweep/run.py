@@ -8,6 +8,7 @@ identity (θ unchanged), each with the same alignment and success measures.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -125,6 +126,9 @@ def sweep(
     gen, info = load_generator(model_dir)
     ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
     spec, task = ds.spec, task_config(ds.spec["task"])
+    # "Solved" is the config's threshold: the dataset records the one it was collected with, and a sweep
+    # given task.reward_threshold= (CartPole-v0's 195 on a preset of v1's 475) must score by it, not ignore it.
+    task = dataclasses.replace(task, reward_threshold=cfg.task.reward_threshold)
     prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
     out = ensure_report_dir(out, "--out or out=")  # after the checks: a refused sweep leaves no empty folder
     with exclusive_folder(out, "sweep", "--out"):  # a second sweep into the same folder is refused
