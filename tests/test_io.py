@@ -279,3 +279,19 @@ def test_the_sweep_plot_names_its_inits_as_the_report_does(tmp_path, monkeypatch
     assert label in ax.get_xlabel()
     if ticks:
         assert [t.get_text() for t in ax.get_xticklabels()] == ticks
+
+
+def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch):
+    import rl_gpt.train.plot as plot
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    history = [
+        {"step": 5, "loss": 0.5, "mse_x0": 0.2, "lr": 1e-3},
+        {"step": 10, "loss": 0.4, "mse_x0": 0.1, "lr": 1e-3},
+    ]
+    assert plot.plot_training(history, tmp_path / "training.png", "t") == tmp_path / "training.png"
+    monkeypatch.setattr(plot, "_plot_training", full_disk)
+    with pytest.warns(UserWarning, match="training.png not drawn .*No space left; the training state is saved"):
+        assert plot.plot_training(history, tmp_path / "training.png", "t") is None

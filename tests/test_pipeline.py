@@ -203,6 +203,7 @@ def test_model_files_from_two_saves_are_refused_and_saved_again_by_the_same_trai
     args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", "train.final_probe=false", *TINY_MODEL, *QUIET]
     assert main([*args, "steps=10"]) == 0
     old_json = (out / "model" / "model.json").read_text()
+    old_weights = (out / "model" / "model.safetensors").read_bytes()
     assert main([*args, "steps=20"]) == 0
     # a kill between the two renames of the last save: step 20's weights beside step 10's model.json
     (out / "model" / "model.json").write_text(old_json)
@@ -213,6 +214,11 @@ def test_model_files_from_two_saves_are_refused_and_saved_again_by_the_same_trai
     assert main([*args, "steps=20"]) == 0  # not "nothing to do": the same command saves both again
     gen, info = load_generator(out / "model")
     assert info["meta"]["step"] == 20
+    # a kill between the training state's save and the model's: a whole pair, one save behind
+    (out / "model" / "model.json").write_text(old_json)
+    (out / "model" / "model.safetensors").write_bytes(old_weights)
+    assert main([*args, "steps=20"]) == 0
+    assert load_generator(out / "model")[1]["meta"]["step"] == 20
 
 
 def test_resume_continues_the_same_run(experiment, tmp_path, capsys):

@@ -48,7 +48,7 @@ from rl_gpt.train.modelfile import (
     same_task,
     save_model,
 )
-from rl_gpt.train.plot import plot_training
+from rl_gpt.train.plot import load_plotting, plot_training
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login
 
@@ -278,7 +278,10 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and device.type == "cuda") else None
 
-    def checkpoint() -> None:
+    if main_proc:  # loaded now, not at the first checkpoint: a SIGTERM in the middle of that import broke the save
+        load_plotting()
+
+    def checkpoint(plot: bool = True) -> None:
         if main_proc:
             data_state = {
                 "train_runs": train_runs,
@@ -288,7 +291,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             }
             save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state, history)
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
-            if history:
+            if history and plot:  # a figure is not worth failing a save for: plot_training only warns
                 pairs = f"{tc.batch * world} pairs per step"
                 plot_training(history, out / "training.png", f"{cfg.task.name}: {pairs}, train.lr={tc.lr:g}")
 
@@ -364,7 +367,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         # A second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said.
         notice = f"saving the checkpoint in {out} before stopping; this Ctrl-C (or SIGTERM) waits until then"
         with interrupts_deferred(notice if main_proc else None):
-            checkpoint()
+            checkpoint(plot=False)  # stopping: the state and the model only
             bar.close()
             if main_proc:
                 print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
@@ -384,10 +387,13 @@ def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
     """Whether the run saved at ``step`` wrote its model files (from one save) and, if asked for, measured
     alignment.json there."""
     try:
-        if not pair_matches(out / "model.safetensors", read_model_info(out)):
-            return False  # a save stopped between its renames: the last checkpoint() writes both again
+        info = read_model_info(out)
     except ModelFileError:
         return False
+    if not pair_matches(out / "model.safetensors", info):
+        return False  # a save stopped between its renames: the last checkpoint() writes both again
+    if info.get("meta", {}).get("step") != step:
+        return False  # stopped between the training state's save and the model's: the model is a save behind
     if not tc.final_probe:
         return True
     try:

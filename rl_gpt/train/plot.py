@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from rl_gpt.io import atomic_save_figure
 
-__all__ = ["plot_training"]
+__all__ = ["load_plotting", "plot_training"]
 
 
 def _running_mean(values: list[float], width: int) -> list[float]:
@@ -20,12 +21,30 @@ def _running_mean(values: list[float], width: int) -> list[float]:
     return out
 
 
-def plot_training(history: list[dict[str, float]], path: str | Path, title: str) -> Path:
-    """Plot each logged step's loss (one batch: noisy) and its running mean, on a log scale, with the
-    x0 error and the function-space term where they were logged; the learning rate on the right axis."""
+def load_plotting() -> None:
+    """Import matplotlib (Agg) now: it takes about a second, which a training should spend at its start,
+    not inside its first checkpoint, where a SIGTERM could cut the import and leave the module half made."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def plot_training(history: list[dict[str, float]], path: str | Path, title: str) -> Path | None:
+    """Plot each logged step's loss (one batch: noisy) and its running mean, on a log scale, with the
+    x0 error and the function-space term where they were logged; the learning rate on the right axis.
+
+    A failure (a full disk, a broken font cache) is a warning, not an error: the figure is a view of the
+    training state, which is saved already. Returns None then."""
+    try:
+        return _plot_training(history, path, title)
+    except Exception as exc:  # noqa: BLE001 - any plotting failure, see above
+        warnings.warn(f"{path} not drawn ({type(exc).__name__}: {exc}); the training state is saved", stacklevel=2)
+        return None
+
+
+def _plot_training(history: list[dict[str, float]], path: str | Path, title: str) -> Path:
+    load_plotting()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.0, 4.0))
