@@ -251,18 +251,17 @@ def atomic_save_pair(tensors: dict[str, Any], weights: str | Path, meta_path: st
 
 
 def pair_matches(weights: str | Path, meta: dict) -> bool:
-    """Whether ``weights`` come from the save that wrote ``meta`` (True for files written before the
-    id existed, which carry none; False where the weights are unreadable)."""
+    """Whether ``weights`` come from the save that wrote ``meta`` (True for a pair written before the
+    id existed, where neither carries one)."""
     from safetensors import SafetensorError, safe_open
 
     expected = meta.get(SAVE_ID)
-    if expected is None:
-        return True
     try:
         with safe_open(str(weights), framework="pt") as f:
-            return (f.metadata() or {}).get(SAVE_ID) == expected
+            found = (f.metadata() or {}).get(SAVE_ID)
     except (OSError, SafetensorError):
-        return False
+        return expected is None  # unreadable: said by the reader; here only whether the ids agree
+    return found == expected  # also False for new weights (an id) beside a JSON written before ids (none)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -293,5 +293,7 @@ def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch
     ]
     assert plot.plot_training(history, tmp_path / "training.png", "t") == tmp_path / "training.png"
     monkeypatch.setattr(plot, "_plot_training", full_disk)
-    with pytest.warns(UserWarning, match=r"training.png not drawn .*No space left on device\); the training state is saved"):
+    with pytest.warns(
+        UserWarning, match=r"training.png not drawn .*No space left on device\); the training state is saved"
+    ):
         assert plot.plot_training(history, tmp_path / "training.png", "t") is None

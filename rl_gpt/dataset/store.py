@@ -313,11 +313,12 @@ def read_runs_meta(root: Path) -> dict[str, Any]:
         return {}
     try:
         meta = json.loads(path.read_text())
+        why = f"a JSON {type(meta).__name__}"
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        meta = exc
+        meta, why = None, str(exc)
     if not isinstance(meta, dict):
         raise DatasetError(
-            f"{path} is not a JSON object of runs ({meta}); restore it, or delete it: it only holds each run's "
+            f"{path} is not a JSON object of runs ({why}); restore it, or delete it: it only holds each run's "
             "metadata (seed, hyperparameters), which the checkpoints do not need"
         )
     return meta
@@ -396,7 +397,8 @@ class CheckpointDataset:
             if "valid" in self.data:
                 mask &= self.data["valid"].bool()
             params = self.data["params"]
-            finite = torch.cat([torch.isfinite(params[i : i + 4096]).all(-1) for i in range(0, len(self), 4096)])
+            rows = max(1, 2**24 // max(1, params.shape[-1]))  # ~16M weights per look, whatever the width
+            finite = torch.cat([torch.isfinite(params[i : i + rows]).all(-1) for i in range(0, len(self), rows)])
             broken = torch.nonzero(mask & ~finite).flatten().tolist()
             if broken:
                 shown = ", ".join(map(str, broken[:5])) + (", ..." if len(broken) > 5 else "")

@@ -178,13 +178,15 @@ def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
         "sweep.prompts": len(report["prompts"]),
         # the grid spans the model's metric range unless task.metric_range fixes it
         "prompt values": [round(float(p), 4) for p in report["prompts"]],
-        # the init networks (reports written before it was recorded: their seeds and source above)
-        "init networks": report.get("init_sha256"),
+        # the init networks of dataset runs (run 2 of another dataset or split is another network). Not for
+        # unseen inits: their seeds pair them, and an initialiser's floats may differ in the last bit across
+        # machines. Reports written before the hash was recorded: their source and count above.
+        "init networks": report.get("init_sha256") if sweep.get("init_source", "unseen") != "unseen" else None,
     }
 
 
 def _own_interval(report: dict[str, Any], r2: torch.Tensor, idx: torch.Tensor) -> tuple[float, float] | None:
-    """A report's R² interval as the sweep printed it (report.json's), else resampled here; None for one init."""
+    """A report's R² interval as its sweep recorded it (report.json's), else resampled here; None for one init."""
     if len(r2) < 2:
         return None
     own = report.get("prompt_alignment_r2_ci95")

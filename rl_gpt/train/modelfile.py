@@ -256,8 +256,9 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
         raise ModelFileError(f"{weights} is not a readable safetensors file ({exc}); restore it or retrain") from None
     if not pair_matches(weights, info):
         raise ModelFileError(
-            f"{weights} and its model.json come from different saves (a save stopped between the two); run the "
-            "same `rl-gpt train` command again to save them together"
+            f"{weights} and its model.json come from different saves (a save stopped between the two, or a "
+            "training saving right now: then try again); run the same `rl-gpt train` command again to save them "
+            "together"
         )
     try:
         model.load_state_dict(state)
