@@ -119,6 +119,7 @@ def test_a_training_runs_own_init_is_never_passed_off_as_unseen(experiment, tmp_
     sweep = ["sweep", "--model", str(model), "--out", str(tmp_path / "s"), "inits=2", "prompts=2", *QUIET]
     assert main([*sweep, "sweep.init_seed=0"]) == 2
     assert "'unseen' inits are training runs' own step-0 networks" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # refused before the output folder is made
 
 
 def test_damaged_model_files_are_one_line_errors(experiment, tmp_path, capsys):

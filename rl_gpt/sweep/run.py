@@ -130,11 +130,12 @@ def sweep(
     # given task.reward_threshold= (CartPole-v0's 195 on a preset of v1's 475) must score by it, not ignore it.
     task = dataclasses.replace(task, reward_threshold=cfg.task.reward_threshold)
     prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
+    train_runs = info["meta"]["train_runs"]
+    test_runs = info["meta"]["test_runs"]
+    inits = _inits(sc, task, ds, train_runs, test_runs)  # (K, D): refused here if a training run's own
     out = ensure_report_dir(out, "--out or out=")  # after the checks: a refused sweep leaves no empty folder
     with exclusive_folder(out, "sweep", "--out"):  # a second sweep into the same folder is refused
         higher = spec["metric"]["higher_is_better"]
-        train_runs = info["meta"]["train_runs"]
-        test_runs = info["meta"]["test_runs"]
         best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
         say = print if progress else (lambda *a, **k: None)
 
@@ -145,7 +146,6 @@ def sweep(
             return evaluate_flat(ds, params, sc.episodes, seed, train_runs, stats_rows=stats_rows, device=device).mean
 
         # ---------------------------------------------------------------- inits never seen in collection
-        inits = _inits(sc, task, ds, train_runs, test_runs)  # (K, D)
         init_metric = evaluate(inits, sc.seed + 1)  # (K,) reported, like every achieved metric
         # The generator's input m is measured as the training labels were (see start_metric).
         init_m = start_metric(ds, inits, train_runs, sc.episodes, device).float()  # (K,)
