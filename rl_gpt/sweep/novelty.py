@@ -236,20 +236,27 @@ def aligned_distance(layout: Layout, a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------------------------- nearest neighbours
 def nearest_aligned(
-    layout: Layout, queries: torch.Tensor, pool: torch.Tensor, candidates: int = 16
+    layout: Layout,
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    candidates: int = 16,
+    pool_features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Aligned nearest neighbour in ``pool`` (N, D) of each query (Q, D): ``(dist (Q,), index (Q,))``.
 
     Preselects the ``candidates`` pool rows nearest in :func:`proxy_features` space, aligns each and
     keeps the closest. The proxy distance lower-bounds the aligned one, so a true neighbour is missed
     only if its proxy distance ranks below ``candidates`` others; raise ``candidates`` to be safer.
+    ``pool_features``: the pool's :func:`proxy_features`, where a caller searches one pool several times
+    (computing them is most of a large pool's cost).
     """
     q, x = _as_np(queries, layout, "queries", 2), _as_np(pool, layout, "pool", 2)
     if len(x) == 0:
         raise ValueError("nearest_aligned: the pool is empty")
     c = max(1, min(candidates, len(x)))
     # --- proxy preselection: (Q, N) distances in blocks of queries, keep the c smallest
-    fq, fx = proxy_features(layout, torch.from_numpy(q)), proxy_features(layout, torch.from_numpy(x))
+    fq = proxy_features(layout, torch.from_numpy(q))
+    fx = proxy_features(layout, torch.from_numpy(x)) if pool_features is None else pool_features
     fx_sq = fx.pow(2).sum(1)  # (N,)
     block = max(1, _CHUNK_FLOATS // len(x))
     cand = []
@@ -273,6 +280,7 @@ def novelty_ratio(
     train_pool: torch.Tensor,
     heldout_final: torch.Tensor,
     candidates: int = 16,
+    pool_features: torch.Tensor | None = None,
 ) -> dict[str, float | list[float] | list[int]]:
     """How far generated policies (G, D) are from the training pool (N, D), in units of how far
     held-out runs' final checkpoints (H, D) are from it.
@@ -280,8 +288,10 @@ def novelty_ratio(
     ``ratio`` ≈ 0: the generator copies training checkpoints; ≈ 1: its samples are as novel as an
     independent training run; > 1: further from the data than real runs get.
     """
-    gd, gi = nearest_aligned(layout, generated, train_pool, candidates)
-    hd, hi = nearest_aligned(layout, heldout_final, train_pool, candidates)
+    if pool_features is None:
+        pool_features = proxy_features(layout, train_pool)
+    gd, gi = nearest_aligned(layout, generated, train_pool, candidates, pool_features)
+    hd, hi = nearest_aligned(layout, heldout_final, train_pool, candidates, pool_features)
     g_mean, h_mean = float(gd.mean()), float(hd.mean())
     return {
         "nn_dist_generated": g_mean,

@@ -355,7 +355,7 @@ def _novelty(
     seed: int = 0,
 ) -> dict[str, Any]:
     try:
-        from rl_gpt.sweep.novelty import init_fidelity, nearest_aligned, novelty_ratio
+        from rl_gpt.sweep.novelty import init_fidelity, nearest_aligned, novelty_ratio, proxy_features
     except ImportError:  # pragma: no cover - novelty audit not installed
         return {"novelty": None, "init_fidelity": None, "behavioural_novelty": None}
     layout, slices = ds.layout, ds.run_slices()
@@ -371,13 +371,14 @@ def _novelty(
     finite = torch.isfinite(generated).all(1)
     out = {"novelty": {}, "init_fidelity": {}}
     pairs = {}  # method -> (networks, their nearest training checkpoints) for behavioural novelty
+    features = proxy_features(layout, pool)  # once: on MNIST's 26,000 checkpoints it takes seconds and GBs
     for name, vecs in (("generator", generated[finite]), ("retrieval", retrieved), ("noise", noisy)):
-        nov = novelty_ratio(layout, vecs, pool, held_final)
+        nov = novelty_ratio(layout, vecs, pool, held_final, pool_features=features)
         out["novelty"][name] = nov["ratio"]
         pairs[name] = (vecs, pool[torch.as_tensor(nov["nn_index_generated"], dtype=torch.int64)])
     out["novelty"]["nn_dist_heldout"] = nov["nn_dist_heldout"]
     pairs["retrieval"] = tuple(v[:1] for v in pairs["retrieval"])  # one checkpoint, repeated per init
-    pairs["identity"] = (inits, pool[nearest_aligned(layout, inits, pool)[1]])
+    pairs["identity"] = (inits, pool[nearest_aligned(layout, inits, pool, pool_features=features)[1]])
     out["behavioural_novelty"] = _behavioural(ds, pairs, train_runs, seed)
 
     def fidelity(*args: torch.Tensor) -> float | None:
