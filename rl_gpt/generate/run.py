@@ -262,7 +262,7 @@ def generate(
             rows_j = slice(j * num, (j + 1) * num)
             items = _export(task, gen.layout, params[rows_j], mean[rows_j], std[rows_j], folder, seed)
             if predicted is not None:
-                for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
+                for item, value in zip(items, ranker.within_range(predicted[rows_j]).tolist(), strict=True):
                     item["predicted_return"] = value  # the ranker's prediction for the kept candidate
             if both is not None:
                 for k, item in enumerate(items):

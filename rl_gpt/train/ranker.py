@@ -88,16 +88,21 @@ class MetricRanker(nn.Module):
         """Keep, for each target, the candidate whose predicted metric is nearest it.
 
         ``candidates`` (..., N, D) and ``targets`` (...): returns the chosen networks (..., D) and
-        their predicted metrics (...), held within the training rows' range: the regression can
-        overshoot it (a CartPole return of -2.7), a value no network could score. A candidate with a
-        non-finite weight is chosen only if all are.
+        their predicted metrics (...), as the regression gives them: it can overshoot the training rows'
+        range (a CartPole return of -2.7), which :meth:`within_range` holds in for display. A candidate
+        with a non-finite weight is chosen only if all are.
         """
         *batch, n, d = candidates.shape
         pred = self.predict(candidates.reshape(-1, d)).reshape(*batch, n)
         gap = (pred - targets.to(pred.dtype).unsqueeze(-1)).abs().nan_to_num(float("inf"))
         pick = gap.argmin(-1)
         chosen = candidates.gather(-2, pick[..., None, None].expand(*batch, 1, d)).squeeze(-2)
-        return chosen, pred.gather(-1, pick[..., None]).squeeze(-1).clamp(self.low, self.high)
+        return chosen, pred.gather(-1, pick[..., None]).squeeze(-1)
+
+    def within_range(self, predicted: torch.Tensor) -> torch.Tensor:
+        """Predictions held within the training rows' range, as a user reads them: a return of -2.7 is
+        no network's. The raw values stay what the ranker's error is measured on."""
+        return predicted.clamp(self.low, self.high)
 
     def save(self, model_dir: str | Path) -> Path:
         """Write ``ranker.safetensors`` (weights and probe inputs) and ``ranker.json`` into ``model_dir``."""
