@@ -74,6 +74,26 @@ def test_it_holds_only_for_the_sampler_it_was_measured_with() -> None:
     assert not cal.matches(1.0, 20, 1) and not cal.matches(2.0, 10, 1) and not cal.matches(2.0, 20, 8)
 
 
+def test_it_holds_for_the_same_weights_saved_again_and_for_older_files(tmp_path) -> None:
+    import hashlib
+
+    from rl_gpt.io import atomic_save_pair
+    from rl_gpt.train.calibration import model_fingerprint
+
+    weights = {"w": torch.arange(6.0).reshape(2, 3), "scale": torch.tensor(2.0)}
+    atomic_save_pair(weights, tmp_path / "model.safetensors", tmp_path / "model.json", {})
+    first, first_bytes = model_fingerprint(tmp_path), (tmp_path / "model.safetensors").read_bytes()
+    atomic_save_pair(weights, tmp_path / "model.safetensors", tmp_path / "model.json", {})  # a new save id
+    assert (tmp_path / "model.safetensors").read_bytes() != first_bytes and model_fingerprint(tmp_path) == first
+    cal = _linear_bias()
+    cal.model_sha256 = first
+    assert cal.measured_for(tmp_path)
+    cal.model_sha256 = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()  # older files
+    assert cal.measured_for(tmp_path)
+    atomic_save_pair(weights | {"w": weights["w"] + 1}, tmp_path / "model.safetensors", tmp_path / "model.json", {})
+    assert model_fingerprint(tmp_path) != first and not cal.measured_for(tmp_path)
+
+
 def test_the_file_round_trips_and_a_malformed_one_is_a_one_line_error(tmp_path) -> None:
     assert load_calibration(tmp_path) is None
     cal = _linear_bias()

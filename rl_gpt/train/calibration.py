@@ -59,7 +59,11 @@ class PromptCalibration:
 
     def measured_for(self, model_dir: str | Path) -> bool:
         """Whether the weights now in ``model_dir`` are the ones this calibration was measured for."""
-        return self.model_sha256 == model_fingerprint(model_dir)
+        weights = Path(model_dir) / "model.safetensors"
+        if self.model_sha256 == model_fingerprint(model_dir):
+            return True
+        # calibrations written before session 27 hashed the whole file, header included
+        return self.model_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()
 
     def describe(self) -> str:
         s = self.sampler
@@ -113,8 +117,15 @@ def fit_calibration(
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """SHA-256 of the model's weights file: a calibration holds for these weights only."""
-    return hashlib.sha256((Path(model_dir) / "model.safetensors").read_bytes()).hexdigest()
+    """SHA-256 of the model's weights (names, dtypes, shapes, values; not the file's header, whose save
+    id changes when the same weights are saved again): a calibration holds for these weights only."""
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(Path(model_dir) / "model.safetensors")).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_calibration(model_dir: str | Path) -> PromptCalibration | None:
