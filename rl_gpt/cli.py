@@ -552,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
         "target",
         nargs="+",
         help="POLICY.zip, CLASSIFIER.safetensors, DATASET or DATASET:rows (e.g. runs/x/dataset:0:100); several "
-        ".zip (or .safetensors) files are measured together (runs/gen/*.zip)",
+        ".zip files (runs/gen/*.zip) are rolled out together, several .safetensors files one after another",
     )
     p.add_argument(
         "--episodes",

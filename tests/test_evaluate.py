@@ -490,14 +490,22 @@ class _WideCartPole(gym.Env):
     action_space = gym.spaces.Discrete(2)
 
 
-def test_several_files_are_evaluated_together_as_each_alone(tmp_path, capsys) -> None:
+def test_several_files_are_evaluated_together_as_each_alone(tmp_path, capsys, monkeypatch) -> None:
     from rl_gpt.evaluate import evaluate_sb3_file, evaluate_sb3_files
 
     paths = []
     for seed, arch in ((0, PI), (1, PI), (2, [16, 16])):  # two architectures: two batches, one order
         paths.append(tmp_path / f"p{seed}.zip")
         make_model("ppo", "CartPole-v1", seed, arch).save(paths[-1])
+    import rl_gpt.evaluate.sb3 as sb3
+
+    batches = []
+    rollout = sb3.evaluate_params
+    monkeypatch.setattr(
+        sb3, "evaluate_params", lambda params, *a, **k: batches.append(len(params)) or rollout(params, *a, **k)
+    )
     together = evaluate_sb3_files(paths, episodes=3, seed=5)
+    assert sorted(batches) == [1, 2]  # one batch per architecture
     for i, path in enumerate(paths):
         alone = evaluate_sb3_file(path, episodes=3, seed=5)
         torch.testing.assert_close(together.returns[i], alone.returns[0].double())
@@ -509,6 +517,8 @@ def test_several_files_are_evaluated_together_as_each_alone(tmp_path, capsys) ->
     assert [r["name"] for r in json.loads((tmp_path / "r.json").read_text())["policies"]] == list(map(str, paths))
     assert main(["evaluate", str(paths[0]), str(tmp_path)]) == 2  # a file and a dataset: not one kind
     assert "several .zip policies" in capsys.readouterr().err
+    assert main(["evaluate", *map(str, paths), "--dataset", str(tmp_path)]) == 2  # ignored for each: refused
+    assert "--dataset names the network of a .safetensors classifier file" in capsys.readouterr().err
 
 
 def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsys) -> None:

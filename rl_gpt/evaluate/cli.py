@@ -58,6 +58,9 @@ def evaluate_targets(
         return evaluate_target(targets[0], episodes, device, seed, stochastic, dataset, data_root, env_id)
     from rl_gpt.evaluate import PolicyFileError
 
+    for target in targets:  # the options each kind refuses alone, refused for several too
+        _check_options(target, env_id, dataset)
+
     if all(t.endswith(".safetensors") for t in targets):
         parts = [_evaluate_classifier_file(t, dataset, data_root, device) for t in targets]
         classifiers = [c for part in parts for c in part["json"]["classifiers"]]
@@ -68,6 +71,16 @@ def evaluate_targets(
             f"{len(targets)} targets: give several .zip policies, several .safetensors classifiers, or one dataset"
         )
     return _evaluate_policy_files(targets, episodes or 10, device, seed or 0, stochastic, env_id)
+
+
+def _check_options(target: str, env_id: str | None, dataset: str | None) -> None:
+    """Refuse an option that would be ignored for ``target``."""
+    from rl_gpt.evaluate import PolicyFileError
+
+    if env_id is not None and not target.endswith(".zip"):
+        raise PolicyFileError(f"--env names the environment of a .zip policy file; {target} carries its own")
+    if dataset is not None and not target.endswith(".safetensors"):  # a policy file and dataset rows carry theirs
+        raise ClassifierFileError(f"--dataset names the network of a .safetensors classifier file; {target} needs none")
 
 
 def _evaluate_policy_files(
@@ -101,14 +114,10 @@ def evaluate_target(
     their labels were measured with, and each row is printed beside its label. ``env_id`` is the
     Gymnasium id a ``.zip`` policy is evaluated in (None: inferred, see :func:`infer_env_id`).
     """
-    from rl_gpt.evaluate import PolicyFileError
 
-    if env_id is not None and not target.endswith(".zip"):
-        raise PolicyFileError(f"--env names the environment of a .zip policy file; {target} carries its own")
+    _check_options(target, env_id, dataset)
     if target.endswith(".safetensors"):
         return _evaluate_classifier_file(target, dataset, data_root, device)
-    if dataset is not None:  # it would be ignored: a policy file and dataset rows carry what they are
-        raise ClassifierFileError(f"--dataset names the network of a .safetensors classifier file; {target} needs none")
     if target.endswith(".zip"):
         return _evaluate_policy_files([target], episodes or 10, device, seed or 0, stochastic, env_id)
     else:
