@@ -513,8 +513,10 @@ def test_several_files_are_evaluated_together_as_each_alone(tmp_path, capsys, mo
         main(["evaluate", *map(str, paths), "--episodes", "3", "--seed", "5", "--json", str(tmp_path / "r.json")]) == 0
     )
     printed = capsys.readouterr().out
+    assert printed.startswith("environment: CartPole-v1 (guessed from its spaces: pass --env ENV_ID to choose)")
     assert all(f"{p}: {m:.2f}" in printed for p, m in zip(paths, together.mean.tolist()))
-    assert [r["name"] for r in json.loads((tmp_path / "r.json").read_text())["policies"]] == list(map(str, paths))
+    recorded = json.loads((tmp_path / "r.json").read_text())["policies"]
+    assert [r["name"] for r in recorded] == list(map(str, paths)) and {r["env_id"] for r in recorded} == {"CartPole-v1"}
     assert main(["evaluate", str(paths[0]), str(tmp_path)]) == 2  # a file and a dataset: not one kind
     assert "several .zip policies" in capsys.readouterr().err
     assert main(["evaluate", *map(str, paths), "--dataset", str(tmp_path)]) == 2  # ignored for each: refused

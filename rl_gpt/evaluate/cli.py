@@ -91,9 +91,17 @@ def _evaluate_policy_files(
     for target in targets:
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")
+    from rl_gpt.evaluate.sb3 import env_source
+
     res = evaluate_sb3_files(targets, episodes, not stochastic, seed, device, env_id)
     named = targets[0] if len(targets) == 1 else targets  # one file's record names it as before
-    return _returns_report(named, targets, res, [None] * len(targets), episodes, seed, stochastic)
+    report = _returns_report(named, targets, res, [None] * len(targets), episodes, seed, stochastic)
+    envs = [env_source(t, env_id) for t in targets]
+    for policy, (env, how) in zip(report["json"]["policies"], envs, strict=True):
+        policy["env_id"], policy["env_from"] = env, how.split(":")[0]
+    said = sorted({f"{env} ({how})" for env, how in envs})
+    report["text"] = f"environment: {'; '.join(said)}\n" + report["text"]
+    return report
 
 
 def evaluate_target(

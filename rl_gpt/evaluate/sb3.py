@@ -29,6 +29,7 @@ from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
 from rl_gpt.sb3_policy import ACTIVATIONS, actor_layout, read_actor
 
 __all__ = [
+    "env_source",
     "evaluate_sb3_files",
     "PolicyFileError",
     "SB3File",
@@ -238,6 +239,17 @@ def infer_env_id(file: SB3File) -> str:
             "pass --env ENV_ID (a Gymnasium id)"
         )
     return matches[0]
+
+
+def env_source(path: str | Path, env_id: str | None = None) -> tuple[str, str]:
+    """The env id a save file is evaluated in, and how it was found: ``--env``, the ``generated.json``
+    beside it, or a guess from its spaces (which a user should be told: CartPole-v0 and v1 look alike)."""
+    if env_id is not None:
+        return env_id, "--env"
+    file = read_sb3_file(path)
+    if _sidecar_env_id(file):
+        return infer_env_id(file), "generated.json"
+    return infer_env_id(file), "guessed from its spaces: pass --env ENV_ID to choose"
 
 
 def load_sb3_policy(path: str | Path, env_id: str | None = None) -> tuple[SB3File, str, nn.Module]:
