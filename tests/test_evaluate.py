@@ -546,8 +546,17 @@ def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsy
         load_sb3_policy(tmp_path / "wide.zip")
 
 
-@pytest.mark.parametrize("net_arch", ['"64"', '[64, "x"]', '{"pi": 64}', "[-8]"])
-def test_a_damaged_net_arch_is_a_message(tmp_path, net_arch: str) -> None:
+@pytest.mark.parametrize(
+    ("net_arch", "said"),
+    [
+        ('"64"', "is not SB3's list of layer widths"),
+        ('[64, "x"]', "is not SB3's list of layer widths"),
+        ('{"pi": 64}', "is not SB3's list of layer widths"),
+        ("[-8]", "is not SB3's list of layer widths"),
+        ('[{"pi": [64], "vf": [64]}]', "is SB3 1.x's form"),  # rl-baselines3-zoo files of SB3 < 1.8
+    ],
+)
+def test_a_damaged_net_arch_is_a_message(tmp_path, net_arch: str, said: str) -> None:
     make_model("ppo", "CartPole-v1", 0).save(tmp_path / "clean.zip")
     with zipfile.ZipFile(tmp_path / "clean.zip") as src, zipfile.ZipFile(tmp_path / "edited.zip", "w") as dst:
         for name in src.namelist():
@@ -557,7 +566,7 @@ def test_a_damaged_net_arch_is_a_message(tmp_path, net_arch: str) -> None:
                 meta["policy_kwargs"]["net_arch"] = json.loads(net_arch)
                 data = json.dumps(meta).encode()
             dst.writestr(name, data)
-    with pytest.raises(PolicyFileError, match="is not SB3's list of layer widths"):
+    with pytest.raises(PolicyFileError, match=said):
         load_sb3_policy(tmp_path / "edited.zip", "CartPole-v1")
 
 

@@ -143,6 +143,12 @@ def read_sb3_file(path: str | Path) -> SB3File:
     heads = ["action_net.weight"] if algo == "ppo" else ["actor.mu.weight", "actor.log_std.weight"]
     if any(h not in state for h in heads):
         raise PolicyFileError(f"{path}: not an SB3 {algo.upper()} MlpPolicy (no {' / '.join(heads)}; TD3, DQN?)")
+    arch = kwargs.get("net_arch")
+    if isinstance(arch, list) and any(isinstance(layer, dict) for layer in arch):
+        raise PolicyFileError(
+            f"{path}: its net_arch {arch!r} is SB3 1.x's form (shared layers, then a dict), which SB3 2.x no longer "
+            "builds; save the policy again with SB3 1.8 as net_arch=dict(pi=[...], vf=[...]), or train it again"
+        )
     if "net_arch" in kwargs and not _is_net_arch(kwargs["net_arch"]):
         raise PolicyFileError(
             f"{path}: its net_arch {kwargs['net_arch']!r} is not SB3's list of layer widths (or dict of such lists); "
