@@ -303,6 +303,9 @@ def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
     assert (tmp_path / "dataset" / "data").is_dir()  # what was stored is consolidated
 
 
+_NO_RANGE = ["task.metric_range=null", "task.reward_threshold=null"]  # another env than the preset's
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -322,6 +325,10 @@ def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
         (["timesteps=1024", "collect.checkpoint_every=2048"], "stores no checkpoint after the first PPO update"),
         (["collect.sample_hyperparams={learning_rate: [1e-4]}"], "learning_rate: [0.0001] is not [low, high]"),
         (["executor=ray", "collect.ray_address=head"], "collect.ray_address='head': expected HOST:PORT"),
+        (["task.env_id=FrozenLake-v1", *_NO_RANGE], "task.env_id=FrozenLake-v1 with PPO: batched evaluation needs"),
+        (["task.env_id=Blackjack-v1", *_NO_RANGE], "Stable-Baselines3 cannot build an MlpPolicy for it (Tuple("),
+        (["task.hyperparams.use_sde=true"], "task.hyperparams.use_sde: gSDE policies are not supported"),
+        (["task.policy_kwargs={foo: 1}"], "task.policy_kwargs: ActorCriticPolicy.__init__() got an unexpected"),
         (["--bogus"], "rl-gpt collect: error: unrecognized arguments: --bogus (see rl-gpt collect --help)"),
         (
             ["--runs", "2"],

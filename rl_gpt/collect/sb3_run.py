@@ -130,7 +130,15 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     ``configure_logger``, which creates an empty ``SB3-<date>`` folder in the temp directory.
     """
     check_env_id(task.env_id)
-    env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
+    if (task.hyperparams if hyperparams is None else hyperparams).get("use_sde"):
+        raise ConfigError(
+            "task.hyperparams.use_sde: gSDE policies are not supported (rl_gpt stores and evaluates the actor's "
+            "mean and log-std, not gSDE's noise matrices); remove it, as rl_gpt's presets do"
+        )
+    try:
+        env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
+    except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
+        raise ConfigError(f"task.env_id={task.env_id}: {exc}") from None
     if task.normalize:
         env = VecNormalize(env, norm_obs=True, norm_reward=False)
     hp = {k: _schedule(v) for k, v in (task.hyperparams if hyperparams is None else hyperparams).items()}
@@ -141,8 +149,14 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
         raise ConfigError(f"task.{exc}") from None
     try:
         model = ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
-    except TypeError as exc:
-        raise ConfigError(f"task.hyperparams: {exc}") from None
+    except TypeError as exc:  # an unknown keyword: the algorithm's (hyperparams) or the policy's (policy_kwargs)
+        where = "task.policy_kwargs" if "Policy" in str(exc).split("(")[0] else "task.hyperparams"
+        raise ConfigError(f"{where}: {exc}") from None
+    except NotImplementedError as exc:  # spaces SB3's MlpPolicy does not take (Tuple, Graph, ...)
+        env.close()
+        raise ConfigError(
+            f"task.env_id={task.env_id}: Stable-Baselines3 cannot build an MlpPolicy for it ({exc})"
+        ) from None
     except (AssertionError, ValueError, KeyError) as exc:  # SB3's own checks of the values
         env.close()
         where = "task.hyperparams (or collect.sample_hyperparams) / task.policy_kwargs"
@@ -179,7 +193,13 @@ def describe_policy(task: TaskConfig, folded: bool = False) -> tuple[Layout, dic
     ``folded``: the stored parameters read raw observations, so the spec normalises nothing.
     """
     model = build_model(task, seed=0)
-    return actor_layout(model.policy, task.algo), _policy_spec(model, task, folded).to_dict()
+    try:
+        return actor_layout(model.policy, task.algo), _policy_spec(model, task, folded).to_dict()
+    except (ValueError, KeyError) as exc:  # spaces or a policy the batched evaluator cannot act with
+        raise ConfigError(
+            f"task.env_id={task.env_id} with {task.algo.upper()}: {str(exc).strip(chr(34))}; rl_gpt evaluates "
+            "MLP policies on flat Box observations with Discrete or Box actions"
+        ) from None
 
 
 def _policy_spec(model: BaseAlgorithm, task: TaskConfig, folded: bool) -> PolicySpec:
