@@ -423,7 +423,25 @@ def load_config(
         _set_path(data, key.split("."), value)
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
-    return _build(ExperimentConfig, data, "")
+    cfg = _build(ExperimentConfig, data, "")
+    _warn_if_sampled_over(cfg, overridden)
+    return cfg
+
+
+def _warn_if_sampled_over(cfg: ExperimentConfig, overridden: set[str]) -> None:
+    """A ``task.hyperparams.X=`` override that ``collect.sample_hyperparams`` draws anew for every run
+    (the digits preset's ``lr``) changes nothing: say so instead of ignoring it."""
+    given = {k.removeprefix("task.hyperparams.") for k in overridden if k.startswith("task.hyperparams.")}
+    if "task.hyperparams" in overridden:
+        given |= set(cfg.task.hyperparams)
+    drawn = sorted(given & set(cfg.collect.sample_hyperparams))
+    if drawn:
+        names = ", ".join(f"task.hyperparams.{k}" for k in drawn)
+        warnings.warn(
+            f"collect.sample_hyperparams draws {', '.join(drawn)} for every run, so {names} is not used; "
+            f"set 'collect.sample_hyperparams={{}}' (or drop those keys from it) to train every run with it",
+            stacklevel=3,
+        )
 
 
 def _warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str], by: str = "") -> None:

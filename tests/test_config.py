@@ -327,3 +327,12 @@ def test_other_errors_are_not_taken_for_a_full_disk(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "info", fail)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["info", "somewhere"])
+
+
+def test_a_hyperparameter_the_collection_samples_anew_is_said_to_be_unused():
+    with pytest.warns(UserWarning, match=r"draws lr for every run, so task.hyperparams.lr is not used"):
+        load_config("digits", ["task.hyperparams.lr=0.01"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config("digits", ["task.hyperparams.lr=0.01", "collect.sample_hyperparams={}"])
+        load_config("digits")  # the preset's own lr is the default the sampling replaces: nothing to say
