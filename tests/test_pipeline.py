@@ -222,6 +222,16 @@ def test_model_files_from_two_saves_are_refused_and_saved_again_by_the_same_trai
     assert load_generator(out / "model")[1]["meta"]["step"] == 20
 
 
+def test_a_dataset_whose_metric_never_changes_is_said_before_training(experiment, tmp_path):
+    out = tmp_path / "flat"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    data = TensorDict.load_memmap(out / "dataset" / "data")
+    data["metric"].fill_(-200.0)  # MountainCar before any run learns
+    args = ["train", "cartpole", f"out={out}", "steps=2", "train.final_probe=false", *TINY_MODEL, *QUIET]
+    with pytest.warns(UserWarning, match="every training checkpoint has return -200: with no spread"):
+        assert main(args) == 0
+
+
 def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     out = tmp_path / "resume"
     shutil.copytree(experiment / "dataset", out / "dataset")

@@ -218,6 +218,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         sampler0 = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed)
         normalizer = fit_normalizer(ds, sampler0, input_columns=tc.normalize_input_columns)
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
+    if main_proc:
+        _warn_if_metric_is_constant(ds, sampler.rows)
 
     # ---------------------------------------------------------------- model, optimiser
     # The prompts the probe and calibration will use: a range for another metric fails now, not
@@ -381,6 +383,20 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if world > 1:
         dist.barrier()
     return out
+
+
+def _warn_if_metric_is_constant(ds: CheckpointDataset, rows: torch.Tensor) -> None:
+    """Every training checkpoint scoring alike (MountainCar's -200 before any run learns) leaves the
+    prompt nothing to select: say so before the training, not after it as an R² of -8."""
+    values = ds.data["metric"][rows].double()
+    if len(values) and float(values.max() - values.min()) <= 1e-9 * max(1.0, float(values.abs().max())):
+        name = ds.spec.get("metric", {}).get("name", "metric")
+        warnings.warn(
+            f"every training checkpoint has {name} {float(values[0]):.6g}: with no spread in the data the "
+            "generator cannot learn to follow a prompt; collect runs that learn (more timesteps, other "
+            "hyperparameters) before training on them",
+            stacklevel=3,
+        )
 
 
 def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
