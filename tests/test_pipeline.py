@@ -232,6 +232,21 @@ def test_a_dataset_whose_metric_never_changes_is_said_before_training(experiment
         assert main(args) == 0
 
 
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("task.algo=sac", "holds PPO policies but the config has task.algo=sac"),
+        ("task.policy_kwargs={net_arch: {pi: [8], vf: [64, 64]}}", "actors of another shape or activation"),
+        ("task.policy_kwargs.activation_fn=relu", "actors of another shape or activation"),
+    ],
+)
+def test_a_config_whose_policy_differs_from_the_datasets_is_refused(experiment, tmp_path, capsys, override, said):
+    args = ["train", "cartpole", f"out={tmp_path}", f"dataset={experiment / 'dataset'}", "steps=2", *TINY_MODEL]
+    assert main([*args, override, *QUIET]) == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
 def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     out = tmp_path / "resume"
     shutil.copytree(experiment / "dataset", out / "dataset")
