@@ -385,3 +385,20 @@ def test_progress_bar_names_the_task_metric():
     assert _last_metric(digits, {"final_metric": 0.23456, "final_return": 0.23456}) == {"last_test_loss": "0.2346"}
     error = load_config("digits", ["task.metric=test_error"], command="collect")
     assert _last_metric(error, {"final_metric": 0.05}) == {"last_test_error": "0.05"}
+
+
+def test_an_environment_a_module_registers_is_named_module_colon_id(tmp_path, monkeypatch):
+    from rl_gpt.collect.sb3_run import check_env_id
+    from rl_gpt.config import ConfigError
+
+    (tmp_path / "own_envs_for_test.py").write_text(
+        "import gymnasium as gym\n"
+        "from gymnasium.envs.classic_control.cartpole import CartPoleEnv\n"
+        "gym.register('OwnCartPole-v0', entry_point=CartPoleEnv, max_episode_steps=100)\n"
+    )
+    with pytest.raises(ConfigError, match="cannot import 'own_envs_for_test' .*is its folder on PYTHONPATH"):
+        check_env_id("own_envs_for_test:OwnCartPole-v0")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    check_env_id("own_envs_for_test:OwnCartPole-v0")  # imported, then found registered
+    with pytest.raises(ConfigError, match="unknown Gymnasium environment 'OwnCartpole-v0'"):
+        check_env_id("own_envs_for_test:OwnCartpole-v0")

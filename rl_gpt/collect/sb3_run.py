@@ -56,7 +56,20 @@ def run_seed(cfg: ExperimentConfig, run: int) -> int:
 
 
 def check_env_id(env_id: str) -> None:
-    """Refuse an unknown Gymnasium id with a one-line message before any work starts."""
+    """Refuse an unknown Gymnasium id with a one-line message before any work starts.
+
+    ``module:EnvId`` (Gymnasium's form for an environment a module registers when imported) imports
+    ``module`` first, as ``gym.make`` would: a config names code the user chose to run.
+    """
+    if ":" in env_id:
+        import importlib
+
+        module, _, env_id = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            where = "is its folder on PYTHONPATH?"
+            raise ConfigError(f"task.env_id: cannot import {module!r} for {env_id!r} ({exc}; {where})") from None
     if env_id not in gym.registry:
         import difflib
 
