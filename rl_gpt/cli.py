@@ -328,13 +328,13 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from rl_gpt.devices import resolve_device
-    from rl_gpt.evaluate.cli import evaluate_targets
+    from rl_gpt.evaluate.cli import evaluate_target
 
     resolve_device(args.device, "--device")  # a missing GPU is a one-line error, before any work
     if args.json:  # an unwritable --json fails before the work, naming the path given
         _check_json_path(args.json)
 
-    result = evaluate_targets(
+    result = evaluate_target(
         args.target, args.episodes, args.device, args.seed, args.stochastic, args.dataset, args.data_root, args.env
     )
     print(result["text"])

@@ -13,7 +13,7 @@ import torch
 
 from rl_gpt.supervised import ClassifierFileError, classifier_test_metrics, read_classifier_file, supervised_metric
 
-__all__ = ["evaluate_target", "evaluate_targets"]
+__all__ = ["evaluate_target"]
 
 
 def _parse_rows(text: str, n: int) -> torch.Tensor:
@@ -42,25 +42,12 @@ def _parse_rows(text: str, n: int) -> torch.Tensor:
     return torch.arange(first, end)
 
 
-def evaluate_targets(
-    targets: list[str],
-    episodes: int | None,
-    device: str,
-    seed: int | None,
-    stochastic: bool,
-    dataset: str | None = None,
-    data_root: str | None = None,
-    env_id: str | None = None,
-) -> dict[str, Any]:
-    """:func:`evaluate_target` for one target, or for several files of one kind: ``.zip`` policies
-    (rolled out together, one batch per environment and architecture) or ``.safetensors`` classifiers."""
-    if len(targets) == 1:
-        return evaluate_target(targets[0], episodes, device, seed, stochastic, dataset, data_root, env_id)
+def _evaluate_several(targets: list[str], episodes, device, seed, stochastic, dataset, data_root, env_id) -> dict:
+    """:func:`evaluate_target` of several files (its arguments, in its order)."""
     from rl_gpt.evaluate import PolicyFileError
 
     for target in targets:  # the options each kind refuses alone, refused for several too
         _check_options(target, env_id, dataset)
-
     if all(t.endswith(".safetensors") for t in targets):
         parts = [_evaluate_classifier_file(t, dataset, data_root, device) for t in targets]
         classifiers = [c for part in parts for c in part["json"]["classifiers"]]
@@ -105,7 +92,7 @@ def _evaluate_policy_files(
 
 
 def evaluate_target(
-    target: str,
+    target: str | list[str],
     episodes: int | None,
     device: str,
     seed: int | None,
@@ -121,7 +108,15 @@ def evaluate_target(
     is tested on. ``episodes`` and ``seed`` (None: 10 and 0) default, for dataset rows, to the protocol
     their labels were measured with, and each row is printed beside its label. ``env_id`` is the
     Gymnasium id a ``.zip`` policy is evaluated in (None: inferred, see :func:`infer_env_id`).
+
+    Several targets must be files of one kind: ``.zip`` policies, rolled out together (one batch per
+    environment and architecture), or ``.safetensors`` classifiers, tested one after another.
     """
+    if not isinstance(target, str):
+        if len(target) == 1:
+            target = target[0]
+        else:
+            return _evaluate_several(target, episodes, device, seed, stochastic, dataset, data_root, env_id)
 
     _check_options(target, env_id, dataset)
     if target.endswith(".safetensors"):
