@@ -172,6 +172,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from rl_gpt.train import train
 
     cfg = load_config(args.config, args.overrides, command="train")
+    _refuse_another_policy(cfg)
     state = Path(cfg.model_dir) / "train_state" / "state.json"
     before = state.stat().st_mtime_ns if state.exists() else None
     out = train(cfg, progress=not args.quiet, resume=not args.restart)
@@ -183,6 +184,26 @@ def _cmd_train(args: argparse.Namespace) -> None:
         from rl_gpt.sweep.calibrate import ensure_calibrated  # the demo's path too: one way to calibrate after training
 
         ensure_calibrated(cfg, out, progress=not args.quiet)
+
+
+def _refuse_another_policy(cfg: Any) -> None:
+    """Refuse to train with a config whose SB3 algorithm or actor differs from its dataset's. Only for a
+    policy dataset of the config's own task: train itself refuses another task, or a missing dataset."""
+    from rl_gpt.collect.sb3_run import policy_mismatch
+    from rl_gpt.config import ConfigError
+    from rl_gpt.dataset import CheckpointDataset, DatasetError
+    from rl_gpt.train.modelfile import same_task
+
+    try:
+        ds = CheckpointDataset(cfg.dataset_dir)
+    except (DatasetError, OSError):
+        return
+    task = cfg.task
+    if task.kind != "rl" or not same_task(ds.spec, task.name, task.env_id, task.kind):
+        return
+    why = policy_mismatch(task, ds.spec, ds.layout)
+    if why:
+        raise ConfigError(f"{cfg.dataset_dir} {why}, or the config the dataset was collected with")
 
 
 def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:

@@ -215,6 +215,27 @@ def describe_policy(task: TaskConfig, folded: bool = False) -> tuple[Layout, dic
         ) from None
 
 
+def policy_mismatch(task: TaskConfig, spec: dict[str, Any], layout: Layout) -> str | None:
+    """Why ``task``'s SB3 algorithm or actor differs from a dataset's (``spec``, ``layout``), or None.
+
+    A generator learns the dataset's networks whatever a config says; training with a config of
+    another algorithm, shape or activation would record the wrong ones in the model's config.yaml.
+    """
+    algo = spec["task"].get("algo", "ppo")
+    if task.algo != algo:
+        return f"holds {algo.upper()} policies but the config has task.algo={task.algo}; pass task.algo={algo}"
+    built, policy = describe_policy(task)
+    stored = spec.get("policy") or {}
+    activation = stored.get("activation", policy.get("activation"))  # older specs may not record one
+    same_shapes = [(q.name, tuple(q.shape)) for q in built.params] == [(q.name, tuple(q.shape)) for q in layout.params]
+    if not same_shapes or policy.get("activation") != activation:
+        return (
+            f"holds actors of another shape or activation than task.policy_kwargs={task.policy_kwargs} builds (the "
+            f"dataset's: {spec['task'].get('policy_kwargs')}); pass the dataset's task.policy_kwargs"
+        )
+    return None
+
+
 def _policy_spec(model: BaseAlgorithm, task: TaskConfig, folded: bool) -> PolicySpec:
     """How stored policies act: they normalise observations only when the statistics are not folded in."""
     return policy_spec_from_sb3(model, task.algo, normalize_obs=task.normalize and not folded)

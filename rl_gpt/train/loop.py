@@ -430,7 +430,6 @@ def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume
             f"is for {task.name} ({task.env_id}); pass dataset= a {task.name} collection, or the "
             f"{spec['task'].get('name')} config"
         )
-    _check_policy(cfg, ds)
     changed = metric_mismatch(spec, task.metric, task.higher_is_better)
     if changed:  # the model would learn the data's metric while its config.yaml claims another
         raise ConfigError(
@@ -448,32 +447,6 @@ def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume
                 f"{saved.get('metric', {}).get('name')}), not {task.name} ({task.metric}); use another out= "
                 "directory, or --restart to replace it"
             )
-
-
-def _check_policy(cfg: ExperimentConfig, ds: CheckpointDataset) -> None:
-    """Refuse a config whose SB3 algorithm or actor differs from the dataset's: the generator learns the
-    dataset's networks whatever the config says, and its config.yaml would then record the wrong ones."""
-    task, recorded = cfg.task, ds.spec["task"]
-    if task.kind != "rl":
-        return
-    algo = recorded.get("algo", "ppo")
-    if task.algo != algo:
-        raise ConfigError(
-            f"{cfg.dataset_dir} holds {algo.upper()} policies but the config has task.algo={task.algo}; pass "
-            f"task.algo={algo}, or the config the dataset was collected with"
-        )
-    from rl_gpt.collect.sb3_run import describe_policy
-
-    layout, policy = describe_policy(task)
-    shapes = [(q.name, tuple(q.shape)) for q in layout.params]
-    stored = ds.spec.get("policy") or {}
-    activation = stored.get("activation", policy.get("activation"))  # older specs may not record one
-    if shapes != [(q.name, tuple(q.shape)) for q in ds.layout.params] or policy.get("activation") != activation:
-        raise ConfigError(
-            f"{cfg.dataset_dir} holds actors of another shape or activation than task.policy_kwargs="
-            f"{task.policy_kwargs} builds (the dataset's: {recorded.get('policy_kwargs')}); pass "
-            "the dataset's task.policy_kwargs, or the config it was collected with"
-        )
 
 
 def _probe(
