@@ -109,6 +109,7 @@ class CollectionLog:
         self.run = start_run(cfg, f"collect-{name}", f"collect-{name}", directory, config, stored > 0, key)
         self.step_name = step_name
         self.finished = stored
+        self.stored = stored  # runs logged by an earlier session of a resumed collection
         self.curves: dict[str, list[tuple[int, list[int], list[float]]]] = {}
 
     def add(self, run: int, steps: list[int], series: Mapping[str, list[float]], summary: Mapping[str, Any]) -> None:
@@ -145,7 +146,9 @@ class CollectionLog:
                     title=f"{key} per checkpoint (first {len(kept)} runs)",
                     xname=self.step_name,
                 )
-        if charts:  # at the last run's step, not past it: a resumed collection logs its next run at the next step
+        # At the last run's step, not past it: a resumed collection logs its next run at the next step. A
+        # session that added no run has nothing new to chart, and W&B would drop a step it has passed.
+        if charts and self.finished > self.stored:
             self.run.log(charts, step=self.finished)
         self.run.finish()
         self.run = None

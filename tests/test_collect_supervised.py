@@ -352,6 +352,13 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     chart = next(e for e in logged if "curves/test_loss" in e)["curves/test_loss"]
     assert chart["keys"] == ["run 0", "run 1", "run 2"]  # the runs stored before the resume too
     assert chart["ys"][0] == pytest.approx(td["metric"][td["run"] == 0].tolist())
+    logged.clear()  # a session that adds no run charts nothing (W&B would drop a step it has passed)
+    from rl_gpt.config import load_config
+
+    quiet = rl_gpt.wandb_run.CollectionLog(load_config("digits"), tmp_path, "step", stored=3)
+    quiet.keep_curves(0, [0, 20], {"test_loss": [2.3, 1.0]})
+    quiet.finish()
+    assert logged == [{"finished": True}]
 
 
 def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The on-disk checkpoint dataset: atomic appends, consolidation, resume and the open format."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -187,6 +188,18 @@ def test_rows_marked_valid_with_nan_weights_are_left_out_with_a_warning(tmp_path
     ds = CheckpointDataset(tmp_path / "ds")
     with pytest.warns(UserWarning, match=r"1 row\(s\) marked valid hold NaN or infinite weights \(rows 2\)"):
         assert ds.valid_mask().tolist() == [True, True, False, True, False, True]
+
+
+def test_only_the_first_process_of_a_torchrun_job_warns_of_broken_rows(tmp_path, monkeypatch):
+    rows = _rows(0)
+    rows["params"][1, 0] = float("nan")
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, rows, {})
+    w.consolidate()
+    monkeypatch.setenv("RANK", "1")  # rank 1 finds the same rows and leaves the saying to rank 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CheckpointDataset(tmp_path / "ds").valid_mask().tolist() == [True, False, True, True]
 
 
 def test_not_a_dataset(tmp_path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -306,6 +307,11 @@ class DatasetWriter:
         return read_runs_meta(self.root)
 
 
+def _first_process() -> bool:
+    """Whether this is rank 0 of a torchrun job (or no job): the one that says what every rank finds."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def read_runs_meta(root: Path) -> dict[str, Any]:
     """``runs.json``: each run's metadata (seed, hyperparameters, wall time) by run id; {} where absent."""
     path = root / "runs.json"
@@ -369,7 +375,8 @@ class CheckpointDataset:
         try:
             self.runs_meta: dict[str, Any] = read_runs_meta(self.root)
         except DatasetError as exc:  # metadata only: the checkpoints are still usable
-            warnings.warn(str(exc), stacklevel=2)
+            if _first_process():
+                warnings.warn(str(exc), stacklevel=2)
             self.runs_meta = {}
 
     def __len__(self) -> int:
@@ -400,7 +407,7 @@ class CheckpointDataset:
             rows = max(1, 2**24 // max(1, params.shape[-1]))  # ~16M weights per look, whatever the width
             finite = torch.cat([torch.isfinite(params[i : i + rows]).all(-1) for i in range(0, len(self), rows)])
             broken = torch.nonzero(mask & ~finite).flatten().tolist()
-            if broken:
+            if broken and _first_process():
                 shown = ", ".join(map(str, broken[:5])) + (", ..." if len(broken) > 5 else "")
                 warnings.warn(
                     f"{self.root}: {len(broken)} row(s) marked valid hold NaN or infinite weights (rows {shown}); "
