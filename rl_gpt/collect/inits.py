@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rl_gpt.config import TaskConfig
+from rl_gpt.dataset import CheckpointDataset
 
 __all__ = ["random_inits", "training_init_matches"]
 
@@ -30,12 +31,14 @@ def random_inits(task: TaskConfig, count: int, first_seed: int) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def training_init_matches(inits: torch.Tensor, run_inits: torch.Tensor, runs: list[int]) -> dict[int, int]:
-    """``{init k: run}`` for each of ``inits`` (K, D) that is one of ``runs``' own step-0 networks
-    ``run_inits`` (R, D), up to float rounding (a folded normalisation rescales a stored init by
-    1/sqrt(1 + eps)). A generator has learnt from those: they are not unseen, whatever their seed."""
-    if not len(inits) or not len(run_inits):
+def training_init_matches(inits: torch.Tensor, ds: CheckpointDataset, runs: list[int]) -> dict[int, int]:
+    """``{init k: run}`` for each of ``inits`` (K, D) that is one of ``runs``' own step-0 networks in
+    ``ds``, up to float rounding (a folded normalisation rescales a stored init by 1/sqrt(1 + eps)).
+    A generator has learnt from those: they are not unseen, whatever their seed."""
+    if not len(inits) or not runs:
         return {}
+    slices = ds.run_slices()
+    run_inits = ds.data["params"][[slices[r].start for r in runs]].float()  # (R, D)
     distance = torch.cdist(inits.double(), run_inits.double())  # (K, R)
     scale = inits.double().norm(dim=1, keepdim=True).clamp_min(1e-12)
     nearest, index = (distance / scale).min(1)

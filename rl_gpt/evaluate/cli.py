@@ -74,12 +74,11 @@ def _evaluate_policy_files(
     targets: list[str], episodes: int, device: str, seed: int, stochastic: bool, env_id: str | None
 ) -> dict[str, Any]:
     from rl_gpt.evaluate import evaluate_sb3_files
+    from rl_gpt.evaluate.sb3 import env_source
 
     for target in targets:
         if not Path(target).is_file():
             raise FileNotFoundError(f"no policy file {target}")
-    from rl_gpt.evaluate.sb3 import env_source
-
     res = evaluate_sb3_files(targets, episodes, not stochastic, seed, device, env_id)
     named = targets[0] if len(targets) == 1 else targets  # one file's record names it as before
     report = _returns_report(named, targets, res, [None] * len(targets), episodes, seed, stochastic)

@@ -107,9 +107,7 @@ def _refuse_a_training_init(ds: Any, info: dict[str, Any], theta: torch.Tensor, 
     seeds in the sweep's range): the generator learnt from it, and its result would pass as unseen."""
     from rl_gpt.collect.inits import training_init_matches
 
-    runs = info["meta"]["train_runs"]
-    slices = ds.run_slices()
-    seen = training_init_matches(theta[None], ds.data["params"][[slices[r].start for r in runs]].float(), runs)
+    seen = training_init_matches(theta[None], ds, info["meta"]["train_runs"])
     if seen:
         raise ConfigError(
             f"--seed {seed} gives the random init of seed {init_seed(info, seed)}, which is training run {seen[0]}'s "

@@ -311,9 +311,7 @@ def _inits(
     """The sweep's start networks: unseen random inits, or the step-0 networks of the model's own runs."""
     if sc.init_source == "unseen":
         inits = random_inits(task, sc.inits, sc.init_seed)
-        slices = ds.run_slices()
-        run_inits = ds.data["params"][[slices[r].start for r in train_runs]].float()
-        seen = training_init_matches(inits, run_inits, train_runs)
+        seen = training_init_matches(inits, ds, train_runs)
         if seen:
             pairs = ", ".join(f"init {k} (seed {sc.init_seed + k}) is run {r}'s" for k, r in list(seen.items())[:3])
             raise ConfigError(
