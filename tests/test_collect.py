@@ -30,7 +30,7 @@ def _collect(preset: str, out: Path, *extra: str) -> int:
 
 
 def _load(out: Path) -> TensorDict:
-    return TensorDict.load_memmap(out / "dataset" / "data")
+    return TensorDict.load_memmap(out / "dataset" / "data", allow_pickle=False)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def _collect(out: Path, *extra: str, preset: str = "digits") -> int:
 
 def _load(out: Path) -> tuple[TensorDict, dict]:
     root = out / "dataset"
-    return TensorDict.load_memmap(root / "data"), json.loads((root / "spec.json").read_text())
+    return TensorDict.load_memmap(root / "data", allow_pickle=False), json.loads((root / "spec.json").read_text())
 
 
 def _classifier_from_spec(spec: dict, row: torch.Tensor) -> torch.nn.Module:

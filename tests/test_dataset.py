@@ -35,7 +35,7 @@ def test_append_consolidate_and_read_without_rl_gpt(tmp_path):
     assert w.completed_runs() == {0, 1, 2}
     assert w.consolidate() == 12
     # the open format: plain tensordict, no rl_gpt import needed
-    td = TensorDict.load_memmap(tmp_path / "ds" / "data")
+    td = TensorDict.load_memmap(tmp_path / "ds" / "data", allow_pickle=False)
     assert td["params"].shape == (12, LAYOUT.numel) and td["params"].dtype == torch.float32
     assert td["run"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     assert td["step"].dtype == torch.int64
@@ -305,3 +305,84 @@ def test_a_damaged_spec_is_a_one_line_error(tmp_path, text, needle):
     (tmp_path / "ds" / "spec.json").write_text(text)
     with pytest.raises(DatasetError, match=needle):
         CheckpointDataset(tmp_path / "ds")
+
+
+def _consolidated(tmp_path, runs=(0, 1)):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    for run in runs:
+        w.add_run(run, _rows(run), {})
+    w.consolidate()
+    return tmp_path / "ds"
+
+
+def test_changing_rows_in_memory_leaves_the_files_alone(tmp_path):
+    root = _consolidated(tmp_path)
+    column = root / "data" / "params.memmap"
+    before = column.read_bytes()
+    row = CheckpointDataset(root).data["params"][0]
+    row -= 1000  # a notebook normalising a row in place
+    assert float(row[0]) == -1000.0
+    assert column.read_bytes() == before
+    assert float(CheckpointDataset(root).data["params"][0, 0]) == 0.0
+
+
+def test_a_pickled_field_is_refused_before_anything_is_unpickled(tmp_path):
+    from tensordict import NonTensorData
+
+    root = _consolidated(tmp_path)
+    data = root / "data"
+    TensorDict({"note": NonTensorData(b"x", batch_size=[8])}, batch_size=[8]).memmap(tmp_path / "extra")
+    (tmp_path / "extra" / "note").rename(data / "note")
+    pickled = data / "note" / "other.pickle"
+    assert pickled.exists()
+    pickled.write_bytes(b"not a pickle: reading it would raise")
+    meta = json.loads((data / "meta.json").read_text())
+    meta["note"] = {"type": "NonTensorData"}
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DatasetError, match="field 'note' is not a tensor column .NonTensorData.; rl_gpt reads"):
+        CheckpointDataset(root)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"_type": "<class 'mymodule.Evil'>"}, "not a plain TensorDict"),
+        ({"shape": [8, 2]}, r"shape \[8, 2\] is not \[rows\]"),
+        ({"../params": {"shape": [8], "dtype": "torch.float32"}}, "field '../params' is not a tensor column"),
+        ({"metric": {"shape": [7], "dtype": "torch.float32"}}, "field 'metric' is not a tensor column"),
+        ({"metric": {"shape": [8], "dtype": "torch.complex64"}}, "field 'metric' is not a tensor column"),
+    ],
+)
+def test_a_meta_json_that_is_no_table_of_tensor_columns_is_refused(tmp_path, change, needle):
+    root = _consolidated(tmp_path)
+    meta_path = root / "data" / "meta.json"
+    meta_path.write_text(json.dumps(json.loads(meta_path.read_text()) | change))
+    with pytest.raises(DatasetError, match=needle):
+        CheckpointDataset(root)
+
+
+def _rewritten(root, order):
+    """data/ written again by another tool, its rows in ``order``."""
+    td = TensorDict.load_memmap(root / "data", allow_pickle=False)
+    shuffled = td[torch.as_tensor(order)].clone()
+    import shutil
+
+    shutil.rmtree(root / "data")
+    shuffled.memmap(root / "data")
+
+
+def test_rows_of_a_run_that_are_not_together_are_refused(tmp_path):
+    root = _consolidated(tmp_path)
+    _rewritten(root, [0, 1, 4, 5, 2, 3, 6, 7])  # run 0, run 1, run 0 again, run 1 again
+    with pytest.raises(DatasetError, match=r"the rows of run 0 are not one block.*sorted by \(run, step\)"):
+        CheckpointDataset(root)
+
+
+def test_rows_of_a_run_out_of_step_order_are_refused(tmp_path):
+    root = _consolidated(tmp_path)
+    _rewritten(root, [1, 0, 2, 3, 4, 5, 6, 7])
+    with pytest.raises(DatasetError, match="row 1 of run 0 is at step 0, after step 10"):
+        CheckpointDataset(root)
+    other = _consolidated(tmp_path / "b")
+    _rewritten(other, [4, 5, 6, 7, 0, 1, 2, 3])  # runs in another order is fine: each is one block
+    assert CheckpointDataset(other).run_slices() == {1: slice(0, 4), 0: slice(4, 8)}

@@ -225,7 +225,7 @@ def test_model_files_from_two_saves_are_refused_and_saved_again_by_the_same_trai
 def test_a_dataset_whose_metric_never_changes_is_said_before_training(experiment, tmp_path):
     out = tmp_path / "flat"
     shutil.copytree(experiment / "dataset", out / "dataset")
-    data = TensorDict.load_memmap(out / "dataset" / "data")
+    data = TensorDict.load_memmap(out / "dataset" / "data", allow_pickle=False)
     data["metric"].fill_(-200.0)  # MountainCar before any run learns
     args = ["train", "cartpole", f"out={out}", "steps=2", "train.final_probe=false", *TINY_MODEL, *QUIET]
     with pytest.warns(UserWarning, match="every training checkpoint has return -200: with no spread"):
@@ -1265,7 +1265,7 @@ def test_rerank_ranks_candidates_in_sweep_calibrate_and_generate(experiment, tmp
     report = json.loads((out / "report.json").read_text())
     rerank = report["rerank"]
     assert rerank["candidates"] == 3 and rerank["ranker"]["rows"] > 0 and np.isfinite(rerank["rmse_on_chosen"])
-    labels = TensorDict.load_memmap(experiment / "dataset" / "data")["metric"].numpy()
+    labels = TensorDict.load_memmap(experiment / "dataset" / "data", allow_pickle=False)["metric"].numpy()
     assert rerank["ranker"]["rmse_train"] < 0.5 * np.nanstd(labels)  # it learned the labels, not their mean
     unranked = rerank["without_rerank"]  # the same draws, unranked, scored alike
     assert np.array(unranked["achieved"]).shape == np.array(report["achieved"]).shape

@@ -77,7 +77,7 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     assert classifier["dataset_best"]["test_loss"] <= retrieved_best + 1e-5
     # Where real training ends from inits the generator never saw: the held-out runs' last checkpoints.
     meta = json.loads((out / "model" / "model.json").read_text())["meta"]
-    data = TensorDict.load_memmap(out / "dataset" / "data")
+    data = TensorDict.load_memmap(out / "dataset" / "data", allow_pickle=False)
     ends = [float(data["test_error"][data["run"] == r][-1]) for r in meta["test_runs"]]
     assert classifier["heldout_runs"] == {"test_loss": 2, "test_error": 2} and len(meta["test_runs"]) == 2
     assert classifier["heldout_final"]["test_error"] == pytest.approx(sum(ends) / 2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -69,10 +70,29 @@ def read_spec(root: str | Path) -> dict[str, Any]:
     return spec
 
 
+#: What tensordict's ``memmap`` writes as the type of a plain TensorDict; any other type would be imported.
+_TENSORDICT_TYPE = "<class 'tensordict._td.TensorDict'>"
+_COLUMN_DTYPES = {
+    str(d): d
+    for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool, torch.uint8)
+    + (torch.int8, torch.int16, torch.int32, torch.int64)
+}
+_COLUMN_NAME = re.compile(r"[A-Za-z0-9_]+")
+_TENSORDICT_ENTRIES = ("shape", "device", "_type")
+
+
 def load_checked(folder: Path) -> TensorDict:
-    """``TensorDict.load_memmap(folder)``, after checking that every column's file holds the bytes its
-    ``meta.json`` says. Opening a short file would extend it with zeros, on disk: a truncated dataset
-    (a disk that filled, a partial copy) would then read, and train, as rows of zeros."""
+    """The tensor columns of a memory-mapped TensorDict folder (what ``TensorDict.memmap`` wrote), read
+    by rl_gpt itself rather than ``TensorDict.load_memmap``.
+
+    - Only plain tensor columns are read. A non-tensor field is stored as a pickle, and a nested or
+      tensorclass entry names a Python type to import: either can run code, so a dataset holding one
+      is refused, not opened.
+    - Each column is mapped copy-on-write: rows read lazily from disk, and writing to a tensor (an
+      in-place normalisation in a notebook) changes memory only, never the dataset's files.
+    - Every column's file must hold the bytes ``meta.json`` says. Mapping a short file would read past
+      its end: a truncated dataset (a disk that filled, a partial copy) must not load as rows of zeros.
+    """
     meta_path = folder / "meta.json"
     try:
         meta = json.loads(meta_path.read_text())
@@ -81,22 +101,53 @@ def load_checked(folder: Path) -> TensorDict:
         raise DatasetError(
             f"{meta_path}: unreadable ({reason}); the dataset is damaged: restore it or collect again"
         ) from None
-    for key, column in meta.items() if isinstance(meta, dict) else ():
-        if not (isinstance(column, dict) and "shape" in column and "dtype" in column):
-            continue  # the TensorDict's own entries (its shape, device, type)
-        dtype = getattr(torch, str(column["dtype"]).removeprefix("torch."), None)
-        if not isinstance(dtype, torch.dtype):
+    if not isinstance(meta, dict) or meta.get("_type", _TENSORDICT_TYPE) != _TENSORDICT_TYPE:
+        kind = meta.get("_type") if isinstance(meta, dict) else type(meta).__name__
+        raise DatasetError(f"{meta_path}: not a plain TensorDict ({kind!r}); restore the dataset or collect again")
+    shape = meta.get("shape")
+    if not _is_row_shape(shape):
+        raise DatasetError(f"{meta_path}: shape {shape!r} is not [rows]; restore the dataset or collect again")
+    columns = {}
+    for key, column in meta.items():
+        if key in _TENSORDICT_ENTRIES:
             continue
-        want = math.prod(column["shape"]) * dtype.itemsize
-        path = folder / f"{key}.memmap"
-        have = path.stat().st_size if path.is_file() else None
-        if have is None or have < want:
-            what = "is missing" if have is None else f"holds {have} of its {want} bytes"
+        dtype = _COLUMN_DTYPES.get(column.get("dtype")) if isinstance(column, dict) else None
+        column_shape = column.get("shape") if isinstance(column, dict) else None
+        if (
+            dtype is None
+            or not _COLUMN_NAME.fullmatch(key)
+            or column.get("is_nested")
+            or not isinstance(column_shape, list)
+            or column_shape[:1] != shape
+            or not all(isinstance(n, int) and n >= 0 for n in column_shape)
+        ):
+            kind = column.get("type") if isinstance(column, dict) else None
             raise DatasetError(
-                f"{path} {what}: the dataset is damaged (a full disk or a partial copy?); restore it, or "
-                "collect again into a new folder"
+                f"{folder}: field {key!r} is not a tensor column ({kind or f'entry {column!r}'[:80]}); rl_gpt reads "
+                "tensor columns of one row each and never opens pickled, nested or typed fields (they can run "
+                "code): remove the field and its entry in meta.json, or collect again"
             )
-    return TensorDict.load_memmap(folder)
+        columns[key] = _map_column(folder / f"{key}.memmap", dtype, column_shape)
+    return TensorDict(columns, batch_size=shape)
+
+
+def _is_row_shape(shape: Any) -> bool:
+    return isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 0
+
+
+def _map_column(path: Path, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    """The column's file mapped copy-on-write (``shared=False``): read lazily, never written."""
+    want = math.prod(shape) * dtype.itemsize
+    have = path.stat().st_size if path.is_file() else None
+    if have is None or have < want:
+        what = "is missing" if have is None else f"holds {have} of its {want} bytes"
+        raise DatasetError(
+            f"{path} {what}: the dataset is damaged (a full disk or a partial copy?); restore it, or "
+            "collect again into a new folder"
+        )
+    if want == 0:
+        return torch.empty(shape, dtype=dtype)
+    return torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=dtype).view(shape)
 
 
 def _run_dir_name(run: int) -> str:
@@ -350,8 +401,30 @@ def merge_stored_runs(root: str | Path) -> tuple[int, int, int, int | None]:
     return merged, len(runs), rows, planned if isinstance(planned, int) else None
 
 
+def _check_row_order(root: Path, runs: torch.Tensor, steps: torch.Tensor) -> None:
+    """Readers take a run's rows as one block whose first row is its init: a dataset written by other
+    tools in another order would load, then silently pair checkpoints of different runs."""
+    blocks = torch.unique_consecutive(runs)
+    ids, counts = torch.unique(blocks, return_counts=True)
+    if len(ids) != len(blocks):
+        run = int(ids[counts > 1][0])
+        raise DatasetError(
+            f"{root}: the rows of run {run} are not one block; rl_gpt reads each run's rows together, "
+            "ordered by step: write data/ with its rows sorted by (run, step)"
+        )
+    backwards = torch.nonzero((runs[1:] == runs[:-1]) & (steps[1:] < steps[:-1])).flatten()
+    if len(backwards):
+        row = int(backwards[0]) + 1
+        raise DatasetError(
+            f"{root}: row {row} of run {int(runs[row])} is at step {int(steps[row])}, after step "
+            f"{int(steps[row - 1])}; rl_gpt reads each run's rows ordered by step: write data/ with its rows "
+            "sorted by (run, step)"
+        )
+
+
 class CheckpointDataset:
-    """Read access to a consolidated dataset; rows stay memory-mapped on disk."""
+    """Read access to a consolidated dataset. Rows stay on disk, mapped copy-on-write: tensors read from
+    ``data`` may be changed in memory without changing the dataset."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -368,10 +441,14 @@ class CheckpointDataset:
         self.data: TensorDict = load_checked(self.root / "data")
         self._valid: torch.Tensor | None = None
         self.layout = Layout.from_dict(self.spec["layout"])
-        if self.data["params"].shape[-1] != self.layout.numel:
+        missing = [key for key in REQUIRED_FIELDS if key not in self.data]
+        if missing:
+            raise DatasetError(f"{root}: data/ has no {', '.join(missing)} column; restore it, or collect again")
+        if self.data["params"].ndim != 2 or self.data["params"].shape[-1] != self.layout.numel:
             raise DatasetError(
-                f"{root}: params have {self.data['params'].shape[-1]} columns, layout {self.layout.numel}"
+                f"{root}: params have shape {tuple(self.data['params'].shape)}, the layout {self.layout.numel} columns"
             )
+        _check_row_order(self.root, self.data["run"], self.data["step"])
         try:
             self.runs_meta: dict[str, Any] = read_runs_meta(self.root)
         except DatasetError as exc:  # metadata only: the checkpoints are still usable
