@@ -278,3 +278,21 @@ def test_large_batches_are_sampled_in_chunks_that_give_the_same_draws(average: i
     chunked = gen.sample(theta, m, prompt, steps=5, generator=torch.Generator().manual_seed(6), average=average)
     assert len(calls) == 3  # rows 0-2, 3-5, 6
     torch.testing.assert_close(chunked, whole)
+
+
+def test_the_raw_sampler_takes_numbers_for_the_metrics_and_refuses_what_it_cannot_use() -> None:
+    gen = _generator(True)
+    theta, m = _inits(12, b=2)
+    rows = gen.sample(theta, m, torch.tensor([300.0, 300.0]), steps=3, generator=torch.Generator().manual_seed(1))
+    numbers = gen.sample(theta.double(), m.tolist(), 300.0, steps=3, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(numbers, rows)  # a number stands for every row; float64 θ is read as float32
+    cases = [
+        ((theta[0], m, 300.0), rf"theta must be \(B, {D}\).*got \({D},\)"),
+        ((theta[:, :-1], m, 300.0), rf"theta must be \(B, {D}\)"),
+        ((theta, m[:1].expand(3), 300.0), r"metric must be one number or \(B,\) = \(2,\), got \(3,\)"),
+        ((theta, m, float("nan")), "prompt holds NaN"),
+        ((theta.clone().fill_(float("inf")), m, 300.0), "theta holds NaN or infinite"),
+    ]
+    for args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            gen.sample(*args, steps=3)

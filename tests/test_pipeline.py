@@ -899,6 +899,34 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     assert "(policy_000.zip)" in capsys.readouterr().out
 
 
+def test_generate_params_samples_in_memory_what_generate_writes(experiment, tmp_path):
+    from rl_gpt.generate import generate_params
+
+    model = experiment / "model"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in model.rglob("*"))
+    result = generate_params(model, [100, 400], num=2, seed=3, episodes=2)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in model.rglob("*")) == before  # nothing written
+    assert result.params.shape == (2, 2, result.layout.numel) and result.targets == [100.0, 400.0]
+    assert result.guidance == 2.0 and result.average == 1  # the model's own sweep settings
+    args = ["generate", "--model", str(model), "--target-return", "100", "400", "--num", "2", "--episodes", "2"]
+    assert main([*args, "--seed", "3", "--out", str(tmp_path / "g")]) == 0
+    written = read_sb3_file(tmp_path / "g" / "target_400" / "policy_001.zip").state
+    for name, tensor in result.layout.unflatten(result.params[1, 1]).items():
+        torch.testing.assert_close(written[name], tensor)
+    record = json.loads((tmp_path / "g" / "target_400" / "generated.json").read_text())
+    assert record["conditioned_on"] == pytest.approx(float(result.conditioned_on[1]))
+    # one's own network as the start: the random init given as a tensor gives the same draws
+    again = generate_params(model, 400, start=result.start, num=2, seed=3, episodes=2)
+    torch.testing.assert_close(again.params[0], result.params[1])
+    assert again.start_metric == result.start_metric
+    with pytest.raises(
+        ValueError, match=f"start has shape \\(3,\\); the model generates networks of {result.layout.numel}"
+    ):
+        generate_params(model, 400, start=torch.zeros(3))
+    with pytest.raises(ValueError, match="num=0"):
+        generate_params(model, 400, num=0)
+
+
 def test_generate_again_into_a_folder_removes_what_it_no_longer_lists(experiment, tmp_path, capsys):
     out = tmp_path / "again"
     base = ["generate", "--model", str(experiment / "model"), "--episodes", "2", "--out", str(out)]

@@ -8,6 +8,7 @@ import math
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset
 from rl_gpt.train.ranker import ranker_for
 
-__all__ = ["generate", "load_start"]
+__all__ = ["GeneratedParams", "generate", "generate_params", "load_start"]
 
 
 def _architecture(layout: dict[str, Any]) -> str:
@@ -116,6 +117,189 @@ def _refuse_a_training_init(ds: Any, info: dict[str, Any], theta: torch.Tensor, 
         )
 
 
+@dataclass
+class GeneratedParams:
+    """What :func:`generate_params` sampled, in memory: nothing of it is written to disk."""
+
+    #: (targets, num, D) raw flat parameters in ``layout`` (``layout.unflatten(params[j, k])``: a state dict)
+    params: torch.Tensor
+    targets: list[float]
+    #: (targets,) the prompts given to the generator: the targets, or the calibration's map of them
+    conditioned_on: torch.Tensor
+    #: (D,) the starting network θ, and its metric m as the dataset's labels were measured
+    start: torch.Tensor
+    start_metric: float
+    layout: Layout
+    #: the ranker's prediction for each kept candidate (targets, num), when ``rerank`` > 1
+    predicted: torch.Tensor | None
+    calibrated: bool
+    guidance: float
+    steps: int
+    average: int
+    rerank: int
+    training_range: tuple[float, float]
+
+
+def _start_tensor(start: torch.Tensor, layout: Layout) -> torch.Tensor:
+    theta = torch.as_tensor(start).detach().cpu()
+    if theta.shape != (layout.numel,):
+        raise ValueError(
+            f"start has shape {tuple(theta.shape)}; the model generates networks of {layout.numel} parameters: pass "
+            "one flat network (layout.flatten(state_dict) gives one from a state dict)"
+        )
+    if not theta.is_floating_point() or not torch.isfinite(theta).all():
+        raise ValueError("start holds non-finite (NaN/inf) or non-float values; pass a network's real weights")
+    return theta.float()
+
+
+def generate_params(
+    model_dir: str | Path,
+    target: float | Sequence[float],
+    start: torch.Tensor | str | Path | None = None,
+    *,
+    seed: int = 0,
+    num: int = 1,
+    guidance: float | None = None,
+    steps: int | None = None,
+    episodes: int = 16,
+    dataset: str | Path | None = None,
+    average: int | None = None,
+    calibrated: bool = True,
+    extrapolate: bool = False,
+    rerank: int | None = None,
+) -> GeneratedParams:
+    """Sample ``num`` networks per ``target`` from ``start``, as ``rl-gpt generate`` does, in memory.
+
+    ``start`` is one flat network (D,) in the model's layout, a file (an SB3 ``.zip``, or a classifier's
+    safetensors for supervised tasks), or None: the task's random initialiser at the sweep's unseen init
+    ``seed``. Its metric is measured as the dataset labelled its checkpoints (``episodes`` only where the
+    dataset does not say). The remaining settings are :func:`generate`'s; the defaults are the model's
+    own sweep settings and its calibration. Nothing is written, except that ``rerank`` > 1 fits the
+    model's ranker once and stores it beside the model.
+
+    This is what to call from Python: :meth:`ParameterGenerator.sample` is the raw sampler, without the
+    model's sampling settings, calibration or the start metric's protocol.
+    """
+    return _generate_params(
+        model_dir,
+        target,
+        start,
+        seed=seed,
+        num=num,
+        guidance=guidance,
+        steps=steps,
+        episodes=episodes,
+        dataset=dataset,
+        average=average,
+        calibrated=calibrated,
+        extrapolate=extrapolate,
+        rerank=rerank,
+    )[0]
+
+
+def _generate_params(
+    model_dir: str | Path,
+    target: float | Sequence[float],
+    start: torch.Tensor | str | Path | None,
+    *,
+    seed: int,
+    num: int,
+    guidance: float | None,
+    steps: int | None,
+    episodes: int,
+    dataset: str | Path | None,
+    average: int | None,
+    calibrated: bool,
+    extrapolate: bool,
+    rerank: int | None,
+) -> tuple[GeneratedParams, dict[str, Any], Any]:
+    """:func:`generate_params`, also returning the model's info and the dataset it opened."""
+    from rl_gpt.train.calibration import conditioning_prompts
+
+    targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
+    if not targets:
+        raise ValueError("no target given: pass one or more values to --target-return")
+    if not all(math.isfinite(t) for t in targets):
+        raise ValueError(f"targets must be finite numbers, got {', '.join(f'{t:g}' for t in targets)}")
+    if num < 1:
+        raise ValueError(f"num={num}: the number of networks per target, 1 or more")
+    gen, info = load_generator(model_dir)
+    check_fraction_targets(info["spec"].get("metric", {}).get("name"), targets)
+    low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
+    outside = [t for t in targets if not low <= t <= high]
+    if outside:
+        then = "conditioning on them as given" if extrapolate else "conditioning on the range's nearest end instead"
+        listed = ", ".join(f"{t:g}" for t in outside)
+        which = f"target {listed} lies" if len(outside) == 1 else f"targets [{listed}] lie"
+        warnings.warn(
+            f"{which} outside the range of the runs the model trained on "
+            f"[{low:.4g}, {high:.4g}] (held-out runs excluded), where the generator extrapolates poorly; {then}",
+            stacklevel=3,
+        )
+    if isinstance(start, torch.Tensor):
+        theta = _start_tensor(start, gen.layout)
+    else:
+        theta = load_start(info, None if start is None else str(start), seed)
+    ds = open_dataset(model_dir, info, dataset)
+    if start is None:
+        _refuse_a_training_init(ds, info, theta, seed)
+    config = info["meta"].get("config", {})
+    swept = config.get("sweep", {})
+    if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes
+        guidance = float(swept.get("guidance", config.get("train", {}).get("guidance", 1.0)))
+    if average is None:
+        average = int(swept.get("average", 1))
+    if steps is None:
+        steps = int(swept.get("steps", 20))
+    if rerank is None:
+        rerank = int(swept.get("rerank", 1))
+    ranker = None
+    if rerank > 1:
+        ranker = ranker_for(model_dir, ds, gen.layout, info["meta"]["train_runs"], info["meta"]["test_runs"])
+    runs = info["meta"]["train_runs"]
+    start_m = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
+    rows = len(targets) * num  # target j's networks are rows j*num ... (j+1)*num - 1
+    g = torch.Generator().manual_seed(seed)
+    bounds = None if extrapolate else (low, high)
+    cond, cal = conditioning_prompts(
+        model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds, rerank
+    )
+    # Each target starts from the same noise (the seed's), so its networks do not depend on which
+    # other targets the call asks for: `--target-return 300` alone gives what it gives among others.
+    per_target = num * rerank * average
+    noise = torch.randn((per_target, theta.numel()), generator=g).repeat(len(targets), 1)
+    params = gen.sample(
+        theta[None].expand(rows * rerank, -1),
+        start_m.expand(rows * rerank),
+        cond.repeat_interleave(num * rerank),
+        steps=steps,
+        guidance=guidance,
+        generator=g,
+        average=average,
+        x_T=noise.to(theta.device),
+    )
+    predicted = None
+    if ranker is not None:  # rows j*num*rerank ...: target j's num networks, each from rerank candidates
+        params, predicted = ranker.choose(params.reshape(rows, rerank, -1), cond.repeat_interleave(num).double())
+        predicted = ranker.within_range(predicted).reshape(len(targets), num)
+    result = GeneratedParams(
+        params=params.reshape(len(targets), num, -1),
+        targets=targets,
+        conditioned_on=cond,
+        start=theta,
+        start_metric=float(start_m[0]),
+        layout=gen.layout,
+        predicted=predicted,
+        calibrated=cal is not None,
+        guidance=guidance,
+        steps=steps,
+        average=average,
+        rerank=rerank,
+        training_range=(low, high),
+    )
+    return result, info, ds
+
+
 def generate(
     model_dir: str | Path,
     target: float | Sequence[float],
@@ -149,78 +333,39 @@ def generate(
     with these settings, the generator is conditioned on its map of ``target`` (``calibrated=False``:
     on ``target`` itself). A target outside the training data's metric range is conditioned on the
     range's nearest end, with a warning (``extrapolate=True``: on the target as given).
+    ``from_zip`` is the start network's file (an SB3 ``.zip``, or a classifier's safetensors).
+    :func:`generate_params` samples the same networks without writing them.
     """
     from rl_gpt.config import task_config
-    from rl_gpt.train.calibration import conditioning_prompts
 
-    targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
-    if not targets:
-        raise ValueError("no target given: pass one or more values to --target-return")
-    if not all(math.isfinite(t) for t in targets):
-        raise ValueError(f"targets must be finite numbers, got {', '.join(f'{t:g}' for t in targets)}")
-    gen, info = load_generator(model_dir)  # before creating out: a refused call leaves no empty folder
-    check_fraction_targets(info["spec"].get("metric", {}).get("name"), targets)
-    low, high = gen.normalizer.metric_low, gen.normalizer.metric_high
-    outside = [t for t in targets if not low <= t <= high]
-    if outside:
-        then = "conditioning on them as given" if extrapolate else "conditioning on the range's nearest end instead"
-        listed = ", ".join(f"{t:g}" for t in outside)
-        which = f"target {listed} lies" if len(outside) == 1 else f"targets [{listed}] lie"
-        warnings.warn(
-            f"{which} outside the range of the runs the model trained on "
-            f"[{low:.4g}, {high:.4g}] (held-out runs excluded), where the generator extrapolates poorly; {then}",
-            stacklevel=2,
-        )
-    theta = load_start(info, from_zip, seed)
-    ds = open_dataset(model_dir, info, dataset)
-    if from_zip is None:
-        _refuse_a_training_init(ds, info, theta, seed)
-    config = info["meta"].get("config", {})
-    swept = config.get("sweep", {})
-    if guidance is None:  # as the model's sweeps (and its calibration) sample; older files: as its probes
-        guidance = float(swept.get("guidance", config.get("train", {}).get("guidance", 1.0)))
-    if average is None:
-        average = int(swept.get("average", 1))
-    if steps is None:
-        steps = int(swept.get("steps", 20))
-    if rerank is None:
-        rerank = int(swept.get("rerank", 1))
-    ranker = None
-    if rerank > 1:  # fitted (once) before the output folder exists: a refused fit leaves nothing behind
-        ranker = ranker_for(model_dir, ds, gen.layout, info["meta"]["train_runs"], info["meta"]["test_runs"])
+    # Sampled before out is created: a refused call (a wrong file, a training run's init) leaves no empty folder.
+    result, info, ds = _generate_params(
+        model_dir,
+        target,
+        from_zip,
+        seed=seed,
+        num=num,
+        guidance=guidance,
+        steps=steps,
+        episodes=episodes,
+        dataset=dataset,
+        average=average,
+        calibrated=calibrated,
+        extrapolate=extrapolate,
+        rerank=rerank,
+    )
+    runs = info["meta"]["train_runs"]
+    targets, theta, cond = result.targets, result.start, result.conditioned_on
+    low, high = result.training_range
+    params = result.params.reshape(len(targets) * num, -1)
+    predicted = None if result.predicted is None else result.predicted.reshape(-1)
     out = ensure_report_dir(out)
     with exclusive_folder(out, "generate", "--out"):  # a second generate into the same folder is refused
         stale = _previous_outputs(out)
         start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
-        runs = info["meta"]["train_runs"]
-        start = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
         # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
         # and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
         start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 2, runs).mean[0])
-        rows = len(targets) * num  # target j's policies are rows j*num ... (j+1)*num - 1
-        g = torch.Generator().manual_seed(seed)
-        bounds = None if extrapolate else (low, high)
-        cond, cal = conditioning_prompts(
-            model_dir, torch.tensor(targets), guidance, steps, average, calibrated, bounds, rerank
-        )
-        # Each target starts from the same noise (the seed's), so its policies do not depend on which
-        # other targets the call asks for: `--target-return 300` alone gives what it gives among others.
-        per_target = num * rerank * average
-        noise = torch.randn((per_target, theta.numel()), generator=g).repeat(len(targets), 1)
-        params = gen.sample(
-            theta[None].expand(rows * rerank, -1),
-            start.expand(rows * rerank),
-            cond.repeat_interleave(num * rerank),
-            steps=steps,
-            guidance=guidance,
-            generator=g,
-            average=average,
-            x_T=noise.to(theta.device),
-        )
-        predicted = None
-        if ranker is not None:  # rows j*num*rerank ...: target j's num policies, each from rerank candidates
-            targets_rows = cond.repeat_interleave(num).double()
-            params, predicted = ranker.choose(params.reshape(rows, rerank, -1), targets_rows)
         task = task_config(info["spec"]["task"])
         both = None
         if task.kind == "supervised":  # both test metrics in one pass, as `rl-gpt evaluate` and sweeps report them
@@ -234,13 +379,13 @@ def generate(
             "task": task.name,
             "env_id": task.env_id,
             "metric": info["spec"]["metric"]["name"],
-            "calibrated": cal is not None,
+            "calibrated": result.calibrated,
             "training_range": [low, high],
             "extrapolate": extrapolate,
-            "guidance": guidance,
-            "steps": steps,
-            "average": average,
-            "rerank": rerank,
+            "guidance": result.guidance,
+            "steps": result.steps,
+            "average": result.average,
+            "rerank": result.rerank,
             "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
             # the rollouts' seed: `rl-gpt evaluate FILE --episodes E --seed S` measures a file alike
             "eval_seed": None if task.kind == "supervised" else seed + 2,
@@ -258,9 +403,9 @@ def generate(
         for j, t in enumerate(targets):
             folder = out if len(targets) == 1 else ensure_writable_dir(out / names[j])
             rows_j = slice(j * num, (j + 1) * num)
-            items = _export(task, gen.layout, params[rows_j], mean[rows_j], std[rows_j], folder, seed)
+            items = _export(task, result.layout, params[rows_j], mean[rows_j], std[rows_j], folder, seed)
             if predicted is not None:
-                for item, value in zip(items, ranker.within_range(predicted[rows_j]).tolist(), strict=True):
+                for item, value in zip(items, predicted[rows_j].tolist(), strict=True):
                     item["predicted_return"] = value  # the ranker's prediction for the kept candidate
             if both is not None:
                 for k, item in enumerate(items):

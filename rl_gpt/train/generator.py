@@ -152,6 +152,27 @@ class ParameterGenerator:
         return losses.mean(), extras
 
     # ------------------------------------------------------------------ sampling
+    def _checked_inputs(
+        self, theta: torch.Tensor, metric: torch.Tensor | float, prompt: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """θ (B, D) as float32; m and m' as (B,) float32 (a number stands for every row); all finite."""
+        d = self.layout.numel
+        if not isinstance(theta, torch.Tensor) or theta.ndim != 2 or theta.shape[1] != d:
+            shape = tuple(theta.shape) if isinstance(theta, torch.Tensor) else type(theta).__name__
+            raise ValueError(f"theta must be (B, {d}): a batch of flat networks in the model's layout, got {shape}")
+        b = theta.shape[0]
+        checked = [theta.float()]
+        for name, value in (("metric", metric), ("prompt", prompt)):
+            value = torch.as_tensor(value, dtype=torch.float32, device=theta.device)
+            value = value.expand(b) if value.ndim == 0 else value
+            if value.shape != (b,):
+                raise ValueError(f"{name} must be one number or (B,) = ({b},), got {tuple(value.shape)}")
+            checked.append(value)
+        for name, value in zip(("theta", "metric", "prompt"), checked, strict=True):
+            if not torch.isfinite(value).all():
+                raise ValueError(f"{name} holds NaN or infinite values")
+        return checked[0], checked[1], checked[2]
+
     @torch.no_grad()
     def sample(
         self,
@@ -176,9 +197,14 @@ class ParameterGenerator:
         ``x_T`` (B·average, D), row i's draws adjacent, is the starting noise; by default it is drawn
         from ``generator``. Large batches run in several calls (``SAMPLE_CHUNK_VALUES``) with the
         noise drawn for the whole batch first, so DDIM samples do not depend on the split.
+
+        This is the raw sampler: prompts are used as given (no calibration, no clamping to the training
+        range) and m must be measured as the dataset's labels were. ``rl_gpt.generate.generate_params``
+        does all of that with the model's own sampling settings.
         """
         if average < 1:
             raise ValueError(f"average={average}: the number of samples averaged per output, 1 or more")
+        theta, metric, prompt = self._checked_inputs(theta, metric, prompt)
         b, d = theta.shape
         rows = max(1, SAMPLE_CHUNK_VALUES // (average * d))
         if b > rows:
