@@ -171,6 +171,9 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     dataset = CheckpointDataset(out / "dataset")
     assert [r["test_loss"] for r in rows] == pytest.approx(dataset.data["test_loss"][:2].tolist(), abs=1e-5)
     assert [r["test_error"] for r in rows] == pytest.approx(dataset.data["test_error"][:2].tolist(), abs=1e-6)
+    assert [r["label_test_loss"] for r in rows] == dataset.data["test_loss"][:2].tolist()  # each row beside its label
+    label = float(dataset.data["test_loss"][1])
+    assert f"(label {label:.4f}, {100 * float(dataset.data['test_error'][1]):.2f}%)" in capsys.readouterr().out
 
     # A task.metric other than the data's is refused, not ignored: the model would learn test loss
     # while its config.yaml said test error, and a sweep would read its prompts in the wrong metric.

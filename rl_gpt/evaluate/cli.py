@@ -132,7 +132,8 @@ def evaluate_target(
         if ds.spec["task"].get("kind") == "supervised":
             params = ds.data["params"][idx].float().to(device)
             metrics = supervised_metric(ds.spec, params, data_root)
-            return _classifier_report(target, [f"row {int(i)}" for i in idx], metrics)
+            stored = {k: ds.data[k][idx] for k in ("test_loss", "test_error") if k in ds.data}
+            return _classifier_report(target, [f"row {int(i)}" for i in idx], metrics, stored)
         from rl_gpt.evaluate.dataset_metric import label_protocol
 
         label_episodes, label_seed = label_protocol(ds.spec, 10)
@@ -206,13 +207,21 @@ def _evaluate_classifier_file(target: str, dataset: str | None, data_root: str |
     return _classifier_report(target, [target], metrics)
 
 
-def _classifier_report(target: str, names: list[str], metrics: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Printable lines and the JSON record of classifiers' test loss and error."""
+def _classifier_report(
+    target: str, names: list[str], metrics: dict[str, torch.Tensor], labels: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
+    """Printable lines and the JSON record of classifiers' test loss and error, each dataset row beside
+    the values its collection stored (``labels``: ``test_loss``/``test_error`` columns)."""
     loss, error = metrics["test_loss"].tolist(), metrics["test_error"].tolist()
-    lines = [f"{n}: test loss {v:.4f}, test error {100 * e:.2f}%" for n, v, e in zip(names, loss, error)]
-    record = {
-        "target": target,
-        "split": "test",
-        "classifiers": [{"name": n, "test_loss": v, "test_error": e} for n, v, e in zip(names, loss, error)],
-    }
-    return {"text": "\n".join(lines), "json": record}
+    labels = labels or {}
+    lines, classifiers = [], []
+    for k, (n, v, e) in enumerate(zip(names, loss, error)):
+        item = {"name": n, "test_loss": v, "test_error": e}
+        line = f"{n}: test loss {v:.4f}, test error {100 * e:.2f}%"
+        if "test_loss" in labels and "test_error" in labels:
+            stored_loss, stored_error = float(labels["test_loss"][k]), float(labels["test_error"][k])
+            item |= {"label_test_loss": stored_loss, "label_test_error": stored_error}
+            line += f" (label {stored_loss:.4f}, {100 * stored_error:.2f}%)"
+        lines.append(line)
+        classifiers.append(item)
+    return {"text": "\n".join(lines), "json": {"target": target, "split": "test", "classifiers": classifiers}}

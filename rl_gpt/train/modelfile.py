@@ -242,7 +242,10 @@ def _warn_if_unfinished(directory: str | Path, info: dict[str, Any]) -> None:
 
 
 def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ParameterGenerator, dict]:
-    """Rebuild the generator from a model directory alone."""
+    """Rebuild the generator from a model directory alone: the :class:`ParameterGenerator` (its raw sampler
+    and loss) and the model's ``info``, ``model.json`` as read: ``layout`` and ``spec`` (the dataset's, as
+    the model trained on it), ``model`` (the denoiser's config), ``diffusion``, ``normalizer`` and
+    ``meta`` (the resolved ``config``, the ``step``, ``train_runs``/``test_runs`` and the ``dataset``)."""
     info = read_model_info(directory)
     layout = Layout.from_dict(info["layout"])
     config = ModelConfig.from_dict(info["model"])
