@@ -167,6 +167,7 @@ def generate_params(
     calibrated: bool = True,
     extrapolate: bool = False,
     rerank: int | None = None,
+    progress: bool = True,
 ) -> GeneratedParams:
     """Sample ``num`` networks per ``target`` from ``start``, as ``rl-gpt generate`` does, in memory.
 
@@ -175,7 +176,7 @@ def generate_params(
     ``seed``. Its metric is measured as the dataset labelled its checkpoints (``episodes`` only where the
     dataset does not say). The remaining settings are :func:`generate`'s; the defaults are the model's
     own sweep settings and its calibration. Nothing is written, except that ``rerank`` > 1 fits the
-    model's ranker once and stores it beside the model.
+    model's ranker once and stores it beside the model (saying so unless ``progress`` is False).
 
     This is what to call from Python: :meth:`ParameterGenerator.sample` is the raw sampler, without the
     model's sampling settings, calibration or the start metric's protocol.
@@ -194,6 +195,7 @@ def generate_params(
         calibrated=calibrated,
         extrapolate=extrapolate,
         rerank=rerank,
+        progress=progress,
     )[0]
 
 
@@ -212,6 +214,7 @@ def _generate_params(
     calibrated: bool,
     extrapolate: bool,
     rerank: int | None,
+    progress: bool = True,
 ) -> tuple[GeneratedParams, dict[str, Any], Any]:
     """:func:`generate_params`, also returning the model's info and the dataset it opened."""
     from rl_gpt.train.calibration import conditioning_prompts
@@ -255,7 +258,8 @@ def _generate_params(
         rerank = int(swept.get("rerank", 1))
     ranker = None
     if rerank > 1:
-        ranker = ranker_for(model_dir, ds, gen.layout, info["meta"]["train_runs"], info["meta"]["test_runs"])
+        split = info["meta"]["train_runs"], info["meta"]["test_runs"]
+        ranker = ranker_for(model_dir, ds, gen.layout, *split, say=print if progress else lambda _: None)
     runs = info["meta"]["train_runs"]
     start_m = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
     rows = len(targets) * num  # target j's networks are rows j*num ... (j+1)*num - 1
