@@ -424,6 +424,11 @@ def load_config(
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
     cfg = _build(ExperimentConfig, data, "")
+    if cfg.task.kind == "rl" and cfg.task.network:
+        raise ConfigError(
+            f"task.network: {cfg.task.network!r} names a classifier, but task.kind is rl (the default); add "
+            "task.kind: supervised for a classifier task, or drop task.network"
+        )
     _warn_if_sampled_over(cfg, overridden)
     return cfg
 

@@ -19,7 +19,7 @@ from rl_gpt.cli_data import add_data_parser, cmd_data
 from rl_gpt.collect.executor import _plan_jobs
 from rl_gpt.collect.supervised_run import plan_batches, resolve_hyperparams, supervised_spec
 from rl_gpt.config import ConfigError, load_config
-from rl_gpt.supervised import DownloadError, build_classifier, load_digits
+from rl_gpt.supervised import DownloadError, build_classifier, load_digits, train_classifier_run
 from rl_gpt.supervised.data import MNIST_FILES
 from rl_gpt.supervised.metric import supervised_metric
 
@@ -208,6 +208,10 @@ def test_a_cut_cifar_batch_is_refused_before_the_dataset_folder_is_made(tmp_path
         ("digits", ["task.metric=return"], "task.metric: 'return' is not one of test_loss, test_error"),
         ("digits", ["task.network=resnet"], "task.network: 'resnet' is not a classifier"),
         ("mnist", ["task.data_root=."], "MNIST file train-images-idx3-ubyte[.gz] not found"),  # a folder without it
+        ("digits", ["task.hyperparams.batch_size=2000"], "2000 is more than the 1437 training examples of digits"),
+        ("digits", ["collect.sample_hyperparams={batch_size: [64, 4096]}"], "4096 is more than the 1437 training"),
+        ("digits", ["task.env_id=iris"], "task.env_id: 'iris' is not the data set digits_mlp reads; set it to"),
+        ("digits", ["task.kind=rl"], "task.network: 'digits_mlp' names a classifier, but task.kind is rl"),
     ],
 )
 def test_bad_supervised_config_fails_fast_with_one_line(tmp_path, capsys, preset, args, message):
@@ -366,3 +370,44 @@ def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, 
     with pytest.warns(UserWarning, match="collect.timesteps=60 .* task.hyperparams.steps"):
         assert main(["collect", "digits", f"out={tmp_path}", "wandb.mode=disabled", "-q", *args]) == 0
     assert _load(tmp_path)[0]["step"].tolist() == [0, 2, 4]  # the run is as long as its hyperparams say
+
+
+def test_a_new_bundled_data_set_is_a_registry_entry_a_network_and_a_config(tmp_path, monkeypatch):
+    """How a contributor adds a task (docs/architecture.md): scikit-learn's iris, 3 classes, a 4-8-3 MLP."""
+    from sklearn.datasets import load_iris
+    from sklearn.model_selection import train_test_split
+
+    from rl_gpt.layout import LayerSpec
+    from rl_gpt.supervised import data, models
+
+    def load(root):
+        bunch = load_iris()
+        x_tr, x_te, y_tr, y_te = train_test_split(bunch.data.astype(np.float32), bunch.target, random_state=0)
+        return tuple(torch.as_tensor(a) for a in (x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)))
+
+    monkeypatch.setitem(data.DATASETS, "iris", data.DataSetInfo(load, True, 3, 112, "scikit-learn load_iris, raw"))
+    layers = (LayerSpec("fc1", None, "h0", "relu"), LayerSpec("fc2", "h0", None))
+    mlp = models.ClassifierSpec(lambda: models.MLPClassifier(4, 8, 3), "iris", (4,), layers)
+    monkeypatch.setitem(models.CLASSIFIERS, "iris_mlp", mlp)
+    task = ["task.network=iris_mlp", "task.env_id=iris", "task.hyperparams.batch_size=32", "runs=2", "workers=1"]
+    assert _collect(tmp_path, *task) == 0
+    td, spec = _load(tmp_path)
+    assert spec["policy"]["classes"] == 3 and spec["policy"]["preprocessing"] == "scikit-learn load_iris, raw"
+    assert spec["env_id"] == "iris" and td["params"].shape == (8, 4 * 8 + 8 + 8 * 3 + 3)
+    assert float(td["test_error"][-1]) < float(td["test_error"][0])  # it trained
+
+    # a network whose head is narrower than the labels is refused with the reason, not an index error
+    two = models.ClassifierSpec(lambda: models.MLPClassifier(4, 8, 2), "iris", (4,), layers)
+    monkeypatch.setitem(models.CLASSIFIERS, "iris_mlp", two)
+    with pytest.raises(ConfigError, match="iris_mlp predicts 2 classes, but iris has 3"):
+        supervised_spec(load_config("digits", task, command="collect"))
+    with pytest.raises(ValueError, match="predicts 2 classes, but the train labels run from 0 to 2"):
+        train_classifier_run("iris_mlp", *load(None), seed=0, steps=2, batch_size=8)
+
+
+def test_a_sampled_batch_size_is_a_whole_number_in_its_range():
+    cfg = load_config("digits", ["collect.sample_hyperparams={batch_size: [16, 256], lr: [0.01, 0.3]}"])
+    drawn = [resolve_hyperparams(cfg, run) for run in range(20)]
+    sizes = [hp["batch_size"] for hp in drawn]
+    assert all(isinstance(b, int) and 16 <= b <= 256 for b in sizes) and len(set(sizes)) > 10
+    assert not all(float(hp["lr"]).is_integer() for hp in drawn)  # a rate stays a real number

@@ -23,12 +23,14 @@ import rl_gpt.supervised.evaluate as supervised_evaluate
 import rl_gpt.supervised.train as supervised_train
 from rl_gpt.supervised import (
     CLASSIFIERS,
+    DATASETS,
     NPM_COPIES,
     SOURCES,
     ChecksumError,
     CorruptDataError,
     UnsafeArchiveError,
     build_classifier,
+    classifier_classes,
     classifier_layout,
     classifier_logits,
     download,
@@ -465,7 +467,7 @@ def test_batched_evaluation_matches_module_loop(name: str, cnn_path: str) -> Non
     n = 6 if name == "cifar_cnn" else 23
     params = random_params(name, 4).double()  # float64: the two paths must agree to rounding
     x = torch.randn(n, *INPUT_SHAPES[name], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    y = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(2))
+    y = torch.randint(0, classifier_classes(name), (n,), generator=torch.Generator().manual_seed(2))
     loss, error = evaluate_classifiers(params, classifier_layout(name), name, x, y, batch_size=4)
     for b in range(params.shape[0]):
         logits = module_logits(name, params[b], x)
@@ -571,3 +573,16 @@ def test_run_rejects_bad_arguments(digits: tuple[torch.Tensor, ...]) -> None:
         train_classifier_run("mnist_mlp", *digits, seed=0, steps=10)
     with pytest.raises(ValueError, match="optimizer"):
         train_classifier_run("digits_mlp", *digits, seed=0, steps=10, optimizer="lbfgs")
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_every_network_reads_a_registered_data_set_with_its_classes(name: str) -> None:
+    """What a new network or data set must agree on; the bundled sets are loaded and checked too."""
+    spec = CLASSIFIERS[name]
+    info = DATASETS[spec.dataset]
+    assert classifier_classes(name) == info.classes and info.preprocessing
+    if info.bundled:
+        x_train, y_train, x_test, y_test = load_dataset(spec.dataset)
+        assert tuple(x_train.shape[1:]) == spec.input_shape == tuple(x_test.shape[1:])
+        assert len(x_train) == info.train_size
+        assert int(torch.cat([y_train, y_test]).max()) == info.classes - 1

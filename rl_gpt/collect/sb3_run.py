@@ -86,12 +86,24 @@ def _schedule(value: Any) -> Any:
     return value
 
 
+#: Settings that count something (SB3's and supervised runs'): a draw of one is rounded to a whole number.
+_WHOLE_NUMBER_HYPERPARAMS = frozenset(
+    ("batch_size", "n_steps", "n_epochs", "buffer_size", "learning_starts", "train_freq", "gradient_steps")
+    + ("steps", "epochs")
+)
+
+
 def sample_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
-    """The run's hyperparameters: the task's, with ``collect.sample_hyperparams`` drawn log-uniformly."""
+    """The run's hyperparameters: the task's, with ``collect.sample_hyperparams`` drawn log-uniformly
+    (rounded for settings that count something, such as ``batch_size``, or that the task gives as a
+    whole number)."""
     params = dict(cfg.task.hyperparams)
     rng = random.Random(run_seed(cfg, run) * 7919 + 17)
     for key, (low, high) in sorted(cfg.collect.sample_hyperparams.items()):
-        params[key] = math.exp(rng.uniform(math.log(low), math.log(high)))
+        value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        given = params.get(key)
+        whole = key in _WHOLE_NUMBER_HYPERPARAMS or (isinstance(given, int) and not isinstance(given, bool))
+        params[key] = max(1, round(value)) if whole else value
     return params
 
 

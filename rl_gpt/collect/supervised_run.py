@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from rl_gpt.collect.sb3_run import RunResult, describe_versions, run_seed, sample_hyperparams
-from rl_gpt.config import CollectConfig, ConfigError, ExperimentConfig, to_dict
+from rl_gpt.config import CollectConfig, ConfigError, ExperimentConfig, TaskConfig, to_dict
 from rl_gpt.dataset import task_record
-from rl_gpt.supervised import CLASSIFIERS, classifier_layout, train_classifier_runs
-from rl_gpt.supervised.data import CorruptDataError, load_dataset_cached, require_files
+from rl_gpt.supervised import CLASSIFIERS, classifier_classes, classifier_layout, train_classifier_runs
+from rl_gpt.supervised.data import DATASETS, CorruptDataError, load_dataset_cached, require_files
 from rl_gpt.supervised.evaluate import loops_over_models
 from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
@@ -55,13 +55,6 @@ HYPERPARAMS = {
 }
 _TRAIN_EVAL_SIZE = 10_000  # train_loss is measured on this many training examples (the same subset every run)
 
-# How each data set's inputs are prepared (rl_gpt.supervised.data), so a reader of the spec can reproduce them.
-_PREPROCESSING = {
-    "digits": "scikit-learn load_digits, pixels / 16, stratified split 1437 train / 360 test (random_state 0)",
-    "mnist": "IDX files, pixels / 255, normalised with mean 0.1307 and std 0.3081, flattened to 784",
-    "cifar10": "binary batches, (N, 3, 32, 32), per-channel (x - (125.3, 123.0, 113.9)) / (63.0, 62.1, 66.7)",
-}
-
 
 # ---------------------------------------------------------------------------------------------- config checks
 def _network(cfg: ExperimentConfig) -> str:
@@ -80,7 +73,7 @@ def _check_task(cfg: ExperimentConfig, parse_files: bool = False) -> str:
         raise ConfigError(f"task.metric: {cfg.task.metric!r} is not one of {', '.join(SUPERVISED_METRICS)}")
     if cfg.task.higher_is_better:
         raise ConfigError(f"task.higher_is_better: {cfg.task.metric} is lower-is-better; set it to false")
-    if dataset != "digits":
+    if not DATASETS[dataset].bundled:
         root = cfg.task.data_root
         if not root:
             raise ConfigError(
@@ -99,7 +92,25 @@ def _check_task(cfg: ExperimentConfig, parse_files: bool = False) -> str:
         raise ConfigError(
             f"collect.checkpoint_every: expected a positive number of steps, got {cfg.collect.checkpoint_every}"
         )
-    resolve_hyperparams(cfg, 0)
+    network, info = _network(cfg), DATASETS[dataset]
+    if cfg.task.env_id not in (dataset, TaskConfig.env_id):  # the field's default: a config that left it out
+        raise ConfigError(
+            f"task.env_id: {cfg.task.env_id!r} is not the data set {network} reads; set it to {dataset!r} (what "
+            "the dataset's spec.json records as its env_id), or leave it out"
+        )
+    if classifier_classes(network) != info.classes:
+        raise ConfigError(
+            f"task.network: {network} predicts {classifier_classes(network)} classes, but {dataset} has "
+            f"{info.classes}: give its output layer one output per class"
+        )
+    hp = resolve_hyperparams(cfg, 0)
+    sampled = cfg.collect.sample_hyperparams.get("batch_size")
+    largest = max(hp["batch_size"], math.ceil(sampled[1]) if isinstance(sampled, (list, tuple)) else 0)
+    if largest > info.train_size:
+        raise ConfigError(
+            f"task.hyperparams.batch_size: {largest} is more than the {info.train_size} training examples of "
+            f"{dataset}; lower it"
+        )
     return dataset
 
 
@@ -299,8 +310,8 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "network": name,
             "dataset": dataset,
             "input_shape": list(spec.input_shape),
-            "classes": 10,
-            "preprocessing": _PREPROCESSING[dataset],
+            "classes": classifier_classes(name),
+            "preprocessing": DATASETS[dataset].preprocessing,
         },
         "layout": classifier_layout(name).to_dict(),
         "fields": {

@@ -11,7 +11,13 @@ from typing import Any
 
 import torch
 
-from rl_gpt.supervised import ClassifierFileError, classifier_test_metrics, read_classifier_file, supervised_metric
+from rl_gpt.supervised import (
+    DATASETS,
+    ClassifierFileError,
+    classifier_test_metrics,
+    read_classifier_file,
+    supervised_metric,
+)
 
 __all__ = ["evaluate_target"]
 
@@ -196,7 +202,7 @@ def _evaluate_classifier_file(target: str, dataset: str | None, data_root: str |
         data_root = data_root or spec["task"].get("data_root")
     file = read_classifier_file(target, network, name)
     root = data_root or file.data_root
-    if file.dataset != "digits" and not (root and Path(root).is_dir()):
+    if not DATASETS[file.dataset].bundled and not (root and Path(root).is_dir()):
         raise ClassifierFileError(
             f"{target} is tested on {file.dataset}, whose files are not at {root}; pass --data-root DIR"
             if root

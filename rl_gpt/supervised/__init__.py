@@ -4,6 +4,7 @@ and the dataset metric (test loss/error) of flat classifiers."""
 from rl_gpt.supervised.data import (
     DATASETS,
     CorruptDataError,
+    DataSetInfo,
     load_cifar10,
     load_dataset,
     load_dataset_cached,
@@ -15,7 +16,13 @@ from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
 from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
 from rl_gpt.supervised.files import ClassifierFile, ClassifierFileError, classifier_metadata, read_classifier_file
 from rl_gpt.supervised.metric import classifier_test_metrics, supervised_metric
-from rl_gpt.supervised.models import CLASSIFIERS, ClassifierSpec, build_classifier, classifier_layout
+from rl_gpt.supervised.models import (
+    CLASSIFIERS,
+    ClassifierSpec,
+    build_classifier,
+    classifier_classes,
+    classifier_layout,
+)
 from rl_gpt.supervised.npm_copy import NPM_COPIES, fetch_npm
 from rl_gpt.supervised.train import train_classifier_run, train_classifier_runs
 
@@ -29,9 +36,11 @@ __all__ = [
     "ClassifierFileError",
     "ClassifierSpec",
     "CorruptDataError",
+    "DataSetInfo",
     "DownloadError",
     "UnsafeArchiveError",
     "build_classifier",
+    "classifier_classes",
     "classifier_layout",
     "classifier_logits",
     "classifier_metadata",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import math
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -27,6 +29,7 @@ __all__ = [
     "MNIST_MEAN",
     "MNIST_STD",
     "CorruptDataError",
+    "DataSetInfo",
     "load_cifar10",
     "load_dataset",
     "load_dataset_cached",
@@ -38,7 +41,6 @@ __all__ = [
 
 Split = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
-DATASETS = ("digits", "mnist", "cifar10")
 
 #: The four MNIST IDX files (uncompressed names; a ``.gz`` sibling is read as well).
 MNIST_FILES = {
@@ -216,15 +218,52 @@ def require_files(name: str, root: str | Path, parse: bool = False) -> None:
             _read_cifar_batch(path, root)
 
 
+@dataclass(frozen=True)
+class DataSetInfo:
+    """A data set as the rest of rl_gpt sees it. Adding one is an entry in :data:`DATASETS` (and, for
+    files to download, ``require_files`` and a ``fetch.SOURCES`` entry), then a network in
+    ``models.CLASSIFIERS`` that reads it and a preset in ``configs/``."""
+
+    load: Callable[[Path | None], Split]  # (x_train, y_train, x_test, y_test) from task.data_root
+    bundled: bool  # ships with an installed package: no task.data_root, nothing to fetch
+    classes: int  # labels are 0 ... classes - 1
+    train_size: int  # training examples the loader returns (a run's batch_size may not exceed it)
+    preprocessing: str  # what the loader does to the raw data, as a dataset's spec.json records it
+
+
+DATASETS: dict[str, DataSetInfo] = {
+    "digits": DataSetInfo(
+        lambda root: load_digits(),
+        bundled=True,
+        classes=10,
+        train_size=1797 - _DIGITS_TEST_SIZE,
+        preprocessing="scikit-learn load_digits, pixels / 16, stratified split 1437 train / 360 test (random_state 0)",
+    ),
+    "mnist": DataSetInfo(
+        load_mnist,
+        bundled=False,
+        classes=10,
+        train_size=60_000,
+        preprocessing="IDX files, pixels / 255, normalised with mean 0.1307 and std 0.3081, flattened to 784",
+    ),
+    "cifar10": DataSetInfo(
+        load_cifar10,
+        bundled=False,
+        classes=10,
+        train_size=50_000,
+        preprocessing="binary batches, (N, 3, 32, 32), per-channel (x - (125.3, 123.0, 113.9)) / (63.0, 62.1, 66.7)",
+    ),
+}
+
+
 def load_dataset(name: str, root: str | Path | None = None) -> Split:
     """Load ``name`` (one of DATASETS); ``root`` is required for the downloaded sets."""
-    if name == "digits":
-        return load_digits()
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
-    if root is None:
+    info = DATASETS[name]
+    if root is None and not info.bundled:
         raise ValueError(f"dataset {name!r} needs a data root; fetch it with `rl-gpt data fetch {name} --root DIR`")
-    return load_mnist(root) if name == "mnist" else load_cifar10(root)
+    return info.load(None if root is None else Path(root))
 
 
 @cache

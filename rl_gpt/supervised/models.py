@@ -23,6 +23,7 @@ __all__ = [
     "ConvClassifier",
     "MLPClassifier",
     "build_classifier",
+    "classifier_classes",
     "classifier_layout",
 ]
 
@@ -99,3 +100,10 @@ def classifier_layout(name: str) -> Layout:
     with torch.device("meta"):  # shapes only: no memory, no RNG draws
         model = spec.make()
     return Layout.build(model.state_dict(), spec.layers)
+
+
+def classifier_classes(name: str) -> int:
+    """How many classes ``name`` predicts: its output layer's out features (the data set's labels must fit)."""
+    head = next(layer for layer in _spec(name).layers if layer.out_group is None)
+    shapes = {p.name: p.shape for p in classifier_layout(name).params}
+    return shapes[f"{head.prefix}.weight"][0]

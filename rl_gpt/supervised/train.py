@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from rl_gpt.layout import Layout
 from rl_gpt.supervised.evaluate import cross_entropy, evaluate_classifiers, loops_over_models
-from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_layout
+from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_classes, classifier_layout
 from rl_gpt.threads import torch_threads
 
 __all__ = ["OPTIMIZERS", "train_classifier_run", "train_classifier_runs"]
@@ -114,11 +114,17 @@ def _plan(
     layout = classifier_layout(name)  # rejects unknown names
     spec = CLASSIFIERS[name]
     x_train, y_train, x_test, y_test = data
+    classes = classifier_classes(name)
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if tuple(x.shape[1:]) != spec.input_shape or x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"{name} expects {split} inputs (N, {', '.join(map(str, spec.input_shape))}) with N labels, "
                 f"got x {tuple(x.shape)} and y {tuple(y.shape)}; load them with load_dataset({spec.dataset!r})"
+            )
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= classes):
+            raise ValueError(
+                f"{name} predicts {classes} classes, but the {split} labels run from {int(y.min())} to "
+                f"{int(y.max())}: its output layer needs one output per class"
             )
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule={lr_schedule!r}: choose one of {list(LR_SCHEDULES)}")
