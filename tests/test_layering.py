@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,31 @@ def test_every_room_imports_only_the_rooms_below_it() -> None:
         above = _imported_rooms(path) - ALLOWED[room] - {room}
         bad += [f"{path.relative_to(PACKAGE)} imports rl_gpt.{r}" for r in sorted(above)]
     assert not bad, "imports against docs/architecture.md's layering:\n" + "\n".join(bad)
+
+
+def _documented_imports() -> dict[str, set[str]]:
+    """docs/architecture.md's table: each room's "imports" column as room names (parenthesised words
+    are reasons, not rooms)."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    rooms = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`rl_gpt/"):
+            continue
+        names = {
+            p.removeprefix("rl_gpt/").split("/")[0].removesuffix(".py") for p in re.findall(r"`([^`]+)`", cells[0])
+        }
+        words = set(re.findall(r"[a-z_0-9]+", re.sub(r"\([^)]*\)", "", cells[2])))
+        for name in names:
+            rooms[name] = words & (set(ALLOWED) | ENTRY_POINTS)
+    return rooms
+
+
+def test_the_architecture_doc_names_exactly_the_imports_the_test_allows() -> None:
+    documented = _documented_imports()
+    assert set(documented) == set(ALLOWED) | ENTRY_POINTS, "rooms missing from or extra in docs/architecture.md"
+    differ = {room: (documented[room], allowed) for room, allowed in ALLOWED.items() if documented[room] != allowed}
+    assert not differ, f"docs/architecture.md's imports column against ALLOWED: {differ}"
 
 
 # A fresh interpreter per module: catches import cycles that only show in one import order, and
