@@ -825,6 +825,11 @@ def test_generate_from_an_incompatible_policy_is_refused(experiment, tmp_path, c
     )
     assert code == 2
     assert "is a ppo policy (4->8 tanh, 8->2); the model generates ppo actors (4->" in capsys.readouterr().err
+    for start, said in ((experiment / "dataset", "is a folder"), (tmp_path / "none.zip", "does not exist")):
+        args = ["generate", "--model", str(experiment / "model"), "--target-return", "300", "--from", str(start)]
+        assert main([*args, "--out", str(tmp_path / "g")]) == 2
+        assert f"--from {start} {said}; pass an SB3 policy .zip to start from" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
 
 
 def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path):

@@ -71,6 +71,10 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
     task = task_config(info["spec"]["task"])
     if from_zip is None:
         return random_inits(task, 1, init_seed(info, seed))[0]
+    kind = "a classifier's .safetensors" if task.kind == "supervised" else "an SB3 policy .zip"
+    if not Path(from_zip).is_file():
+        what = "is a folder" if Path(from_zip).is_dir() else "does not exist"
+        raise ModelFileError(f"--from {from_zip} {what}; pass {kind} to start from (or --random-init)")
     if task.kind == "supervised":  # a classifier's safetensors, e.g. one generate wrote (re-prompting it)
         from rl_gpt.supervised.files import read_classifier_file
 
