@@ -1,8 +1,14 @@
 """rl_gpt: generative models of neural-network checkpoints."""
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
-try:
-    __version__ = version("rl_gpt")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":  # looked up on demand: importlib.metadata costs every command ~60 ms to import
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("rl_gpt")
+        except PackageNotFoundError:  # a source tree that was never installed
+            return "0+unknown"
+    raise AttributeError(f"module 'rl_gpt' has no attribute {name!r}")

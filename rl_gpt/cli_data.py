@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rl_gpt.supervised.fetch import SOURCES
+
 __all__ = ["add_data_parser", "cmd_data"]
 
-_FETCHABLE = ("mnist", "cifar10")  # rl_gpt.supervised.SOURCES; digits ships with scikit-learn
+_FETCHABLE = tuple(SOURCES)  # the data sets with files to download; digits ships with scikit-learn
 
 
 def add_data_parser(sub: Any) -> argparse.ArgumentParser:

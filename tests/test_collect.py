@@ -20,7 +20,7 @@ from tensordict import TensorDict
 
 from rl_gpt.cli import main
 from rl_gpt.collect.sb3_run import build_model
-from rl_gpt.config import load_config
+from rl_gpt.config import load_config, to_dict
 
 TINY = ["wandb.mode=disabled", "collect.eval_episodes=2", "-q"]
 
@@ -402,3 +402,24 @@ def test_an_environment_a_module_registers_is_named_module_colon_id(tmp_path, mo
     check_env_id("own_envs_for_test:OwnCartPole-v0")  # imported, then found registered
     with pytest.raises(ConfigError, match="unknown Gymnasium environment 'OwnCartpole-v0'"):
         check_env_id("own_envs_for_test:OwnCartpole-v0")
+
+
+def test_generate_starts_from_a_policy_file_of_an_environment_a_module_registers(tmp_path, monkeypatch):
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.dataset import task_record
+    from rl_gpt.generate.run import load_start
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+
+    (tmp_path / "own_envs_for_generate.py").write_text(
+        "import gymnasium as gym\n"
+        "from gymnasium.envs.classic_control.cartpole import CartPoleEnv\n"
+        "gym.register('OwnCartPoleGen-v0', entry_point=CartPoleEnv, max_episode_steps=100)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = load_config("cartpole", ["task.env_id=own_envs_for_generate:OwnCartPoleGen-v0"], command="generate")
+    model = build_model(cfg.task, seed=3)
+    model.save(tmp_path / "mine.zip")
+    layout = actor_layout(model.policy, "ppo")
+    info = {"spec": {"task": task_record(to_dict(cfg.task))}, "layout": layout.to_dict()}
+    start = load_start(info, str(tmp_path / "mine.zip"), 0)  # was refused: "module:Env" would import a module
+    torch.testing.assert_close(start, read_actor(model.policy, layout))

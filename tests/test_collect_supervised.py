@@ -411,3 +411,7 @@ def test_a_sampled_batch_size_is_a_whole_number_in_its_range():
     sizes = [hp["batch_size"] for hp in drawn]
     assert all(isinstance(b, int) and 16 <= b <= 256 for b in sizes) and len(set(sizes)) > 10
     assert not all(float(hp["lr"]).is_integer() for hp in drawn)  # a rate stays a real number
+    decay = load_config(
+        "digits", ["task.hyperparams.weight_decay=0", "collect.sample_hyperparams={weight_decay: [1e-5, 1e-3]}"]
+    )
+    assert all(1e-5 <= resolve_hyperparams(decay, run)["weight_decay"] <= 1e-3 for run in range(5))  # given as 0

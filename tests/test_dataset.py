@@ -386,3 +386,14 @@ def test_rows_of_a_run_out_of_step_order_are_refused(tmp_path):
     other = _consolidated(tmp_path / "b")
     _rewritten(other, [4, 5, 6, 7, 0, 1, 2, 3])  # runs in another order is fine: each is one block
     assert CheckpointDataset(other).run_slices() == {1: slice(0, 4), 0: slice(4, 8)}
+
+
+def test_an_empty_column_reads_as_empty(tmp_path):
+    root = _consolidated(tmp_path)
+    td = TensorDict.load_memmap(root / "data", allow_pickle=False).clone()
+    td["extra"] = torch.zeros(8, 0)  # tensordict writes no file for it
+    import shutil
+
+    shutil.rmtree(root / "data")
+    td.memmap(root / "data")
+    assert CheckpointDataset(root).data["extra"].shape == (8, 0)

@@ -849,13 +849,15 @@ def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path)
     assert len({tuple(r) for r in returns}) > 1  # other seeds give other start states: the check can fail
 
 
-def test_a_generate_or_sweep_into_a_folder_in_use_is_refused(experiment, tmp_path, capsys):
+def test_a_generate_or_sweep_into_a_folder_in_use_is_refused(experiment, tmp_path, capsys, monkeypatch):
     from rl_gpt.io import exclusive_folder
+    from rl_gpt.train.generator import ParameterGenerator
 
     out = tmp_path / "busy"
     out.mkdir()
     (out / "mine.txt").write_text("kept")
-    with exclusive_folder(out, "generate"):  # another generate still writing there
+    with exclusive_folder(out, "generate"), monkeypatch.context() as patch:  # another generate still writing there
+        patch.setattr(ParameterGenerator, "sample", lambda *a, **k: pytest.fail("sampled before --out was checked"))
         args = ["generate", "--model", str(experiment / "model"), "--target-return", "100", "--out", str(out)]
         assert main(args) == 2
         assert "is being written by another process" in capsys.readouterr().err

@@ -95,15 +95,12 @@ _WHOLE_NUMBER_HYPERPARAMS = frozenset(
 
 def sample_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     """The run's hyperparameters: the task's, with ``collect.sample_hyperparams`` drawn log-uniformly
-    (rounded for settings that count something, such as ``batch_size``, or that the task gives as a
-    whole number)."""
+    (rounded for the settings that count something, :data:`_WHOLE_NUMBER_HYPERPARAMS`)."""
     params = dict(cfg.task.hyperparams)
     rng = random.Random(run_seed(cfg, run) * 7919 + 17)
     for key, (low, high) in sorted(cfg.collect.sample_hyperparams.items()):
         value = math.exp(rng.uniform(math.log(low), math.log(high)))
-        given = params.get(key)
-        whole = key in _WHOLE_NUMBER_HYPERPARAMS or (isinstance(given, int) and not isinstance(given, bool))
-        params[key] = max(1, round(value)) if whole else value
+        params[key] = max(1, round(value)) if key in _WHOLE_NUMBER_HYPERPARAMS else value
     return params
 
 

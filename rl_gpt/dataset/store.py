@@ -89,7 +89,9 @@ def load_checked(folder: Path) -> TensorDict:
       tensorclass entry names a Python type to import: either can run code, so a dataset holding one
       is refused, not opened.
     - Each column is mapped copy-on-write: rows read lazily from disk, and writing to a tensor (an
-      in-place normalisation in a notebook) changes memory only, never the dataset's files.
+      in-place normalisation in a notebook) changes memory only, never the dataset's files. The
+      tensors are not tensordict's memmaps: pickled to another process they are copied, so workers
+      are given the dataset's path, not its tensors.
     - Every column's file must hold the bytes ``meta.json`` says. Mapping a short file would read past
       its end: a truncated dataset (a disk that filled, a partial copy) must not load as rows of zeros.
     """
@@ -138,6 +140,8 @@ def _is_row_shape(shape: Any) -> bool:
 def _map_column(path: Path, dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
     """The column's file mapped copy-on-write (``shared=False``): read lazily, never written."""
     want = math.prod(shape) * dtype.itemsize
+    if want == 0:  # tensordict writes no file for an empty column
+        return torch.empty(shape, dtype=dtype)
     have = path.stat().st_size if path.is_file() else None
     if have is None or have < want:
         what = "is missing" if have is None else f"holds {have} of its {want} bytes"
@@ -145,8 +149,6 @@ def _map_column(path: Path, dtype: torch.dtype, shape: list[int]) -> torch.Tenso
             f"{path} {what}: the dataset is damaged (a full disk or a partial copy?); restore it, or "
             "collect again into a new folder"
         )
-    if want == 0:
-        return torch.empty(shape, dtype=dtype)
     return torch.from_file(str(path), shared=False, size=math.prod(shape), dtype=dtype).view(shape)
 
 

@@ -7,7 +7,7 @@ import json
 import math
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,14 @@ def load_start(info: dict[str, Any], from_zip: str | None, seed: int) -> torch.T
         return classifier.params
     from rl_gpt.evaluate import load_sb3_policy
 
+    env_id = task.env_id
+    if ":" in env_id:  # the model's own config names a module that registers its env: import it, as collect did
+        from rl_gpt.collect.sb3_run import check_env_id
+
+        check_env_id(env_id)
+        env_id = env_id.partition(":")[2]
     try:  # read without unpickling: the file may come from anyone
-        file, _, policy = load_sb3_policy(from_zip, env_id=task.env_id)
+        file, _, policy = load_sb3_policy(from_zip, env_id=env_id)
     except ValueError as err:
         raise ModelFileError(f"{err} (the model generates {task.algo} actors for {task.env_id})") from err
     algo = file.algo
@@ -144,7 +150,7 @@ class GeneratedParams:
     training_range: tuple[float, float]
 
 
-def _start_tensor(start: torch.Tensor, layout: Layout) -> torch.Tensor:
+def _start_tensor(start: Any, layout: Layout) -> torch.Tensor:
     theta = torch.as_tensor(start).detach().cpu()
     if theta.shape != (layout.numel,):
         raise ValueError(
@@ -219,8 +225,11 @@ def _generate_params(
     extrapolate: bool,
     rerank: int | None,
     progress: bool = True,
+    before_sampling: Callable[[], Any] | None = None,
 ) -> tuple[GeneratedParams, dict[str, Any], Any]:
-    """:func:`generate_params`, also returning the model's info and the dataset it opened."""
+    """:func:`generate_params`, also returning the model's info and the dataset it opened.
+    ``before_sampling`` runs once every check has passed, before the slow part (the start's metric
+    and the sampling): where ``generate`` claims its output folder."""
     from rl_gpt.train.calibration import conditioning_prompts
 
     targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
@@ -243,10 +252,10 @@ def _generate_params(
             f"[{low:.4g}, {high:.4g}] (held-out runs excluded), where the generator extrapolates poorly; {then}",
             stacklevel=3,
         )
-    if isinstance(start, torch.Tensor):
-        theta = _start_tensor(start, gen.layout)
-    else:
+    if start is None or isinstance(start, (str, Path)):
         theta = load_start(info, None if start is None else str(start), seed)
+    else:  # a network's weights: a tensor, a numpy array
+        theta = _start_tensor(start, gen.layout)
     ds = open_dataset(model_dir, info, dataset)
     if start is None:
         _refuse_a_training_init(ds, info, theta, seed)
@@ -264,6 +273,8 @@ def _generate_params(
     if rerank > 1:
         split = info["meta"]["train_runs"], info["meta"]["test_runs"]
         ranker = ranker_for(model_dir, ds, gen.layout, *split, say=print if progress else lambda _: None)
+    if before_sampling is not None:
+        before_sampling()
     runs = info["meta"]["train_runs"]
     start_m = start_metric(ds, theta[None], runs, episodes).float()  # as the training labels were measured
     rows = len(targets) * num  # target j's networks are rows j*num ... (j+1)*num - 1
@@ -346,29 +357,36 @@ def generate(
     """
     from rl_gpt.config import task_config
 
-    # Sampled before out is created: a refused call (a wrong file, a training run's init) leaves no empty folder.
-    result, info, ds = _generate_params(
-        model_dir,
-        target,
-        from_zip,
-        seed=seed,
-        num=num,
-        guidance=guidance,
-        steps=steps,
-        episodes=episodes,
-        dataset=dataset,
-        average=average,
-        calibrated=calibrated,
-        extrapolate=extrapolate,
-        rerank=rerank,
-    )
-    runs = info["meta"]["train_runs"]
-    targets, theta, cond = result.targets, result.start, result.conditioned_on
-    low, high = result.training_range
-    params = result.params.reshape(len(targets) * num, -1)
-    predicted = None if result.predicted is None else result.predicted.reshape(-1)
-    out = ensure_report_dir(out)
-    with exclusive_folder(out, "generate", "--out"):  # a second generate into the same folder is refused
+    claimed = contextlib.ExitStack()
+
+    def claim_out() -> None:  # after the checks (a refused call leaves no empty folder), before the slow part
+        nonlocal out
+        out = ensure_report_dir(out)
+        claimed.enter_context(exclusive_folder(out, "generate", "--out"))  # a second generate here is refused
+
+    with claimed:
+        result, info, ds = _generate_params(
+            model_dir,
+            target,
+            from_zip,
+            seed=seed,
+            num=num,
+            guidance=guidance,
+            steps=steps,
+            episodes=episodes,
+            dataset=dataset,
+            average=average,
+            calibrated=calibrated,
+            extrapolate=extrapolate,
+            rerank=rerank,
+            before_sampling=claim_out,
+        )
+        out = Path(out)
+        runs = info["meta"]["train_runs"]
+        targets, theta, cond = result.targets, result.start, result.conditioned_on
+        low, high = result.training_range
+        params = result.params.reshape(len(targets) * num, -1)
+        predicted = None if result.predicted is None else result.predicted.reshape(-1)
         stale = _previous_outputs(out)
         start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
         # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
