@@ -250,11 +250,13 @@ def test_a_config_whose_policy_differs_from_the_datasets_is_refused(experiment, 
 def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     out = tmp_path / "resume"
     shutil.copytree(experiment / "dataset", out / "dataset")
-    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", *TINY_MODEL, *QUIET]
+    args = ["train", "cartpole", f"out={out}", "train.ckpt_every=10", "train.warmup=2", *TINY_MODEL, *QUIET]
     assert main([*args, "steps=10"]) == 0
     saved_ema = load_file(str(out / "model" / "model.safetensors"))
-    # a later call with more steps continues from step 10 (the "interrupted" run) rather than restarting
-    assert main([*args, "steps=20"]) == 0
+    # a later call with more steps continues from step 10 (the "interrupted" run) rather than restarting,
+    # and says that the learning rate's schedule, recomputed over 20 steps, jumps back up
+    with pytest.warns(UserWarning, match=r"train.steps 10 -> 20: .* at step 10 it goes from 0.0001 to 0.000[56]"):
+        assert main([*args, "steps=20"]) == 0
     state = json.loads((out / "model" / "train_state" / "state.json").read_text())
     assert state["step"] == 20
     # the loss curve goes on where the first call stopped (train.log_every=5), and is drawn

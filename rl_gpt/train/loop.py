@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -61,6 +62,21 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _warn_if_schedule_restarts(state_dir: Path, tc: TrainConfig, step: int, main_proc: bool) -> None:
+    """A resume with another ``train.steps`` recomputes the cosine over the new length: the learning rate
+    jumps (a warm restart), and the model is neither the shorter run continued nor the longer run."""
+    saved = json.loads((state_dir / "state.json").read_text()).get("config", {}).get("steps")
+    if not main_proc or not isinstance(saved, int) or saved == tc.steps or step <= tc.warmup:
+        return
+    before, after = lr_at(step, dataclasses.replace(tc, steps=saved)), lr_at(step, tc)
+    warnings.warn(
+        f"train.steps {saved} -> {tc.steps}: the learning rate's cosine is recomputed over {tc.steps} steps, so at "
+        f"step {step} it goes from {before:.3g} to {after:.3g} (a warm restart, which the training plot shows); "
+        f"--restart trains {tc.steps} steps from the start instead",
+        stacklevel=3,
+    )
 
 
 @torch.no_grad()
@@ -246,6 +262,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             return out
         if main_proc and progress:
             print(f"resuming from step {step}")
+        _warn_if_schedule_restarts(resume_from, tc, step, main_proc)
     history = read_history(resume_from, step) if step else []
     if tc.warmup > tc.steps and main_proc:  # (after "nothing to do": a finished run is not warned again)
         warnings.warn(
