@@ -420,6 +420,7 @@ def load_config(
             value = raw
         if default_task:
             _seed_default_mapping(data, key.split("."))
+        _warn_if_mapping_replaced(key, _get_path(data, key.split(".")), value)
         _set_path(data, key.split("."), value)
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
@@ -655,6 +656,34 @@ def _seed_default_mapping(data: dict, keys: list[str]) -> None:
         if typing.get_origin(tp) is dict and key not in data and factory is not dataclasses.MISSING:
             data[key] = factory()  # a fresh copy of the default
         return
+
+
+def _get_path(data: Any, keys: list[str]) -> Any:
+    for k in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(k)
+    return data
+
+
+def _warn_if_mapping_replaced(key: str, old: Any, new: Any) -> None:
+    """``key={a: 1}`` replaces the whole mapping (``{}`` clears it, on purpose): say which of the keys it
+    had are gone, since ``key.a=1`` is what changes one field."""
+    if not (isinstance(old, dict) and isinstance(new, dict) and new):
+        return
+    dropped = [k for k in old if k not in new]
+    if dropped:
+        listed = ", ".join(f"{k}: {_scalar_text(old[k])}" for k in dropped)
+        warnings.warn(
+            f"{key}={{...}} replaces the whole mapping, dropping {listed}; to change single fields write "
+            f"{key}.FIELD=VALUE (e.g. {key}.{next(iter(new))}=...)",
+            stacklevel=3,
+        )
+
+
+def _scalar_text(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 30 else text[:27] + "..."
 
 
 def _set_path(data: dict, keys: list[str], value: Any) -> None:

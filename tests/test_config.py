@@ -336,3 +336,13 @@ def test_a_hyperparameter_the_collection_samples_anew_is_said_to_be_unused():
         warnings.simplefilter("error")
         assert load_config("digits", ["task.hyperparams.lr=0.01", "collect.sample_hyperparams={}"])
         load_config("digits")  # the preset's own lr is the default the sampling replaces: nothing to say
+
+
+def test_a_mapping_given_whole_says_which_fields_it_drops():
+    with pytest.warns(UserWarning, match=r"replaces the whole mapping, dropping heads: 4, depth: 2, metric_frequency"):
+        cfg = load_config("digits", ["train.model_overrides={width: 64}"], command="train")
+    assert cfg.train.model_overrides == {"width": 64}  # replaced, as said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one field, or a mapping cleared on purpose: nothing to say
+        assert load_config("digits", ["train.model_overrides.width=64"]).train.model_overrides["depth"] == 2
+        assert load_config("digits", ["collect.sample_hyperparams={}"]).collect.sample_hyperparams == {}
