@@ -91,7 +91,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         from rl_gpt.demo import format_table
         from rl_gpt.sweep.compare import load_report
 
-        print(format_table(load_report(folder)))
+        report = load_report(folder)
+        print(format_table(report) + "\n" + _sweep_settings(report))
         return
     if folder.is_file() and folder.name in ("spec.json", "model.json"):
         folder = folder.parent  # the file that marks what the folder holds
@@ -108,7 +109,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
         from rl_gpt.demo import format_table
         from rl_gpt.sweep.compare import load_report
 
-        parts = [format_table(load_report(folder))]
+        report = load_report(folder)
+        parts = [format_table(report) + "\n" + _sweep_settings(report)]
     else:  # an experiment folder: its dataset, its model and its sweeps; else the folder as a dataset
         dataset, model = folder / "dataset", folder / "model"
         parts = [describe(dataset, show_spec=args.spec)] if (dataset / "spec.json").is_file() else []
@@ -164,7 +166,32 @@ def _sweep_line(path: Path) -> str:
     k, p = len(r["r2_per_init"]), len(r["prompts"])
     one = r.get("one_step", {}).get("mean_return", float("nan"))
     r2 = r.get("prompt_alignment_r2", float("nan"))
-    return f"sweep {path}: R2 {r2:.3f}, one-step {one:.4g} ({k} inits x {p} prompts)"
+    return f"sweep {path}: R2 {r2:.3f}, one-step {one:.4g} ({k} inits x {p} prompts)\n" + _sweep_settings(r)
+
+
+def _sweep_settings(r: dict) -> str:
+    """How a sweep drew and scored its networks, and whether the model it swept has been saved again since."""
+    from rl_gpt.io import SAVE_ID
+    from rl_gpt.sweep.compare import measurement_settings
+
+    m = measurement_settings(r)
+    prompts = [float(v) for v in r["prompts"]]
+    text = (
+        f"  guidance {m['guidance']}, {m['sampling steps']} sampling steps, mean of {m['average']}, "
+        f"rerank {m['rerank']}, {'calibrated' if m['calibrated'] else 'not calibrated'}, prompts "
+        f"{min(prompts):.4g} to {max(prompts):.4g}"
+    )
+    if r.get("model_step") is not None:
+        text += f", the model at step {r['model_step']}"
+    try:
+        now = json.loads((Path(str(r.get("model"))) / "model.json").read_text())
+    except (OSError, ValueError):
+        return text
+    swept = r.get("model_save_id")
+    if isinstance(swept, str) and isinstance(now, dict) and now.get(SAVE_ID) not in (None, swept):
+        step = (now.get("meta") or {}).get("step")
+        text += f"\n  the model has been saved again since (now at step {step}): these numbers are not its; sweep again"
+    return text
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -259,6 +286,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     out = args.out or str(beside / "sweep")
     existed, report_file = Path(out).exists(), Path(out) / "report.json"
     before = report_file.stat().st_mtime_ns if report_file.exists() else None
+    if before is not None and not args.quiet:  # said first: a researcher may want to keep it (--out elsewhere)
+        print(f"{report_file} holds an earlier sweep, which this one replaces when it ends (--out DIR keeps both)")
     try:
         report = sweep(cfg, model, out, progress=not args.quiet, dataset=_named_dataset(args, cfg))
     except KeyboardInterrupt:

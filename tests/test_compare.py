@@ -61,9 +61,25 @@ def test_reports_measured_with_other_settings_say_so_beside_the_deltas(tmp_path:
     (ranked / "report.json").write_text(json.dumps(report))
     table = format_comparison(compare_reports([plain, ranked]))
     assert "measured differently" in table
-    assert "calibrated False, rerank 0" in table and "calibrated True, rerank 4" in table
+    assert "calibrated False, rerank 1" in table and "calibrated True, rerank 4" in table  # 1: no ranking
     assert "average" not in table  # settings they share are not listed
     assert "measured differently" not in format_comparison(compare_reports([plain, plain]))
+
+
+def test_the_same_model_swept_before_and_after_more_training_is_named_another_models_not(tmp_path: Path) -> None:
+    from rl_gpt.sweep.compare import format_comparison
+
+    noise = _noisy(16, 60.0, 0)
+    saves = {"early": ("/x/exp/model", 300, "a" * 32), "late": ("/x/exp/model", 500, "b" * 32)}
+    saves["other"] = ("/x/variant/model", 500, "c" * 32)
+    for name, (model, step, save_id) in saves.items():
+        path = _write(tmp_path / name, noise)
+        report = json.loads((path / "report.json").read_text())
+        report |= {"model": model, "model_step": step, "model_save_id": save_id}
+        (path / "report.json").write_text(json.dumps(report))
+    table = format_comparison(compare_reports([tmp_path / "early", tmp_path / "late"]))
+    assert "model weights step 300 (save aaaaaaaa)" in table and "model weights step 500 (save bbbbbbbb)" in table
+    assert "measured differently" not in format_comparison(compare_reports([tmp_path / "late", tmp_path / "other"]))
 
 
 def test_bias_share_separates_a_shared_offset_from_spread(tmp_path: Path) -> None:

@@ -605,7 +605,13 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
     shutil.copytree(out, folder / "sweep")
     assert main(["info", str(folder)]) == 0
     listed = f"sweep {folder / 'sweep' / 'report.json'}: R2 {report['prompt_alignment_r2']:.3f}"
-    assert listed in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert listed in said and "mean of 1, rerank 4, not calibrated, prompts 0 to 500" in said  # how it was measured
+    assert f"the model at step {report['model_step']}" in said and "saved again" not in said
+    copied = json.loads((folder / "sweep" / "report.json").read_text())
+    (folder / "sweep" / "report.json").write_text(json.dumps(copied | {"model_save_id": "0" * 32}))
+    assert main(["info", str(folder)]) == 0  # a report of an earlier save of the model (trained on since)
+    assert "the model has been saved again since (now at step 30): these numbers are not its" in capsys.readouterr().out
     behaviour = report["behavioural_novelty"]
     assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
     for name, block in behaviour.items():
@@ -867,13 +873,16 @@ def test_a_generate_or_sweep_into_a_folder_in_use_is_refused(experiment, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
 
 
-def test_a_sweep_of_a_named_model_lands_beside_it(experiment, tmp_path, monkeypatch):
+def test_a_sweep_of_a_named_model_lands_beside_it(experiment, tmp_path, monkeypatch, capsys):
     model = tmp_path / "copy" / "model"
     shutil.copytree(experiment / "model", model)
     monkeypatch.chdir(tmp_path)  # the model's saved out= is relative to where it was trained, not to here
     args = ["sweep", "--model", str(model), "inits=1", "prompts=2", "samples=1", "episodes=2", "sweep.recursive=1"]
     assert main([*args, *QUIET]) == 0
     assert (tmp_path / "copy" / "sweep" / "report.json").is_file()
+    capsys.readouterr()
+    assert main([*args, "wandb.mode=disabled"]) == 0  # again into the same folder: it says it replaces the report
+    assert "holds an earlier sweep, which this one replaces when it ends" in capsys.readouterr().out
 
 
 def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, capsys):

@@ -59,10 +59,10 @@ class SweepComparison:
     r2_delta_ci95: tuple[float, float] | None = None
     one_step_delta: float | None = None
     one_step_delta_ci95: tuple[float, float] | None = None
-    measured: dict[str, Any] | None = None  # the sampler and evaluation settings (see _measurement)
+    measured: dict[str, Any] | None = None  # the sampler and evaluation settings (see measurement_settings)
 
 
-def _measurement(report: dict[str, Any]) -> dict[str, Any]:
+def measurement_settings(report: dict[str, Any]) -> dict[str, Any]:
     """How a report's networks were drawn and scored: settings two paired reports may differ in (a
     comparison of ranked against unranked draws is one), which the table then names beside the deltas."""
     sweep = report.get("config") or {}
@@ -70,13 +70,32 @@ def _measurement(report: dict[str, Any]) -> dict[str, Any]:
     rerank = report.get("rerank") or {}
     return {
         "calibrated": bool(calibration.get("applied", False)),
-        "rerank": int(rerank.get("candidates", 0) or 0),
+        "rerank": int(rerank.get("candidates", 0) or sweep.get("rerank", 1) or 1),
         "average": int(sweep.get("average", 1) or 1),
         "samples": sweep.get("samples"),
         "guidance": sweep.get("guidance"),
         "sampling steps": sweep.get("steps"),
         "episodes": sweep.get("episodes") if report["metric"].get("name") == "return" else None,
+        # the weights swept (reports since session 28): the same model folder trained on between two sweeps
+        "model weights": _model_weights(report),
+        "_model": report.get("model"),  # not shown: which folder, so that only the same one's saves are compared
     }
+
+
+def _model_weights(report: dict[str, Any]) -> str | None:
+    save_id = report.get("model_save_id")
+    return f"step {report.get('model_step')} (save {save_id[:8]})" if isinstance(save_id, str) else None
+
+
+def _measured_differently(rows: list[SweepComparison]) -> list[str]:
+    """The settings the rows differ in. Other models are what a comparison compares; the same model
+    folder's weights at two saves (a sweep, more training, a sweep) are a setting."""
+
+    def values(key: str) -> set[str]:
+        return {str((r.measured or {}).get(key)) for r in rows}
+
+    keys = [k for k in rows[0].measured or {} if not k.startswith("_") and len(values(k)) > 1]
+    return [k for k in keys if k != "model weights" or len(values("_model")) == 1]
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -255,7 +274,7 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
             _own_interval(r, r2, idx),
             float(one.mean()),
             bias_share(r),
-            measured=_measurement(r),
+            measured=measurement_settings(r),
         )
         if r is not base:
             row.r2_delta = float((r2 - base_r2).mean())
@@ -296,7 +315,7 @@ def format_comparison(rows: list[SweepComparison]) -> str:
             f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "
             f"{r.bias_share:5.2f}"
         )
-    differ = [k for k in first.measured or {} if len({str((r.measured or {}).get(k)) for r in rows}) > 1]
+    differ = _measured_differently(rows)
     if differ:  # a fair comparison only of what differs: e.g. calibrated against not
         lines.append("measured differently: the deltas include these settings")
         for name, r in zip(names, rows, strict=True):

@@ -24,7 +24,7 @@ from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
 from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
-from rl_gpt.io import atomic_write_json, ensure_report_dir, exclusive_folder
+from rl_gpt.io import SAVE_ID, atomic_write_json, ensure_report_dir, exclusive_folder
 from rl_gpt.supervised.data import load_dataset_cached
 from rl_gpt.supervised.metric import supervised_metric
 from rl_gpt.train.calibration import conditioning_prompts
@@ -280,6 +280,9 @@ def sweep(
         report["timings"] = timings
         report["config"] = to_dict(sc)
         report["model"] = str(Path(model_dir).resolve())
+        # which weights were swept: `info` and `compare` tell a report of an earlier save of the same folder
+        report["model_step"] = info["meta"].get("step")
+        report["model_save_id"] = info.get(SAVE_ID)
         atomic_write_json(out / "report.json", report)
         from rl_gpt.sweep.plot import plot_sweep
 
