@@ -285,12 +285,15 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     assert "train.model or model_overrides differ from the run's" in capsys.readouterr().err
 
 
-def test_a_resumed_run_says_it_does_not_use_runs_added_since(experiment, tmp_path):
+def test_a_resumed_run_says_it_does_not_use_runs_added_since(experiment, tmp_path, capsys):
     out = tmp_path / "grown"
     shutil.copytree(experiment / "dataset", out / "dataset")
     assert main(["train", "cartpole", f"out={out}", "steps=4", *TINY_MODEL, *QUIET]) == 0
     more = ["runs=5", "timesteps=1024", "collect.checkpoint_every=256", "task.n_envs=2", "collect.eval_episodes=2"]
     assert main(["collect", "cartpole", f"out={out}", "workers=1", *more, *QUIET]) == 0
+    capsys.readouterr()
+    assert main(["info", str(out / "model")]) == 0  # the model's description says so too
+    assert "held out; the dataset now has 5 runs, 1 added since (train again with --restart" in capsys.readouterr().out
     with pytest.warns(UserWarning, match=r"has 1 run\(s\) more than .* train with --restart to use them"):
         assert main(["train", "cartpole", f"out={out}", "steps=6", *TINY_MODEL, *QUIET]) == 0
 

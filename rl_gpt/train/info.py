@@ -54,6 +54,19 @@ def _alignment(directory: Path, step: Any) -> str:
     return text + (f" (measured at step {measured}: out of date)" if measured not in (None, step) else "")
 
 
+def _runs_added_since(dataset: str, used: int) -> str:
+    """A note when the dataset has grown since the model was trained (a larger ``runs=`` collected into it)."""
+    from rl_gpt.dataset import CheckpointDataset, DatasetError
+
+    try:
+        now = len(CheckpointDataset(dataset).run_slices())
+    except (DatasetError, OSError):
+        return ""
+    if now <= used:
+        return ""
+    return f"; the dataset now has {now} runs, {now - used} added since (train again with --restart to use them)"
+
+
 def describe_model(directory: str | Path) -> str:
     """What a model folder holds: task, training progress, network, data, calibration, measurements."""
     directory = Path(directory)
@@ -61,10 +74,14 @@ def describe_model(directory: str | Path) -> str:
     meta, spec, model = info.get("meta", {}), info.get("spec", {}), info.get("model", {})
     metric = spec.get("metric", {})
     direction = "higher" if metric.get("higher_is_better", True) else "lower"
+    used = len(meta.get("train_runs", [])) + len(meta.get("test_runs", []))
+    runs_text = f"{len(meta.get('train_runs', []))} for training, {len(meta.get('test_runs', []))} held out"
     try:
         dataset = str(model_dataset(directory, info))
     except ModelFileError:
         dataset = f"{meta.get('dataset')} (not found there; pass dataset=PATH to sweep, --dataset to generate)"
+    else:
+        runs_text += _runs_added_since(dataset, used)
     shown = ("width", "depth", "heads", "tokens", "conditioning")  # the rest is in model.json
     network = ", ".join(f"{k} {model[k]}" for k in shown if k in model)
     weights = directory / "model.safetensors"
@@ -93,7 +110,7 @@ def describe_model(directory: str | Path) -> str:
         f"predicts     {info.get('target', 'theta')} with prompt dropout {info.get('prompt_dropout')}"
         + ("" if info.get("condition_on_theta", True) else "; prompt-free p(theta' | m')"),
         f"dataset      {dataset}",
-        f"runs         {len(meta.get('train_runs', []))} for training, {len(meta.get('test_runs', []))} held out",
+        f"runs         {runs_text}",
         f"alignment    {_alignment(directory, meta.get('step'))}",
         f"calibration  {cal_text}",
         f"ranker       {ranker}",
