@@ -210,7 +210,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if cfg.train.calibrate:
         from rl_gpt.sweep.calibrate import ensure_calibrated  # the demo's path too: one way to calibrate after training
 
-        ensure_calibrated(cfg, out, progress=not args.quiet)
+        try:
+            ensure_calibrated(cfg, out, progress=not args.quiet)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted while calibrating: the model in {out} is saved and whole, without calibration.json; "
+                "run the same command again to measure it",
+                file=sys.stderr,
+            )
+            raise
 
 
 def _refuse_another_policy(cfg: Any) -> None:

@@ -126,7 +126,7 @@ def test_a_remote_ray_cluster_is_not_sized_by_this_machine():
     assert [len(b) for b in _plan_jobs(remote, None, list(range(64)))[1]] == [16] * 4  # batch_runs and runs/4 cap
 
 
-def test_collection_resumes_without_duplicates(tmp_path):
+def test_collection_resumes_without_duplicates(tmp_path, capsys):
     assert _collect(tmp_path, "runs=2", "workers=1") == 0
     first, _ = _load(tmp_path)
     assert _collect(tmp_path, "runs=3", "workers=1") == 0  # adds run 2 only
@@ -135,6 +135,10 @@ def test_collection_resumes_without_duplicates(tmp_path):
     assert len(pairs) == len(set(pairs)) == len(first) + 4, "duplicate checkpoints after resume"
     assert torch.equal(td["params"][: len(first)], first["params"])  # stored runs are kept, not retrained
     assert _collect(tmp_path, "runs=3", "workers=1") == 0  # a finished collection is a no-op
+    assert len(_load(tmp_path)[0]) == len(td)
+    capsys.readouterr()
+    assert main(["collect", "digits", f"out={tmp_path}", *TINY[:1], *TINY[2:], "runs=2", "workers=1"]) == 0
+    assert "(3 runs: runs=2 asks for fewer than it holds)" in capsys.readouterr().out  # nothing removed, and said
     assert len(_load(tmp_path)[0]) == len(td)
 
 

@@ -463,6 +463,20 @@ def test_a_resumed_training_logs_to_the_wandb_run_it_began(experiment, tmp_path,
     assert len({run.stem for run in (out / "model" / "wandb").glob("offline-run-*/run-*.wandb")}) == 2
 
 
+def test_ctrl_c_while_calibrating_after_training_says_what_is_kept(experiment, tmp_path, monkeypatch, capsys):
+    import rl_gpt.sweep.calibrate
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rl_gpt.sweep.calibrate, "ensure_calibrated", ctrl_c)
+    out = tmp_path / "cal"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    assert main(["train", "cartpole", f"out={out}", "steps=4", *TINY_MODEL, "train.calibrate=true", *QUIET]) == 130
+    assert "interrupted while calibrating: the model in" in capsys.readouterr().err
+    assert (out / "model" / "model.safetensors").is_file()
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(experiment, tmp_path):
     """`kill PID` (a scheduler's stop; also how to stop `nohup rl-gpt train &`, which ignores Ctrl-C)."""
     out = tmp_path / "term"

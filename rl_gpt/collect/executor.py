@@ -195,9 +195,11 @@ def _collect_into(
         if log is not None:
             log.finish()
     if progress:
+        beyond = len([r for r in done if r >= cfg.collect.runs])
+        held = f" ({len(done)} runs: runs={cfg.collect.runs} asks for fewer than it holds)" if beyond else ""
         print(
             f"collected {len(todo)} new runs ({checkpoints} checkpoints) in {time.time() - start:.1f}s; "
-            f"dataset {root} has {total} checkpoints"
+            f"dataset {root} has {total} checkpoints{held}"
         )
     return root
 
