@@ -183,15 +183,29 @@ def _sweep_settings(r: dict) -> str:
     )
     if r.get("model_step") is not None:
         text += f", the model at step {r['model_step']}"
+    swept = r.get("model_save_id")
+    model = _swept_model(r)
+    if not isinstance(swept, str) or model is None:
+        return text
     try:
-        now = json.loads((Path(str(r.get("model"))) / "model.json").read_text())
+        now = json.loads((model / "model.json").read_text())
     except (OSError, ValueError):
         return text
-    swept = r.get("model_save_id")
-    if isinstance(swept, str) and isinstance(now, dict) and now.get(SAVE_ID) not in (None, swept):
+    if isinstance(now, dict) and now.get(SAVE_ID) not in (None, swept):
         step = (now.get("meta") or {}).get("step")
-        text += f"\n  the model has been saved again since (now at step {step}): these numbers are not its; sweep again"
+        text += f"\n  {model} has been saved again since (now at step {step}): these numbers are not its; sweep again"
     return text
+
+
+def _swept_model(r: dict) -> Path | None:
+    """The model folder a report measured, found from where the report is now: by the relative path it
+    recorded (a copied or moved experiment finds its own model), else by the absolute one."""
+    relative = r.get("model_relative")
+    here = Path(r["_path"]).parent
+    for folder in (here / relative if isinstance(relative, str) else None, Path(str(r.get("model")))):
+        if folder is not None and (folder / "model.json").is_file():
+            return folder.resolve()
+    return None
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -214,8 +228,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
             ensure_calibrated(cfg, out, progress=not args.quiet)
         except KeyboardInterrupt:
             print(
-                f"\ninterrupted while calibrating: the model in {out} is saved and whole, without calibration.json; "
-                "run the same command again to measure it",
+                f"\ninterrupted while calibrating: the model in {out} is saved and whole, without a calibration "
+                "of these weights; run the same command again to measure it",
                 file=sys.stderr,
             )
             raise

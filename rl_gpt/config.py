@@ -420,7 +420,10 @@ def load_config(
             value = raw
         if default_task:
             _seed_default_mapping(data, key.split("."))
-        _warn_if_mapping_replaced(key, _get_path(data, key.split(".")), value)
+        before = _get_path(data, key.split("."))
+        if before is None and (default_task or not key.startswith("task.")):  # a mapping left at its default
+            before = _default_mapping(key.split("."))
+        _warn_if_mapping_replaced(key, before, value)
         _set_path(data, key.split("."), value)
         overridden.add(key)
     _warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
@@ -666,12 +669,22 @@ def _get_path(data: Any, keys: list[str]) -> Any:
     return data
 
 
+def _default_mapping(keys: list[str]) -> dict | None:
+    """The default of a mapping field (``task.hyperparams``: PPO's CartPole settings), not of a section:
+    a section given in part keeps its other fields' defaults."""
+    obj: Any = ExperimentConfig()
+    for k in keys:
+        obj = getattr(obj, k, None) if dataclasses.is_dataclass(obj) else obj.get(k) if isinstance(obj, dict) else None
+    return obj if isinstance(obj, dict) else None
+
+
 def _warn_if_mapping_replaced(key: str, old: Any, new: Any) -> None:
     """``key={a: 1}`` replaces the whole mapping (``{}`` clears it, on purpose): say which of the keys it
     had are gone, since ``key.a=1`` is what changes one field."""
     if not (isinstance(old, dict) and isinstance(new, dict) and new):
         return
-    dropped = [k for k in old if k not in new]
+    from_environment = {"mode"} if key == "wandb" else set()  # WANDB_MODE's, set below the command line
+    dropped = [k for k in old if k not in new and k not in from_environment]
     if dropped:
         listed = ", ".join(f"{k}: {_scalar_text(old[k])}" for k in dropped)
         warnings.warn(

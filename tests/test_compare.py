@@ -80,6 +80,10 @@ def test_the_same_model_swept_before_and_after_more_training_is_named_another_mo
     table = format_comparison(compare_reports([tmp_path / "early", tmp_path / "late"]))
     assert "model weights step 300 (save aaaaaaaa)" in table and "model weights step 500 (save bbbbbbbb)" in table
     assert "measured differently" not in format_comparison(compare_reports([tmp_path / "late", tmp_path / "other"]))
+    three = format_comparison(compare_reports([tmp_path / "early", tmp_path / "late", tmp_path / "other"]))
+    assert "model weights step 300 (save aaaaaaaa)" in three  # one folder's two saves, among other models
+    old = _write(tmp_path / "old", noise)  # written before reports recorded the save: nothing known differs
+    assert "measured differently" not in format_comparison(compare_reports([old, tmp_path / "late"]))
 
 
 def test_bias_share_separates_a_shared_offset_from_spread(tmp_path: Path) -> None:

@@ -342,6 +342,8 @@ def test_a_mapping_given_whole_says_which_fields_it_drops():
     with pytest.warns(UserWarning, match=r"replaces the whole mapping, dropping heads: 4, depth: 2, metric_frequency"):
         cfg = load_config("digits", ["train.model_overrides={width: 64}"], command="train")
     assert cfg.train.model_overrides == {"width": 64}  # replaced, as said
+    with pytest.warns(UserWarning, match=r"task.hyperparams=\{...\} replaces the whole mapping, dropping batch_size"):
+        load_config("cartpole", ["task.hyperparams={n_steps: 64}"])  # the built-in PPO settings it inherits
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one field, or a mapping cleared on purpose: nothing to say
         assert load_config("digits", ["train.model_overrides.width=64"]).train.model_overrides["depth"] == 2

@@ -628,7 +628,7 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
     copied = json.loads((folder / "sweep" / "report.json").read_text())
     (folder / "sweep" / "report.json").write_text(json.dumps(copied | {"model_save_id": "0" * 32}))
     assert main(["info", str(folder)]) == 0  # a report of an earlier save of the model (trained on since)
-    assert "the model has been saved again since (now at step 30): these numbers are not its" in capsys.readouterr().out
+    assert "model has been saved again since (now at step 30): these numbers are not its" in capsys.readouterr().out
     behaviour = report["behavioural_novelty"]
     assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
     for name, block in behaviour.items():
@@ -900,6 +900,15 @@ def test_a_sweep_of_a_named_model_lands_beside_it(experiment, tmp_path, monkeypa
     capsys.readouterr()
     assert main([*args, "wandb.mode=disabled"]) == 0  # again into the same folder: it says it replaces the report
     assert "holds an earlier sweep, which this one replaces when it ends" in capsys.readouterr().out
+    # a copy of the experiment checks its own model; the original, trained on since, is flagged
+    shutil.copytree(tmp_path / "copy", tmp_path / "moved")
+    info = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps(info | {"rl_gpt.save_id": "f" * 32}))
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "copy" / "sweep")]) == 0
+    assert f"{model.resolve()} has been saved again since" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "moved" / "sweep")]) == 0
+    assert "saved again" not in capsys.readouterr().out
 
 
 def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, capsys):

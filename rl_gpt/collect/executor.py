@@ -196,7 +196,7 @@ def _collect_into(
             log.finish()
     if progress:
         beyond = len([r for r in done if r >= cfg.collect.runs])
-        held = f" ({len(done)} runs: runs={cfg.collect.runs} asks for fewer than it holds)" if beyond else ""
+        held = f" ({len(done) + len(todo)} runs: runs={cfg.collect.runs} asks for fewer)" if beyond else ""
         print(
             f"collected {len(todo)} new runs ({checkpoints} checkpoints) in {time.time() - start:.1f}s; "
             f"dataset {root} has {total} checkpoints{held}"

@@ -82,20 +82,26 @@ def measurement_settings(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _model_weights(report: dict[str, Any]) -> str | None:
+def _model_weights(report: dict[str, Any]) -> str:
     save_id = report.get("model_save_id")
-    return f"step {report.get('model_step')} (save {save_id[:8]})" if isinstance(save_id, str) else None
+    return f"step {report.get('model_step')} (save {save_id[:8]})" if isinstance(save_id, str) else "not recorded"
 
 
 def _measured_differently(rows: list[SweepComparison]) -> list[str]:
-    """The settings the rows differ in. Other models are what a comparison compares; the same model
-    folder's weights at two saves (a sweep, more training, a sweep) are a setting."""
+    """The settings the rows differ in. Other models are what a comparison compares; one model folder's
+    weights at two saves (a sweep, more training, a sweep) are a setting. Reports written before saves
+    were recorded differ in nothing known."""
 
     def values(key: str) -> set[str]:
         return {str((r.measured or {}).get(key)) for r in rows}
 
+    saves: dict[str, set[str]] = {}
+    for r in rows:
+        weights = (r.measured or {}).get("model weights")
+        if weights not in (None, "not recorded"):
+            saves.setdefault(str((r.measured or {}).get("_model")), set()).add(weights)
     keys = [k for k in rows[0].measured or {} if not k.startswith("_") and len(values(k)) > 1]
-    return [k for k in keys if k != "model weights" or len(values("_model")) == 1]
+    return [k for k in keys if k != "model weights" or any(len(v) > 1 for v in saves.values())]
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -280,6 +281,8 @@ def sweep(
         report["timings"] = timings
         report["config"] = to_dict(sc)
         report["model"] = str(Path(model_dir).resolve())
+        # as the report's folder reaches it: a copied or moved experiment still finds its own model
+        report["model_relative"] = os.path.relpath(Path(model_dir).resolve(), out.resolve())
         # which weights were swept: `info` and `compare` tell a report of an earlier save of the same folder
         report["model_step"] = info["meta"].get("step")
         report["model_save_id"] = info.get(SAVE_ID)

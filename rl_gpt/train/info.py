@@ -54,17 +54,18 @@ def _alignment(directory: Path, step: Any) -> str:
     return text + (f" (measured at step {measured}: out of date)" if measured not in (None, step) else "")
 
 
-def _runs_added_since(dataset: str, used: int) -> str:
+def _runs_added_since(dataset: str, used: set[int]) -> str:
     """A note when the dataset has grown since the model was trained (a larger ``runs=`` collected into it)."""
     from rl_gpt.dataset import CheckpointDataset, DatasetError
 
     try:
-        now = len(CheckpointDataset(dataset).run_slices())
+        now = set(CheckpointDataset(dataset).run_slices())
     except (DatasetError, OSError):
         return ""
-    if now <= used:
+    added = len(now - used)
+    if not added:
         return ""
-    return f"; the dataset now has {now} runs, {now - used} added since (train again with --restart to use them)"
+    return f"; the dataset now has {len(now)} runs, {added} added since (train again with --restart to use them)"
 
 
 def describe_model(directory: str | Path) -> str:
@@ -74,7 +75,7 @@ def describe_model(directory: str | Path) -> str:
     meta, spec, model = info.get("meta", {}), info.get("spec", {}), info.get("model", {})
     metric = spec.get("metric", {})
     direction = "higher" if metric.get("higher_is_better", True) else "lower"
-    used = len(meta.get("train_runs", [])) + len(meta.get("test_runs", []))
+    used = {int(r) for r in (*meta.get("train_runs", []), *meta.get("test_runs", []))}
     runs_text = f"{len(meta.get('train_runs', []))} for training, {len(meta.get('test_runs', []))} held out"
     try:
         dataset = str(model_dataset(directory, info))

@@ -71,6 +71,8 @@ def _warn_if_schedule_restarts(state_dir: Path, tc: TrainConfig, step: int, main
     if not main_proc or not isinstance(saved, int) or saved == tc.steps or step <= tc.warmup:
         return
     before, after = lr_at(step, dataclasses.replace(tc, steps=saved)), lr_at(step, tc)
+    if abs(after - before) <= 0.05 * before:  # resumed early: the longer run's schedule, near enough
+        return
     warnings.warn(
         f"train.steps {saved} -> {tc.steps}: the learning rate's cosine is recomputed over {tc.steps} steps, so at "
         f"step {step} it goes from {before:.3g} to {after:.3g} (a warm restart, which the training plot shows); "
