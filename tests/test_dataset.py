@@ -1,6 +1,7 @@
 """The on-disk checkpoint dataset: atomic appends, consolidation, resume and the open format."""
 
 import json
+import shutil
 import warnings
 
 import pytest
@@ -365,8 +366,6 @@ def _rewritten(root, order):
     """data/ written again by another tool, its rows in ``order``."""
     td = TensorDict.load_memmap(root / "data", allow_pickle=False)
     shuffled = td[torch.as_tensor(order)].clone()
-    import shutil
-
     shutil.rmtree(root / "data")
     shuffled.memmap(root / "data")
 
@@ -392,8 +391,6 @@ def test_an_empty_column_reads_as_empty(tmp_path):
     root = _consolidated(tmp_path)
     td = TensorDict.load_memmap(root / "data", allow_pickle=False).clone()
     td["extra"] = torch.zeros(8, 0)  # tensordict writes no file for it
-    import shutil
-
     shutil.rmtree(root / "data")
     td.memmap(root / "data")
     assert CheckpointDataset(root).data["extra"].shape == (8, 0)
