@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
     assert torch.unique(td["run"]).tolist() == list(range(runs))
     assert td["params"].shape[1] == spec["layout"]["numel"]
     assert (td["step"][td["run"] == 0][0] == 0).item()  # the random initialisation is stored
+    timesteps = load_config(preset, extra, command="collect").collect.timesteps
+    assert (td["step"][td["run"] == 0][-1] >= timesteps).item()  # and the trained policy, at the run's end
+    assert "trained policy" in spec["checkpoints"]
     assert torch.isfinite(td["metric"]).all() and td["valid"].all()
     assert set(spec) >= {"task", "env_id", "algo", "policy_kwargs", "metric", "layout", "versions", "policy"}
     if spec["policy"]["normalize_obs"]:  # VecNormalize statistics travel with each checkpoint
@@ -170,6 +174,21 @@ def test_killed_collection_resumes_without_duplicates(tmp_path):
     assert len(_load(tmp_path)) == len(td)
 
 
+def test_extending_a_dataset_of_older_checkpoints_says_they_differ(tmp_path):
+    """Datasets from before the copies were taken after each update hold policies one update older."""
+    args = ["timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=1"]
+    assert _collect("cartpole", tmp_path, "runs=1", *args) == 0
+    spec_path = tmp_path / "dataset" / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    del spec["checkpoints"]  # as an older rl_gpt wrote it
+    spec_path.write_text(json.dumps(spec))
+    with pytest.warns(UserWarning, match="holds runs stored by an older rl_gpt, which copied each policy before"):
+        assert _collect("cartpole", tmp_path, "runs=2", *args) == 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*older rl_gpt")  # said once: the spec now describes new runs
+        assert _collect("cartpole", tmp_path, "runs=3", *args) == 0
+
+
 def _spawned_workers(group: int) -> list[int]:
     """Processes of the process group ``group`` started by multiprocessing's spawn (Linux /proc)."""
     found = []
@@ -267,18 +286,51 @@ def test_ray_executor_with_a_local_instance(tmp_path):
     assert torch.unique(_load(tmp_path)["run"]).tolist() == [0, 1]
 
 
-def test_sac_runs_must_store_a_checkpoint_after_learning_starts():
+def test_sac_runs_must_train_past_learning_starts():
     from rl_gpt.collect.sb3_run import check_rl_collection
     from rl_gpt.config import ConfigError, load_config
 
     def cfg(timesteps: int, *more: str):
-        return load_config("pendulum", [f"collect.timesteps={timesteps}", "collect.checkpoint_every=1", *more])
+        return load_config("pendulum", [f"collect.timesteps={timesteps}", "collect.checkpoint_every=1000", *more])
 
-    with pytest.raises(ConfigError, match="after SAC's first update \\(after learning_starts = 100 steps\\)"):
-        check_rl_collection(cfg(101, "task.hyperparams.learning_starts=100"))
-    check_rl_collection(cfg(102, "task.hyperparams.learning_starts=100"))  # step 102 follows the update at 101
+    with pytest.raises(ConfigError, match="ends before SAC's first update \\(after learning_starts = 100 steps\\)"):
+        check_rl_collection(cfg(100, "task.hyperparams.learning_starts=100"))
+    check_rl_collection(cfg(101, "task.hyperparams.learning_starts=100"))  # the update after step 101 is stored
     with pytest.raises(ConfigError, match="learning_starts = 500"):  # a sampled value at the top of its range
         check_rl_collection(cfg(400, "collect.sample_hyperparams={learning_starts: [10, 500]}"))
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac"])
+def test_checkpoints_are_the_policy_after_the_updates_on_their_steps(algo):
+    """A copy taken while SB3 collects a rollout is the policy before the update on it: the run's last
+    update was never stored. Each copy must equal the policy after ``learn(step)``, the last the trained one."""
+    from rl_gpt.collect.sb3_run import _Snapshots, build_model
+    from rl_gpt.config import load_config
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+
+    if algo == "ppo":
+        cfg = load_config("cartpole", ["task.n_envs=2", "task.hyperparams.n_steps=16"])
+        every, total = 64, 96  # rollouts of 32 steps: copies at 64 and at the end, 96
+    else:
+        cfg = load_config("pendulum", ["task.hyperparams.learning_starts=8", "task.hyperparams.batch_size=8"])
+        every, total = 10, 25
+    model = build_model(cfg.task, seed=3)
+    layout = actor_layout(model.policy, cfg.task.algo)
+    after_update: dict[int, torch.Tensor] = {}  # the actor after each of SB3's updates, by the steps it trained on
+    sb3_train = model.train
+
+    def train(*args, **kwargs):
+        sb3_train(*args, **kwargs)
+        after_update[model.num_timesteps] = read_actor(model.policy, layout)
+
+    model.train = train
+    snaps = _Snapshots(layout, every, start=0.0)
+    snaps.snapshot(model, 0)
+    model.learn(total_timesteps=total, callback=snaps)
+    steps = [item["step"] for item in snaps.items]
+    assert steps[0] == 0 and steps[-1] == model.num_timesteps and steps == sorted(set(steps)) and len(steps) >= 3
+    for item in snaps.items[1:]:
+        assert torch.equal(item["params"], after_update[item["step"]]), item["step"]
 
 
 def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):
@@ -320,9 +372,6 @@ _NO_RANGE = ["task.metric_range=null", "task.reward_threshold=null"]  # another 
         (["task.n_envs=0"], "task.n_envs: 0 is too small"),
         (["task.hyperparams.learning_rate=abc"], "Stable-Baselines3 refused task.hyperparams"),
         (["task.hyperparams.batch_size=-5"], "task.hyperparams.batch_size: -5 must be a whole number of 1 or more"),
-        (["timesteps=16", "task.n_envs=2"], "stores no checkpoint after the first PPO update (after one rollout"),
-        (["timesteps=64", "task.n_envs=2", "collect.checkpoint_every=32"], "collect.timesteps=64 with collect.chec"),
-        (["timesteps=1024", "collect.checkpoint_every=2048"], "stores no checkpoint after the first PPO update"),
         (["collect.sample_hyperparams={learning_rate: [1e-4]}"], "learning_rate: [0.0001] is not [low, high]"),
         (["executor=ray", "collect.ray_address=head"], "collect.ray_address='head': expected HOST:PORT"),
         (["task.env_id=FrozenLake-v1", *_NO_RANGE], "task.env_id=FrozenLake-v1 with PPO: batched evaluation needs"),

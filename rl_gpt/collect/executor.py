@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -39,6 +40,9 @@ OBS_FOLDED = (
     "folded into the first layer: W / sqrt(var + eps), b - W mean / sqrt(var + eps) with each checkpoint's "
     "own obs_mean/obs_var; params read raw observations, unclipped (VecNormalize clipped at clip_obs)"
 )
+#: What a stored policy is: the ``checkpoints`` entry of RL specs. Older datasets lack it; their copies
+#: were taken while a rollout was collected, before the update on it, and missed the run's last update.
+CHECKPOINT_TIMING = "after the updates on the steps in `step`; the last row of a run is its trained policy"
 FOLDED_PARAMS = "; VecNormalize statistics folded into the first layer (they read raw observations)"
 
 
@@ -79,7 +83,7 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "return_stoch_std": "(N,) float32 std of stochastic evaluation returns",
             "episode_length": "(N,) float32 mean deterministic episode length",
             "run": "(N,) int64 training run index (seed = collect.seed + run)",
-            "step": "(N,) int64 environment steps taken when the checkpoint was saved",
+            "step": "(N,) int64 environment steps trained on (0: the initialisation; a run's last row: trained)",
             "wall_time": "(N,) float32 seconds since the run started",
             "valid": "(N,) bool false for NaN/inf or exploding weights (excluded from training)",
             "obs_mean": "(N, obs_dim) float32 " + stats.format("mean"),
@@ -90,6 +94,7 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "seed": cfg.collect.eval_seed,
             "definition": evaluation_definition(cfg.task.env_id),
         },
+        "checkpoints": CHECKPOINT_TIMING,
         "versions": describe_versions(),
         "collect": to_dict(cfg.collect),
     }
@@ -144,6 +149,14 @@ def _collect_into(
     root: Path, spec: dict[str, Any], cfg: ExperimentConfig, run_fn: RunFn | None, progress: bool
 ) -> Path:
     writer = DatasetWriter(root, spec, cfg.dataset_option)
+    stored = writer.stored_spec
+    if stored is not None and stored.get("checkpoints") != spec.get("checkpoints"):
+        warnings.warn(
+            f"{root} holds runs stored by an older rl_gpt, which copied each policy before the update on its "
+            "last rollout (a run's last update was never stored); new runs store the policy after it. Collect "
+            f"into another {cfg.dataset_option} folder for a dataset of one kind",
+            stacklevel=2,
+        )
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]

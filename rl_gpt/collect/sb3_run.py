@@ -121,21 +121,13 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
         sampled = c.sample_hyperparams.get(name)
         return int(math.ceil(sampled[1] if sampled else task.hyperparams.get(name, _default(algo, name))))
 
-    # A checkpoint taken at step s shows an update only if one happened before it: PPO updates after
-    # each full rollout (and SB3 rounds the run up to whole rollouts), SAC from learning_starts on.
-    if task.algo == "ppo":
-        rollout = largest("n_steps") * task.n_envs
-        first, last = rollout, -(-c.timesteps // rollout) * rollout
-        what = f"the first PPO update (after one rollout, n_steps x n_envs = {rollout} steps)"
-    else:
-        first, last = largest("learning_starts") + 1, c.timesteps
-        what = f"SAC's first update (after learning_starts = {first - 1} steps)"
-    every = c.checkpoint_every
-    if (last // every) * every <= first:  # no checkpoint step in (first, last]
+    # The last checkpoint is the policy after the run's last update (``_Snapshots``). PPO always updates
+    # (SB3 rounds a run up to whole rollouts); SAC only once more than learning_starts steps are taken.
+    if task.algo == "sac" and c.timesteps <= largest("learning_starts"):
         raise ConfigError(
-            f"collect.timesteps={c.timesteps} with collect.checkpoint_every={every} stores no checkpoint after "
-            f"{what}: every stored policy would be the untrained one; raise collect.timesteps or lower "
-            "collect.checkpoint_every"
+            f"collect.timesteps={c.timesteps} ends before SAC's first update (after learning_starts = "
+            f"{largest('learning_starts')} steps): every stored policy would be the untrained one; raise "
+            "collect.timesteps or lower task.hyperparams.learning_starts"
         )
 
 
@@ -251,7 +243,13 @@ def _policy_spec(model: BaseAlgorithm, task: TaskConfig, folded: bool) -> Policy
 
 
 class _Snapshots(BaseCallback):
-    """Copies the actor (and VecNormalize statistics) every ``every`` environment steps."""
+    """Copies the actor (and VecNormalize statistics) every ``every`` environment steps, and at the end.
+
+    A copy is the policy after every update on the steps it is labelled with. SB3 calls ``_on_step``
+    while it collects a rollout, before it trains on it, so copies taken there were the policy that
+    collected the steps and the run's last update was never stored. Copies are taken when the next
+    rollout starts instead (PPO and SAC both train between rollouts), and once more when learning ends.
+    """
 
     def __init__(self, layout: Layout, every: int, start: float):
         super().__init__()
@@ -267,11 +265,19 @@ class _Snapshots(BaseCallback):
             item["obs_var"] = torch.as_tensor(env.obs_rms.var, dtype=torch.float32)
         self.items.append(item)
 
+    def _on_rollout_start(self) -> None:
+        step = self.model.num_timesteps
+        if step >= self.next:
+            self.snapshot(self.model, step)
+            while self.next <= step:  # a rollout longer than ``every`` stores one copy
+                self.next += self.every
+
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self.next:
-            self.snapshot(self.model, self.num_timesteps)
-            self.next += self.every
         return True
+
+    def _on_training_end(self) -> None:
+        if self.items[-1]["step"] != self.model.num_timesteps:
+            self.snapshot(self.model, self.model.num_timesteps)
 
 
 def _sane(params: torch.Tensor, limit: float) -> torch.Tensor:

@@ -231,7 +231,9 @@ class DatasetWriter:
         spec = dict(spec, format=FORMAT)
         spec_path = self.root / "spec.json"
         old = read_spec(self.root) if spec_path.exists() else None  # a file that is no rl_gpt spec is refused
-        if old is not None and self._holds_runs():  # a spec without runs (a refused start) is simply replaced
+        #: The spec of the runs already stored (None for a new dataset), before ``spec`` replaces it.
+        self.stored_spec = old if old is not None and self._holds_runs() else None
+        if self.stored_spec is not None:  # a spec without runs (a refused start) is simply replaced
             for key in ("task", "layout", "policy"):
                 before, after = old.get(key), spec.get(key)
                 if key == "task" and before is not None and after is not None:
