@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from envs.acrobot import AcrobotDynamics, AcrobotEnv
-from envs.base import ActionSpace, Dynamics
-from envs.cartpole import CartPoleDynamics, CartPoleEnv
-from envs.mountain_car_continuous import MountainCarContinuousDynamics, MountainCarContinuousEnv
-from envs.pendulum import PendulumDynamics, PendulumEnv
-from envs.torchrl_env import BatchedTorchEnv
+from .acrobot import AcrobotDynamics, AcrobotEnv
+from .base import ActionSpace, Dynamics
+from .cartpole import CartPoleDynamics, CartPoleEnv
+from .mountain_car_continuous import MountainCarContinuousDynamics, MountainCarContinuousEnv
+from .pendulum import PendulumDynamics, PendulumEnv
+from .torchrl_env import BatchedTorchEnv
 
 DYNAMICS: dict[str, type] = {
     cls.env_id: cls for cls in (CartPoleDynamics, AcrobotDynamics, PendulumDynamics, MountainCarContinuousDynamics)

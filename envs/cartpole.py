@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from envs.base import ActionSpace
-from envs.torchrl_env import BatchedTorchEnv
+from .base import ActionSpace
+from .torchrl_env import BatchedTorchEnv
 
 
 class CartPoleDynamics:

@@ -14,7 +14,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.data import Bounded, Categorical, Composite, OneHot, Unbounded
 from torchrl.envs import EnvBase
 
-from envs.base import Dynamics
+from .base import Dynamics
 
 
 class BatchedTorchEnv(EnvBase):

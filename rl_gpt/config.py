@@ -39,7 +39,16 @@ __all__ = [
     "to_dict",
 ]
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+def _presets_folder() -> Path:
+    """The presets: ``rl_gpt/configs`` when installed (pyproject maps the checkout's top-level ``configs/``
+    there), the checkout's ``configs/`` in an editable install or a clone."""
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+PRESETS = _presets_folder()
 
 
 class ConfigError(ValueError):
@@ -379,10 +388,10 @@ def find_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for candidate in (REPO_CONFIGS / f"{name_or_path}.yaml", REPO_CONFIGS / name_or_path):
+    for candidate in (PRESETS / f"{name_or_path}.yaml", PRESETS / name_or_path):
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")) if REPO_CONFIGS.is_dir() else []
+    known = sorted(p.stem for p in PRESETS.glob("*.yaml")) if PRESETS.is_dir() else []
     raise ConfigError(f"no config file or preset {name_or_path!r}; presets: {', '.join(known) or 'none found'}")
 
 
@@ -613,11 +622,11 @@ def _inherited_defaults(base: dict[str, Any], top: dict[str, Any]) -> dict[str, 
 
 
 def _base_preset(path: Path, base: str) -> Path:
-    """What ``extends: base`` in ``path`` names: a file beside ``path``, else a preset in ``configs/``."""
-    for candidate in (path.parent / base, REPO_CONFIGS / f"{base}.yaml", REPO_CONFIGS / base):
+    """What ``extends: base`` in ``path`` names: a file beside ``path`` (``.yaml`` may be left out), else a preset."""
+    for candidate in (path.parent / base, path.parent / f"{base}.yaml", PRESETS / f"{base}.yaml", PRESETS / base):
         if candidate.is_file():
             return candidate
-    raise ConfigError(f"{path}: 'extends: {base}' names no file beside it and no preset in {REPO_CONFIGS}")
+    raise ConfigError(f"{path}: 'extends: {base}' names no file beside it and no preset in {PRESETS}")
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

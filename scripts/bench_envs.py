@@ -14,7 +14,7 @@ from collections.abc import Callable
 import gymnasium as gym
 import torch
 
-from envs import DYNAMICS, make_dynamics
+from rl_gpt.envs import DYNAMICS, make_dynamics
 
 
 def _rate(step: Callable[[], None], batch: int, min_seconds: float) -> float:

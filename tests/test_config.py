@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_gpt.config import REPO_CONFIGS, ConfigError, ExperimentConfig, load_config
+from rl_gpt.config import PRESETS, ConfigError, ExperimentConfig, load_config
 
 
 def test_defaults_are_the_cartpole_demo():
@@ -15,7 +15,7 @@ def test_defaults_are_the_cartpole_demo():
     assert cfg.dataset_dir == Path("runs/cartpole/dataset")
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in REPO_CONFIGS.glob("*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESETS.glob("*.yaml")))
 def test_every_preset_loads(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, ExperimentConfig)
@@ -348,3 +348,11 @@ def test_a_mapping_given_whole_says_which_fields_it_drops():
         warnings.simplefilter("error")  # one field, or a mapping cleared on purpose: nothing to say
         assert load_config("digits", ["train.model_overrides.width=64"]).train.model_overrides["depth"] == 2
         assert load_config("digits", ["collect.sample_hyperparams={}"]).collect.sample_hyperparams == {}
+
+
+def test_extends_names_a_file_beside_it_without_its_yaml_suffix(tmp_path):
+    """A copied presets folder: mnist.yaml says ``extends: digits`` for the digits.yaml beside it."""
+    (tmp_path / "base.yaml").write_text("task: {env_id: CartPole-v1}\ncollect: {runs: 7}\n")
+    (tmp_path / "child.yaml").write_text("extends: base\ncollect: {seed: 3}\n")
+    cfg = load_config(str(tmp_path / "child.yaml"))
+    assert (cfg.collect.runs, cfg.collect.seed) == (7, 3)

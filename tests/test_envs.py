@@ -15,7 +15,7 @@ import pytest
 import torch
 from torchrl.envs.utils import check_env_specs
 
-from envs import DYNAMICS, BatchedTorchEnv, find_dynamics, make_dynamics, make_env
+from rl_gpt.envs import DYNAMICS, BatchedTorchEnv, find_dynamics, make_dynamics, make_env
 
 ENV_IDS = sorted(DYNAMICS)
 
@@ -246,7 +246,7 @@ def test_truncation_at_max_episode_steps(env_id: str) -> None:
 def test_acrobot_wrap_matches_gymnasium() -> None:
     from gymnasium.envs.classic_control.acrobot import wrap
 
-    from envs.acrobot import _wrap
+    from rl_gpt.envs.acrobot import _wrap
 
     x = torch.linspace(-7 * math.pi, 7 * math.pi, 1001, dtype=torch.float64)
     expected = torch.tensor([wrap(v, -math.pi, math.pi) for v in x.tolist()], dtype=torch.float64)
@@ -269,8 +269,11 @@ def test_registry() -> None:
 
 
 def test_envs_package_does_not_import_rl_gpt() -> None:
+    """envs/ is the bottom room: it imports nothing of rl_gpt's, and itself only relatively (installed, it is
+    ``rl_gpt.envs``; an absolute ``import envs`` would find a user's own envs/ folder instead)."""
     for path in Path(__file__).parents[1].joinpath("envs").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            assert not any(n.split(".")[0] == "rl_gpt" for n in names), f"{path.name} imports rl_gpt"
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.append(node.module or "")
+            assert not any(n.split(".")[0] in ("rl_gpt", "envs") for n in names), f"{path.name} imports {names}"

@@ -22,8 +22,8 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from envs import DYNAMICS
 from rl_gpt.cli import main
+from rl_gpt.envs import DYNAMICS
 from rl_gpt.evaluate import (
     BatchedPolicy,
     EvalResult,

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rl_gpt"
+ENVS = PACKAGE.parent / "envs"  # the checkout's top-level envs/, installed as rl_gpt.envs
 
 # Which rooms each room may import directly (docs/architecture.md's "imports" column); a room may
 # always import itself. Imports inside functions count too: a lazy import is still an edge.
 ALLOWED: dict[str, set[str]] = {
+    "envs": set(),
     "layout": set(),
     "config": set(),
     "io": set(),
@@ -27,7 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "sb3_policy": {"layout"},
     "dataset": {"layout", "io"},
     "supervised": {"layout", "config", "threads", "progress"},
-    "evaluate": {"layout", "sb3_policy", "dataset", "supervised", "threads"},
+    "evaluate": {"envs", "layout", "sb3_policy", "dataset", "supervised", "threads"},
     "collect": {
         *("config", "dataset", "evaluate", "supervised", "layout", "sb3_policy"),
         *("io", "wandb_run", "progress", "interrupt"),
@@ -39,7 +41,7 @@ ALLOWED: dict[str, set[str]] = {
         *("layout", "config", "io", "wandb_run", "progress", "interrupt"),
     },
     "sweep": {
-        *("train", "evaluate", "supervised", "collect", "devices"),
+        *("train", "evaluate", "supervised", "collect", "devices", "envs"),
         *("dataset", "layout", "sb3_policy", "config", "io", "threads", "wandb_run"),
     },
     "generate": {"train", "evaluate", "collect", "supervised", "dataset", "layout", "sb3_policy", "config", "io"},
@@ -48,7 +50,11 @@ ENTRY_POINTS = {"demo", "cli", "cli_data"}  # may import everything
 
 
 def _room(path: Path) -> str:
-    return path.relative_to(PACKAGE).with_suffix("").parts[0]
+    return "envs" if path.parent == ENVS else path.relative_to(PACKAGE).with_suffix("").parts[0]
+
+
+def _modules() -> list[Path]:
+    return sorted([*PACKAGE.rglob("*.py"), *ENVS.glob("*.py")])
 
 
 def _imported_rooms(path: Path) -> set[str]:
@@ -58,7 +64,7 @@ def _imported_rooms(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level > 0:  # resolve against this module's package
-            package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # ("rl_gpt", "diffusion")
+            package = ("rl_gpt", "envs") if path.parent == ENVS else path.relative_to(PACKAGE.parent).parts[:-1]
             base = ".".join(package[: len(package) - (node.level - 1)])
             names = [f"{base}.{node.module}"] if node.module else [f"{base}.{a.name}" for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -71,13 +77,14 @@ def _imported_rooms(path: Path) -> set[str]:
 
 def test_every_room_imports_only_the_rooms_below_it() -> None:
     bad = []
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in _modules():
         room = _room(path)
         if room in ENTRY_POINTS or room == "__init__":
             continue
-        assert room in ALLOWED, f"{path.relative_to(PACKAGE)}: a new room; add it to ALLOWED and docs/architecture.md"
+        where = path.relative_to(PACKAGE.parent)
+        assert room in ALLOWED, f"{where}: a new room; add it to ALLOWED and docs/architecture.md"
         above = _imported_rooms(path) - ALLOWED[room] - {room}
-        bad += [f"{path.relative_to(PACKAGE)} imports rl_gpt.{r}" for r in sorted(above)]
+        bad += [f"{where} imports rl_gpt.{r}" for r in sorted(above)]
     assert not bad, "imports against docs/architecture.md's layering:\n" + "\n".join(bad)
 
 
@@ -88,7 +95,7 @@ def _documented_imports() -> dict[str, set[str]]:
     rooms = {}
     for line in doc.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 3 or not cells[0].startswith("`rl_gpt/"):
+        if len(cells) != 3 or not cells[0].startswith(("`rl_gpt/", "`envs/`")):
             continue
         names = {
             p.removeprefix("rl_gpt/").split("/")[0].removesuffix(".py") for p in re.findall(r"`([^`]+)`", cells[0])

@@ -17,8 +17,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import find_dynamics
-from envs.base import Dynamics
+from rl_gpt.envs import find_dynamics
+from rl_gpt.envs.base import Dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads

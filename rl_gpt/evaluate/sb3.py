@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from envs import DYNAMICS
+from rl_gpt.envs import DYNAMICS
 from rl_gpt.evaluate.policy import policy_spec_from_sb3
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
 from rl_gpt.sb3_policy import ACTIVATIONS, actor_layout, read_actor

@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import Dynamics, find_dynamics
+from rl_gpt.envs import Dynamics, find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads

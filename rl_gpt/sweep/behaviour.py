@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs import find_dynamics
+from rl_gpt.envs import find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.evaluate.states import run_episodes, shared_obs_stats
 from rl_gpt.layout import Layout

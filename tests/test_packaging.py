@@ -1,0 +1,85 @@
+"""The installed package, not the checkout: a built wheel carries the presets and the batched envs.
+
+The checkout keeps ``configs/`` and ``envs/`` at its top level; pyproject maps them to ``rl_gpt/configs``
+and ``rl_gpt.envs``. Every other test runs from the checkout (an editable install), where a missing
+mapping does not show: a wheel once shipped no preset at all, and its top-level ``envs`` lost to any
+``envs/`` folder in a user's working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+
+def _setuptools() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+
+
+def test_every_package_of_the_checkout_is_listed_for_the_wheel() -> None:
+    listed = set(_setuptools()["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "rl_gpt").rglob("__init__.py")}
+    assert found <= listed, f"packages missing from pyproject's [tool.setuptools] packages: {sorted(found - listed)}"
+    assert _setuptools()["package-dir"] == {"rl_gpt.envs": "envs", "rl_gpt.configs": "configs"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("building offline needs setuptools>=77 in this environment (pyproject's build requirement)")
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)]
+    # A build folder of its own: setuptools' default, build/ in the checkout, would be left behind there.
+    env = {**os.environ, "PIP_NO_INPUT": "1", "DIST_EXTRA_CONFIG": str(_build_config(out))}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    return next(out.glob("rl_gpt-*.whl"))
+
+
+def _build_config(out: Path) -> Path:
+    config = out / "build.cfg"
+    config.write_text(f"[build]\nbuild_base = {out / 'build'}\n[egg_info]\negg_base = {out}\n")
+    return config
+
+
+def test_the_wheel_holds_every_preset_and_the_envs_inside_the_package(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    presets = {p.name for p in (ROOT / "configs").glob("*.yaml")}
+    assert {Path(n).name for n in names if n.startswith("rl_gpt/configs/")} == presets
+    envs = {p.name for p in (ROOT / "envs").glob("*.py")}
+    assert {Path(n).name for n in names if n.startswith("rl_gpt/envs/")} == envs
+    assert not [n for n in names if n.split("/")[0] in ("envs", "configs", "tests", "scripts")]
+
+
+def test_the_installed_package_finds_its_presets_and_envs_beside_a_users_own_folders(wheel, tmp_path) -> None:
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    project = tmp_path / "project"  # a user's folder with envs/ and configs/ of their own
+    (project / "envs").mkdir(parents=True)
+    (project / "envs" / "__init__.py").write_text("MINE = True\n")
+    (project / "configs").mkdir()
+    (project / "configs" / "default.yaml").write_text("model: {}\n")
+    code = (
+        "import rl_gpt, rl_gpt.evaluate.rollout, rl_gpt.envs\n"
+        "from rl_gpt.config import PRESETS, load_config\n"
+        "assert load_config('digits').task.network == 'digits_mlp', 'digits'\n"
+        "assert load_config('mnist').task.env_id == 'mnist', 'mnist extends digits'\n"
+        "print(rl_gpt.__file__, rl_gpt.envs.__file__, PRESETS, sep='\\n')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project), str(site)])}
+    cmd = [sys.executable, "-c", code]
+    done = subprocess.run(cmd, cwd=project, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    package, envs, presets = done.stdout.split()
+    assert Path(package).parent == site / "rl_gpt"
+    assert Path(envs).parent == site / "rl_gpt" / "envs"  # not the user's envs/
+    assert Path(presets) == site / "rl_gpt" / "configs"
