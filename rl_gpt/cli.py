@@ -117,8 +117,25 @@ def _cmd_info(args: argparse.Namespace) -> None:
         parts += [describe_model(model)] if (model / "model.json").is_file() else []
         if parts:
             parts += [_sweep_line(p) for p in sorted(folder.glob("report.json")) + sorted(folder.glob("*/report.json"))]
+        if not parts and not (folder / "spec.json").exists():
+            parts = _experiments_index(folder)
         parts = parts or [describe(folder, show_spec=args.spec)]
     print("\n\n".join(parts))
+
+
+def _experiments_index(folder: Path) -> list[str]:
+    """For a folder of experiments (``runs/``): one line each with what it holds; [] if it holds none."""
+    lines = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+        markers = {"dataset": "dataset/spec.json", "model": "model/model.json"}
+        held = [name for name, marker in markers.items() if (child / marker).is_file()]
+        sweeps = len(list(child.glob("report.json")) + list(child.glob("*/report.json")))
+        held += [f"{sweeps} sweep{'s' * (sweeps != 1)}"] if sweeps else []
+        if held:
+            lines.append(f"  {child.name:<24} {', '.join(held)}")
+    if not lines:
+        return []
+    return [f"{folder} holds {len(lines)} experiments; `rl-gpt info {folder}/NAME` describes one:\n" + "\n".join(lines)]
 
 
 def _generated_lines(path: Path) -> str:
@@ -394,7 +411,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     if args.task and args.config:
         raise ConfigError(f"give the demo's task once: --task {args.task} or {args.config}, not both")
     config = args.task or args.config
-    out = args.out or (f"runs/demo-{config}" if config else "runs/demo")
+    out = args.out or (f"runs/demo-{Path(config).stem}" if config else "runs/demo")  # a file: its name
     run_demo(out, config, args.overrides, progress=not args.quiet, restart=args.restart)
 
 
@@ -485,8 +502,33 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class _Version(argparse.Action):
+    """``--version``, looked up only when asked (importlib.metadata costs every command ~60 ms)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, help="print rl_gpt's version and where it is installed")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        import rl_gpt
+
+        print(f"rl-gpt {rl_gpt.__version__} ({Path(rl_gpt.__file__).parent})")
+        parser.exit()
+
+
+def _presets_line() -> str:
+    from rl_gpt.config import PRESETS
+
+    names = sorted(p.stem for p in PRESETS.glob("*.yaml"))
+    return f"presets (a config argument names one, or a YAML file of yours that may extend one): {', '.join(names)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="rl-gpt", description="Generative models of neural-network checkpoints (after G.pt).")
+    parser = _OneLineParser(
+        prog="rl-gpt",
+        description="Generative models of neural-network checkpoints (after G.pt).",
+        epilog=_presets_line(),
+    )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = sub.choices  # each command's parser: its errors point at its own --help
 

@@ -160,19 +160,29 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.tobytes())
 
 
-def test_mnist_collects_from_a_data_root(tmp_path):
-    rng = np.random.default_rng(0)
-    root = tmp_path / "mnist"
-    root.mkdir()
+def _write_mnist(root, seed=0):
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True)
     for split, n in (("train", 64), ("test", 16)):
         _write_idx(root / MNIST_FILES[f"{split}_images"], rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         _write_idx(root / MNIST_FILES[f"{split}_labels"], rng.integers(0, 10, n, dtype=np.uint8))
-    extra = ["runs=1", "workers=1", f"task.data_root={root}", "task.hyperparams={steps: 8, batch_size: 16}"]
+
+
+def test_mnist_collects_from_a_data_root(tmp_path, monkeypatch):
+    _write_mnist(tmp_path / "mnist")
+    monkeypatch.chdir(tmp_path)  # a relative data_root, as a user types it in their project folder
+    extra = ["runs=1", "workers=1", "task.data_root=mnist", "task.hyperparams={steps: 8, batch_size: 16}"]
     extra += ["collect.checkpoint_every=4", "wandb.mode=disabled", "-q"]
-    assert main(["collect", "mnist", f"out={tmp_path / 'out'}", *extra]) == 0
+    assert main(["collect", "mnist", "out=out", *extra]) == 0
     td, spec = _load(tmp_path / "out")
     assert td["step"].tolist() == [0, 4, 8] and td["params"].shape[1] == 7960
-    assert spec["env_id"] == "mnist" and spec["task"]["data_root"] == str(root)
+    # stored absolute: train, sweep and evaluate read it from other folders
+    assert spec["env_id"] == "mnist" and spec["task"]["data_root"] == str(tmp_path / "mnist")
+    assert f"data_root: {tmp_path / 'mnist'}" in (tmp_path / "out" / "dataset" / "config.yaml").read_text()
+    (tmp_path / "mnist").rename(tmp_path / "moved")  # files that moved still extend the dataset
+    extra = [e.replace("data_root=mnist", "data_root=moved").replace("runs=1", "runs=2") for e in extra]
+    assert main(["collect", "mnist", "out=out", *extra]) == 0
+    assert _load(tmp_path / "out")[1]["task"]["data_root"] == str(tmp_path / "moved")
 
 
 def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):

@@ -71,6 +71,11 @@ def test_recover_from_crash_between_renames(tmp_path):
     w.consolidate()
     (tmp_path / "ds" / "data").rename(tmp_path / "ds" / "data.old")
     assert len(CheckpointDataset(tmp_path / "ds")) == 4
+    # A reader reads data.old where it is: renaming it back could undo a running merge's first rename,
+    # and fails on read-only storage. The next writer puts it back.
+    assert not (tmp_path / "ds" / "data").exists()
+    DatasetWriter(tmp_path / "ds", SPEC)
+    assert (tmp_path / "ds" / "data").exists() and not (tmp_path / "ds" / "data.old").exists()
 
 
 def test_a_damaged_runs_json_warns_on_read_and_stops_a_merge_before_it_writes(tmp_path):

@@ -47,6 +47,16 @@ def test_top_level_help_works(capsys) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "compare" in out and "generate" in out
+    assert "presets" in out and "digits_full" in out  # what a config argument may name
+
+
+def test_version_says_which_rl_gpt_runs(capsys) -> None:
+    import rl_gpt
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"rl-gpt {rl_gpt.__version__} (")
 
 
 def test_outputs_are_refused_in_a_dataset_or_model_folder(tmp_path):
@@ -297,3 +307,15 @@ def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch
         UserWarning, match=r"training.png not drawn .*No space left on device\); the training state is saved"
     ):
         assert plot.plot_training(history, tmp_path / "training.png", "t") is None
+
+
+def test_info_on_a_folder_of_experiments_lists_them(tmp_path, capsys) -> None:
+    for marker in ("a/dataset/spec.json", "b/dataset/spec.json", "b/model/model.json", "b/sweep/report.json"):
+        (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / marker).write_text("{}")
+    (tmp_path / "notes").mkdir()  # not an experiment: left out
+    assert main(["info", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path} holds 2 experiments; `rl-gpt info {tmp_path}/NAME` describes one" in out
+    listed = [line.split() for line in out.splitlines()[1:]]
+    assert listed == [["a", "dataset"], ["b", "dataset,", "model,", "1", "sweep"]]

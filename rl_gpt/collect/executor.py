@@ -8,6 +8,7 @@ flight; running the same command again skips the runs already stored.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import multiprocessing as mp
 import os
@@ -136,6 +137,8 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
         check_rl_collection(cfg)
+    if cfg.task.data_root:  # the spec and config.yaml are read by later commands, from other folders
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, data_root=_absolute(cfg.task.data_root)))
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
     if cfg.collect.executor == "ray":
         check_ray(cfg.collect.ray_address)
@@ -143,6 +146,10 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     option = cfg.dataset_option
     with exclusive_folder(ensure_writable_dir(cfg.dataset_dir, option), "collect", option) as root:
         return _collect_into(root, spec, cfg, run_fn, progress)
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
 
 
 def _collect_into(
@@ -332,7 +339,9 @@ def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise ConfigError("collect.executor=ray needs Ray: pip install -e '.[ray]' (or pip install 'ray[default]')")
+        raise ConfigError(
+            "collect.executor=ray needs Ray: pip install 'rl_gpt[ray]' (in a checkout: pip install -e '.[ray]')"
+        )
     if not address or address == "auto" or "://" in address:  # auto: Ray looks it up and says so quickly
         return
     host, _, port = address.rpartition(":")

@@ -184,13 +184,15 @@ _OTHER_KIND_FIELDS = {
 }
 
 
-def task_record(task: Mapping[str, Any]) -> dict[str, Any]:
+def task_record(task: Mapping[str, Any], compared: bool = False) -> dict[str, Any]:
     """The ``task`` section a spec stores: a resolved task config without the other kind's fields.
 
     Also how two records are compared, so datasets written before these fields were left out
-    (a supervised spec used to say ``algo: "ppo"``) still compare equal to new ones.
+    (a supervised spec used to say ``algo: "ppo"``) still compare equal to new ones. ``compared``
+    also leaves out ``data_root``: where the data set's files are is not what they hold, and they move.
     """
-    return {k: v for k, v in task.items() if k not in _OTHER_KIND_FIELDS.get(task.get("kind", "rl"), ())}
+    left_out = (*_OTHER_KIND_FIELDS.get(task.get("kind", "rl"), ()), *(("data_root",) if compared else ()))
+    return {k: v for k, v in task.items() if k not in left_out}
 
 
 #: Collection settings that may change when a dataset is extended: how many runs and where they run.
@@ -236,8 +238,8 @@ class DatasetWriter:
         if self.stored_spec is not None:  # a spec without runs (a refused start) is simply replaced
             for key in ("task", "layout", "policy"):
                 before, after = old.get(key), spec.get(key)
-                if key == "task" and before is not None and after is not None:
-                    before, after = task_record(before), task_record(after)
+                if key == "task" and before is not None and after is not None:  # where the files are may change
+                    before, after = task_record(before, compared=True), task_record(after, compared=True)
                 if before != after:
                     which = _differences(before, after, key)
                     raise DatasetError(
@@ -433,16 +435,21 @@ class CheckpointDataset:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.spec = read_spec(self.root)
-        _recover(self.root)
         if any(p for p in (self.root / "runs").glob("run_*") if (p / "run.json").exists()):
             raise DatasetError(
                 f"{root} has runs not yet merged into data/ (its collection was stopped); run `rl-gpt data merge "
                 f"{root}` to use the runs stored so far, or rerun the same `rl-gpt collect` command to finish and "
                 "merge them (each runs/run_NNNNN/ is a TensorDict memmap that can be read on its own)"
             )
-        if not (self.root / "data").exists():
+        data = self.root / "data"
+        if not data.exists() and (self.root / "data.old").exists():
+            # A merge stopped between its two renames (``replace_dir``). Readers read the old data where
+            # it is and never rename: on shared storage that could undo a running merge's first rename,
+            # and read-only storage refuses it. The next writer puts it back (``_recover``).
+            data = self.root / "data.old"
+        if not data.exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
-        self.data: TensorDict = load_checked(self.root / "data")
+        self.data: TensorDict = load_checked(data)
         self._valid: torch.Tensor | None = None
         self.layout = Layout.from_dict(self.spec["layout"])
         missing = [key for key in REQUIRED_FIELDS if key not in self.data]
