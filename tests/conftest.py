@@ -14,3 +14,9 @@ def one_thread() -> Iterator[None]:
     """Tiny matmuls: one thread is several times faster than two on a shared 2-core box."""
     with torch_threads(1):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Caches rl_gpt writes for read-only model folders (rankers) go to a temporary folder, not ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -103,7 +105,7 @@ def test_a_ranker_whose_two_files_come_from_different_saves_is_fitted_again(tmp_
 
 
 def test_a_ranker_that_cannot_be_kept_is_still_used(monkeypatch, tmp_path):
-    """A read-only model folder: the fitted ranker ranks this command's candidates and is not stored."""
+    """A read-only model folder and no writable cache: the fitted ranker ranks this command's candidates."""
     import rl_gpt.train.ranker as ranker_module
 
     class Fitted:
@@ -114,6 +116,42 @@ def test_a_ranker_that_cannot_be_kept_is_still_used(monkeypatch, tmp_path):
 
     monkeypatch.setattr(ranker_module, "load_ranker", lambda model_dir, layout: None)
     monkeypatch.setattr(ranker_module, "fit_ranker", lambda ds, train_runs, test_runs: Fitted())
+    monkeypatch.setattr(ranker_module, "data_fingerprint", lambda ds, train_runs: "f" * 64)
     said = []
     got = ranker_module.ranker_for(tmp_path, None, None, [0], [], said.append)
     assert isinstance(got, Fitted) and "not kept (Read-only file system" in said[-1]
+
+
+def test_a_read_only_model_keeps_its_ranker_in_the_users_cache(monkeypatch, tmp_path):
+    """Fitted once per user, not once per command (63 s on digits each time, a wheel user measured)."""
+    import rl_gpt.train.ranker as ranker_module
+
+    fitted = []
+
+    def fit(ds, train_runs, test_runs):
+        fitted.append(1)
+        ranker = _ranker(0)
+        ranker.fit_info = {"train_runs": list(train_runs), "data_sha256": "a" * 64}
+        ranker.fit_info |= {"rmse_train": 1.0, "rmse_heldout_runs": None, "seconds": 0.0}
+        return ranker
+
+    model = tmp_path / "model"
+    model.mkdir()
+    real_save = ranker_module.MetricRanker.save
+
+    def save(self, folder):  # the model folder refuses writes, as on read-only storage
+        if Path(folder) == model:
+            raise OSError(30, "Read-only file system")
+        return real_save(self, folder)
+
+    monkeypatch.setattr(ranker_module.MetricRanker, "save", save)
+    monkeypatch.setattr(ranker_module, "fit_ranker", fit)
+    monkeypatch.setattr(ranker_module, "data_fingerprint", lambda ds, train_runs: "a" * 64)
+    said = []
+    first = ranker_module.ranker_for(model, None, LAYOUT, [0, 1], [], said.append)
+    cache = ranker_module.ranker_cache_dir("a" * 64)
+    assert f"kept in {cache}" in said[-1] and (cache / "ranker.safetensors").is_file()
+    again = ranker_module.ranker_for(model, None, LAYOUT, [0, 1], [], said.append)
+    assert len(fitted) == 1 and torch.equal(again.probe.inputs, first.probe.inputs)
+    ranker_module.ranker_for(model, None, LAYOUT, [0, 2], [], said.append)  # other training runs: fitted anew
+    assert len(fitted) == 2

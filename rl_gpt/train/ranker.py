@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +34,15 @@ from rl_gpt.layout import Layout
 from rl_gpt.train.function_loss import FunctionProbe, function_probe
 from rl_gpt.train.modelfile import ModelFileError
 
-__all__ = ["RANKER_FILE", "MetricRanker", "data_fingerprint", "fit_ranker", "load_ranker", "ranker_for"]
+__all__ = [
+    "RANKER_FILE",
+    "MetricRanker",
+    "data_fingerprint",
+    "fit_ranker",
+    "load_ranker",
+    "ranker_cache_dir",
+    "ranker_for",
+]
 
 RANKER_FILE = "ranker.safetensors"
 _META_FILE = "ranker.json"
@@ -237,6 +246,13 @@ def fit_ranker(
     return ranker
 
 
+def ranker_cache_dir(fingerprint: str) -> Path:
+    """Where a ranker lives when its model folder is read-only: the user's cache, keyed by what it learnt
+    from (``$XDG_CACHE_HOME/rl_gpt/rankers/``, else ``~/.cache/rl_gpt/rankers/``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "rl_gpt" / "rankers" / fingerprint[:32]
+
+
 def ranker_for(
     model_dir: str | Path,
     ds: CheckpointDataset,
@@ -245,24 +261,36 @@ def ranker_for(
     test_runs: list[int],
     say: Callable[[str], Any] = print,
 ) -> MetricRanker:
-    """The model's stored ranker if it was fitted on these training runs of this data; else fit one and store it."""
-    try:
-        ranker = load_ranker(model_dir, layout)
-    except ModelFileError:
-        ranker = None  # a damaged file is fitted again
-    if (
-        ranker is not None
-        and ranker.fit_info.get("train_runs") == list(train_runs)
-        and ranker.fit_info.get("data_sha256") == data_fingerprint(ds, train_runs)
-    ):
-        return ranker
+    """The model's stored ranker if it was fitted on these training runs of this data; else fit one and store it.
+
+    A model folder that cannot be written keeps its ranker in the user's cache instead (``ranker_cache_dir``),
+    so a shared, read-only model fits it once per user rather than once per command."""
+    fingerprint = data_fingerprint(ds, train_runs)
+    for folder in (Path(model_dir), ranker_cache_dir(fingerprint)):
+        try:
+            ranker = load_ranker(folder, layout)
+        except ModelFileError:
+            ranker = None  # a damaged file is fitted again
+        if (
+            ranker is not None
+            and ranker.fit_info.get("train_runs") == list(train_runs)
+            and ranker.fit_info.get("data_sha256") == fingerprint
+        ):
+            return ranker
     say(f"fitting the ranker (metric predictor) on {len(train_runs)} training runs' checkpoints ...")
     ranker = fit_ranker(ds, train_runs, test_runs)
     try:
         ranker.save(model_dir)
         kept = f"written to {Path(model_dir) / RANKER_FILE}"
-    except OSError as exc:  # a read-only model folder: rank with it now, fit it again next time
-        kept = f"not kept ({exc.strerror}: {model_dir}), so later commands fit it again"
+    except OSError as exc:  # a read-only model folder: keep it in the user's cache
+        cache = ranker_cache_dir(fingerprint)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            ranker.save(cache)
+            kept = f"kept in {cache} ({model_dir}: {exc.strerror})"
+        except OSError as cache_exc:
+            where = f"{exc.strerror}: {model_dir}; {cache_exc.strerror}: {cache}"
+            kept = f"not kept ({where}), so later commands fit it again"
     info = ranker.fit_info
     heldout = info["rmse_heldout_runs"]
     say(
