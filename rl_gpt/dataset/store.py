@@ -440,6 +440,7 @@ class CheckpointDataset:
                 f"{root} has runs not yet merged into data/ (its collection was stopped); run `rl-gpt data merge "
                 f"{root}` to use the runs stored so far, or rerun the same `rl-gpt collect` command to finish and "
                 "merge them (each runs/run_NNNNN/ is a TensorDict memmap that can be read on its own)"
+                + ("" if os.access(self.root, os.W_OK) else f"; {root} is read-only here: copy it somewhere writable")
             )
         data = self.root / "data"
         if not data.exists() and (self.root / "data.old").exists():
