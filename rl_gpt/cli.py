@@ -127,7 +127,12 @@ def _experiments_index(folder: Path) -> list[str]:
     """For a folder of experiments (``runs/``): one line each with what it holds; [] if it holds none."""
     lines = []
     for child in sorted(p for p in folder.iterdir() if p.is_dir()):
-        markers = {"dataset": "dataset/spec.json", "model": "model/model.json"}
+        markers = {
+            "dataset": "dataset/spec.json",
+            "model": "model/model.json",
+            "a dataset": "spec.json",  # a dataset or model folder of its own (dataset=, train's model_dir)
+            "a model": "model.json",
+        }
         held = [name for name, marker in markers.items() if (child / marker).is_file()]
         sweeps = len(list(child.glob("report.json")) + list(child.glob("*/report.json")))
         held += [f"{sweeps} sweep{'s' * (sweeps != 1)}"] if sweeps else []
@@ -135,7 +140,8 @@ def _experiments_index(folder: Path) -> list[str]:
             lines.append(f"  {child.name:<24} {', '.join(held)}")
     if not lines:
         return []
-    return [f"{folder} holds {len(lines)} experiments; `rl-gpt info {folder}/NAME` describes one:\n" + "\n".join(lines)]
+    what = f"{len(lines)} experiment{'s' * (len(lines) != 1)}"
+    return [f"{folder} holds {what}; `rl-gpt info {folder}/NAME` describes one:\n" + "\n".join(lines)]
 
 
 def _generated_lines(path: Path) -> str:

@@ -107,7 +107,9 @@ class CollectConfig:
 
     runs: int = 64  # training runs, each with its own seed (seed + run index)
     timesteps: int = 32_768  # environment steps per run
-    checkpoint_every: int = 512  # environment steps between checkpoints (plus step 0)
+    # Environment steps between checkpoints (RL: at the first rollout boundary from each multiple on),
+    # plus step 0 and the trained policy at the end; supervised tasks count optimiser steps.
+    checkpoint_every: int = 512
     # Evaluation episodes per checkpoint (deterministic and stochastic). The metric is the prompt the
     # generator learns from; 64 instead of 10 lifted retrieval's R2 from 0.96 to 0.99 (docs/results.md).
     eval_episodes: int = 64
@@ -624,7 +626,8 @@ def _inherited_defaults(base: dict[str, Any], top: dict[str, Any]) -> dict[str, 
 def _base_preset(path: Path, base: str) -> Path:
     """What ``extends: base`` in ``path`` names: a file beside ``path`` (``.yaml`` may be left out), else a preset."""
     for candidate in (path.parent / base, path.parent / f"{base}.yaml", PRESETS / f"{base}.yaml", PRESETS / base):
-        if candidate.is_file():
+        # a copied preset that extends the preset of its name (cartpole.yaml: extends: cartpole) means the preset
+        if candidate.is_file() and candidate.resolve() != path.resolve():
             return candidate
     raise ConfigError(f"{path}: 'extends: {base}' names no file beside it and no preset in {PRESETS}")
 

@@ -55,7 +55,7 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
     assert (td["step"][td["run"] == 0][0] == 0).item()  # the random initialisation is stored
     timesteps = load_config(preset, extra, command="collect").collect.timesteps
     assert (td["step"][td["run"] == 0][-1] >= timesteps).item()  # and the trained policy, at the run's end
-    assert "trained policy" in spec["checkpoints"]
+    assert spec["checkpoint_timing"] == "after_update"
     assert torch.isfinite(td["metric"]).all() and td["valid"].all()
     assert set(spec) >= {"task", "env_id", "algo", "policy_kwargs", "metric", "layout", "versions", "policy"}
     if spec["policy"]["normalize_obs"]:  # VecNormalize statistics travel with each checkpoint
@@ -180,13 +180,19 @@ def test_extending_a_dataset_of_older_checkpoints_says_they_differ(tmp_path):
     assert _collect("cartpole", tmp_path, "runs=1", *args) == 0
     spec_path = tmp_path / "dataset" / "spec.json"
     spec = json.loads(spec_path.read_text())
-    del spec["checkpoints"]  # as an older rl_gpt wrote it
+    del spec["checkpoint_timing"]  # as an older rl_gpt wrote it
     spec_path.write_text(json.dumps(spec))
-    with pytest.warns(UserWarning, match="holds runs stored by an older rl_gpt, which copied each policy before"):
+    older = ".*holds runs stored by an older rl_gpt, which copied each policy before"
+    with pytest.warns(UserWarning, match=older):
         assert _collect("cartpole", tmp_path, "runs=2", *args) == 0
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*older rl_gpt")  # said once: the spec now describes new runs
+    assert json.loads(spec_path.read_text())["checkpoint_timing"] == "mixed"  # the spec says so from now on
+    with pytest.warns(UserWarning, match=older):  # and every extension says it again
         assert _collect("cartpole", tmp_path, "runs=3", *args) == 0
+    assert json.loads(spec_path.read_text())["checkpoint_timing"] == "mixed"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=older)  # a finished collection adds nothing: nothing to say
+        assert _collect("cartpole", tmp_path, "runs=3", *args) == 0
+    assert json.loads(spec_path.read_text())["checkpoint_timing"] == "mixed"
 
 
 def _spawned_workers(group: int) -> list[int]:
@@ -296,24 +302,40 @@ def test_sac_runs_must_train_past_learning_starts():
     with pytest.raises(ConfigError, match="ends before SAC's first update \\(after learning_starts = 100 steps\\)"):
         check_rl_collection(cfg(100, "task.hyperparams.learning_starts=100"))
     check_rl_collection(cfg(101, "task.hyperparams.learning_starts=100"))  # the update after step 101 is stored
+    with pytest.raises(ConfigError, match="gradient_steps=0: SAC would never update"):
+        check_rl_collection(cfg(1000, "task.hyperparams.gradient_steps=0"))
     with pytest.raises(ConfigError, match="learning_starts = 500"):  # a sampled value at the top of its range
         check_rl_collection(cfg(400, "collect.sample_hyperparams={learning_starts: [10, 500]}"))
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac"])
-def test_checkpoints_are_the_policy_after_the_updates_on_their_steps(algo):
+@pytest.mark.parametrize(
+    ("preset", "overrides", "every", "total"),
+    [
+        ("cartpole", ["task.n_envs=2", "task.hyperparams.n_steps=16"], 64, 96),  # rollouts of 32: at 64, 96
+        ("cartpole", ["task.n_envs=3", "task.hyperparams.n_steps=10", "task.normalize=true"], 64, 200),  # of 30
+        ("pendulum", ["task.hyperparams.learning_starts=8", "task.hyperparams.batch_size=8"], 10, 25),
+        (
+            "pendulum",
+            [
+                *("task.n_envs=2", "task.hyperparams.learning_starts=20", "task.hyperparams.batch_size=8"),
+                *("task.hyperparams.train_freq=4", "task.hyperparams.gradient_steps=2"),
+            ],
+            10,
+            60,
+        ),
+    ],
+)
+def test_checkpoints_are_the_policy_after_the_updates_on_their_steps(preset, overrides, every, total):
     """A copy taken while SB3 collects a rollout is the policy before the update on it: the run's last
-    update was never stored. Each copy must equal the policy after ``learn(step)``, the last the trained one."""
+    update was never stored. Each copy must equal the policy after SB3's update at its step, the last
+    the trained one, with the VecNormalize statistics of that moment."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
     from rl_gpt.collect.sb3_run import _Snapshots, build_model
     from rl_gpt.config import load_config
     from rl_gpt.sb3_policy import actor_layout, read_actor
 
-    if algo == "ppo":
-        cfg = load_config("cartpole", ["task.n_envs=2", "task.hyperparams.n_steps=16"])
-        every, total = 64, 96  # rollouts of 32 steps: copies at 64 and at the end, 96
-    else:
-        cfg = load_config("pendulum", ["task.hyperparams.learning_starts=8", "task.hyperparams.batch_size=8"])
-        every, total = 10, 25
+    cfg = load_config(preset, overrides)
     model = build_model(cfg.task, seed=3)
     layout = actor_layout(model.policy, cfg.task.algo)
     after_update: dict[int, torch.Tensor] = {}  # the actor after each of SB3's updates, by the steps it trained on
@@ -329,8 +351,13 @@ def test_checkpoints_are_the_policy_after_the_updates_on_their_steps(algo):
     model.learn(total_timesteps=total, callback=snaps)
     steps = [item["step"] for item in snaps.items]
     assert steps[0] == 0 and steps[-1] == model.num_timesteps and steps == sorted(set(steps)) and len(steps) >= 3
-    for item in snaps.items[1:]:
-        assert torch.equal(item["params"], after_update[item["step"]]), item["step"]
+    for item in snaps.items[1:]:  # the latest update at or before its step (none before learning_starts)
+        updates = [s for s in after_update if s <= item["step"]]
+        expected = after_update[max(updates)] if updates else snaps.items[0]["params"]
+        assert torch.equal(item["params"], expected), item["step"]
+    assert max(after_update) == steps[-1]  # the last row shows the last update
+    if isinstance(model.get_env(), VecNormalize):
+        assert torch.equal(snaps.items[-1]["obs_mean"], torch.as_tensor(model.get_env().obs_rms.mean).float())
 
 
 def test_sigterm_stops_a_ray_collection_with_its_message(tmp_path):

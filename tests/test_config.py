@@ -356,3 +356,10 @@ def test_extends_names_a_file_beside_it_without_its_yaml_suffix(tmp_path):
     (tmp_path / "child.yaml").write_text("extends: base\ncollect: {seed: 3}\n")
     cfg = load_config(str(tmp_path / "child.yaml"))
     assert (cfg.collect.runs, cfg.collect.seed) == (7, 3)
+
+
+def test_a_copied_preset_that_extends_its_namesake_extends_the_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cartpole.yaml").write_text("extends: cartpole\ncollect: {runs: 3}\n")
+    cfg = load_config("cartpole.yaml")
+    assert cfg.collect.runs == 3 and cfg.task.env_id == "CartPole-v1"

@@ -1,6 +1,6 @@
-"""Batched torch envs (``envs/``) against Gymnasium, plus the torchrl contract.
+"""Batched torch envs (``envs/``, imported as ``rl_gpt.envs``) against Gymnasium, plus the torchrl contract.
 
-Every test is parametrised over ``envs.DYNAMICS`` so a newly registered env is covered.
+Every test is parametrised over ``rl_gpt.envs.DYNAMICS`` so a newly registered env is covered.
 """
 
 from __future__ import annotations

@@ -310,12 +310,13 @@ def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch
 
 
 def test_info_on_a_folder_of_experiments_lists_them(tmp_path, capsys) -> None:
-    for marker in ("a/dataset/spec.json", "b/dataset/spec.json", "b/model/model.json", "b/sweep/report.json"):
+    markers = ("a/dataset/spec.json", "b/dataset/spec.json", "b/model/model.json", "b/sweep/report.json")
+    for marker in (*markers, "c/spec.json"):
         (tmp_path / marker).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / marker).write_text("{}")
     (tmp_path / "notes").mkdir()  # not an experiment: left out
     assert main(["info", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"{tmp_path} holds 2 experiments; `rl-gpt info {tmp_path}/NAME` describes one" in out
+    assert f"{tmp_path} holds 3 experiments; `rl-gpt info {tmp_path}/NAME` describes one" in out
     listed = [line.split() for line in out.splitlines()[1:]]
-    assert listed == [["a", "dataset"], ["b", "dataset,", "model,", "1", "sweep"]]
+    assert listed == [["a", "dataset"], ["b", "dataset,", "model,", "1", "sweep"], ["c", "a", "dataset"]]

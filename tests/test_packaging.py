@@ -1,9 +1,9 @@
 """The installed package, not the checkout: a built wheel carries the presets and the batched envs.
 
-The checkout keeps ``configs/`` and ``envs/`` at its top level; pyproject maps them to ``rl_gpt/configs``
-and ``rl_gpt.envs``. Every other test runs from the checkout (an editable install), where a missing
-mapping does not show: a wheel once shipped no preset at all, and its top-level ``envs`` lost to any
-``envs/`` folder in a user's working directory.
+The checkout keeps ``configs/`` and ``envs/`` at its top level; installed, they are ``rl_gpt/configs``
+(pyproject maps the folder) and ``rl_gpt.envs`` (``rl_gpt/envs`` links to ``../envs``). Every other
+test runs from the checkout, where a missing mapping does not show: a wheel once shipped no preset at
+all, and its top-level ``envs`` lost to any ``envs/`` folder in a user's working directory.
 """
 
 from __future__ import annotations
@@ -28,7 +28,15 @@ def test_every_package_of_the_checkout_is_listed_for_the_wheel() -> None:
     listed = set(_setuptools()["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "rl_gpt").rglob("__init__.py")}
     assert found <= listed, f"packages missing from pyproject's [tool.setuptools] packages: {sorted(found - listed)}"
-    assert _setuptools()["package-dir"] == {"rl_gpt.envs": "envs", "rl_gpt.configs": "configs"}
+    assert _setuptools()["package-dir"] == {"rl_gpt.configs": "configs"}
+
+
+def test_rl_gpt_envs_is_this_checkouts_envs_folder() -> None:
+    """rl_gpt/envs links to the top-level envs/: a checkout, installed or on PYTHONPATH, imports its own."""
+    import rl_gpt.envs
+
+    assert (ROOT / "rl_gpt" / "envs").is_symlink() and os.readlink(ROOT / "rl_gpt" / "envs") == "../envs"
+    assert Path(rl_gpt.envs.__file__).resolve().parent == ROOT / "envs"
 
 
 @pytest.fixture(scope="module")

@@ -153,5 +153,8 @@ def test_a_read_only_model_keeps_its_ranker_in_the_users_cache(monkeypatch, tmp_
     assert f"kept in {cache}" in said[-1] and (cache / "ranker.safetensors").is_file()
     again = ranker_module.ranker_for(model, None, LAYOUT, [0, 1], [], said.append)
     assert len(fitted) == 1 and torch.equal(again.probe.inputs, first.probe.inputs)
+    assert cache.stat().st_mode & 0o777 == 0o700
     ranker_module.ranker_for(model, None, LAYOUT, [0, 2], [], said.append)  # other training runs: fitted anew
     assert len(fitted) == 2
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG specification says
+    assert ranker_module.ranker_cache_dir("a" * 64) == Path.home() / ".cache" / "rl_gpt" / "rankers" / ("a" * 32)

@@ -26,7 +26,7 @@ from typing import Any
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
 from rl_gpt.interrupt import interrupts_deferred
-from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
+from rl_gpt.io import atomic_write_json, atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.progress import progress_bar
 from rl_gpt.wandb_run import CollectionLog, check_login
 
@@ -41,9 +41,11 @@ OBS_FOLDED = (
     "folded into the first layer: W / sqrt(var + eps), b - W mean / sqrt(var + eps) with each checkpoint's "
     "own obs_mean/obs_var; params read raw observations, unclipped (VecNormalize clipped at clip_obs)"
 )
-#: What a stored policy is: the ``checkpoints`` entry of RL specs. Older datasets lack it; their copies
-#: were taken while a rollout was collected, before the update on it, and missed the run's last update.
-CHECKPOINT_TIMING = "after the updates on the steps in `step`; the last row of a run is its trained policy"
+#: When RL checkpoints are copied: ``checkpoint_timing`` in specs. "after_update": the policy after every
+#: update on the steps in ``step``, and a run's last row its trained policy. Older datasets lack the key:
+#: their copies were taken while a rollout was collected, before the update on it, so they missed the
+#: run's last update. "mixed": a dataset of older runs extended with newer ones.
+CHECKPOINT_TIMING = "after_update"
 FOLDED_PARAMS = "; VecNormalize statistics folded into the first layer (they read raw observations)"
 
 
@@ -95,7 +97,7 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "seed": cfg.collect.eval_seed,
             "definition": evaluation_definition(cfg.task.env_id),
         },
-        "checkpoints": CHECKPOINT_TIMING,
+        "checkpoint_timing": CHECKPOINT_TIMING,
         "versions": describe_versions(),
         "collect": to_dict(cfg.collect),
     }
@@ -148,25 +150,40 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
         return _collect_into(root, spec, cfg, run_fn, progress)
 
 
+def _keep_checkpoint_timing(writer: DatasetWriter, option: str, adding: bool) -> None:
+    """Keep the spec true to the runs it describes when they were copied unlike new ones: "mixed" once
+    new RL runs join (with a warning), the stored runs' timing while none do."""
+    stored = writer.stored_spec
+    new = writer.spec.get("checkpoint_timing")
+    if stored is None or new is None or stored.get("checkpoint_timing") == new:
+        return
+    if adding:
+        warnings.warn(
+            f"{writer.root} holds runs stored by an older rl_gpt, which copied each policy before the update on "
+            "its last rollout (a run's last update was never stored); new runs store the policy after it. Collect "
+            f"into another {option} folder for a dataset of one kind",
+            stacklevel=3,
+        )
+        writer.spec["checkpoint_timing"] = "mixed"
+    elif "checkpoint_timing" in stored:
+        writer.spec["checkpoint_timing"] = stored["checkpoint_timing"]
+    else:  # an older dataset, unchanged
+        del writer.spec["checkpoint_timing"]
+    atomic_write_json(writer.root / "spec.json", writer.spec)
+
+
 def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    return os.path.abspath(os.path.expanduser(path))  # not resolve(): a link (mnist -> mnist-v2) stays a link
 
 
 def _collect_into(
     root: Path, spec: dict[str, Any], cfg: ExperimentConfig, run_fn: RunFn | None, progress: bool
 ) -> Path:
     writer = DatasetWriter(root, spec, cfg.dataset_option)
-    stored = writer.stored_spec
-    if stored is not None and stored.get("checkpoints") != spec.get("checkpoints"):
-        warnings.warn(
-            f"{root} holds runs stored by an older rl_gpt, which copied each policy before the update on its "
-            "last rollout (a run's last update was never stored); new runs store the policy after it. Collect "
-            f"into another {cfg.dataset_option} folder for a dataset of one kind",
-            stacklevel=2,
-        )
     atomic_write_text(root / "config.yaml", dump_yaml(cfg))
     done = writer.completed_runs()
     todo = [r for r in range(cfg.collect.runs) if r not in done]
+    _keep_checkpoint_timing(writer, cfg.dataset_option, adding=bool(todo))
     bar = progress_bar(
         total=cfg.collect.runs,
         initial=cfg.collect.runs - len(todo),

@@ -123,6 +123,11 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
 
     # The last checkpoint is the policy after the run's last update (``_Snapshots``). PPO always updates
     # (SB3 rounds a run up to whole rollouts); SAC only once more than learning_starts steps are taken.
+    if task.algo == "sac" and task.hyperparams.get("gradient_steps", 1) == 0:
+        raise ConfigError(
+            "task.hyperparams.gradient_steps=0: SAC would never update, so every stored policy "
+            "would be the untrained one; use 1 or more (-1: as many as steps collected)"
+        )
     if task.algo == "sac" and c.timesteps <= largest("learning_starts"):
         raise ConfigError(
             f"collect.timesteps={c.timesteps} ends before SAC's first update (after learning_starts = "
@@ -243,7 +248,8 @@ def _policy_spec(model: BaseAlgorithm, task: TaskConfig, folded: bool) -> Policy
 
 
 class _Snapshots(BaseCallback):
-    """Copies the actor (and VecNormalize statistics) every ``every`` environment steps, and at the end.
+    """Copies the actor (and VecNormalize statistics) at the first rollout boundary from every ``every``
+    environment steps on, and at the end; a rollout longer than ``every`` gives one copy.
 
     A copy is the policy after every update on the steps it is labelled with. SB3 calls ``_on_step``
     while it collects a rollout, before it trains on it, so copies taken there were the policy that
@@ -286,7 +292,8 @@ def _sane(params: torch.Tensor, limit: float) -> torch.Tensor:
 
 
 def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
-    """Train one run, checkpointing its actor at step 0 and every ``checkpoint_every`` steps, then evaluate."""
+    """Train one run, checkpointing its actor at step 0, every ``checkpoint_every`` steps (at the rollout
+    boundary that follows) and at the end, then evaluate."""
     torch.set_num_threads(1)  # one core per run; parallelism comes from running runs side by side
     seed = run_seed(cfg, run)
     hp = sample_hyperparams(cfg, run)

@@ -49,7 +49,7 @@ def describe(root: str | Path, show_spec: bool = False) -> str:
         f"parameters   {ds.layout.numel} per checkpoint ({shapes})",
         f"hidden units {dict(ds.layout.groups)}",
         f"fields       {', '.join(sorted(data.keys()))}",
-        f"memmap       {Path(root) / 'data'}  (TensorDict.load_memmap)",
+        f"memmap       {ds.data_dir}  (TensorDict.load_memmap)",
         "",
         f"{spec['metric']['name']} over all checkpoints: mean {metric[valid].mean():.2f}, "
         f"min {metric[valid].min():.2f}, max {metric[valid].max():.2f}"

@@ -450,6 +450,7 @@ class CheckpointDataset:
             data = self.root / "data.old"
         if not data.exists():
             raise DatasetError(f"{root} has no data yet; rerun `rl-gpt collect` with the same config to finish")
+        self.data_dir = data  #: the folder the rows are read from (``data/``, or ``data.old/`` after a stopped merge)
         self.data: TensorDict = load_checked(data)
         self._valid: torch.Tensor | None = None
         self.layout = Layout.from_dict(self.spec["layout"])

@@ -1,6 +1,6 @@
 """Returns of B policies × E episodes in one batched rollout.
 
-Tasks with torch dynamics (``envs.find_dynamics``) step many policies' episodes as one tensor batch,
+Tasks with torch dynamics (``rl_gpt.envs.find_dynamics``) step many policies' episodes as one tensor batch,
 refilling the slots of finished policies with waiting ones (continuous batching); every policy
 starts from the same E initial states (common random numbers), so differences between policies are
 not drowned in start-state noise. Other ids (MuJoCo) fall back to a Gymnasium vector env driven by

@@ -12,6 +12,7 @@ held-out runs, the sweep's inits or a test split.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -246,11 +247,15 @@ def fit_ranker(
     return ranker
 
 
-def ranker_cache_dir(fingerprint: str) -> Path:
+def ranker_cache_dir(fingerprint: str) -> Path | None:
     """Where a ranker lives when its model folder is read-only: the user's cache, keyed by what it learnt
-    from (``$XDG_CACHE_HOME/rl_gpt/rankers/``, else ``~/.cache/rl_gpt/rankers/``)."""
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "rl_gpt" / "rankers" / fingerprint[:32]
+    from (``$XDG_CACHE_HOME/rl_gpt/rankers/``, else ``~/.cache/rl_gpt/rankers/``); None without a home."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    try:  # the XDG specification ignores a relative XDG_CACHE_HOME
+        base = Path(cache) if os.path.isabs(cache) else Path.home() / ".cache"
+    except RuntimeError:  # no home directory to be found (a container's arbitrary user)
+        return None
+    return base / "rl_gpt" / "rankers" / fingerprint[:32]
 
 
 def ranker_for(
@@ -266,7 +271,8 @@ def ranker_for(
     A model folder that cannot be written keeps its ranker in the user's cache instead (``ranker_cache_dir``),
     so a shared, read-only model fits it once per user rather than once per command."""
     fingerprint = data_fingerprint(ds, train_runs)
-    for folder in (Path(model_dir), ranker_cache_dir(fingerprint)):
+    cache = ranker_cache_dir(fingerprint)
+    for folder in (Path(model_dir), *([cache] if cache is not None else [])):
         try:
             ranker = load_ranker(folder, layout)
         except ModelFileError:
@@ -283,9 +289,11 @@ def ranker_for(
         ranker.save(model_dir)
         kept = f"written to {Path(model_dir) / RANKER_FILE}"
     except OSError as exc:  # a read-only model folder: keep it in the user's cache
-        cache = ranker_cache_dir(fingerprint)
         try:
-            cache.mkdir(parents=True, exist_ok=True)
+            if cache is None:
+                raise OSError(errno.ENOENT, "no home directory for a cache")
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.mkdir(mode=0o700, exist_ok=True)  # the user's own: a ranker chooses which candidates are kept
             ranker.save(cache)
             kept = f"kept in {cache} ({model_dir}: {exc.strerror})"
         except OSError as cache_exc:
