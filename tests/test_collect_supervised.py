@@ -168,7 +168,7 @@ def _write_mnist(root, seed=0):
         _write_idx(root / MNIST_FILES[f"{split}_labels"], rng.integers(0, 10, n, dtype=np.uint8))
 
 
-def test_mnist_collects_from_a_data_root(tmp_path, monkeypatch):
+def test_mnist_collects_from_a_data_root(tmp_path, monkeypatch, capsys):
     _write_mnist(tmp_path / "mnist")
     monkeypatch.chdir(tmp_path)  # a relative data_root, as a user types it in their project folder
     extra = ["runs=1", "workers=1", "task.data_root=mnist", "task.hyperparams={steps: 8, batch_size: 16}"]
@@ -183,6 +183,11 @@ def test_mnist_collects_from_a_data_root(tmp_path, monkeypatch):
     extra = [e.replace("data_root=mnist", "data_root=moved").replace("runs=1", "runs=2") for e in extra]
     assert main(["collect", "mnist", "out=out", *extra]) == 0
     assert _load(tmp_path / "out")[1]["task"]["data_root"] == str(tmp_path / "moved")
+    _write_mnist(tmp_path / "other", seed=1)  # files of the same names holding other data are refused
+    extra = [e.replace("data_root=moved", "data_root=other").replace("runs=2", "runs=3") for e in extra]
+    capsys.readouterr()
+    assert main(["collect", "mnist", "out=out", *extra]) == 2
+    assert f"holds runs trained on other data than task.data_root={tmp_path / 'other'}" in capsys.readouterr().err
 
 
 def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
@@ -221,7 +226,7 @@ def test_a_cut_cifar_batch_is_refused_before_the_dataset_folder_is_made(tmp_path
         ("digits", ["task.hyperparams.steps=ten"], "task.hyperparams.steps: 'ten' is not a non-negative int"),
         ("digits", ["task.metric=return"], "task.metric: 'return' is not one of test_loss, test_error"),
         ("digits", ["task.network=resnet"], "task.network: 'resnet' is not a classifier"),
-        ("mnist", ["task.data_root=."], "MNIST file train-images-idx3-ubyte[.gz] not found"),  # a folder without it
+        ("mnist", ["task.data_root=."], "/train-images-idx3-ubyte[.gz] not found"),  # a folder without it
         ("digits", ["task.hyperparams.batch_size=2000"], "2000 is more than the 1437 training examples of digits"),
         ("digits", ["collect.sample_hyperparams={batch_size: [64, 4096]}"], "4096 is more than the 1437 training"),
         ("digits", ["task.env_id=iris"], "task.env_id: 'iris' is not the data set digits_mlp reads; set it to"),

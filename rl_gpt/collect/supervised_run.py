@@ -11,6 +11,7 @@ counts optimiser steps.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import warnings
@@ -277,6 +278,15 @@ def _run_result(
 _RL_ONLY_COLLECT = ("timesteps", "eval_episodes", "eval_seed")
 
 
+def _data_sha256(dataset: str, root: str | None) -> str:
+    """SHA-256 of the loaded data set: what a dataset's runs learnt from, wherever its files are now
+    (``task.data_root`` may change between collections; the data may not)."""
+    digest = hashlib.sha256()
+    for part in load_dataset_cached(dataset, root):
+        digest.update(part.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """The dataset spec of a supervised task: the RL spec's keys, describing a classifier instead of a policy."""
     dataset = _check_task(cfg, parse_files=True)  # the main process's check: damaged files are refused here
@@ -290,7 +300,9 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     spec = CLASSIFIERS[name]
     hp = _non_null(cfg.task.hyperparams)
     algo = hp.get("optimizer", "sgd") if "optimizers" not in hp else "supervised"
+    fetched = {} if DATASETS[dataset].bundled else {"data_sha256": _data_sha256(dataset, cfg.task.data_root)}
     return {
+        **fetched,
         "task": task_record(to_dict(cfg.task)),
         "env_id": dataset,
         "algo": algo,

@@ -248,6 +248,14 @@ class DatasetWriter:
                         + f"; use another {option} directory or delete the old dataset"
                         + (_FOLD_HINT if key == "policy" and _fold_differs(old, spec) else "")
                     )
+            before, after = old.get("data_sha256"), spec.get("data_sha256")
+            if before and after and before != after:  # data_root itself may change: the files move
+                root_now = (spec.get("task") or {}).get("data_root")
+                raise DatasetError(
+                    f"{self.root} holds runs trained on other data than task.data_root={root_now} holds (the "
+                    "loaded data set's SHA-256 differs); point task.data_root at the files it was collected "
+                    f"from, or use another {option} directory"
+                )
             changed = _changed_collection(old, spec)
             if changed:
                 raise DatasetError(
