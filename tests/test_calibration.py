@@ -94,6 +94,24 @@ def test_it_holds_for_the_same_weights_saved_again_and_for_older_files(tmp_path)
     assert model_fingerprint(tmp_path) != first and not cal.measured_for(tmp_path)
 
 
+def test_a_calibrated_prompt_stays_inside_the_training_datas_range(tmp_path) -> None:
+    from rl_gpt.io import atomic_save_pair
+    from rl_gpt.train.calibration import conditioning_prompts, model_fingerprint
+
+    atomic_save_pair({"w": torch.ones(3)}, tmp_path / "model.safetensors", tmp_path / "model.json", {})
+    # measured over a metric_range wider than the data's [0, 450]: every prompt achieved half of itself
+    prompts = torch.linspace(0, 500, 11)
+    cal = fit_calibration(prompts, (0.5 * prompts)[None, :, None], SAMPLER)
+    cal.model_sha256 = model_fingerprint(tmp_path)
+    cal.save(tmp_path)
+    desired = torch.tensor([100.0, 240.0])
+    cond, used = conditioning_prompts(tmp_path, desired, 2.0, 20, 1, bounds=(0.0, 450.0))
+    assert used is not None
+    torch.testing.assert_close(cond, torch.tensor([200.0, 450.0]))  # 480 is past what the data holds
+    cond, used = conditioning_prompts(tmp_path, desired, 2.0, 20, 1)
+    torch.testing.assert_close(cond, torch.tensor([200.0, 480.0]))
+
+
 def test_the_file_round_trips_and_a_malformed_one_is_a_one_line_error(tmp_path) -> None:
     assert load_calibration(tmp_path) is None
     cal = _linear_bias()

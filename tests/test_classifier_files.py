@@ -29,6 +29,14 @@ def _export_digits(flat: torch.Tensor, path: Path) -> Path:
     return export_safetensors(classifier_layout("digits_mlp"), flat, path, classifier_metadata("digits_mlp", None))
 
 
+def test_a_classifier_with_nan_weights_is_not_exported(tmp_path):
+    flat = _network()
+    flat[3] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        _export_digits(flat, tmp_path / "c.safetensors")
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_exported_classifier_reads_back_with_its_network_and_data_set(tmp_path):
     flat = _network()
     path = _export_digits(flat, tmp_path / "c.safetensors")
@@ -47,6 +55,15 @@ def test_rl_gpt_evaluate_measures_a_classifier_file(tmp_path, capsys):
     assert main(["evaluate", str(path)]) == 0
     expected = classifier_test_metrics("digits_mlp", "digits", flat[None])
     assert f"test loss {float(expected['test_loss'][0]):.4f}" in capsys.readouterr().out
+
+
+def test_a_classifier_with_nan_weights_measures_nan_not_the_zero_networks_loss():
+    flat = _network()
+    broken = flat.clone()
+    broken[5] = float("nan")
+    out = classifier_test_metrics("digits_mlp", "digits", torch.stack([flat, broken]))
+    assert torch.isfinite(out["test_loss"][0]) and torch.isfinite(out["test_error"][0])
+    assert out["test_loss"][1].isnan() and out["test_error"][1].isnan()
 
 
 def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys):

@@ -195,6 +195,37 @@ def test_extending_a_dataset_of_older_checkpoints_says_they_differ(tmp_path):
     assert json.loads(spec_path.read_text())["checkpoint_timing"] == "mixed"
 
 
+def test_a_resume_collects_exactly_the_runs_that_are_missing(tmp_path):
+    from rl_gpt.collect.executor import collect, dataset_spec
+    from rl_gpt.collect.sb3_run import RunResult
+    from rl_gpt.dataset import DatasetWriter
+
+    cfg = load_config("cartpole", [f"out={tmp_path}", "runs=4", "workers=1", "wandb.mode=disabled"], command="collect")
+    spec = dataset_spec(cfg)
+
+    def rows(run: int) -> dict:
+        return {
+            "params": torch.full((2, spec["layout"]["numel"]), float(run)),
+            "metric": torch.tensor([10.0, 20.0]),
+            "step": torch.tensor([0, 256]),
+            "valid": torch.ones(2, dtype=torch.bool),
+        }
+
+    writer = DatasetWriter(cfg.dataset_dir, spec)
+    for run in (0, 2):  # parallel workers finished runs 0 and 2 before a kill -9 stopped run 1
+        writer.add_run(run, rows(run), {"seed": run})
+    ran = []
+
+    def fake_run(cfg, run):
+        ran.append(run)
+        return RunResult(rows(run), {"seed": run})
+
+    collect(cfg, run_fn=fake_run, progress=False)
+    assert ran == [1, 3]
+    td = _load(tmp_path)
+    assert td["run"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and td["params"][:, 0].tolist() == td["run"].tolist()
+
+
 def _spawned_workers(group: int) -> list[int]:
     """Processes of the process group ``group`` started by multiprocessing's spawn (Linux /proc)."""
     found = []

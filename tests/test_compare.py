@@ -106,6 +106,17 @@ def test_failed_samples_count_as_the_worst_prompt(tmp_path: Path) -> None:
     assert all(math.isfinite(c) for c in rows[1].one_step_delta_ci95)
 
 
+def test_a_lower_is_better_sweep_pairs_its_lowest_prompt_and_counts_failures_as_the_highest(tmp_path: Path) -> None:
+    # test error prompted from 100 to 500 (as if in thousandths): the one-step prompt is the lowest
+    exact = PROMPTS.view(1, -1, 1).expand(4, -1, 2).clone()
+    broken = exact.clone()
+    broken[0, 0, 0] = float("nan")  # one sample at the best prompt (100) failed: it counts as 500
+    rows = compare_reports([_write(tmp_path / "a", exact, higher=False), _write(tmp_path / "b", broken, higher=False)])
+    assert rows[0].one_step == pytest.approx(100.0) and not rows[0].higher_is_better
+    assert rows[1].one_step == pytest.approx((300 + 3 * 100) / 4)
+    assert rows[1].one_step_delta == pytest.approx(50.0)  # worse, for an error
+
+
 def test_the_plot_given_instead_of_its_report_is_named(tmp_path: Path, capsys) -> None:
     (tmp_path / "sweep.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # the plot beside the report, given by mistake
     assert main(["compare", str(tmp_path / "sweep.png")]) == 2
@@ -121,6 +132,40 @@ def test_reports_on_other_inits_are_refused(tmp_path: Path) -> None:
     c = _write(tmp_path / "c", _noisy(8, 10.0, 0), higher=False)
     with pytest.raises(ReportError, match="direction"):
         compare_reports([a, c])
+
+
+def test_reports_over_other_prompt_values_are_refused(tmp_path: Path) -> None:
+    a = _write(tmp_path / "a", _noisy(8, 10.0, 0))
+    b = _write(tmp_path / "b", _noisy(8, 10.0, 0))
+    report = json.loads((b / "report.json").read_text())
+    report["prompts"] = torch.linspace(0.0, 400.0, 5).tolist()  # as many prompts, another task.metric_range
+    (b / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ReportError, match="prompt values.*task.metric_range"):
+        compare_reports([a, b])
+
+
+def test_alignment_r2_of_known_answers() -> None:
+    prompts = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    assert alignment_r2(prompts, prompts[None]).tolist() == [1.0]
+    ignored = torch.full((1, 4), 1.5)  # always the prompts' mean: no better than ignoring the prompt
+    assert alignment_r2(prompts, ignored).tolist() == [0.0]
+    achieved = torch.stack([prompts + 1.0, 2 * prompts])  # (K=2, P): off by one; twice the prompt
+    torch.testing.assert_close(
+        alignment_r2(prompts, achieved), torch.tensor([1 - 4 / 5, 1 - 14 / 5], dtype=torch.float64)
+    )
+    samples = torch.stack([prompts, prompts + 2.0], dim=-1)[None]  # (1, P, S=2): the samples pooled
+    torch.testing.assert_close(alignment_r2(prompts, samples), torch.tensor([1 - 16 / 10], dtype=torch.float64))
+
+
+def test_the_bootstrap_interval_covers_95_percent_of_the_mean() -> None:
+    from rl_gpt.evaluate.alignment import bootstrap_ci
+
+    values = torch.randn(400, generator=torch.Generator().manual_seed(0))
+    low, high = bootstrap_ci(values)
+    half = 1.96 * float(values.std()) / 400**0.5  # the normal interval the bootstrap approximates
+    assert low < float(values.mean()) < high
+    assert (high - low) / 2 == pytest.approx(half, rel=0.08)
+    assert all(math.isnan(v) for v in bootstrap_ci(values[:1]))
 
 
 def test_held_out_sweeps_of_other_datasets_are_not_paired_by_run_number(tmp_path: Path) -> None:

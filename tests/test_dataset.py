@@ -65,6 +65,18 @@ def test_append_after_consolidation_and_resume(tmp_path):
     assert not (tmp_path / "ds" / "runs" / ".tmp-run_00002").exists()
 
 
+def test_a_run_merged_after_higher_numbered_ones_is_stored_in_run_order(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    for run in (0, 2):  # run 1 was still running when these were merged (a `data merge`, then a resume)
+        w.add_run(run, _rows(run), {"seed": run})
+    w.consolidate()
+    w.add_run(1, _rows(1), {"seed": 1})
+    assert w.consolidate() == 12
+    td = TensorDict.load_memmap(tmp_path / "ds" / "data", allow_pickle=False)
+    assert td["run"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert td["params"][:, 0].tolist() == [0.0] * 4 + [1.0] * 4 + [2.0] * 4  # each row with its own run
+
+
 def test_recover_from_crash_between_renames(tmp_path):
     w = DatasetWriter(tmp_path / "ds", SPEC)
     w.add_run(0, _rows(0), {})
@@ -357,6 +369,7 @@ def test_a_pickled_field_is_refused_before_anything_is_unpickled(tmp_path):
         ({"../params": {"shape": [8], "dtype": "torch.float32"}}, "field '../params' is not a tensor column"),
         ({"metric": {"shape": [7], "dtype": "torch.float32"}}, "field 'metric' is not a tensor column"),
         ({"metric": {"shape": [8], "dtype": "torch.complex64"}}, "field 'metric' is not a tensor column"),
+        ({"metric": {"shape": [8], "dtype": "torch.float32", "is_nested": True}}, "field 'metric' is not a tensor"),
     ],
 )
 def test_a_meta_json_that_is_no_table_of_tensor_columns_is_refused(tmp_path, change, needle):

@@ -217,6 +217,25 @@ def test_folding_zeroes_a_feature_that_never_varies() -> None:
     torch.testing.assert_close(policy.act(folded, obs), policy.act(flat[None], normalised))
 
 
+def test_generated_policies_of_an_unfolded_dataset_get_its_runs_final_statistics(tmp_path) -> None:
+    from rl_gpt.dataset import CheckpointDataset, DatasetWriter
+    from rl_gpt.evaluate.dataset_metric import obs_stats
+    from rl_gpt.layout import LayerSpec, Layout
+
+    layout = Layout.build({"l.weight": (1, 2), "l.bias": (1,)}, [LayerSpec("l", None, None)])
+    spec = {"task": {"name": "toy"}, "metric": {"name": "return"}, "layout": layout.to_dict()}
+    writer = DatasetWriter(tmp_path / "ds", spec | {"policy": {"normalize_obs": True}})
+    for run, scale in enumerate((1.0, 3.0, 100.0)):
+        steps = torch.arange(3, dtype=torch.float32)[:, None]  # statistics drift as a run trains
+        rows = {"params": torch.zeros(3, 3), "metric": torch.zeros(3), "step": torch.arange(3)}
+        rows |= {"obs_mean": scale * (steps + torch.tensor([0.0, 10.0])), "obs_var": scale * (steps + 1).expand(3, 2)}
+        writer.add_run(run, rows, {})
+    writer.consolidate()
+    mean, var = obs_stats(CheckpointDataset(tmp_path / "ds"), [0, 1])  # run 2 is held out
+    torch.testing.assert_close(mean, torch.tensor([4.0, 24.0]))  # (1 * [2, 12] + 3 * [2, 12]) / 2
+    torch.testing.assert_close(var, torch.tensor([6.0, 6.0]))
+
+
 def test_stochastic_actions_follow_sb3_distributions() -> None:
     gen = torch.Generator().manual_seed(0)
     # Categorical: sampled frequencies match softmax(logits).
@@ -237,6 +256,28 @@ def test_stochastic_actions_follow_sb3_distributions() -> None:
     policy = BatchedPolicy(layout, spec)
     noisy = policy.act(flat.expand(2000, -1), obs, deterministic=False, generator=gen)
     assert noisy.abs().max() <= 2.0 and noisy.std(0).min() > 0.1
+
+
+def test_a_sac_log_std_beyond_sb3s_clamp_samples_as_sb3_does() -> None:
+    # SB3 clamps SAC's log-std to [-20, 2]: a generated actor asking for log-std 10 samples with std e^2,
+    # so about 2·Φ(e^-2) − 1 = 10.8 % of its pre-tanh draws fall within ±1 (|action| < 0.76 · 2).
+    sac = make_model("sac", "Pendulum-v1", 0)
+    with torch.no_grad():
+        for name, value in (("mu", 0.0), ("log_std", 10.0)):
+            head = getattr(sac.actor, name)
+            head.weight.zero_()
+            head.bias.fill_(value)
+    layout, spec, flat = actor_of(sac, "sac")
+    obs = torch.from_numpy(sample_obs(sac, 4, 0)).expand(5000, 4, 3)
+    gen = torch.Generator().manual_seed(0)
+    actions = BatchedPolicy(layout, spec).act(flat.expand(5000, -1), obs, deterministic=False, generator=gen)
+    expected = math.erf(math.exp(-2.0) / math.sqrt(2.0))
+    assert float((actions.abs() < 2.0 * math.tanh(1.0)).float().mean()) == pytest.approx(expected, abs=0.01)
+    torch.manual_seed(0)
+    with torch.no_grad():  # SB3's own draws, scaled to [-1, 1]
+        mean, log_std, _ = sac.actor.get_action_dist_params(obs.reshape(-1, 3))
+        theirs = sac.actor.action_dist.actions_from_params(mean, log_std)
+    assert float((theirs.abs() < math.tanh(1.0)).float().mean()) == pytest.approx(expected, abs=0.01)
 
 
 # ---------------------------------------------------------------------------------------- rollouts

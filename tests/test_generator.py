@@ -19,7 +19,7 @@ from rl_gpt.layout import LayerSpec, Layout
 from rl_gpt.model import build_model
 from rl_gpt.train.checkpoint import load_train_state, save_train_state
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.loop import build_generator, model_config
+from rl_gpt.train.loop import build_generator, model_config, step_seed
 from rl_gpt.train.modelfile import load_generator, save_model
 
 LAYOUT = Layout.build(
@@ -243,6 +243,28 @@ def test_normalizer_scales_input_columns_on_request(input_columns):
         assert column_std[0] / column_std[2] > 100
     assert torch.unique(norm.std[18:24]).numel() == 1  # net.0.bias: per tensor either way
     torch.testing.assert_close(norm.unparams(z), params, atol=1e-4, rtol=1e-5)
+
+
+def test_normalizer_of_a_tensor_that_never_changes_stays_finite():
+    params = torch.randn(50, D, generator=torch.Generator().manual_seed(0))
+    params[:, -2:] = 0.5  # net.1.bias the same in every checkpoint (a frozen or untrained tensor)
+    norm = Normalizer.fit(params, torch.full((50,), 3.0), LAYOUT, params[:10] - params[10:20])
+    z = norm.params(params)
+    assert torch.isfinite(z).all() and torch.isfinite(norm.delta(params[:10] - params[10:20])).all()
+    torch.testing.assert_close(norm.unparams(z), params)
+    assert (norm.metric_low, norm.metric_high) == (3.0, 4.0)  # one metric value: a range of 1 above it
+
+
+def test_every_training_step_process_and_stream_draws_from_its_own_seed():
+    seeds = {
+        (step, rank, stream): step_seed(7, rank, step, stream)
+        for step in range(50)
+        for rank in range(2)
+        for stream in range(4)
+    }
+    assert len(set(seeds.values())) == len(seeds)  # another batch, noise and permutation every step
+    assert step_seed(7, 1, 30, 2) == seeds[30, 1, 2]  # a resumed run draws what it would have drawn
+    assert step_seed(8, 1, 30, 2) != seeds[30, 1, 2] and 0 <= seeds[30, 1, 2] < 2**63
 
 
 def test_averaged_samples_are_the_mean_of_independent_draws_from_each_row() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -12,7 +13,14 @@ import torch
 from safetensors.torch import load_file
 
 from rl_gpt.cli import main
-from rl_gpt.io import FILE_MODE, atomic_save_safetensors, atomic_write_json
+from rl_gpt.io import (
+    FILE_MODE,
+    atomic_save_pair,
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    pair_matches,
+)
 
 
 def _mode(path: Path) -> int:
@@ -39,6 +47,33 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
     with pytest.raises((TypeError, ValueError)):
         atomic_save_safetensors({"w": "not a tensor"}, tmp_path / "m.safetensors")  # type: ignore[dict-item]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_write_that_fails_after_opening_leaves_the_old_text(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(UnicodeEncodeError):
+        atomic_write_text(path, "new \ud800")  # fails while the file is being written
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_undefined_numbers_are_null_in_tuples_too(tmp_path: Path) -> None:
+    atomic_write_json(tmp_path / "r.json", {"ci95": (float("nan"), 1.0), "runs": [(2, float("inf"))]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"ci95": [None, 1.0], "runs": [[2, None]]}
+
+
+def test_a_pair_whose_weights_cannot_be_read_does_not_match_its_json(tmp_path: Path) -> None:
+    weights, meta = tmp_path / "model.safetensors", tmp_path / "model.json"
+    atomic_save_pair({"w": torch.ones(3)}, weights, meta, {"step": 1})
+    info = json.loads(meta.read_text())
+    assert pair_matches(weights, info)
+    assert not pair_matches(weights, {"step": 1})  # a JSON written before save ids, beside new weights
+    weights.write_bytes(weights.read_bytes()[:20])  # cut short
+    assert not pair_matches(weights, info)
+    weights.unlink()
+    assert not pair_matches(weights, info)
+    assert pair_matches(weights, {"step": 1})  # no id on either side: the reader says it is unreadable
 
 
 def test_top_level_help_works(capsys) -> None:

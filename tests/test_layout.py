@@ -71,6 +71,17 @@ def test_bad_shapes_are_refused():
         Layout.build({"a.weight": (3, 2), "b.weight": (1, 4)}, [LayerSpec("a", None, "h"), LayerSpec("b", "h", None)])
 
 
+def test_a_stored_layout_whose_pieces_do_not_tile_the_vector_is_refused():
+    data = _mlp_layout().to_dict()
+    data["params"][2]["offset"] += 1  # a gap before 2.weight: unflatten would read the wrong slices
+    with pytest.raises(ValueError, match="offset"):
+        Layout.from_dict(data)
+    data = _mlp_layout().to_dict()
+    data["numel"] += 1
+    with pytest.raises(ValueError, match="numel"):
+        Layout.from_dict(data)
+
+
 @pytest.mark.parametrize(
     ("algo", "env_id", "kwargs"),
     [

@@ -145,6 +145,22 @@ def test_neuron_tokens_follow_unit_index(layout_name: str) -> None:
     assert torch.equal(fixed, layout.fixed_index())
 
 
+def test_a_neuron_token_hears_which_units_its_weights_connect_to() -> None:
+    # W of net.1 (8 x 16) connects h0 (its columns) to h1 (its rows). Moving a weight of h0's unit 0
+    # from h1's unit 0 to unit 1 (swapping two entries of one column: the column's sum stays) is another
+    # network, not a permutation, so unit 0's token must change; no other h0 unit's may.
+    layout = LAYOUTS["mlp"]
+    tok = make_tokenizer("neuron", layout, width=32)
+    x = torch.randn(1, layout.numel, generator=torch.Generator().manual_seed(0))
+    w = layout["net.1.weight"]
+    a, b = w.offset + 0 * 16 + 0, w.offset + 1 * 16 + 0  # W[0, 0] and W[1, 0]
+    moved = x.clone()
+    moved[0, [a, b]] = x[0, [b, a]]
+    h, h_moved = tok.encode(x), tok.encode(moved)  # h0's 16 tokens come first
+    assert not torch.allclose(h[0, 0], h_moved[0, 0], atol=1e-4)
+    assert torch.allclose(h[0, 1:16], h_moved[0, 1:16], atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- models
 
 

@@ -174,6 +174,19 @@ def test_init_fidelity() -> None:
     assert len(unrelated["ratio_per_sample"]) == 12
 
 
+def test_init_fidelity_leaves_each_policys_own_init_out_of_the_other_inits_mean() -> None:
+    layout = _two_hidden()
+    g = torch.Generator().manual_seed(7)
+    inits = torch.randn(3, layout.numel, generator=g)
+    policies = inits + 0.1 * torch.randn(inits.shape, generator=g)
+    res = init_fidelity(layout, policies, inits, inits)
+    for i in range(3):
+        others = [aligned_distance(layout, policies[i], inits[j]) for j in range(3) if j != i]
+        assert res["dist_other_mean"][i] == pytest.approx(sum(others) / 2, rel=1e-5)
+        assert res["dist_own"][i] == pytest.approx(aligned_distance(layout, policies[i], inits[i]), rel=1e-5)
+    assert res["fidelity"] == pytest.approx(sum(res["ratio_per_sample"]) / 3)
+
+
 # ---------------------------------------------------------------------------------- behaviour
 def test_behavioural_novelty() -> None:
     layout = _two_hidden()

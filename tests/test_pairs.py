@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rl_gpt.dataset import CheckpointDataset, DatasetWriter
-from rl_gpt.dataset.pairs import PairSampler
+from rl_gpt.dataset.pairs import PairSampler, split_runs
 from rl_gpt.layout import LayerSpec, Layout
 
 LAYOUT = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
@@ -53,3 +53,44 @@ def test_one_bin_samples_every_checkpoint_alike(tmp_path):
     ds = _dataset(tmp_path)
     metric = _targets(PairSampler(ds, [0, 1, 2, 3], bins=1, seed=0), ds)
     assert float((metric < 0.029).float().mean()) == pytest.approx(3 / 18, abs=0.01)
+
+
+def test_init_draws_are_each_runs_first_valid_checkpoint(tmp_path):
+    ds = _dataset(tmp_path)
+    valid = ds.data["valid"]
+    valid[ds.run_slices()[3].start] = False  # run 3's step 0 is unusable: its init is step 10
+    ds._valid = None
+    sampler = PairSampler(ds, [1, 3], init_fraction=1.0, seed=0)
+    source, target = sampler.sample_positions(2_000)
+    rows, runs = sampler.rows[source], ds.data["run"][sampler.rows[target]]
+    first = {1: ds.run_slices()[1].start, 3: ds.run_slices()[3].start + 1}
+    assert set(runs.tolist()) == {1, 3}
+    assert rows.tolist() == [first[r] for r in runs.tolist()]
+    assert sampler.init_rows().tolist() == [first[1], first[3]]
+
+
+def test_rows_that_are_not_valid_are_never_drawn(tmp_path):
+    ds = _dataset(tmp_path)
+    ds.data["valid"][::3] = False
+    ds._valid = None
+    sampler = PairSampler(ds, [0, 1, 2, 3], init_fraction=0.5, seed=0)
+    source, target = sampler.sample_positions(5_000)
+    drawn = torch.cat([sampler.rows[source], sampler.rows[target]])
+    assert ds.data["valid"][drawn].all()
+    assert len(sampler) == 4 * len(ERRORS) - int((~ds.data["valid"]).sum())
+
+
+def test_the_train_test_split_is_by_run_and_set_by_its_seed():
+    runs = list(range(20))
+    splits = {seed: split_runs(runs, 0.25, seed) for seed in range(4)}
+    for train, test in splits.values():
+        assert len(test) == 5 and sorted(train + test) == runs
+    assert split_runs(runs, 0.25, 2) == splits[2]  # the same seed, the same split
+    assert len({tuple(test) for _, test in splits.values()}) > 1  # another seed holds out other runs
+    assert split_runs(runs, 0.0, 1) == (runs, [])
+
+
+def test_the_split_always_keeps_a_training_run():
+    train, test = split_runs([4, 7, 9], 0.9)
+    assert len(train) == 1 and len(test) == 2
+    assert split_runs([5], 0.5) == ([5], [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -181,6 +182,93 @@ def test_a_dataset_the_user_names_is_used_and_checked(experiment, tmp_path):
     args = ["sweep", "--model", str(experiment / "model"), "--out", str(tmp_path / "s"), f"dataset={copy}"]
     assert main([*args, *QUIET]) == 2
     assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_a_sweeps_retrieval_and_novelty_pool_is_the_training_runs_usable_checkpoints(experiment, tmp_path, monkeypatch):
+    import rl_gpt.sweep.run as sweep_run
+
+    copy = tmp_path / "copy"
+    shutil.copytree(experiment / "dataset", copy)
+    td = TensorDict.load_memmap(copy / "data", allow_pickle=False).clone()
+    td["valid"][td["step"] == 256] = False  # checkpoints training may not use (exploding weights, say)
+    shutil.rmtree(copy / "data")
+    td.memmap(copy / "data")
+    seen, novelty, evaluate_flat, evaluated = {}, sweep_run._novelty, sweep_run.evaluate_flat, []
+
+    def spy(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, test_runs, seed=0):
+        seen.update(ds=ds, std=gen.normalizer.std, pool=pool_rows, retrieved=retrieved, noisy=noisy)
+        seen.update(train=train_runs, test=test_runs)
+        return novelty(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, test_runs, seed)
+
+    def measured(ds, params, *args, stats_rows=None, **kwargs):
+        evaluated.append((params, stats_rows))
+        return evaluate_flat(ds, params, *args, stats_rows=stats_rows, **kwargs)
+
+    monkeypatch.setattr(sweep_run, "_novelty", spy)
+    monkeypatch.setattr(sweep_run, "evaluate_flat", measured)
+    args = ["sweep", "--model", str(experiment / "model"), "--out", str(tmp_path / "s"), f"dataset={copy}"]
+    sizes = ["inits=2", "prompts=3", "samples=1", "episodes=1", "sweep.recursive=0", "sweep.rerank=1"]
+    assert main([*args, *sizes, *QUIET]) == 0
+    ds, pool = seen["ds"], seen["pool"]
+    slices = ds.run_slices()
+    usable = [i for r in seen["train"] for i in range(slices[r].start, slices[r].stop) if ds.valid_mask()[i]]
+    assert seen["test"] and sorted(pool.tolist()) == usable  # no held-out run, no invalid row
+    assert any(torch.equal(seen["retrieved"][0], ds.data["params"][i]) for i in usable)
+    # the noise baseline: the retrieved checkpoint plus sweep.noise_scale (0.1) of each tensor's std
+    noise = (seen["noisy"] - seen["retrieved"]) / seen["std"]
+    assert float(noise.std()) == pytest.approx(0.1, rel=0.2) and abs(float(noise.mean())) < 0.03
+    # each retrieved (or noised) checkpoint is measured with its own row's observation statistics
+    own = [(p, rows) for p, rows in evaluated if rows is not None]
+    assert len(own) == 2 and all(torch.equal(p, ds.data["params"][rows]) for p, rows in own[:1])
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["novelty"]["nn_dist_heldout"] > 0  # the held-out run's final checkpoint is not in the pool
+    assert report["novelty"]["retrieval"] == 0  # a training checkpoint is its own nearest: the whole pool is searched
+
+
+def test_novelty_without_held_out_runs_keeps_the_runs_standing_in_out_of_the_pool(experiment, tmp_path, monkeypatch):
+    """train.test_fraction=0 leaves no held-out run: two training runs stand in, so they must leave the pool
+    (their own final checkpoints would be their nearest, and every novelty ratio 0/0)."""
+    import rl_gpt.sweep.run as sweep_run
+
+    novelty = sweep_run._novelty
+
+    def without_held_out(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, test_runs, seed=0):
+        return novelty(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, [], seed)
+
+    monkeypatch.setattr(sweep_run, "_novelty", without_held_out)
+    args = ["sweep", "--model", str(experiment / "model"), "--out", str(tmp_path / "s")]
+    sizes = ["inits=2", "prompts=3", "samples=1", "episodes=1", "sweep.recursive=0", "sweep.rerank=1"]
+    assert main([*args, *sizes, *QUIET]) == 0
+    report = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert report["novelty"]["nn_dist_heldout"] > 0
+    assert all(math.isfinite(report["novelty"][name]) for name in ("generator", "retrieval", "noise"))
+
+
+def test_training_permutes_theta_and_theta_next_of_a_pair_alike(experiment, tmp_path, monkeypatch):
+    from rl_gpt.train.generator import ParameterGenerator
+
+    out = tmp_path / "aug"
+    td = TensorDict.load_memmap(experiment / "dataset" / "data", allow_pickle=False).clone()
+    first = {int(r): i for i, r in reversed(list(enumerate(td["run"].tolist())))}
+    for i, r in enumerate(td["run"].tolist()):  # every checkpoint a multiple of its run's init: θ' = c θ
+        td["params"][i] = (1 + i - first[r]) * td["params"][first[r]]
+    shutil.copytree(experiment / "dataset", out / "dataset", ignore=shutil.ignore_patterns("data"))
+    td.memmap(out / "dataset" / "data")
+    pairs, loss = [], ParameterGenerator.loss
+
+    def recording(self, batch, *args, **kwargs):
+        pairs.append((batch["theta"].clone(), batch["theta_next"].clone()))
+        return loss(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(ParameterGenerator, "loss", recording)
+    args = ["train", "cartpole", f"out={out}", "steps=2", "train.final_probe=false", *TINY_MODEL, *QUIET]
+    assert main(args) == 0
+    theta, theta_next = (torch.cat(x) for x in zip(*pairs))
+    cos = torch.nn.functional.cosine_similarity(theta, theta_next, dim=1)
+    torch.testing.assert_close(cos, torch.ones_like(cos))  # one permutation for both: still θ' = c θ
+    stored = td["params"].float()
+    as_stored = (theta[:, None] == stored[None]).all(-1).any(-1)
+    assert as_stored.float().mean() < 0.1  # ... and the pairs were permuted
 
 
 def test_a_save_cut_between_its_two_renames_is_resumed_from_the_old_state(experiment, tmp_path, capsys):
@@ -743,6 +831,17 @@ def test_start_metric_reproduces_the_datasets_own_labels(experiment):
     torch.testing.assert_close(measured.float(), ds.data["metric"][rows].float())
 
 
+def test_a_network_with_nan_weights_measures_nan_not_a_return(experiment):
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.evaluate.dataset_metric import evaluate_flat
+
+    ds = CheckpointDataset(experiment / "dataset")
+    params = ds.data["params"][:2].float().clone()
+    params[1, 0] = float("nan")  # a generated network that failed
+    res = evaluate_flat(ds, params, 2, 0, list(ds.run_slices()))
+    assert torch.isfinite(res.mean[0]) and res.mean[1].isnan() and res.returns[1].isnan().all()
+
+
 def test_sweep_conditions_on_the_label_protocols_init_metric(experiment, tmp_path, monkeypatch):
     import rl_gpt.sweep.run as sweep_run
     from rl_gpt.dataset import CheckpointDataset
@@ -1007,6 +1106,44 @@ def test_a_generate_stopped_while_writing_leaves_no_record_of_replaced_files(exp
     assert main([*base, "--target-return", "100", "--num", "2"]) == 1  # policy_000 replaced, then the disk filled
     assert not (out / "generated.json").exists()  # it described target 400's policies
     assert not list(out.glob(".*tmp*"))
+
+
+def test_an_sb3_export_cut_short_leaves_the_old_zip_and_no_temporary(tmp_path, monkeypatch):
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.config import load_config
+    from rl_gpt.generate.export import export_sb3
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+
+    task = load_config("cartpole", [], command="generate").task
+    model = build_model(task, seed=0)
+    layout = actor_layout(model.policy, task.algo)
+    path = export_sb3(task, layout, read_actor(model.policy, layout), tmp_path / "policy.zip")
+    before = path.read_bytes()
+
+    def full_disk(self, where, *args, **kwargs):
+        Path(where).write_bytes(b"the first bytes of a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PPO, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        export_sb3(task, layout, read_actor(model.policy, layout) + 1, path)
+    assert path.read_bytes() == before  # still the whole old zip
+    assert [p.name for p in tmp_path.iterdir()] == ["policy.zip"]
+
+
+def test_an_sb3_export_refuses_parameters_of_another_policy_of_the_same_shapes(tmp_path):
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.config import load_config
+    from rl_gpt.generate.export import export_sb3
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+
+    relu = load_config("cartpole", ["task.policy_kwargs.activation_fn=relu"], command="generate").task
+    tanh = load_config("cartpole", ["task.policy_kwargs.activation_fn=tanh"], command="generate").task
+    model = build_model(relu, seed=0)
+    layout = actor_layout(model.policy, relu.algo)  # the same shapes as tanh's, another function
+    with pytest.raises(ValueError, match="does not match"):
+        export_sb3(tanh, layout, read_actor(model.policy, layout), tmp_path / "policy.zip")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import math
 
-from rl_gpt.sweep.run import _one_step_logged
+import pytest
+import torch
+
+from rl_gpt.dataset import CheckpointDataset, DatasetWriter
+from rl_gpt.evaluate.alignment import alignment_r2
+from rl_gpt.layout import LayerSpec, Layout
+from rl_gpt.sweep.run import _one_step_logged, _summary, _training_equivalent
 
 
 def test_a_classifier_sweep_logs_its_metrics_and_references_by_name() -> None:
@@ -37,3 +43,48 @@ def test_a_policy_sweep_logs_its_return_and_solved_fraction() -> None:
     assert _one_step_logged(report) == {"one_step_return": 500.0, "solved_fraction": 1.0}
     report["one_step"]["solved_fraction"] = None  # read back from strict JSON
     assert _one_step_logged(report) == {"one_step_return": 500.0}
+
+
+def test_a_lower_is_better_summary_counts_a_failed_sample_as_the_worst_prompt() -> None:
+    prompts = torch.tensor([0.1, 0.2, 0.3, 0.4])  # test errors: 0.1 is the best prompt
+    achieved = prompts.repeat(3, 1)[..., None].clone()  # (K, P, S): every init on target
+    achieved[1, 0, 0] = math.nan  # init 1's network for the best prompt failed
+    achieved[2, 0, 0] = 0.12
+    summary = _summary(prompts, achieved, best=0, threshold=0.15, higher=False)
+    as_worst = achieved.nan_to_num(nan=0.4)
+    assert summary["r2_per_init"] == pytest.approx(alignment_r2(prompts, as_worst).tolist())
+    assert summary["r2_per_init"][0] == pytest.approx(1.0) and summary["r2_per_init"][1] < 0.5
+    assert summary["one_step"]["prompt"] == pytest.approx(0.1)
+    assert summary["one_step"]["mean_return"] == pytest.approx(0.11)  # failures left out: (0.1 + 0.12) / 2
+    assert summary["one_step"]["solved_fraction"] == pytest.approx(2 / 3)  # at or below 0.15; a failure is not
+
+
+def test_a_higher_is_better_summary_counts_a_failed_sample_as_the_lowest_prompt() -> None:
+    prompts = torch.tensor([100.0, 300.0, 500.0])
+    achieved = torch.tensor([[[100.0], [300.0], [500.0]], [[100.0], [300.0], [math.nan]]])
+    summary = _summary(prompts, achieved, best=2, threshold=475.0, higher=True)
+    assert summary["r2_per_init"] == pytest.approx(alignment_r2(prompts, achieved.nan_to_num(nan=100.0)).tolist())
+    assert summary["one_step"]["solved_fraction"] == pytest.approx(0.5)
+
+
+def _runs(tmp_path, curves: list[list[float]], higher: bool) -> CheckpointDataset:
+    layout = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
+    metric = {"name": "return" if higher else "test_error", "higher_is_better": higher}
+    w = DatasetWriter(tmp_path / "ds", {"task": {"name": "toy"}, "metric": metric, "layout": layout.to_dict()})
+    for run, curve in enumerate(curves):
+        n = len(curve)
+        w.add_run(
+            run,
+            {"params": torch.zeros(n, layout.numel), "metric": torch.tensor(curve), "step": torch.arange(n) * 100},
+            {},
+        )
+    w.consolidate()
+    return CheckpointDataset(tmp_path / "ds")
+
+
+def test_training_equivalent_is_the_median_step_that_first_reached_the_value(tmp_path) -> None:
+    errors = _runs(tmp_path / "e", [[0.9, 0.5, 0.2, 0.1], [0.9, 0.2, 0.1, 0.05], [0.8, 0.6, 0.4, 0.3]], higher=False)
+    assert _training_equivalent(errors, [0, 1, 2], 0.25, higher=False) == 200.0  # runs at 200, 100, never
+    assert _training_equivalent(errors, [0, 1, 2], 0.01, higher=False) is None  # no run got that low
+    returns = _runs(tmp_path / "r", [[10, 50, 200], [10, 300, 500], [20, 30, 40]], higher=True)
+    assert _training_equivalent(returns, [0, 1, 2], 150.0, higher=True) == 200.0  # runs at 200, 100, never

@@ -363,13 +363,17 @@ def _novelty(
     except ImportError:  # pragma: no cover - novelty audit not installed
         return {"novelty": None, "init_fidelity": None, "behavioural_novelty": None}
     layout, slices = ds.layout, ds.run_slices()
+    held_runs = test_runs
+    if not held_runs:  # no held-out runs (train.test_fraction=0): two training runs stand in, outside the pool
+        held_runs = train_runs[-2:]  # (inside it, their own checkpoints would be their nearest: every ratio 0/0)
+        stand_ins = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in held_runs])
+        pool_rows = pool_rows[~torch.isin(pool_rows, stand_ins)]
     g = torch.Generator().manual_seed(0)
     # Every training checkpoint, so that a copy of one scores 0; a random subset only past ~1 GB of weights.
     cap = max(5000, NOVELTY_POOL_FLOATS // layout.numel)
     if len(pool_rows) > cap:
         pool_rows = pool_rows[torch.randperm(len(pool_rows), generator=g)[:cap]]
     pool = ds.data["params"][pool_rows].float()
-    held_runs = test_runs or train_runs[-2:]
     held_final = ds.data["params"][torch.tensor([slices[r].stop - 1 for r in held_runs])].float()
     held_init = ds.data["params"][torch.tensor([slices[r].start for r in held_runs])].float()
     finite = torch.isfinite(generated).all(1)
