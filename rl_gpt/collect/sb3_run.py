@@ -282,7 +282,7 @@ class _Snapshots(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        if self.items[-1]["step"] != self.model.num_timesteps:
+        if not self.items or self.items[-1]["step"] != self.model.num_timesteps:
             self.snapshot(self.model, self.model.num_timesteps)
 
 
