@@ -1,0 +1,141 @@
+"""Config files: the presets shipped with rl_gpt, and ``extends:`` chains of YAML files merged over them."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .schema import ConfigError, TaskConfig
+
+
+def _presets_folder() -> Path:
+    """The presets: ``rl_gpt/configs`` when installed (pyproject maps the checkout's top-level ``configs/``
+    there), the checkout's ``configs/`` in an editable install or a clone."""
+    package = Path(__file__).resolve().parent.parent  # rl_gpt/
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+PRESETS = _presets_folder()
+
+
+def find_preset(name_or_path: str) -> Path:
+    """A config file path, or the name of a preset in ``configs/`` (``cartpole`` → configs/cartpole.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (PRESETS / f"{name_or_path}.yaml", PRESETS / name_or_path):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in PRESETS.glob("*.yaml")) if PRESETS.is_dir() else []
+    raise ConfigError(f"no config file or preset {name_or_path!r}; presets: {', '.join(known) or 'none found'}")
+
+
+def read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML file's sections; ``extends: NAME`` starts from that preset and deep-merges this file over it."""
+    path = find_preset(source)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in seen)})")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)  # where the parser stopped (0-based), if it knows
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem}); fix the file") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    data = loaded or {}
+    base = data.pop("extends", None)
+    if base is None:
+        return _deep_merge(_inherited_defaults({}, data), data)
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'extends' names one preset or file, got {base!r}")
+    chain = read_preset(str(_base_preset(path, base)), (*seen, path.resolve()))
+    merged = _deep_merge(_inherited_defaults(chain, data), data)
+    top_task = data.get("task") if isinstance(data.get("task"), dict) else {}
+    base_task = chain.get("task") if isinstance(chain.get("task"), dict) else {}
+    warn_if_env_outgrows_task(base_task, merged.get("task"), {f"task.{k}" for k in top_task}, by=str(path))
+    return merged
+
+
+def _inherited_defaults(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the embedded default's ``task.hyperparams`` / ``task.policy_kwargs`` written out
+    where ``top`` (a file over it) sets some of their keys and ``base`` leaves them at that default.
+
+    The file then changes only what it names, as a ``task.hyperparams.X=`` override does: a file that
+    extends ``cartpole`` with ``hyperparams: {ent_coef: 0.001}`` kept that one key and trained with SB3's
+    defaults for the rest. Only for the default's own task (PPO on CartPole-v1): another environment's
+    file spells out its own values, which CartPole's must not fill in.
+    """
+    top_task, base_task = top.get("task"), base.get("task") if isinstance(base.get("task"), dict) else {}
+    if not isinstance(top_task, dict):
+        return base
+    default = TaskConfig()
+    final = {"kind": default.kind, "algo": default.algo, "env_id": default.env_id} | {
+        k: v for k, v in (base_task | top_task).items() if k in ("kind", "algo", "env_id")
+    }
+    if (final["kind"], final["algo"], final["env_id"]) != (default.kind, default.algo, default.env_id):
+        return base
+    seeded = {
+        name: copy.deepcopy(getattr(default, name))
+        for name in ("hyperparams", "policy_kwargs")
+        if isinstance(top_task.get(name), dict) and name not in base_task
+    }
+    return base | {"task": base_task | seeded} if seeded else base
+
+
+def _base_preset(path: Path, base: str) -> Path:
+    """What ``extends: base`` in ``path`` names: a file beside ``path`` (``.yaml`` may be left out), else a preset."""
+    for candidate in (path.parent / base, path.parent / f"{base}.yaml", PRESETS / f"{base}.yaml", PRESETS / base):
+        # a copied preset that extends the preset of its name (cartpole.yaml: extends: cartpole) means the preset
+        if candidate.is_file() and candidate.resolve() != path.resolve():
+            return candidate
+    raise ConfigError(f"{path}: 'extends: {base}' names no file beside it and no preset in {PRESETS}")
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(out.get(key), dict) and value is None:  # an empty section keeps the base's
+            continue
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _deep_merge(out[key], value) if both_dicts else value
+    return out
+
+
+def warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set[str], by: str = "") -> None:
+    """A preset's ``task.env_id`` replaced (on the command line, or by a file that extends it) keeps the
+    preset's return range and threshold, which belong to the preset's environment (CartPole's [0, 500]
+    on Pendulum, or on CartPole-v0, whose episodes end at 200): say so. ``overridden``: the dotted keys
+    set over the preset; ``by``: the file that set them, for the message (the command line if empty)."""
+    if not isinstance(task, dict) or "task.env_id" not in overridden:
+        return
+    new, old = task.get("env_id"), preset.get("env_id")
+    if new == old or not isinstance(new, str) or not isinstance(old, str):
+        return
+    import gymnasium
+
+    if new not in gymnasium.registry:  # refused by collect with a hint; warning first would bury it
+        return
+    if old in gymnasium.registry and new.rsplit("-v", 1)[0] == old.rsplit("-v", 1)[0]:
+        a, b = gymnasium.spec(new), gymnasium.spec(old)
+        if (a.max_episode_steps, a.reward_threshold) == (b.max_episode_steps, b.reward_threshold):
+            return  # another version of the same task: the same range and threshold
+    kept = [
+        f"task.{key}={preset[key]}"
+        for key in ("metric_range", "reward_threshold")
+        if preset.get(key) is not None and f"task.{key}" not in overridden and "task" not in overridden
+    ]
+    if kept:
+        where = f" ({by})" if by else ""
+        warnings.warn(
+            f"task.env_id={new}{where} replaces the preset's {old} but keeps its "
+            f"{' and '.join(kept)}; set them for the new environment (null: the collected range, no threshold), "
+            "or start from a preset for it",
+            stacklevel=3,
+        )
