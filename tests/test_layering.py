@@ -46,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "generate": {"train", "evaluate", "collect", "supervised", "dataset", "layout", "sb3_policy", "config", "io"},
 }
-ENTRY_POINTS = {"demo", "cli", "cli_data", "cli_info"}  # may import everything
+ENTRY_POINTS = {"demo", "cli", "cli_parser", "cli_data", "cli_info"}  # may import everything
 
 
 def _room(path: Path) -> str:
