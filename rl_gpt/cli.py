@@ -227,12 +227,12 @@ def _cmd_data(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     from rl_gpt.config import ConfigError
-    from rl_gpt.demo import run_demo
+    from rl_gpt.demo import default_demo_folder, run_demo
 
     if args.task and args.config:
         raise ConfigError(f"give the demo's task once: --task {args.task} or {args.config}, not both")
     config = args.task or args.config
-    out = args.out or (f"runs/demo-{Path(config).stem}" if config else "runs/demo")  # a file: its name
+    out = args.out or default_demo_folder(config)
     run_demo(out, config, args.overrides, progress=not args.quiet, restart=args.restart)
 
 

@@ -9,13 +9,27 @@ from pathlib import Path
 from typing import Any
 
 from rl_gpt.collect import collect
-from rl_gpt.config import load_config
+from rl_gpt.config import PRESETS, load_config
 from rl_gpt.sweep.calibrate import ensure_calibrated
 from rl_gpt.sweep.plot import describe_inits
 from rl_gpt.sweep.run import sweep
 from rl_gpt.train import train
 
-__all__ = ["run_demo"]
+__all__ = ["default_demo_folder", "run_demo"]
+
+
+def default_demo_folder(config: str | None = None) -> str:
+    """Where ``rl-gpt demo`` writes without ``--out``: ``runs/demo`` for the embedded default,
+    ``runs/demo-NAME`` for a preset or a file ``NAME.yaml``. A file named as a preset (a user's
+    ``my/cartpole.yaml``) also takes its folder's name, ``runs/demo-my-cartpole``: the preset's demo
+    folder holds another experiment, which the file's must not resume."""
+    if not config:
+        return "runs/demo"
+    path = Path(config)
+    preset = PRESETS / f"{path.stem}.yaml"
+    if path.is_file() and preset.is_file() and preset.resolve() != path.resolve():
+        return f"runs/demo-{path.resolve().parent.name}-{path.stem}"
+    return f"runs/demo-{path.stem}"
 
 
 def run_demo(

@@ -363,3 +363,17 @@ def test_a_copied_preset_that_extends_its_namesake_extends_the_preset(tmp_path, 
     (tmp_path / "cartpole.yaml").write_text("extends: cartpole\ncollect: {runs: 3}\n")
     cfg = load_config("cartpole.yaml")
     assert cfg.collect.runs == 3 and cfg.task.env_id == "CartPole-v1"
+
+
+def test_the_demo_folder_of_a_file_named_as_a_preset_is_not_the_presets(tmp_path, monkeypatch) -> None:
+    from rl_gpt.demo import default_demo_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my").mkdir()
+    (tmp_path / "my" / "cartpole.yaml").write_text("extends: cartpole\n")
+    (tmp_path / "pendulum_fast.yaml").write_text("extends: pendulum\n")
+    assert default_demo_folder(None) == "runs/demo"
+    assert default_demo_folder("digits") == "runs/demo-digits"
+    assert default_demo_folder(str(PRESETS / "digits.yaml")) == "runs/demo-digits"  # the preset's own file
+    assert default_demo_folder("my/cartpole.yaml") == "runs/demo-my-cartpole"
+    assert default_demo_folder("pendulum_fast.yaml") == "runs/demo-pendulum_fast"
