@@ -412,3 +412,42 @@ def test_an_empty_column_reads_as_empty(tmp_path):
     shutil.rmtree(root / "data")
     td.memmap(root / "data")
     assert CheckpointDataset(root).data["extra"].shape == (8, 0)
+
+
+def test_weights_are_checked_row_by_row_even_where_a_finite_rows_sum_overflows():
+    from rl_gpt.dataset import store
+
+    params = torch.randn(50, 7, generator=torch.Generator().manual_seed(0))
+    params[3, 2] = float("nan")
+    params[10, 6] = float("inf")
+    params[11, 0], params[11, 1] = float("inf"), float("-inf")  # a sum of NaN
+    params[20] = 3e38  # every weight finite, the sum infinite
+    params[49, 0] = float("-inf")
+    expected = torch.isfinite(params).all(-1)
+    assert expected[20] and not expected[[3, 10, 11, 49]].any()
+    assert store._finite_rows(params).tolist() == expected.tolist()
+
+
+def test_run_slices_are_read_once_and_handed_out_as_copies(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    for run in (0, 2, 5):
+        w.add_run(run, _rows(run, n=run + 2), {})
+    w.consolidate()
+    ds = CheckpointDataset(tmp_path / "ds")
+    slices = ds.run_slices()
+    assert slices == {0: slice(0, 2), 2: slice(2, 6), 5: slice(6, 13)}
+    slices.pop(0)
+    assert 0 in ds.run_slices()
+
+
+def test_a_merge_refuses_data_whose_run_is_stored_in_two_places(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    for run in (0, 1):
+        w.add_run(run, _rows(run), {})
+    w.consolidate()
+    data = tmp_path / "ds" / "data"
+    td = TensorDict.load_memmap(data)
+    td["run"][:] = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])  # another tool's rows, not grouped by run
+    w.add_run(2, _rows(2), {})
+    with pytest.raises(DatasetError, match="stored twice or not together"):
+        w.consolidate()

@@ -318,3 +318,26 @@ def test_the_raw_sampler_takes_numbers_for_the_metrics_and_refuses_what_it_canno
     for args, message in cases:
         with pytest.raises(ValueError, match=message):
             gen.sample(*args, steps=3)
+
+
+@pytest.mark.parametrize("input_columns", [False, True])
+def test_a_normalizer_fitted_on_chosen_rows_of_a_column_a_few_at_a_time_is_the_one_fitted_on_them_whole(
+    input_columns, monkeypatch
+):
+    """Training fits on millions of memory-mapped rows without gathering them: the same numbers, bit for bit."""
+    import rl_gpt.dataset.pairs as pairs
+
+    g = torch.Generator().manual_seed(1)
+    column = torch.randn(700, D, generator=g) * torch.linspace(0.01, 30, D)
+    rows = torch.randperm(700, generator=g)[:523].sort().values
+    metric, delta = torch.rand(523, generator=g), torch.randn(64, D, generator=g) * 0.1
+    whole = Normalizer.fit(column[rows], metric, LAYOUT, delta, input_columns=input_columns)
+    monkeypatch.setattr(pairs, "_CHUNK_NUMBERS", 37 * D)  # 15 chunks, the last one short
+    chunked = Normalizer.fit(column, metric, LAYOUT, delta, input_columns=input_columns, rows=rows)
+    for name in ("mean", "std", "delta_std"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=1e-6, atol=0)
+    # the reference: torch's own mean and std of each tensor (or input feature), in float64
+    weight = column[rows][:, :18].double().reshape(-1, 6, 3)
+    expected = weight.std(dim=(0, 1)).float().repeat(6) if input_columns else weight.std().float().expand(18)
+    torch.testing.assert_close(chunked.std[:18], expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(chunked.mean[18:24], column[rows][:, 18:24].double().mean().float().expand(6))

@@ -94,3 +94,27 @@ def test_the_split_always_keeps_a_training_run():
     train, test = split_runs([4, 7, 9], 0.9)
     assert len(train) == 1 and len(test) == 2
     assert split_runs([5], 0.5) == ([5], [])
+
+
+def test_the_sampler_indexes_runs_in_the_order_given_and_leaves_out_runs_without_a_valid_row(tmp_path):
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    valid = {0: [1, 1, 0, 1], 1: [0, 0, 0], 2: [0, 1, 1], 3: [1, 1]}
+    for run, marks in valid.items():
+        n = len(marks)
+        w.add_run(
+            run,
+            {
+                "params": torch.randn(n, LAYOUT.numel),
+                "metric": torch.rand(n),
+                "step": torch.arange(n),
+                "valid": torch.tensor(marks, dtype=torch.bool),
+            },
+            {},
+        )
+    w.consolidate()
+    s = PairSampler(CheckpointDataset(tmp_path / "ds"), [3, 1, 0, 2])  # rows 0-3, 4-6, 7-9, 10-11
+    assert s.rows.tolist() == [10, 11, 0, 1, 3, 8, 9]
+    assert s.run_ids.tolist() == [3, 0, 2]  # run 1 has no valid checkpoint
+    assert s.run_pos.tolist() == [0, 0, 1, 1, 1, 2, 2]
+    assert s.run_start.tolist() == [0, 2, 5] and s.run_count.tolist() == [2, 3, 2]
+    assert s.run_first_row.tolist() == [10, 0, 8]

@@ -652,7 +652,10 @@ def test_training_refuses_another_tasks_data_or_run_naming_both_tasks(experiment
     assert len(err.splitlines()) == 1 and "holds a generator trained for acrobot" in err and "--restart" in err, err
 
 
-def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
+def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, monkeypatch):
+    import rl_gpt.sweep.run
+
+    monkeypatch.setattr(rl_gpt.sweep.run, "FIDELITY_OTHER_INITS", 2)  # real training's reference: 2 of 3 inits
     out = tmp_path / "sweep"
     assert (
         main(
@@ -691,6 +694,9 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys):
     ):
         assert key in report, key
     assert np.array(report["achieved"]).shape == (3, 4, 2)
+    fidelity = report["init_fidelity"]
+    assert (fidelity["real_training_runs"], fidelity["real_training_other_inits"]) == (1, 2)
+    assert 0 < fidelity["real_training"] < 2 and 0 < fidelity["generator"] < 2
     first = report["config"]["init_seed"]  # unseen inits: the seeds `generate --seed 0..2` starts from too
     assert report["init_ids"] == {"seeds": [first, first + 1, first + 2]}
     assert set(report["baselines"]) == {"retrieval", "noise", "identity"}

@@ -6,7 +6,7 @@ The sampler indexes the memory-mapped dataset row by row; it never loads the dat
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,26 +51,23 @@ class Normalizer:
         layout: Layout,
         delta: torch.Tensor,
         input_columns: bool = False,
+        rows: torch.Tensor | None = None,
     ) -> Normalizer:
         """Fit from training rows ``params`` (N, D), ``metric`` (N,) and sample updates ``delta`` (M, D).
+
+        ``rows``: ``params`` is a whole (memory-mapped) column and these are the training rows; they are
+        read a chunk at a time, so fitting on millions of checkpoints takes no more memory than on a few.
 
         ``input_columns``: the weights of layers that read the input get one mean/std per input
         feature instead of one per tensor. Features can differ in scale by an order of magnitude
         (a folded VecNormalize divides each column by its own σ), and one std would leave the small
         columns near zero in normalised units.
         """
-        mean, std, dstd = (torch.zeros(layout.numel) for _ in range(3))
-        by_column = {f"{layer.prefix}.weight" for layer in layout.layers if layer.in_group is None}
-        for p in layout.params:
-            span = slice(p.offset, p.stop)
-            block, dblock = params[:, span].double(), delta[:, span].double()
-            if input_columns and p.name in by_column:
-                mean[span], std[span] = _column_stats(block, p.shape)
-                dstd[span] = _column_stats(dblock, p.shape)[1]
-                continue
-            mean[span] = block.mean()
-            std[span] = block.std().clamp_min(1e-6)
-            dstd[span] = dblock.std().clamp_min(1e-6)
+        group, groups = _stat_groups(layout, input_columns)
+        if rows is None:
+            rows, params = torch.arange(len(params)), params
+        mean, std = _group_stats(lambda: _chunks(params, rows, layout.numel), group, groups)
+        dstd = _group_stats(lambda: iter([delta]), group, groups)[1]
         finite = metric[torch.isfinite(metric)]
         low, high = float(finite.min()), float(finite.max())
         if high <= low:
@@ -110,12 +107,52 @@ class Normalizer:
         return cls(t("mean"), t("std"), t("delta_std"), float(d["metric_low"]), float(d["metric_high"]))
 
 
-def _column_stats(block: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std per input feature (axis 1 of ``shape``) of rows ``block`` (N, prod(shape)), flat."""
-    w = block.reshape(len(block), shape[0], shape[1], -1)  # (N, out, in, kernel)
-    mean = w.mean(dim=(0, 1, 3), keepdim=True)
-    std = w.std(dim=(0, 1, 3), keepdim=True).clamp_min(1e-6)
-    return mean.expand(1, *w.shape[1:]).reshape(-1), std.expand(1, *w.shape[1:]).reshape(-1)
+def _stat_groups(layout: Layout, input_columns: bool) -> tuple[torch.Tensor, int]:
+    """(D,) the statistics group of every parameter, and how many groups: one per tensor, or with
+    ``input_columns`` one per input feature (axis 1) of the weights of layers that read the input."""
+    reads_input = [layer for layer in layout.layers if layer.in_group is None] if input_columns else []
+    by_column = {f"{layer.prefix}.weight" for layer in reads_input}
+    group, n = torch.empty(layout.numel, dtype=torch.long), 0
+    for p in layout.params:
+        span = slice(p.offset, p.stop)
+        if p.name in by_column:
+            out, features = p.shape[0], p.shape[1]
+            feature = torch.arange(features).reshape(1, -1, 1).expand(out, -1, p.numel // (out * features))
+            group[span], n = n + feature.reshape(-1), n + features
+        else:
+            group[span], n = n, n + 1
+    return group, n
+
+
+_CHUNK_NUMBERS = 2**22  # parameters read at a time when fitting on a memory-mapped column
+
+
+def _chunks(params: torch.Tensor, rows: torch.Tensor, width: int) -> Iterator[torch.Tensor]:
+    """``params[rows]`` ~4M numbers at a time."""
+    step = max(1, _CHUNK_NUMBERS // max(1, width))
+    for i in range(0, len(rows), step):
+        yield params[rows[i : i + step]]
+
+
+def _group_stats(
+    chunks: Callable[[], Iterator[torch.Tensor]], group: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std of each group's entries over all rows, each broadcast to its (D,) entries.
+
+    Two passes in float64 (the mean, then squared deviations from it), as exact as one ``.std()``
+    over the whole block, without holding the block: ``chunks()`` yields it again for the second pass.
+    """
+    total, count = torch.zeros(groups, dtype=torch.float64), 0
+    for x in chunks():
+        total.index_add_(0, group, x.double().sum(0))
+        count += len(x)
+    size = torch.bincount(group, minlength=groups).double() * count
+    mean = total / size
+    spread = torch.zeros(groups, dtype=torch.float64)
+    for x in chunks():
+        spread.index_add_(0, group, (x.double() - mean[group]).pow_(2).sum(0))
+    std = (spread / (size - 1)).sqrt().clamp_min(1e-6)
+    return mean[group].float(), std[group].float()
 
 
 class PairSampler:
@@ -140,31 +177,29 @@ class PairSampler:
         missing = [r for r in runs if r not in slices]
         if missing:
             raise DatasetError(f"runs {missing} are not in the dataset")
-        valid = dataset.valid_mask()
-        rows, run_of, first_of, kept = [], [], [], []
-        for r in runs:
-            s = slices[r]
-            idx = torch.arange(s.start, s.stop)[valid[s]]
-            if len(idx) == 0:
-                continue
-            rows.append(idx)
-            run_of.append(torch.full((len(idx),), len(first_of)))
-            first_of.append(int(idx[0]))
-            kept.append(r)
-        if not rows:
+        # Every row of the runs, in the order given, then the valid ones: whole-tensor steps, not one per run.
+        starts = torch.tensor([slices[r].start for r in runs], dtype=torch.long)
+        lengths = torch.tensor([slices[r].stop - slices[r].start for r in runs], dtype=torch.long)
+        of_run = torch.repeat_interleave(torch.arange(len(runs)), lengths)  # (rows,) index into runs
+        rows = starts[of_run] + torch.arange(len(of_run)) - (torch.cumsum(lengths, 0) - lengths)[of_run]
+        usable = dataset.valid_mask()[rows]
+        rows, of_run = rows[usable], of_run[usable]
+        counts = torch.bincount(of_run, minlength=len(runs))
+        if not len(rows):
             raise DatasetError("no valid (finite, evaluated) checkpoints in the training runs; collect again")
-        if max(len(r) for r in rows) < 2:
+        if int(counts.max()) < 2:
             raise DatasetError(
                 "every training run has a single valid checkpoint, so there is no update to learn; collect with "
                 "collect.checkpoint_every well below collect.timesteps (supervised: task.hyperparams.steps)"
             )
-        self.rows = torch.cat(rows)  # (R,) dataset row of every usable checkpoint, grouped by run
-        self.run_pos = torch.cat(run_of)  # (R,) position of its run in the lists below
-        counts = torch.tensor([len(r) for r in rows])
+        kept = counts > 0  # runs without a valid checkpoint are left out
+        counts = counts[kept]
+        self.rows = rows  # (R,) dataset row of every usable checkpoint, grouped by run
+        self.run_pos = (torch.cumsum(kept, 0) - 1)[of_run]  # (R,) position of its run in the tensors below
         self.run_start = torch.cumsum(counts, 0) - counts  # (runs,) first position in self.rows
         self.run_count = counts
-        self.run_first_row = torch.tensor(first_of)  # (runs,) the run's earliest valid row (its init)
-        self.run_ids = torch.tensor(kept)  # (runs,) dataset run id
+        self.run_first_row = rows[self.run_start]  # (runs,) the run's earliest valid row (its init)
+        self.run_ids = torch.tensor(runs, dtype=torch.long)[kept]  # (runs,) dataset run id
         metric = dataset.data["metric"][self.rows].float()
         lo, hi = float(metric.min()), float(metric.max())
         edges = torch.linspace(lo, hi + 1e-6, bins + 1)

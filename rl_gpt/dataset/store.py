@@ -338,11 +338,12 @@ class DatasetWriter:
         sources += [load_checked(p) for p in run_dirs]
         # One source per run, ordered by run index, so readers get (run, step) order.
         pieces = []
-        for src in sources:
-            runs = src["run"]
-            for r in torch.unique(runs).tolist():
-                idx = torch.nonzero(runs == r).flatten()
-                pieces.append((r, src, int(idx[0]), int(idx[-1]) + 1))
+        for src in sources:  # each source's rows are grouped by run: one look at its run column
+            ids, counts = torch.unique_consecutive(src["run"], return_counts=True)
+            stops = torch.cumsum(counts, 0).tolist()
+            pieces += [(r, src, stop - n, stop) for r, n, stop in zip(ids.tolist(), counts.tolist(), stops)]
+        if len({p[0] for p in pieces}) < len(pieces):
+            raise DatasetError(f"{self.root}: some run's rows are stored twice or not together; collect again")
         pieces.sort(key=lambda p: p[0])
         keys = set(sources[-1].keys())
         total = sum(stop - start for _, _, start, stop in pieces)
@@ -461,6 +462,7 @@ class CheckpointDataset:
         self.data_dir = data  #: the folder the rows are read from (``data/``, or ``data.old/`` after a stopped merge)
         self.data: TensorDict = load_checked(data)
         self._valid: torch.Tensor | None = None
+        self._slices: dict[int, slice] | None = None
         self.layout = Layout.from_dict(self.spec["layout"])
         missing = [key for key in REQUIRED_FIELDS if key not in self.data]
         if missing:
@@ -486,10 +488,11 @@ class CheckpointDataset:
 
     def run_slices(self) -> dict[int, slice]:
         """``{run: slice of its rows}``; rows are stored grouped by run and sorted by step."""
-        runs = self.data["run"]
-        ids, counts = torch.unique_consecutive(runs, return_counts=True)
-        starts = torch.cumsum(counts, 0) - counts
-        return {int(r): slice(int(s), int(s + c)) for r, s, c in zip(ids, starts, counts)}
+        if self._slices is None:
+            ids, counts = torch.unique_consecutive(self.data["run"], return_counts=True)
+            stops = torch.cumsum(counts, 0).tolist()
+            self._slices = {r: slice(stop - n, stop) for r, n, stop in zip(ids.tolist(), counts.tolist(), stops)}
+        return dict(self._slices)
 
     def valid_mask(self) -> torch.Tensor:
         """Rows usable for training: finite, not exploding (``valid`` field) and evaluated.
@@ -501,9 +504,7 @@ class CheckpointDataset:
             mask = torch.isfinite(self.data["metric"])
             if "valid" in self.data:
                 mask &= self.data["valid"].bool()
-            params = self.data["params"]
-            rows = max(1, 2**24 // max(1, params.shape[-1]))  # ~16M weights per look, whatever the width
-            finite = torch.cat([torch.isfinite(params[i : i + rows]).all(-1) for i in range(0, len(self), rows)])
+            finite = _finite_rows(self.data["params"])
             broken = torch.nonzero(mask & ~finite).flatten().tolist()
             if broken and _first_process():
                 shown = ", ".join(map(str, broken[:5])) + (", ..." if len(broken) > 5 else "")
@@ -514,3 +515,19 @@ class CheckpointDataset:
                 )
             self._valid = mask & finite
         return self._valid.clone()
+
+
+def _finite_rows(params: torch.Tensor) -> torch.Tensor:
+    """(N,) whether each row of ``params`` (N, D) holds only finite numbers, reading ~16M weights at a time.
+
+    A row's sum is finite when its entries are (a NaN or an infinity makes it NaN or infinite); a finite
+    row whose sum overflows is flagged too, so flagged rows are looked at entry by entry. Summing is
+    ~10× faster than ``isfinite(...).all(-1)``, which builds a boolean copy of the weights.
+    """
+    rows = max(1, 2**24 // max(1, params.shape[-1]))
+    finite = torch.cat([torch.isfinite(params[i : i + rows].sum(-1)) for i in range(0, len(params), rows)])
+    flagged = torch.nonzero(~finite).flatten()
+    for i in range(0, len(flagged), rows):
+        chunk = flagged[i : i + rows]
+        finite[chunk] = torch.isfinite(params[chunk]).all(-1)
+    return finite

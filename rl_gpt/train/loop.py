@@ -120,8 +120,8 @@ def fit_normalizer(
     rows = sampler.rows
     batch = sampler.sample(min(pairs, max(256, len(rows))))
     delta = batch["theta_next"] - batch["theta"]
-    params, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()
-    return Normalizer.fit(params, metric, ds.layout, delta, input_columns=input_columns)
+    metric = ds.data["metric"][rows].float()
+    return Normalizer.fit(ds.data["params"], metric, ds.layout, delta, input_columns=input_columns, rows=rows)
 
 
 def build_generator(
