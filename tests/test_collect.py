@@ -530,3 +530,14 @@ def test_generate_starts_from_a_policy_file_of_an_environment_a_module_registers
     info = {"spec": {"task": task_record(to_dict(cfg.task))}, "layout": layout.to_dict()}
     start = load_start(info, str(tmp_path / "mine.zip"), 0)  # was refused: "module:Env" would import a module
     torch.testing.assert_close(start, read_actor(model.policy, layout))
+
+
+def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find_spec(name, *a))
+    assert _collect("cartpole", tmp_path, "executor=ray") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("needs Ray: pip install 'rl_gpt[ray]' (in a checkout: pip install -e '.[ray]')"), err
+    assert not (tmp_path / "dataset").exists()

@@ -158,7 +158,7 @@ def _dist_info() -> tuple[int, int]:
 def step_seed(seed: int, rank: int, step: int, stream: int) -> int:
     """The seed of one random stream of one training step, from the run's seed, the process and the step."""
     entropy = [seed % 2**63, rank, step, stream]  # SeedSequence takes no negative numbers; torch's seeds may be
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1  # numpy 1.x: no uint64 >> int
 
 
 def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
