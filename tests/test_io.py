@@ -94,6 +94,19 @@ def test_version_says_which_rl_gpt_runs(capsys) -> None:
     assert capsys.readouterr().out.startswith(f"rl-gpt {rl_gpt.__version__} (")
 
 
+def test_help_and_version_answer_without_loading_torch() -> None:
+    """`rl-gpt --help` and `--version` took ~3 s: the parser imported the supervised package for two names."""
+    import subprocess
+    import sys
+
+    from rl_gpt.cli_data import _FETCHABLE
+    from rl_gpt.supervised.fetch import SOURCES
+
+    assert set(_FETCHABLE) == set(SOURCES)
+    code = "import sys; from rl_gpt.cli_parser import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
 def test_outputs_are_refused_in_a_dataset_or_model_folder(tmp_path):
     from rl_gpt.io import ensure_report_dir
 
