@@ -24,11 +24,34 @@ def _one_line_warnings(command: str) -> Callable[..., str]:
     returns the previous formatter, for the caller to put back. (Replacing the formatter, not the
     printer, keeps ``warnings.catch_warnings(record=True)`` working.)"""
 
-    def one_line(message: Warning | str, *_where: Any, **_kw: Any) -> str:
-        return f"rl-gpt {command}: warning: {message}\n"
+    def one_line(message: Warning | str, category: Any = None, filename: str = "", *_where: Any, **_kw: Any) -> str:
+        source = _warning_source(filename)
+        if source is None:
+            return f"rl-gpt {command}: warning: {message}\n"
+        first = (str(message).strip().splitlines() or [""])[0]  # another library's, often many lines: its first
+        return f"rl-gpt {command}: warning from {source}: {first}\n"
 
     previous, warnings.formatwarning = warnings.formatwarning, one_line
     return previous
+
+
+def _warning_source(filename: str) -> str | None:
+    """The package that issued a warning, when it is not rl_gpt: the folder under site-packages (or
+    any folder above the file) that the file's import path starts with, e.g. ``torchrl``."""
+    path = Path(filename or "")
+    here = Path(__file__).resolve().parent
+    try:
+        path.resolve().relative_to(here)
+        return None
+    except (ValueError, OSError):
+        pass
+    if not path.is_absolute():
+        return None  # a made-up or relative name: nothing to say where it came from
+    parts = path.parts
+    for marker in ("site-packages", "dist-packages"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1].removesuffix(".py")
+    return None
 
 
 def _cmd_collect(args: argparse.Namespace) -> None:

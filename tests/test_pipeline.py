@@ -1418,6 +1418,15 @@ def test_warnings_print_as_one_line_naming_the_command():
     finally:
         warnings.formatwarning = previous
     assert text == "rl-gpt generate: warning: target 5000 lies outside\n"
+    import torch  # a library's warning says which library it is (torchrl 0.6 warns on every command)
+
+    library = str(Path(torch.__file__).parent / "nn" / "modules" / "module.py")
+    previous = _one_line_warnings("train")
+    try:
+        text = warnings.formatwarning(UserWarning("Failed to import\n  details"), UserWarning, library, 7, None)
+    finally:
+        warnings.formatwarning = previous
+    assert text == "rl-gpt train: warning from torch: Failed to import\n"
 
 
 def test_an_edited_generated_json_cannot_make_generate_delete_elsewhere(experiment, tmp_path):
