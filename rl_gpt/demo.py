@@ -28,7 +28,7 @@ def default_demo_folder(config: str | None = None) -> str:
     path = Path(config)
     preset = PRESETS / f"{path.stem}.yaml"
     if path.is_file() and preset.is_file() and preset.resolve() != path.resolve():
-        return f"runs/demo-{path.resolve().parent.name}-{path.stem}"
+        return f"runs/demo-{path.resolve().parent.name or 'file'}-{path.stem}"
     return f"runs/demo-{path.stem}"
 
 

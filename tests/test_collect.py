@@ -541,3 +541,5 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, capsys, m
     err = capsys.readouterr().err.strip()
     assert err.endswith("needs Ray: pip install 'rl_gpt[ray]' (in a checkout: pip install -e '.[ray]')"), err
     assert not (tmp_path / "dataset").exists()
+    assert _collect("cartpole", tmp_path, "executor=ray", "collect.ray_address=head") == 2  # the address first
+    assert "collect.ray_address='head': expected HOST:PORT" in capsys.readouterr().err

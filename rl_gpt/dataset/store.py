@@ -337,13 +337,20 @@ class DatasetWriter:
             sources.append(load_checked(data_dir))
         sources += [load_checked(p) for p in run_dirs]
         # One source per run, ordered by run index, so readers get (run, step) order.
-        pieces = []
-        for src in sources:  # each source's rows are grouped by run: one look at its run column
+        pieces, seen = [], {}
+        names = ([data_dir] if data_dir.exists() else []) + run_dirs
+        for src, name in zip(sources, names):  # each source's rows are grouped by run: one look at its run column
             ids, counts = torch.unique_consecutive(src["run"], return_counts=True)
             stops = torch.cumsum(counts, 0).tolist()
-            pieces += [(r, src, stop - n, stop) for r, n, stop in zip(ids.tolist(), counts.tolist(), stops)]
-        if len({p[0] for p in pieces}) < len(pieces):
-            raise DatasetError(f"{self.root}: some run's rows are stored twice or not together; collect again")
+            for r, n, stop in zip(ids.tolist(), counts.tolist(), stops):
+                if r in seen:
+                    where = name.name if seen[r] == name else f"{seen[r].name} and {name.name}"
+                    raise DatasetError(
+                        f"{self.root}: run {r}'s rows are stored twice or apart ({where}); rows must be grouped by "
+                        "run and sorted by step: sort them so, or collect into a new folder"
+                    )
+                seen[r] = name
+                pieces.append((r, src, stop - n, stop))
         pieces.sort(key=lambda p: p[0])
         keys = set(sources[-1].keys())
         total = sum(stop - start for _, _, start, stop in pieces)

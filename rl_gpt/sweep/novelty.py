@@ -52,6 +52,7 @@ __all__ = [
 _MAX_SWEEPS = 20
 # Pairs aligned per numpy batch: about this many floats per (pairs, D) array.
 _CHUNK_FLOATS = 1 << 22
+_BLOCK_FLOATS_MOST = 1 << 25  # the most (query, pool) distances one block of the proxy search holds
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -258,9 +259,10 @@ def nearest_aligned(
     fq = proxy_features(layout, torch.from_numpy(q))
     fx = proxy_features(layout, torch.from_numpy(x)) if pool_features is None else pool_features
     fx_sq = fx.pow(2).sum(1)  # (N,)
-    # Blocks of ~4M distances, but never fewer than 128 queries: a pool of 300,000 would otherwise be
-    # streamed once per dozen queries (matrix-vector products), at ~2× the time of one per 128.
-    block = max(1, min(len(q), 128), _CHUNK_FLOATS // len(x))
+    # Blocks of ~4M distances, or of up to 128 queries where the pool is large (at most ~32M distances,
+    # 128 MB): a pool of 300,000 would otherwise be streamed once per dozen queries (matrix-vector
+    # products), at ~2× the time of one pass per 100 queries.
+    block = max(1, min(len(q), 128, _BLOCK_FLOATS_MOST // len(x)), _CHUNK_FLOATS // len(x))
     cand = []
     for i in range(0, len(q), block):
         fb = fq[i : i + block]
@@ -290,8 +292,8 @@ def novelty_ratio(
 
     ``ratio`` ≈ 0: the generator copies training checkpoints; ≈ 1: its samples are as novel as an
     independent training run; > 1: further from the data than real runs get. ``heldout_nearest``:
-    :func:`nearest_aligned` of ``heldout_final`` in this pool, where a caller rates several methods
-    against one reference.
+    :func:`nearest_aligned` of ``heldout_final`` in this pool with the same ``candidates``, where a
+    caller rates several methods against one reference.
     """
     if pool_features is None:
         pool_features = proxy_features(layout, train_pool)

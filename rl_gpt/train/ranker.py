@@ -173,7 +173,7 @@ def data_fingerprint(ds: CheckpointDataset, train_runs: list[int]) -> str:
     """
     rows = _rows(ds, train_runs)
     digest = hashlib.sha256(json.dumps(ds.layout.to_dict(), sort_keys=True).encode())
-    step = max(1, 2**22 // ds.layout.numel)  # the same bytes as one update, ~16 MB at a time
+    step = max(1, 2**22 // max(1, ds.layout.numel))  # the same bytes as one update, ~16 MB at a time
     for column in ("params", "metric"):
         for i in range(0, len(rows), step):
             digest.update(ds.data[column][rows[i : i + step]].float().contiguous().numpy())
