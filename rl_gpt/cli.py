@@ -37,7 +37,7 @@ def _one_line_warnings(command: str) -> Callable[..., str]:
 
 def _warning_source(filename: str) -> str | None:
     """The package that issued a warning, when it is not rl_gpt: the folder under site-packages (or
-    any folder above the file) that the file's import path starts with, e.g. ``torchrl``."""
+    dist-packages) that holds the file, e.g. ``torchrl``; None for rl_gpt's own files and anything else."""
     path = Path(filename or "")
     here = Path(__file__).resolve().parent
     try:

@@ -65,7 +65,7 @@ class Normalizer:
         """
         group, groups = _stat_groups(layout, input_columns)
         if rows is None:
-            rows, params = torch.arange(len(params)), params
+            rows = torch.arange(len(params))
         mean, std = _group_stats(lambda: _chunks(params, rows, layout.numel), group, groups)
         dstd = _group_stats(lambda: iter([delta]), group, groups)[1]
         finite = metric[torch.isfinite(metric)]
