@@ -17,7 +17,7 @@ from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.layout import LayerSpec, Layout
 from rl_gpt.model import build_model
-from rl_gpt.train.checkpoint import load_train_state, save_train_state
+from rl_gpt.train.checkpoint import load_train_state, save_train_state, training_segments
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.loop import build_generator, model_config, step_seed
 from rl_gpt.train.modelfile import load_generator, save_model
@@ -226,6 +226,35 @@ def test_resume_refuses_weights_of_another_resolved_architecture(tmp_path: Path)
     (tmp_path / "model" / "model.json").write_text(json.dumps({"model": old.config.to_dict()}))
     with pytest.raises(ConfigError, match="metric_frequency"):
         load_train_state(state_dir, new, copy.deepcopy(new), *args)
+
+
+def test_training_segments_record_each_resume_with_other_settings(tmp_path: Path) -> None:
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+
+    def saved_at(step: int, segments: list | None, steps: int = 10, processes: int = 1) -> Path:
+        data = {"processes": processes} | ({"segments": segments} if segments is not None else {})
+        config = to_dict(TrainConfig(steps=steps, batch=8))
+        save_train_state(tmp_path / "state", model, ema, opt, torch.Generator(), step, config, data)
+        return tmp_path / "state"
+
+    assert training_segments(tmp_path / "none", 0, 10, 1, 8) == [
+        {"from_step": 0, "steps": 10, "processes": 1, "batch": 8}
+    ]
+    first = [{"from_step": 0, "steps": 10, "processes": 1, "batch": 8}]
+    assert training_segments(saved_at(5, first), 5, 10, 1, 8) == first  # the same settings go on
+    longer = training_segments(saved_at(5, first), 5, 20, 1, 8)  # a warm restart at step 5
+    assert longer == [*first, {"from_step": 5, "steps": 20, "processes": 1, "batch": 8}]
+    # changed again before any step was trained under the second settings: that empty stretch goes
+    assert training_segments(saved_at(5, longer), 5, 30, 2, 4) == [
+        *first,
+        {"from_step": 5, "steps": 30, "processes": 2, "batch": 4},
+    ]
+    # a state saved before segments were recorded: its config and process count are the first stretch
+    assert training_segments(saved_at(5, None, steps=10, processes=2), 5, 10, 1, 16) == [
+        {"from_step": 0, "steps": 10, "processes": 2, "batch": 8},
+        {"from_step": 5, "steps": 10, "processes": 1, "batch": 16},
+    ]
 
 
 @pytest.mark.parametrize("input_columns", [False, True])

@@ -353,6 +353,14 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     assert (out / "model" / "training.png").stat().st_size > 10_000
     resumed_ema = load_file(str(out / "model" / "model.safetensors"))
     assert any(not torch.equal(saved_ema[k], resumed_ema[k]) for k in saved_ema)
+    # the model file says that train.steps=20 alone would not train these weights, and `info` repeats it
+    segments = json.loads((out / "model" / "model.json").read_text())["meta"]["segments"]
+    assert [(s["from_step"], s["steps"], s["processes"]) for s in segments] == [(0, 10, 1), (10, 20, 1)]
+    capsys.readouterr()
+    assert main(["info", str(out / "model")]) == 0
+    assert "resumed with other settings, so its config alone does not retrain it: steps 0+ with train.steps=10" in (
+        capsys.readouterr().out
+    )
     # the same command again finds the run finished: nothing is trained, measured or rewritten
     written = {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
     capsys.readouterr()

@@ -20,6 +20,7 @@ __all__ = [
     "read_saved_batch",
     "save_train_state",
     "saved_state",
+    "training_segments",
 ]
 
 # Config fields that may change between a run and its resume without changing what is trained.
@@ -102,6 +103,30 @@ def read_history(directory: Path, step: int) -> list[dict[str, float]]:
     path = directory / "state.json"
     history = json.loads(path.read_text()).get("history", []) if path.exists() else []
     return [h for h in history if h.get("step", step + 1) <= step]
+
+
+def training_segments(directory: Path, step: int, steps: int, processes: int, batch: int) -> list[dict[str, Any]]:
+    """The stretches of one training run that ran under different settings, the current one last:
+    ``[{"from_step", "steps", "processes", "batch"}, ...]``. A run resumed at ``step`` with another
+    ``train.steps`` (its cosine is recomputed: a warm restart) or another split of its pairs over
+    processes (other random draws) is no longer what its final config alone would train; the model
+    file keeps this list so that it says so."""
+    current = {"from_step": step, "steps": steps, "processes": processes, "batch": batch}
+    path = directory / "state.json"
+    if not step or not path.is_file():
+        return [current | {"from_step": 0}]
+    info = json.loads(path.read_text())
+    data, config = info.get("data") or {}, info.get("config") or {}
+    segments = data.get("segments")
+    if not isinstance(segments, list) or not segments:  # saved before segments were recorded
+        first = {"steps": config.get("steps"), "processes": data.get("processes"), "batch": config.get("batch")}
+        segments = [{"from_step": 0} | first]
+    last = segments[-1]
+    if all(last.get(key) == current[key] for key in ("steps", "processes", "batch")):
+        return segments
+    if last.get("from_step") == step and len(segments) > 1:  # changed again before a checkpoint: that stretch is empty
+        segments = segments[:-1]
+    return [*segments, current]
 
 
 def read_saved_batch(directory: Path, default: int) -> int:

@@ -32,8 +32,22 @@ def _training(meta: dict[str, Any]) -> str:
     if not isinstance(step, int) or not isinstance(planned, int):
         return f"step {step}"
     if step >= planned:
-        return f"step {step} of train.steps={planned} (finished)"
-    return f"step {step} of train.steps={planned} (stopped early or still training; its `rl-gpt train` resumes it)"
+        return f"step {step} of train.steps={planned} (finished)" + _resumed_otherwise(meta)
+    unfinished = "stopped early or still training; its `rl-gpt train` resumes it"
+    return f"step {step} of train.steps={planned} ({unfinished})" + _resumed_otherwise(meta)
+
+
+def _resumed_otherwise(meta: dict[str, Any]) -> str:
+    """Where the run was resumed with other settings: its config alone would not train these weights."""
+    segments = meta.get("segments")
+    if not isinstance(segments, list) or len(segments) < 2 or not all(isinstance(s, dict) for s in segments):
+        return ""
+    parts = [
+        f"steps {s.get('from_step')}+ with train.steps={s.get('steps')} on {s.get('processes')} process(es) "
+        f"x train.batch={s.get('batch')}"
+        for s in segments
+    ]
+    return "; resumed with other settings, so its config alone does not retrain it: " + ", then ".join(parts)
 
 
 def _alignment(directory: Path, step: Any) -> str:

@@ -39,6 +39,7 @@ from rl_gpt.train.checkpoint import (
     read_saved_batch,
     save_train_state,
     saved_state,
+    training_segments,
 )
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import (
@@ -266,6 +267,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             print(f"resuming from step {step}")
         _warn_if_schedule_restarts(resume_from, tc, step, main_proc)
     history = read_history(resume_from, step) if step else []
+    segments = training_segments(resume_from, step, tc.steps, world, tc.batch)  # step is 0 unless resumed
     if tc.warmup > tc.steps and main_proc:  # (after "nothing to do": a finished run is not warned again)
         warnings.warn(
             f"train.steps={tc.steps} ends within the {tc.warmup}-step warm-up, so the learning rate never reaches "
@@ -309,9 +311,11 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                 "test_runs": test_runs,
                 "normalizer": normalizer.to_dict(),
                 "processes": world,
+                "segments": segments,
             }
             save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state, history)
-            save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), meta | {"step": step, "config": to_dict(cfg)})
+            saved = meta | {"step": step, "segments": segments, "config": to_dict(cfg)}
+            save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), saved)
             if history and plot:  # a figure is not worth failing a save for: plot_training only warns
                 pairs = f"{tc.batch * world} pairs per step"
                 plot_training(history, out / "training.png", f"{cfg.task.name}: {pairs}, train.lr={tc.lr:g}")
