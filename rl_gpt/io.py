@@ -28,9 +28,11 @@ __all__ = [
     "nulls_as_nan",
     "pair_matches",
     "read_format_json",
+    "remove_path",
     "remove_stale_temporaries",
     "replace_dir",
     "shade_outside",
+    "write_then_rename",
 ]
 
 
@@ -189,10 +191,24 @@ def nulls_as_nan(value: Any) -> Any:
     return value
 
 
-def _write_then_rename(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """Call ``write(tmp)`` for a temporary name beside ``path``, then give it the usual mode and rename it."""
+def remove_path(path: Path) -> None:
+    """Remove whatever is at ``path`` (nothing, a file, a link or a folder) without following a link.
+    Used before writing to a fixed temporary name: ``shutil.rmtree(..., ignore_errors=True)`` leaves a
+    link there, and the write would then go through it to wherever it points."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def write_then_rename(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call ``write(tmp)`` for a new temporary file beside ``path``, then give it the usual mode and rename it.
+    The temporary name is made afresh (``mkstemp``: never a file or link someone left there) and keeps
+    ``path``'s suffix, from which matplotlib and SB3 take the format."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")  # keep the suffix: matplotlib reads the format from it
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
         os.chmod(tmp, FILE_MODE)
@@ -209,7 +225,7 @@ def atomic_save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
 
     try:
         fig.tight_layout()
-        return _write_then_rename(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
+        return write_then_rename(path, lambda tmp: fig.savefig(tmp, dpi=dpi))
     finally:
         plt.close(fig)
 
@@ -231,7 +247,7 @@ def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path, metadata:
     """``safetensors.torch.save_file`` under a temporary name, renamed into place with the usual file mode."""
     from safetensors.torch import save_file
 
-    return _write_then_rename(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return write_then_rename(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 # The key, in both files of a pair, of the id that ties them to one save.
@@ -271,10 +287,8 @@ def replace_dir(tmp: Path, final: Path) -> None:
     ``final.old``; readers recover from that name if a crash falls between the two renames.
     """
     old = final.with_name(final.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
+    remove_path(old)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    remove_path(old)

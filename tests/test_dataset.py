@@ -47,6 +47,19 @@ def test_append_consolidate_and_read_without_rl_gpt(tmp_path):
     assert set(ds.runs_meta) == {"0", "1", "2"}
 
 
+def test_links_left_at_the_writers_temporary_names_are_removed_not_written_through(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    (tmp_path / "ds" / "runs" / ".tmp-run_00000").symlink_to(victim)  # placed by whoever shares the folder
+    (tmp_path / "ds" / ".tmp-data").symlink_to(victim)
+    w.add_run(0, _rows(0), {"seed": 0})
+    assert w.consolidate() == 4
+    assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"] and (victim / "keep.txt").read_text() == "mine"
+    assert len(CheckpointDataset(tmp_path / "ds")) == 4
+
+
 def test_append_after_consolidation_and_resume(tmp_path):
     w = DatasetWriter(tmp_path / "ds", SPEC)
     w.add_run(0, _rows(0), {})

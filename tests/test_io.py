@@ -20,6 +20,8 @@ from rl_gpt.io import (
     atomic_write_json,
     atomic_write_text,
     pair_matches,
+    remove_path,
+    write_then_rename,
 )
 
 
@@ -37,6 +39,35 @@ def test_outputs_get_the_mode_of_the_umask_not_mkstemps_0600(tmp_path: Path) -> 
     assert _mode(tmp_path / "model.safetensors") == FILE_MODE
     assert torch.equal(load_file(str(tmp_path / "model.safetensors"))["w"], torch.ones(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "spec.json"]  # no temporaries
+
+
+def test_writes_never_go_through_a_link_left_at_a_temporary_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("mine")
+    victim.chmod(0o600)
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in (".sweep.png.tmp.png", ".policy_000.tmp.zip", ".policy_000.zip.tmp.zip"):  # the old fixed names
+        (out / name).symlink_to(victim)
+    write_then_rename(out / "sweep.png", lambda tmp: tmp.write_bytes(b"png"))
+    write_then_rename(out / "policy_000.zip", lambda tmp: tmp.write_bytes(b"zip"))
+    assert victim.read_text() == "mine" and _mode(victim) == 0o600
+    assert (out / "sweep.png").read_bytes() == b"png" and not (out / "sweep.png").is_symlink()
+    assert (out / "policy_000.zip").read_bytes() == b"zip"
+
+
+def test_remove_path_removes_a_link_and_never_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "f").write_text("x")
+    for link in (tmp_path / "to_dir", tmp_path / "to_file"):
+        link.symlink_to(target if link.name == "to_dir" else target / "f")
+        remove_path(link)
+        assert not link.is_symlink()
+    (tmp_path / "dir" / "sub").mkdir(parents=True)
+    remove_path(tmp_path / "dir")
+    remove_path(tmp_path / "nothing_there")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"] and (target / "f").read_text() == "x"
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:

