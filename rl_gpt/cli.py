@@ -123,9 +123,9 @@ def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:
         return args.config
     saved = Path(args.model) / "config.yaml"
     if saved.is_file():
-        import yaml
+        from rl_gpt.config import load_yaml_file
 
-        stored = yaml.safe_load(saved.read_text())
+        stored = load_yaml_file(saved)
         return _sampled_as_saved(stored) if isinstance(stored, dict) else str(saved)
     try:
         from rl_gpt.config import load_config

@@ -146,6 +146,29 @@ def test_short_names_of_another_command_are_suggested_as_the_command_knows_them(
         load_config("cartpole", ["seed=3"], command="demo")
 
 
+def test_aliases_of_mappings_or_lists_are_refused_before_they_expand(tmp_path, capsys):
+    """Nine short lines of nested aliases stand for 10^9 values; the config checks would walk them all."""
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("extends: cartpole\ntask:\n  hyperparams:\n" + "".join(f"    {line}\n" for line in lines))
+    with pytest.raises(ConfigError, match=r"bomb.yaml: not valid YAML \(line 5, column \d+: \*a0 repeats a mapping"):
+        load_config(bomb)
+    # the same file as a model's saved config.yaml, which --model reads by itself: one line, no hang
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.yaml").write_text(bomb.read_text())
+    from rl_gpt.cli import main
+
+    assert main(["sweep", "--model", str(model)]) == 2
+    assert "config.yaml: not valid YAML" in capsys.readouterr().err
+    # an alias of one value cannot grow, and reads as before
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("collect:\n  runs: &n 6\ntrain:\n  batch: *n\n")
+    cfg = load_config(scalar)
+    assert cfg.collect.runs == 6 and cfg.train.batch == 6
+
+
 def test_bad_yaml_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("task: [unclosed\n")

@@ -10,7 +10,7 @@ files; ``checks``: YAML data checked into the dataclasses; ``load``: ``load_conf
 """
 
 from .load import load_config, task_config
-from .presets import PRESETS, find_preset
+from .presets import PRESETS, find_preset, load_yaml_file
 from .schema import (
     ALIASES,
     CollectConfig,
@@ -36,6 +36,7 @@ __all__ = [
     "WandbConfig",
     "dump_yaml",
     "find_preset",
+    "load_yaml_file",
     "load_config",
     "task_config",
     "to_dict",

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .checks import build
-from .presets import read_preset, warn_if_env_outgrows_task
+from .presets import parse_yaml, read_preset, warn_if_env_outgrows_task
 from .schema import ALIASES, WANDB_MODE_ALIASES, ConfigError, ExperimentConfig, TaskConfig
 
 
@@ -49,7 +49,7 @@ def load_config(
         if "." not in key and key not in _TOP_LEVEL:
             raise ConfigError(_unknown_short_name(key, aliases))
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         if default_task:

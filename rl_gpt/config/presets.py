@@ -23,6 +23,37 @@ def _presets_folder() -> Path:
 PRESETS = _presets_folder()
 
 
+class _PlainLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases of mappings or lists: nine lines of nested ``*a`` aliases
+    ("a billion laughs") stand for billions of values once anything walks them, which the config
+    checks do. An alias of a single value is kept; it cannot grow."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if not isinstance(self.anchors.get(event.anchor), yaml.ScalarNode | type(None)):
+                raise yaml.composer.ComposerError(
+                    None, None, f"*{event.anchor} repeats a mapping or list; write it out instead", event.start_mark
+                )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as ``yaml.safe_load`` reads it, refusing aliases of mappings and lists (:class:`_PlainLoader`)."""
+    return yaml.load(text, Loader=_PlainLoader)  # a SafeLoader: builds plain values only
+
+
+def load_yaml_file(path: Path) -> Any:
+    """A YAML file's contents; a :class:`ConfigError` naming the line where it is not valid YAML."""
+    try:
+        return parse_yaml(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)  # where the parser stopped (0-based), if it knows
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise ConfigError(f"{path}: not valid YAML ({where}{problem}); fix the file") from None
+
+
 def find_preset(name_or_path: str) -> Path:
     """A config file path, or the name of a preset in ``configs/`` (``cartpole`` → configs/cartpole.yaml)."""
     path = Path(name_or_path)
@@ -40,13 +71,7 @@ def read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = find_preset(source)
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in seen)})")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)  # where the parser stopped (0-based), if it knows
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or exc.__class__.__name__
-        raise ConfigError(f"{path}: not valid YAML ({where}{problem}); fix the file") from None
+    loaded = load_yaml_file(path)
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     data = loaded or {}
