@@ -139,6 +139,24 @@ def test_damaged_model_files_are_one_line_errors(experiment, tmp_path, capsys):
     assert "model.json is not valid JSON" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # 10^11 weights if built: refused from the weights file's header, before anything is allocated
+        (lambda info: info["model"].update(width=100_000 * info["model"].get("heads", 1)), r"tensor\(s\) differ"),
+        (lambda info: info["diffusion"].update(steps=10**9), r"diffusion steps 1000000000 is not 1\.\.100000"),
+    ],
+)
+def test_model_json_sizes_are_checked_against_the_weights_before_building(experiment, tmp_path, capsys, change, said):
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    info = json.loads((model / "model.json").read_text())
+    change(info)
+    (model / "model.json").write_text(json.dumps(info))
+    with pytest.raises(ModelFileError, match=said):
+        load_generator(model)
+
+
 def test_a_run_shorter_than_its_warmup_says_so(experiment, tmp_path):
     args = ["train", "cartpole", f"out={tmp_path}", f"dataset={experiment / 'dataset'}", "steps=3", *TINY_MODEL, *QUIET]
     with pytest.warns(UserWarning, match="train.steps=3 ends within the 200-step warm-up"):

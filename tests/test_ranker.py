@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,10 @@ def test_save_and_load_reproduce_the_predictions(tmp_path) -> None:
     params = _params(6, 6)
     torch.testing.assert_close(loaded.predict(params), ranker.predict(params), rtol=1e-6, atol=1e-4)
     assert load_ranker(tmp_path / "elsewhere", LAYOUT) is None  # no ranker: None, not an error
+    meta = json.loads((tmp_path / "ranker.json").read_text())
+    (tmp_path / "ranker.json").write_text(json.dumps(meta | {"hidden": 100_000}))  # 10^10 weights if built
+    with pytest.raises(ModelFileError, match=r"hidden 100000 is not the weights' \d+\); delete"):
+        load_ranker(tmp_path, LAYOUT)
     (tmp_path / RANKER_FILE).write_bytes(b"not safetensors")
     with pytest.raises(ModelFileError, match="delete"):
         load_ranker(tmp_path, LAYOUT)

@@ -34,6 +34,12 @@ __all__ = ["TOKENIZERS", "LayerTokenizer", "NeuronTokenizer", "TokenLinear", "To
 TOKENIZERS = ("layer", "chunk", "neuron")
 
 
+def _indices(start: int, stop: int) -> torch.Tensor:
+    """Flat positions start..stop-1, always on the CPU: bookkeeping that a build on the meta device (which
+    checks a model file's shapes without allocating its weights) must still compute."""
+    return torch.arange(start, stop, device="cpu")
+
+
 def _balanced_chunks(index: torch.Tensor, chunk_size: int | None) -> list[torch.Tensor]:
     """Cut a 1-D index into ceil(n / chunk_size) contiguous chunks whose sizes differ by at most 1.
 
@@ -95,7 +101,7 @@ class Tokenizer(nn.Module):
 
     def _set_pieces(self, indices: list[torch.Tensor]) -> None:
         flat = torch.cat([i.reshape(-1) for i in indices])
-        if flat.numel() != self.numel or not torch.equal(torch.sort(flat).values, torch.arange(self.numel)):
+        if flat.numel() != self.numel or not torch.equal(torch.sort(flat).values, _indices(0, self.numel)):
             raise AssertionError("tokeniser pieces do not partition the flat vector")  # a bookkeeping bug
         for k, idx in enumerate(indices):
             self.register_buffer(f"_piece{k}", idx, persistent=False)
@@ -151,11 +157,11 @@ class LayerTokenizer(Tokenizer):
             self.encoders.append(TokenLinear(len(positions), size, width))
             self.decoders.append(TokenLinear(len(positions), width, size, zero=True))
         self._set_pieces(indices)
-        order_t = torch.tensor(order)
+        order_t = torch.tensor(order, device="cpu")
         # Tokens are computed grouped by size; these permutations restore layout order and back.
         self.register_buffer("_to_layout_order", torch.argsort(order_t), persistent=False)
         self.register_buffer("_to_size_order", order_t, persistent=False)
-        self.register_buffer("type_ids", torch.arange(len(tokens)), persistent=False)
+        self.register_buffer("type_ids", torch.arange(len(tokens), device="cpu"), persistent=False)
         self.num_tokens = self.num_types = len(tokens)
         self.token_sizes = [t.numel() for t in tokens]
 
@@ -170,7 +176,7 @@ class LayerTokenizer(Tokenizer):
                     owner[name] = layer.prefix
         segments: dict[str, list[torch.Tensor]] = {}
         for p in layout.params:
-            segments.setdefault(owner.get(p.name, p.name), []).append(torch.arange(p.offset, p.stop))
+            segments.setdefault(owner.get(p.name, p.name), []).append(_indices(p.offset, p.stop))
         return [torch.cat(parts) for parts in segments.values()]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +218,7 @@ class NeuronTokenizer(Tokenizer):
         edges: list[tuple[str, str, torch.Tensor]] = []  # (row group, column group, (n_a, n_b, kernel))
         fixed: list[torch.Tensor] = []
         for p in layout.params:
-            idx = torch.arange(p.offset, p.stop).reshape(p.shape)
+            idx = _indices(p.offset, p.stop).reshape(p.shape)
             if len(p.perm_axes) == 0:
                 fixed.extend(_balanced_chunks(idx.reshape(-1), chunk_size))
             elif len(p.perm_axes) == 1:
@@ -231,7 +237,7 @@ class NeuronTokenizer(Tokenizer):
         self.unit_counts = [layout.groups[g] for g in self.groups]
         for g in self.groups:
             n = layout.groups[g]
-            own_idx = torch.cat(own[g], dim=1) if own[g] else torch.zeros(n, 0, dtype=torch.long)
+            own_idx = torch.cat(own[g], dim=1) if own[g] else torch.zeros(n, 0, dtype=torch.long, device="cpu")
             indices.append(own_idx)  # (n_g, k_g)
             self.own_encoders[g] = TokenLinear(n, own_idx.shape[1], width, shared=True)
             self.own_decoders[g] = TokenLinear(n, width, own_idx.shape[1], shared=True, zero=True)
@@ -263,7 +269,7 @@ class NeuronTokenizer(Tokenizer):
             self.fixed_encoders.append(TokenLinear(len(positions), size, width))
             self.fixed_decoders.append(TokenLinear(len(positions), width, size, zero=True))
         self._set_pieces(indices)
-        order_t = torch.tensor(order, dtype=torch.long)
+        order_t = torch.tensor(order, dtype=torch.long, device="cpu")
         self.register_buffer("_fixed_to_layout_order", torch.argsort(order_t), persistent=False)
         self.register_buffer("_fixed_to_size_order", order_t, persistent=False)
 
@@ -273,7 +279,7 @@ class NeuronTokenizer(Tokenizer):
         self.num_types = len(self.groups) + self.num_fixed
         type_ids = [gid[g] for g in self.groups for _ in range(layout.groups[g])]
         type_ids += [len(self.groups) + k for k in range(self.num_fixed)]
-        self.register_buffer("type_ids", torch.tensor(type_ids, dtype=torch.long), persistent=False)
+        self.register_buffer("type_ids", torch.tensor(type_ids, dtype=torch.long, device="cpu"), persistent=False)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pieces = self.split(x)

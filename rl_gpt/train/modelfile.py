@@ -8,13 +8,14 @@ safetensors, everything else JSON.
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 FORMAT = {"name": "rl_gpt.model", "version": 1}
+# Training always uses 1,000 (train/loop.py diffusion_args); a model file may hold any count up to this.
+_MOST_DIFFUSION_STEPS = 100_000
 
 
 class ModelFileError(ValueError):
@@ -241,6 +244,32 @@ def _warn_if_unfinished(directory: str | Path, info: dict[str, Any]) -> None:
         )
 
 
+def _check_sizes(weights: Path, config: ModelConfig, layout: Layout) -> None:
+    """Refuse a model.json that asks for another network than its weights file holds before building it:
+    model.json's sizes (width, depth, the layout) decide how much memory the build takes, so a damaged or
+    hostile file could ask for hundreds of gigabytes. Compares the file's header with a build on the meta
+    device (shapes without storage)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (OSError, SafetensorError) as exc:  # truncated, or not a safetensors file at all (nothing is unpickled)
+        raise ModelFileError(f"{weights} is not a readable safetensors file ({exc}); restore it or retrain") from None
+    stored = sum(math.prod(shape) for shape in have.values())
+    if layout.numel > stored:  # every denoiser holds at least one weight per generated parameter
+        raise ModelFileError(
+            f"{weights} holds {stored} values, too few for model.json's layout of {layout.numel} parameters; "
+            "restore the folder or retrain"
+        )
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_model(config, layout).state_dict().items()}
+    if want != have:
+        wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+        raise ModelFileError(
+            f"{weights} does not fit its model.json ({len(wrong)} tensor(s) differ, first {wrong[0]}: "
+            f"{have.get(wrong[0])} in the file, {want.get(wrong[0])} for model.json); restore the folder or retrain"
+        )
+
+
 def load_generator(directory: str | Path, device: str | torch.device = "cpu") -> tuple[ParameterGenerator, dict]:
     """Rebuild the generator from a model directory alone: the :class:`ParameterGenerator` (its raw sampler
     and loss) and the model's ``info``, ``model.json`` as read: ``layout`` and ``spec`` (the dataset's, as
@@ -249,10 +278,17 @@ def load_generator(directory: str | Path, device: str | torch.device = "cpu") ->
     info = read_model_info(directory)
     layout = Layout.from_dict(info["layout"])
     config = ModelConfig.from_dict(info["model"])
-    model = build_model(config, layout)
     weights = Path(directory) / "model.safetensors"
     if not weights.is_file():
         raise ModelFileError(f"{weights} is missing; the model directory is incomplete")
+    steps = info["diffusion"].get("steps", 1000) if isinstance(info["diffusion"], dict) else None
+    if not isinstance(steps, int) or not 1 <= steps <= _MOST_DIFFUSION_STEPS:  # its schedule is built as a list
+        raise ModelFileError(
+            f"{Path(directory) / 'model.json'}: diffusion steps {steps!r} is not 1..{_MOST_DIFFUSION_STEPS}; "
+            "restore the folder or retrain"
+        )
+    _check_sizes(weights, config, layout)
+    model = build_model(config, layout)
     try:
         state = load_file(str(weights))
     except SafetensorError as exc:  # truncated, or not a safetensors file at all (nothing is unpickled)

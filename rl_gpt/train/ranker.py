@@ -148,7 +148,11 @@ def load_ranker(model_dir: str | Path, layout: Layout) -> MetricRanker | None:
             return None
         spec = None if meta["policy"] is None else PolicySpec.from_dict(meta["policy"])
         probe = FunctionProbe(layout, tensors.pop("probe_inputs"), meta["kind"], spec=spec, network=meta["network"])
-        ranker = MetricRanker(probe, meta["low"], meta["high"], int(meta["hidden"]))
+        hidden, first = int(meta["hidden"]), tensors.get("net.0.weight")
+        if first is None or first.shape[0] != hidden:  # checked before building: the width sets the memory
+            width = None if first is None else first.shape[0]
+            raise ValueError(f"ranker.json's hidden {hidden} is not the weights' {width}")
+        ranker = MetricRanker(probe, meta["low"], meta["high"], hidden)
         ranker.net.load_state_dict({k.removeprefix("net."): v for k, v in tensors.items()})
         ranker.fit_info = dict(meta.get("fit", {}))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
