@@ -425,6 +425,10 @@ _NO_RANGE = ["task.metric_range=null", "task.reward_threshold=null"]  # another 
         (["task.policy_kwargs={activation_fn: sigmoid}"], "task.policy_kwargs.activation_fn='sigmoid': choose"),
         (["task.policy_kwargs={net_arch: {pi: [0]}}"], "task.policy_kwargs.net_arch: {'pi': [0]} must be"),
         (["task.policy_kwargs={net_arch: 5}"], "task.policy_kwargs.net_arch: 5 must be a list of layer widths"),
+        (  # the critic, in no layout: 3.6 GB for each network built before this check
+            ["task.policy_kwargs={net_arch: {pi: [16], vf: [30000, 30000]}}"],
+            "asks for layers wider than 65536 units or with more than 1e+08 weights; use smaller layers",
+        ),
         (["executor=ray", "collect.ray_address=127.0.0.1:1"], "collect.ray_address=127.0.0.1:1: no Ray cluster"),
         (["seed=-1"], "collect.seed: -1 is negative; use 0 or more"),
         (["task.n_envs=0"], "task.n_envs: 0 is too small"),

@@ -154,6 +154,7 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
             "task.hyperparams.use_sde: gSDE policies are not supported (rl_gpt stores and evaluates the actor's "
             "mean and log-std, not gSDE's noise matrices); remove it, as rl_gpt's presets do"
         )
+    _check_net_arch(task.policy_kwargs.get("net_arch"))
     try:
         env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
     except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
@@ -161,7 +162,6 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     if task.normalize:
         env = VecNormalize(env, norm_obs=True, norm_reward=False)
     hp = {k: _schedule(v) for k, v in (task.hyperparams if hyperparams is None else hyperparams).items()}
-    _check_net_arch(task.policy_kwargs.get("net_arch"))
     try:
         kwargs = resolve_policy_kwargs(task.algo, task.policy_kwargs)
     except ValueError as exc:
@@ -185,6 +185,10 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     return model
 
 
+_WIDEST_LAYER = 1 << 16
+_MOST_LAYER_WEIGHTS = 10**8  # 400 MB of float32 weights in one layer
+
+
 def _check_net_arch(arch: Any) -> None:
     """Refuse a ``net_arch`` SB3 would fail on deep inside (or build with an empty layer)."""
     if arch is None:
@@ -198,6 +202,14 @@ def _check_net_arch(arch: Any) -> None:
             raise ConfigError(
                 f"task.policy_kwargs.net_arch: {arch!r} must be a list of layer widths (positive integers) "
                 "or a dict of such lists, e.g. {pi: [16], vf: [64, 64]}"
+            )
+        largest = max((a * b for a, b in zip(widths, widths[1:])), default=0)
+        if max(widths, default=0) > _WIDEST_LAYER or largest > _MOST_LAYER_WEIGHTS:
+            # read from a model's or dataset's files too (the critic is in no layout): a typo or a
+            # hostile file would otherwise take all memory building it, before any other check
+            raise ConfigError(
+                f"task.policy_kwargs.net_arch: {arch!r} asks for layers wider than {_WIDEST_LAYER} units or with "
+                f"more than {_MOST_LAYER_WEIGHTS:.0e} weights; use smaller layers"
             )
 
 
