@@ -142,7 +142,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:  # as every reader here reads it, whatever the locale
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -172,7 +172,7 @@ def read_format_json(path: Path, format_name: str, error: type[Exception], what:
     """A JSON object whose ``format.name`` is ``format_name`` (a dataset spec, a model file); anything
     else raises ``error``: "PATH is not valid JSON (...); FIX" or "PATH is not WHAT"."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise error(f"{path} is not valid JSON ({exc}); {fix}") from None
     marked = data.get("format") if isinstance(data, dict) else None
@@ -245,9 +245,16 @@ def shade_outside(ax: Any, xs: Sequence[float], bounds: Sequence[float] | None) 
 
 def atomic_save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """``safetensors.torch.save_file`` under a temporary name, renamed into place with the usual file mode."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    return write_then_rename(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # a full disk or a permission: the OSError callers handle, as for JSON
+            raise OSError(f"could not write {path}: {exc}") from exc
+
+    return write_then_rename(path, write)
 
 
 # The key, in both files of a pair, of the id that ties them to one save.

@@ -70,6 +70,21 @@ def test_remove_path_removes_a_link_and_never_its_target(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"] and (target / "f").read_text() == "x"
 
 
+def test_a_safetensors_write_error_is_an_oserror_as_for_other_files(tmp_path: Path, monkeypatch) -> None:
+    """safetensors raises its own error for a full disk or a denied write; callers that fall back on
+    OSError (the ranker's cache for a model folder the user cannot write) must see one."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def denied(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", denied)
+    with pytest.raises(OSError, match=r"could not write .*m.safetensors: .*Permission denied"):
+        atomic_save_safetensors({"w": torch.ones(2)}, tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "r.json", {"old": True})
     with pytest.raises(TypeError):
