@@ -18,5 +18,11 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Caches rl_gpt writes for read-only model folders (rankers) go to a temporary folder, not ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    """Caches rl_gpt writes for read-only model folders (rankers) go to a temporary folder, not ~/.cache;
+    so do W&B's own files of offline runs (its logs, and the staging copies of logged tables, which it
+    otherwise leaves read-only in ~/.local/share/wandb after every run of the suite)."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    for variable, folder in (("WANDB_CACHE_DIR", "wandb-cache"), ("WANDB_DATA_DIR", "wandb-data")):
+        monkeypatch.setenv(variable, str(cache / folder))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(cache / "wandb-config"))
