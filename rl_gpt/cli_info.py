@@ -79,7 +79,7 @@ def _generated_lines(path: Path) -> str:
     from rl_gpt.dataset import DatasetError
 
     try:
-        rec = json.loads(path.read_text())
+        rec = json.loads(path.read_text(encoding="utf-8"))
         name = rec.get("metric", "return")
         lines = [
             f"generated  {rec.get('task')} ({rec.get('env_id')}) by {rec.get('model')}",
@@ -141,7 +141,7 @@ def _sweep_settings(r: dict) -> str:
     if not isinstance(swept, str) or model is None:
         return text
     try:
-        now = json.loads((model / "model.json").read_text())
+        now = json.loads((model / "model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return text
     if isinstance(now, dict) and now.get(SAVE_ID) not in (None, swept):

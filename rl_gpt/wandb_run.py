@@ -79,7 +79,7 @@ def _saved_run_id(path: Path) -> str | None:
     """The W&B run id a resumed stage logs to again; None (a new run) where the file is missing or
     holds no valid id (W&B ids are lower-case letters and digits)."""
     try:
-        text = path.read_text().strip()
+        text = path.read_text(encoding="utf-8").strip()
     except OSError:
         return None
     if re.fullmatch(r"[a-z0-9]{1,64}", text):

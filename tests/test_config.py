@@ -40,6 +40,11 @@ def test_short_names_and_dotted_overrides():
     assert cfg.collect.sample_hyperparams == {"learning_rate": [1e-4, 1e-3]}
 
 
+def test_a_hash_in_an_override_is_part_of_the_value_not_a_comment():
+    cfg = load_config("cartpole", ["out=runs/run #2", "dataset=#data/x", "task.name=a#b"], command="train")
+    assert (cfg.out, str(cfg.dataset_dir), cfg.task.name) == ("runs/run #2", "#data/x", "a#b")
+
+
 @pytest.mark.parametrize("preset", [None, "cartpole"])  # neither names hyperparams: both use the defaults
 def test_a_dotted_override_changes_one_key_of_a_default_mapping(preset):
     default = ExperimentConfig().task

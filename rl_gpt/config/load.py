@@ -52,6 +52,8 @@ def load_config(
             value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        if raw.startswith("#") or " #" in raw:  # YAML would read the rest as a comment: `out=runs/run #2`
+            value = raw
         if default_task:
             _seed_default_mapping(data, key.split("."))
         before = _get_path(data, key.split("."))

@@ -46,7 +46,7 @@ def parse_yaml(text: str) -> Any:
 def load_yaml_file(path: Path) -> Any:
     """A YAML file's contents; a :class:`ConfigError` naming the line where it is not valid YAML."""
     try:
-        return parse_yaml(path.read_text())
+        return parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)  # where the parser stopped (0-based), if it knows
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

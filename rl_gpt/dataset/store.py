@@ -104,7 +104,7 @@ def load_checked(folder: Path) -> TensorDict:
     """
     meta_path = folder / "meta.json"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
         raise DatasetError(
@@ -373,10 +373,8 @@ class DatasetWriter:
                 raise DatasetError(f"runs in {self.root} store different fields; collect into a new directory")
             out[pos : pos + stop - start] = src[start:stop]
             pos += stop - start
-        meta = stored_meta | {
-            str(json.loads((p / "run.json").read_text())["run"]): json.loads((p / "run.json").read_text())
-            for p in run_dirs
-        }
+        new_meta = [json.loads((p / "run.json").read_text(encoding="utf-8")) for p in run_dirs]
+        meta = stored_meta | {str(m["run"]): m for m in new_meta}
         atomic_write_json(self.root / "runs.json", dict(sorted(meta.items(), key=lambda kv: int(kv[0]))))
         replace_dir(tmp, data_dir)
         for p in run_dirs:
@@ -398,7 +396,7 @@ def read_runs_meta(root: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
         why = f"a JSON {type(meta).__name__}"
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         meta, why = None, str(exc)

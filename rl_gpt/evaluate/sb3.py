@@ -221,7 +221,7 @@ def _sidecar_env_id(file: SB3File) -> str | None:
     sidecar = file.path.with_name("generated.json")
     if not sidecar.is_file():
         return None
-    env_id = json.loads(sidecar.read_text()).get("env_id")
+    env_id = json.loads(sidecar.read_text(encoding="utf-8")).get("env_id")
     if env_id and (":" in env_id or env_id not in gym.registry):  # "module:Env" would import module
         raise PolicyFileError(f"{sidecar}: env_id {env_id!r} is not a registered Gymnasium id; pass --env ENV_ID")
     return env_id or None

@@ -491,7 +491,7 @@ def _listed_outputs(out: Path, record: Any, depth: int = 0) -> set[Path]:
 def _previous_outputs(out: Path, depth: int = 0) -> set[Path]:
     """What an earlier ``generate`` into ``out`` wrote, as its ``generated.json`` lists it (else nothing)."""
     try:
-        return _listed_outputs(out, json.loads((out / "generated.json").read_text()), depth)
+        return _listed_outputs(out, json.loads((out / "generated.json").read_text(encoding="utf-8")), depth)
     except (OSError, ValueError):  # no earlier call, or a file that is not JSON
         return set()
 

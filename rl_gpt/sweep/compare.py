@@ -112,7 +112,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ReportError(f"{p}: no sweep report here; give a report.json or the --out directory of `rl-gpt sweep`")
     try:
-        report = json.loads(p.read_text())
+        report = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         hint = "give a report.json or a sweep --out directory"
         raise ReportError(f"{p} is not a sweep report (not text); {hint}") from None

@@ -134,7 +134,7 @@ def load_calibration(model_dir: str | Path) -> PromptCalibration | None:
     if not path.is_file():
         return None
     try:
-        cal = PromptCalibration(**nulls_as_nan(json.loads(path.read_text())))
+        cal = PromptCalibration(**nulls_as_nan(json.loads(path.read_text(encoding="utf-8"))))
         _check(cal)
         return cal
     except (ValueError, TypeError, KeyError) as err:

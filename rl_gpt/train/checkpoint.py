@@ -95,13 +95,13 @@ def discard_train_state(directory: Path) -> None:
 def read_data_state(directory: Path) -> dict[str, Any] | None:
     """The train/test split and normaliser a saved run used (None if there is no saved run)."""
     path = directory / "state.json"
-    return json.loads(path.read_text()).get("data") if path.exists() else None
+    return json.loads(path.read_text(encoding="utf-8")).get("data") if path.exists() else None
 
 
 def read_history(directory: Path, step: int) -> list[dict[str, float]]:
     """The losses a saved run logged up to ``step`` ([] where none are on record)."""
     path = directory / "state.json"
-    history = json.loads(path.read_text()).get("history", []) if path.exists() else []
+    history = json.loads(path.read_text(encoding="utf-8")).get("history", []) if path.exists() else []
     return [h for h in history if h.get("step", step + 1) <= step]
 
 
@@ -115,7 +115,7 @@ def training_segments(directory: Path, step: int, steps: int, processes: int, ba
     path = directory / "state.json"
     if not step or not path.is_file():
         return [current | {"from_step": 0}]
-    info = json.loads(path.read_text())
+    info = json.loads(path.read_text(encoding="utf-8"))
     data, config = info.get("data") or {}, info.get("config") or {}
     segments = data.get("segments")
     if not isinstance(segments, list) or not segments:  # saved before segments were recorded
@@ -132,7 +132,9 @@ def training_segments(directory: Path, step: int, steps: int, processes: int, ba
 def read_saved_batch(directory: Path, default: int) -> int:
     """The ``train.batch`` (pairs per process) a saved run trained with (``default`` if not on record)."""
     path = directory / "state.json"
-    return int(json.loads(path.read_text()).get("config", {}).get("batch", default)) if path.exists() else default
+    if not path.exists():
+        return default
+    return int(json.loads(path.read_text(encoding="utf-8")).get("config", {}).get("batch", default))
 
 
 def _saved_architecture(directory: Path, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -140,7 +142,7 @@ def _saved_architecture(directory: Path, info: dict[str, Any]) -> dict[str, Any]
     the model file written beside them at every checkpoint."""
     model_file = directory.parent / "model.json"
     if info.get("model") is None and model_file.exists():
-        return json.loads(model_file.read_text()).get("model")
+        return json.loads(model_file.read_text(encoding="utf-8")).get("model")
     return info.get("model")
 
 
@@ -200,7 +202,7 @@ def load_train_state(
     """
     from rl_gpt.config import ConfigError, TrainConfig, to_dict
 
-    info = json.loads((directory / "state.json").read_text())
+    info = json.loads((directory / "state.json").read_text(encoding="utf-8"))
     # A field added since the run was saved counts as its default (the value the run was trained with).
     saved = to_dict(TrainConfig()) | info["config"]
     architecture = _saved_architecture(directory, info) if hasattr(model, "config") else None

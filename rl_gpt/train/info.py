@@ -55,7 +55,7 @@ def _alignment(directory: Path, step: Any) -> str:
     if not path.is_file():
         return "none (train.final_probe=false, or training has not finished)"
     try:
-        result = json.loads(path.read_text())
+        result = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return "unreadable (alignment.json is not valid JSON; train again to measure it)"
     if not isinstance(result, dict):

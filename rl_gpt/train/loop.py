@@ -68,7 +68,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def _warn_if_schedule_restarts(state_dir: Path, tc: TrainConfig, step: int, main_proc: bool) -> None:
     """A resume with another ``train.steps`` recomputes the cosine over the new length: the learning rate
     jumps (a warm restart), and the model is neither the shorter run continued nor the longer run."""
-    saved = json.loads((state_dir / "state.json").read_text()).get("config", {}).get("steps")
+    saved = json.loads((state_dir / "state.json").read_text(encoding="utf-8")).get("config", {}).get("steps")
     if not main_proc or not isinstance(saved, int) or saved == tc.steps or step <= tc.warmup:
         return
     before, after = lr_at(step, dataclasses.replace(tc, steps=saved)), lr_at(step, tc)
@@ -436,7 +436,7 @@ def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
     if not tc.final_probe:
         return True
     try:
-        return json.loads((out / "alignment.json").read_text()).get("step") == step
+        return json.loads((out / "alignment.json").read_text(encoding="utf-8")).get("step") == step
     except (OSError, ValueError):  # missing or cut short
         return False
 

@@ -141,7 +141,7 @@ def load_ranker(model_dir: str | Path, layout: Layout) -> MetricRanker | None:
     if not (path.is_file() and meta_path.is_file()):
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(str(path))
         if not pair_matches(path, meta):  # a save stopped between its renames: fitted again, as if missing
             warnings.warn(f"{path} and {meta_path} come from different saves; the ranker is fitted again", stacklevel=2)
