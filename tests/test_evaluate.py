@@ -573,6 +573,15 @@ def test_sb3_files_rl_gpt_cannot_read_are_refused_with_a_message(tmp_path, capsy
         load_sb3_policy(tmp_path / "junk.zip")
     assert main(["evaluate", str(tmp_path / "junk.zip")]) == 2
     assert "not an SB3 save file" in capsys.readouterr().err
+    # a policy.pth that unpacks to 300 MB (a zip of ~300 kB) is refused after the most it reads
+    with zipfile.ZipFile(tmp_path / "cartpole.zip") as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, blob in members.items():
+            z.writestr(name, bytes(300 << 20) if name == "policy.pth" else blob)
+    assert (tmp_path / "bomb.zip").stat().st_size < 1 << 20
+    with pytest.raises(PolicyFileError, match="its policy.pth unpacks to more than 256 MB"):
+        load_sb3_policy(tmp_path / "bomb.zip")
     if not torch.cuda.is_available():
         assert main(["evaluate", str(tmp_path / "junk.zip"), "--device", "cuda"]) == 2
         assert "no CUDA device" in capsys.readouterr().err

@@ -45,7 +45,7 @@ from rl_gpt.supervised import (
     train_classifier_run,
     train_classifier_runs,
 )
-from rl_gpt.supervised.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_FILES, MNIST_MEAN, MNIST_STD
+from rl_gpt.supervised.data import CIFAR10_MEAN, CIFAR10_STD, MNIST_FILES, MNIST_MEAN, MNIST_STD, read_idx
 from rl_gpt.supervised.fetch import DownloadError, RemoteFile, Source, extract_tar
 from rl_gpt.supervised.npm_copy import RegistryCopy
 
@@ -124,6 +124,22 @@ def test_load_mnist_truncated_file_is_a_clear_error(tmp_path: Path, gz: bool) ->
     with pytest.raises(CorruptDataError, match=r"t10k-images-idx3-ubyte.*rl-gpt data fetch mnist") as info:
         load_mnist(tmp_path)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dims", [(10, 28, 28), (1 << 20, 1 << 20)])
+def test_an_idx_file_is_read_no_further_than_its_header_says(tmp_path: Path, dims: tuple[int, ...]) -> None:
+    """A 200 kB gzip file that unpacks to 200 MB of zeros: refused after the bytes its header announces,
+    or from the header alone where that claims more than any data set holds."""
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    with gzip.open(bomb, "wb") as f:
+        f.write(header)
+        for _ in range(200):
+            f.write(bytes(1 << 20))
+    assert bomb.stat().st_size < 300_000
+    said = "file has more" if dims == (10, 28, 28) else "more than any data"
+    with pytest.raises(CorruptDataError, match=said):
+        read_idx(bomb)
 
 
 def test_load_mnist_bad_magic_and_missing_file(tmp_path: Path) -> None:

@@ -82,11 +82,26 @@ def _first_layer(state: dict[str, torch.Tensor], algo: str) -> str:
     return f"{stem}.{hidden[0]}" if hidden else head
 
 
+# The most bytes read of an SB3 zip's members: a few kB of zip can unpack to gigabytes. SB3's own
+# files are far smaller (policy.pth of a 2x256 MuJoCo policy: ~0.6 MB).
+_MOST_BYTES = {"data": 16 << 20, "policy.pth": 256 << 20}
+
+
+def _read_member(z: zipfile.ZipFile, name: str, path: str | Path) -> bytes:
+    """One member of an SB3 zip, read no further than ``_MOST_BYTES`` whatever its header says."""
+    most = _MOST_BYTES[name]
+    with z.open(name) as f:
+        blob = f.read(most + 1)
+    if len(blob) > most:
+        raise PolicyFileError(f"{path}: its {name} unpacks to more than {most >> 20} MB; not a policy rl_gpt reads")
+    return blob
+
+
 def _zip_members(path: str | Path) -> tuple[set[str], dict[str, Any]]:
     try:
         with zipfile.ZipFile(path) as z:
-            return set(z.namelist()), json.loads(z.read("data"))
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as err:
+            return set(z.namelist()), json.loads(_read_member(z, "data", path))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, RecursionError) as err:
         raise PolicyFileError(f"{path}: not an SB3 save file ({err})") from err
 
 
@@ -129,7 +144,7 @@ def read_sb3_file(path: str | Path) -> SB3File:
     kwargs = _readable_policy_kwargs(path, data, algo)
     with zipfile.ZipFile(path) as z:
         try:
-            blob = z.read("policy.pth")
+            blob = _read_member(z, "policy.pth", path)
         except KeyError as err:
             raise PolicyFileError(f"{path}: an SB3 save file without policy.pth") from err
     try:

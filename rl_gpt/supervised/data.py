@@ -91,24 +91,38 @@ def load_digits() -> Split:
 
 
 # ---------------------------------------------------------------------------------------------- MNIST
+_LARGEST_IDX = 1 << 31  # bytes of data in one IDX file; MNIST's largest has 47 MB
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """Parse one IDX file (plain or gzip, chosen by the ``.gz`` suffix) into an array of its dims."""
+    """Parse one IDX file (plain or gzip, chosen by the ``.gz`` suffix) into an array of its dims.
+
+    Reads the header first and then no more than it announces (at most ``_LARGEST_IDX`` bytes): a small
+    gzip file can unpack to gigabytes, and a header can claim any size."""
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            start = f.read(4)
+            if len(start) < 4 or start[0] != 0 or start[1] != 0 or start[2] not in _IDX_DTYPES:
+                raise CorruptDataError(f"{path}: not an IDX file (bad magic {start.hex() or 'empty'})")
+            dtype, ndim = np.dtype(_IDX_DTYPES[start[2]]), start[3]
+            sizes = f.read(4 * ndim)
+            if len(sizes) < 4 * ndim:
+                raise CorruptDataError(f"{path}: truncated IDX header")
+            dims = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4", count=ndim))
+            expected = math.prod(dims) * dtype.itemsize
+            if expected > _LARGEST_IDX:
+                raise CorruptDataError(f"{path}: IDX header says {expected} bytes for dims {dims}, more than any data")
+            body = bytearray()
+            while len(body) <= expected and (chunk := f.read(min(1 << 20, expected + 1 - len(body)))):
+                body += chunk
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a cut gzip stream is EOFError
         raise CorruptDataError(f"{path}: not a readable gzip file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise CorruptDataError(f"{path}: not an IDX file (bad magic {raw[:4].hex() or 'empty'})")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise CorruptDataError(f"{path}: truncated IDX header")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
-        raise CorruptDataError(f"{path}: IDX header says {expected} bytes for dims {dims}, file has {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    if len(body) != expected:
+        have = f"{header + len(body)}" if len(body) < expected else "more"
+        raise CorruptDataError(f"{path}: IDX header says {header + expected} bytes for dims {dims}, file has {have}")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
 
 
 def _find_idx(root: Path, stem: str) -> Path:
