@@ -515,6 +515,28 @@ def test_an_environment_a_module_registers_is_named_module_colon_id(tmp_path, mo
         check_env_id("own_envs_for_test:OwnCartpole-v0")
 
 
+def test_an_env_module_in_the_current_folder_is_not_imported(tmp_path, monkeypatch, capsys):
+    """`python -m rl_gpt.cli` in a stranger's folder: a `module:Env` id in its dataset or model files must
+    not run the folder's module.py. A folder the user names on PYTHONPATH is searched as before."""
+    import sys
+
+    from rl_gpt.env_modules import EnvModuleError, import_env_module
+
+    (tmp_path / "stranger_envs_for_test.py").write_text("open('RAN', 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend("")  # what `python -m` puts first: the current folder
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    with pytest.raises(EnvModuleError, match="is its folder on PYTHONPATH\\?; the current folder is not searched"):
+        import_env_module("stranger_envs_for_test:CartPole-v1")
+    assert not (tmp_path / "RAN").exists() and "" in sys.path  # sys.path is given back as it was
+    assert _collect("cartpole", tmp_path / "out", "task.env_id=stranger_envs_for_test:CartPole-v1") == 2
+    assert "the current folder is not searched" in capsys.readouterr().err and not (tmp_path / "RAN").exists()
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # chosen by the user: imported
+    assert import_env_module("stranger_envs_for_test:CartPole-v1") == "CartPole-v1"
+    assert (tmp_path / "RAN").exists()
+    monkeypatch.delitem(sys.modules, "stranger_envs_for_test")
+
+
 def test_generate_starts_from_a_policy_file_of_an_environment_a_module_registers(tmp_path, monkeypatch):
     from rl_gpt.collect.sb3_run import build_model
     from rl_gpt.dataset import task_record

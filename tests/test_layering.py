@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "layout": set(),
     "config": set(),
     "io": set(),
+    "env_modules": set(),
     "threads": set(),
     "interrupt": set(),
     "progress": set(),
@@ -29,10 +30,10 @@ ALLOWED: dict[str, set[str]] = {
     "sb3_policy": {"layout"},
     "dataset": {"layout", "io"},
     "supervised": {"layout", "config", "io", "threads", "progress"},
-    "evaluate": {"envs", "layout", "sb3_policy", "dataset", "supervised", "threads"},
+    "evaluate": {"envs", "env_modules", "layout", "sb3_policy", "dataset", "supervised", "threads"},
     "collect": {
         *("config", "dataset", "evaluate", "supervised", "layout", "sb3_policy"),
-        *("io", "wandb_run", "progress", "interrupt"),
+        *("io", "wandb_run", "progress", "interrupt", "env_modules"),
     },
     "model": {"layout"},
     "diffusion": {"progress"},
@@ -42,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "sweep": {
         *("train", "evaluate", "supervised", "collect", "devices", "envs"),
-        *("dataset", "layout", "sb3_policy", "config", "io", "threads", "wandb_run"),
+        *("dataset", "layout", "sb3_policy", "config", "io", "threads", "wandb_run", "env_modules"),
     },
     "generate": {"train", "evaluate", "collect", "supervised", "dataset", "layout", "sb3_policy", "config", "io"},
 }

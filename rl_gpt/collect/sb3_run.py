@@ -24,6 +24,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
+from rl_gpt.env_modules import EnvModuleError, import_env_module
 from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
@@ -59,17 +60,12 @@ def check_env_id(env_id: str) -> None:
     """Refuse an unknown Gymnasium id with a one-line message before any work starts.
 
     ``module:EnvId`` (Gymnasium's form for an environment a module registers when imported) imports
-    ``module`` first, as ``gym.make`` would: a config names code the user chose to run.
+    ``module`` first, as ``gym.make`` would, but never from the current folder (:mod:`rl_gpt.env_modules`).
     """
-    if ":" in env_id:
-        import importlib
-
-        module, _, env_id = env_id.partition(":")
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            where = "is its folder on PYTHONPATH?"
-            raise ConfigError(f"task.env_id: cannot import {module!r} for {env_id!r} ({exc}; {where})") from None
+    try:
+        env_id = import_env_module(env_id)
+    except EnvModuleError as exc:
+        raise ConfigError(f"task.env_id: {exc}") from None
     if env_id not in gym.registry:
         import difflib
 
