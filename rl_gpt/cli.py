@@ -289,12 +289,21 @@ def _check_json_path(path: str) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> None:
     from rl_gpt.io import atomic_write_json
-    from rl_gpt.sweep.compare import compare_reports, comparison_json, format_comparison
+    from rl_gpt.sweep.compare import ReportError, compare_reports, comparison_json, format_comparison
 
     if args.json:  # fail before the work, naming the path given
         _check_json_path(args.json)
-    rows = compare_reports(args.reports)
-    print(format_comparison(rows))
+    try:
+        rows = compare_reports(args.reports)
+        table = format_comparison(rows)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as exc:
+        if isinstance(exc, ReportError):  # already says what is wrong
+            raise
+        raise ReportError(
+            f"{' or '.join(args.reports)}: not a well-formed sweep report ({type(exc).__name__}: {exc}); "
+            "rerun `rl-gpt sweep`"
+        ) from None
+    print(table)
     if args.json:
         atomic_write_json(args.json, comparison_json(rows))
 

@@ -18,11 +18,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     folder = Path(args.dataset)
     if folder.is_file() and folder.name == "report.json":
-        from rl_gpt.demo import format_table
-        from rl_gpt.sweep.compare import load_report
-
-        report = load_report(folder)
-        print(format_table(report) + "\n" + _sweep_settings(report))
+        print(_sweep_table(folder))
         return
     if folder.is_file() and folder.name in ("spec.json", "model.json"):
         folder = folder.parent  # the file that marks what the folder holds
@@ -36,11 +32,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     elif (folder / "generated.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
         parts = [_generated_lines(folder / "generated.json")]
     elif (folder / "report.json").is_file() and not any((folder / n).exists() for n in ("spec.json", *EXPERIMENT)):
-        from rl_gpt.demo import format_table
-        from rl_gpt.sweep.compare import load_report
-
-        report = load_report(folder)
-        parts = [format_table(report) + "\n" + _sweep_settings(report)]
+        parts = [_sweep_table(folder)]
     else:  # an experiment folder: its dataset, its model and its sweeps; else the folder as a dataset
         dataset, model = folder / "dataset", folder / "model"
         parts = [describe(dataset, show_spec=args.spec)] if (dataset / "spec.json").is_file() else []
@@ -51,6 +43,22 @@ def cmd_info(args: argparse.Namespace) -> None:
             parts = _experiments_index(folder)
         parts = parts or [describe(folder, show_spec=args.spec)]
     print("\n\n".join(parts))
+
+
+def _sweep_table(path: Path) -> str:
+    """A sweep's table and settings; a report whose fields are not what a sweep writes is one error line."""
+    from rl_gpt.demo import format_table
+    from rl_gpt.sweep.compare import ReportError, load_report
+
+    try:
+        report = load_report(path)
+        return format_table(report) + "\n" + _sweep_settings(report)
+    except ReportError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ArithmeticError) as exc:
+        raise ReportError(
+            f"{path} is not a well-formed sweep report ({type(exc).__name__}: {exc}); rerun `rl-gpt sweep`"
+        ) from None
 
 
 def _experiments_index(folder: Path) -> list[str]:

@@ -173,7 +173,7 @@ def read_format_json(path: Path, format_name: str, error: type[Exception], what:
     else raises ``error``: "PATH is not valid JSON (...); FIX" or "PATH is not WHAT"."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise error(f"{path} is not valid JSON ({exc}); {fix}") from None
     marked = data.get("format") if isinstance(data, dict) else None
     if not isinstance(marked, dict) or marked.get("name") != format_name:

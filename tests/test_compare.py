@@ -213,6 +213,26 @@ def test_cli_prints_the_table_writes_json_and_rejects_bad_files(tmp_path: Path, 
     assert len(err) == 6 and all(line.startswith("rl-gpt compare: error:") for line in err)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("baselines", "x"), ("rerank", [[1]]), ("prompts", 0), ("config.inits", float("-inf"))]
+)
+def test_fields_of_the_wrong_kind_are_one_error_line_for_info_and_compare(tmp_path: Path, capsys, field, value):
+    """Found by mutating every field of a real report: info and compare raised 55 kinds of traceback."""
+    good = _write(tmp_path / "good", _noisy(4, 10.0, 0))
+    report = json.loads((good / "report.json").read_text())
+    *parents, last = field.split(".")
+    node = report
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.json").write_text(json.dumps(report))
+    for command in (["info", str(tmp_path / "bad")], ["compare", str(good), str(tmp_path / "bad")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"rl-gpt {command[0]}: error:") and "\n" not in err and "sweep report" in err
+
+
 def test_the_r2_interval_is_the_reports_own_and_one_init_has_none(tmp_path: Path) -> None:
     path = _write(tmp_path / "own", _noisy(8, 10.0, 0))
     report = json.loads((path / "report.json").read_text())

@@ -250,6 +250,11 @@ def test_training_segments_record_each_resume_with_other_settings(tmp_path: Path
         *first,
         {"from_step": 5, "steps": 30, "processes": 2, "batch": 4},
     ]
+    # a state saved before segments (and processes) were recorded, resumed as it was: one stretch
+    state = json.loads((saved_at(5, None) / "state.json").read_text())
+    state["data"] = {}
+    (tmp_path / "state" / "state.json").write_text(json.dumps(state))
+    assert training_segments(tmp_path / "state", 5, 10, 1, 8) == first
     # a state saved before segments were recorded: its config and process count are the first stretch
     assert training_segments(saved_at(5, None, steps=10, processes=2), 5, 10, 1, 16) == [
         {"from_step": 0, "steps": 10, "processes": 2, "batch": 8},

@@ -386,15 +386,20 @@ def test_resume_continues_the_same_run(experiment, tmp_path, capsys):
     said = capsys.readouterr().out
     assert "already trained to train.steps=20; nothing to do" in said and "model written to" not in said
     assert written == {f.name: f.stat().st_mtime_ns for f in (out / "model").iterdir() if f.is_file()}
-    # a run stopped while measuring its alignment (alignment.json of another step) measures it again
+    # alignment.json written before it recorded its step (an older rl_gpt measured it only at the end)
     alignment = out / "model" / "alignment.json"
+    alignment.write_text(json.dumps({k: v for k, v in json.loads(alignment.read_text()).items() if k != "step"}))
+    assert main([a for a in args if a != "-q"] + ["steps=20"]) == 0
+    assert "already trained to train.steps=20; nothing to do" in capsys.readouterr().out
+    # a run stopped while measuring its alignment (alignment.json of another step) measures it again
     alignment.write_text(json.dumps(json.loads(alignment.read_text()) | {"step": 10}))
     assert main([*args, "steps=20"]) == 0
     assert json.loads(alignment.read_text())["step"] == 20
     # changing what is trained is refused instead of silently mixing two runs, naming the values
     capsys.readouterr()
     assert main([*args, "steps=30", "train.lr=0.5"]) == 2
-    assert "holds a run trained with other settings (train.lr: 0.001 -> 0.5)" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "holds a run trained with other settings (train.lr: 0.001 -> 0.5); pass train.lr=0.001 to go on" in said
     assert main([*args, "steps=30", "train.model_overrides={width: 16, depth: 1}"]) == 2
     assert "train.model or model_overrides differ from the run's" in capsys.readouterr().err
 

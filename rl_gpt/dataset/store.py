@@ -105,7 +105,7 @@ def load_checked(folder: Path) -> TensorDict:
     meta_path = folder / "meta.json"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep to read
         reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
         raise DatasetError(
             f"{meta_path}: unreadable ({reason}); the dataset is damaged: restore it or collect again"
@@ -398,7 +398,7 @@ def read_runs_meta(root: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         why = f"a JSON {type(meta).__name__}"
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         meta, why = None, str(exc)
     if not isinstance(meta, dict):
         raise DatasetError(

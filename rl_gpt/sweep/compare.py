@@ -116,7 +116,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         hint = "give a report.json or a sweep --out directory"
         raise ReportError(f"{p} is not a sweep report (not text); {hint}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, RecursionError) as e:
         raise ReportError(f"{p} is not a sweep report ({e}); rerun `rl-gpt sweep`") from None
     if not isinstance(report, dict):
         kind = {list: "an array", str: "a string", type(None): "null"}.get(type(report), "a number")

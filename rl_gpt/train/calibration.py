@@ -137,7 +137,7 @@ def load_calibration(model_dir: str | Path) -> PromptCalibration | None:
         cal = PromptCalibration(**nulls_as_nan(json.loads(path.read_text(encoding="utf-8"))))
         _check(cal)
         return cal
-    except (ValueError, TypeError, KeyError) as err:
+    except (ValueError, TypeError, KeyError, RecursionError) as err:
         raise ModelFileError(
             f"{path} is not a prompt calibration ({err}); delete it or run `rl-gpt calibrate` again"
         ) from err

@@ -119,8 +119,9 @@ def training_segments(directory: Path, step: int, steps: int, processes: int, ba
     data, config = info.get("data") or {}, info.get("config") or {}
     segments = data.get("segments")
     if not isinstance(segments, list) or not segments:  # saved before segments were recorded
-        first = {"steps": config.get("steps"), "processes": data.get("processes"), "batch": config.get("batch")}
-        segments = [{"from_step": 0} | first]
+        # (states from before `processes` was recorded were resumed only with the same batch, so as now)
+        first = {"steps": config.get("steps", steps), "processes": data.get("processes") or processes}
+        segments = [{"from_step": 0} | first | {"batch": config.get("batch", batch)}]
     last = segments[-1]
     if all(last.get(key) == current[key] for key in ("steps", "processes", "batch")):
         return segments
@@ -215,9 +216,13 @@ def load_train_state(
     changed = sorted(k for k in expect if k not in allowed and saved.get(k) != expect[k])
     if changed:
         values = ", ".join(f"train.{k}: {_short(saved.get(k))} -> {_short(expect[k])}" for k in changed)
+        # a preset whose default changed since (digits' lr): the run goes on with its own values given
+        plain = all(isinstance(saved.get(k), int | float | str | bool) for k in changed)
+        keep = " ".join(f"train.{k}={saved[k]}" for k in changed) if plain else ""
+        go_on = f"pass {keep} to go on with that run, " if keep else ""
         raise ConfigError(
             f"{directory.parent} holds a run trained with other settings ({values}); "
-            "train again with --restart (it replaces that run) or use another out= directory"
+            f"{go_on}train again with --restart (it replaces that run) or use another out= directory"
         )
     if architecture is not None:
         _check_same_model(directory, architecture, model, saved, expect)

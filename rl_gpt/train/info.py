@@ -56,7 +56,7 @@ def _alignment(directory: Path, step: Any) -> str:
         return "none (train.final_probe=false, or training has not finished)"
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return "unreadable (alignment.json is not valid JSON; train again to measure it)"
     if not isinstance(result, dict):
         return "unreadable (alignment.json is not a JSON object)"

@@ -436,9 +436,11 @@ def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
     if not tc.final_probe:
         return True
     try:
-        return json.loads((out / "alignment.json").read_text(encoding="utf-8")).get("step") == step
-    except (OSError, ValueError):  # missing or cut short
+        measured = json.loads((out / "alignment.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):  # missing or cut short
         return False
+    # Files written before alignment.json recorded its step were only ever measured at the end of a run.
+    return isinstance(measured, dict) and measured.get("step", step) == step
 
 
 def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume: bool) -> None:
