@@ -193,6 +193,9 @@ def test_extending_a_dataset_of_older_checkpoints_says_they_differ(tmp_path):
         warnings.filterwarnings("error", message=older)  # a finished collection adds nothing: nothing to say
         assert _collect("cartpole", tmp_path, "runs=3", *args) == 0
     assert json.loads(spec_path.read_text())["checkpoint_timing"] == "mixed"
+    from rl_gpt.dataset.info import describe  # and `rl-gpt info` says so, where it had said nothing
+
+    assert "checkpoints  mixed: older runs copied each policy before the update" in describe(tmp_path / "dataset")
 
 
 def test_a_resume_collects_exactly_the_runs_that_are_missing(tmp_path):

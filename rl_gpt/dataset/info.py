@@ -30,6 +30,17 @@ def text_histogram(values: torch.Tensor, bins: int = 10, width: int = 40) -> str
     return "\n".join(lines)
 
 
+def _timing_line(spec: dict) -> list[str]:
+    """When an RL dataset's checkpoints were copied, where that is not what a collection does now."""
+    if not spec.get("algo") or spec.get("checkpoint_timing") == "after_update":  # not SB3-collected, or now's
+        return []
+    timing = spec.get("checkpoint_timing")
+    if timing == "mixed":
+        said = "mixed: older runs copied each policy before the update on its rollout (a run's last update is "
+        return [f"checkpoints  {said}missing), newer runs after it"]
+    return ["checkpoints  copied before the update on each rollout (an older rl_gpt; a run's last update is missing)"]
+
+
 def describe(root: str | Path, show_spec: bool = False) -> str:
     ds = CheckpointDataset(root)
     spec, data = ds.spec, ds.data
@@ -49,6 +60,7 @@ def describe(root: str | Path, show_spec: bool = False) -> str:
         f"parameters   {ds.layout.numel} per checkpoint ({shapes})",
         f"hidden units {dict(ds.layout.groups)}",
         f"fields       {', '.join(sorted(data.keys()))}",
+        *_timing_line(spec),
         f"memmap       {ds.data_dir}  (TensorDict.load_memmap)",
         "",
         f"{spec['metric']['name']} over all checkpoints: mean {metric[valid].mean():.2f}, "
