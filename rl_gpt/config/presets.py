@@ -23,23 +23,47 @@ def _presets_folder() -> Path:
 PRESETS = _presets_folder()
 
 
+_MOST_ALIASED_VALUES = 100_000
+
+
+def _values_in(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes a YAML node stands for once its aliases are expanded (``sizes``: those already counted)."""
+    if id(node) not in sizes:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        sizes[id(node)] = 1 + sum(_values_in(child, sizes) for child in children)
+    return sizes[id(node)]
+
+
 class _PlainLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` without aliases of mappings or lists: nine lines of nested ``*a`` aliases
-    ("a billion laughs") stand for billions of values once anything walks them, which the config
-    checks do. An alias of a single value is kept; it cannot grow."""
+    """``yaml.safe_load`` that refuses a file whose aliases repeat more than ``_MOST_ALIASED_VALUES``
+    values: nine lines of nested ``*a`` aliases ("a billion laughs") stand for billions of values once
+    anything walks them, which the config checks do. Aliases and merge keys (``<<: *base``) of config
+    size read as before."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            if not isinstance(self.anchors.get(event.anchor), yaml.ScalarNode | type(None)):
-                raise yaml.composer.ComposerError(
-                    None, None, f"*{event.anchor} repeats a mapping or list; write it out instead", event.start_mark
-                )
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                sizes = self.__dict__.setdefault("_alias_sizes", {})
+                self._aliased = getattr(self, "_aliased", 0) + _values_in(target, sizes)
+                if self._aliased > _MOST_ALIASED_VALUES:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"its aliases (*{event.anchor} and the ones before) repeat more than "
+                        f"{_MOST_ALIASED_VALUES:,} values; write them out",
+                        event.start_mark,
+                    )
         return super().compose_node(parent, index)
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML as ``yaml.safe_load`` reads it, refusing aliases of mappings and lists (:class:`_PlainLoader`)."""
+    """YAML as ``yaml.safe_load`` reads it, refusing aliases that repeat too much (:class:`_PlainLoader`)."""
     return yaml.load(text, Loader=_PlainLoader)  # a SafeLoader: builds plain values only
 
 
