@@ -40,7 +40,7 @@ def import_env_module(env_id: str) -> str:
     try:
         importlib.import_module(module)
     except ImportError as exc:
-        here = "; the current folder is not searched" if hidden else ""
+        here = " (the current folder is not searched)" if hidden else ""
         where = f"is its folder on PYTHONPATH?{here}"
         raise EnvModuleError(f"cannot import {module!r} for {name!r} ({exc}; {where})") from None
     finally:
