@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
-__all__ = ["EnvModuleError", "import_env_module"]
+__all__ = ["EnvModuleError", "import_env_module", "make_env"]
 
 
 class EnvModuleError(ValueError):
@@ -47,3 +48,12 @@ def import_env_module(env_id: str) -> str:
         added = [p for p in sys.path if p not in saved]  # what the module itself put there stays
         sys.path[:] = saved + added
     return name
+
+
+def make_env(env_id: str) -> Any:
+    """``gym.make`` after :func:`import_env_module`: the env factory of vector envs, so that a worker
+    process started by spawn or forkserver (which imports anew) does not search the current folder either."""
+    import gymnasium as gym
+
+    import_env_module(env_id)
+    return gym.make(env_id)

@@ -430,8 +430,9 @@ _NO_RANGE = ["task.metric_range=null", "task.reward_threshold=null"]  # another 
         (["task.policy_kwargs={net_arch: 5}"], "task.policy_kwargs.net_arch: 5 must be a list of layer widths"),
         (  # the critic, in no layout: 3.6 GB for each network built before this check
             ["task.policy_kwargs={net_arch: {pi: [16], vf: [30000, 30000]}}"],
-            "asks for layers wider than 65536 units or with more than 1e+08 weights; use smaller layers",
+            "layers wider than 65536 units or more than 1e+08 weights; use a smaller network",
         ),
+        (["task.policy_kwargs={net_arch: [10000, 10000, 10000]}"], "more than 1e+08 weights; use a smaller"),
         (["executor=ray", "collect.ray_address=127.0.0.1:1"], "collect.ray_address=127.0.0.1:1: no Ray cluster"),
         (["seed=-1"], "collect.seed: -1 is negative; use 0 or more"),
         (["task.n_envs=0"], "task.n_envs: 0 is too small"),
@@ -532,6 +533,10 @@ def test_an_env_module_in_the_current_folder_is_not_imported(tmp_path, monkeypat
     with pytest.raises(EnvModuleError, match=r"is its folder on PYTHONPATH\? \(the current folder is not searched\)"):
         import_env_module("stranger_envs_for_test:CartPole-v1")
     assert not (tmp_path / "RAN").exists() and "" in sys.path  # sys.path is given back as it was
+    from rl_gpt.env_modules import make_env  # the factory of vector envs, run again in spawned workers
+
+    with pytest.raises(EnvModuleError, match="the current folder is not searched"):
+        make_env("stranger_envs_for_test:CartPole-v1")
     assert _collect("cartpole", tmp_path / "out", "task.env_id=stranger_envs_for_test:CartPole-v1") == 2
     assert "the current folder is not searched" in capsys.readouterr().err and not (tmp_path / "RAN").exists()
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # chosen by the user: imported

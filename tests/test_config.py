@@ -44,6 +44,7 @@ def test_short_names_and_dotted_overrides():
 def test_a_hash_in_an_override_is_part_of_the_value_not_a_comment():
     cfg = load_config("cartpole", ["out=runs/run #2", "dataset=#data/x", "task.name=a#b"], command="train")
     assert (cfg.out, str(cfg.dataset_dir), cfg.task.name) == ("runs/run #2", "#data/x", "a#b")
+    assert load_config("cartpole", ['out="runs/run #3"'], command="train").out == "runs/run #3"  # quoted: YAML
 
 
 @pytest.mark.parametrize("preset", [None, "cartpole"])  # neither names hyperparams: both use the defaults

@@ -250,6 +250,10 @@ def test_training_segments_record_each_resume_with_other_settings(tmp_path: Path
         *first,
         {"from_step": 5, "steps": 30, "processes": 2, "batch": 4},
     ]
+    # ... and changed back before a step was trained under other settings: one stretch again
+    assert training_segments(saved_at(5, longer), 5, 10, 1, 8) == first
+    # a damaged list: the state's own settings are the first stretch
+    assert training_segments(saved_at(5, ["x"]), 5, 10, 1, 8) == first
     # a state saved before segments (and processes) were recorded, resumed as it was: one stretch
     state = json.loads((saved_at(5, None) / "state.json").read_text())
     state["data"] = {}

@@ -182,7 +182,13 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
 
 
 _WIDEST_LAYER = 1 << 16
-_MOST_LAYER_WEIGHTS = 10**8  # 400 MB of float32 weights in one layer
+_MOST_WEIGHTS = 10**8  # 400 MB of float32 weights between the hidden layers of one network
+_MOST_LAYERS = 1000
+
+
+def _short_arch(arch: Any) -> str:
+    text = repr(arch)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _check_net_arch(arch: Any) -> None:
@@ -199,13 +205,13 @@ def _check_net_arch(arch: Any) -> None:
                 f"task.policy_kwargs.net_arch: {arch!r} must be a list of layer widths (positive integers) "
                 "or a dict of such lists, e.g. {pi: [16], vf: [64, 64]}"
             )
-        largest = max((a * b for a, b in zip(widths, widths[1:])), default=0)
-        if max(widths, default=0) > _WIDEST_LAYER or largest > _MOST_LAYER_WEIGHTS:
+        weights = sum(a * b for a, b in zip(widths, widths[1:]))
+        if max(widths, default=0) > _WIDEST_LAYER or weights > _MOST_WEIGHTS or len(widths) > _MOST_LAYERS:
             # read from a model's or dataset's files too (the critic is in no layout): a typo or a
             # hostile file would otherwise take all memory building it, before any other check
             raise ConfigError(
-                f"task.policy_kwargs.net_arch: {arch!r} asks for layers wider than {_WIDEST_LAYER} units or with "
-                f"more than {_MOST_LAYER_WEIGHTS:.0e} weights; use smaller layers"
+                f"task.policy_kwargs.net_arch: {_short_arch(arch)} asks for more than {_MOST_LAYERS} layers, layers "
+                f"wider than {_WIDEST_LAYER} units or more than {_MOST_WEIGHTS:.0e} weights; use a smaller network"
             )
 
 

@@ -52,7 +52,8 @@ def load_config(
             value = parse_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
-        if raw.startswith("#") or " #" in raw:  # YAML would read the rest as a comment: `out=runs/run #2`
+        quoted = raw.lstrip().startswith(("'", '"', "[", "{"))  # YAML's own way to keep a '#': read as YAML
+        if not quoted and (raw.startswith("#") or " #" in raw or "\t#" in raw):  # else a comment: `out=run #2`
             value = raw
         if default_task:
             _seed_default_mapping(data, key.split("."))

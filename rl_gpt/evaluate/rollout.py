@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_gpt.env_modules import import_env_module
+from rl_gpt.env_modules import make_env
 from rl_gpt.envs import find_dynamics
 from rl_gpt.envs.base import Dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights
@@ -264,8 +264,7 @@ def _rollout_gym(
     B, E, device = w.batch, episodes, w.weights[0].device
     dtype = w.weights[0].dtype
     vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
-    import_env_module(env_id)  # a dataset's id: its module never from the current folder
-    envs = vector_env([lambda: gym.make(env_id) for _ in range(B * E)])
+    envs = vector_env([lambda: make_env(env_id) for _ in range(B * E)])
     try:
         space = envs.single_action_space
         discrete = isinstance(space, gym.spaces.Discrete)

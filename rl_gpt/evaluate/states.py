@@ -13,7 +13,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_gpt.env_modules import import_env_module
+from rl_gpt.env_modules import make_env
 from rl_gpt.envs import Dynamics, find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.layout import Layout
@@ -93,8 +93,7 @@ def visited_observations(
 
             run_episodes(dynamics, dynamics.initial_state(B, g, torch.float32, "cpu"), act, steps, g)
             return torch.stack(seen, 1).reshape(B * steps, -1)  # grouped by policy
-        import_env_module(env_id)  # a dataset's id: its module never from the current folder
-        envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(B)])
+        envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(B)])
         try:
             dtype = np.int64 if isinstance(envs.single_action_space, gym.spaces.Discrete) else np.float32
             obs_np, _ = envs.reset(seed=[seed + b for b in range(B)])

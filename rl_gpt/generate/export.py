@@ -29,8 +29,6 @@ def export_sb3(task: TaskConfig, layout: Layout, flat: torch.Tensor, path: str |
     if actor_layout(model.policy, task.algo) != layout:
         raise ValueError("the task's SB3 policy does not match the generated parameters' layout")
     load_actor(model.policy, layout, flat)
-    if Path(path).suffix != ".zip":  # SB3 would add one to the temporary name, and save beside it
-        raise ValueError(f"{path}: an SB3 export's file name ends in .zip")
     # a full disk or a Ctrl-C leaves no half-written zip behind
     return write_then_rename(path, model.save)
 

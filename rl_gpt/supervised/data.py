@@ -112,7 +112,8 @@ def read_idx(path: str | Path) -> np.ndarray:
             dims = tuple(int(d) for d in np.frombuffer(sizes, dtype=">u4", count=ndim))
             expected = math.prod(dims) * dtype.itemsize
             if expected > _LARGEST_IDX:
-                raise CorruptDataError(f"{path}: IDX header says {expected} bytes for dims {dims}, more than any data")
+                said = f"{4 + 4 * ndim + expected} bytes for dims {dims}"
+                raise CorruptDataError(f"{path}: IDX header says {said}, more than any data set holds")
             body = bytearray()
             while len(body) <= expected and (chunk := f.read(min(1 << 20, expected + 1 - len(body)))):
                 body += chunk

@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_gpt.env_modules import import_env_module
+from rl_gpt.env_modules import make_env
 from rl_gpt.envs import find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
 from rl_gpt.evaluate.states import run_episodes, shared_obs_stats
@@ -125,8 +125,7 @@ def _disagreement_gym(
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(differing, compared) state counts (B,) on a Gymnasium vector env of B·E copies."""
-    import_env_module(env_id)  # a dataset's id: its module never from the current folder
-    envs = gym.vector.SyncVectorEnv([lambda: gym.make(env_id) for _ in range(B * E)])
+    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(B * E)])
     try:
         discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
         obs, _ = envs.reset(seed=[seed + e for _ in range(B) for e in range(E)])

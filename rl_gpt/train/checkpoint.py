@@ -118,15 +118,21 @@ def training_segments(directory: Path, step: int, steps: int, processes: int, ba
     info = json.loads(path.read_text(encoding="utf-8"))
     data, config = info.get("data") or {}, info.get("config") or {}
     segments = data.get("segments")
-    if not isinstance(segments, list) or not segments:  # saved before segments were recorded
+    if not isinstance(segments, list) or not segments or not all(isinstance(x, dict) for x in segments):
+        # saved before segments were recorded (or a damaged list: what the state itself says stands)
         # (states from before `processes` was recorded were resumed only with the same batch, so as now)
         first = {"steps": config.get("steps", steps), "processes": data.get("processes") or processes}
         segments = [{"from_step": 0} | first | {"batch": config.get("batch", batch)}]
-    last = segments[-1]
-    if all(last.get(key) == current[key] for key in ("steps", "processes", "batch")):
+
+    def same(segment: dict[str, Any]) -> bool:
+        return all(segment.get(key) == current[key] for key in ("steps", "processes", "batch"))
+
+    if same(segments[-1]):
         return segments
-    if last.get("from_step") == step and len(segments) > 1:  # changed again before a checkpoint: that stretch is empty
-        segments = segments[:-1]
+    if segments[-1].get("from_step") == step and len(segments) > 1:  # changed again before a checkpoint:
+        segments = segments[:-1]  # that stretch is empty
+        if same(segments[-1]):  # and changed back
+            return segments
     return [*segments, current]
 
 
