@@ -439,6 +439,17 @@ def test_weights_are_checked_row_by_row_even_where_a_finite_rows_sum_overflows()
     expected = torch.isfinite(params).all(-1)
     assert expected[20] and not expected[[3, 10, 11, 49]].any()
     assert store._finite_rows(params).tolist() == expected.tolist()
+    assert store._finite_rows(params[:0]).shape == (0,)  # a dataset without rows: none to check
+
+
+def test_a_dataset_without_rows_is_described(tmp_path):
+    from rl_gpt.dataset.info import describe
+
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0, n=0), {"seed": 0})
+    w.consolidate()
+    said = describe(tmp_path / "ds")
+    assert "checkpoints  0 (0 invalid" in said and "no valid checkpoints" in said
 
 
 def test_run_slices_are_read_once_and_handed_out_as_copies(tmp_path, monkeypatch):

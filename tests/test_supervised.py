@@ -328,8 +328,9 @@ def test_download_takes_no_more_than_the_files_size(server: _Server, tmp_path: P
     data = payload()
     server.files["/f.bin"], server.send_length = data + payload(50_000), send_length  # an endless stream, cut
     said = "offers 250000 bytes, but the file has 200000" if send_length else "sent more than the file's 200000"
-    with pytest.raises(DownloadError, match=said):
+    with pytest.raises(DownloadError, match=said) as err:
         download([url_of(server, "f.bin")], tmp_path / "f.bin", sha(data), len(data), progress=False)
+    assert str(err.value).count(url_of(server, "f.bin")) == 1  # named once
     assert not (tmp_path / "f.bin").exists()
     part = tmp_path / "f.bin.part"  # refused before a byte was written, or cut at the size
     assert not part.exists() if send_length else part.stat().st_size <= len(data)

@@ -537,6 +537,8 @@ def _finite_rows(params: torch.Tensor) -> torch.Tensor:
     ~10× faster than ``isfinite(...).all(-1)``, which builds a boolean copy of the weights.
     """
     rows = max(1, 2**24 // max(1, params.shape[-1]))
+    if not len(params):  # no rows: nothing to concatenate
+        return torch.zeros(0, dtype=torch.bool)
     finite = torch.cat([torch.isfinite(params[i : i + rows].sum(-1)) for i in range(0, len(params), rows)])
     flagged = torch.nonzero(~finite).flatten()
     for i in range(0, len(flagged), rows):

@@ -128,7 +128,8 @@ def sha256_file(path: str | Path) -> str:
 # ---------------------------------------------------------------------------------------------- transfer
 def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: float) -> None:
     """Bring ``part`` up to the full file, resuming from its current length when the server allows.
-    Never more than ``size`` bytes where the size is known, and never through a link at ``part``."""
+    Never more than ``size`` bytes where the size is known, and never through a link at ``part``. Its
+    errors leave the URL to :func:`download`, which names it once."""
     if part.is_symlink() or (part.exists() and not part.is_file()):  # not ours: removed, never written through
         part.unlink()
     offset = part.stat().st_size if part.exists() else 0
@@ -151,14 +152,14 @@ def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: f
         if offset and response.status == 206:
             match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
             if match is None or int(match.group(1)) != offset:
-                raise DownloadError(f"{url}: asked to resume at byte {offset}, got Content-Range {match and match[0]}")
+                raise DownloadError(f"asked to resume at byte {offset}, got Content-Range {match and match[0]}")
             mode = "ab"
         else:
             offset = 0  # the server ignored Range and sends the whole file: start over
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else size
         if size is not None and total is not None and total > size:
-            raise DownloadError(f"{url}: the server offers {total} bytes, but the file has {size}")
+            raise DownloadError(f"the server offers {total} bytes, but the file has {size}")
         received = 0
         flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if mode == "ab" else os.O_TRUNC)
         window_start, window_bytes = time.monotonic(), 0
@@ -170,7 +171,7 @@ def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: f
         ):
             while chunk := response.read1(_CHUNK):  # what has arrived, not a full chunk: a drip is seen
                 if size is not None and offset + received + len(chunk) > size:
-                    raise DownloadError(f"{url}: the server sent more than the file's {size} bytes")
+                    raise DownloadError(f"the server sent more than the file's {size} bytes")
                 f.write(chunk)
                 received += len(chunk)
                 bar.update(len(chunk))
@@ -179,13 +180,13 @@ def _transfer(url: str, part: Path, size: int | None, progress: bool, timeout: f
                 if elapsed >= timeout:
                     if window_bytes < _MIN_BYTES_PER_S * elapsed:
                         raise DownloadError(
-                            f"{url}: only {window_bytes} bytes in the last {elapsed:.0f} s; run again to resume"
+                            f"only {window_bytes} bytes in the last {elapsed:.0f} s; run again to resume"
                         )
                     window_start, window_bytes = time.monotonic(), 0
             f.flush()
             os.fsync(f.fileno())
     if length is not None and received != int(length):
-        raise DownloadError(f"{url}: connection closed after {received} of {length} bytes; run again to resume")
+        raise DownloadError(f"connection closed after {received} of {length} bytes; run again to resume")
 
 
 def download(
