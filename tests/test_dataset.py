@@ -450,6 +450,7 @@ def test_a_dataset_without_rows_is_described(tmp_path):
     w.consolidate()
     said = describe(tmp_path / "ds")
     assert "checkpoints  0 (0 invalid" in said and "no valid checkpoints" in said
+    assert "copied before the update" not in said  # not an SB3 collection: nothing to say of its timing
 
 
 def test_run_slices_are_read_once_and_handed_out_as_copies(tmp_path, monkeypatch):

@@ -197,6 +197,9 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
 
     info, spec = read_model_info(out / "model"), json.loads((out / "dataset" / "spec.json").read_text())
     check_compatible(info, spec)
+    capsys.readouterr()
+    assert main(["info", str(out / "dataset")]) == 0  # classifiers have no rollouts to copy before or after
+    assert "copied before the update" not in capsys.readouterr().out
     spec["metric"]["name"] = "test_error"
     with pytest.raises(ModelFileError, match="trained on test_loss prompts, but the dataset measures test_error"):
         check_compatible(info, spec)
