@@ -44,13 +44,17 @@ class _PlainLoader(yaml.SafeLoader):
     anything walks them, which the config checks do. Aliases and merge keys (``<<: *base``) of config
     size read as before."""
 
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._aliased = 0  # values the aliases so far stand for
+        self._sizes: dict[int, int] = {}  # each anchored node's, counted once
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             target = self.anchors.get(event.anchor)
             if target is not None:
-                sizes = self.__dict__.setdefault("_alias_sizes", {})
-                self._aliased = getattr(self, "_aliased", 0) + _values_in(target, sizes)
+                self._aliased += _values_in(target, self._sizes)
                 if self._aliased > _MOST_ALIASED_VALUES:
                     raise yaml.composer.ComposerError(
                         None,

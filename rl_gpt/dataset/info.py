@@ -32,7 +32,7 @@ def text_histogram(values: torch.Tensor, bins: int = 10, width: int = 40) -> str
 
 def _timing_line(spec: dict) -> list[str]:
     """When an RL dataset's checkpoints were copied, where that is not what a collection does now."""
-    sb3 = spec.get("algo") in ("ppo", "sac") and spec.get("task", {}).get("kind", "rl") == "rl"
+    sb3 = spec.get("algo") in ("ppo", "sac")  # a classifier's is its optimiser's name
     if not sb3 or spec.get("checkpoint_timing") == "after_update":  # a classifier's, another tool's, or now's
         return []
     timing = spec.get("checkpoint_timing")
