@@ -126,16 +126,34 @@ def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:
         from rl_gpt.config import load_yaml_file
 
         stored = load_yaml_file(saved)
-        return _sampled_as_saved(stored) if isinstance(stored, dict) else str(saved)
+        return _logging_as_asked(_sampled_as_saved(stored), args) if isinstance(stored, dict) else str(saved)
     try:
         from rl_gpt.config import load_config
         from rl_gpt.train.modelfile import read_model_info
 
-        stored = _sampled_as_saved(read_model_info(args.model)["meta"]["config"])
+        stored = _logging_as_asked(_sampled_as_saved(read_model_info(args.model)["meta"]["config"]), args)
         load_config(stored)  # written by an older version with keys that are gone: use the default
         return stored
     except (OSError, ValueError, KeyError, TypeError):  # no model, or an unreadable copy: fall back as before
         return None
+
+
+def _logging_as_asked(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A model's saved config without its W&B ``mode: online`` and ``entity``: whoever made the folder
+    (maybe someone else) does not decide that this command's results go to a server, or to whose team.
+    Logging stays offline unless this command asks (``wandb.mode=online``, ``WANDB_MODE``)."""
+    saved = config.get("wandb")
+    if not isinstance(saved, dict) or (saved.get("mode") != "online" and saved.get("entity") is None):
+        return config
+    kept = {k: v for k, v in saved.items() if k not in ("mode", "entity") or (k == "mode" and v != "online")}
+    asked = os.environ.get("WANDB_MODE") or any(o.startswith("wandb.") for o in args.overrides)
+    if saved.get("mode") == "online" and not asked and args.command == "sweep":  # calibrate logs nothing
+        print(
+            f"{args.model} was trained with wandb.mode=online; this sweep logs offline unless asked "
+            "(wandb.mode=online, and wandb.entity=... for a team)",
+            file=sys.stderr,
+        )
+    return {**config, "wandb": kept}
 
 
 def _sampled_as_saved(config: dict[str, Any]) -> dict[str, Any]:

@@ -415,3 +415,33 @@ def test_the_demo_folder_of_a_file_named_as_a_preset_is_not_the_presets(tmp_path
     assert default_demo_folder(str(PRESETS / "digits.yaml")) == "runs/demo-digits"  # the preset's own file
     assert default_demo_folder("my/cartpole.yaml") == "runs/demo-my-cartpole"
     assert default_demo_folder("pendulum_fast.yaml") == "runs/demo-pendulum_fast"
+
+
+def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, capsys):
+    """``sweep --model`` reads the folder's config.yaml, which its maker wrote: its ``wandb.mode:
+    online`` and ``entity`` would send this user's results to a server, maybe to the maker's team."""
+    import argparse
+
+    from rl_gpt.cli import _model_config
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.yaml").write_text("task:\n  name: cartpole\nwandb: {mode: online, entity: them, project: p}\n")
+
+    def config(*overrides: str, command: str = "sweep"):
+        args = argparse.Namespace(config=None, model=str(model), overrides=list(overrides), command=command)
+        return load_config(_model_config(args), overrides)
+
+    cfg = config()
+    assert (cfg.wandb.mode, cfg.wandb.entity, cfg.wandb.project) == ("offline", None, "p")
+    assert "trained with wandb.mode=online; this sweep logs offline unless asked" in capsys.readouterr().err
+    cfg = config("wandb.mode=online")  # asked here: online, to this user's default entity unless named
+    assert (cfg.wandb.mode, cfg.wandb.entity) == ("online", None)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert config().wandb.mode == "online" and capsys.readouterr().err == ""
+    monkeypatch.delenv("WANDB_MODE")
+    assert config(command="calibrate").wandb.mode == "offline" and capsys.readouterr().err == ""  # logs nothing
+    (model / "config.yaml").write_text("wandb:\n  mode: disabled\n")  # the quieter choices are kept
+    assert config().wandb.mode == "disabled"
