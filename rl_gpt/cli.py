@@ -367,6 +367,19 @@ _DISK_ADVICE = (
 )
 
 
+def _unenterable(exc: BaseException) -> str | None:
+    """For a denied file inside a folder this user may not enter or list: name the folder, the real
+    obstacle (``Permission denied: .../model.json`` suggests the file's own mode)."""
+    filename = getattr(exc, "filename", None)
+    if not isinstance(exc, PermissionError) or not isinstance(filename, str | os.PathLike):
+        return None
+    path = Path(os.path.abspath(filename))
+    for folder in [*reversed(path.parents), path]:  # the outermost obstacle first
+        if folder.is_dir() and not os.access(folder, os.X_OK):
+            return f"cannot enter {folder} (permission denied): ask its owner for access, or copy what you need"
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -418,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FloatingPointError,
         FolderInUseError,
     ) as exc:
-        print(f"rl-gpt {args.command}: error: {exc}", file=sys.stderr)
+        print(f"rl-gpt {args.command}: error: {_unenterable(exc) or exc}", file=sys.stderr)
         return 2
     except Terminated:
         return 143  # the shell's code for a SIGTERM exit

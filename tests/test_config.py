@@ -445,3 +445,28 @@ def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, cap
     assert config(command="calibrate").wandb.mode == "offline" and capsys.readouterr().err == ""  # logs nothing
     (model / "config.yaml").write_text("wandb:\n  mode: disabled\n")  # the quieter choices are kept
     assert config().wandb.mode == "disabled"
+
+
+def test_a_folder_that_cannot_be_entered_is_named(tmp_path, monkeypatch, capsys):
+    """``Permission denied: .../model/model.json`` suggests the file's mode; the folder is what blocks."""
+    import os
+
+    from rl_gpt.cli import main
+
+    model = tmp_path / "theirs" / "model"
+    model.mkdir(parents=True)
+    (model / "model.json").write_text("{}")
+    real_access = os.access
+    blocked = tmp_path / "theirs"
+
+    def access(path, mode, *args, **kwargs):  # root enters every folder: pretend to be another user
+        return False if Path(path) == blocked else real_access(path, mode, *args, **kwargs)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(model / "model.json"))
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr("rl_gpt.train.modelfile.read_model_info", refused)
+    assert main(["info", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot enter {blocked} (permission denied): ask its owner" in err, err
