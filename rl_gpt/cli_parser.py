@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="paired comparison of sweep reports over the same inits, with 95%% intervals",
         description="Compare sweep reports of the same task, inits and prompts init by init: R², the one-step "
-        "metric and their paired differences from the first report with bootstrap 95% intervals, and the share "
-        "of squared error that all inits share (bias).",
+        "metric and their paired differences from the first report with 95% intervals (Student t over inits), "
+        "and the share of squared error that all inits share (bias).",
     )
     p.add_argument("reports", nargs="+", help="report.json files or sweep --out directories; the first is the base")
     p.add_argument("--json", help="also write the rows to this JSON file")

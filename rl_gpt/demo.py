@@ -97,6 +97,12 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
             + (f" {solved(r['one_step']['solved_fraction']):>7}" if thresholded else "")
             + f" {'' if n is None else f'{n:.2f}':>8} {'' if b is None else f'{b:.0%}':>9}"
         )
+    failed = [(name, r["failed_fraction"]) for name, r in rows if r.get("failed_fraction")]  # older reports: none
+    if failed:
+        lines.append(
+            "failed (no finite metric; counted as the worst prompt): "
+            + ", ".join(f"{name} {fraction:.1%}" for name, fraction in failed)
+        )
     first = next((v for v in beh.values() if v), None)
     if first:
         if first.get("compared") == "predictions":

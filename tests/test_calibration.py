@@ -68,6 +68,21 @@ def test_a_generator_that_ignores_its_prompt_is_left_as_given() -> None:
     torch.testing.assert_close(cal.conditioning(desired), desired)
 
 
+def test_a_staircase_of_noise_is_not_inverted() -> None:
+    """A generator that ignores its prompt still gives an isotonic fit with steps; inverting them would
+    move every prompt at random (the statistics review's tiny digits run: prompts -> 0.375 / 2.334)."""
+    prompts = torch.linspace(0, 1, 20)
+    g = torch.Generator().manual_seed(1)
+    noise = 2.31 + 0.01 * torch.randn(8, 20, 1, generator=g)  # no trend, only noise
+    cal = fit_calibration(prompts, noise, SAMPLER)
+    assert len(set(cal.fitted)) == 1 and cal.meta["spearman_p"] >= 0.01
+    torch.testing.assert_close(cal.conditioning(torch.tensor([0.1, 0.9])), torch.tensor([0.1, 0.9]))
+    rising = prompts[None, :, None] * 0.5 + noise
+    cal = fit_calibration(prompts, rising, SAMPLER)
+    assert len(set(cal.fitted)) > 10 and cal.meta["spearman_rho"] > 0.9 and cal.meta["spearman_p"] < 1e-6
+    assert fit_calibration(prompts[:3], rising[:2, :3], SAMPLER).meta["spearman_rho"] is None  # too few to test
+
+
 def test_it_holds_only_for_the_sampler_it_was_measured_with() -> None:
     cal = _linear_bias()
     assert cal.matches(2.0, 20, 1)

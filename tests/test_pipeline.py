@@ -731,7 +731,8 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, m
     first = report["config"]["init_seed"]  # unseen inits: the seeds `generate --seed 0..2` starts from too
     assert report["init_ids"] == {"seeds": [first, first + 1, first + 2]}
     assert set(report["baselines"]) == {"retrieval", "noise", "identity"}
-    assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction"}
+    assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction", "failed_fraction"}
+    assert report["baselines"]["retrieval"]["prompt_alignment_r2_ci95"] == [None, None]  # one network per prompt
     assert len(report["recursive"]["mean_return"]) == 3
     assert report["recursive"]["training_curve"]["step_unit"] == "environment steps"
     assert report["training_equivalent"]["step_unit"] == "environment steps"
@@ -766,6 +767,9 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, m
     table = format_table(report)
     assert "behaviour" in table.splitlines()[1] and "2048 own-rollout states" in table
     assert "solved" in table.splitlines()[1]  # CartPole has a reward threshold
+    assert report["failed_fraction"] == 0.0 and "failed" not in table
+    report["failed_fraction"] = 0.125  # a sweep where some networks gave no finite return says so
+    assert "failed (no finite metric; counted as the worst prompt): generator 12.5%" in format_table(report)
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -791,6 +795,10 @@ def test_calibrate_then_sweep_and_generate_condition_on_its_map(experiment, tmp_
     assert report["calibration"]["applied"] and report["calibration"]["sampler"] == cal.sampler
     expected = cal.conditioning(torch.tensor(report["prompts"]))
     torch.testing.assert_close(torch.tensor(report["calibration"]["conditioned_on"]), expected)
+    # from the training runs' own inits, the ones the calibration was fitted on: in-sample, and said so
+    with pytest.warns(UserWarning, match="its R² is in-sample"):
+        args = ["--out", str(tmp_path / "own"), "inits=2", "prompts=3", "sweep.init_source=train", *small]
+        assert main(["sweep", *common, *args]) == 0
 
     # measured with another guidance scale: not applied, and the user is told how to refit
     with pytest.warns(UserWarning, match="run `rl-gpt calibrate`"):
@@ -844,7 +852,7 @@ def test_a_flat_calibration_is_said_to_change_nothing(experiment, tmp_path, monk
     model = tmp_path / "model"
     shutil.copytree(experiment / "model", model)
     args = ["calibrate", "cartpole", f"out={experiment}", "--model", str(model), "sweep.calibration_inits=2"]
-    with pytest.warns(UserWarning, match=r"fitted 42 for every prompt\), so this calibration changes no prompt"):
+    with pytest.warns(UserWarning, match=r"\(mean 42\), so this calibration changes no prompt"):
         assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", *QUIET]) == 0
 
 

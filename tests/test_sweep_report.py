@@ -55,8 +55,15 @@ def test_a_lower_is_better_summary_counts_a_failed_sample_as_the_worst_prompt() 
     assert summary["r2_per_init"] == pytest.approx(alignment_r2(prompts, as_worst).tolist())
     assert summary["r2_per_init"][0] == pytest.approx(1.0) and summary["r2_per_init"][1] < 0.5
     assert summary["one_step"]["prompt"] == pytest.approx(0.1)
-    assert summary["one_step"]["mean_return"] == pytest.approx(0.11)  # failures left out: (0.1 + 0.12) / 2
+    # a failure counts as the worst prompt here too, as `rl-gpt compare` counts it: (0.1 + 0.4 + 0.12) / 3
+    assert summary["one_step"]["mean_return"] == pytest.approx(0.62 / 3)
     assert summary["one_step"]["solved_fraction"] == pytest.approx(2 / 3)  # at or below 0.15; a failure is not
+    assert summary["one_step"]["failed_fraction"] == pytest.approx(1 / 3)
+    assert summary["failed_fraction"] == pytest.approx(1 / 12)
+    from rl_gpt.sweep.compare import _one_step_per_init
+
+    report = {"prompts": prompts.tolist(), "achieved": achieved.tolist(), "metric": {"higher_is_better": False}}
+    assert float(_one_step_per_init(report).mean()) == pytest.approx(summary["one_step"]["mean_return"])
 
 
 def test_a_higher_is_better_summary_counts_a_failed_sample_as_the_lowest_prompt() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["alignment_r2", "bootstrap_ci"]
+__all__ = ["alignment_r2", "mean_ci95"]
 
 
 def alignment_r2(prompts: torch.Tensor, achieved: torch.Tensor) -> torch.Tensor:
@@ -26,13 +26,22 @@ def alignment_r2(prompts: torch.Tensor, achieved: torch.Tensor) -> torch.Tensor:
     return 1 - ss_res / ss_tot
 
 
-def bootstrap_ci(values: torch.Tensor, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % bootstrap confidence interval of the mean of ``values`` (K,); undefined (NaN, written as null)
-    for fewer than two values, which have no spread to resample (a zero-width interval would claim certainty)."""
+def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """95 % confidence interval of the mean of ``values`` (K,), Student's t over the finite ones.
+
+    Inits are the independent units, and sweeps have 16-64 of them. At 16 a percentile bootstrap
+    covered the true mean ~89-91 % of the time in simulation, the t interval ~94 % (at 48, 95 % and
+    96 %); where a few inits fail badly no method reaches 95 % on 16 (docs/results.md, session 32).
+    Undefined (NaN, written as null) for fewer than two values, which have no spread (a zero-width
+    interval would claim certainty).
+    """
     values = values.double().flatten()
-    if values.numel() < 2:
+    values = values[torch.isfinite(values)]
+    k = values.numel()
+    if k < 2:
         return float("nan"), float("nan")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(values.numel(), (n, values.numel()), generator=g)
-    means = values[idx].mean(1)
-    return float(means.quantile(0.025)), float(means.quantile(0.975))
+    from scipy.stats import t
+
+    mean = float(values.mean())
+    half = float(t.ppf(0.975, k - 1)) * float(values.std()) / k**0.5  # torch's std: the k - 1 estimate
+    return mean - half, mean + half

@@ -84,9 +84,11 @@ def calibrate(
     picture = plot_calibration(cal, ds.spec["metric"].get("name", "metric"), Path(model_dir) / "calibration.png")
     if len(set(cal.fitted)) == 1:
         name = ds.spec["metric"].get("name", "metric")
+        rho, p_value = cal.meta.get("spearman_rho"), cal.meta.get("spearman_p")
+        test = "" if rho is None else f"; Spearman rho {rho:.2f}, one-sided p {p_value:.2g}"
         warnings.warn(
             f"the achieved {name} did not rise with the prompt on the training runs' "
-            f"inits (fitted {cal.fitted[0]:.4g} for every prompt), so this calibration changes no prompt; "
+            f"inits (mean {cal.fitted[0]:.4g}{test}), so this calibration changes no prompt; "
             "the generator ignores its prompt: train it longer or on more runs",
             stacklevel=2,
         )

@@ -5,9 +5,10 @@ prompts can be compared init by init. The per-init differences cancel most of th
 spread, which on 16-64 inits is larger than most training changes are worth, so the paired 95 %
 interval is far narrower than the two unpaired ones. It covers the sampling of inits only: two
 training seeds of the same CartPole config differed by +0.033 [+0.002, +0.064] on 48 inits, so a
-change to training needs several seeds on each side. One bootstrap resample of inits serves every
-paired difference, so the intervals of ΔR² and Δ one-step come from the same draws; each report's own
-R² interval is the one its sweep recorded. One init gives no interval at all.
+change to training needs several seeds on each side. The intervals are Student's t over the per-init
+differences (a percentile bootstrap covered too little on 16 inits; see
+:func:`rl_gpt.evaluate.alignment.mean_ci95`); each report's own R² interval is the one its sweep
+recorded. One init gives no interval at all.
 
 The bias share splits the squared error that R² counts into the part every init shares (the mean
 achieved metric per prompt minus the prompt: what ``rl-gpt calibrate`` can remove) and the spread
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from rl_gpt.evaluate.alignment import mean_ci95
 from rl_gpt.io import nulls_as_nan
 
 __all__ = [
@@ -182,8 +184,8 @@ def bias_share(report: dict[str, Any]) -> float:
 def _one_step_per_init(report: dict[str, Any]) -> torch.Tensor:
     """Mean achieved metric at the best prompt, per init (K,); a failed sample counts as the worst prompt.
 
-    Counting failures keeps an init that broke in the pairing (as R² does). The sweep's own
-    ``one_step.mean_return`` leaves them out, so the two differ only when a sample failed.
+    Counting failures keeps an init that broke in the pairing (as R² does). Sweeps before session 32
+    left them out of their own ``one_step.mean_return``, so for those the two differ where a sample failed.
     """
     prompts, achieved = _achieved(report)
     best = int(prompts.argmax() if report["metric"]["higher_is_better"] else prompts.argmin())
@@ -210,22 +212,17 @@ def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _own_interval(report: dict[str, Any], r2: torch.Tensor, idx: torch.Tensor) -> tuple[float, float] | None:
+def _own_interval(report: dict[str, Any], r2: torch.Tensor) -> tuple[float, float] | None:
     """A report's R² interval as its sweep recorded it (report.json's), else resampled here; None for one init."""
     if len(r2) < 2:
         return None
     own = report.get("prompt_alignment_r2_ci95")
     if isinstance(own, list) and len(own) == 2 and all(isinstance(v, float) and math.isfinite(v) for v in own):
         return float(own[0]), float(own[1])
-    return _interval(r2, idx)
+    return mean_ci95(r2)
 
 
-def _interval(values: torch.Tensor, idx: torch.Tensor) -> tuple[float, float]:
-    means = values[idx].nanmean(1)
-    return float(means.nanquantile(0.025)), float(means.nanquantile(0.975))
-
-
-def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 0) -> list[SweepComparison]:
+def compare_reports(paths: list[str | Path]) -> list[SweepComparison]:
     """Each report's R², one-step metric and bias share, paired against the first report's inits.
 
     Raises ReportError when the reports were not measured on the same task, inits and prompts, since
@@ -259,8 +256,6 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
                     f"and prompts, so they cannot be paired; sweep both with the same {hint}"
                 )
     k = len(base["r2_per_init"])
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(k, (resamples, k), generator=g)  # one resample of inits for every statistic
     base_r2 = torch.tensor(base["r2_per_init"], dtype=torch.float64)
     base_one = _one_step_per_init(base)
     rows = []
@@ -277,7 +272,7 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
             p_,
             s_,
             float(r2.mean()),
-            _own_interval(r, r2, idx),
+            _own_interval(r, r2),
             float(one.mean()),
             bias_share(r),
             measured=measurement_settings(r),
@@ -285,9 +280,9 @@ def compare_reports(paths: list[str | Path], resamples: int = 4000, seed: int = 
         if r is not base:
             row.r2_delta = float((r2 - base_r2).mean())
             row.one_step_delta = float((one - base_one).nanmean())
-            if k > 1:  # one init has no spread to resample: no interval, rather than a zero-width one
-                row.r2_delta_ci95 = _interval(r2 - base_r2, idx)
-                row.one_step_delta_ci95 = _interval(one - base_one, idx)
+            if k > 1:  # one init has no spread: no interval, rather than a zero-width one
+                row.r2_delta_ci95 = mean_ci95(r2 - base_r2)
+                row.one_step_delta_ci95 = mean_ci95(one - base_one)
         rows.append(row)
     return rows
 
@@ -326,7 +321,7 @@ def format_comparison(rows: list[SweepComparison]) -> str:
         lines.append("measured differently: the deltas include these settings")
         for name, r in zip(names, rows, strict=True):
             lines.append(f"  {name:<{width}}  " + ", ".join(f"{k} {(r.measured or {}).get(k)}" for k in differ))
-    lines.append("Δ: against the first report, over the same inits (95 % bootstrap intervals over inits;")
+    lines.append("Δ: against the first report, over the same inits (95 % t intervals over inits;")
     lines.append("   they cover which inits were drawn, not the training seed: compare retrained models over seeds)")
     lines.append("one-step: mean at the best prompt, a failed sample counted as the worst prompt")
     lines.append("bias: share of the squared error that all inits share (what `rl-gpt calibrate` can remove)")

@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rl_gpt.config import ConfigError, ExperimentConfig, SweepConfig, TaskConfig
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate import PolicySpec
-from rl_gpt.evaluate.alignment import alignment_r2, bootstrap_ci
+from rl_gpt.evaluate.alignment import alignment_r2, mean_ci95
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, obs_stats, start_metric
 from rl_gpt.io import SAVE_ID, atomic_write_json, ensure_report_dir, exclusive_folder
 from rl_gpt.supervised.data import load_dataset_cached
@@ -41,9 +42,15 @@ __all__ = ["sweep"]
 def _summary(
     prompts: torch.Tensor, achieved: torch.Tensor, best: int, threshold: float | None, higher: bool
 ) -> dict[str, Any]:
-    """Alignment and one-step success of achieved (K, P, S) metrics."""
-    worst = float(prompts.min() if higher else prompts.max())  # a failed (NaN) sample counts as the worst
-    r2 = alignment_r2(prompts, torch.nan_to_num(achieved, nan=worst))
+    """Alignment and one-step success of achieved (K, P, S) metrics.
+
+    A failed sample (NaN: no finite metric) counts as the worst prompt in R² and in the one-step mean,
+    and as unsolved, as ``rl-gpt compare`` counts it; ``failed_fraction`` says how many there were.
+    ``achieved_mean`` (the plot's curve) is over the finite samples.
+    """
+    worst = float(prompts.min() if higher else prompts.max())
+    failed = ~torch.isfinite(achieved)
+    r2 = alignment_r2(prompts, torch.where(failed, worst, achieved))
     at_best = achieved[:, best]  # (K, S)
     if threshold is None:
         solved = float("nan")
@@ -51,13 +58,15 @@ def _summary(
         solved = float(((at_best >= threshold) if higher else (at_best <= threshold)).float().mean())
     return {
         "prompt_alignment_r2": float(r2.mean()),
-        "prompt_alignment_r2_ci95": list(bootstrap_ci(r2)),
+        "prompt_alignment_r2_ci95": list(mean_ci95(r2)),
         "r2_per_init": r2.tolist(),
         "one_step": {
             "prompt": float(prompts[best]),
-            "mean_return": float(at_best.nanmean()),
+            "mean_return": float(torch.where(failed[:, best], worst, at_best).mean()),
             "solved_fraction": solved,
+            "failed_fraction": float(failed[:, best].double().mean()),
         },
+        "failed_fraction": float(failed.double().mean()),
         "achieved_mean": achieved.nanmean(dim=(0, 2)).tolist(),
     }
 
@@ -158,6 +167,12 @@ def sweep(
         cond, cal = conditioning_prompts(
             model_dir, prompts, sc.guidance, sc.steps, sc.average, sc.calibrated, bounds, sc.rerank
         )
+        if cal is not None and sc.init_source == "train":
+            warnings.warn(
+                "the calibration was measured from the first training runs' inits, and this sweep starts from "
+                "training runs' inits too: where they overlap its R² is in-sample (sweep.calibrated=false avoids it)",
+                stacklevel=2,
+            )
         if cal is not None:
             say(
                 "prompts calibrated (calibration.json): "
@@ -256,8 +271,12 @@ def sweep(
         noisy = retrieved[None].expand(k, p, d) + scale * torch.randn(k, p, d, generator=g)
         noise = evaluate(noisy.reshape(-1, d), sc.seed + 2, nearest.repeat(k)).reshape(k, p, 1)
         ident = init_metric[:, None, None].expand(k, p, 1)
+        # retrieval is one network per prompt, the same for every init: its spread over inits is none,
+        # and a zero-width interval would claim a certainty that one evaluation does not have
+        retrieval = _summary(prompts, retr, best, task.reward_threshold, higher)
+        retrieval["prompt_alignment_r2_ci95"] = [float("nan"), float("nan")]
         report["baselines"] = {
-            "retrieval": _summary(prompts, retr, best, task.reward_threshold, higher),
+            "retrieval": retrieval,
             "noise": _summary(prompts, noise, best, task.reward_threshold, higher) | {"scale": sc.noise_scale},
             "identity": _summary(prompts, ident, best, task.reward_threshold, higher),
         }

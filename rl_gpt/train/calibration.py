@@ -113,7 +113,35 @@ def fit_calibration(
 
     x, mean = x[keep].numpy(), mean[keep].numpy()
     fitted = IsotonicRegression(increasing=True).fit(x, mean).predict(x)
-    return PromptCalibration(x.tolist(), mean.tolist(), fitted.tolist(), dict(sampler), dict(meta or {}))
+    meta = dict(meta or {})
+    pooled = torch.isfinite(a) & keep.view(1, -1, 1)
+    rho, p_value = _rises(
+        prompts.detach().cpu().double().view(1, -1, 1).expand_as(a)[pooled].numpy(), a[pooled].numpy()
+    )
+    meta |= {"spearman_rho": rho, "spearman_p": p_value}
+    if p_value >= RISE_P_VALUE:  # a staircase of noise: inverting it would move prompts at random
+        fitted = np.full_like(fitted, float(np.mean(mean)))
+    return PromptCalibration(x.tolist(), mean.tolist(), fitted.tolist(), dict(sampler), meta)
+
+
+#: A calibration is applied only if the achieved metric rises with the prompt at this one-sided
+#: significance (Spearman, over every finite sample): a generator that ignores its prompt still gives
+#: an isotonic fit with steps, made of noise. Every init is prompted alike, so what an init shares
+#: across its samples cannot fake a rise.
+RISE_P_VALUE = 0.01
+_FEWEST_TO_TEST = 8  # samples; with fewer not even a perfect rise is significant, so nothing is tested
+
+
+def _rises(prompts: np.ndarray, achieved: np.ndarray) -> tuple[float | None, float]:
+    """Spearman's rho of prompt and achieved metric and its one-sided p-value; (None, 0) for too few to test."""
+    if len(prompts) < _FEWEST_TO_TEST:
+        return None, 0.0
+    if np.ptp(achieved) == 0:
+        return float("nan"), 1.0
+    from scipy.stats import spearmanr
+
+    result = spearmanr(prompts, achieved, alternative="greater")
+    return float(result[0]), float(result[1])
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
