@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ class Layout:
         """
         shape_of = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in shapes.items()}
         order = list(names) if names is not None else list(shape_of)
+        _refuse_repeats(order)
         missing = [n for n in order if n not in shape_of]
         if missing:
             raise KeyError(f"layout names not among the parameters: {missing}")
@@ -143,7 +145,7 @@ class Layout:
         if flat.shape[-1] != self.numel:
             raise ValueError(f"flat vector has {flat.shape[-1]} entries, the layout {self.numel}")
         batch = flat.shape[:-1]
-        return {p.name: flat[..., p.offset : p.stop].reshape(*batch, *p.shape) for p in self.params}
+        return {p.name: flat[..., p.offset : p.stop].reshape((*batch, *p.shape)) for p in self.params}
 
     # ------------------------------------------------------------------ permutation symmetry
     def random_permutations(
@@ -235,6 +237,7 @@ class Layout:
         layers = tuple(
             LayerSpec(l["prefix"], l["in_group"], l["out_group"], l.get("activation")) for l in data["layers"]
         )
+        _refuse_repeats([p.name for p in params])
         layout = cls(params, layers, dict(data["groups"]))
         stop = 0
         for p in layout.params:  # the pieces tile the flat vector, in the order listed (flatten's order)
@@ -253,7 +256,20 @@ class Layout:
         return cls.from_dict(json.loads(text))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Layout) and self.to_dict() == other.to_dict()
+        # the groups' order too: the neuron tokeniser numbers token types by it, so a model of one order
+        # computes another function on the other (and the hash, of the JSON, already tells them apart)
+        return (
+            isinstance(other, Layout)
+            and self.to_dict() == other.to_dict()
+            and list(self.groups.items()) == list(other.groups.items())
+        )
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+def _refuse_repeats(names: list[str]) -> None:
+    """Two parameters of one name would share a flat slice's name: flatten and unflatten disagree."""
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise ValueError(f"a layout names each parameter once; repeated: {repeated}")

@@ -106,3 +106,24 @@ def test_sb3_actor_layout_roundtrip_and_permutation(algo, env_id, kwargs):
     assert torch.equal(read_actor(model.policy, layout), permuted)
     with pytest.raises(ValueError, match="non-finite"):
         load_actor(model.policy, layout, torch.full_like(flat, float("nan")))
+
+
+def test_edge_layouts_found_by_property_testing() -> None:
+    """A 0-dim parameter, repeated names, and the order of hidden groups (session 32's property tests)."""
+    scalar = Layout.build({"s": (), "w": (2,)})
+    out = scalar.unflatten(torch.tensor([1.0, 2.0, 3.0]))  # unbatched: reshape(()) had raised TypeError
+    assert out["s"].shape == () and float(out["s"]) == 1.0 and out["w"].tolist() == [2.0, 3.0]
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+        Layout.build({"a": (3,)}, names=["a", "a"])
+    data = Layout.build({"a": (3,), "b": (2,)}).to_dict()
+    data["params"][1]["name"] = "a"
+    with pytest.raises(ValueError, match="repeated"):
+        Layout.from_dict(data)
+    shapes = {"a.weight": (3, 2), "a.bias": (3,), "b.weight": (4, 3), "b.bias": (4,), "c.weight": (2, 4)}
+    chain = [LayerSpec("a", None, "h0", "tanh"), LayerSpec("b", "h0", "h1", "tanh"), LayerSpec("c", "h1", None)]
+    built = Layout.build(shapes, chain)
+    data = built.to_dict()
+    data["groups"] = dict(reversed(list(data["groups"].items())))  # a hand-edited spec.json
+    reordered = Layout.from_dict(data)
+    assert reordered != built and hash(reordered) != hash(built)  # equal layouts must build the same model
+    assert Layout.from_dict(built.to_dict()) == built
