@@ -68,6 +68,30 @@ def test_the_loss_is_zero_for_a_permuted_network_and_positive_for_another() -> N
     assert (probe.loss(_params(4, 7), params) > 1e-3).all()
 
 
+def test_kl_compares_probabilities_as_the_test_loss_weighs_them() -> None:
+    """KL(target ‖ estimate) per probe input, averaged: it sees a confident output's misses, which the
+    squared difference of probabilities hardly does, and it is zero for a permuted copy."""
+    layout = classifier_layout("digits_mlp")
+    target = torch.randn(3, layout.numel, generator=torch.Generator().manual_seed(2)) * 0.3
+    other = target + 0.05 * torch.randn(3, layout.numel, generator=torch.Generator().manual_seed(4))
+    x = torch.rand(7, 64, generator=torch.Generator().manual_seed(3))
+    kl = FunctionProbe(layout, x, "classifier", network="digits_mlp", compare="kl")
+    p, q = (classifier_logits(w, layout, "digits_mlp", x).softmax(-1).double() for w in (target, other))
+    torch.testing.assert_close(
+        kl.loss(other, target).double(), (p * (p / q).log()).sum(-1).mean(1), rtol=1e-4, atol=1e-7
+    )
+    assert (kl.loss(other, target) > 0).all() and kl.loss(target, target).abs().max() < 1e-6
+    perms = LAYOUT.random_permutations(2, torch.Generator().manual_seed(5))
+    params = _params(2, 8)
+    policy_kl = FunctionProbe(
+        LAYOUT, torch.randn(9, 4, generator=torch.Generator().manual_seed(6)), "policy", spec=SPEC, compare="kl"
+    )
+    assert policy_kl.loss(params.gather(1, LAYOUT.permutation_index(perms, 2)), params).abs().max() < 1e-6
+    gaussian = PolicySpec("ppo", "gaussian", "tanh", obs_dim=4, action_dim=2, action_low=(-1, -1), action_high=(1, 1))
+    with pytest.raises(ValueError, match="use train.function_compare=mse for continuous actions"):
+        FunctionProbe(LAYOUT, torch.zeros(1, 4), "policy", spec=gaussian, compare="kl")
+
+
 def test_the_sac_head_compares_the_deterministic_action() -> None:
     layout = Layout.build(
         {

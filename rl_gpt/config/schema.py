@@ -143,6 +143,10 @@ class TrainConfig:
     # estimates at high noise; 0 weights every noise level alike.
     function_signal_power: float = 1.0
     function_probes: int = 256  # probe inputs: states the training runs' policies visit, or training images
+    # How the outputs are compared: "mse", their squared difference (any task); "kl", KL(θ' ‖ x0 estimate)
+    # of the class or action probabilities (classifiers, discrete actions), which weighs a confident
+    # output's misses as the test loss does.
+    function_compare: Literal["mse", "kl"] = "mse"
     init_fraction: float = 0.5  # share of pairs whose θ is the run's initialisation
     bins: int = 10  # θ' is sampled balanced over this many metric bins
     # One mean/std per input feature for the layers reading the input (instead of per tensor): for

@@ -278,7 +278,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if tc.function_loss > 0:  # the same inputs on every rank: drawn from the split, not the rank
         from rl_gpt.train.function_loss import function_probe
 
-        probe = function_probe(ds, train_runs, tc.function_probes, seed=tc.seed).to(device)
+        probe = function_probe(ds, train_runs, tc.function_probes, seed=tc.seed, compare=tc.function_compare)
+        probe = probe.to(device)
     ddp_model = model
     if world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model)
