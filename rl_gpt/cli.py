@@ -146,7 +146,7 @@ def _logging_as_asked(config: dict[str, Any], args: argparse.Namespace) -> dict[
     if not isinstance(saved, dict) or (saved.get("mode") != "online" and saved.get("entity") is None):
         return config
     kept = {k: v for k, v in saved.items() if k not in ("mode", "entity") or (k == "mode" and v != "online")}
-    asked = os.environ.get("WANDB_MODE") or any(o.startswith("wandb.") for o in args.overrides)
+    asked = os.environ.get("WANDB_MODE") or any(o.startswith(("wandb.mode=", "wandb=")) for o in args.overrides)
     if saved.get("mode") == "online" and not asked and args.command == "sweep":  # calibrate logs nothing
         print(
             f"{args.model} was trained with wandb.mode=online; this sweep logs offline unless asked "
@@ -368,7 +368,7 @@ _DISK_ADVICE = (
 
 
 def _unenterable(exc: BaseException) -> str | None:
-    """For a denied file inside a folder this user may not enter or list: name the folder, the real
+    """For a denied file inside a folder this user may not enter: name the folder, the real
     obstacle (``Permission denied: .../model.json`` suggests the file's own mode)."""
     filename = getattr(exc, "filename", None)
     if not isinstance(exc, PermissionError) or not isinstance(filename, str | os.PathLike):

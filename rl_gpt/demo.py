@@ -126,8 +126,10 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
         context = ([f"held-out runs end at {', '.join(ended)}, median"] if ended else []) + (
             [f"the dataset's best: {', '.join(best)}"] if best else []
         )
+        failed = clf.get("failed_fraction") or 0.0  # older reports: not recorded
         lines.append(
             f"one-step classifiers: test loss {clf['test_loss']:.3f}, test error {clf['test_error']:.1%}"
+            + (f" of the {1 - failed:.0%} with a finite loss" if failed else "")
             + (f" ({'; '.join(context)})" if context else "")
         )
     rec = report["recursive"]["mean_return"]

@@ -80,7 +80,10 @@ def test_a_staircase_of_noise_is_not_inverted() -> None:
     rising = prompts[None, :, None] * 0.5 + noise
     cal = fit_calibration(prompts, rising, SAMPLER)
     assert len(set(cal.fitted)) > 10 and cal.meta["spearman_rho"] > 0.9 and cal.meta["spearman_p"] < 1e-6
-    assert fit_calibration(prompts[:3], rising[:2, :3], SAMPLER).meta["spearman_rho"] is None  # too few to test
+    few = fit_calibration(prompts[:3], rising[:2, :3], SAMPLER)  # too few samples to test: applied, untested
+    assert few.meta["spearman_rho"] is None and few.meta["spearman_p"] is None and len(set(few.fitted)) == 3
+    constant_grid = fit_calibration(torch.full((20,), 0.5), rising, SAMPLER)  # both ends clamped alike: p is NaN
+    assert len(set(constant_grid.fitted)) == 1
 
 
 def test_it_holds_only_for_the_sampler_it_was_measured_with() -> None:

@@ -469,7 +469,9 @@ def test_a_folder_that_cannot_be_entered_is_named(tmp_path, monkeypatch, capsys)
         raise PermissionError(13, "Permission denied", str(model / "model.json"))
 
     monkeypatch.setattr(os, "access", access)
-    monkeypatch.setattr("rl_gpt.train.modelfile.read_model_info", refused)
+    import rl_gpt.cli
+
+    monkeypatch.setitem(rl_gpt.cli.COMMANDS, "info", refused)  # what reading model.json raises for another user
     assert main(["info", str(model)]) == 2
     err = capsys.readouterr().err
     assert f"cannot enter {blocked} (permission denied): ask its owner" in err, err

@@ -64,6 +64,8 @@ def test_a_lower_is_better_summary_counts_a_failed_sample_as_the_worst_prompt() 
 
     report = {"prompts": prompts.tolist(), "achieved": achieved.tolist(), "metric": {"higher_is_better": False}}
     assert float(_one_step_per_init(report).mean()) == pytest.approx(summary["one_step"]["mean_return"])
+    nothing = _summary(prompts, torch.full_like(achieved, math.nan), best=0, threshold=0.15, higher=False)
+    assert nothing["failed_fraction"] == 1.0 and all(math.isnan(v) for v in nothing["prompt_alignment_r2_ci95"])
 
 
 def test_a_higher_is_better_summary_counts_a_failed_sample_as_the_lowest_prompt() -> None:

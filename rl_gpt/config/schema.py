@@ -135,9 +135,9 @@ class TrainConfig:
     # False: jitter only the start metric m (where every init carries the same label), not the prompt
     # m', whose exact value says how good the target network is.
     jitter_prompt: bool = True
-    # Weight of the function-space loss (rl_gpt/train/function_loss.py): the squared difference of
-    # the outputs of the x0 estimate and of the real θ' on probe inputs, weighted over noise levels
-    # by function_signal_power. 0 = off (weights-only MSE, G.pt's loss).
+    # Weight of the function-space loss (rl_gpt/train/function_loss.py): how far the outputs of the x0
+    # estimate are from the real θ''s on probe inputs (function_compare says how), weighted over noise
+    # levels by function_signal_power. 0 = off (weights-only MSE, G.pt's loss).
     function_loss: float = 0.0
     # The function term's weight over noise levels is ᾱ(t)**power: 1 keeps it off the blurry x0
     # estimates at high noise; 0 weights every noise level alike.

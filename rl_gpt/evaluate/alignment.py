@@ -30,8 +30,9 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
     """95 % confidence interval of the mean of ``values`` (K,), Student's t over the finite ones.
 
     Inits are the independent units, and sweeps have 16-64 of them. At 16 a percentile bootstrap
-    covered the true mean ~89-91 % of the time in simulation, the t interval ~94 % (at 48, 95 % and
-    96 %); where a few inits fail badly no method reaches 95 % on 16 (docs/results.md, session 32).
+    covered the true mean ~90 % of the time in simulation, the t interval ~94 % (at 48, 91 % and 93 %:
+    ``scripts/interval_coverage.py``); where a few inits fail badly no method reaches 95 % on 16
+    (docs/results.md, session 32).
     Undefined (NaN, written as null) for fewer than two values, which have no spread (a zero-width
     interval would claim certainty).
     """

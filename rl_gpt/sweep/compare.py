@@ -213,12 +213,10 @@ def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _own_interval(report: dict[str, Any], r2: torch.Tensor) -> tuple[float, float] | None:
-    """A report's R² interval as its sweep recorded it (report.json's), else resampled here; None for one init."""
+    """A report's R² interval, computed here as the deltas' are (Student's t over its inits: reports before
+    session 32 recorded a percentile bootstrap's); None for one init."""
     if len(r2) < 2:
         return None
-    own = report.get("prompt_alignment_r2_ci95")
-    if isinstance(own, list) and len(own) == 2 and all(isinstance(v, float) and math.isfinite(v) for v in own):
-        return float(own[0]), float(own[1])
     return mean_ci95(r2)
 
 

@@ -58,7 +58,8 @@ def _summary(
         solved = float(((at_best >= threshold) if higher else (at_best <= threshold)).float().mean())
     return {
         "prompt_alignment_r2": float(r2.mean()),
-        "prompt_alignment_r2_ci95": list(mean_ci95(r2)),
+        # every sample failed: all inits score alike, and a zero-width interval would claim certainty
+        "prompt_alignment_r2_ci95": [math.nan, math.nan] if failed.all() else list(mean_ci95(r2)),
         "r2_per_init": r2.tolist(),
         "one_step": {
             "prompt": float(prompts[best]),
@@ -94,9 +95,12 @@ def _classifier_metrics(ds: CheckpointDataset, params: torch.Tensor, heldout_run
         if last:
             final[key] = float(torch.stack(last).double().quantile(0.5))  # the middle two's mean if even
             ended[key] = len(last)
+    failed = ~(torch.isfinite(measured["test_loss"]) & torch.isfinite(measured["test_error"]))
     return {
+        # over the classifiers that computed a finite loss; failed_fraction says how many did not
         "test_loss": float(measured["test_loss"].nanmean()),
         "test_error": float(measured["test_error"].nanmean()),
+        "failed_fraction": float(failed.double().mean()),
         "dataset_best": best,  # over every valid checkpoint, held-out runs' included
         # median over held-out runs of their last usable checkpoint; empty without held-out runs
         "heldout_final": final,

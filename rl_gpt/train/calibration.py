@@ -119,7 +119,7 @@ def fit_calibration(
         prompts.detach().cpu().double().view(1, -1, 1).expand_as(a)[pooled].numpy(), a[pooled].numpy()
     )
     meta |= {"spearman_rho": rho, "spearman_p": p_value}
-    if p_value >= RISE_P_VALUE:  # a staircase of noise: inverting it would move prompts at random
+    if p_value is not None and not p_value < RISE_P_VALUE:  # a staircase of noise (or NaN: a constant grid)
         fitted = np.full_like(fitted, float(np.mean(mean)))
     return PromptCalibration(x.tolist(), mean.tolist(), fitted.tolist(), dict(sampler), meta)
 
@@ -129,13 +129,15 @@ def fit_calibration(
 #: an isotonic fit with steps, made of noise. Every init is prompted alike, so what an init shares
 #: across its samples cannot fake a rise.
 RISE_P_VALUE = 0.01
-_FEWEST_TO_TEST = 8  # samples; with fewer not even a perfect rise is significant, so nothing is tested
+# Fewer samples than this are not tested (rho and p recorded as None) and the fit is applied: a tiny
+# calibration (the tests', 2 inits x 3 prompts) has too little to tell noise from a rise.
+_FEWEST_TO_TEST = 8
 
 
-def _rises(prompts: np.ndarray, achieved: np.ndarray) -> tuple[float | None, float]:
-    """Spearman's rho of prompt and achieved metric and its one-sided p-value; (None, 0) for too few to test."""
+def _rises(prompts: np.ndarray, achieved: np.ndarray) -> tuple[float | None, float | None]:
+    """Spearman's rho of prompt and achieved metric and its one-sided p-value; (None, None) when untested."""
     if len(prompts) < _FEWEST_TO_TEST:
-        return None, 0.0
+        return None, None
     if np.ptp(achieved) == 0:
         return float("nan"), 1.0
     from scipy.stats import spearmanr
@@ -214,7 +216,7 @@ def _calibrated(
     model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, rerank: int, use: bool
 ) -> tuple[torch.Tensor, PromptCalibration | None]:
     cal = load_calibration(model_dir) if use else None
-    if cal is None:
+    if cal is None or len(set(cal.fitted)) == 1:  # none, or flat: it would change no prompt, so none applied
         return desired, None
     if not cal.measured_for(model_dir):
         warnings.warn(

@@ -22,6 +22,7 @@ from an unseen init from test loss 0.306 to 0.281 (docs/results.md, session 32).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,7 @@ class FunctionProbe:
         kind: str,
         spec: PolicySpec | None = None,
         network: str | None = None,
-        compare: str = "mse",
+        compare: Literal["mse", "kl"] = "mse",
     ) -> None:
         if kind not in ("policy", "classifier"):
             raise ValueError(f"kind must be 'policy' or 'classifier', got {kind!r}")
@@ -139,7 +140,7 @@ class FunctionProbe:
 
 
 def function_probe(
-    ds: CheckpointDataset, runs: list[int], count: int = 256, seed: int = 0, compare: str = "mse"
+    ds: CheckpointDataset, runs: list[int], count: int = 256, seed: int = 0, compare: Literal["mse", "kl"] = "mse"
 ) -> FunctionProbe:
     """Probe inputs for ``ds``'s networks, drawn from what the training runs ``runs`` see.
 
