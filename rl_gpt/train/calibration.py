@@ -216,7 +216,7 @@ def _calibrated(
     model_dir: str | Path, desired: torch.Tensor, guidance: float, steps: int, average: int, rerank: int, use: bool
 ) -> tuple[torch.Tensor, PromptCalibration | None]:
     cal = load_calibration(model_dir) if use else None
-    if cal is None or len(set(cal.fitted)) == 1:  # none, or flat: it would change no prompt, so none applied
+    if cal is None:
         return desired, None
     if not cal.measured_for(model_dir):
         warnings.warn(
@@ -233,6 +233,8 @@ def _calibrated(
             "average= rerank=) or run `rl-gpt calibrate` with these",
             stacklevel=2,
         )
+        return desired, None
+    if len(set(cal.fitted)) == 1:  # flat (no rise with the prompt): it would change no prompt, so none is applied
         return desired, None
     low, high = min(cal.prompts), max(cal.prompts)
     slack = 0.05 * (high - low)
