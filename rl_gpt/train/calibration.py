@@ -138,7 +138,7 @@ def _rises(prompts: np.ndarray, achieved: np.ndarray) -> tuple[float | None, flo
     """Spearman's rho of prompt and achieved metric and its one-sided p-value; (None, None) when untested."""
     if len(prompts) < _FEWEST_TO_TEST:
         return None, None
-    if np.ptp(achieved) == 0:
+    if np.ptp(achieved) == 0 or np.ptp(prompts) == 0:  # no rank order on one side: no rise to find
         return float("nan"), 1.0
     from scipy.stats import spearmanr
 
