@@ -78,6 +78,7 @@ class Layout:
         shape_of = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in shapes.items()}
         order = list(names) if names is not None else list(shape_of)
         _refuse_repeats(order)
+        _refuse_empty(order)
         missing = [n for n in order if n not in shape_of]
         if missing:
             raise KeyError(f"layout names not among the parameters: {missing}")
@@ -238,6 +239,7 @@ class Layout:
             LayerSpec(l["prefix"], l["in_group"], l["out_group"], l.get("activation")) for l in data["layers"]
         )
         _refuse_repeats([p.name for p in params])
+        _refuse_empty([p.name for p in params])
         layout = cls(params, layers, dict(data["groups"]))
         stop = 0
         for p in layout.params:  # the pieces tile the flat vector, in the order listed (flatten's order)
@@ -266,6 +268,12 @@ class Layout:
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+def _refuse_empty(names: list[str]) -> None:
+    """A network without parameters has nothing to generate; every later stage would fail less clearly."""
+    if not names:
+        raise ValueError("a layout needs at least one parameter, and this one has none")
 
 
 def _refuse_repeats(names: list[str]) -> None:

@@ -340,6 +340,31 @@ def test_large_batches_are_sampled_in_chunks_that_give_the_same_draws(average: i
     torch.testing.assert_close(chunked, whole)
 
 
+@pytest.mark.parametrize("average", [1, 4])
+def test_cpu_sampling_in_activation_sized_calls_gives_the_same_draws(average: int, monkeypatch) -> None:
+    """DDIM on the CPU runs in calls of about SAMPLE_CHUNK_ACTIVATIONS_CPU activation values (one large call
+    page-faults on every fresh allocation); the draws are one call's up to float rounding. DDPM, whose noise
+    is drawn step by step, is not split so."""
+    gen = _generator(True)
+    theta, m = _inits(13, b=7)
+    prompt = torch.linspace(50.0, 450.0, 7)
+    draw = lambda method: gen.sample(  # noqa: E731
+        theta, m, prompt, steps=5, method=method, generator=torch.Generator().manual_seed(7), average=average
+    )
+    whole, whole_ddpm = draw("ddim"), draw("ddpm")
+    per_draw = generator_module.activations_per_draw(gen.model, D)
+    assert per_draw >= D and generator_module.activations_per_draw(torch.nn.Linear(2, 2), D) == D
+    calls = []
+    model_fn = gen._model_fn
+    monkeypatch.setattr(gen, "_model_fn", lambda net: calls.append(1) or model_fn(net))
+    monkeypatch.setattr(generator_module, "SAMPLE_CHUNK_ACTIVATIONS_CPU", 2 * average * per_draw)  # 2 rows a call
+    torch.testing.assert_close(draw("ddim"), whole)
+    assert len(calls) == 4  # rows 0-1, 2-3, 4-5, 6
+    calls.clear()
+    torch.testing.assert_close(draw("ddpm"), whole_ddpm)
+    assert len(calls) == 1
+
+
 def test_the_raw_sampler_takes_numbers_for_the_metrics_and_refuses_what_it_cannot_use() -> None:
     gen = _generator(True)
     theta, m = _inits(12, b=2)

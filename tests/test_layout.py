@@ -109,7 +109,7 @@ def test_sb3_actor_layout_roundtrip_and_permutation(algo, env_id, kwargs):
 
 
 def test_edge_layouts_found_by_property_testing() -> None:
-    """A 0-dim parameter, repeated names, and the order of hidden groups (session 32's property tests)."""
+    """A 0-dim parameter, repeated names, no parameters, the order of hidden groups (session 32's property tests)."""
     scalar = Layout.build({"s": (), "w": (2,)})
     out = scalar.unflatten(torch.tensor([1.0, 2.0, 3.0]))  # unbatched: reshape(()) had raised TypeError
     assert out["s"].shape == () and float(out["s"]) == 1.0 and out["w"].tolist() == [2.0, 3.0]
@@ -119,6 +119,9 @@ def test_edge_layouts_found_by_property_testing() -> None:
     data["params"][1]["name"] = "a"
     with pytest.raises(ValueError, match="repeated"):
         Layout.from_dict(data)
+    for empty in (lambda: Layout.build({}), lambda: Layout.from_dict({"params": [], "layers": [], "groups": {}})):
+        with pytest.raises(ValueError, match="at least one parameter"):  # had built, to fail later and less clearly
+            empty()
     shapes = {"a.weight": (3, 2), "a.bias": (3,), "b.weight": (4, 3), "b.bias": (4,), "c.weight": (2, 4)}
     chain = [LayerSpec("a", None, "h0", "tanh"), LayerSpec("b", "h0", "h1", "tanh"), LayerSpec("c", "h1", None)]
     built = Layout.build(shapes, chain)

@@ -734,6 +734,7 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, m
     assert set(report["one_step"]) == {"prompt", "mean_return", "solved_fraction", "failed_fraction"}
     assert report["baselines"]["retrieval"]["prompt_alignment_r2_ci95"] == [None, None]  # one network per prompt
     assert len(report["recursive"]["mean_return"]) == 3
+    assert report["recursive"]["failed_fraction"] == [0.0, 0.0, 0.0]  # the inits, then two generated steps
     assert report["recursive"]["training_curve"]["step_unit"] == "environment steps"
     assert report["training_equivalent"]["step_unit"] == "environment steps"
     capsys.readouterr()

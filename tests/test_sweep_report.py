@@ -10,7 +10,7 @@ import torch
 from rl_gpt.dataset import CheckpointDataset, DatasetWriter
 from rl_gpt.evaluate.alignment import alignment_r2
 from rl_gpt.layout import LayerSpec, Layout
-from rl_gpt.sweep.run import _one_step_logged, _summary, _training_equivalent
+from rl_gpt.sweep.run import _one_step_logged, _summary, _training_equivalent, count_failed_as
 
 
 def test_a_classifier_sweep_logs_its_metrics_and_references_by_name() -> None:
@@ -66,6 +66,9 @@ def test_a_lower_is_better_summary_counts_a_failed_sample_as_the_worst_prompt() 
     assert float(_one_step_per_init(report).mean()) == pytest.approx(summary["one_step"]["mean_return"])
     nothing = _summary(prompts, torch.full_like(achieved, math.nan), best=0, threshold=0.15, higher=False)
     assert nothing["failed_fraction"] == 1.0 and all(math.isnan(v) for v in nothing["prompt_alignment_r2_ci95"])
+    # the recursive curve scores each generated step's failures the same way (it had averaged the rest)
+    scored, failed = count_failed_as(0.4, torch.tensor([0.1, math.nan, math.inf, 0.3]))
+    assert scored.tolist() == pytest.approx([0.1, 0.4, 0.4, 0.3]) and failed.tolist() == [False, True, True, False]
 
 
 def test_a_higher_is_better_summary_counts_a_failed_sample_as_the_lowest_prompt() -> None:

@@ -39,6 +39,12 @@ from rl_gpt.wandb_run import check_login
 __all__ = ["sweep"]
 
 
+def count_failed_as(worst: float, achieved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``achieved`` with each failed sample (no finite metric) scored as ``worst``, and the failed mask."""
+    failed = ~torch.isfinite(achieved)
+    return torch.where(failed, worst, achieved), failed
+
+
 def _summary(
     prompts: torch.Tensor, achieved: torch.Tensor, best: int, threshold: float | None, higher: bool
 ) -> dict[str, Any]:
@@ -49,8 +55,8 @@ def _summary(
     ``achieved_mean`` (the plot's curve) is over the finite samples.
     """
     worst = float(prompts.min() if higher else prompts.max())
-    failed = ~torch.isfinite(achieved)
-    r2 = alignment_r2(prompts, torch.where(failed, worst, achieved))
+    scored, failed = count_failed_as(worst, achieved)
+    r2 = alignment_r2(prompts, scored)
     at_best = achieved[:, best]  # (K, S)
     if threshold is None:
         solved = float("nan")
@@ -63,7 +69,7 @@ def _summary(
         "r2_per_init": r2.tolist(),
         "one_step": {
             "prompt": float(prompts[best]),
-            "mean_return": float(torch.where(failed[:, best], worst, at_best).mean()),
+            "mean_return": float(scored[:, best].mean()),
             "solved_fraction": solved,
             "failed_fraction": float(failed[:, best].double().mean()),
         },
@@ -240,18 +246,27 @@ def sweep(
         t = time.time()
         if sc.recursive:
             say(f"recursive prompting, {sc.recursive} steps ...")
-        theta, metric, curve = inits, init_m, [float(init_metric.mean())]
-        for _ in range(sc.recursive):
+        theta, metric, curve, failed_curve = inits, init_m, [float(init_metric.mean())], [0.0]
+        worst = float(prompts.min() if higher else prompts.max())
+        for i in range(sc.recursive):
             step = cond[best : best + 1]
             sampler = (sc.steps, sc.guidance, sc.seed + 3, sc.average, ranker, sc.rerank)
             theta = run_prompts(gen, None, theta, metric, step, 1, *sampler)[:, 0, 0]
-            curve.append(float(evaluate(theta, sc.seed + 4).nanmean()))
-            metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()  # the next step's input
+            scored, failed = count_failed_as(worst, evaluate(theta, sc.seed + 4))  # as the one-step mean counts them
+            curve.append(float(scored.mean()))
+            failed_curve.append(float(failed.double().mean()))
+            if i + 1 < sc.recursive:  # the next step's input; the last step has none
+                metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()
         slices = ds.run_slices()
         # Real training, for scale: the data's mean curve, and the steps its runs took to reach one generated step.
         unit = "optimiser steps" if task.kind == "supervised" else "environment steps"
         training_curve = _training_curve(ds, train_runs, slices) | {"step_unit": unit}
-        report["recursive"] = {"prompt": float(prompts[best]), "mean_return": curve, "training_curve": training_curve}
+        report["recursive"] = {
+            "prompt": float(prompts[best]),
+            "mean_return": curve,
+            "failed_fraction": failed_curve,
+            "training_curve": training_curve,
+        }
         report["training_equivalent"] = {
             "one_step": report["one_step"]["mean_return"],
             "steps": _training_equivalent(ds, train_runs, report["one_step"]["mean_return"], higher),

@@ -16,7 +16,7 @@ the clipped mean action in units of half the action range (PPO Gaussian), class 
 ``train.function_compare=kl`` compares probabilities (classifiers, discrete actions) by KL(θ' ‖ x̂0)
 instead: the squared difference of probabilities hardly sees a confident output's misses (0.99 against
 0.9 is 0.008), which the test loss weighs fully (log 0.99/0.9 = 0.095). On digits it took one step
-from an unseen init from test loss 0.306 to 0.281 (docs/results.md, session 32).
+from an unseen init from test loss 0.306 to 0.288 / 0.264 (training seeds 0 / 1; docs/results.md).
 """
 
 from __future__ import annotations

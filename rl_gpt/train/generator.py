@@ -32,6 +32,21 @@ __all__ = ["ParameterGenerator"]
 # call (~26 GB) was killed; in calls of this size it peaked at 5.5 GB (the whole batch's starting
 # noise and output are still held at once).
 SAMPLE_CHUNK_VALUES = 1 << 25
+# On the CPU, DDIM calls are also kept to about this many activation values (draws x tokens x width x
+# the blocks' MLP ratio). Each layer allocates its output afresh, and an allocation past glibc's mmap
+# threshold maps new pages that the kernel zeroes on first touch, so one large call spends much of its
+# time in page faults (docs/benchmarks.md, scripts/bench_sampling.py). DDIM is deterministic given its
+# starting noise, so the split changes nothing but float rounding.
+SAMPLE_CHUNK_ACTIVATIONS_CPU = 1 << 19
+
+
+def activations_per_draw(model: nn.Module, numel: int) -> int:
+    """Roughly the largest activation one draw makes in ``model`` (tokens x width x MLP ratio), in values."""
+    config = getattr(model, "config", None)
+    if config is None:  # not one of rl_gpt's denoisers: its size is unknown, count the parameters generated
+        return numel
+    tokens = getattr(getattr(model, "tokenizer", None), "num_tokens", 1)
+    return max(numel, int(tokens * config.width * max(1.0, config.mlp_ratio)))
 
 
 class ParameterGenerator:
@@ -195,8 +210,9 @@ class ParameterGenerator:
         (digits: R² 0.839 with single draws, 0.900 with means of 16; docs/results.md).
         Without ``condition_on_theta`` θ and m only set the batch size, shape and device.
         ``x_T`` (B·average, D), row i's draws adjacent, is the starting noise; by default it is drawn
-        from ``generator``. Large batches run in several calls (``SAMPLE_CHUNK_VALUES``) with the
-        noise drawn for the whole batch first, so DDIM samples do not depend on the split.
+        from ``generator``. Large batches run in several calls (``SAMPLE_CHUNK_VALUES``; DDIM on the CPU
+        also ``SAMPLE_CHUNK_ACTIVATIONS_CPU``) with the noise drawn for the whole batch first, so DDIM
+        samples do not depend on the split.
 
         This is the raw sampler: prompts are used as given (no calibration, no clamping to the training
         range) and m must be measured as the dataset's labels were. ``rl_gpt.generate.generate_params``
@@ -207,6 +223,9 @@ class ParameterGenerator:
         theta, metric, prompt = self._checked_inputs(theta, metric, prompt)
         b, d = theta.shape
         rows = max(1, SAMPLE_CHUNK_VALUES // (average * d))
+        if method == "ddim" and theta.device.type == "cpu":  # deterministic given x_T: the split changes nothing
+            per_draw = activations_per_draw(self.model if model is None else model, d)
+            rows = min(rows, max(1, SAMPLE_CHUNK_ACTIVATIONS_CPU // (average * per_draw)))
         if b > rows:
             if x_T is None:  # the whole batch's noise, in the order one call would draw it
                 x_T = torch.randn((b * average, d), generator=generator, device=theta.device)
