@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import warnings
@@ -12,7 +13,7 @@ from typing import Any
 from rl_gpt.config import ConfigError, ExperimentConfig
 from rl_gpt.io import atomic_write_text
 
-__all__ = ["CollectionLog", "check_login", "start_run"]
+__all__ = ["CollectionLog", "check_login", "project_name", "start_run"]
 
 
 def check_login(cfg: ExperimentConfig) -> None:
@@ -29,14 +30,19 @@ def check_login(cfg: ExperimentConfig) -> None:
     if not logged_in:  # no key found and none entered (or "don't visualize" chosen at the prompt)
         raise ConfigError(
             "wandb.mode=online needs a W&B API key: run `wandb login` or set WANDB_API_KEY; or log offline "
-            "(wandb.mode=offline, the default) and upload later with `wandb sync OUT/wandb/offline-run-*`"
+            "(wandb.mode=offline, the default) and upload later with `wandb sync DIR/wandb/offline-run-*` "
+            "(DIR: OUT for collect, OUT/model for train, OUT/sweep for sweep)"
         )
+
+
+def project_name(cfg: ExperimentConfig) -> str:
+    """``wandb.project``, else ``WANDB_PROJECT``, else ``rl_gpt`` (wandb.init's argument would beat the variable)."""
+    return cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "rl_gpt"
 
 
 def start_run(
     cfg: ExperimentConfig,
-    group: str,
-    name: str,
+    stage: str,
     directory: str | Path,
     config: Mapping[str, Any],
     resume: bool = False,
@@ -44,33 +50,41 @@ def start_run(
 ) -> Any:
     """A ``wandb`` run for this stage, or None when ``wandb.mode=disabled`` (wandb is then never imported).
 
-    With ``resume`` the stage goes on logging to the run it opened before in ``directory`` (its id is
-    kept in ``directory/wandb/KEY.run_id``, ``key`` defaulting to ``group``), so an interrupted and
-    resumed training is one run with one set of curves, not two.
+    Runs are grouped by experiment (the ``out`` folder's name), with the stage (collect, train, sweep) as
+    their job type and in their name, so one experiment's stages sit together and two experiments of
+    one task stay apart. With ``resume`` the stage goes on logging to the run it opened before in
+    ``directory`` (its id is kept in ``directory/wandb/KEY.run_id``, ``key`` defaulting to
+    ``STAGE-TASK``), so an interrupted and resumed training is one run with one set of curves, not two.
     """
     if cfg.wandb.mode == "disabled":
         return None
     import wandb
 
-    id_file = Path(directory) / "wandb" / f"{key or group}.run_id"
+    experiment = Path(cfg.out).name or cfg.task.name
+    id_file = Path(directory) / "wandb" / f"{key or f'{stage}-{cfg.task.name}'}.run_id"
     run_id = _saved_run_id(id_file) if resume else None
     run_id = run_id or secrets.token_hex(4)
     try:
         run = wandb.init(
             mode=cfg.wandb.mode,
-            project=cfg.wandb.project,
+            project=project_name(cfg),
             entity=cfg.wandb.entity,
-            group=group,
-            name=name,
+            group=experiment,
+            job_type=stage,
+            name=f"{experiment}-{stage}",
+            tags=[cfg.task.name],
             config=dict(config),
             dir=str(directory),
             id=run_id,
             resume="allow",
             reinit="create_new",
         )
-    except wandb.errors.UsageError as exc:  # e.g. online without credentials, where check_login was not called
-        hint = " (or log offline: wandb.mode=offline)" if cfg.wandb.mode == "online" else ""
-        raise ConfigError(f"W&B: {exc}{hint}") from None
+    except wandb.errors.Error as exc:  # no credentials where check_login was not called; no network when online
+        online = cfg.wandb.mode == "online"
+        hint = " (or log offline: wandb.mode=offline, and upload later with `wandb sync`)" if online else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"W&B: {first}{hint}") from None
+    id_file.parent.mkdir(parents=True, exist_ok=True)  # wandb makes it for its own files; this needs no such luck
     atomic_write_text(id_file, run_id)
     return run
 
@@ -102,11 +116,10 @@ class CollectionLog:
         """``stored``: runs a resumed collection already holds; it goes on logging to its run, counting from there."""
         from rl_gpt.config import to_dict
 
-        name = cfg.task.name
-        config = {"experiment": to_dict(cfg)}
+        # The resolved config at the top level, keyed as train's and sweep's are (task.hyperparams.lr, ...).
         # Keyed by the dataset folder too: two datasets in one folder (dataset=a, dataset=b) are two runs.
-        key = f"collect-{name}-{Path(cfg.dataset_dir).name}"
-        self.run = start_run(cfg, f"collect-{name}", f"collect-{name}", directory, config, stored > 0, key)
+        key = f"collect-{cfg.task.name}-{Path(cfg.dataset_dir).name}"
+        self.run = start_run(cfg, "collect", directory, to_dict(cfg), stored > 0, key)
         self.step_name = step_name
         self.finished = stored
         self.stored = stored  # runs logged by an earlier session of a resumed collection
@@ -130,7 +143,8 @@ class CollectionLog:
             if len(kept) < self.MAX_CURVES and run not in (r for r, _, _ in kept):
                 kept.append((run, list(steps), list(values)))
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
+        """Chart the curves and close the run; ``failed`` (stopped or broken) marks it so in W&B."""
         if self.run is None:
             return
         import wandb
@@ -150,5 +164,5 @@ class CollectionLog:
         # session that added no run has nothing new to chart, and W&B would drop a step it has passed.
         if charts and self.finished > self.stored:
             self.run.log(charts, step=self.finished)
-        self.run.finish()
+        self.run.finish(exit_code=1 if failed else 0)
         self.run = None

@@ -353,10 +353,12 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
         def log(self, data: dict, step: int | None = None) -> None:
             logged.append({**data, "_step": step})
 
-        def finish(self) -> None:
-            logged.append({"finished": True})
+        def finish(self, exit_code: int = 0) -> None:
+            logged.append({"finished": True, "exit_code": exit_code})
 
-    monkeypatch.setattr(rl_gpt.wandb_run, "start_run", lambda *a, **k: Recorder())
+    configs: list[dict] = []
+    record = lambda cfg, stage, directory, config, *rest: configs.append(config) or Recorder()  # noqa: E731
+    monkeypatch.setattr(rl_gpt.wandb_run, "start_run", record)
     monkeypatch.setattr("wandb.plot.line_series", lambda **kw: kw)
     assert _collect(tmp_path, "runs=2", "workers=1") == 0
     td, _ = _load(tmp_path)
@@ -368,7 +370,9 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     chart = charted["curves/test_loss"]
     assert chart["keys"] == ["run 0", "run 1"] and chart["xs"][0] == [0, 20, 40, 60]
     assert charted["_step"] == 2  # the last run's step: a resumed collection's next run logs at step 3, after it
-    assert logged[-1] == {"finished": True}
+    assert logged[-1] == {"finished": True, "exit_code": 0}
+    # keyed as train's and sweep's configs are, so one filter finds a setting in every stage's runs
+    assert configs[0]["collect"]["runs"] == 2 and configs[0]["task"]["hyperparams"]["lr"] == 0.1
     logged.clear()  # a resumed collection counts on from the runs it holds
     assert _collect(tmp_path, "runs=3", "workers=1") == 0
     assert [(e["run"], e["runs_finished"], e["_step"]) for e in logged if "runs_finished" in e] == [(2, 3, 3)]
@@ -381,7 +385,31 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     quiet = rl_gpt.wandb_run.CollectionLog(load_config("digits"), tmp_path, "step", stored=3)
     quiet.keep_curves(0, [0, 20], {"test_loss": [2.3, 1.0]})
     quiet.finish()
-    assert logged == [{"finished": True}]
+    assert logged == [{"finished": True, "exit_code": 0}]
+    logged.clear()  # a stopped collection is marked failed in W&B, as a stopped training is
+
+    def stopped(cfg, run):
+        raise KeyboardInterrupt
+
+    from rl_gpt.collect import collect
+
+    with pytest.raises(KeyboardInterrupt):
+        overrides = [f"out={tmp_path / 'stopped'}", *TINY[2:], "runs=2", "workers=1"]
+        collect(load_config("digits", overrides, command="collect"), stopped)
+    assert logged[-1] == {"finished": True, "exit_code": 1}
+
+
+def test_training_logs_the_task_and_collection_its_dataset_was_collected_with(tmp_path):
+    """The preset says 512 runs of 500 steps; this dataset holds 2 of 60: W&B filters must find the latter."""
+    from rl_gpt.config import load_config, to_dict
+    from rl_gpt.train.loop import logged_config
+
+    assert _collect(tmp_path, "runs=2", "workers=1") == 0
+    config = logged_config(load_config("digits", [f"out={tmp_path}"]))
+    assert config["collect"]["runs"] == 2 and config["task"]["hyperparams"]["steps"] == 60
+    assert config["train"] == to_dict(load_config("digits").train)
+    (tmp_path / "dataset" / "config.yaml").write_text("task: [unclosed\n")  # unreadable: the preset's stand
+    assert logged_config(load_config("digits", [f"out={tmp_path}"]))["collect"]["runs"] == 512
 
 
 def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, capsys):

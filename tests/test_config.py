@@ -254,6 +254,40 @@ def test_wandb_mode_variable_sits_between_the_file_and_the_command_line(monkeypa
     monkeypatch.setenv("WANDB_MODE", "loud")
     with pytest.raises(ConfigError, match="WANDB_MODE='loud'"):
         load_config("cartpole")
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # a whole `wandb=` mapping without a mode keeps the variable's
+    assert load_config("cartpole", ["wandb={project: p}"]).wandb.mode == "disabled"
+    assert load_config("cartpole", ["wandb={project: p, mode: online}"]).wandb.mode == "online"
+
+
+def test_wandb_runs_are_grouped_by_experiment_and_named_by_stage(tmp_path, monkeypatch):
+    """What start_run asks of wandb.init (a stand-in: offline wandb keeps it in a binary file)."""
+    wandb = pytest.importorskip("wandb")
+    from rl_gpt.wandb_run import start_run
+
+    asked: list[dict] = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: asked.append(kw) or object())
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)
+    cfg = load_config("digits", [f"out={tmp_path / 'lr-sweep'}", "wandb.mode=offline"])
+    start_run(cfg, "train", tmp_path, {"a": 1})
+    kw = asked[-1]
+    assert (kw["group"], kw["job_type"], kw["name"], kw["tags"]) == ("lr-sweep", "train", "lr-sweep-train", ["digits"])
+    assert kw["project"] == "rl_gpt" and kw["config"] == {"a": 1}
+    assert (tmp_path / "wandb" / "train-digits.run_id").read_text() == kw["id"]  # the key earlier runs resume by
+    monkeypatch.setenv("WANDB_PROJECT", "theirs")  # the variable names the project the config leaves open
+    start_run(cfg, "sweep", tmp_path, {})
+    assert asked[-1]["project"] == "theirs"
+    start_run(load_config("digits", ["wandb.project=mine", "wandb.mode=offline"]), "sweep", tmp_path, {})
+    assert asked[-1]["project"] == "mine"
+
+    def unreachable(**kw):  # online with a key but no network: wandb gives up after its timeout
+        raise wandb.errors.CommError("Failed to get resume status\nname resolution failed: no such host")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    with pytest.raises(ConfigError) as caught:
+        start_run(load_config("digits", ["wandb.mode=online"]), "collect", tmp_path, {})
+    assert str(caught.value) == (
+        "W&B: Failed to get resume status (or log offline: wandb.mode=offline, and upload later with `wandb sync`)"
+    )
 
 
 @pytest.mark.parametrize("command", ["collect", "train", "sweep"])

@@ -100,3 +100,35 @@ def test_training_equivalent_is_the_median_step_that_first_reached_the_value(tmp
     assert _training_equivalent(errors, [0, 1, 2], 0.01, higher=False) is None  # no run got that low
     returns = _runs(tmp_path / "r", [[10, 50, 200], [10, 300, 500], [20, 30, 40]], higher=True)
     assert _training_equivalent(returns, [0, 1, 2], 150.0, higher=True) == 200.0  # runs at 200, 100, never
+
+
+def test_a_sweep_logs_its_headline_numbers_and_keeps_its_report_when_wandb_fails(tmp_path, monkeypatch, capsys):
+    from rl_gpt.config import ConfigError, load_config
+    from rl_gpt.sweep.run import _log_wandb, sweep_summary
+
+    report = {
+        "metric": {"name": "test_loss"},
+        "prompt_alignment_r2": 0.98,
+        "prompt_alignment_r2_ci95": [0.97, 0.99],
+        "failed_fraction": 0.0,
+        "one_step": {"mean_return": 0.29, "solved_fraction": None},
+        "baselines": {"retrieval": {"prompt_alignment_r2": 1.0}, "identity": {"prompt_alignment_r2": -2.2}},
+        "novelty": {"generator": 1.2, "retrieval": 0.0, "nn_dist_heldout": 3.0},
+        "behavioural_novelty": {"generator": {"fraction": 0.07}, "identity": {"fraction": 0.8}},
+        "init_fidelity": {"generator": 0.96, "real_training": None},
+        "recursive": {"mean_return": [2.3, 0.29, float("nan")]},
+    }
+    logged = sweep_summary(report)
+    assert logged["prompt_alignment_r2_ci95_low"] == 0.97 and logged["retrieval/prompt_alignment_r2"] == 1.0
+    assert logged["novelty/generator"] == 1.2 and logged["behavioural_novelty/generator"] == 0.07
+    assert logged["init_fidelity/generator"] == 0.96 and "init_fidelity/real_training" not in logged  # no None
+    assert logged["recursive/step_1"] == 0.29 and "recursive/step_2" not in logged  # no NaN
+    assert all(isinstance(v, float) for v in logged.values())
+
+    def unreachable(*args, **kwargs):
+        raise ConfigError("W&B: Failed to get resume status")
+
+    monkeypatch.setattr("rl_gpt.wandb_run.start_run", unreachable)
+    report |= {"config": {}, "model": str(tmp_path), "model_step": 10, "model_save_id": "x"}
+    _log_wandb(load_config("digits"), report, tmp_path, {})  # said, not raised: the report is already saved
+    assert "the sweep is saved in" in capsys.readouterr().err

@@ -230,7 +230,7 @@ def _collect_into(
     finally:
         bar.close()
         if log is not None:
-            log.finish()
+            log.finish(failed=sys.exc_info()[0] is not None)  # a stopped collection is not a finished one
     if progress:
         beyond = len([r for r in done if r >= cfg.collect.runs])
         held = f" ({len(done) + len(todo)} runs: runs={cfg.collect.runs} asks for fewer)" if beyond else ""

@@ -64,6 +64,10 @@ def load_config(
         _set_path(data, key.split("."), value)
         overridden.add(key)
     warn_if_env_outgrows_task(preset_task, data.get("task"), overridden)
+    if env_mode and "wandb" in overridden and "wandb.mode" not in overridden:
+        replaced = data.get("wandb")  # `wandb={project: p}` replaced the mapping WANDB_MODE had set the mode in
+        if isinstance(replaced, dict) and "mode" not in replaced:
+            replaced["mode"] = mode
     cfg = build(ExperimentConfig, data, "")
     if cfg.task.kind == "rl" and cfg.task.network:
         raise ConfigError(

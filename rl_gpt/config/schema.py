@@ -223,7 +223,7 @@ class WandbConfig:
     """Weights & Biases logging; offline by default so nothing leaves the machine unasked."""
 
     mode: Literal["offline", "online", "disabled"] = "offline"  # wandb.init mode
-    project: str = "rl_gpt"  # W&B project
+    project: str | None = None  # W&B project; None = WANDB_PROJECT, else rl_gpt
     entity: str | None = None  # W&B entity (team); None = your default
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -328,7 +329,7 @@ def sweep(
         from rl_gpt.sweep.plot import plot_sweep
 
         plot_sweep(report, out / "sweep.png")
-        _log_wandb(cfg, report, out)
+        _log_wandb(cfg, report, out, info["meta"].get("config") or {})
         return report
 
 
@@ -525,24 +526,44 @@ def _one_step_logged(report: dict[str, Any]) -> dict[str, float]:
     return logged
 
 
-def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path) -> None:
+def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path, model_config: dict[str, Any]) -> None:
+    """The sweep as a W&B run: config to compare sweeps by (the model's own settings, which weights were
+    swept, the sweep's settings), its headline numbers as the summary, and the plot. The report is saved
+    before this: if W&B cannot be reached, say so and keep the sweep's result."""
     from rl_gpt.wandb_run import start_run
 
-    run = start_run(cfg, f"sweep-{cfg.task.name}", f"sweep-{report['task']}", out, {"sweep": report["config"]})
+    model = {"path": report["model"], "step": report.get("model_step"), "save_id": report.get("model_save_id")}
+    config = {k: v for k, v in model_config.items() if k != "wandb"} | {"sweep": report["config"], "model": model}
+    try:
+        run = start_run(cfg, "sweep", out, config)
+    except ConfigError as exc:
+        print(f"{exc}; the sweep is saved in {out} (report.json), it only was not logged to W&B", file=sys.stderr)
+        return
     if run is None:
         return
     import wandb
 
-    run.log(
-        {
-            "prompt_alignment_r2": report["prompt_alignment_r2"],
-            **_one_step_logged(report),
-            **(
-                {"prompt_alignment_r2_unranked": report["rerank"]["without_rerank"]["prompt_alignment_r2"]}
-                if "rerank" in report
-                else {}
-            ),
-            "sweep": wandb.Image(str(out / "sweep.png")),
-        }
-    )
+    run.log({**sweep_summary(report), "sweep": wandb.Image(str(out / "sweep.png"))})
     run.finish()
+
+
+def sweep_summary(report: dict[str, Any]) -> dict[str, float]:
+    """A sweep report's headline numbers, flat and finite, as W&B logs them: R² and its interval, the
+    one-step result, the baselines' R², novelty, init fidelity and the share of failed networks."""
+    logged: dict[str, Any] = {"prompt_alignment_r2": report["prompt_alignment_r2"], **_one_step_logged(report)}
+    low, high = report.get("prompt_alignment_r2_ci95") or (None, None)
+    logged |= {"prompt_alignment_r2_ci95_low": low, "prompt_alignment_r2_ci95_high": high}
+    logged["failed_fraction"] = report.get("failed_fraction")
+    if "rerank" in report:
+        logged["prompt_alignment_r2_unranked"] = report["rerank"]["without_rerank"]["prompt_alignment_r2"]
+    for name, baseline in (report.get("baselines") or {}).items():
+        logged[f"{name}/prompt_alignment_r2"] = baseline.get("prompt_alignment_r2")
+    for name, value in (report.get("novelty") or {}).items():
+        logged[f"novelty/{name}"] = value
+    for name, value in (report.get("behavioural_novelty") or {}).items():
+        logged[f"behavioural_novelty/{name}"] = (value or {}).get("fraction")
+    fidelity = report.get("init_fidelity") or {}
+    logged |= {f"init_fidelity/{k}": fidelity.get(k) for k in ("generator", "real_training")}
+    recursive = (report.get("recursive") or {}).get("mean_return") or []
+    logged |= {f"recursive/step_{i}": v for i, v in enumerate(recursive)}
+    return {k: float(v) for k, v in logged.items() if isinstance(v, (int, float)) and math.isfinite(v)}
