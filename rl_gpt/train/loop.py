@@ -554,8 +554,8 @@ def _final_alignment(
                 metric_range=cfg.task.metric_range,
             )
     atomic_write_json(out / "alignment.json", result)
-    if run is not None:
-        run.summary.update(result)
+    if run is not None:  # prefixed: "samples": 1 beside the loss curves would read as the sweep's setting
+        run.summary.update({f"alignment/{k}": v for k, v in result.items()})
     if progress:
         held_out = f"{result['heldout_inits_r2']:.3f}" if "heldout_inits_r2" in result else "- (no run held out)"
         print(
