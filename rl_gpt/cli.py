@@ -141,8 +141,12 @@ def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:
 def _logging_as_asked(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """A model's saved config without its W&B ``mode: online`` and ``entity``: whoever made the folder
     (maybe someone else) does not decide that this command's results go to a server, or to whose team.
-    Logging stays offline unless this command asks (``wandb.mode=online``, ``WANDB_MODE``)."""
+    Logging stays offline unless this command asks (``wandb.mode=online``, ``WANDB_MODE``). A saved
+    ``project: rl_gpt``, the default written out before it became ``WANDB_PROJECT``'s, is dropped too."""
     saved = config.get("wandb")
+    if isinstance(saved, dict) and saved.get("project") == "rl_gpt":  # the default until session 33 wrote it out:
+        saved = {k: v for k, v in saved.items() if k != "project"}  # WANDB_PROJECT may name the project
+        config = {**config, "wandb": saved}
     if not isinstance(saved, dict) or (saved.get("mode") != "online" and saved.get("entity") is None):
         return config
     kept = {k: v for k, v in saved.items() if k not in ("mode", "entity") or (k == "mode" and v != "online")}

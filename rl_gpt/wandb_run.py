@@ -13,7 +13,7 @@ from typing import Any
 from rl_gpt.config import ConfigError, ExperimentConfig
 from rl_gpt.io import atomic_write_text
 
-__all__ = ["CollectionLog", "check_login", "project_name", "start_run"]
+__all__ = ["CollectionLog", "check_login", "project_name", "start_run", "with_dataset_sections"]
 
 
 def check_login(cfg: ExperimentConfig) -> None:
@@ -35,6 +35,22 @@ def check_login(cfg: ExperimentConfig) -> None:
         )
 
 
+def with_dataset_sections(config: dict[str, Any], dataset_dir: str | Path) -> dict[str, Any]:
+    """``config`` with the ``task`` and ``collect`` sections the dataset in ``dataset_dir`` was collected with
+    (a preset's may differ: ``runs=8`` or other hyperparameters at collection), so that training and sweep
+    runs filter by the data they learnt from, as the collection's run does. ``config`` unchanged where the
+    dataset's ``config.yaml`` cannot be read."""
+    from rl_gpt.config import load_config, to_dict
+
+    try:
+        with warnings.catch_warnings():  # read for its values only: its warnings were said when it was collected
+            warnings.simplefilter("ignore")
+            collected = to_dict(load_config(Path(dataset_dir) / "config.yaml"))
+    except (ConfigError, OSError):
+        return config
+    return config | {"task": collected["task"], "collect": collected["collect"]}
+
+
 def project_name(cfg: ExperimentConfig) -> str:
     """``wandb.project``, else ``WANDB_PROJECT``, else ``rl_gpt`` (wandb.init's argument would beat the variable)."""
     return cfg.wandb.project or os.environ.get("WANDB_PROJECT") or "rl_gpt"
@@ -47,12 +63,13 @@ def start_run(
     config: Mapping[str, Any],
     resume: bool = False,
     key: str | None = None,
+    experiment: str | None = None,
 ) -> Any:
     """A ``wandb`` run for this stage, or None when ``wandb.mode=disabled`` (wandb is then never imported).
 
-    Runs are grouped by experiment (the ``out`` folder's name), with the stage (collect, train, sweep) as
-    their job type and in their name, so one experiment's stages sit together and two experiments of
-    one task stay apart. With ``resume`` the stage goes on logging to the run it opened before in
+    Runs are grouped by ``experiment`` (default: the name of the ``out`` folder, resolved), with the stage
+    (collect, train, sweep) as their job type and in their name, so one experiment's stages sit together
+    and two experiments of one task stay apart. With ``resume`` the stage goes on logging to the run it opened before in
     ``directory`` (its id is kept in ``directory/wandb/KEY.run_id``, ``key`` defaulting to
     ``STAGE-TASK``), so an interrupted and resumed training is one run with one set of curves, not two.
     """
@@ -60,7 +77,7 @@ def start_run(
         return None
     import wandb
 
-    experiment = Path(cfg.out).name or cfg.task.name
+    experiment = experiment or Path(cfg.out).resolve().name or cfg.task.name  # `out=.`: the folder's own name
     id_file = Path(directory) / "wandb" / f"{key or f'{stage}-{cfg.task.name}'}.run_id"
     run_id = _saved_run_id(id_file) if resume else None
     run_id = run_id or secrets.token_hex(4)

@@ -7,7 +7,7 @@ call small enough to reuse freed memory instead. This benchmark samples the same
 the same starting noise, and prints the seconds, the ratio and the largest difference between draws.
 
     python scripts/bench_sampling.py [--task digits|cartpole] [--model DIR] [--networks N] [--threads 1]
-                                     [--repeats 2]
+                                     [--chunk VALUES] [--repeats 2]
 
 ``--model`` samples a trained model folder's generator; without it, the preset's shape with random
 weights (the time does not depend on what it learnt):
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=None, help="activation values a bounded call holds")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved pairs of (one call, bounded calls)")
     args = parser.parse_args()
+    args.repeats = max(1, args.repeats)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     gen, networks, average, guidance = make(args.task)
@@ -87,14 +88,16 @@ def main() -> None:
     inputs = (torch.randn(networks, d) * 0.1, torch.rand(networks), torch.rand(networks))
     x_T = torch.randn(networks * average, d)
     bounded = args.chunk or generator_module.SAMPLE_CHUNK_ACTIVATIONS_CPU
-    per_draw = generator_module.activations_per_draw(gen.model, d)
+    per_draw = generator_module.activations_per_draw(gen.model, d, guidance)
     rows = max(1, bounded // (average * per_draw))
     print(f"{args.task}: {networks} networks x {average} draws of {d} parameters, 10 DDIM steps, guidance {guidance}")
     print(f"bounded calls: {rows} networks a call ({-(-networks // rows)} calls); {args.threads} thread(s)")
     print("| repeat | one call s | bounded calls s | speed-up | page faults one / bounded |")
     print("|---|---|---|---|---|")
     for repeat in range(args.repeats):
-        generator_module.SAMPLE_CHUNK_ACTIVATIONS_CPU = 1 << 62  # one call, as sampling ran before
+        # The sampler reads the module's bound at each call: set it for one call, as sampling ran before, then
+        # back to the bound under test (a script's own process, so nothing else sees the change).
+        generator_module.SAMPLE_CHUNK_ACTIVATIONS_CPU = 1 << 62
         whole, t_whole, f_whole = timed(gen, inputs, x_T, average, guidance)
         generator_module.SAMPLE_CHUNK_ACTIVATIONS_CPU = bounded
         parts, t_parts, f_parts = timed(gen, inputs, x_T, average, guidance)

@@ -399,17 +399,18 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     assert logged[-1] == {"finished": True, "exit_code": 1}
 
 
-def test_training_logs_the_task_and_collection_its_dataset_was_collected_with(tmp_path):
+def test_training_and_sweeps_log_the_task_and_collection_their_dataset_was_collected_with(tmp_path):
     """The preset says 512 runs of 500 steps; this dataset holds 2 of 60: W&B filters must find the latter."""
     from rl_gpt.config import load_config, to_dict
-    from rl_gpt.train.loop import logged_config
+    from rl_gpt.wandb_run import with_dataset_sections
 
     assert _collect(tmp_path, "runs=2", "workers=1") == 0
-    config = logged_config(load_config("digits", [f"out={tmp_path}"]))
+    preset = to_dict(load_config("digits"))
+    config = with_dataset_sections(preset, tmp_path / "dataset")
     assert config["collect"]["runs"] == 2 and config["task"]["hyperparams"]["steps"] == 60
-    assert config["train"] == to_dict(load_config("digits").train)
+    assert config["train"] == preset["train"] and preset["collect"]["runs"] == 512  # the rest, and no mutation
     (tmp_path / "dataset" / "config.yaml").write_text("task: [unclosed\n")  # unreadable: the preset's stand
-    assert logged_config(load_config("digits", [f"out={tmp_path}"]))["collect"]["runs"] == 512
+    assert with_dataset_sections(preset, tmp_path / "dataset") == preset
 
 
 def test_timesteps_are_said_to_do_nothing_for_a_supervised_collection(tmp_path, capsys):

@@ -482,6 +482,8 @@ def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, cap
     assert config(command="calibrate").wandb.mode == "offline" and capsys.readouterr().err == ""  # logs nothing
     (model / "config.yaml").write_text("wandb:\n  mode: disabled\n")  # the quieter choices are kept
     assert config().wandb.mode == "disabled"
+    (model / "config.yaml").write_text("wandb: {mode: offline, project: rl_gpt}\n")  # written out before session 33
+    assert config().wandb.project is None  # so WANDB_PROJECT, if set, names the project (wandb_run.project_name)
 
 
 def test_a_folder_that_cannot_be_entered_is_named(tmp_path, monkeypatch, capsys):

@@ -340,19 +340,30 @@ def test_large_batches_are_sampled_in_chunks_that_give_the_same_draws(average: i
     torch.testing.assert_close(chunked, whole)
 
 
-@pytest.mark.parametrize("average", [1, 4])
-def test_cpu_sampling_in_activation_sized_calls_gives_the_same_draws(average: int, monkeypatch) -> None:
+VARIANTS = [{}, {"kind": "mlp"}, {"tokens": "neuron", "theta_tokens": "separate"}, {"conditioning": "tokens"}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["layer", "mlp", "neuron-separate", "cond-tokens"])
+@pytest.mark.parametrize(("average", "guidance"), [(1, 1.0), (4, 1.5)])
+def test_cpu_sampling_in_activation_sized_calls_gives_the_same_draws(variant, average, guidance, monkeypatch) -> None:
     """DDIM on the CPU runs in calls of about SAMPLE_CHUNK_ACTIVATIONS_CPU activation values (one large call
     page-faults on every fresh allocation); the draws are one call's up to float rounding. DDPM, whose noise
     is drawn step by step, is not split so."""
-    gen = _generator(True)
+    gen = _generator(True, **variant)
     theta, m = _inits(13, b=7)
     prompt = torch.linspace(50.0, 450.0, 7)
     draw = lambda method: gen.sample(  # noqa: E731
-        theta, m, prompt, steps=5, method=method, generator=torch.Generator().manual_seed(7), average=average
+        theta,
+        m,
+        prompt,
+        steps=5,
+        method=method,
+        guidance=guidance,
+        generator=torch.Generator().manual_seed(7),
+        average=average,
     )
     whole, whole_ddpm = draw("ddim"), draw("ddpm")
-    per_draw = generator_module.activations_per_draw(gen.model, D)
+    per_draw = generator_module.activations_per_draw(gen.model, D, guidance)
     assert per_draw >= D and generator_module.activations_per_draw(torch.nn.Linear(2, 2), D) == D
     calls = []
     model_fn = gen._model_fn
@@ -363,6 +374,20 @@ def test_cpu_sampling_in_activation_sized_calls_gives_the_same_draws(average: in
     calls.clear()
     torch.testing.assert_close(draw("ddpm"), whole_ddpm)
     assert len(calls) == 1
+
+
+def test_the_activation_count_follows_the_sequence_each_block_sees() -> None:
+    """Separate θ tokens double the sequence, conditioning tokens add four, guidance doubles the batch."""
+    fused, separate = (
+        _generator(True, tokens="neuron").model,
+        _generator(True, tokens="neuron", theta_tokens="separate").model,
+    )
+    tokens = _generator(True, tokens="neuron", conditioning="tokens").model
+    n = fused.tokenizer.num_tokens
+    assert (fused.sequence_length, separate.sequence_length, tokens.sequence_length) == (n, 2 * n, n + 4)
+    count = generator_module.activations_per_draw
+    assert count(separate, D) == 2 * count(fused, D) and count(fused, D, guidance=1.5) == 2 * count(fused, D)
+    assert count(fused, D) == max(D, n * fused.config.width * max(3, int(fused.config.mlp_ratio)))
 
 
 def test_the_raw_sampler_takes_numbers_for_the_metrics_and_refuses_what_it_cannot_use() -> None:

@@ -683,6 +683,35 @@ def test_training_refuses_another_tasks_data_or_run_naming_both_tasks(experiment
     assert len(err.splitlines()) == 1 and "holds a generator trained for acrobot" in err and "--restart" in err, err
 
 
+def test_a_network_that_fails_in_recursive_prompting_stays_failed_and_the_sweep_finishes(
+    experiment, tmp_path, monkeypatch
+):
+    """The sampler refuses non-finite inputs: a network that fails at step 1 had crashed the sweep at step 2,
+    before report.json. It now stays failed, scored as the worst prompt, and the others go on."""
+    import rl_gpt.sweep.run
+
+    real = rl_gpt.sweep.run.run_prompts
+    calls = []
+
+    def one_fails(gen, ref, theta, metric, cond, samples, *rest):
+        out = real(gen, ref, theta, metric, cond, samples, *rest)
+        if len(cond) == 1:  # a recursive step (the sweep's own calls have 3 prompts)
+            calls.append(len(theta))
+            if len(calls) == 1:
+                out[1] = math.nan
+        return out
+
+    monkeypatch.setattr(rl_gpt.sweep.run, "run_prompts", one_fails)
+    out = tmp_path / "sweep"
+    args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=2", "prompts=3", "samples=1"]
+    assert main([*args, "episodes=2", "sweep.recursive=3", "sweep.rerank=1", *QUIET]) == 0
+    recursive = json.loads((out / "report.json").read_text())["recursive"]
+    assert recursive["failed_fraction"] == [0.0, 0.5, 0.5, 0.5]
+    assert calls == [2, 1, 1]  # only the live network is updated again
+    prompts = json.loads((out / "report.json").read_text())["prompts"]
+    assert all(math.isfinite(v) and v >= min(prompts) / 2 for v in recursive["mean_return"])
+
+
 def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, monkeypatch):
     import rl_gpt.sweep.run
 

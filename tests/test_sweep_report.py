@@ -129,6 +129,19 @@ def test_a_sweep_logs_its_headline_numbers_and_keeps_its_report_when_wandb_fails
         raise ConfigError("W&B: Failed to get resume status")
 
     monkeypatch.setattr("rl_gpt.wandb_run.start_run", unreachable)
-    report |= {"config": {}, "model": str(tmp_path), "model_step": 10, "model_save_id": "x"}
-    _log_wandb(load_config("digits"), report, tmp_path, {})  # said, not raised: the report is already saved
-    assert "the sweep is saved in" in capsys.readouterr().err
+    report |= {"config": {}, "model": str(tmp_path / "model"), "model_step": 10, "model_save_id": "x"}
+    _log_wandb(load_config("digits"), report, tmp_path, {}, tmp_path)  # said, not raised: the report is saved
+    assert "W&B logging failed (W&B: Failed to get resume status); the sweep is saved in" in capsys.readouterr().err
+
+    class Broken:  # a run that opens, then fails to log (the server gone mid-way)
+        def log(self, data):
+            raise OSError("connection reset")
+
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "sweep.png")  # the sweep's plot, which the run logs
+    asked = {}
+    monkeypatch.setattr("rl_gpt.wandb_run.start_run", lambda *a, **k: asked.update(k) or Broken())
+    _log_wandb(load_config("digits"), report, tmp_path, {}, tmp_path)
+    assert "W&B logging failed (connection reset)" in capsys.readouterr().err
+    assert asked["experiment"] == tmp_path.name  # the model's experiment, not a saved config's `out`

@@ -194,7 +194,7 @@ def _collect_into(
     )
     checkpoints = 0
     start = time.time()
-    log = None
+    log, completed = None, False
     try:  # from here a Ctrl-C (also while SB3 is still being imported) says what is stored
         job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
         step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
@@ -215,6 +215,7 @@ def _collect_into(
                 bar.set_postfix(checkpoints=checkpoints, **_last_metric(cfg, result.meta), refresh=False)
                 bar.update(1)
         total = writer.consolidate()  # within the try: a Ctrl-C here, after the last run, still says so
+        completed = True
     except KeyboardInterrupt:
         # A second Ctrl-C (or SIGTERM) waits until what is stored has been said.
         notice = f"saving what is stored in {root} before stopping; this Ctrl-C (or SIGTERM) waits until then"
@@ -230,7 +231,7 @@ def _collect_into(
     finally:
         bar.close()
         if log is not None:
-            log.finish(failed=sys.exc_info()[0] is not None)  # a stopped collection is not a finished one
+            log.finish(failed=not completed)  # a stopped collection is not a finished one
     if progress:
         beyond = len([r for r in done if r >= cfg.collect.runs])
         held = f" ({len(done) + len(todo)} runs: runs={cfg.collect.runs} asks for fewer)" if beyond else ""

@@ -124,6 +124,13 @@ class DiT(nn.Module):
         self.ada_final = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width)) if self.adaln else None
         self._init_weights()
 
+    @property
+    def sequence_length(self) -> int:
+        """Tokens each block sees: the parameter tokens (twice with separate θ tokens), and the four
+        conditioning tokens unless they modulate (adaLN)."""
+        n = self.tokenizer.num_tokens * (1 if self.fused else 2)
+        return n if self.adaln else n + 4
+
     def _init_weights(self) -> None:
         # DiT: xavier for the transformer's linears, zero for every modulation (adaLN-Zero).
         for block in self.blocks:

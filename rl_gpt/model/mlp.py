@@ -57,6 +57,11 @@ class ResidualMLP(nn.Module):
         nn.init.zeros_(self.output.weight)  # untrained: f = 0, so residual models return θ
         nn.init.zeros_(self.output.bias)
 
+    @property
+    def sequence_length(self) -> int:
+        """One hidden vector per sample: the count a transformer's tokens stand in for."""
+        return 1
+
     def forward(
         self,
         x_t: torch.Tensor,

@@ -37,7 +37,7 @@ from rl_gpt.train.probe import choose_candidates, prompt_grid, run_prompts, samp
 from rl_gpt.train.ranker import MetricRanker, ranker_for
 from rl_gpt.wandb_run import check_login
 
-__all__ = ["sweep"]
+__all__ = ["count_failed_as", "sweep", "sweep_summary"]
 
 
 def count_failed_as(worst: float, achieved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,17 +247,30 @@ def sweep(
         t = time.time()
         if sc.recursive:
             say(f"recursive prompting, {sc.recursive} steps ...")
-        theta, metric, curve, failed_curve = inits, init_m, [float(init_metric.mean())], [0.0]
         worst = float(prompts.min() if higher else prompts.max())
+        scored, failed = count_failed_as(worst, init_metric)
+        theta, metric, curve, failed_curve = inits, init_m, [float(scored.mean())], [float(failed.double().mean())]
         for i in range(sc.recursive):
+            # A network that failed (non-finite weights or metric) is not updated again: the sampler refuses
+            # non-finite inputs. It stays failed, scored as the worst prompt, as the one-step mean scores it.
+            alive = torch.isfinite(theta).all(1) & torch.isfinite(metric)
             step = cond[best : best + 1]
             sampler = (sc.steps, sc.guidance, sc.seed + 3, sc.average, ranker, sc.rerank)
-            theta = run_prompts(gen, None, theta, metric, step, 1, *sampler)[:, 0, 0]
-            scored, failed = count_failed_as(worst, evaluate(theta, sc.seed + 4))  # as the one-step mean counts them
+            updated = torch.full_like(theta, math.nan)
+            reached = torch.full((len(theta),), math.nan, dtype=init_metric.dtype, device=init_metric.device)
+            if alive.any():
+                rows = slice(None) if alive.all() else alive  # all alive: the same batches and draws as ever
+                updated[rows] = run_prompts(gen, None, theta[rows], metric[rows], step, 1, *sampler)[:, 0, 0]
+                reached[rows] = evaluate(updated[rows], sc.seed + 4).to(reached)
+            theta = updated
+            scored, failed = count_failed_as(worst, reached)
             curve.append(float(scored.mean()))
             failed_curve.append(float(failed.double().mean()))
             if i + 1 < sc.recursive:  # the next step's input; the last step has none
-                metric = start_metric(ds, theta, train_runs, sc.episodes, device).float()
+                live = torch.isfinite(theta).all(1)
+                metric = torch.full_like(metric, math.nan)
+                if live.any():
+                    metric[live] = start_metric(ds, theta[live], train_runs, sc.episodes, device).to(metric)
         slices = ds.run_slices()
         # Real training, for scale: the data's mean curve, and the steps its runs took to reach one generated step.
         unit = "optimiser steps" if task.kind == "supervised" else "environment steps"
@@ -329,7 +342,7 @@ def sweep(
         from rl_gpt.sweep.plot import plot_sweep
 
         plot_sweep(report, out / "sweep.png")
-        _log_wandb(cfg, report, out, info["meta"].get("config") or {})
+        _log_wandb(cfg, report, out, info["meta"].get("config") or {}, ds.root)
         return report
 
 
@@ -526,25 +539,31 @@ def _one_step_logged(report: dict[str, Any]) -> dict[str, float]:
     return logged
 
 
-def _log_wandb(cfg: ExperimentConfig, report: dict[str, Any], out: Path, model_config: dict[str, Any]) -> None:
-    """The sweep as a W&B run: config to compare sweeps by (the model's own settings, which weights were
-    swept, the sweep's settings), its headline numbers as the summary, and the plot. The report is saved
-    before this: if W&B cannot be reached, say so and keep the sweep's result."""
-    from rl_gpt.wandb_run import start_run
+def _log_wandb(
+    cfg: ExperimentConfig, report: dict[str, Any], out: Path, model_config: dict[str, Any], dataset_dir: Path
+) -> None:
+    """The sweep as a W&B run: config to compare sweeps by (the model's own settings with its dataset's
+    task and collect sections, which weights were swept, the sweep's settings), its headline numbers as
+    the summary, and the plot. Grouped with the model's experiment (the folder holding ``model/``), which
+    a saved config's ``out`` may no longer name. The report is saved before this: if W&B fails, say so
+    and keep the sweep's result."""
+    from rl_gpt.wandb_run import start_run, with_dataset_sections
 
     model = {"path": report["model"], "step": report.get("model_step"), "save_id": report.get("model_save_id")}
-    config = {k: v for k, v in model_config.items() if k != "wandb"} | {"sweep": report["config"], "model": model}
+    config = with_dataset_sections({k: v for k, v in model_config.items() if k != "wandb"}, dataset_dir)
+    config |= {"sweep": report["config"], "model": model}
+    experiment = Path(report["model"]).parent.name or None
     try:
-        run = start_run(cfg, "sweep", out, config)
-    except ConfigError as exc:
-        print(f"{exc}; the sweep is saved in {out} (report.json), it only was not logged to W&B", file=sys.stderr)
-        return
-    if run is None:
-        return
-    import wandb
+        run = start_run(cfg, "sweep", out, config, experiment=experiment)
+        if run is None:
+            return
+        import wandb
 
-    run.log({**sweep_summary(report), "sweep": wandb.Image(str(out / "sweep.png"))})
-    run.finish()
+        run.log({**sweep_summary(report), "sweep": wandb.Image(str(out / "sweep.png"))})
+        run.finish()
+    except Exception as exc:  # noqa: BLE001 - any W&B failure: the sweep's result is saved and stays so
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"W&B logging failed ({first}); the sweep is saved in {out} (report.json)", file=sys.stderr)
 
 
 def sweep_summary(report: dict[str, Any]) -> dict[str, float]:
@@ -554,8 +573,8 @@ def sweep_summary(report: dict[str, Any]) -> dict[str, float]:
     low, high = report.get("prompt_alignment_r2_ci95") or (None, None)
     logged |= {"prompt_alignment_r2_ci95_low": low, "prompt_alignment_r2_ci95_high": high}
     logged["failed_fraction"] = report.get("failed_fraction")
-    if "rerank" in report:
-        logged["prompt_alignment_r2_unranked"] = report["rerank"]["without_rerank"]["prompt_alignment_r2"]
+    unranked = (report.get("rerank") or {}).get("without_rerank") or {}
+    logged["prompt_alignment_r2_unranked"] = unranked.get("prompt_alignment_r2")
     for name, baseline in (report.get("baselines") or {}).items():
         logged[f"{name}/prompt_alignment_r2"] = baseline.get("prompt_alignment_r2")
     for name, value in (report.get("novelty") or {}).items():

@@ -25,28 +25,31 @@ from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion, guided, sample
 from rl_gpt.layout import Layout
 
-__all__ = ["ParameterGenerator"]
+__all__ = ["SAMPLE_CHUNK_ACTIVATIONS_CPU", "SAMPLE_CHUNK_VALUES", "ParameterGenerator", "activations_per_draw"]
 
 # Parameter values one sampling call holds (rows x average x D). The denoiser's activations are
 # ~20x that: a sweep of 64 MNIST inits x 10 prompts x 2 samples x 8 averaged x 4 candidates in one
 # call (~26 GB) was killed; in calls of this size it peaked at 5.5 GB (the whole batch's starting
 # noise and output are still held at once).
 SAMPLE_CHUNK_VALUES = 1 << 25
-# On the CPU, DDIM calls are also kept to about this many activation values (draws x tokens x width x
-# the blocks' MLP ratio). Each layer allocates its output afresh, and an allocation past glibc's mmap
-# threshold maps new pages that the kernel zeroes on first touch, so one large call spends much of its
-# time in page faults (docs/benchmarks.md, scripts/bench_sampling.py). DDIM is deterministic given its
-# starting noise, so the split changes nothing but float rounding.
-SAMPLE_CHUNK_ACTIVATIONS_CPU = 1 << 19
+# On the CPU, DDIM calls are also kept to about this many activation values (see activations_per_draw).
+# Each layer allocates its output afresh, and an allocation past glibc's mmap threshold maps new pages
+# that the kernel zeroes on first touch, so one large call spends much of its time in page faults
+# (docs/benchmarks.md, scripts/bench_sampling.py: 1.5-1.8x on both demos' sweeps). DDIM is deterministic
+# given its starting noise, so the split changes the draws by float rounding at most.
+SAMPLE_CHUNK_ACTIVATIONS_CPU = 3 << 19
 
 
-def activations_per_draw(model: nn.Module, numel: int) -> int:
-    """Roughly the largest activation one draw makes in ``model`` (tokens x width x MLP ratio), in values."""
+def activations_per_draw(model: nn.Module, numel: int, guidance: float = 1.0) -> int:
+    """Roughly the largest activation one draw makes in ``model``, in values: tokens x width x the larger
+    of the MLP ratio and 3 (attention's q, k and v), twice under guidance (each step runs the model on
+    the conditional and the unconditional batch)."""
     config = getattr(model, "config", None)
-    if config is None:  # not one of rl_gpt's denoisers: its size is unknown, count the parameters generated
+    length = getattr(model, "sequence_length", None)
+    if config is None or length is None:  # not one of rl_gpt's denoisers: its size is unknown
         return numel
-    tokens = getattr(getattr(model, "tokenizer", None), "num_tokens", 1)
-    return max(numel, int(tokens * config.width * max(1.0, config.mlp_ratio)))
+    per_draw = int(length * config.width * max(3.0, config.mlp_ratio)) * (1 if guidance == 1.0 else 2)
+    return max(numel, per_draw)
 
 
 class ParameterGenerator:
@@ -224,7 +227,7 @@ class ParameterGenerator:
         b, d = theta.shape
         rows = max(1, SAMPLE_CHUNK_VALUES // (average * d))
         if method == "ddim" and theta.device.type == "cpu":  # deterministic given x_T: the split changes nothing
-            per_draw = activations_per_draw(self.model if model is None else model, d)
+            per_draw = activations_per_draw(self.model if model is None else model, d, guidance)
             rows = min(rows, max(1, SAMPLE_CHUNK_ACTIVATIONS_CPU // (average * per_draw)))
         if b > rows:
             if x_T is None:  # the whole batch's noise, in the order one call would draw it

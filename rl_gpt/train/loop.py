@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig, dump_yaml, load_config, to_dict
+from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
@@ -565,20 +565,7 @@ def _final_alignment(
 
 
 def _wandb_init(cfg: ExperimentConfig, resume: bool) -> Any:
-    from rl_gpt.wandb_run import start_run
+    from rl_gpt.wandb_run import start_run, with_dataset_sections
 
-    return start_run(cfg, "train", cfg.model_dir, logged_config(cfg), resume=resume)
-
-
-def logged_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The config a training run logs: its own, with the ``task`` and ``collect`` sections the dataset was
-    collected with (the preset's may differ: ``runs=8`` or other hyperparameters at collection), so runs
-    filter by the data they learnt from. The preset's stand where the dataset's config cannot be read."""
-    config = to_dict(cfg)
-    try:
-        with warnings.catch_warnings():  # read for its values only: its warnings were said when it was collected
-            warnings.simplefilter("ignore")
-            collected = to_dict(load_config(Path(cfg.dataset_dir) / "config.yaml"))
-    except (ConfigError, OSError):
-        return config
-    return config | {"task": collected["task"], "collect": collected["collect"]}
+    config = with_dataset_sections(to_dict(cfg), cfg.dataset_dir)  # the data's task and collect sections
+    return start_run(cfg, "train", cfg.model_dir, config, resume=resume)
