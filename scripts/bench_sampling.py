@@ -20,26 +20,20 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import rl_gpt.train.generator as generator_module
 from rl_gpt.dataset.pairs import Normalizer
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.layout import LayerSpec, Layout
 from rl_gpt.model import build_model
 from rl_gpt.train.generator import ParameterGenerator
 
-CARTPOLE = Layout.build(
-    {
-        "mlp_extractor.policy_net.0.weight": (16, 4),
-        "mlp_extractor.policy_net.0.bias": (16,),
-        "action_net.weight": (2, 16),
-        "action_net.bias": (2,),
-    },
-    [LayerSpec("mlp_extractor.policy_net.0", None, "h0", "tanh"), LayerSpec("action_net", "h0", None)],
-)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from anywhere: the sibling benchmark's layout
+from bench_generator import LAYOUT as CARTPOLE  # noqa: E402 - the CartPole demo actor, 4 -> 16 -> 2
 
 TASKS = {  # layout, model overrides, networks, draws averaged, guidance: as the demos' sweeps sample
     "digits": (None, {"width": 128, "heads": 4, "depth": 2, "metric_frequency": 1000.0}, 1280, 8, 1.5),
