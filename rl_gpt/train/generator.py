@@ -215,7 +215,7 @@ class ParameterGenerator:
         ``x_T`` (B·average, D), row i's draws adjacent, is the starting noise; by default it is drawn
         from ``generator``. Large batches run in several calls (``SAMPLE_CHUNK_VALUES``; DDIM on the CPU
         also ``SAMPLE_CHUNK_ACTIVATIONS_CPU``) with the noise drawn for the whole batch first, so DDIM
-        samples do not depend on the split.
+        samples depend on the split by float rounding at most.
 
         This is the raw sampler: prompts are used as given (no calibration, no clamping to the training
         range) and m must be measured as the dataset's labels were. ``rl_gpt.generate.generate_params``
@@ -226,7 +226,7 @@ class ParameterGenerator:
         theta, metric, prompt = self._checked_inputs(theta, metric, prompt)
         b, d = theta.shape
         rows = max(1, SAMPLE_CHUNK_VALUES // (average * d))
-        if method == "ddim" and theta.device.type == "cpu":  # deterministic given x_T: the split changes nothing
+        if method == "ddim" and theta.device.type == "cpu":  # deterministic given x_T: the split only rounds
             per_draw = activations_per_draw(self.model if model is None else model, d, guidance)
             rows = min(rows, max(1, SAMPLE_CHUNK_ACTIVATIONS_CPU // (average * per_draw)))
         if b > rows:
