@@ -649,6 +649,35 @@ def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monke
     assert len(probes) == 3 and len(calls) == 6  # every step, for training and held-out inits
 
 
+def test_throughput_leaves_out_probe_time(experiment, tmp_path, monkeypatch):
+    import types
+
+    import rl_gpt.train.loop
+
+    now = [0.0]
+
+    def clock() -> float:  # 10 ms between any two readings, and 1,000 s inside each probe
+        now[0] += 0.01
+        return now[0]
+
+    def slow_probe(*args, **kwargs) -> float:
+        now[0] += 1000.0
+        return 0.5
+
+    logged: list[dict] = []
+    recorder = types.SimpleNamespace(log=lambda data, step=None: logged.append(data), finish=lambda: None)
+    monkeypatch.setattr(rl_gpt.train.loop, "time", types.SimpleNamespace(time=clock))
+    monkeypatch.setattr(rl_gpt.train.loop, "quick_alignment", slow_probe)
+    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg, resume: recorder)
+    out = tmp_path / "rate"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = [*TINY_MODEL, "train.probe_every_s=1e-9", "train.final_probe=false", "train.log_every=1", "steps=3"]
+    assert main(["train", "cartpole", f"out={out}", *args, *QUIET]) == 0
+    rates = [d["samples_per_s"] for d in logged if "samples_per_s" in d]
+    # 32 pairs a step over a few clock readings: hundreds a second; counting the probes would give < 0.1
+    assert len(rates) == 3 and min(rates) > 32, rates
+
+
 def test_resume_after_a_registry_change_is_one_line(experiment, tmp_path, monkeypatch, capsys):
     from dataclasses import replace
 

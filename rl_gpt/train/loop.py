@@ -328,7 +328,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         total=tc.steps, initial=step, desc="train", disable=not (progress and main_proc), dynamic_ncols=True
     )
     last_probe = time.time()
-    t0, seen = time.time(), 0
+    # Throughput counts training steps only: probes and checkpoints (seconds each) would make it wander.
+    t0, seen, not_training = time.time(), 0, 0.0
     try:
         while step < tc.steps:
             # Every random stream starts each step from (seed, rank, step) alone: a resumed run draws what
@@ -372,7 +373,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             seen += tc.batch * world
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
-                rate = seen / (time.time() - t0)
+                rate = seen / max(time.time() - t0 - not_training, 1e-9)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", refresh=False)
                 logged = {
                     "loss": loss.item(),
@@ -385,10 +386,14 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                     run.log(logged | {"samples_per_s": rate}, step=step)
             # The probe only feeds W&B: without a run (disabled, or a DDP rank > 0) it would be wasted work.
             if run is not None and tc.probe_every_s > 0 and time.time() - last_probe > tc.probe_every_s:
+                began = time.time()
                 _probe(cfg, gen, ema, ds, train_runs, test_runs, run, step)
                 last_probe = time.time()
+                not_training += last_probe - began
             if step % tc.ckpt_every == 0:
+                began = time.time()
                 checkpoint()
+                not_training += time.time() - began
     except KeyboardInterrupt:
         # A second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said.
         notice = f"saving the checkpoint in {out} before stopping; this Ctrl-C (or SIGTERM) waits until then"
