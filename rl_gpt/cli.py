@@ -151,9 +151,10 @@ def _logging_as_asked(config: dict[str, Any], args: argparse.Namespace) -> dict[
         return config
     kept = {k: v for k, v in saved.items() if k not in ("mode", "entity") or (k == "mode" and v != "online")}
     asked = os.environ.get("WANDB_MODE") or any(o.startswith(("wandb.mode=", "wandb=")) for o in args.overrides)
-    if saved.get("mode") == "online" and not asked and args.command == "sweep":  # calibrate logs nothing
+    logging = {"sweep": "sweep", "calibrate": "calibration"}.get(args.command)  # generate logs nothing
+    if saved.get("mode") == "online" and not asked and logging:
         print(
-            f"{args.model} was trained with wandb.mode=online; this sweep logs offline unless asked "
+            f"{args.model} was trained with wandb.mode=online; this {logging} logs offline unless asked "
             "(wandb.mode=online, and wandb.entity=... for a team)",
             file=sys.stderr,
         )

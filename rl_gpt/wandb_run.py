@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 from rl_gpt.config import ConfigError, ExperimentConfig
 from rl_gpt.io import atomic_write_text
 
-__all__ = ["CollectionLog", "check_login", "project_name", "start_run", "with_dataset_sections"]
+__all__ = ["CollectionLog", "check_login", "log_result", "project_name", "start_run", "with_dataset_sections"]
 
 
 def check_login(cfg: ExperimentConfig) -> None:
@@ -104,6 +105,35 @@ def start_run(
     id_file.parent.mkdir(parents=True, exist_ok=True)  # wandb makes it for its own files; this needs no such luck
     atomic_write_text(id_file, run_id)
     return run
+
+
+def log_result(
+    cfg: ExperimentConfig,
+    stage: str,
+    directory: str | Path,
+    config: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    images: Mapping[str, str | Path],
+    experiment: str | None,
+    saved: str,
+) -> None:
+    """A finished stage's result as one short W&B run: ``config``, ``summary`` and the ``images`` that exist.
+
+    Called after the result is written to disk, so any W&B failure (no network, a full disk under
+    ``wandb/``) prints one line naming where the result is kept (``saved``) and the command goes on.
+    """
+    try:
+        run = start_run(cfg, stage, directory, config, experiment=experiment)
+        if run is None:
+            return
+        import wandb
+
+        pictures = {name: wandb.Image(str(path)) for name, path in images.items() if Path(path).is_file()}
+        run.log({**summary, **pictures})
+        run.finish()
+    except Exception as exc:  # noqa: BLE001 - any W&B failure: the stage's result is saved and stays so
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        print(f"W&B logging failed ({first}); {saved}", file=sys.stderr)
 
 
 def _saved_run_id(path: Path) -> str | None:

@@ -479,7 +479,9 @@ def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, cap
     monkeypatch.setenv("WANDB_MODE", "online")
     assert config().wandb.mode == "online" and capsys.readouterr().err == ""
     monkeypatch.delenv("WANDB_MODE")
-    assert config(command="calibrate").wandb.mode == "offline" and capsys.readouterr().err == ""  # logs nothing
+    assert config(command="calibrate").wandb.mode == "offline"  # it logs too, so it says so as a sweep does
+    assert "this calibration logs offline unless asked" in capsys.readouterr().err
+    assert config(command="generate").wandb.mode == "offline" and capsys.readouterr().err == ""  # logs nothing
     (model / "config.yaml").write_text("wandb:\n  mode: disabled\n")  # the quieter choices are kept
     assert config().wandb.mode == "disabled"
     (model / "config.yaml").write_text("wandb: {mode: offline, project: rl_gpt}\n")  # written out before session 33

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -650,8 +651,6 @@ def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monke
 
 
 def test_throughput_leaves_out_probe_time(experiment, tmp_path, monkeypatch):
-    import types
-
     import rl_gpt.train.loop
 
     now = [0.0]
@@ -914,14 +913,35 @@ def test_a_flat_calibration_is_said_to_change_nothing(experiment, tmp_path, monk
     with pytest.warns(UserWarning, match=r"\(mean 42\), so this calibration changes no prompt"):
         assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", *QUIET]) == 0
 
+    # logged as W&B users compare calibrations: beside the model's training run, with what it measured
+    pytest.importorskip("wandb")
+    opened, logged = [], []
+    recorder = types.SimpleNamespace(log=logged.append, finish=lambda: None)
+    monkeypatch.setattr("rl_gpt.wandb_run.start_run", lambda *a, **k: opened.append((a, k)) or recorder)
+    with pytest.warns(UserWarning, match="changes no prompt"):
+        assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", "-q"]) == 0
+    (_, stage, directory, config), kwargs = opened[0]
+    assert stage == "calibrate" and Path(directory) == model and kwargs["experiment"] == tmp_path.name
+    assert config["sweep"]["guidance"] == 2.0 and config["sweep"]["inits"] == 2 and config["model"]["step"] > 0
+    assert config["task"]["name"] == "cartpole" and "wandb" not in config
+    summary = logged[0]
+    assert summary["calibration/applied"] is False and summary["calibration/failed_fraction"] == 0.0
+    assert "calibration" in summary  # its plot
+
 
 def test_train_calibrate_measures_the_calibration_after_training(experiment, tmp_path):
     out = tmp_path / "run"
     args = ["train", "cartpole", f"out={out}", f"dataset={experiment / 'dataset'}", "steps=4", *TINY_MODEL]
     args += ["train.calibrate=true", "sweep.calibration_inits=2", "sweep.calibration_prompts=3", "sweep.episodes=2"]
-    assert main([*args, *QUIET]) == 0
+    pytest.importorskip("wandb")
+    assert main([*args, "wandb.mode=offline", "-q"]) == 0
     cal = json.loads((out / "model" / "calibration.json").read_text())
     assert len(cal["prompts"]) == 3 and cal["meta"]["episodes"] == 2
+    # two offline W&B runs beside the model, one per stage
+    assert {p.name for p in (out / "model" / "wandb").glob("*.run_id")} == {
+        "train-cartpole.run_id",
+        "calibrate-cartpole.run_id",
+    }
 
 
 def test_start_metric_reproduces_the_datasets_own_labels(experiment):

@@ -16,7 +16,7 @@ import torch
 from rl_gpt.config import ExperimentConfig
 from rl_gpt.devices import resolve_device
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
-from rl_gpt.io import ensure_writable_dir
+from rl_gpt.io import SAVE_ID, ensure_writable_dir
 from rl_gpt.sweep.plot import plot_calibration
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
@@ -95,7 +95,38 @@ def calibrate(
     if progress:
         pairs = ", ".join(f"{a:.4g}->{b:.4g}" for a, b in zip(cal.prompts, cal.achieved, strict=True))
         print(f"prompt -> mean achieved: {pairs}\ncalibration written to {path} (plot: {picture})")
+    _log_wandb(cfg, cal, Path(model_dir), info, ds.root, picture)
     return cal
+
+
+def _log_wandb(
+    cfg: ExperimentConfig,
+    cal: PromptCalibration,
+    model_dir: Path,
+    info: dict[str, Any],
+    dataset_dir: Path,
+    picture: Path,
+) -> None:
+    """The calibration as a W&B run beside the model's training run (same group): what it measured with,
+    whether its prompts rose (Spearman), whether it changes any prompt, and its plot."""
+    from rl_gpt.wandb_run import log_result, with_dataset_sections
+
+    model_config = {k: v for k, v in (info["meta"].get("config") or {}).items() if k != "wandb"}
+    config = with_dataset_sections(model_config, dataset_dir)
+    model = {"path": str(model_dir), "step": info["meta"].get("step"), "save_id": info.get(SAVE_ID)}
+    config |= {"sweep": {**cal.sampler, **{k: v for k, v in cal.meta.items() if k != "runs"}}, "model": model}
+    summary = {
+        "calibration/applied": len(set(cal.fitted)) > 1,  # a flat fit changes no prompt
+        "calibration/spearman_rho": cal.meta.get("spearman_rho"),
+        "calibration/spearman_p": cal.meta.get("spearman_p"),
+        "calibration/failed_fraction": cal.meta.get("failed_fraction"),
+        "calibration/seconds": cal.meta.get("seconds"),
+    }
+    summary = {key: value for key, value in summary.items() if value is not None}
+    images = {"calibration": picture}  # left out if its plot could not be drawn
+    experiment = model_dir.resolve().parent.name or None
+    saved = f"the calibration is saved in {model_dir / 'calibration.json'}"
+    log_result(cfg, "calibrate", model_dir, config, summary, images, experiment, saved)
 
 
 def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:

@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -547,23 +546,23 @@ def _log_wandb(
     the summary, and the plot. Grouped with the model's experiment (the folder holding ``model/``), which
     a saved config's ``out`` may no longer name. The report is saved before this: if W&B fails, say so
     and keep the sweep's result."""
-    from rl_gpt.wandb_run import start_run, with_dataset_sections
+    from rl_gpt.wandb_run import log_result, with_dataset_sections
 
     model = {"path": report["model"], "step": report.get("model_step"), "save_id": report.get("model_save_id")}
     config = with_dataset_sections({k: v for k, v in model_config.items() if k != "wandb"}, dataset_dir)
     config |= {"sweep": report["config"], "model": model}
     experiment = Path(report["model"]).parent.name or None
-    try:
-        run = start_run(cfg, "sweep", out, config, experiment=experiment)
-        if run is None:
-            return
-        import wandb
-
-        run.log({**sweep_summary(report), "sweep": wandb.Image(str(out / "sweep.png"))})
-        run.finish()
-    except Exception as exc:  # noqa: BLE001 - any W&B failure: the sweep's result is saved and stays so
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"W&B logging failed ({first}); the sweep is saved in {out} (report.json)", file=sys.stderr)
+    images = {"sweep": out / "sweep.png"}
+    log_result(
+        cfg,
+        "sweep",
+        out,
+        config,
+        sweep_summary(report),
+        images,
+        experiment,
+        f"the sweep is saved in {out} (report.json)",
+    )
 
 
 def sweep_summary(report: dict[str, Any]) -> dict[str, float]:
