@@ -366,6 +366,7 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     assert [e["runs_finished"] for e in per_run] == [1, 2] == [e["_step"] for e in per_run]
     finals = {int(r): float(td["metric"][td["run"] == r][-1]) for r in (0, 1)}
     assert {e["run"]: e["final_test_loss"] for e in per_run} == pytest.approx(finals)
+    assert all(e["runs_in_batch"] >= 1 for e in per_run)  # the runs that shared the logged train_time
     charted = next(e for e in logged if "curves/test_loss" in e)
     chart = charted["curves/test_loss"]
     assert chart["keys"] == ["run 0", "run 1"] and chart["xs"][0] == [0, 20, 40, 60]

@@ -258,7 +258,8 @@ WANDB_SERIES = {
     "test_error": "test_error",
     "train_loss": "train_loss",
 }
-WANDB_SUMMARY = ("train_time", "eval_time", "invalid_checkpoints")
+# runs_in_batch: a supervised run's times are its batch's (its runs train together), so say how many shared them
+WANDB_SUMMARY = ("train_time", "eval_time", "runs_in_batch", "invalid_checkpoints")
 
 
 def _wandb_entry(
