@@ -236,6 +236,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
         steps=args.steps,
         episodes=args.episodes,
         dataset=args.dataset,
+        data_root=args.data_root,
         average=args.average,
         calibrated=not args.no_calibration,
         extrapolate=args.extrapolate,

@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", default=None, help="use this dataset (it must hold the model's runs) instead of the recorded one"
     )
     p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder of the MNIST / CIFAR-10 files classifiers are tested on (default: where they were collected)",
+    )
+    p.add_argument(
         "--steps", type=_count, default=None, help="diffusion sampling steps (default: the model's sweep.steps)"
     )
     p.add_argument(

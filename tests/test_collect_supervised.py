@@ -24,6 +24,7 @@ from rl_gpt.supervised.data import MNIST_FILES
 from rl_gpt.supervised.metric import supervised_metric
 
 # 60 optimiser steps, a checkpoint every 20: 4 checkpoints per run (steps 0, 20, 40, 60)
+QUIET = ["wandb.mode=disabled", "-q"]
 TINY = ["wandb.mode=disabled", "-q", "task.hyperparams.steps=60", "collect.checkpoint_every=20"]
 
 
@@ -190,6 +191,41 @@ def test_mnist_collects_from_a_data_root(tmp_path, monkeypatch, capsys):
     assert f"holds runs trained on other data than task.data_root={tmp_path / 'other'}" in capsys.readouterr().err
 
 
+def test_moved_data_files_are_found_where_the_command_says(tmp_path, monkeypatch, capsys):
+    """A dataset records where its files were; after they move (or the dataset does), every command takes
+    task.data_root (--data-root) and checks, before its work, that the folder holds the same data."""
+    _write_mnist(tmp_path / "mnist")
+    monkeypatch.chdir(tmp_path)
+    data = ["workers=1", "task.hyperparams={steps: 8, batch_size: 16}", "collect.checkpoint_every=4"]
+    assert main(["collect", "mnist", "out=exp", "runs=4", "task.data_root=mnist", *data, *QUIET]) == 0
+    tiny = ["steps=4", "model=mlp", "train.model_overrides={width: 16, depth: 1}", "batch=8", "train.probe_every_s=0"]
+    tiny += ["train.test_fraction=0.5", "train.calibrate=false"]
+    assert main(["train", "mnist", "out=exp", *tiny, *QUIET]) == 0
+    (tmp_path / "mnist").rename(tmp_path / "moved")
+    sweep = ["sweep", "mnist", "out=exp", "inits=2", "prompts=3", "samples=1", "sweep.rerank=1", "sweep.average=1"]
+    capsys.readouterr()
+    assert main([*sweep, *QUIET]) == 2  # said before any sampling, with what to pass
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"are not in {tmp_path / 'mnist'}" in err and "task.data_root=DIR" in err
+    assert main([*sweep, "task.data_root=moved", *QUIET]) == 0
+    assert main(["sweep", "--model", "exp/model", "--out", "s2", "inits=2", "prompts=3", "samples=1",
+                 "sweep.rerank=1", "sweep.average=1", "task.data_root=moved", *QUIET]) == 0  # fmt: skip
+    generate = ["generate", "--model", "exp/model", "--target-return", "2.0", "--out", "g"]
+    assert main(generate) == 2 and "--data-root DIR" in capsys.readouterr().err
+    assert main([*generate, "--data-root", "moved"]) == 0
+    assert json.loads((tmp_path / "g" / "generated.json").read_text())["policies"][0]["file"]
+    assert main(["evaluate", "exp/dataset:0:2", "--data-root", "moved"]) == 0
+    assert main(["evaluate", "g/classifier_000.safetensors"]) == 0  # the file records where its files are now
+    _write_mnist(tmp_path / "other", seed=1)  # files of the same names holding other data are refused
+    capsys.readouterr()
+    assert main([*sweep, "task.data_root=other", *QUIET]) == 2
+    assert f"task.data_root={tmp_path / 'other'} holds other mnist data" in capsys.readouterr().err
+    # extending the dataset needs no data_root: it was recorded (here: moved, by the last collection)
+    assert main(["collect", "mnist", "out=exp", "runs=5", "task.data_root=moved", *data, *QUIET]) == 0
+    assert main(["collect", "mnist", "out=exp", "runs=6", *data, *QUIET]) == 0
+    assert _load(tmp_path / "exp")[0]["run"].unique().numel() == 6
+
+
 def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):
     for name in MNIST_FILES.values():
         _write_idx(tmp_path / name, np.zeros(4, dtype=np.uint8))
@@ -227,6 +263,7 @@ def test_a_cut_cifar_batch_is_refused_before_the_dataset_folder_is_made(tmp_path
         ("digits", ["task.metric=return"], "task.metric: 'return' is not one of test_loss, test_error"),
         ("digits", ["task.network=resnet"], "task.network: 'resnet' is not a classifier"),
         ("mnist", ["task.data_root=."], "/train-images-idx3-ubyte[.gz] not found"),  # a folder without it
+        ("mnist", ["task.data_root=/etc/passwd"], "/etc/passwd is a file; pass the folder that holds"),
         ("digits", ["task.hyperparams.batch_size=2000"], "2000 is more than the 1437 training examples of digits"),
         ("digits", ["collect.sample_hyperparams={batch_size: [64, 4096]}"], "4096 is more than the 1437 training"),
         ("digits", ["task.env_id=iris"], "task.env_id: 'iris' is not the data set digits_mlp reads; set it to"),

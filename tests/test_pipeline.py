@@ -597,6 +597,23 @@ def test_ctrl_c_while_calibrating_after_training_says_what_is_kept(experiment, t
     assert (out / "model" / "model.safetensors").is_file()
 
 
+def test_ctrl_c_while_measuring_alignment_after_training_says_what_is_kept(experiment, tmp_path, monkeypatch, capsys):
+    import rl_gpt.train.loop
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rl_gpt.train.loop, "quick_alignment", ctrl_c)
+    out = tmp_path / "align"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", "steps=4", *TINY_MODEL, "train.final_probe=true", *QUIET]
+    assert main(args) == 130
+    assert "interrupted while measuring prompt alignment: the model in" in capsys.readouterr().err
+    assert (out / "model" / "model.safetensors").is_file() and not (out / "model" / "alignment.json").exists()
+    monkeypatch.undo()  # the same command measures it, and trains no further
+    assert main(args) == 0 and json.loads((out / "model" / "alignment.json").read_text())["step"] == 4
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(experiment, tmp_path):
     """`kill PID` (a scheduler's stop; also how to stop `nohup rl-gpt train &`, which ignores Ctrl-C)."""
     out = tmp_path / "term"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -139,6 +140,8 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
         check_rl_collection(cfg)
+    if cfg.task.kind == "supervised" and not cfg.task.data_root:  # extending a dataset: where its files were
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, data_root=_recorded_data_root(cfg)))
     if cfg.task.data_root:  # the spec and config.yaml are read by later commands, from other folders
         cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, data_root=_absolute(cfg.task.data_root)))
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
@@ -148,6 +151,17 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     option = cfg.dataset_option
     with exclusive_folder(ensure_writable_dir(cfg.dataset_dir, option), "collect", option) as root:
         return _collect_into(root, spec, cfg, run_fn, progress)
+
+
+def _recorded_data_root(cfg: ExperimentConfig) -> str | None:
+    """The ``task.data_root`` the dataset being extended was collected from, if any (its data is checked
+    against the spec's SHA-256 as a given folder's is)."""
+    try:
+        spec = json.loads((Path(cfg.dataset_dir) / "spec.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    root = (spec.get("task") or {}).get("data_root") if isinstance(spec, dict) else None
+    return root if isinstance(root, str) else None
 
 
 def _keep_checkpoint_timing(writer: DatasetWriter, option: str, adding: bool) -> None:

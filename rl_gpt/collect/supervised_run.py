@@ -11,7 +11,6 @@ counts optimiser steps.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -26,6 +25,7 @@ from rl_gpt.config import CollectConfig, ConfigError, ExperimentConfig, TaskConf
 from rl_gpt.dataset import task_record
 from rl_gpt.supervised import CLASSIFIERS, classifier_classes, classifier_layout, train_classifier_runs
 from rl_gpt.supervised.data import DATASETS, CorruptDataError, load_dataset_cached, require_files
+from rl_gpt.supervised.data_root import data_sha256
 from rl_gpt.supervised.evaluate import loops_over_models
 from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
 
@@ -81,6 +81,8 @@ def _check_task(cfg: ExperimentConfig, parse_files: bool = False) -> str:
                 f"task.data_root: {dataset} needs its files; run `rl-gpt data fetch {dataset} --root DIR` "
                 "and pass task.data_root=DIR"
             )
+        if Path(root).is_file():  # one of the files given for their folder
+            raise ConfigError(f"task.data_root: {root} is a file; pass the folder that holds {dataset}'s files")
         if not Path(root).is_dir():
             raise ConfigError(
                 f"task.data_root: {root} is not a folder; run `rl-gpt data fetch {dataset} --root {root}`"
@@ -278,15 +280,6 @@ def _run_result(
 _RL_ONLY_COLLECT = ("timesteps", "eval_episodes", "eval_seed")
 
 
-def _data_sha256(dataset: str, root: str | None) -> str:
-    """SHA-256 of the loaded data set: what a dataset's runs learnt from, wherever its files are now
-    (``task.data_root`` may change between collections; the data may not)."""
-    digest = hashlib.sha256()
-    for part in load_dataset_cached(dataset, root):
-        digest.update(part.contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     """The dataset spec of a supervised task: the RL spec's keys, describing a classifier instead of a policy."""
     dataset = _check_task(cfg, parse_files=True)  # the main process's check: damaged files are refused here
@@ -300,7 +293,7 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     spec = CLASSIFIERS[name]
     hp = _non_null(cfg.task.hyperparams)
     algo = hp.get("optimizer", "sgd") if "optimizers" not in hp else "supervised"
-    fetched = {} if DATASETS[dataset].bundled else {"data_sha256": _data_sha256(dataset, cfg.task.data_root)}
+    fetched = {} if DATASETS[dataset].bundled else {"data_sha256": data_sha256(dataset, cfg.task.data_root)}
     return {
         **fetched,
         "task": task_record(to_dict(cfg.task)),

@@ -18,6 +18,7 @@ from rl_gpt.supervised import (
     read_classifier_file,
     supervised_metric,
 )
+from rl_gpt.supervised.data_root import locate_data_root, use_data_root
 
 __all__ = ["evaluate_target"]
 
@@ -137,7 +138,7 @@ def evaluate_target(
         idx = _parse_rows(sel, len(ds))
         if ds.spec["task"].get("kind") == "supervised":
             params = ds.data["params"][idx].float().to(device)
-            metrics = supervised_metric(ds.spec, params, data_root)
+            metrics = supervised_metric(use_data_root(ds.spec, data_root), params)  # checked before the work
             stored = {k: ds.data[k][idx] for k in ("test_loss", "test_error") if k in ds.data}
             return _classifier_report(target, [f"row {int(i)}" for i in idx], metrics, stored)
         from rl_gpt.evaluate.dataset_metric import label_protocol
@@ -199,7 +200,7 @@ def _evaluate_classifier_file(target: str, dataset: str | None, data_root: str |
         if spec["task"].get("kind") != "supervised":
             raise ClassifierFileError(f"--dataset {dataset} holds policies, not classifiers")
         network, name = spec["policy"]["network"], spec["policy"]["dataset"]
-        data_root = data_root or spec["task"].get("data_root")
+        data_root = locate_data_root(spec, data_root)
     file = read_classifier_file(target, network, name)
     root = data_root or file.data_root
     if not DATASETS[file.dataset].bundled and not (root and Path(root).is_dir()):

@@ -173,6 +173,7 @@ def generate_params(
     steps: int | None = None,
     episodes: int = 16,
     dataset: str | Path | None = None,
+    data_root: str | Path | None = None,
     average: int | None = None,
     calibrated: bool = True,
     extrapolate: bool = False,
@@ -201,6 +202,7 @@ def generate_params(
         steps=steps,
         episodes=episodes,
         dataset=dataset,
+        data_root=data_root,
         average=average,
         calibrated=calibrated,
         extrapolate=extrapolate,
@@ -220,6 +222,7 @@ def _generate_params(
     steps: int | None,
     episodes: int,
     dataset: str | Path | None,
+    data_root: str | Path | None,
     average: int | None,
     calibrated: bool,
     extrapolate: bool,
@@ -256,7 +259,7 @@ def _generate_params(
         theta = load_start(info, None if start is None else str(start), seed)
     else:  # a network's weights: a tensor, a numpy array
         theta = _start_tensor(start, gen.layout)
-    ds = open_dataset(model_dir, info, dataset)
+    ds = open_dataset(model_dir, info, dataset, data_root=data_root)
     if start is None:
         _refuse_a_training_init(ds, info, theta, seed)
     config = info["meta"].get("config", {})
@@ -330,6 +333,7 @@ def generate(
     steps: int | None = None,
     episodes: int = 16,
     dataset: str | Path | None = None,
+    data_root: str | Path | None = None,
     average: int | None = None,
     calibrated: bool = True,
     extrapolate: bool = False,
@@ -375,6 +379,7 @@ def generate(
             steps=steps,
             episodes=episodes,
             dataset=dataset,
+            data_root=data_root,
             average=average,
             calibrated=calibrated,
             extrapolate=extrapolate,
@@ -392,7 +397,8 @@ def generate(
         # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
         # and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
         start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 2, runs).mean[0])
-        task = task_config(info["spec"]["task"])
+        # the data files where they are now (`--data-root`), which the exported classifiers then record
+        task = task_config(info["spec"]["task"] | {"data_root": ds.spec["task"].get("data_root")})
         both = None
         if task.kind == "supervised":  # both test metrics in one pass, as `rl-gpt evaluate` and sweeps report them
             both = supervised_metric(ds.spec, params)

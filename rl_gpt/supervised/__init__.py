@@ -12,6 +12,7 @@ from rl_gpt.supervised.data import (
     load_mnist,
     read_idx,
 )
+from rl_gpt.supervised.data_root import data_sha256, locate_data_root, use_data_root
 from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
 from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
 from rl_gpt.supervised.files import ClassifierFile, ClassifierFileError, classifier_metadata, read_classifier_file
@@ -45,6 +46,7 @@ __all__ = [
     "classifier_logits",
     "classifier_metadata",
     "classifier_test_metrics",
+    "data_sha256",
     "download",
     "evaluate_classifiers",
     "fetch",
@@ -54,9 +56,11 @@ __all__ = [
     "load_dataset_cached",
     "load_digits",
     "load_mnist",
+    "locate_data_root",
     "read_classifier_file",
     "read_idx",
     "supervised_metric",
     "train_classifier_run",
     "train_classifier_runs",
+    "use_data_root",
 ]

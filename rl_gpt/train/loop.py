@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +32,7 @@ from rl_gpt.interrupt import interrupts_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder, pair_matches
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
+from rl_gpt.supervised.data_root import use_data_root
 from rl_gpt.train.checkpoint import (
     discard_train_state,
     load_train_state,
@@ -198,6 +200,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     main_proc = rank == 0
     model_config(tc)  # a bad train.model or model_overrides is refused before any work
     ds = CheckpointDataset(cfg.dataset_dir)
+    use_data_root(ds.spec, cfg.task.data_root)  # the files found now, not at the alignment after training
     out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
     _check_tasks(cfg, ds, out, resume)
     torch.manual_seed(tc.seed + rank)
@@ -406,7 +409,15 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     bar.close()
     checkpoint()
     if main_proc and tc.final_probe:
-        _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress, step)
+        try:
+            _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress, step)
+        except KeyboardInterrupt:
+            print(
+                f"\ninterrupted while measuring prompt alignment: the model in {out} is saved and whole, without "
+                "alignment.json; run the same command again to measure it",
+                file=sys.stderr,
+            )
+            raise
     if run is not None:
         run.finish()
     if world > 1:

@@ -26,6 +26,7 @@ from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.io import atomic_save_pair, pair_matches, read_format_json
 from rl_gpt.layout import Layout
 from rl_gpt.model import ModelConfig, build_model
+from rl_gpt.supervised.data_root import use_data_root
 from rl_gpt.train.generator import ParameterGenerator
 
 __all__ = [
@@ -221,13 +222,16 @@ def open_dataset(
     given: str | Path | None = None,
     fallback: str | Path | None = None,
     task: TaskConfig | None = None,
+    data_root: str | Path | None = None,
 ) -> CheckpointDataset:
     """The dataset to use with the model in ``directory`` (see :func:`model_dataset`), checked to fit
-    the model and, where ``task`` is given, the config's task too."""
+    the model and, where ``task`` is given, the config's task too. A supervised dataset's data files are
+    looked for in ``data_root`` (default: the config's ``task.data_root``), else where they were collected."""
     ds = CheckpointDataset(model_dataset(directory, info, given, fallback))
     check_compatible(info, ds.spec)
     if task is not None:
         check_config_task(info, task.name, task.env_id, task.kind, task.metric, task.higher_is_better)
+    use_data_root(ds.spec, data_root or (task.data_root if task is not None else None))
     return ds
 
 
