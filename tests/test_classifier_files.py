@@ -69,10 +69,13 @@ def test_a_classifier_with_nan_weights_measures_nan_not_the_zero_networks_loss()
 def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys):
     layout = classifier_layout("digits_mlp")
     state = layout.unflatten(_network())
-    bare = tmp_path / "bare.safetensors"
-    save_file({k: v.contiguous() for k, v in state.items()}, str(bare))  # no metadata: an older export
+    bare = tmp_path / "bare.safetensors"  # no metadata (an older export, or the user's own code): known by its shapes
+    save_file({k: v.contiguous() for k, v in state.items()}, str(bare))
+    assert (read_classifier_file(bare).network, read_classifier_file(bare).dataset) == ("digits_mlp", "digits")
+    unknown = tmp_path / "unknown.safetensors"  # no metadata and no task network's tensors
+    save_file({k: v.contiguous() for k, v in list(state.items())[:2]}, str(unknown))
     with pytest.raises(ClassifierFileError, match="--dataset"):
-        read_classifier_file(bare)
+        read_classifier_file(unknown)
     meta = classifier_metadata("digits_mlp", None)
     extra = tmp_path / "extra.safetensors"
     save_file({**{k: v.contiguous() for k, v in state.items()}, "head.weight": torch.zeros(2)}, str(extra), meta)
@@ -92,7 +95,8 @@ def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys)
     with pytest.raises(ClassifierFileError, match="not a readable safetensors"):
         read_classifier_file(junk)
     capsys.readouterr()
-    assert main(["evaluate", str(bare)]) == 2
+    assert main(["evaluate", str(bare)]) == 0
+    assert main(["evaluate", str(unknown)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("rl-gpt evaluate: error:") and "\n" not in err
     mnist = classifier_layout("mnist_mlp")

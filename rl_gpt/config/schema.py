@@ -60,6 +60,11 @@ class TaskConfig:
                 f"[low, high] whichever way the metric improves (task.higher_is_better says that), or `data` for "
                 "the range the training data spans"
             )
+        if self.metric == "test_error" and not (r[0] >= 0.0 and r[1] <= 1.0):  # a preset's loss range kept by mistake
+            raise ConfigError(
+                f"task.metric_range: {r!r} reaches outside [0, 1], where test_error (a fraction) lies; set "
+                "task.metric_range=null (the collected range) or a range inside [0, 1]"
+            )
 
 
 @dataclass

