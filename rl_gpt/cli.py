@@ -177,6 +177,13 @@ def _named_dataset(args: argparse.Namespace, cfg: Any) -> str | None:
     return cfg.dataset if named else None
 
 
+def _named_data_root(args: argparse.Namespace, cfg: Any) -> str | None:
+    """``cfg.task.data_root`` where this command named it (a config file, ``task.data_root=``), not where it
+    comes from the model's config.yaml: the files may have moved since, and the dataset records where."""
+    named = args.config is not None or any(o.startswith(("task.data_root=", "task=")) for o in args.overrides)
+    return cfg.task.data_root if named else None
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
     from rl_gpt.demo import format_table
@@ -195,7 +202,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     if before is not None and not args.quiet and os.access(out, os.W_OK):
         print(f"{report_file} holds an earlier sweep, which this one replaces when it ends (--out DIR keeps both)")
     try:
-        report = sweep(cfg, model, out, progress=not args.quiet, dataset=_named_dataset(args, cfg))
+        named = {"dataset": _named_dataset(args, cfg), "data_root": _named_data_root(args, cfg)}
+        report = sweep(cfg, model, out, progress=not args.quiet, **named)
     except KeyboardInterrupt:
         if report_file.exists() and report_file.stat().st_mtime_ns != before:  # stopped while plotting or logging
             missing = "sweep.png or the W&B log may be missing"
@@ -219,7 +227,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     from rl_gpt.sweep.calibrate import calibrate
 
     cfg = load_config(_model_config(args), args.overrides, command="calibrate")
-    calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet, dataset=_named_dataset(args, cfg))
+    named = {"dataset": _named_dataset(args, cfg), "data_root": _named_data_root(args, cfg)}
+    calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet, **named)
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:

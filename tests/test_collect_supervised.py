@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensordict import TensorDict
 from torch.nn import functional as F
 
@@ -199,17 +200,19 @@ def test_moved_data_files_are_found_where_the_command_says(tmp_path, monkeypatch
     data = ["workers=1", "task.hyperparams={steps: 8, batch_size: 16}", "collect.checkpoint_every=4"]
     assert main(["collect", "mnist", "out=exp", "runs=4", "task.data_root=mnist", *data, *QUIET]) == 0
     tiny = ["steps=4", "model=mlp", "train.model_overrides={width: 16, depth: 1}", "batch=8", "train.probe_every_s=0"]
-    tiny += ["train.test_fraction=0.5", "train.calibrate=false"]
+    tiny += ["train.test_fraction=0.5", "train.calibrate=false", "task.data_root=mnist"]
     assert main(["train", "mnist", "out=exp", *tiny, *QUIET]) == 0
+    saved = yaml.safe_load((tmp_path / "exp" / "model" / "config.yaml").read_text())
+    assert saved["task"]["data_root"] == str(tmp_path / "mnist")  # written absolute, as collect writes it
     (tmp_path / "mnist").rename(tmp_path / "moved")
     sweep = ["sweep", "mnist", "out=exp", "inits=2", "prompts=3", "samples=1", "sweep.rerank=1", "sweep.average=1"]
     capsys.readouterr()
     assert main([*sweep, *QUIET]) == 2  # said before any sampling, with what to pass
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"are not in {tmp_path / 'mnist'}" in err and "task.data_root=DIR" in err
+    assert main([*sweep, "task.data_root=typo", *QUIET]) == 2  # a folder named and missing is not passed over
+    assert f"task.data_root: {tmp_path / 'typo'} is not a folder" in capsys.readouterr().err
     assert main([*sweep, "task.data_root=moved", *QUIET]) == 0
-    assert main(["sweep", "--model", "exp/model", "--out", "s2", "inits=2", "prompts=3", "samples=1",
-                 "sweep.rerank=1", "sweep.average=1", "task.data_root=moved", *QUIET]) == 0  # fmt: skip
     generate = ["generate", "--model", "exp/model", "--target-return", "2.0", "--out", "g"]
     assert main(generate) == 2 and "--data-root DIR" in capsys.readouterr().err
     assert main([*generate, "--data-root", "moved"]) == 0
@@ -220,10 +223,16 @@ def test_moved_data_files_are_found_where_the_command_says(tmp_path, monkeypatch
     capsys.readouterr()
     assert main([*sweep, "task.data_root=other", *QUIET]) == 2
     assert f"task.data_root={tmp_path / 'other'} holds other mnist data" in capsys.readouterr().err
-    # extending the dataset needs no data_root: it was recorded (here: moved, by the last collection)
+    # extending the dataset reads the recorded folder, and says when it has gone
+    assert main(["collect", "mnist", "out=exp", "runs=5", *data, *QUIET]) == 2
+    assert f"was collected from {tmp_path / 'mnist'}, which is no longer a folder" in capsys.readouterr().err
     assert main(["collect", "mnist", "out=exp", "runs=5", "task.data_root=moved", *data, *QUIET]) == 0
-    assert main(["collect", "mnist", "out=exp", "runs=6", *data, *QUIET]) == 0
+    assert main(["collect", "mnist", "out=exp", "runs=6", *data, *QUIET]) == 0  # recorded: moved
     assert _load(tmp_path / "exp")[0]["run"].unique().numel() == 6
+    # the model's own config.yaml still names the old folder: only what this command names is taken over
+    # the dataset's record
+    args = ["--out", "s2", "inits=2", "prompts=3", "samples=1", "sweep.rerank=1", "sweep.average=1", *QUIET]
+    assert main(["sweep", "--model", "exp/model", *args]) == 0
 
 
 def test_corrupt_data_file_is_a_one_line_error(tmp_path, capsys):

@@ -717,6 +717,7 @@ def test_training_refuses_another_tasks_data_or_run_naming_both_tasks(experiment
     assert main(["train", "digits", *args]) == 2  # CartPole checkpoints under a digits config
     err = capsys.readouterr().err.strip()
     assert "holds cartpole (CartPole-v1) checkpoints but the config is for digits" in err, err
+    assert f"the config it was collected with ({experiment / 'dataset' / 'config.yaml'})" in err, err
     assert not out.exists()  # refused before the model folder was made
     assert main(["train", "cartpole", *args]) == 0
     info = json.loads((out / "model" / "model.json").read_text())

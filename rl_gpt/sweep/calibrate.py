@@ -22,12 +22,17 @@ from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_ca
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
 from rl_gpt.train.probe import prompt_grid, run_prompts
 from rl_gpt.train.ranker import ranker_for
+from rl_gpt.wandb_run import check_login
 
 __all__ = ["calibrate", "ensure_calibrated"]
 
 
 def calibrate(
-    cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True, dataset: str | Path | None = None
+    cfg: ExperimentConfig,
+    model_dir: str | Path,
+    progress: bool = True,
+    dataset: str | Path | None = None,
+    data_root: str | Path | None = None,
 ) -> PromptCalibration:
     """Fit the prompt calibration of the model in ``model_dir`` and write ``model_dir/calibration.json``.
 
@@ -35,14 +40,15 @@ def calibrate(
     training data's range unless ``sweep.clamp_prompts`` is false, as the sweep does) from the step-0
     networks of up to ``sweep.calibration_inits`` training runs (never the held-out runs, nor the
     sweep's unseen inits), ``sweep.samples`` samples each, evaluated as the sweep evaluates.
-    ``dataset``: one the user named, as for :func:`rl_gpt.sweep.run.sweep`.
+    ``dataset``, ``data_root``: ones the user named, as for :func:`rl_gpt.sweep.run.sweep`.
     """
     sc = cfg.sweep
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     t = time.time()
     gen, info = load_generator(model_dir)
     ensure_writable_dir(model_dir, "--model")  # calibration.json goes there: refused before the work
-    ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
+    check_login(cfg)  # wandb.mode=online without credentials fails now, not after the calibration
+    ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task, data_root)
     train_runs = info["meta"]["train_runs"]
     runs = train_runs[: sc.calibration_inits]
     slices = ds.run_slices()
@@ -131,6 +137,7 @@ def _log_wandb(
 
 def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:
     """The model's calibration for the sweep settings of ``cfg``: the stored one if it holds, else a new one.
+    ``cfg`` is the training's, whose ``task.data_root`` (if any) its command named.
 
     A stored calibration is kept if it was measured for the same weights, sampler settings and
     measurement (prompts, inits, samples, episodes, seed), so a resumed demo does not measure it twice.
@@ -146,7 +153,7 @@ def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bo
         wanted = _measurement(cfg, read_model_info(model_dir)["meta"]["train_runs"])
         if all(cal.meta.get(key) == value for key, value in wanted.items()):
             return cal
-    return calibrate(cfg, model_dir, progress)
+    return calibrate(cfg, model_dir, progress, data_root=cfg.task.data_root)
 
 
 def _measurement(cfg: ExperimentConfig, train_runs: list[int]) -> dict[str, Any]:

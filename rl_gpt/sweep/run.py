@@ -133,10 +133,12 @@ def sweep(
     out: str | Path,
     progress: bool = True,
     dataset: str | Path | None = None,
+    data_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the sweep, write ``out/report.json`` and ``out/sweep.png``; return the report.
 
-    ``dataset``: one the user named, used instead of the model's own if it holds the model's runs.
+    ``dataset``: one the user named, used instead of the model's own if it holds the model's runs;
+    ``data_root``: the folder of a supervised dataset's data files, where they moved since collection.
     """
     sc: SweepConfig = cfg.sweep
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
@@ -144,7 +146,7 @@ def sweep(
     timings: dict[str, float] = {}
     t = time.time()
     gen, info = load_generator(model_dir)
-    ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task)
+    ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task, data_root)
     spec, task = ds.spec, task_config(ds.spec["task"])
     # "Solved" is the config's threshold: the dataset records the one it was collected with, and a sweep
     # given task.reward_threshold= (CartPole-v0's 195 on a preset of v1's 475) must score by it, not ignore it.

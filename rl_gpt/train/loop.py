@@ -32,7 +32,7 @@ from rl_gpt.interrupt import interrupts_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder, pair_matches
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
-from rl_gpt.supervised.data_root import use_data_root
+from rl_gpt.supervised.data_root import absolute_data_root, use_data_root
 from rl_gpt.train.checkpoint import (
     discard_train_state,
     load_train_state,
@@ -199,10 +199,16 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     )
     main_proc = rank == 0
     model_config(tc)  # a bad train.model or model_overrides is refused before any work
+    if cfg.task.data_root:  # config.yaml is read from other folders: written absolute, as collect writes it
+        cfg = dataclasses.replace(
+            cfg, task=dataclasses.replace(cfg.task, data_root=absolute_data_root(cfg.task.data_root))
+        )
     ds = CheckpointDataset(cfg.dataset_dir)
-    use_data_root(ds.spec, cfg.task.data_root)  # the files found now, not at the alignment after training
     out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
     _check_tasks(cfg, ds, out, resume)
+    # A supervised dataset's data files, found now rather than at the alignment after training (the
+    # function loss reads them on every rank): this command's task.data_root, else where they were collected.
+    use_data_root(ds.spec, cfg.task.data_root)
     torch.manual_seed(tc.seed + rank)
 
     # ---------------------------------------------------------------- data
@@ -469,8 +475,8 @@ def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume
     if not same_task(spec, task.name, task.env_id, task.kind):
         raise ConfigError(
             f"{cfg.dataset_dir} holds {spec['task'].get('name')} ({spec.get('env_id')}) checkpoints but the config "
-            f"is for {task.name} ({task.env_id}); pass dataset= a {task.name} collection, or the "
-            f"{spec['task'].get('name')} config"
+            f"is for {task.name} ({task.env_id}); pass dataset= a {task.name} collection, or train with the config "
+            f"it was collected with ({Path(cfg.dataset_dir) / 'config.yaml'})"
         )
     changed = metric_mismatch(spec, task.metric, task.higher_is_better)
     if changed:  # the model would learn the data's metric while its config.yaml claims another

@@ -226,12 +226,12 @@ def open_dataset(
 ) -> CheckpointDataset:
     """The dataset to use with the model in ``directory`` (see :func:`model_dataset`), checked to fit
     the model and, where ``task`` is given, the config's task too. A supervised dataset's data files are
-    looked for in ``data_root`` (default: the config's ``task.data_root``), else where they were collected."""
+    looked for in ``data_root`` (one the command names), else where they were collected."""
     ds = CheckpointDataset(model_dataset(directory, info, given, fallback))
     check_compatible(info, ds.spec)
     if task is not None:
         check_config_task(info, task.name, task.env_id, task.kind, task.metric, task.higher_is_better)
-    use_data_root(ds.spec, data_root or (task.data_root if task is not None else None))
+    use_data_root(ds.spec, data_root)
     return ds
 
 
