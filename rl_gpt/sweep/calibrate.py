@@ -22,7 +22,7 @@ from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_ca
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
 from rl_gpt.train.probe import prompt_grid, run_prompts
 from rl_gpt.train.ranker import ranker_for
-from rl_gpt.wandb_run import check_login
+from rl_gpt.wandb_run import check_login, log_result, with_dataset_sections
 
 __all__ = ["calibrate", "ensure_calibrated"]
 
@@ -115,8 +115,6 @@ def _log_wandb(
 ) -> None:
     """The calibration as a W&B run beside the model's training run (same group): what it measured with,
     whether its prompts rose (Spearman), whether it changes any prompt, and its plot."""
-    from rl_gpt.wandb_run import log_result, with_dataset_sections
-
     model_config = {k: v for k, v in (info["meta"].get("config") or {}).items() if k != "wandb"}
     config = with_dataset_sections(model_config, dataset_dir)
     model = {"path": str(model_dir), "step": info["meta"].get("step"), "save_id": info.get(SAVE_ID)}
