@@ -66,6 +66,11 @@ def run_demo(
     return report | {"demo_timings": stages}
 
 
+def _r2(value: float | None) -> str:
+    """An R² for the table; blank where undefined or not recorded (reports before session 35)."""
+    return "" if value is None or value != value else f"{value:.3f}"
+
+
 def format_table(report: dict[str, Any], stages: dict[str, float] | None = None) -> str:
     """A short text table of the generator against the baselines."""
     rerank = report.get("rerank") or {}
@@ -86,22 +91,29 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
         f"{report['task']} ({report['env_id']}), {report['inits']} {describe_inits(report)}"
         + (f", each generated network the mean of {average} samples" if average > 1 else "")
         + (f", ranked: the ranker's pick of {rerank['candidates']} candidates" if rerank else ""),
-        f"{'method':<10} {'R2':>7} {'one-step':>9}"
+        f"{'method':<10} {'R2':>7} {'better half':>11} {'one-step':>9}"
         + (f" {'solved':>7}" if thresholded else "")
         + f" {'novelty':>8} {'behaviour':>9}",
     ]
     for name, r in rows:
         n, b = nov.get(name), (beh.get(name) or {}).get("fraction")
         lines.append(
-            f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {value.format(r['one_step']['mean_return']):>9}"
+            f"{name:<10} {r['prompt_alignment_r2']:>7.3f} {_r2(r.get('prompt_alignment_r2_better_half')):>11} "
+            f"{value.format(r['one_step']['mean_return']):>9}"
             + (f" {solved(r['one_step']['solved_fraction']):>7}" if thresholded else "")
             + f" {'' if n is None else f'{n:.2f}':>8} {'' if b is None else f'{b:.0%}':>9}"
         )
     failed = [(name, r["failed_fraction"]) for name, r in rows if r.get("failed_fraction")]  # older reports: none
     if failed:
         lines.append(
-            "failed (no finite metric; counted as the worst prompt): "
+            "failed (no finite metric; scored at the prompt range's end farther from its prompt): "
             + ", ".join(f"{name} {fraction:.1%}" for name, fraction in failed)
+        )
+    half = report.get("better_half_prompts")
+    if half:
+        lines.append(
+            f"better half: R2 over the {half} of {len(report['prompts'])} prompts in the better half of the range, "
+            "far from where an init starts"
         )
     first = next((v for v in beh.values() if v), None)
     if first:
@@ -113,6 +125,12 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
         lines.append(
             f"behaviour: share of {first['states']} {what} its nearest training checkpoint"
             + ("" if tol is None else f" (by > {tol:.0%} of the action range)")
+        )
+    held = (beh.get("heldout") or {}).get("fraction")
+    if "final_checkpoint_reference" in nov:  # reports before session 35: the final checkpoints were the reference
+        lines.append(
+            "novelty: distance to the nearest training checkpoint over the same for held-out checkpoints as good "
+            "(1: as new as real training)" + ("" if held is None else f"; their behaviour: {held:.0%}")
         )
     fid = report.get("init_fidelity") or {}
     if fid and None not in fid.values():

@@ -267,3 +267,54 @@ def test_prediction_disagreement_known_answers() -> None:
     x = torch.randn(300, 64, generator=torch.Generator().manual_seed(0))
     frac = prediction_disagreement(layout, "digits_mlp", torch.stack([flat, flat]), torch.stack([flat, negated]), x)
     assert frac[0] == 0.0 and frac[1] == 1.0  # argmin is never argmax (no ties among 10 random logits)
+
+
+def _rescaled(name: str, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A classifier and a copy whose every ReLU unit is scaled by c in [1/3, 3] going in and 1/c going out."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net, copy = build_classifier(name), build_classifier(name)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    layout = classifier_layout(name)
+    for layer in layout.layers:
+        if layer.out_group is None:
+            continue
+        c = torch.exp((torch.rand(layout.groups[layer.out_group], generator=g) * 2 - 1) * torch.log(torch.tensor(3.0)))
+        weight = state[f"{layer.prefix}.weight"]
+        weight *= c.view(-1, *[1] * (weight.dim() - 1))
+        if f"{layer.prefix}.bias" in state:
+            state[f"{layer.prefix}.bias"] *= c
+        reader = next(r for r in layout.layers if r.in_group == layer.out_group)
+        w = state[f"{reader.prefix}.weight"]
+        w /= c.view(1, -1, *[1] * (w.dim() - 2))
+    copy.load_state_dict(state)
+    return net, copy
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "cifar_cnn"])
+def test_canonical_scale_sees_through_a_rescaled_copy(name: str) -> None:
+    """A ReLU unit scaled by c going in and 1/c going out is the same function; session 35's audit found
+    such a copy scored novelty 1.19, above the generator it was meant to judge."""
+    from rl_gpt.sweep.novelty import canonical_scale
+
+    net, copy = _rescaled(name, 0)
+    layout = classifier_layout(name)
+    x = torch.randn(5, *((64,) if name == "digits_mlp" else (3, 32, 32)))
+    torch.testing.assert_close(copy(x), net(x), rtol=1e-4, atol=1e-5)  # the same function
+    a, b = layout.flatten(net.state_dict())[None], layout.flatten(copy.state_dict())[None]
+    assert aligned_distance(layout, a[0], b[0]) > 0.1 * float(a.norm())  # far apart as weights
+    ca, cb = canonical_scale(layout, a), canonical_scale(layout, b)
+    assert aligned_distance(layout, ca[0], cb[0]) == pytest.approx(0.0, abs=1e-4 * float(ca.norm()))
+    rescaled = build_classifier(name)
+    rescaled.load_state_dict(layout.unflatten(ca[0]))
+    torch.testing.assert_close(rescaled(x), net(x), rtol=1e-4, atol=1e-5)  # and canonical keeps it too
+    # a permuted copy still aligns after it: the two symmetries compose
+    torch.testing.assert_close(canonical_scale(layout, _permuted(layout, b, 3)).norm(), cb.norm())
+
+
+def test_canonical_scale_leaves_tanh_units_alone() -> None:
+    from rl_gpt.sweep.novelty import canonical_scale
+
+    layout = _two_hidden()
+    x = torch.randn(3, layout.numel)
+    assert torch.equal(canonical_scale(layout, x), x)

@@ -212,18 +212,18 @@ def test_a_sweeps_retrieval_and_novelty_pool_is_the_training_runs_usable_checkpo
     td["valid"][td["step"] == 256] = False  # checkpoints training may not use (exploding weights, say)
     shutil.rmtree(copy / "data")
     td.memmap(copy / "data")
-    seen, novelty, evaluate_flat, evaluated = {}, sweep_run._novelty, sweep_run.evaluate_flat, []
+    seen, novelty, evaluate_flat, evaluated = {}, sweep_run.novelty_audit, sweep_run.evaluate_flat, []
 
-    def spy(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, test_runs, seed=0):
-        seen.update(ds=ds, std=gen.normalizer.std, pool=pool_rows, retrieved=retrieved, noisy=noisy)
+    def spy(ds, methods, inits, pool_rows, train_runs, test_runs, seed=0):
+        seen.update(ds=ds, pool=pool_rows, retrieved=methods["retrieval"][0], noisy=methods["noise"][0])
         seen.update(train=train_runs, test=test_runs)
-        return novelty(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, test_runs, seed)
+        return novelty(ds, methods, inits, pool_rows, train_runs, test_runs, seed)
 
     def measured(ds, params, *args, stats_rows=None, **kwargs):
         evaluated.append((params, stats_rows))
         return evaluate_flat(ds, params, *args, stats_rows=stats_rows, **kwargs)
 
-    monkeypatch.setattr(sweep_run, "_novelty", spy)
+    monkeypatch.setattr(sweep_run, "novelty_audit", spy)
     monkeypatch.setattr(sweep_run, "evaluate_flat", measured)
     args = ["sweep", "--model", str(experiment / "model"), "--out", str(tmp_path / "s"), f"dataset={copy}"]
     sizes = ["inits=2", "prompts=3", "samples=1", "episodes=1", "sweep.recursive=0", "sweep.rerank=1"]
@@ -234,7 +234,7 @@ def test_a_sweeps_retrieval_and_novelty_pool_is_the_training_runs_usable_checkpo
     assert seen["test"] and sorted(pool.tolist()) == usable  # no held-out run, no invalid row
     assert any(torch.equal(seen["retrieved"][0], ds.data["params"][i]) for i in usable)
     # the noise baseline: the retrieved checkpoint plus sweep.noise_scale (0.1) of each tensor's std
-    noise = (seen["noisy"] - seen["retrieved"]) / seen["std"]
+    noise = (seen["noisy"] - seen["retrieved"]) / load_generator(experiment / "model")[0].normalizer.std
     assert float(noise.std()) == pytest.approx(0.1, rel=0.2) and abs(float(noise.mean())) < 0.03
     # each retrieved (or noised) checkpoint is measured with its own row's observation statistics
     own = [(p, rows) for p, rows in evaluated if rows is not None]
@@ -249,12 +249,12 @@ def test_novelty_without_held_out_runs_keeps_the_runs_standing_in_out_of_the_poo
     (their own final checkpoints would be their nearest, and every novelty ratio 0/0)."""
     import rl_gpt.sweep.run as sweep_run
 
-    novelty = sweep_run._novelty
+    novelty = sweep_run.novelty_audit
 
-    def without_held_out(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, test_runs, seed=0):
-        return novelty(ds, gen, generated, inits, retrieved, noisy, pool_rows, train_runs, [], seed)
+    def without_held_out(ds, methods, inits, pool_rows, train_runs, test_runs, seed=0):
+        return novelty(ds, methods, inits, pool_rows, train_runs, [], seed)
 
-    monkeypatch.setattr(sweep_run, "_novelty", without_held_out)
+    monkeypatch.setattr(sweep_run, "novelty_audit", without_held_out)
     args = ["sweep", "--model", str(experiment / "model"), "--out", str(tmp_path / "s")]
     sizes = ["inits=2", "prompts=3", "samples=1", "episodes=1", "sweep.recursive=0", "sweep.rerank=1"]
     assert main([*args, *sizes, *QUIET]) == 0
@@ -751,9 +751,9 @@ def test_a_network_that_fails_in_recursive_prompting_stays_failed_and_the_sweep_
 
 
 def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, monkeypatch):
-    import rl_gpt.sweep.run
+    import rl_gpt.sweep.audit
 
-    monkeypatch.setattr(rl_gpt.sweep.run, "FIDELITY_OTHER_INITS", 2)  # real training's reference: 2 of 3 inits
+    monkeypatch.setattr(rl_gpt.sweep.audit, "FIDELITY_OTHER_INITS", 2)  # real training's reference: 2 of 3 inits
     out = tmp_path / "sweep"
     assert (
         main(
@@ -824,7 +824,12 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, m
     assert main(["info", str(folder)]) == 0  # a report of an earlier save of the model (trained on since)
     assert "model has been saved again since (now at step 30): these numbers are not its" in capsys.readouterr().out
     behaviour = report["behavioural_novelty"]
-    assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
+    # "heldout": held-out checkpoints of the generated networks' returns, the behaviour column's reference
+    assert set(behaviour) == {"generator", "retrieval", "noise", "identity", "heldout"}
+    assert behaviour["heldout"]["policies"] == behaviour["generator"]["policies"] == 3
+    matched = report["novelty"]["matched_heldout_rows"]
+    assert len(matched) == 3
+    assert set(report["novelty"]["final_checkpoint_reference"]) == {"generator", "retrieval", "noise"}
     for name, block in behaviour.items():
         assert set(block) == {"fraction", "compared", "tolerance", "states", "policies", "per_policy"}, name
         assert block["compared"] == "actions" and block["tolerance"] is None  # CartPole: discrete actions
@@ -837,7 +842,10 @@ def test_sweep_writes_a_complete_report_and_plot(experiment, tmp_path, capsys, m
     assert "solved" in table.splitlines()[1]  # CartPole has a reward threshold
     assert report["failed_fraction"] == 0.0 and "failed" not in table
     report["failed_fraction"] = 0.125  # a sweep where some networks gave no finite return says so
-    assert "failed (no finite metric; counted as the worst prompt): generator 12.5%" in format_table(report)
+    assert "failed (no finite metric; scored at the prompt range's end farther from its prompt): generator 12.5%" in (
+        format_table(report)
+    )
+    assert "better half" in table.splitlines()[1] and report["better_half_prompts"] == 2  # of 4 prompts 0..500
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -1102,8 +1110,9 @@ def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path)
     assert second["env_id"] == first["env_id"]
     assert (tmp_path / "g2" / "policy_000.zip").is_file()
     # the start is measured on the outputs' start states: `evaluate --seed eval_seed` reproduces it
-    returns = [evaluate_sb3_file(start, episodes=2, seed=s).returns[0].tolist() for s in range(4)]
-    assert float(torch.tensor(returns[second["eval_seed"]]).mean()) == pytest.approx(second["start_return"], abs=1e-6)
+    seeds = [second["eval_seed"] + s for s in range(4)]
+    returns = [evaluate_sb3_file(start, episodes=2, seed=s).returns[0].tolist() for s in seeds]
+    assert float(torch.tensor(returns[0]).mean()) == pytest.approx(second["start_return"], abs=1e-6)
     assert len({tuple(r) for r in returns}) > 1  # other seeds give other start states: the check can fail
 
 

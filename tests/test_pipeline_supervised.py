@@ -97,7 +97,8 @@ def test_digits_collect_train_sweep_generate(tmp_path, capsys):
     line = next(x for x in format_table(report).splitlines() if x.startswith("one-step classifiers"))
     assert line.endswith(f"(the dataset's best: {classifier['dataset_best']['test_error']:.1%})")
     behaviour = report["behavioural_novelty"]
-    assert set(behaviour) == {"generator", "retrieval", "noise", "identity"}
+    assert set(behaviour) == {"generator", "retrieval", "noise", "identity", "heldout"}
+    assert report["novelty"]["retrieval"] == 0.0  # a training checkpoint, ReLU units rescaled alike on both sides
     n_test = len(load_digits()[2])
     for block in behaviour.values():
         assert block["compared"] == "predictions" and block["tolerance"] is None

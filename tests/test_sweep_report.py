@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from rl_gpt.dataset import CheckpointDataset, DatasetWriter
-from rl_gpt.evaluate.alignment import alignment_r2
+from rl_gpt.evaluate.alignment import alignment_r2, count_failed_as
 from rl_gpt.layout import LayerSpec, Layout
-from rl_gpt.sweep.run import _one_step_logged, _summary, _training_equivalent, count_failed_as
+from rl_gpt.sweep.summary import summarize as _summary
+from rl_gpt.sweep.summary import training_equivalent as _training_equivalent
+from rl_gpt.sweep.wandb_log import one_step_logged as _one_step_logged
 
 
 def test_a_classifier_sweep_logs_its_metrics_and_references_by_name() -> None:
@@ -79,6 +81,38 @@ def test_a_higher_is_better_summary_counts_a_failed_sample_as_the_lowest_prompt(
     assert summary["one_step"]["solved_fraction"] == pytest.approx(0.5)
 
 
+def test_a_failure_at_the_worst_prompt_is_no_hit() -> None:
+    """Scored as the worst prompt, a failure there had been a perfect hit (session 35's audit): it is now
+    scored at the grid's other end, the largest miss a sample in range can make."""
+    prompts = torch.tensor([100.0, 200.0, 300.0, 400.0, 500.0])
+    achieved = prompts.repeat(2, 1)[..., None].clone()  # both inits on target
+    achieved[1, 0, 0] = math.nan  # init 1 failed at the worst prompt (100)
+    achieved[1, 3, 0] = math.inf  # and at 400, nearer the best end: scored at the low end
+    summary = _summary(prompts, achieved, best=4, threshold=475.0, higher=True)
+    expected = achieved.clone()
+    expected[1, 0, 0], expected[1, 3, 0] = 500.0, 100.0
+    assert summary["r2_per_init"] == pytest.approx(alignment_r2(prompts, expected).tolist())
+    assert summary["r2_per_init"][0] == pytest.approx(1.0) and summary["r2_per_init"][1] < 0
+    from rl_gpt.sweep.compare import bias_share
+
+    report = {"prompts": prompts.tolist(), "achieved": achieved.tolist(), "metric": {"higher_is_better": True}}
+    scored = report | {"achieved": expected.tolist()}
+    assert bias_share(report) == pytest.approx(bias_share(scored))  # compare scores them alike (inf had been 3e38)
+
+
+def test_r2_over_the_better_half_sees_a_generator_that_stalls_at_the_best_prompts() -> None:
+    prompts = torch.linspace(0.2, 2.2, 6)  # losses: the better half is 0.2, 0.6, 1.0
+    achieved = prompts.clone().repeat(4, 1)[..., None]
+    achieved[:, :3] = 0.6  # every init stalls at 0.6 for the three best prompts
+    summary = _summary(prompts, achieved, best=0, threshold=None, higher=False)
+    assert summary["better_half_prompts"] == 3
+    assert summary["prompt_alignment_r2"] > 0.85  # the whole range hides it
+    assert summary["prompt_alignment_r2_better_half"] == pytest.approx(
+        float(alignment_r2(prompts[:3], achieved[:, :3]).mean())
+    )
+    assert summary["prompt_alignment_r2_better_half"] == pytest.approx(0.0)  # as good as ignoring the prompt
+
+
 def _runs(tmp_path, curves: list[list[float]], higher: bool) -> CheckpointDataset:
     layout = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
     metric = {"name": "return" if higher else "test_error", "higher_is_better": higher}
@@ -104,7 +138,8 @@ def test_training_equivalent_is_the_median_step_that_first_reached_the_value(tmp
 
 def test_a_sweep_logs_its_headline_numbers_and_keeps_its_report_when_wandb_fails(tmp_path, monkeypatch, capsys):
     from rl_gpt.config import ConfigError, load_config
-    from rl_gpt.sweep.run import _log_wandb, sweep_summary
+    from rl_gpt.sweep.wandb_log import log_sweep as _log_wandb
+    from rl_gpt.sweep.wandb_log import sweep_summary
 
     report = {
         "metric": {"name": "test_loss"},

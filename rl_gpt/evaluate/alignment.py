@@ -4,7 +4,51 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["alignment_r2", "mean_ci95"]
+__all__ = [
+    "alignment_r2",
+    "better_half",
+    "count_failed_as",
+    "mean_ci95",
+    "score_failures",
+    "worst_prompt",
+]
+
+
+def worst_prompt(prompts: torch.Tensor, higher_is_better: bool) -> float:
+    """The prompt grid's worst end: its lowest return, or its highest loss or error."""
+    return float(prompts.min() if higher_is_better else prompts.max())
+
+
+def count_failed_as(worst: float, achieved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``achieved`` with each failed sample (no finite metric: NaN or ±inf) scored as ``worst``, and the
+    failed mask. For one number per network (the one-step mean, recursive prompting): a failure
+    achieved nothing."""
+    failed = ~torch.isfinite(achieved)
+    return torch.where(failed, worst, achieved), failed
+
+
+def score_failures(prompts: torch.Tensor, achieved: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``achieved`` (K, P) or (K, P, S) with each failed sample scored at whichever end of the prompt
+    grid lies farther from its prompt, and the failed mask.
+
+    A failure then misses its prompt by the most any sample in range could, so it never counts as a
+    hit. Scored as the worst prompt (until session 35) it was a perfect hit at the worst prompt. At the
+    best prompt the farther end is the worst one, so the one-step mean still counts a failure as the
+    worst prompt.
+    """
+    failed = ~torch.isfinite(achieved)
+    low, high = prompts.min(), prompts.max()
+    far = torch.where((prompts - low).abs() >= (high - prompts).abs(), low, high).to(achieved)  # (P,)
+    far = far.view(1, -1, *([1] * (achieved.dim() - 2)))
+    return torch.where(failed, far, achieved), failed
+
+
+def better_half(prompts: torch.Tensor, higher_is_better: bool) -> torch.Tensor:
+    """Mask (P,) of the prompts in the grid's better half: at or past the middle of its range, towards
+    the best end. Inits sit at the worst end, so these are the prompts an update must travel far for;
+    R² over all prompts is carried partly by the easy ones near an init's own metric."""
+    middle = (prompts.min() + prompts.max()) / 2
+    return prompts >= middle if higher_is_better else prompts <= middle
 
 
 def alignment_r2(prompts: torch.Tensor, achieved: torch.Tensor) -> torch.Tensor:

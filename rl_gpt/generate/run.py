@@ -16,6 +16,7 @@ import torch
 
 from rl_gpt.config import ConfigError, SweepConfig, TaskConfig
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
+from rl_gpt.evaluate.seeds import Purpose, evaluation_seed
 from rl_gpt.generate.export import export_safetensors, export_sb3
 from rl_gpt.generate.plot import plot_targets
 from rl_gpt.io import atomic_write_json, ensure_report_dir, ensure_writable_dir, exclusive_folder
@@ -394,9 +395,10 @@ def generate(
         predicted = None if result.predicted is None else result.predicted.reshape(-1)
         stale = _previous_outputs(out)
         start_file = {Path(from_zip)} if from_zip else set()  # generating again from a file of the last call
-        # On the outputs' start states (seed + 2), so that start and achieved are compared episode by episode
-        # and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
-        start_return = float(evaluate_flat(ds, theta[None], episodes, seed + 2, runs).mean[0])
+        # On the outputs' start states (a sweep's, for sweep.seed = --seed), so that start and achieved are
+        # compared episode by episode and `rl-gpt evaluate FILE --seed S` with the eval_seed below reproduces both.
+        at = evaluation_seed(seed, Purpose.SWEEP)
+        start_return = float(evaluate_flat(ds, theta[None], episodes, at, runs).mean[0])
         # the data files where they are now (`--data-root`), which the exported classifiers then record
         task = task_config(info["spec"]["task"] | {"data_root": ds.spec["task"].get("data_root")})
         both = None
@@ -404,7 +406,7 @@ def generate(
             both = supervised_metric(ds.spec, params)
             mean, std = both["metric"].double(), torch.zeros(len(params), dtype=torch.float64)  # one test split
         else:
-            res = evaluate_flat(ds, params, episodes, seed + 2, runs)
+            res = evaluate_flat(ds, params, episodes, at, runs)
             mean, std = res.mean, res.std
         initialiser = "the classifier's own" if task.kind == "supervised" else "SB3's"
         shared = {
@@ -420,7 +422,7 @@ def generate(
             "rerank": result.rerank,
             "episodes": None if task.kind == "supervised" else episodes,  # classifiers: the whole test split
             # the rollouts' seed: `rl-gpt evaluate FILE --episodes E --seed S` measures a file alike
-            "eval_seed": None if task.kind == "supervised" else seed + 2,
+            "eval_seed": None if task.kind == "supervised" else at,
             "start": from_zip
             or f"random init ({initialiser} initialiser, seed {init_seed(info, seed)}: the sweep's unseen init {seed})",
             "start_return": start_return,

@@ -15,7 +15,9 @@ import torch
 
 from rl_gpt.config import ExperimentConfig
 from rl_gpt.devices import resolve_device
+from rl_gpt.evaluate.alignment import count_failed_as, worst_prompt
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
+from rl_gpt.evaluate.seeds import Purpose, evaluation_seed
 from rl_gpt.io import SAVE_ID, ensure_writable_dir
 from rl_gpt.sweep.plot import plot_calibration
 from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
@@ -72,10 +74,11 @@ def calibrate(
     sampler = (sc.steps, sc.guidance, sc.seed + 7, sc.average, ranker, sc.rerank)
     out = run_prompts(gen, None, theta, metric, grid, sc.samples, *sampler)
     k, p, s, d = out.shape
-    achieved = evaluate_flat(ds, out.reshape(-1, d), sc.episodes, sc.seed + 8, train_runs, device=device).mean
-    failed = ~torch.isfinite(achieved)
-    # A failed (NaN) sample counts as the worst prompt, as the sweep scores it.
-    worst = float(asked.min() if ds.spec["metric"]["higher_is_better"] else asked.max())
+    at = evaluation_seed(sc.seed, Purpose.CALIBRATION)
+    achieved = evaluate_flat(ds, out.reshape(-1, d), sc.episodes, at, train_runs, device=device).mean
+    # A failed sample achieved nothing: the worst prompt. (R² scores it at the farther end of the grid, so
+    # that it never counts as a hit; a map of what prompts achieve must not learn that failing is good.)
+    achieved, failed = count_failed_as(worst_prompt(asked, ds.spec["metric"]["higher_is_better"]), achieved)
     sampler = {"guidance": sc.guidance, "steps": sc.steps, "average": sc.average, "rerank": sc.rerank}
     meta: dict[str, Any] = {
         "from": "step 0 of training runs",
@@ -84,7 +87,7 @@ def calibrate(
         "failed_fraction": float(failed.double().mean()),
         "seconds": round(time.time() - t, 1),
     }
-    cal = fit_calibration(grid, torch.where(failed, worst, achieved).reshape(k, p, s), sampler, meta)
+    cal = fit_calibration(grid, achieved.reshape(k, p, s), sampler, meta)
     cal.model_sha256 = model_fingerprint(model_dir)
     path = cal.save(model_dir)
     picture = plot_calibration(cal, ds.spec["metric"].get("name", "metric"), Path(model_dir) / "calibration.png")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.evaluate.alignment import mean_ci95
+from rl_gpt.evaluate.alignment import mean_ci95, score_failures
 from rl_gpt.io import nulls_as_nan
 
 __all__ = [
@@ -165,11 +165,11 @@ def _undefined_as_nan(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _achieved(report: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts (P,) and achieved (K, P, S) with failed samples counted as the worst prompt, as the sweep does."""
+    """Prompts (P,) and achieved (K, P, S) with each failed sample scored at the prompt grid's end farther
+    from its prompt, as the sweep scores it (at the best prompt: the worst one)."""
     prompts = torch.tensor(report["prompts"], dtype=torch.float64)
     achieved = torch.tensor(report["achieved"], dtype=torch.float64)
-    worst = float(prompts.max() if not report["metric"]["higher_is_better"] else prompts.min())
-    return prompts, torch.nan_to_num(achieved, nan=worst)
+    return prompts, score_failures(prompts, achieved)[0]
 
 
 def bias_share(report: dict[str, Any]) -> float:

@@ -14,8 +14,9 @@ from torch import nn
 
 from rl_gpt.config import ConfigError
 from rl_gpt.dataset import CheckpointDataset
-from rl_gpt.evaluate.alignment import alignment_r2
+from rl_gpt.evaluate.alignment import alignment_r2, score_failures
 from rl_gpt.evaluate.dataset_metric import evaluate_flat
+from rl_gpt.evaluate.seeds import Purpose, evaluation_seed
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.ranker import MetricRanker
 
@@ -147,7 +148,7 @@ def quick_alignment(
     grid = prompt_grid(ds.spec, gen, prompts, metric_range)
     cond = grid.clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)
     out = run_prompts(gen, model, theta, metric, cond, 1, steps, guidance, seed)
-    res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, seed + 12345, stats_runs or runs)
+    at = evaluation_seed(seed, Purpose.TRAINING_PROBE)
+    res = evaluate_flat(ds, out.reshape(-1, out.shape[-1]), episodes, at, stats_runs or runs)
     achieved = res.mean.reshape(len(runs), prompts)
-    worst = float(grid.min() if ds.spec["metric"]["higher_is_better"] else grid.max())  # NaN counts as worst
-    return float(alignment_r2(grid, torch.nan_to_num(achieved, nan=worst)).mean())
+    return float(alignment_r2(grid, score_failures(grid, achieved)[0]).mean())  # failures scored as the sweep does

@@ -6,8 +6,9 @@ requested network and keeping the one whose *predicted* metric is closest to the
 much of it. The predictor reads the network's outputs on fixed probe inputs (the function-space
 loss's probes: states the training runs' policies visit, or training images), so hidden-unit
 permutations cannot change its answer. It is fitted on the training runs' checkpoints and the
-metrics the dataset recorded for them: ranking never runs the environment and never sees the
-held-out runs, the sweep's inits or a test split.
+metrics the dataset recorded for them: ranking never runs the environment, never sees the
+held-out runs or the sweep's inits, and reads no test image. (A classifier's recorded metric is its
+test-split loss, so the targets themselves come from the test split: docs/architecture.md.)
 """
 
 from __future__ import annotations
