@@ -1,19 +1,23 @@
 """Batched pure-torch reimplementations of Gymnasium tasks (see ``envs/base.py``).
 
 ``DYNAMICS`` maps a Gymnasium id to its dynamics class; ``make_dynamics`` and ``make_env`` build
-the raw dynamics (for the fast evaluator) or the torchrl env (for ``env.rollout``).
+the raw dynamics (for the fast evaluator) or the torchrl env (for ``env.rollout``). The torchrl
+pieces (``BatchedTorchEnv``, ``make_env``) are imported on first use: importing torchrl costs every
+command about 2 s, and only users of the torchrl env need it.
 """
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Any
 
-from .acrobot import AcrobotDynamics, AcrobotEnv
+from .acrobot import AcrobotDynamics
 from .base import ActionSpace, Dynamics
-from .cartpole import CartPoleDynamics, CartPoleEnv
-from .mountain_car_continuous import MountainCarContinuousDynamics, MountainCarContinuousEnv
-from .pendulum import PendulumDynamics, PendulumEnv
-from .torchrl_env import BatchedTorchEnv
+from .cartpole import CartPoleDynamics
+from .mountain_car_continuous import MountainCarContinuousDynamics
+from .pendulum import PendulumDynamics
+
+if TYPE_CHECKING:
+    from .torchrl_env import BatchedTorchEnv, make_env
 
 DYNAMICS: dict[str, type] = {
     cls.env_id: cls for cls in (CartPoleDynamics, AcrobotDynamics, PendulumDynamics, MountainCarContinuousDynamics)
@@ -34,32 +38,23 @@ def find_dynamics(env_id: str) -> Dynamics | None:
     return None if cls is None else cls()
 
 
-def make_env(
-    env_id: str,
-    batch_size: int,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int | None = 0,
-    one_hot_actions: bool = False,
-) -> BatchedTorchEnv:
-    """A torchrl env running ``batch_size`` copies of ``env_id`` (see :class:`BatchedTorchEnv`)."""
-    dynamics = make_dynamics(env_id)
-    return BatchedTorchEnv(dynamics, batch_size, device=device, dtype=dtype, seed=seed, one_hot_actions=one_hot_actions)
+def __getattr__(name: str) -> Any:
+    if name in ("BatchedTorchEnv", "make_env"):
+        from . import torchrl_env
+
+        return getattr(torchrl_env, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "DYNAMICS",
     "AcrobotDynamics",
-    "AcrobotEnv",
     "ActionSpace",
     "BatchedTorchEnv",
     "CartPoleDynamics",
-    "CartPoleEnv",
     "Dynamics",
     "MountainCarContinuousDynamics",
-    "MountainCarContinuousEnv",
     "PendulumDynamics",
-    "PendulumEnv",
     "find_dynamics",
     "make_dynamics",
     "make_env",

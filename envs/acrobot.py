@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from math import pi
-from typing import Any
 
 import torch
 
 from .base import ActionSpace
-from .torchrl_env import BatchedTorchEnv
 
 
 def _wrap(x: torch.Tensor, m: float, M: float) -> torch.Tensor:
@@ -107,10 +105,3 @@ class AcrobotDynamics:
         terminated = -torch.cos(th1) - torch.cos(th2 + th1) > 1.0
         reward = torch.where(terminated, 0.0, -1.0).to(state.dtype)
         return next_state, reward, terminated
-
-
-class AcrobotEnv(BatchedTorchEnv):
-    """torchrl env over :class:`AcrobotDynamics`; keyword arguments as :class:`BatchedTorchEnv`."""
-
-    def __init__(self, batch_size: int = 1, **kwargs: Any) -> None:
-        super().__init__(AcrobotDynamics(), batch_size, **kwargs)

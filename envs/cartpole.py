@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
 from .base import ActionSpace
-from .torchrl_env import BatchedTorchEnv
 
 
 class CartPoleDynamics:
@@ -69,10 +67,3 @@ class CartPoleDynamics:
         )
         reward = torch.ones_like(x)  # +1 every step, the terminating one included
         return next_state, reward, terminated
-
-
-class CartPoleEnv(BatchedTorchEnv):
-    """torchrl env over :class:`CartPoleDynamics`; keyword arguments as :class:`BatchedTorchEnv`."""
-
-    def __init__(self, batch_size: int = 1, **kwargs: Any) -> None:
-        super().__init__(CartPoleDynamics(), batch_size, **kwargs)

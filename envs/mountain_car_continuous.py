@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .base import ActionSpace
-from .torchrl_env import BatchedTorchEnv
 
 
 class MountainCarContinuousDynamics:
@@ -58,10 +55,3 @@ class MountainCarContinuousDynamics:
         # gymnasium keeps its state as np.float32; reproduce the rounding in float64 runs.
         next_state = torch.stack((position, velocity), dim=-1).to(torch.float32).to(state.dtype)  # (B, 2)
         return next_state, reward, terminated
-
-
-class MountainCarContinuousEnv(BatchedTorchEnv):
-    """torchrl env over :class:`MountainCarContinuousDynamics`; keyword arguments as :class:`BatchedTorchEnv`."""
-
-    def __init__(self, batch_size: int = 1, **kwargs: Any) -> None:
-        super().__init__(MountainCarContinuousDynamics(), batch_size, **kwargs)

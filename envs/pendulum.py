@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from math import pi
-from typing import Any
 
 import torch
 
 from .base import ActionSpace
-from .torchrl_env import BatchedTorchEnv
 
 
 def _angle_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -55,10 +53,3 @@ class PendulumDynamics:
         newth = th + newthdot * dt
         next_state = torch.stack((newth, newthdot), dim=-1)  # (B, 2)
         return next_state, -costs, torch.zeros_like(th, dtype=torch.bool)
-
-
-class PendulumEnv(BatchedTorchEnv):
-    """torchrl env over :class:`PendulumDynamics`; keyword arguments as :class:`BatchedTorchEnv`."""
-
-    def __init__(self, batch_size: int = 1, **kwargs: Any) -> None:
-        super().__init__(PendulumDynamics(), batch_size, **kwargs)

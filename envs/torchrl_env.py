@@ -122,3 +122,18 @@ class BatchedTorchEnv(EnvBase):
             batch_size=self.batch_size,
             device=self.device,
         )
+
+
+def make_env(
+    env_id: str,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int | None = 0,
+    one_hot_actions: bool = False,
+) -> BatchedTorchEnv:
+    """A torchrl env running ``batch_size`` copies of ``env_id`` (see :class:`BatchedTorchEnv`)."""
+    from . import make_dynamics
+
+    dynamics = make_dynamics(env_id)
+    return BatchedTorchEnv(dynamics, batch_size, device=device, dtype=dtype, seed=seed, one_hot_actions=one_hot_actions)
