@@ -96,8 +96,8 @@ def start_metric(
 ) -> torch.Tensor:
     """The metric m of networks handed to the generator (B,), measured as the dataset labelled its checkpoints.
 
-    The generator reads m as a precise number (at the default ``metric_frequency`` its embedding
-    resolves ~0.1 % of the metric range), and every init it trained on carries a label from the
+    The generator reads m as a precise number (at ``metric_frequency`` 1000, digits', its embedding
+    resolves ~0.1 % of the metric range; at the default 30, ~3 %), and every init it trained on carries a label from the
     collection's protocol (its episode count and evaluation seed). An init measured any other way
     looks like no training input: on InvertedPendulum the same model and inits gave R² 0.77 with
     m = 25.6 (the protocol's value) and 0.33 with m = 27.1 (16 episodes from another seed;

@@ -83,7 +83,6 @@ class ModelConfig:
 MODELS: dict[str, ModelConfig] = {
     # The baseline that worked on a 114-parameter CartPole policy (W=512, 3 blocks).
     "mlp": ModelConfig(kind="mlp", width=512, depth=3, mlp_ratio=1.0),
-    # For tests only.
     # The default: one token per hidden unit (permutation-equivariant by construction). On the CartPole
     # demo it beat the 4.9M-parameter MLP at equal CPU time (R2 0.63 vs 0.38), and depth 4 beat depth
     # 2 at equal steps (R2 0.76 vs 0.70 on 48 unseen inits; docs/results.md).
@@ -91,7 +90,7 @@ MODELS: dict[str, ModelConfig] = {
     # ~150 between prompts 5 apart; at 30 it follows the prompt smoothly, at the same R2, and then
     # a calibration helps (docs/results.md, session 17).
     "neuron": ModelConfig(width=64, depth=4, heads=2, tokens="neuron", mlp_ratio=2.0, metric_frequency=30.0),
-    "tiny": ModelConfig(width=32, depth=2, heads=2, tokens="layer", mlp_ratio=2.0),
+    "tiny": ModelConfig(width=32, depth=2, heads=2, tokens="layer", mlp_ratio=2.0),  # for tests
     "small": ModelConfig(width=256, depth=6, heads=4, tokens="chunk", chunk_size=64),
     "base": ModelConfig(width=512, depth=12, heads=8, tokens="chunk", chunk_size=64),
 }

@@ -167,6 +167,9 @@ def step_seed(seed: int, rank: int, step: int, stream: int) -> int:
 def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> Path:
     """Train the generator on ``cfg.dataset_dir``; writes ``cfg.model_dir``. Returns the model directory.
 
+    Training only: ``rl-gpt train`` then calibrates prompts where ``train.calibrate`` is set, with
+    :func:`rl_gpt.sweep.calibrate.ensure_calibrated` (the sweep room measures it; this room may not call it).
+
     Under ``torchrun`` it joins (or opens) the process group; one it opened is closed again however
     training ends, so rank 0 may go on alone (train.calibrate) and a refused run leaves none open.
     """
