@@ -110,7 +110,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
             + ", ".join(f"{name} {fraction:.1%}" for name, fraction in failed)
         )
     half = report.get("better_half_prompts")
-    if half:
+    if half and math.isfinite(report.get("prompt_alignment_r2_better_half") or math.nan):  # undefined below 2
         lines.append(
             f"better half: R2 over the {half} of {len(report['prompts'])} prompts in the better half of the range, "
             "far from where an init starts"

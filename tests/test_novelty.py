@@ -318,3 +318,27 @@ def test_canonical_scale_leaves_tanh_units_alone() -> None:
     layout = _two_hidden()
     x = torch.randn(3, layout.numel)
     assert torch.equal(canonical_scale(layout, x), x)
+
+
+def test_canonical_scale_takes_an_empty_batch_and_keeps_nan_rows() -> None:
+    from rl_gpt.sweep.novelty import canonical_scale
+
+    layout = classifier_layout("digits_mlp")
+    assert canonical_scale(layout, torch.zeros(0, layout.numel)).shape == (0, layout.numel)
+    x = torch.randn(2, layout.numel)
+    x[1, 5] = float("nan")
+    out = canonical_scale(layout, x)
+    assert torch.isfinite(out[0]).all() and out[1].isnan().any()
+
+
+def test_a_matched_reference_draws_among_tied_checkpoints() -> None:
+    """Many held-out checkpoints share a metric (CartPole's 500, errors counted in test images): each
+    network's reference is drawn among all of them, not the first one every time (session 35's review)."""
+    from rl_gpt.sweep.audit import _matched_rows
+
+    rows = torch.arange(100, 140)
+    metric = torch.tensor([float(i) for i in range(20)] + [500.0] * 20, dtype=torch.float64)
+    wanted = torch.full((64,), 500.0)
+    picked = _matched_rows(rows, metric, wanted, torch.Generator().manual_seed(0))
+    assert set(picked.tolist()) <= set(range(120, 140)) and len(set(picked.tolist())) > 10
+    assert _matched_rows(rows, metric, torch.tensor([3.2, 7.0]), torch.Generator()).tolist() == [103, 107]

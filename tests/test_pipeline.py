@@ -1687,3 +1687,25 @@ def test_ranked_sampling_draws_what_plain_sampling_draws(experiment):
     # a model that holds no run out still gets a ranker, with no held-out error to report
     ranker = fit_ranker(CheckpointDataset(experiment / "dataset"), info["meta"]["train_runs"], [], steps=5)
     assert ranker.fit_info["rmse_heldout_runs"] is None and ranker.fit_info["rmse_train"] > 0
+
+
+def test_the_novelty_audit_survives_a_method_whose_every_network_failed(experiment):
+    """All generated networks without a finite metric: the audit says NaN for them and measures the rest
+    (its first version raised in canonical_scale on the empty batch, before report.json; session 35)."""
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.audit import novelty_audit
+
+    ds = CheckpointDataset(experiment / "dataset")
+    info = read_model_info(experiment / "model")["meta"]
+    train_runs, test_runs = info["train_runs"], info["test_runs"]
+    slices = ds.run_slices()
+    pool = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in train_runs])
+    inits = ds.data["params"][torch.tensor([slices[r].start for r in test_runs])].float()
+    k = len(inits)
+    methods = {
+        "generator": (inits, torch.full((k,), math.nan)),  # every one failed
+        "retrieval": (ds.data["params"][pool[:1]].float().expand(k, -1), ds.data["metric"][pool[:1]].expand(k)),
+    }
+    out = novelty_audit(ds, methods, inits, pool, train_runs, test_runs)
+    assert math.isnan(out["novelty"]["generator"]) and out["novelty"]["retrieval"] == 0.0
+    assert out["init_fidelity"]["generator"] is None and "generator" not in out["behavioural_novelty"]

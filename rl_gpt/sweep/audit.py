@@ -55,7 +55,7 @@ def novelty_audit(
         pool_rows = pool_rows[torch.randperm(len(pool_rows), generator=g)[:cap]]
 
     def canonical(rows: torch.Tensor) -> torch.Tensor:
-        return canonical_scale(layout, ds.data["params"][rows].float())
+        return canonical_scale(layout, ds.data["params"][rows].float(), in_place=True)
 
     pool = canonical(pool_rows)
     held_final = canonical(torch.tensor([slices[r].stop - 1 for r in held_runs]))
@@ -63,22 +63,27 @@ def novelty_audit(
     held_rows = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in held_runs])
     held_rows = held_rows[ds.valid_mask()[held_rows] & torch.isfinite(ds.data["metric"][held_rows])]
     held_metric = ds.data["metric"][held_rows].double()
-    out: dict[str, Any] = {"novelty": {"final_checkpoint_reference": {}}, "init_fidelity": {}}
+    reference: dict[str, Any] = {}
+    out: dict[str, Any] = {"novelty": {"final_checkpoint_reference": reference}, "init_fidelity": {}}
     pairs = {}  # method -> (networks, their nearest training checkpoints) for behavioural novelty
     features = proxy_features(layout, pool)  # once: on MNIST's 26,000 checkpoints it takes seconds and GBs
     final_dist = nearest_aligned(layout, held_final, pool, pool_features=features)[0].mean()
-    for name, (networks, achieved) in methods.items():
-        live = torch.isfinite(networks).all(1) & torch.isfinite(achieved)
-        vecs = canonical_scale(layout, networks[live].float())
-        if not len(vecs):
-            out["novelty"][name] = out["novelty"]["final_checkpoint_reference"][name] = math.nan
+    generated, achieved = methods["generator"]
+    live = torch.isfinite(generated).all(1) & torch.isfinite(achieved)  # one mask for every measure below
+    for name, (networks, metric) in methods.items():
+        usable = torch.isfinite(networks).all(1) & torch.isfinite(metric)
+        if not usable.any():  # every network failed: nothing to measure
+            out["novelty"][name] = reference[name] = math.nan
             continue
-        dist, index = nearest_aligned(layout, vecs, pool, pool_features=features)
-        matched = held_rows[(held_metric[None] - achieved[live].double()[:, None]).abs().argmin(1)]
+        dist, index = nearest_aligned(layout, canonical_scale(layout, networks[usable]), pool, pool_features=features)
+        reference[name] = _ratio(dist.mean(), final_dist)
+        pairs[name] = (networks[usable], ds.data["params"][pool_rows[index]].float())
+        if not len(held_rows):  # no usable held-out checkpoint: no matched reference
+            out["novelty"][name] = math.nan
+            continue
+        matched = _matched_rows(held_rows, held_metric, metric[usable], torch.Generator().manual_seed(seed))
         matched_dist, matched_index = nearest_aligned(layout, canonical(matched), pool, pool_features=features)
         out["novelty"][name] = _ratio(dist.mean(), matched_dist.mean())
-        out["novelty"]["final_checkpoint_reference"][name] = _ratio(dist.mean(), final_dist)
-        pairs[name] = (networks[live], ds.data["params"][pool_rows[index]].float())
         if name == "generator":  # behaviour's reference: held-out checkpoints as good as the generated networks
             out["novelty"]["matched_heldout_rows"] = matched.tolist()
             pairs["heldout"] = (ds.data["params"][matched].float(), ds.data["params"][pool_rows[matched_index]].float())
@@ -100,16 +105,25 @@ def novelty_audit(
     held = _sample(len(held_runs), FIDELITY_RUNS, g)
     others = [train_runs[i] for i in _sample(len(train_runs), FIDELITY_OTHER_INITS, g).tolist()]
     train_inits = canonical(torch.tensor([slices[r].start for r in others]))
-    generated = methods["generator"][0]
-    finite = torch.isfinite(generated).all(1)
     own = canonical_scale(layout, inits)
+    mine = canonical_scale(layout, generated[live]) if live.any() else None
     out["init_fidelity"] = {
-        "generator": fidelity(canonical_scale(layout, generated[finite]), own[finite], own),
+        "generator": None if mine is None else fidelity(mine, own[live], own),
         "real_training": fidelity(held_final[held], held_init[held], train_inits),
         "real_training_runs": len(held),
         "real_training_other_inits": len(others),
     }
     return out
+
+
+def _matched_rows(rows: torch.Tensor, metric: torch.Tensor, wanted: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """For each ``wanted`` metric (W,), one of ``rows`` (N,) whose ``metric`` (N,) is nearest it, drawn
+    with ``g`` among the ties: CartPole's many checkpoints at 500, or errors counted in test images,
+    would otherwise all match the first such row."""
+    gap = (metric[None] - wanted.double()[:, None]).abs()  # (W, N)
+    tied = gap <= gap.min(1, keepdim=True).values
+    pick = torch.multinomial(tied.double(), 1, generator=g).squeeze(1)  # uniform among each row's ties
+    return rows[pick]
 
 
 def _ratio(distance: torch.Tensor, reference: torch.Tensor) -> float:

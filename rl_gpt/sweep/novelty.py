@@ -145,18 +145,22 @@ def proxy_features(layout: Layout, flat: torch.Tensor) -> torch.Tensor:
 POSITIVELY_HOMOGENEOUS = frozenset({"relu", "leaky_relu"})
 
 
-def canonical_scale(layout: Layout, flat: torch.Tensor) -> torch.Tensor:
+def canonical_scale(layout: Layout, flat: torch.Tensor, in_place: bool = False) -> torch.Tensor:
     """``flat`` (B, D) with each hidden unit after a positively homogeneous activation rescaled to
     incoming weights and bias of norm 1, its outgoing weights scaled to match: the same functions, one
     representative of each family of rescaled copies, so that distances see through the rescaling.
 
     Layers are taken in order, so a unit's incoming norm is measured after the rescaling of the layer
     below. Units of other activations (tanh) are left as they are; a unit whose incoming weights are
-    all zero keeps its scale.
+    all zero keeps its scale. ``in_place``: rescale a float32 ``flat`` itself (a fresh copy the caller
+    owns: the novelty pool is up to ~1 GB) instead of a copy.
     """
-    x = torch.as_tensor(flat).detach().float().clone()
+    x = torch.as_tensor(flat).detach()
+    x = x if in_place and x.dtype == torch.float32 else x.float().clone()
     if x.dim() != 2 or x.shape[1] != layout.numel:
         raise ValueError(f"canonical_scale: expected (B, {layout.numel}), got {tuple(x.shape)}")
+    if not len(x):
+        return x
     spec = {p.name: p for p in layout.params}
     b = len(x)
 

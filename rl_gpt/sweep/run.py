@@ -230,6 +230,11 @@ def sweep(
         report |= novelty_audit(ds, methods, inits, pool_rows, train_runs, test_runs, sc.seed + 6)
         timings["novelty_s"] = time.time() - t
         report["timings"] = timings
+        report["scoring"] = {  # how this report scored: `compare` names a difference from an older report's
+            "failures": "far end of the prompt grid",
+            "evaluation_seed": evaluation_seed(sc.seed, Purpose.SWEEP),
+            "recursive_seed": evaluation_seed(sc.seed, Purpose.RECURSIVE),
+        }
         report["config"] = to_dict(sc)
         report["model"] = str(Path(model_dir).resolve())
         # as the report's folder reaches it: a copied or moved experiment still finds its own model

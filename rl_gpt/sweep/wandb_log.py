@@ -72,7 +72,10 @@ def sweep_summary(report: dict[str, Any]) -> dict[str, float]:
     for name, baseline in (report.get("baselines") or {}).items():
         logged[f"{name}/prompt_alignment_r2"] = baseline.get("prompt_alignment_r2")
     for name, value in (report.get("novelty") or {}).items():
-        logged[f"novelty/{name}"] = value
+        if isinstance(value, dict):  # final_checkpoint_reference: the ratios against the reference before session 35
+            logged |= {f"novelty/{name}/{method}": ratio for method, ratio in value.items()}
+        else:
+            logged[f"novelty/{name}"] = value
     for name, value in (report.get("behavioural_novelty") or {}).items():
         logged[f"behavioural_novelty/{name}"] = (value or {}).get("fraction")
     fidelity = report.get("init_fidelity") or {}
