@@ -248,3 +248,16 @@ def test_the_r2_interval_is_t_over_the_reports_inits_and_one_init_has_none(tmp_p
     one, other = _write(tmp_path / "one", _noisy(1, 10.0, 0)), _write(tmp_path / "other", _noisy(1, 20.0, 1))
     rows = compare_reports([one, other])
     assert rows[0].r2_ci95 is None and rows[1].r2_delta_ci95 is None and rows[1].r2_delta is not None
+
+
+def test_compare_pairs_r2_over_the_better_half_of_the_prompts(tmp_path: Path) -> None:
+    """A change that only helps the best prompts (300-500 here) shows in the better half's delta."""
+    base = _noisy(24, 40.0, 5)
+    better = base.clone()
+    better[:, 2:] = PROMPTS[2:].view(1, -1, 1) + 0.25 * (base[:, 2:] - PROMPTS[2:].view(1, -1, 1))
+    rows = compare_reports([_write(tmp_path / "a", base), _write(tmp_path / "b", better)])
+    half = alignment_r2(PROMPTS[2:], better[:, 2:]) - alignment_r2(PROMPTS[2:], base[:, 2:])
+    assert rows[1].r2_better_half_delta == pytest.approx(float(half.mean()))
+    assert rows[1].r2_better_half_delta_ci95[0] > 0  # paired: clearly better there
+    assert rows[0].r2_better_half == pytest.approx(float(alignment_r2(PROMPTS[2:], base[:, 2:]).mean()))
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rl_gpt.evaluate.alignment import mean_ci95, score_failures
+from rl_gpt.evaluate.alignment import alignment_r2, better_half, mean_ci95, score_failures
 from rl_gpt.io import nulls_as_nan
 
 __all__ = [
@@ -62,6 +62,10 @@ class SweepComparison:
     one_step_delta: float | None = None
     one_step_delta_ci95: tuple[float, float] | None = None
     measured: dict[str, Any] | None = None  # the sampler and evaluation settings (see measurement_settings)
+    # R² over the better half of the prompts (where updates are long), recomputed from `achieved`
+    r2_better_half: float = math.nan
+    r2_better_half_delta: float | None = None
+    r2_better_half_delta_ci95: tuple[float, float] | None = None
 
 
 def measurement_settings(report: dict[str, Any]) -> dict[str, Any]:
@@ -195,6 +199,16 @@ def _one_step_per_init(report: dict[str, Any]) -> torch.Tensor:
     return achieved[:, best].mean(-1)
 
 
+def _better_half_per_init(report: dict[str, Any]) -> torch.Tensor:
+    """R² per init (K,) over the prompts in the better half of the grid, failures scored as the sweep scores
+    them; computed from ``achieved``, so reports written before it was recorded have it too."""
+    prompts, achieved = _achieved(report)
+    half = better_half(prompts, bool(report["metric"]["higher_is_better"]))
+    if int(half.sum()) < 2:
+        return torch.full((achieved.shape[0],), math.nan, dtype=torch.float64)
+    return alignment_r2(prompts[half], achieved[:, half])
+
+
 def _pairing_fields(report: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for two reports to be compared init by init, by the setting that controls it."""
     sweep = report["config"]
@@ -259,10 +273,12 @@ def compare_reports(paths: list[str | Path]) -> list[SweepComparison]:
     k = len(base["r2_per_init"])
     base_r2 = torch.tensor(base["r2_per_init"], dtype=torch.float64)
     base_one = _one_step_per_init(base)
+    base_half = _better_half_per_init(base)
     rows = []
     for r in reports:
         r2 = torch.tensor(r["r2_per_init"], dtype=torch.float64)
         one = _one_step_per_init(r)
+        half = _better_half_per_init(r)
         k_, p_, s_ = torch.tensor(r["achieved"]).shape
         metric = r["metric"]
         row = SweepComparison(
@@ -277,13 +293,16 @@ def compare_reports(paths: list[str | Path]) -> list[SweepComparison]:
             float(one.mean()),
             bias_share(r),
             measured=measurement_settings(r),
+            r2_better_half=float(half.mean()),
         )
         if r is not base:
             row.r2_delta = float((r2 - base_r2).mean())
             row.one_step_delta = float((one - base_one).nanmean())
+            row.r2_better_half_delta = float((half - base_half).mean())
             if k > 1:  # one init has no spread: no interval, rather than a zero-width one
                 row.r2_delta_ci95 = mean_ci95(r2 - base_r2)
                 row.one_step_delta_ci95 = mean_ci95(one - base_one)
+                row.r2_better_half_delta_ci95 = mean_ci95(half - base_half)
         rows.append(row)
     return rows
 
@@ -317,6 +336,11 @@ def format_comparison(rows: list[SweepComparison]) -> str:
             f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "
             f"{r.bias_share:5.2f}"
         )
+    if any(math.isfinite(r.r2_better_half) for r in rows):
+        lines.append("over the better half of the prompts (where the updates are long):")
+        for name, r in zip(names, rows, strict=True):
+            delta = _signed(r.r2_better_half_delta, r.r2_better_half_delta_ci95, 3)
+            lines.append(f"{name:<{width}}  {r.r2_better_half:6.3f} {'':<16} {delta}")
     differ = _measured_differently(rows)
     if differ:  # a fair comparison only of what differs: e.g. calibrated against not
         lines.append("measured differently: the deltas include these settings")
@@ -325,6 +349,7 @@ def format_comparison(rows: list[SweepComparison]) -> str:
     lines.append("Δ: against the first report, over the same inits (95 % t intervals over inits;")
     lines.append("   they cover which inits were drawn, not the training seed: compare retrained models over seeds)")
     lines.append("one-step: mean at the best prompt, a failed sample counted as the worst prompt")
+    lines.append("better half: R² over the prompts at or past the middle of the range, towards the best end")
     lines.append("bias: share of the squared error that all inits share (what `rl-gpt calibrate` can remove)")
     if first.inits < 16:
         lines.append(f"only {first.inits} inits: the intervals are coarse; sweep more inits to trust them")
