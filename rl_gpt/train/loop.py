@@ -29,7 +29,7 @@ from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.interrupt import interrupts_deferred
-from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder, pair_matches
+from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
 from rl_gpt.supervised.data_root import absolute_data_root, use_data_root
@@ -44,15 +44,9 @@ from rl_gpt.train.checkpoint import (
     training_segments,
 )
 from rl_gpt.train.generator import ParameterGenerator
-from rl_gpt.train.modelfile import (
-    ModelFileError,
-    metric_mismatch,
-    read_model_info,
-    recorded_metric_settings,
-    same_task,
-    save_model,
-)
+from rl_gpt.train.modelfile import save_model
 from rl_gpt.train.plot import load_plotting, plot_training
+from rl_gpt.train.preflight import check_tasks, finished, warn_if_metric_is_constant
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login
 
@@ -208,7 +202,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         )
     ds = CheckpointDataset(cfg.dataset_dir)
     out = Path(cfg.model_dir)  # created once the data is known to train on: a refused run leaves nothing behind
-    _check_tasks(cfg, ds, out, resume)
+    check_tasks(cfg, ds, out, resume)
     # A supervised dataset's data files, found now rather than at the alignment after training (the
     # function loss reads them on every rank): this command's task.data_root, else where they were collected.
     use_data_root(ds.spec, cfg.task.data_root)
@@ -250,7 +244,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         normalizer = fit_normalizer(ds, sampler0, input_columns=tc.normalize_input_columns)
     sampler = PairSampler(ds, train_runs, tc.init_fraction, tc.bins, seed=tc.seed * 1000 + rank)
     if main_proc:
-        _warn_if_metric_is_constant(ds, sampler.rows)
+        warn_if_metric_is_constant(ds, sampler.rows)
 
     # ---------------------------------------------------------------- model, optimiser
     # The prompts the probe and calibration will use: a range for another metric fails now, not
@@ -271,7 +265,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                 f"{out} is already trained to step {step}, past train.steps={tc.steps}; train again with --restart "
                 "to start a new run of that length, or use another out= directory"
             )
-        if step == tc.steps and _finished(out, tc, step):
+        if step == tc.steps and finished(out, tc, step):
             if main_proc and progress:
                 print(f"{out} is already trained to train.steps={step}; nothing to do (--restart trains it again)")
             return out
@@ -432,72 +426,6 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if world > 1:
         dist.barrier()
     return out
-
-
-def _warn_if_metric_is_constant(ds: CheckpointDataset, rows: torch.Tensor) -> None:
-    """Every training checkpoint scoring alike (MountainCar's -200 before any run learns) leaves the
-    prompt nothing to select: say so before the training, not after it as an R² of -8."""
-    values = ds.data["metric"][rows].double()
-    if len(values) and float(values.max() - values.min()) <= 1e-9 * max(1.0, float(values.abs().max())):
-        name = ds.spec.get("metric", {}).get("name", "metric")
-        warnings.warn(
-            f"every training checkpoint has {name} {float(values[0]):.6g}: with no spread in the data the "
-            "generator cannot learn to follow a prompt; collect runs that learn (more timesteps, other "
-            "hyperparameters) before training on them",
-            stacklevel=3,
-        )
-
-
-def _finished(out: Path, tc: TrainConfig, step: int) -> bool:
-    """Whether the run saved at ``step`` wrote its model files (from one save) and, if asked for, measured
-    alignment.json there."""
-    try:
-        info = read_model_info(out)
-    except ModelFileError:
-        return False
-    if not pair_matches(out / "model.safetensors", info):
-        return False  # a save stopped between its renames: the last checkpoint() writes both again
-    if info.get("meta", {}).get("step") != step:
-        return False  # stopped between the training state's save and the model's: the model is a save behind
-    if not tc.final_probe:
-        return True
-    try:
-        measured = json.loads((out / "alignment.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # missing or cut short
-        return False
-    # Files written before alignment.json recorded its step were only ever measured at the end of a run.
-    return isinstance(measured, dict) and measured.get("step", step) == step
-
-
-def _check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume: bool) -> None:
-    """Refuse data of another task than the config's, and a run to resume that learnt another task.
-
-    Otherwise the first difference found downstream is reported (a metric range, a train.* field),
-    which names a symptom instead of the mix-up."""
-    task, spec = cfg.task, ds.spec
-    if not same_task(spec, task.name, task.env_id, task.kind):
-        raise ConfigError(
-            f"{cfg.dataset_dir} holds {spec['task'].get('name')} ({spec.get('env_id')}) checkpoints but the config "
-            f"is for {task.name} ({task.env_id}); pass dataset= a {task.name} collection, or train with the config "
-            f"it was collected with ({Path(cfg.dataset_dir) / 'config.yaml'})"
-        )
-    changed = metric_mismatch(spec, task.metric, task.higher_is_better)
-    if changed:  # the model would learn the data's metric while its config.yaml claims another
-        raise ConfigError(
-            f"{cfg.dataset_dir} holds checkpoints measured by {spec['metric']['name']}, but the config asks for "
-            f"another metric ({changed}); pass {recorded_metric_settings(spec)}, or collect the other metric into "
-            f"another {cfg.dataset_option} directory"
-        )
-    if resume and (saved_state(out / "train_state") / "state.json").is_file() and (out / "model.json").is_file():
-        saved = read_model_info(out)["spec"]
-        if not same_task(saved, task.name, task.env_id, task.kind) or metric_mismatch(
-            saved, task.metric, task.higher_is_better
-        ):
-            raise ConfigError(
-                f"{out} holds a generator trained for {saved['task'].get('name')} ({saved.get('env_id')}, "
-                f"{saved.get('metric', {}).get('name')}), not {task.name} ({task.metric}); use another out= "
-                "directory, or --restart to replace it"
-            )
 
 
 def _probe(
