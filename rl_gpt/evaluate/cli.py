@@ -11,14 +11,10 @@ from typing import Any
 
 import torch
 
-from rl_gpt.supervised import (
-    DATASETS,
-    ClassifierFileError,
-    classifier_test_metrics,
-    read_classifier_file,
-    supervised_metric,
-)
+from rl_gpt.supervised.data import DATASETS
 from rl_gpt.supervised.data_root import locate_data_root, use_data_root
+from rl_gpt.supervised.files import ClassifierFileError, read_classifier_file
+from rl_gpt.supervised.metric import classifier_test_metrics, supervised_metric
 
 __all__ = ["evaluate_target"]
 

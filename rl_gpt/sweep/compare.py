@@ -349,7 +349,8 @@ def format_comparison(rows: list[SweepComparison]) -> str:
     lines.append("Δ: against the first report, over the same inits (95 % t intervals over inits;")
     lines.append("   they cover which inits were drawn, not the training seed: compare retrained models over seeds)")
     lines.append("one-step: mean at the best prompt, a failed sample counted as the worst prompt")
-    lines.append("better half: R² over the prompts at or past the middle of the range, towards the best end")
+    if any(math.isfinite(r.r2_better_half) for r in rows):
+        lines.append("better half: R² over the prompts at or past the middle of the range, towards the best end")
     lines.append("bias: share of the squared error that all inits share (what `rl-gpt calibrate` can remove)")
     if first.inits < 16:
         lines.append(f"only {first.inits} inits: the intervals are coarse; sweep more inits to trust them")
