@@ -308,7 +308,7 @@ def test_canonical_scale_sees_through_a_rescaled_copy(name: str) -> None:
     rescaled = build_classifier(name)
     rescaled.load_state_dict(layout.unflatten(ca[0]))
     torch.testing.assert_close(rescaled(x), net(x), rtol=1e-4, atol=1e-5)  # and canonical keeps it too
-    # a permuted copy still aligns after it: the two symmetries compose
+    # rescaling commutes with permuting units: a permuted copy gets the same canonical weights, permuted
     torch.testing.assert_close(canonical_scale(layout, _permuted(layout, b, 3)).norm(), cb.norm())
 
 

@@ -90,7 +90,8 @@ def novelty_audit(
     out["novelty"]["nn_dist_heldout"] = float(final_dist)
     if "retrieval" in pairs:
         pairs["retrieval"] = tuple(v[:1] for v in pairs["retrieval"])  # one checkpoint, repeated per init
-    init_index = nearest_aligned(layout, canonical_scale(layout, inits), pool, pool_features=features)[1]
+    own = canonical_scale(layout, inits)  # the inits, for behaviour's identity row and for init fidelity
+    init_index = nearest_aligned(layout, own, pool, pool_features=features)[1]
     pairs["identity"] = (inits, ds.data["params"][pool_rows[init_index]].float())
     out["behavioural_novelty"] = _behavioural(ds, pairs, train_runs, seed)
 
@@ -105,7 +106,6 @@ def novelty_audit(
     held = _sample(len(held_runs), FIDELITY_RUNS, g)
     others = [train_runs[i] for i in _sample(len(train_runs), FIDELITY_OTHER_INITS, g).tolist()]
     train_inits = canonical(torch.tensor([slices[r].start for r in others]))
-    own = canonical_scale(layout, inits)
     mine = canonical_scale(layout, generated[live]) if live.any() else None
     out["init_fidelity"] = {
         "generator": None if mine is None else fidelity(mine, own[live], own),

@@ -336,7 +336,8 @@ def format_comparison(rows: list[SweepComparison]) -> str:
             f"{r.one_step:9.{digits}f} {_signed(r.one_step_delta, r.one_step_delta_ci95, digits):<32} "
             f"{r.bias_share:5.2f}"
         )
-    if any(math.isfinite(r.r2_better_half) for r in rows):
+    has_half = any(math.isfinite(r.r2_better_half) for r in rows)
+    if has_half:
         lines.append("over the better half of the prompts (where the updates are long):")
         for name, r in zip(names, rows, strict=True):
             delta = _signed(r.r2_better_half_delta, r.r2_better_half_delta_ci95, 3)
@@ -349,7 +350,7 @@ def format_comparison(rows: list[SweepComparison]) -> str:
     lines.append("Δ: against the first report, over the same inits (95 % t intervals over inits;")
     lines.append("   they cover which inits were drawn, not the training seed: compare retrained models over seeds)")
     lines.append("one-step: mean at the best prompt, a failed sample counted as the worst prompt")
-    if any(math.isfinite(r.r2_better_half) for r in rows):
+    if has_half:
         lines.append("better half: R² over the prompts at or past the middle of the range, towards the best end")
     lines.append("bias: share of the squared error that all inits share (what `rl-gpt calibrate` can remove)")
     if first.inits < 16:
