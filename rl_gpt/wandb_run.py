@@ -14,7 +14,28 @@ from typing import Any
 from rl_gpt.config import ConfigError, ExperimentConfig
 from rl_gpt.io import atomic_write_text
 
-__all__ = ["CollectionLog", "check_login", "log_result", "project_name", "start_run", "with_dataset_sections"]
+__all__ = [
+    "ARTIFACT_FILES",
+    "CollectionLog",
+    "artifact_name",
+    "check_login",
+    "folder_artifact",
+    "log_output",
+    "log_result",
+    "project_name",
+    "start_run",
+    "use_inputs",
+    "with_dataset_sections",
+]
+
+# What a stage's artifact holds: the files that say what a dataset or a model is. A dataset's memmaps
+# (up to gigabytes) stay on disk, named by the artifact's metadata; a model's weights are a few MB and go in.
+# A calibration or a ranker written into the model folder later is left out, so the model artifact that
+# train logs is the one sweep and calibrate use (the same files, the same digest).
+ARTIFACT_FILES = {
+    "dataset": ("spec.json", "runs.json", "config.yaml"),
+    "model": ("model.safetensors", "model.json", "config.yaml"),
+}
 
 
 def check_login(cfg: ExperimentConfig) -> None:
@@ -116,8 +137,10 @@ def log_result(
     images: Mapping[str, str | Path],
     experiment: str | None,
     saved: str,
+    inputs: Mapping[str, str | Path] | None = None,
 ) -> None:
-    """A finished stage's result as one short W&B run: ``config``, ``summary`` and the ``images`` that exist.
+    """A finished stage's result as one short W&B run: ``config``, ``summary`` and the ``images`` that exist;
+    ``inputs`` (``{"dataset": folder, "model": folder}``) are the artifacts it used (``use_inputs``).
 
     Called after the result is written to disk, so any W&B failure (no network, a full disk under
     ``wandb/``) prints one line naming where the result is kept (``saved``) and the command goes on.
@@ -130,10 +153,91 @@ def log_result(
 
         pictures = {name: wandb.Image(str(path)) for name, path in images.items() if Path(path).is_file()}
         run.log({**summary, **pictures})
+        use_inputs(cfg, run, inputs or {})
         run.finish()
     except Exception as exc:  # noqa: BLE001 - any W&B failure: the stage's result is saved and stays so
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         print(f"W&B logging failed ({first}); {saved}", file=sys.stderr)
+
+
+def artifact_name(folder: str | Path) -> str:
+    """``EXPERIMENT-FOLDER`` (``demo-dataset``, ``demo-model``): derived from where the folder is, so that
+    every stage names the same dataset alike. W&B allows letters, digits, ``-``, ``_`` and ``.``."""
+    folder = Path(folder).resolve()
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{folder.parent.name}-{folder.name}".strip("-")) or "rl_gpt"
+
+
+def folder_artifact(kind: str, folder: str | Path) -> Any:
+    """A ``wandb.Artifact`` of ``kind`` (dataset, model) holding ``ARTIFACT_FILES[kind]`` from ``folder``,
+    with the folder's path (and what its ``spec.json`` or ``model.json`` says) as metadata; None where the
+    folder holds none of those files. Built alike by the stage that logs it and the stages that use it."""
+    import wandb
+
+    folder = Path(folder).resolve()
+    files = [folder / name for name in ARTIFACT_FILES[kind] if (folder / name).is_file()]
+    if not files:
+        return None
+    artifact = wandb.Artifact(artifact_name(folder), type=kind, metadata={"path": str(folder), **_described(folder)})
+    for file in files:
+        artifact.add_file(str(file), name=file.name)
+    return artifact
+
+
+def _described(folder: Path) -> dict[str, Any]:
+    """A few facts a W&B user filters artifacts by: the task, env and metric; a model's training step."""
+    import json
+
+    facts: dict[str, Any] = {}
+    try:
+        if (folder / "spec.json").is_file():
+            spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+            facts = {"task": spec["task"]["name"], "env_id": spec.get("env_id"), "metric": spec["metric"]["name"]}
+        elif (folder / "model.json").is_file():
+            model = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+            facts = {"step": model.get("step"), "dataset": model.get("dataset")}
+    except (OSError, ValueError, KeyError, TypeError):  # metadata only: a folder W&B cannot describe is still logged
+        pass
+    return facts
+
+
+def log_output(cfg: ExperimentConfig, run: Any, kind: str, folder: str | Path) -> None:
+    """Log ``folder`` as the run's output artifact (``wandb.artifacts=false``: not). Offline, W&B keeps a copy
+    of its files until ``wandb sync``. The folder is saved before this: a W&B failure is one line, not a
+    failed stage."""
+    if run is None or not cfg.wandb.artifacts or cfg.wandb.mode == "disabled":
+        return
+    try:
+        artifact = folder_artifact(kind, folder)
+        if artifact is not None:
+            run.log_artifact(artifact)
+    except Exception as exc:  # noqa: BLE001 - any W&B failure: the folder is whole on disk
+        _say_failed(f"the {kind} artifact", exc, f"the {kind} is saved in {folder}")
+
+
+def use_inputs(cfg: ExperimentConfig, run: Any, inputs: Mapping[str, str | Path]) -> None:
+    """Mark the artifacts a stage read (``{"dataset": folder, "model": folder}``) as the run's inputs.
+
+    Online, ``use_artifact`` draws the lineage (collect → dataset → train → model → sweep): W&B matches
+    the artifact by its digest to the version its producer logged. W&B refuses ``use_artifact`` offline,
+    so the run's config records each input as ``NAME:DIGEST`` under ``inputs`` in every mode, which
+    finds the producing run after ``wandb sync`` too."""
+    if run is None or not cfg.wandb.artifacts or cfg.wandb.mode == "disabled" or not inputs:
+        return
+    try:
+        used = {kind: folder_artifact(kind, folder) for kind, folder in inputs.items()}
+        used = {kind: artifact for kind, artifact in used.items() if artifact is not None}
+        names = {kind: f"{artifact.name}:{artifact.digest}" for kind, artifact in used.items()}
+        run.config.update({"inputs": names}, allow_val_change=True)
+        if cfg.wandb.mode == "online":
+            for artifact in used.values():
+                run.use_artifact(artifact)
+    except Exception as exc:  # noqa: BLE001 - lineage is worth a line, not the stage
+        _say_failed("the artifacts this stage used", exc, "its results are saved as usual")
+
+
+def _say_failed(what: str, exc: Exception, saved: str) -> None:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    print(f"W&B could not log {what} ({first}); {saved}", file=sys.stderr)
 
 
 def _saved_run_id(path: Path) -> str | None:
@@ -167,6 +271,7 @@ class CollectionLog:
         # Keyed by the dataset folder too: two datasets in one folder (dataset=a, dataset=b) are two runs.
         key = f"collect-{cfg.task.name}-{Path(cfg.dataset_dir).name}"
         self.run = start_run(cfg, "collect", directory, to_dict(cfg), stored > 0, key)
+        self.cfg = cfg
         self.step_name = step_name
         self.finished = stored
         self.stored = stored  # runs logged by an earlier session of a resumed collection
@@ -211,5 +316,7 @@ class CollectionLog:
         # session that added no run has nothing new to chart, and W&B would drop a step it has passed.
         if charts and self.finished > self.stored:
             self.run.log(charts, step=self.finished)
+        if not failed:  # a finished collection's dataset, which train, calibrate and sweep then use
+            log_output(self.cfg, self.run, "dataset", self.cfg.dataset_dir)
         self.run.finish(exit_code=1 if failed else 0)
         self.run = None

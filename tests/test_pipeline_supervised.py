@@ -223,3 +223,68 @@ def test_error_targets_are_fractions():
         check_fraction_targets("test_error", [0.1, 5.0])
     with pytest.raises(ConfigError, match=r"target -0.1: .* fraction from 0 to 1$"):
         check_fraction_targets("test_error", [-0.1])
+
+
+def test_each_stage_logs_what_it_made_as_a_wandb_artifact_and_names_what_it_used(tmp_path, monkeypatch):
+    """collect → dataset artifact → train → model artifact → calibrate, sweep; offline W&B keeps its records
+    in a binary file, where each artifact's digest and each run's ``inputs`` (NAME:DIGEST) are found."""
+    pytest.importorskip("wandb")
+    from rl_gpt.wandb_run import folder_artifact
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the presets' default: offline
+    out = tmp_path / "exp"
+    tiny = ["-q", "sweep.calibration_inits=2", "sweep.calibration_prompts=3", "sweep.samples=1"]
+    assert main(["collect", "digits", f"out={out}", "runs=3", "workers=1", "task.hyperparams.steps=40", *tiny]) == 0
+    model_args = ["steps=4", "model=mlp", "train.model_overrides={width: 16, depth: 1}", "batch=8"]
+    assert main(["train", "digits", f"out={out}", *model_args, "train.test_fraction=0.34", *tiny]) == 0
+    assert main(["sweep", "digits", f"out={out}", "inits=2", "prompts=3", "sweep.recursive=1", *tiny]) == 0
+
+    def records(folder: Path, stage: str) -> bytes:
+        run_id = (folder / "wandb" / f"{stage}.run_id").read_text()
+        (found,) = folder.glob(f"wandb/offline-run-*/run-{run_id}.wandb")
+        return found.read_bytes()
+
+    dataset, model = folder_artifact("dataset", out / "dataset"), folder_artifact("model", out / "model")
+    assert dataset.name == "exp-dataset" and model.name == "exp-model"
+    assert sorted(model.manifest.entries) == ["config.yaml", "model.json", "model.safetensors"]  # no calibration
+    used_dataset, used_model = f"{dataset.name}:{dataset.digest}".encode(), f"{model.name}:{model.digest}".encode()
+    assert dataset.digest.encode() in records(out, "collect-digits-dataset")  # collect logged the dataset
+    train = records(out / "model", "train-digits")
+    assert used_dataset in train and model.digest.encode() in train
+    for used in (records(out / "model", "calibrate-digits"), records(out / "sweep", "sweep-digits")):
+        assert used_dataset in used and used_model in used
+
+
+@pytest.mark.parametrize("mode, artifacts", [("online", True), ("offline", True), ("offline", False)])
+def test_used_artifacts_are_marked_online_and_named_in_the_config_in_every_mode(tmp_path, mode, artifacts):
+    """W&B refuses ``use_artifact`` offline (the lineage is drawn online only); the config's ``inputs`` name
+    each input's version in every mode. ``wandb.artifacts=false`` logs and names none."""
+    pytest.importorskip("wandb")
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from rl_gpt.config import load_config
+    from rl_gpt.wandb_run import folder_artifact, log_output, use_inputs
+
+    folder = tmp_path / "exp" / "model"
+    folder.mkdir(parents=True)
+    (folder / "model.json").write_text('{"step": 7}')
+    (folder / "calibration.json").write_text("{}")  # written later by calibrate: not part of the model
+    cfg = load_config("digits")
+    cfg = replace(cfg, wandb=replace(cfg.wandb, mode=mode, artifacts=artifacts))
+    config, used, logged = {}, [], []
+    run = SimpleNamespace(
+        config=SimpleNamespace(update=lambda values, allow_val_change: config.update(values)),
+        use_artifact=used.append,
+        log_artifact=logged.append,
+    )
+    use_inputs(cfg, run, {"model": folder, "dataset": tmp_path / "no-such-folder"})
+    log_output(cfg, run, "model", folder)
+    expected = folder_artifact("model", folder)
+    assert expected.metadata["step"] == 7 and list(expected.manifest.entries) == ["model.json"]
+    if not artifacts:
+        assert config == {} and used == [] and logged == []
+        return
+    assert config == {"inputs": {"model": f"exp-model:{expected.digest}"}}  # a folder without its files: left out
+    assert [a.digest for a in used] == ([expected.digest] if mode == "online" else [])
+    assert [a.digest for a in logged] == [expected.digest]

@@ -231,6 +231,7 @@ class WandbConfig:
     mode: Literal["offline", "online", "disabled"] = "offline"  # wandb.init mode
     project: str | None = None  # W&B project; None = WANDB_PROJECT, else rl_gpt
     entity: str | None = None  # W&B entity (team); None = your default
+    artifacts: bool = True  # log the dataset's and the model's files as W&B artifacts (the memmaps stay on disk)
 
 
 @dataclass

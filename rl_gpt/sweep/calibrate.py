@@ -133,7 +133,8 @@ def _log_wandb(
     images = {"calibration": picture}  # left out if its plot could not be drawn
     experiment = model_dir.resolve().parent.name or None
     saved = f"the calibration is saved in {model_dir / 'calibration.json'}"
-    log_result(cfg, "calibrate", model_dir, config, summary, images, experiment, saved)
+    inputs = {"dataset": dataset_dir, "model": model_dir}
+    log_result(cfg, "calibrate", model_dir, config, summary, images, experiment, saved, inputs)
 
 
 def ensure_calibrated(cfg: ExperimentConfig, model_dir: str | Path, progress: bool = True) -> PromptCalibration:

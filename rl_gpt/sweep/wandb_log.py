@@ -55,6 +55,7 @@ def log_sweep(
         images,
         experiment,
         f"the sweep is saved in {out} (report.json)",
+        {"dataset": dataset_dir, "model": report["model"]},
     )
 
 

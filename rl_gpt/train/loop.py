@@ -48,7 +48,7 @@ from rl_gpt.train.modelfile import save_model
 from rl_gpt.train.plot import load_plotting, plot_training
 from rl_gpt.train.preflight import check_tasks, finished, warn_if_metric_is_constant
 from rl_gpt.train.probe import prompt_range, quick_alignment
-from rl_gpt.wandb_run import check_login
+from rl_gpt.wandb_run import check_login, log_output
 
 __all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
 
@@ -422,6 +422,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             )
             raise
     if run is not None:
+        log_output(cfg, run, "model", out)
         run.finish()
     if world > 1:
         dist.barrier()
@@ -518,7 +519,9 @@ def _final_alignment(
 
 
 def _wandb_init(cfg: ExperimentConfig, resume: bool) -> Any:
-    from rl_gpt.wandb_run import start_run, with_dataset_sections
+    from rl_gpt.wandb_run import start_run, use_inputs, with_dataset_sections
 
     config = with_dataset_sections(to_dict(cfg), cfg.dataset_dir)  # the data's task and collect sections
-    return start_run(cfg, "train", cfg.model_dir, config, resume=resume)
+    run = start_run(cfg, "train", cfg.model_dir, config, resume=resume)
+    use_inputs(cfg, run, {"dataset": cfg.dataset_dir})
+    return run
