@@ -13,14 +13,12 @@ import itertools
 import math
 from typing import NamedTuple
 
-import gymnasium as gym
-import numpy as np
 import torch
 
-from rl_gpt.env_modules import make_env
 from rl_gpt.envs import find_dynamics
 from rl_gpt.envs.base import Dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec, PolicyWeights
+from rl_gpt.evaluate.stepping import GymEpisodes, check_dynamics
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads
 
@@ -113,7 +111,7 @@ def evaluate_params(
 
     dynamics = find_dynamics(env_id)  # None: no torch port, Gymnasium fallback
     if dynamics is not None:
-        _check_spaces(spec, dynamics.obs_dim, dynamics.action_space.discrete, dynamics.action_space.dim, env_id)
+        check_dynamics(spec, dynamics, env_id)
     max_batch = max_batch or (_MAX_BATCH_TORCH if dynamics is not None else _MAX_BATCH_GYM)
     per_chunk = max(1, max_batch // episodes)  # whole policies per chunk
 
@@ -151,14 +149,6 @@ def _default_pool(w: PolicyWeights, device: torch.device) -> int:
     # few policies would cost as many (overhead-bound) steps as a full one.
     rounds = math.ceil(w.batch / cap)
     return math.ceil(w.batch / rounds)
-
-
-def _check_spaces(spec: PolicySpec, obs_dim: int, discrete: bool, action_dim: int, env_id: str) -> None:
-    if obs_dim != spec.obs_dim:
-        raise ValueError(f"{env_id} has obs_dim={obs_dim}, the policy spec {spec.obs_dim}")
-    if discrete != spec.discrete or (not discrete and action_dim != spec.action_dim):
-        kind = "discrete" if discrete else f"continuous ({action_dim})"
-        raise ValueError(f"{env_id} has {kind} actions; the policy's head is {spec.head} ({spec.action_dim})")
 
 
 # ---------------------------------------------------------------------------------------- torch dynamics
@@ -263,26 +253,8 @@ def _rollout_gym(
     """(B, E) returns and lengths of one chunk on a Gymnasium vector env of B·E copies."""
     B, E, device = w.batch, episodes, w.weights[0].device
     dtype = w.weights[0].dtype
-    vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
-    envs = vector_env([lambda: make_env(env_id) for _ in range(B * E)])
-    try:
-        space = envs.single_action_space
-        discrete = isinstance(space, gym.spaces.Discrete)
-        obs_space = envs.single_observation_space
-        _check_spaces(policy.spec, int(np.prod(obs_space.shape)), discrete, 1 if discrete else space.shape[0], env_id)
-        obs, _ = envs.reset(seed=[seed + e for _ in range(B) for e in range(E)])  # (B·E, obs_dim)
-        ret = np.zeros(B * E)
-        length = np.zeros(B * E, dtype=np.int64)
-        alive = np.ones(B * E, dtype=bool)
-        act_dtype = np.int64 if discrete else np.float32  # what SB3's predict hands the env
-        while alive.any():
-            obs_t = torch.as_tensor(obs, dtype=dtype).to(device).view(B, E, -1)
-            action = policy.act_prepared(w, obs_t, deterministic, noise).flatten(0, 1).cpu().numpy()
-            obs, reward, terminated, truncated, _ = envs.step(action.astype(act_dtype, copy=False))
-            # Gymnasium 1.x autoresets a finished env on its next step: only count up to the first end.
-            ret += np.where(alive, reward, 0.0)
-            length += alive
-            alive &= ~(terminated | truncated)
-    finally:
-        envs.close()
-    return torch.from_numpy(ret).view(B, E), torch.from_numpy(length).view(B, E)
+    with GymEpisodes(env_id, policy.spec, [seed + e for _ in range(B) for e in range(E)], async_envs) as envs:
+        while envs.first.any():  # every env's first episode counts, up to its end
+            obs = envs.observations(dtype, device).view(B, E, -1)
+            envs.step(policy.act_prepared(w, obs, deterministic, noise).flatten(0, 1))
+    return envs.returns.view(B, E), envs.lengths.view(B, E)

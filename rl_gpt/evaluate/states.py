@@ -7,19 +7,15 @@ would mostly be states no policy ever reaches (CartPole's velocities are unbound
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import gymnasium as gym
-import numpy as np
 import torch
 
-from rl_gpt.env_modules import make_env
-from rl_gpt.envs import Dynamics, find_dynamics
+from rl_gpt.envs import find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
+from rl_gpt.evaluate.stepping import GymEpisodes, check_dynamics, run_episodes
 from rl_gpt.layout import Layout
 from rl_gpt.threads import torch_threads
 
-__all__ = ["run_episodes", "shared_obs_stats", "visited_observations"]
+__all__ = ["shared_obs_stats", "visited_observations"]
 
 
 def shared_obs_stats(
@@ -31,29 +27,6 @@ def shared_obs_stats(
     if obs_mean is None or obs_var is None:
         raise ValueError("the spec has normalize_obs=True: pass obs_mean and obs_var (obs_dim,)")
     return obs_mean.reshape(1, -1).expand(batch, -1), obs_var.reshape(1, -1).expand(batch, -1)
-
-
-def run_episodes(
-    dynamics: Dynamics,
-    state: torch.Tensor,
-    act: Callable[[torch.Tensor], torch.Tensor],
-    steps: int,
-    generator: torch.Generator,
-) -> None:
-    """Step N episodes of torch ``dynamics`` from ``state`` (N, S) for ``steps`` steps.
-
-    ``act`` maps each step's observations (N, obs_dim) to actions; an episode that terminates or
-    reaches the time limit restarts from a fresh start state drawn with ``generator``.
-    """
-    length = torch.zeros(state.shape[0], dtype=torch.int64, device=state.device)
-    for _ in range(steps):
-        state, _, terminated = dynamics.step(state, act(dynamics.observe(state)))
-        length += 1
-        done = (terminated | (length >= dynamics.max_episode_steps)).nonzero().squeeze(1)
-        if done.numel():
-            state = state.clone()
-            state[done] = dynamics.initial_state(done.numel(), generator, state.dtype, state.device)
-            length[done] = 0
 
 
 @torch.inference_mode()
@@ -85,6 +58,7 @@ def visited_observations(
     dynamics = find_dynamics(env_id)
     with torch_threads(1):
         if dynamics is not None:
+            check_dynamics(spec, dynamics, env_id)
             g = torch.Generator().manual_seed(seed)
 
             def act(obs: torch.Tensor) -> torch.Tensor:
@@ -93,19 +67,9 @@ def visited_observations(
 
             run_episodes(dynamics, dynamics.initial_state(B, g, torch.float32, "cpu"), act, steps, g)
             return torch.stack(seen, 1).reshape(B * steps, -1)  # grouped by policy
-        envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(B)])
-        try:
-            dtype = np.int64 if isinstance(envs.single_action_space, gym.spaces.Discrete) else np.float32
-            obs_np, _ = envs.reset(seed=[seed + b for b in range(B)])
-            fresh = torch.ones(B, dtype=torch.bool)  # the env will act on this observation
+        with GymEpisodes(env_id, spec, [seed + b for b in range(B)]) as envs:
             for _ in range(steps):
-                obs = torch.as_tensor(obs_np, dtype=torch.float32)
-                seen.append(obs[fresh])
-                action = policy.act_prepared(weights, obs.unsqueeze(1), True).squeeze(1)
-                obs_np, _, terminated, truncated, _ = envs.step(action.numpy().astype(dtype, copy=False))
-                # Gymnasium 1.x resets on the *next* step, ignoring its action: an ended
-                # episode's last observation is no state the policy acts in.
-                fresh = ~torch.as_tensor(terminated | truncated)
-        finally:
-            envs.close()
+                obs = envs.observations()  # (B, obs_dim)
+                seen.append(obs[envs.acting])  # not an ended episode's last observation
+                envs.step(policy.act_prepared(weights, obs.unsqueeze(1), True).squeeze(1))
     return torch.cat(seen)

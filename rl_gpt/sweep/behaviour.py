@@ -21,14 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import gymnasium as gym
-import numpy as np
 import torch
 
-from rl_gpt.env_modules import make_env
 from rl_gpt.envs import find_dynamics
 from rl_gpt.evaluate.policy import BatchedPolicy, PolicySpec
-from rl_gpt.evaluate.states import run_episodes, shared_obs_stats
+from rl_gpt.evaluate.states import shared_obs_stats
+from rl_gpt.evaluate.stepping import GymEpisodes, check_dynamics, run_episodes
 from rl_gpt.layout import Layout
 from rl_gpt.sweep.novelty import actions_differ
 from rl_gpt.threads import torch_threads
@@ -97,9 +95,10 @@ def action_disagreement(
         return a, actions_differ(a, b, spec.discrete, tol, 0.0 if width is None else width)
 
     dynamics = find_dynamics(env_id)
+    steps = max(1, (states or STATES) // envs)
     with torch_threads(1):
         if dynamics is not None:
-            steps = max(1, (states or STATES) // envs)
+            check_dynamics(spec, dynamics, env_id)
             g = torch.Generator().manual_seed(seed)
             count = torch.zeros(B, dtype=torch.int64)
 
@@ -112,36 +111,29 @@ def action_disagreement(
             run_episodes(dynamics, start, act, steps, g)
             seen = torch.full((B,), steps * envs, dtype=torch.int64)
         else:
-            count, seen = _disagreement_gym(differ, env_id, B, envs, max(1, (states or STATES) // envs), seed)
+            count, seen = _disagreement_gym(differ, env_id, spec, B, envs, steps, seed)
     return count.double() / seen.clamp(min=1), seen
 
 
 def _disagreement_gym(
     differ: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     env_id: str,
+    spec: PolicySpec,
     B: int,
     E: int,
     steps: int,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(differing, compared) state counts (B,) on a Gymnasium vector env of B·E copies."""
-    envs = gym.vector.SyncVectorEnv([lambda: make_env(env_id) for _ in range(B * E)])
-    try:
-        discrete = isinstance(envs.single_action_space, gym.spaces.Discrete)
-        obs, _ = envs.reset(seed=[seed + e for _ in range(B) for e in range(E)])
-        count = torch.zeros(B, dtype=torch.int64)
-        seen = torch.zeros(B, dtype=torch.int64)
-        fresh = torch.ones(B, E, dtype=torch.bool)  # the env will act on this observation
+    count = torch.zeros(B, dtype=torch.int64)
+    seen = torch.zeros(B, dtype=torch.int64)
+    with GymEpisodes(env_id, spec, [seed + e for _ in range(B) for e in range(E)]) as envs:
         for _ in range(steps):
-            a, d = differ(torch.as_tensor(obs, dtype=torch.float32).view(B, E, -1))
-            count += (d & fresh).sum(1)
-            seen += fresh.sum(1)
-            action = a.flatten(0, 1).numpy().astype(np.int64 if discrete else np.float32, copy=False)
-            obs, _, terminated, truncated, _ = envs.step(action)
-            # Gymnasium 1.x autoresets on the *next* step, ignoring its action: that state is not the policy's.
-            fresh = ~torch.as_tensor(terminated | truncated).view(B, E)
-    finally:
-        envs.close()
+            a, d = differ(envs.observations().view(B, E, -1))
+            acting = envs.acting.view(B, E)  # the autoreset step's state is not the policy's
+            count += (d & acting).sum(1)
+            seen += acting.sum(1)
+            envs.step(a.flatten(0, 1))
     return count, seen
 
 
