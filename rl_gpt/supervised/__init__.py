@@ -14,7 +14,7 @@ from rl_gpt.supervised.data import (
 )
 from rl_gpt.supervised.data_root import data_sha256, locate_data_root, use_data_root
 from rl_gpt.supervised.evaluate import classifier_logits, evaluate_classifiers
-from rl_gpt.supervised.fetch import SOURCES, ChecksumError, DownloadError, UnsafeArchiveError, download, fetch
+from rl_gpt.supervised.fetch import SOURCES, fetch
 from rl_gpt.supervised.files import ClassifierFile, ClassifierFileError, classifier_metadata, read_classifier_file
 from rl_gpt.supervised.metric import classifier_test_metrics, supervised_metric
 from rl_gpt.supervised.models import (
@@ -26,6 +26,7 @@ from rl_gpt.supervised.models import (
 )
 from rl_gpt.supervised.npm_copy import NPM_COPIES, fetch_npm
 from rl_gpt.supervised.train import train_classifier_run, train_classifier_runs
+from rl_gpt.supervised.transfer import ChecksumError, DownloadError, UnsafeArchiveError, download
 
 __all__ = [
     "CLASSIFIERS",

