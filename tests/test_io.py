@@ -153,6 +153,28 @@ def test_help_and_version_answer_without_loading_torch() -> None:
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
+def test_warnings_print_as_one_line_naming_the_command():
+    import warnings
+
+    from rl_gpt.cli import _one_line_warnings
+
+    previous = _one_line_warnings("generate")
+    try:
+        text = warnings.formatwarning(UserWarning("target 5000 lies outside"), UserWarning, "cli.py", 74, "x = 1")
+    finally:
+        warnings.formatwarning = previous
+    assert text == "rl-gpt generate: warning: target 5000 lies outside\n"
+    import torch  # a library's warning says which library it is (torchrl 0.6 warns on every command)
+
+    library = str(Path(torch.__file__).parent / "nn" / "modules" / "module.py")
+    previous = _one_line_warnings("train")
+    try:
+        text = warnings.formatwarning(UserWarning("Failed to import\n  details"), UserWarning, library, 7, None)
+    finally:
+        warnings.formatwarning = previous
+    assert text == "rl-gpt train: warning from torch: Failed to import\n"
+
+
 def test_outputs_are_refused_in_a_dataset_or_model_folder(tmp_path):
     from rl_gpt.io import ensure_report_dir
 

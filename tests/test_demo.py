@@ -1,0 +1,49 @@
+"""`rl-gpt demo`: collect, train and sweep in one command, restarted and resumed (on a copy of the tiny
+CartPole ``experiment``'s dataset, conftest.py), and refused when given both a config and --task."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from cli_helpers import QUIET, TINY_MODEL
+
+from rl_gpt.cli import main
+from rl_gpt.train.modelfile import read_model_info
+
+
+def test_demo_runs_end_to_end_and_restarts(experiment, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(experiment / "dataset", out / "dataset")  # collection then finds all 4 runs done
+    args = ["demo", "cartpole", "runs=4", "timesteps=1024", "collect.checkpoint_every=256", "task.n_envs=2"]
+    args += ["collect.eval_episodes=2"]  # as the copied dataset was collected: more runs must be alike
+    args += ["steps=4", *TINY_MODEL, "inits=2", "prompts=3", "samples=1", "episodes=2", "--out", str(out), *QUIET]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["inits"] == 2 and len(report["prompts"]) == 3 and (out / "sweep.png").is_file()
+    assert main([*args, "steps=6", "--restart"]) == 0
+    assert read_model_info(out / "model")["meta"]["step"] == 6
+    assert not (out / "model" / "calibration.json").exists()  # only where train.calibrate asks for it
+
+    calibrated = [*args, "steps=6", "train.calibrate=true", "sweep.calibration_inits=2", "sweep.calibration_prompts=3"]
+    assert main(calibrated) == 0
+    cal = out / "model" / "calibration.json"
+    first = cal.read_text()
+    assert json.loads((out / "report.json").read_text())["calibration"]["applied"]
+    assert main(calibrated) == 0  # resumed: same weights and settings, so the calibration is kept as it was
+    assert cal.read_text() == first
+    cal.write_text("{")  # damaged: the demo measures it again instead of stopping
+    assert main(calibrated) == 0
+    assert json.loads(cal.read_text())["prompts"] == json.loads(first)["prompts"]
+
+    moved = tmp_path / "moved"  # out= instead of --out: every stage writes there, the report included
+    shutil.copytree(experiment / "dataset", moved / "dataset")
+    at = args.index("--out")
+    assert main([*args[:at], *args[at + 2 :], f"out={moved}"]) == 0
+    assert (moved / "report.json").is_file() and (moved / "model" / "model.json").is_file()
+
+
+def test_the_demo_refuses_a_config_and_a_task_together(tmp_path, capsys):
+    assert main(["demo", "cartpole", "--task", "digits", "--out", str(tmp_path / "d"), *QUIET]) == 2
+    assert "--task digits or cartpole, not both" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
