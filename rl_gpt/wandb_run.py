@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -32,8 +33,10 @@ __all__ = [
 # (up to gigabytes) stay on disk, named by the artifact's metadata; a model's weights are a few MB and go in.
 # A calibration or a ranker written into the model folder later is left out, so the model artifact that
 # train logs is the one sweep and calibrate use (the same files, the same digest).
+# A dataset's config.yaml is left out: collect rewrites it from the whole command line even when it adds no
+# run (spec.json holds its task and collect sections), and a changed digest would name no logged version.
 ARTIFACT_FILES = {
-    "dataset": ("spec.json", "runs.json", "config.yaml"),
+    "dataset": ("spec.json", "runs.json"),
     "model": ("model.safetensors", "model.json", "config.yaml"),
 }
 
@@ -162,15 +165,28 @@ def log_result(
 
 def artifact_name(folder: str | Path) -> str:
     """``EXPERIMENT-FOLDER`` (``demo-dataset``, ``demo-model``): derived from where the folder is, so that
-    every stage names the same dataset alike. W&B allows letters, digits, ``-``, ``_`` and ``.``."""
+    every stage names the same dataset alike. W&B allows letters, digits, ``-``, ``_`` and ``.``, and at
+    most 128 of them: a longer name keeps its start and ends in a hash of the whole."""
     folder = Path(folder).resolve()
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{folder.parent.name}-{folder.name}".strip("-")) or "rl_gpt"
+    name = f"{folder.parent.name}-{folder.name}".strip("-")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "rl_gpt"
+    if safe != name or len(safe) > _NAME_LIMIT:  # `my exp` and `my_exp` must not share a name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        safe = f"{safe[: _NAME_LIMIT - 9]}-{digest}"
+    return safe
 
 
-def folder_artifact(kind: str, folder: str | Path) -> Any:
+_NAME_LIMIT = 128  # wandb refuses longer artifact names
+
+
+def folder_artifact(kind: str, folder: str | Path, copy: bool = True) -> Any:
     """A ``wandb.Artifact`` of ``kind`` (dataset, model) holding ``ARTIFACT_FILES[kind]`` from ``folder``,
     with the folder's path (and what its ``spec.json`` or ``model.json`` says) as metadata; None where the
-    folder holds none of those files. Built alike by the stage that logs it and the stages that use it."""
+    folder holds none of those files. Built alike by the stage that logs it and the stages that use it.
+
+    ``copy``: wandb copies each file into its staging folder at once, a snapshot for the upload (a
+    resumed training replaces the weights). A used artifact needs only its digest, the same either way;
+    unlogged, its copies would stay in W&B's data folder for good."""
     import wandb
 
     folder = Path(folder).resolve()
@@ -179,7 +195,7 @@ def folder_artifact(kind: str, folder: str | Path) -> Any:
         return None
     artifact = wandb.Artifact(artifact_name(folder), type=kind, metadata={"path": str(folder), **_described(folder)})
     for file in files:
-        artifact.add_file(str(file), name=file.name)
+        artifact.add_file(str(file), name=file.name, policy="mutable" if copy else "immutable")
     return artifact
 
 
@@ -224,7 +240,7 @@ def use_inputs(cfg: ExperimentConfig, run: Any, inputs: Mapping[str, str | Path]
     if run is None or not cfg.wandb.artifacts or cfg.wandb.mode == "disabled" or not inputs:
         return
     try:
-        used = {kind: folder_artifact(kind, folder) for kind, folder in inputs.items()}
+        used = {kind: folder_artifact(kind, folder, copy=False) for kind, folder in inputs.items()}
         used = {kind: artifact for kind, artifact in used.items() if artifact is not None}
         names = {kind: f"{artifact.name}:{artifact.digest}" for kind, artifact in used.items()}
         run.config.update({"inputs": names}, allow_val_change=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,11 @@ def test_each_stage_logs_what_it_made_as_a_wandb_artifact_and_names_what_it_used
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the presets' default: offline
     out = tmp_path / "exp"
     tiny = ["-q", "sweep.calibration_inits=2", "sweep.calibration_prompts=3", "sweep.samples=1"]
-    assert main(["collect", "digits", f"out={out}", "runs=3", "workers=1", "task.hyperparams.steps=40", *tiny]) == 0
+    collect = ["collect", "digits", f"out={out}", "runs=3", "workers=1", "task.hyperparams.steps=40", *tiny]
+    assert main(collect) == 0
+    collected = folder_artifact("dataset", out / "dataset").digest
+    assert main([*collect, "train.steps=5"]) == 0  # nothing to collect: the dataset, and its digest, stay
+    assert folder_artifact("dataset", out / "dataset").digest == collected
     model_args = ["steps=4", "model=mlp", "train.model_overrides={width: 16, depth: 1}", "batch=8"]
     assert main(["train", "digits", f"out={out}", *model_args, "train.test_fraction=0.34", *tiny]) == 0
     assert main(["sweep", "digits", f"out={out}", "inits=2", "prompts=3", "sweep.recursive=1", *tiny]) == 0
@@ -278,7 +283,9 @@ def test_used_artifacts_are_marked_online_and_named_in_the_config_in_every_mode(
         use_artifact=used.append,
         log_artifact=logged.append,
     )
+    staging = Path(os.environ["WANDB_DATA_DIR"]) / "artifacts" / "staging"
     use_inputs(cfg, run, {"model": folder, "dataset": tmp_path / "no-such-folder"})
+    assert not staging.exists() or not any(staging.iterdir())  # a used artifact leaves no copy behind
     log_output(cfg, run, "model", folder)
     expected = folder_artifact("model", folder)
     assert expected.metadata["step"] == 7 and list(expected.manifest.entries) == ["model.json"]
@@ -288,3 +295,18 @@ def test_used_artifacts_are_marked_online_and_named_in_the_config_in_every_mode(
     assert config == {"inputs": {"model": f"exp-model:{expected.digest}"}}  # a folder without its files: left out
     assert [a.digest for a in used] == ([expected.digest] if mode == "online" else [])
     assert [a.digest for a in logged] == [expected.digest]
+
+
+def test_artifact_names_are_valid_and_distinct_for_any_folder(tmp_path):
+    pytest.importorskip("wandb")
+    import wandb
+
+    from rl_gpt.wandb_run import artifact_name
+
+    long = tmp_path / ("x" * 200) / "model"
+    names = [artifact_name(tmp_path / "demo" / "model"), artifact_name(tmp_path / "my exp" / "model")]
+    names += [artifact_name(tmp_path / "my_exp" / "model"), artifact_name(long)]
+    assert names[0] == "demo-model" and len(set(names)) == 4
+    assert len(names[3]) <= 128 and names[3] == artifact_name(long)  # shortened, and alike at every stage
+    for name in names:
+        wandb.Artifact(name, type="model")  # wandb refuses a name it does not allow

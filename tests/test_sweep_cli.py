@@ -313,7 +313,11 @@ def test_a_flat_calibration_is_said_to_change_nothing(experiment, tmp_path, monk
     # logged as W&B users compare calibrations: beside the model's training run, with what it measured
     pytest.importorskip("wandb")
     opened, logged = [], []
-    recorder = types.SimpleNamespace(log=logged.append, finish=lambda: None)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the preset's offline: the stand-in run takes it all
+    used = {}
+    recorder = types.SimpleNamespace(
+        log=logged.append, finish=lambda: None, config=types.SimpleNamespace(update=lambda v, **k: used.update(v))
+    )
     monkeypatch.setattr("rl_gpt.wandb_run.start_run", lambda *a, **k: opened.append((a, k)) or recorder)
     with pytest.warns(UserWarning, match="changes no prompt"):
         assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", "-q"]) == 0
@@ -323,6 +327,7 @@ def test_a_flat_calibration_is_said_to_change_nothing(experiment, tmp_path, monk
     assert config["task"]["name"] == "cartpole" and "wandb" not in config
     summary = logged[0]
     assert summary["calibration/applied"] is False and summary["calibration/failed_fraction"] == 0.0
+    assert set(used["inputs"]) == {"dataset", "model"}  # what it measured, named by artifact version
     assert "calibration" in summary  # its plot
 
 
@@ -438,7 +443,7 @@ def test_a_model_folder_without_its_config_yaml_sweeps_with_the_config_in_model_
 def test_a_model_saved_before_ranking_samples_without_it(experiment, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(experiment / "model", model)
-    for name in ("ranker.safetensors", "ranker.json"):  # fitted there by earlier tests' sweeps
+    for name in ("ranker.safetensors", "ranker.json"):  # fitted there by the experiment fixture
         (model / name).unlink(missing_ok=True)
     saved = yaml.safe_load((model / "config.yaml").read_text())
     assert saved["sweep"]["rerank"] == 4  # today's default, saved with the model
@@ -455,6 +460,8 @@ def test_rerank_ranks_candidates_in_sweep_calibrate_and_generate(experiment, tmp
 
     model = tmp_path / "model"  # a copy: the ranker and calibration must not reach the other tests' model
     shutil.copytree(experiment / "model", model)
+    for name in ("ranker.safetensors", "ranker.json"):  # fitted by the experiment fixture: here, by the sweep
+        (model / name).unlink()
     common = ["cartpole", f"out={experiment}", "--model", str(model)]
     small = ["samples=1", "episodes=2", "rerank=3", *QUIET]
     out = tmp_path / "sweep"
