@@ -342,6 +342,40 @@ def test_sac_runs_must_train_past_learning_starts():
         check_rl_collection(cfg(400, "collect.sample_hyperparams={learning_starts: [10, 500]}"))
 
 
+def test_ppo_runs_must_be_at_least_a_rollout_long_and_say_where_checkpoints_fall():
+    from rl_gpt.collect.sb3_run import check_rl_collection
+    from rl_gpt.config import ConfigError, load_config
+
+    def cfg(timesteps: int, every: int, *more: str):  # the cartpole preset: n_steps 32 x 8 envs = 256 a rollout
+        return load_config("cartpole", [f"collect.timesteps={timesteps}", f"collect.checkpoint_every={every}", *more])
+
+    said = r"collect.timesteps=255 is less than one PPO rollout \(task.hyperparams.n_steps 32 x task.n_envs 8 = 256"
+    with pytest.raises(ConfigError, match=said):  # SB3 would train 256 steps, and the dataset would say 255
+        check_rl_collection(cfg(255, 256))
+    with pytest.raises(ConfigError, match="n_steps 2048 x task.n_envs 1 = 2048"):  # SB3's default n_steps
+        check_rl_collection(cfg(256, 256, "task.hyperparams={}", "task.n_envs=1"))
+    with pytest.raises(ConfigError, match="n_steps 64 x"):  # a sampled value at the top of its range
+        check_rl_collection(cfg(256, 512, "collect.sample_hyperparams={n_steps: [16, 64]}"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_rl_collection(cfg(256, 256))  # one rollout, a checkpoint at its end: nothing to say
+    with pytest.warns(UserWarning, match="checkpoint_every=128 is less than one PPO rollout \\(256 steps\\)"):
+        check_rl_collection(cfg(1024, 128))
+
+
+def test_a_net_arch_key_the_algorithm_does_not_read_is_refused():
+    from rl_gpt.collect.sb3_run import check_rl_collection
+    from rl_gpt.config import ConfigError, load_config
+
+    sac_arch = "task.policy_kwargs={net_arch: {pi: [32], qf: [64, 64]}}"  # the pendulum preset's, under PPO
+    with pytest.raises(ConfigError, match="PPO reads pi and vf, not qf"):
+        check_rl_collection(load_config("cartpole", [sac_arch]))
+    with pytest.raises(ConfigError, match="SAC reads pi and qf, not vf"):
+        check_rl_collection(load_config("pendulum", ["task.policy_kwargs={net_arch: {pi: [32], vf: [64]}}"]))
+    check_rl_collection(load_config("pendulum", [sac_arch]))  # its own keys
+    check_rl_collection(load_config("cartpole", ["task.policy_kwargs={net_arch: [16, 16]}"]))  # one list, shared
+
+
 @pytest.mark.parametrize(
     ("preset", "overrides", "every", "total"),
     [

@@ -169,7 +169,11 @@ def test_a_config_for_another_task_is_refused_but_a_supervised_env_id_is_not_com
 
     info = read_model_info(experiment / "model")
     check_config_task(info, "cartpole", "CartPole-v1")
-    with pytest.raises(ModelFileError, match="trained for cartpole .* config is for digits"):
+    with pytest.raises(ModelFileError, match="trained for cartpole .* config is for digits.* preset, `cartpole`"):
         check_config_task(info, "digits", "digits", "supervised")
+    hopper = json.loads(json.dumps(info))  # a task named on the command line: there is no preset to suggest
+    hopper["spec"]["task"]["name"], hopper["spec"]["env_id"] = "hopper", "Hopper-v5"
+    with pytest.raises(ModelFileError, match=r"no config is given\)$"):
+        check_config_task(hopper, "inverted_pendulum", "InvertedPendulum-v5")
     supervised = {"spec": {"task": {"name": "digits"}, "env_id": "digits"}}  # env_id: the data set's name
     check_config_task(supervised, "digits", "CartPole-v1", "supervised")  # a config that left task.env_id out

@@ -11,6 +11,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,9 @@ def sample_hyperparams(cfg: ExperimentConfig, run: int) -> dict[str, Any]:
     return params
 
 
+#: The networks each algorithm's ``net_arch`` dict names: the actor and its critic.
+_NET_ARCH_KEYS = {"ppo": {"pi", "vf"}, "sac": {"pi", "qf"}}
+
 #: Counts SB3 checks only when training has begun (a negative batch fails in the replay buffer).
 _POSITIVE_HYPERPARAMS = ("batch_size", "n_steps", "n_epochs", "buffer_size")
 
@@ -112,6 +116,15 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"task.hyperparams.{key}: {value!r} must be a whole number of 1 or more")
     algo = ALGOS[task.algo]
+    arch = task.policy_kwargs.get("net_arch")
+    unread = sorted(set(arch) - _NET_ARCH_KEYS[task.algo]) if isinstance(arch, dict) else []
+    if unread:  # SB3 builds PPO's critic with no hidden layer when only SAC's qf is given, without a word
+        keys = " and ".join(sorted(_NET_ARCH_KEYS[task.algo]))
+        raise ConfigError(
+            f"task.policy_kwargs.net_arch: {task.algo.upper()} reads {keys}, not {', '.join(unread)} (another "
+            f"algorithm's, kept from the preset?); e.g. task.policy_kwargs={{net_arch: {{pi: [64, 64], "
+            f"{'vf' if task.algo == 'ppo' else 'qf'}: [64, 64]}}}}"
+        )
 
     def largest(name: str) -> int:  # a sampled hyperparameter at the top of its range: the longest wait
         sampled = c.sample_hyperparams.get(name)
@@ -124,6 +137,21 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
             "task.hyperparams.gradient_steps=0: SAC would never update, so every stored policy "
             "would be the untrained one; use 1 or more (-1: as many as steps collected)"
         )
+    if task.algo == "ppo":  # PPO updates once per rollout, and SB3 never stops inside one
+        rollout = largest("n_steps") * task.n_envs
+        if c.timesteps < rollout:
+            raise ConfigError(
+                f"collect.timesteps={c.timesteps} is less than one PPO rollout (task.hyperparams.n_steps "
+                f"{largest('n_steps')} x task.n_envs {task.n_envs} = {rollout} steps): each run would train "
+                f"{rollout} steps and record {c.timesteps}; raise collect.timesteps or lower task.hyperparams.n_steps"
+            )
+        if c.checkpoint_every < rollout:
+            warnings.warn(
+                f"collect.checkpoint_every={c.checkpoint_every} is less than one PPO rollout ({rollout} steps): "
+                f"checkpoints are taken at rollout boundaries, so every {rollout} steps; lower "
+                "task.hyperparams.n_steps for closer ones",
+                stacklevel=2,
+            )
     if task.algo == "sac" and c.timesteps <= largest("learning_starts"):
         raise ConfigError(
             f"collect.timesteps={c.timesteps} ends before SAC's first update (after learning_starts = "

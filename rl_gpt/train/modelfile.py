@@ -180,10 +180,13 @@ def check_config_task(
     mine = info["spec"]
     name = mine["task"].get("name")
     if not same_task(mine, task_name, env_id, kind):
+        from rl_gpt.config.presets import PRESETS
+
+        # a task named on the command line (task.name=hopper) has no preset of that name to suggest
+        preset = f" or its task's preset, `{name}`" if (PRESETS / f"{name}.yaml").is_file() else ""
         raise ModelFileError(
             f"the model was trained for {name} ({mine.get('env_id')}) but the config is for {task_name} ({env_id}); "
-            f"pass the config it was trained with (its config.yaml is used when no config is given) or its "
-            f"task's preset, e.g. `{name}`"
+            f"pass the config it was trained with (its config.yaml is used when no config is given){preset}"
         )
     changed = metric_mismatch(mine, metric, higher_is_better)
     if changed:  # prompts and metric_range would be read in another metric than the model's

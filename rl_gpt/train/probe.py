@@ -30,16 +30,25 @@ def prompt_range(
     the training data's [low, high] (also what ``metric_range="data"`` asks for, over a spec's range).
 
     A set range may reach past the data's ends: the RL presets prompt their environment's whole
-    range, beyond the best return a short collection reached and below its inits' returns. For a
-    lower-is-better metric (a classifier's loss or error) the data's worst value is about the
-    inits', and a range reaching far above it is refused: it is another metric's (the mnist
-    preset's loss range kept after ``task.metric=test_error``) or a typo.
+    range, beyond the best return a short collection reached and below its inits' returns. A range
+    that misses the data altogether is refused: every prompt would be clamped to the data's nearest
+    end (a preset's range kept after another ``task.env_id``). For a lower-is-better metric (a
+    classifier's loss or error) the data's worst value is about the inits', and a range reaching far
+    above it is refused: it is another metric's (the mnist preset's loss range kept after
+    ``task.metric=test_error``) or a typo.
     """
     rng = metric_range or spec["task"].get("metric_range")
     if not rng or rng == "data":
         return low, high
     a, b = float(rng[0]), float(rng[1])
     metric = spec.get("metric", {})
+    if b < low or a > high:  # every prompt would be clamped to one end of the data: a range for another task
+        raise ConfigError(
+            f"task.metric_range [{a:.4g}, {b:.4g}] lies wholly outside the {metric.get('name', 'metric')}s the "
+            f"training data holds [{low:.4g}, {high:.4g}] (a preset's range kept for another env?); set "
+            "task.metric_range=data to prompt the data's range, or a range that overlaps it (at collect: "
+            "task.metric_range=null)"
+        )
     if not metric.get("higher_is_better", True) and b > high + 0.5 * (high - low):  # some margin stays allowed
         raise ConfigError(
             f"task.metric_range [{a:.4g}, {b:.4g}] reaches far above the worst {metric.get('name', 'metric')} the "
