@@ -54,11 +54,32 @@ def _warning_source(filename: str) -> str | None:
     return None
 
 
+# Where each error said in one line is defined (a module, its class). Only the modules already imported are
+# asked: one that is not cannot have raised its error, and importing rl_gpt.dataset for its class would cost a
+# config typo the seconds of tensordict's import (torch._dynamo) before its one line.
+_ONE_LINE_ERRORS = (
+    ("rl_gpt.config.schema", "ConfigError"),
+    ("rl_gpt.dataset.store", "DatasetError"),
+    ("rl_gpt.train.modelfile", "ModelFileError"),
+    ("rl_gpt.evaluate.sb3", "PolicyFileError"),
+    ("rl_gpt.supervised.files", "ClassifierFileError"),
+    ("rl_gpt.sweep.compare", "ReportError"),
+    ("rl_gpt.io", "FolderInUseError"),
+)
+
+
+def _one_line_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ``main`` says in one line (evaluated only once one is raised)."""
+    ours = tuple(getattr(sys.modules[name], cls) for name, cls in _ONE_LINE_ERRORS if name in sys.modules)
+    return (*ours, PermissionError, FileNotFoundError, FloatingPointError)
+
+
 def _cmd_collect(args: argparse.Namespace) -> None:
-    from rl_gpt.collect import collect
     from rl_gpt.config import load_config
 
-    cfg = load_config(args.config, args.overrides, command="collect")
+    cfg = load_config(args.config, args.overrides, command="collect")  # before torch's imports: a typo is said at once
+    from rl_gpt.collect import collect
+
     collect(cfg, progress=not args.quiet)
 
 
@@ -70,9 +91,10 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
-    from rl_gpt.train import train
 
     cfg = load_config(args.config, args.overrides, command="train")
+    from rl_gpt.train import train
+
     _refuse_another_policy(cfg)
     state = Path(cfg.model_dir) / "train_state" / "state.json"
     before = state.stat().st_mtime_ns if state.exists() else None
@@ -186,10 +208,11 @@ def _named_data_root(args: argparse.Namespace, cfg: Any) -> str | None:
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
+
+    cfg = load_config(_model_config(args), args.overrides, command="sweep")
     from rl_gpt.demo import format_table
     from rl_gpt.sweep.run import sweep
 
-    cfg = load_config(_model_config(args), args.overrides, command="sweep")
     model = args.model or str(cfg.model_dir)
     # Beside the model it sweeps: a --model's saved config names the out= it was trained in, relative
     # to wherever that was, and a sweep of a copied model would land in (and replace) the original's.
@@ -224,9 +247,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
-    from rl_gpt.sweep.calibrate import calibrate
 
     cfg = load_config(_model_config(args), args.overrides, command="calibrate")
+    from rl_gpt.sweep.calibrate import calibrate
+
     named = {"dataset": _named_dataset(args, cfg), "data_root": _named_data_root(args, cfg)}
     calibrate(cfg, args.model or str(cfg.model_dir), progress=not args.quiet, **named)
 
@@ -415,15 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = getattr(args, "config", None)
     if config and "=" in config and not Path(config).exists():  # `rl-gpt train steps=10`: no config named
         args.overrides, args.config = [config, *args.overrides], None
-    try:  # these pull in torch and friends (seconds): a Ctrl-C here is a quiet stop, not a traceback
-        from rl_gpt.config import ConfigError
-        from rl_gpt.dataset import DatasetError
-        from rl_gpt.evaluate import PolicyFileError
+    try:  # a Ctrl-C while importing is a quiet stop, not a traceback
         from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
-        from rl_gpt.io import FolderInUseError
-        from rl_gpt.supervised.files import ClassifierFileError
-        from rl_gpt.sweep.compare import ReportError
-        from rl_gpt.train.modelfile import ModelFileError
     except KeyboardInterrupt:
         return 130
 
@@ -434,18 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sigterm_as_interrupt():  # `kill PID` saves as Ctrl-C does
             COMMANDS[args.command](args)
-    except (
-        ConfigError,
-        DatasetError,
-        ModelFileError,
-        PolicyFileError,
-        ClassifierFileError,
-        ReportError,
-        PermissionError,
-        FileNotFoundError,
-        FloatingPointError,
-        FolderInUseError,
-    ) as exc:
+    except _one_line_errors() as exc:
         print(f"rl-gpt {args.command}: error: {_unenterable(exc) or exc}", file=sys.stderr)
         return 2
     except Terminated:

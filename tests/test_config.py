@@ -513,3 +513,19 @@ def test_a_folder_that_cannot_be_entered_is_named(tmp_path, monkeypatch, capsys)
     assert main(["info", str(model)]) == 2
     err = capsys.readouterr().err
     assert f"cannot enter {blocked} (permission denied): ask its owner" in err, err
+
+
+@pytest.mark.parametrize("command", ["collect", "train", "sweep", "calibrate"])
+def test_a_config_typo_is_said_before_torch_is_imported(command):
+    """A typo is said in one line at once: torch and tensordict's imports take seconds (~12 s under load)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nfrom rl_gpt.cli import main\n"
+        f"code = main([{command!r}, 'cartpole', 'task.algo=dqn', 'wandb.mode=disabled'])\n"
+        "print(code, 'torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
+    assert done.stderr.strip() == f"rl-gpt {command}: error: task.algo: 'dqn' is not one of 'ppo', 'sac'"
