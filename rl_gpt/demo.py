@@ -71,6 +71,17 @@ def _r2(value: float | None) -> str:
     return "" if value is None or value != value else f"{value:.3f}"
 
 
+def _value_formats(prompts: list[float], rl: bool) -> tuple[str, str]:
+    """How the table writes a metric, and the recursive curve's coarser form: losses and errors to 3
+    decimals; returns to 1 (whole numbers in the curve) where prompts span 100 or more, finer for
+    tasks whose returns lie near 0 (a short HalfCheetah run's -0.26 and -0.34 are not both -0.3)."""
+    if not rl:
+        return "{:.3f}", "{:.3f}"
+    span = (max(prompts) - min(prompts)) if prompts else 0.0
+    decimals = 1 if span >= 100 else 2 if span >= 1 else 3
+    return f"{{:.{decimals}f}}", "{:.0f}" if span >= 100 else f"{{:.{decimals}f}}"
+
+
 def format_table(report: dict[str, Any], stages: dict[str, float] | None = None) -> str:
     """A short text table of the generator against the baselines."""
     rerank = report.get("rerank") or {}
@@ -79,7 +90,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     nov = report.get("novelty") or {}
     beh = report.get("behavioural_novelty") or {}
     rl = (report.get("metric") or {}).get("name", "return") == "return"
-    value = "{:.1f}" if rl else "{:.3f}"  # returns vs losses/errors
+    value, whole = _value_formats(report["prompts"], rl)
 
     def solved(fraction: float) -> str:
         return "-" if fraction != fraction else f"{fraction:.0%}"  # NaN: the task has no threshold
@@ -151,7 +162,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
             + (f" ({'; '.join(context)})" if context else "")
         )
     rec = report["recursive"]["mean_return"]
-    lines.append("recursive prompting: " + " -> ".join((value if not rl else "{:.0f}").format(v) for v in rec))
+    lines.append("recursive prompting: " + " -> ".join(whole.format(v) for v in rec))
     if stages:
         lines.append("wall time: " + ", ".join(f"{k[:-2]} {v:.0f}s" for k, v in stages.items()))
     return "\n".join(lines)

@@ -47,3 +47,13 @@ def test_the_demo_refuses_a_config_and_a_task_together(tmp_path, capsys):
     assert main(["demo", "cartpole", "--task", "digits", "--out", str(tmp_path / "d"), *QUIET]) == 2
     assert "--task digits or cartpole, not both" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_the_table_writes_returns_near_zero_with_the_decimals_that_tell_them_apart():
+    from rl_gpt.demo import _value_formats
+
+    assert _value_formats([0.0, 500.0], rl=True) == ("{:.1f}", "{:.0f}")  # CartPole: as the README's table
+    value, whole = _value_formats([-0.8, 0.1], rl=True)  # a short HalfCheetah run
+    assert value.format(-0.2606) != value.format(-0.3351) and whole.format(-0.326) == "-0.326"
+    assert _value_formats([8.0, 60.0], rl=True)[0].format(12.345) == "12.35"
+    assert _value_formats([0.1, 2.3], rl=False) == ("{:.3f}", "{:.3f}")  # losses and errors keep 3
