@@ -611,3 +611,15 @@ def test_the_ray_executor_without_ray_says_how_to_install_it(tmp_path, capsys, m
     assert not (tmp_path / "dataset").exists()
     assert _collect("cartpole", tmp_path, "executor=ray", "collect.ray_address=head") == 2  # the address first
     assert "collect.ray_address='head': expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_an_algorithm_that_does_not_fit_the_env_or_its_settings_is_named():
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.config import ConfigError, load_config
+
+    sac_on_cartpole = load_config("cartpole", ["task.algo=sac", "task.hyperparams={}", "task.policy_kwargs={}"])
+    with pytest.raises(ConfigError, match=r"task.algo=sac needs continuous \(Box\) actions; CartPole-v1 has Discrete"):
+        build_model(sac_on_cartpole.task, 0)
+    ppo_settings = load_config("pendulum", ["task.hyperparams={gae_lambda: 0.9}"])  # PPO's, under SAC
+    with pytest.raises(ConfigError, match=r"gae_lambda.*; they are passed to SAC: give its own, or task.hyperparams="):
+        build_model(ppo_settings.task, 0)

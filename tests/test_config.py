@@ -94,6 +94,7 @@ def test_a_config_file_changes_one_key_of_a_default_mapping(tmp_path, extends):
     ("override", "needle"),
     [
         ("collect.runz=3", "collect.runz; did you mean collect.runs"),
+        ("task.env=Hopper-v5", r"task.env; did you mean task.env_id or task.n_envs\?"),  # the key it begins first
         ("runs=three", "collect.runs: expected an integer"),
         ("task.normalize=maybe", "task.normalize: expected true/false"),
         ("collect.executor=slurm", "collect.executor"),

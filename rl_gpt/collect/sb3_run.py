@@ -183,6 +183,11 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
         env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
     except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
         raise ConfigError(f"task.env_id={task.env_id}: {exc}") from None
+    if task.algo == "sac" and not isinstance(env.action_space, gym.spaces.Box):  # else SB3's words blame the settings
+        env.close()
+        raise ConfigError(
+            f"task.algo=sac needs continuous (Box) actions; {task.env_id} has {env.action_space}: use task.algo=ppo"
+        )
     if task.normalize:
         env = VecNormalize(env, norm_obs=True, norm_reward=False)
     hp = {k: _schedule(v) for k, v in (task.hyperparams if hyperparams is None else hyperparams).items()}
@@ -193,8 +198,13 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     try:
         model = ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
     except TypeError as exc:  # an unknown keyword: the algorithm's (hyperparams) or the policy's (policy_kwargs)
-        where = "task.policy_kwargs" if "Policy" in str(exc).split("(")[0] else "task.hyperparams"
-        raise ConfigError(f"{where}: {exc}") from None
+        if "Policy" in str(exc).split("(")[0]:
+            raise ConfigError(f"task.policy_kwargs: {exc}") from None
+        # often a preset's settings for its own algorithm kept after task.algo=...
+        raise ConfigError(
+            f"task.hyperparams: {exc}; they are passed to {task.algo.upper()}: give its own, or "
+            "task.hyperparams={} for Stable-Baselines3's defaults"
+        ) from None
     except NotImplementedError as exc:  # spaces SB3's MlpPolicy does not take (Tuple, Graph, ...)
         env.close()
         raise ConfigError(

@@ -17,6 +17,14 @@ from .schema import FRACTIONS, MINIMUMS, NON_NEGATIVE, POSITIVE, SEEDS, ConfigEr
 _LARGEST_INT = 2**63 - 1  # what torch and numpy index and seed with
 
 
+def _nearest(key: str, names: list[str]) -> list[str]:
+    """Up to two keys ``key`` may have meant: those it begins (``env`` for ``env_id``), then the closest
+    spellings (difflib alone offers ``n_envs`` for ``env``)."""
+    begun = [name for name in names if key and name.startswith(key)]
+    close = difflib.get_close_matches(key, names, n=2)
+    return list(dict.fromkeys(begun + close))[:2]
+
+
 def build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -25,8 +33,12 @@ def build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+            close = _nearest(str(key), names)
+            hint = (
+                f"; did you mean {' or '.join(prefix + c for c in close)}?"
+                if close
+                else f"; valid keys: {', '.join(names)}"
+            )
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
         kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
         least = MINIMUMS.get(f"{prefix}{key}")
