@@ -12,10 +12,9 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-import warnings
 from typing import Any
 
-__all__ = ["EnvModuleError", "import_env_module", "make_env", "route_mujoco_warnings"]
+__all__ = ["EnvModuleError", "import_env_module", "make_env"]
 
 
 class EnvModuleError(ValueError):
@@ -57,32 +56,4 @@ def make_env(env_id: str) -> Any:
     import gymnasium as gym
 
     import_env_module(env_id)
-    route_mujoco_warnings(env_id)
     return gym.make(env_id)
-
-
-_mujoco_routed = False
-
-
-def route_mujoco_warnings(env_id: str) -> None:
-    """Send MuJoCo's warnings through Python's, for a MuJoCo env (once per process).
-
-    MuJoCo prints a warning each time it compiles a model (Gymnasium's HalfCheetah-v5: a deprecated
-    attribute, 29 times in one small collection) and appends it to ``MUJOCO_LOG.TXT`` in the current
-    folder. As a Python warning it is said once per process, and no file is left where the user works.
-    """
-    global _mujoco_routed
-    if _mujoco_routed:
-        return
-    import gymnasium as gym
-
-    try:
-        entry_point = str(gym.spec(import_env_module(env_id)).entry_point)
-    except Exception:  # noqa: BLE001 - an id gym does not know is refused by whoever makes the env
-        return
-    if "mujoco" not in entry_point:
-        return
-    import mujoco
-
-    mujoco.set_mju_user_warning(lambda message: warnings.warn(f"MuJoCo: {message.strip()}", stacklevel=2))
-    _mujoco_routed = True

@@ -25,7 +25,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
-from rl_gpt.env_modules import EnvModuleError, import_env_module, route_mujoco_warnings
+from rl_gpt.env_modules import EnvModuleError, import_env_module
 from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
@@ -180,7 +180,6 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
         )
     _check_net_arch(task.policy_kwargs.get("net_arch"))
     try:
-        route_mujoco_warnings(task.env_id)
         env = make_vec_env(task.env_id, n_envs=task.n_envs, seed=seed)
     except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
         raise ConfigError(f"task.env_id={task.env_id}: {exc}") from None

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from rl_gpt.env_modules import make_env
 from rl_gpt.envs import DYNAMICS
 from rl_gpt.evaluate.policy import policy_spec_from_sb3
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
@@ -195,7 +194,7 @@ def _ints(tree: Any) -> list[int]:
 @functools.cache
 def _env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     """An env's observation and action spaces (making an env is the slow part of inference)."""
-    env = make_env(env_id)
+    env = gym.make(env_id)
     env.close()
     return env.observation_space, env.action_space
 
