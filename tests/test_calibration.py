@@ -171,13 +171,14 @@ def test_a_prompt_range_far_past_the_datas_worst_end_is_refused() -> None:
 def test_a_prompt_range_that_misses_the_data_altogether_is_refused() -> None:
     # The pendulum preset's range kept after task.env_id=Hopper-v5: every prompt would clamp to one end.
     spec = {"task": {"metric_range": [-1500, -190]}, "metric": {"name": "return", "higher_is_better": True}}
-    expected = r"\[-1500, -190\] lies wholly outside the returns the training data holds \[5.46, 199\] .*"
+    expected = r"\[-1500, -190\] lies wholly outside the training data's return \[5.46, 199\] .*"
     with pytest.raises(ConfigError, match=expected + "set task.metric_range=data"):
         prompt_range(spec, 5.46, 199.0)
     with pytest.raises(ConfigError, match="lies wholly outside"):
         prompt_range(spec, -3000.0, -2000.0)  # below the range as well as above it
     assert prompt_range(spec, 5.46, 199.0, "data") == (5.46, 199.0)
     assert prompt_range(spec, -200.0, 199.0) == (-1500.0, -190.0)  # a touch of overlap is a range for this task
+    assert prompt_range(spec, 5.46, 199.0, clamped=False) == (-1500.0, -190.0)  # extrapolation, asked for
 
 
 def test_the_datas_range_can_be_asked_for_by_name() -> None:

@@ -372,6 +372,8 @@ def test_a_net_arch_key_the_algorithm_does_not_read_is_refused():
         check_rl_collection(load_config("cartpole", [sac_arch]))
     with pytest.raises(ConfigError, match="SAC reads pi and qf, not vf"):
         check_rl_collection(load_config("pendulum", ["task.policy_kwargs={net_arch: {pi: [32], vf: [64]}}"]))
+    with pytest.raises(ConfigError, match="PPO reads pi and vf, not 64"):  # a YAML key that is no name
+        check_rl_collection(load_config("cartpole", ["task.policy_kwargs={net_arch: {pi: [16], 64: [64]}}"]))
     check_rl_collection(load_config("pendulum", [sac_arch]))  # its own keys
     check_rl_collection(load_config("cartpole", ["task.policy_kwargs={net_arch: [16, 16]}"]))  # one list, shared
 
@@ -621,5 +623,8 @@ def test_an_algorithm_that_does_not_fit_the_env_or_its_settings_is_named():
     with pytest.raises(ConfigError, match=r"task.algo=sac needs continuous \(Box\) actions; CartPole-v1 has Discrete"):
         build_model(sac_on_cartpole.task, 0)
     ppo_settings = load_config("pendulum", ["task.hyperparams={gae_lambda: 0.9}"])  # PPO's, under SAC
-    with pytest.raises(ConfigError, match=r"gae_lambda.*; they are passed to SAC: give its own, or task.hyperparams="):
+    with pytest.raises(ConfigError, match=r"task.hyperparams: SAC takes no gae_lambda; give its own settings, or "):
         build_model(ppo_settings.task, 0)
+    typo = load_config("cartpole", ["task.policy_kwargs={net_arch: [16], optimizer_kwargs: {foo: 1}}"])
+    with pytest.raises(ConfigError, match=r"^task.policy_kwargs: .*'foo'"):  # the optimiser's, not a hyperparameter
+        build_model(typo.task, 0)

@@ -8,6 +8,7 @@ pausing training for a Gymnasium evaluation at every checkpoint.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import random
 import time
@@ -117,7 +118,7 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"task.hyperparams.{key}: {value!r} must be a whole number of 1 or more")
     algo = ALGOS[task.algo]
     arch = task.policy_kwargs.get("net_arch")
-    unread = sorted(set(arch) - _NET_ARCH_KEYS[task.algo]) if isinstance(arch, dict) else []
+    unread = sorted(map(str, set(arch) - _NET_ARCH_KEYS[task.algo])) if isinstance(arch, dict) else []
     if unread:  # SB3 builds PPO's critic with no hidden layer when only SAC's qf is given, without a word
         keys = " and ".join(sorted(_NET_ARCH_KEYS[task.algo]))
         raise ConfigError(
@@ -161,8 +162,6 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
 
 
 def _default(algo: type[BaseAlgorithm], name: str) -> Any:
-    import inspect
-
     return inspect.signature(algo.__init__).parameters[name].default
 
 
@@ -197,12 +196,15 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
         raise ConfigError(f"task.{exc}") from None
     try:
         model = ALGOS[task.algo]("MlpPolicy", env, seed=seed, policy_kwargs=kwargs, device="cpu", verbose=0, **hp)
-    except TypeError as exc:  # an unknown keyword: the algorithm's (hyperparams) or the policy's (policy_kwargs)
-        if "Policy" in str(exc).split("(")[0]:
+    except TypeError as exc:  # an unknown keyword: the algorithm's (hyperparams) or the policy's (policy_kwargs,
+        env.close()  # its optimizer_kwargs, features_extractor_kwargs, ...)
+        taken = inspect.signature(ALGOS[task.algo].__init__).parameters
+        unknown = sorted(k for k in hp if k not in taken)
+        if not unknown:
             raise ConfigError(f"task.policy_kwargs: {exc}") from None
         # often a preset's settings for its own algorithm kept after task.algo=...
         raise ConfigError(
-            f"task.hyperparams: {exc}; they are passed to {task.algo.upper()}: give its own, or "
+            f"task.hyperparams: {task.algo.upper()} takes no {', '.join(unknown)}; give its own settings, or "
             "task.hyperparams={} for Stable-Baselines3's defaults"
         ) from None
     except NotImplementedError as exc:  # spaces SB3's MlpPolicy does not take (Tuple, Graph, ...)

@@ -56,7 +56,7 @@ def calibrate(
     slices = ds.run_slices()
     rows = torch.tensor([slices[r].start for r in runs])
     theta, metric = ds.data["params"][rows].float(), ds.data["metric"][rows].float()  # labelled as trained on
-    asked = prompt_grid(ds.spec, gen, sc.calibration_prompts, cfg.task.metric_range).sort().values
+    asked = prompt_grid(ds.spec, gen, sc.calibration_prompts, cfg.task.metric_range, sc.clamp_prompts).sort().values
     grid = asked
     if sc.clamp_prompts:  # the sweep conditions only on prompts in the training range: spread the grid over that
         ends = asked[[0, -1]].clamp(gen.normalizer.metric_low, gen.normalizer.metric_high)

@@ -65,7 +65,7 @@ def sweep(
     # "Solved" is the config's threshold: the dataset records the one it was collected with, and a sweep
     # given task.reward_threshold= (CartPole-v0's 195 on a preset of v1's 475) must score by it, not ignore it.
     task = dataclasses.replace(task, reward_threshold=cfg.task.reward_threshold)
-    prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range)
+    prompts = prompt_grid(spec, gen, sc.prompts, cfg.task.metric_range, sc.clamp_prompts)
     train_runs = info["meta"]["train_runs"]
     test_runs = info["meta"]["test_runs"]
     inits = _inits(sc, task, ds, train_runs, test_runs)  # (K, D): refused here if a training run's own

@@ -24,7 +24,11 @@ __all__ = ["choose_candidates", "prompt_grid", "prompt_range", "quick_alignment"
 
 
 def prompt_range(
-    spec: dict[str, Any], low: float, high: float, metric_range: Sequence[float] | str | None = None
+    spec: dict[str, Any],
+    low: float,
+    high: float,
+    metric_range: Sequence[float] | str | None = None,
+    clamped: bool = True,
 ) -> tuple[float, float]:
     """The range prompts span: ``metric_range``, else the task's range in the dataset's spec, else
     the training data's [low, high] (also what ``metric_range="data"`` asks for, over a spec's range).
@@ -32,7 +36,8 @@ def prompt_range(
     A set range may reach past the data's ends: the RL presets prompt their environment's whole
     range, beyond the best return a short collection reached and below its inits' returns. A range
     that misses the data altogether is refused: every prompt would be clamped to the data's nearest
-    end (a preset's range kept after another ``task.env_id``). For a lower-is-better metric (a
+    end (a preset's range kept after another ``task.env_id``); not where prompts are not clamped
+    (``sweep.clamp_prompts=false``: extrapolation asked for). For a lower-is-better metric (a
     classifier's loss or error) the data's worst value is about the inits', and a range reaching far
     above it is refused: it is another metric's (the mnist preset's loss range kept after
     ``task.metric=test_error``) or a typo.
@@ -42,10 +47,10 @@ def prompt_range(
         return low, high
     a, b = float(rng[0]), float(rng[1])
     metric = spec.get("metric", {})
-    if b < low or a > high:  # every prompt would be clamped to one end of the data: a range for another task
+    if clamped and (b < low or a > high):  # every prompt would be clamped to one end: another task's range
         raise ConfigError(
-            f"task.metric_range [{a:.4g}, {b:.4g}] lies wholly outside the {metric.get('name', 'metric')}s the "
-            f"training data holds [{low:.4g}, {high:.4g}] (a preset's range kept for another env?); set "
+            f"task.metric_range [{a:.4g}, {b:.4g}] lies wholly outside the training data's "
+            f"{metric.get('name', 'metric')} [{low:.4g}, {high:.4g}] (a preset's range kept for another env?); set "
             "task.metric_range=data to prompt the data's range, or a range that overlaps it (at collect: "
             "task.metric_range=null)"
         )
@@ -59,10 +64,14 @@ def prompt_range(
 
 
 def prompt_grid(
-    spec: dict[str, Any], gen: ParameterGenerator, count: int, metric_range: Sequence[float] | str | None = None
+    spec: dict[str, Any],
+    gen: ParameterGenerator,
+    count: int,
+    metric_range: Sequence[float] | str | None = None,
+    clamped: bool = True,
 ) -> torch.Tensor:
     """``count`` prompts evenly over :func:`prompt_range`."""
-    low, high = prompt_range(spec, gen.normalizer.metric_low, gen.normalizer.metric_high, metric_range)
+    low, high = prompt_range(spec, gen.normalizer.metric_low, gen.normalizer.metric_high, metric_range, clamped)
     return torch.linspace(low, high, count)
 
 
