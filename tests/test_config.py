@@ -319,7 +319,10 @@ def test_quiet_commands_silence_wandb_only_while_they_run(monkeypatch):
     assert seen == ["true", None] and "WANDB_SILENT" not in os.environ
 
 
-def test_ctrl_c_while_the_cli_loads_its_modules_stops_quietly(monkeypatch, capsys):
+@pytest.mark.parametrize("module", ["rl_gpt.interrupt", "rl_gpt.collect"])
+def test_ctrl_c_while_the_cli_loads_its_modules_stops_quietly(monkeypatch, capsys, tmp_path, module):
+    """rl_gpt.interrupt is imported by main itself; rl_gpt.collect (torch, SB3: seconds) by the command, once its
+    config is read."""
     import builtins
 
     from rl_gpt import cli
@@ -327,13 +330,13 @@ def test_ctrl_c_while_the_cli_loads_its_modules_stops_quietly(monkeypatch, capsy
     real_import = builtins.__import__
 
     def interrupted(name, *args, **kwargs):
-        if name == "rl_gpt.evaluate":
+        if name == module:
             raise KeyboardInterrupt
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
-    assert cli.main(["info", "somewhere"]) == 130
-    assert "Traceback" not in capsys.readouterr().err
+    assert cli.main(["collect", f"out={tmp_path / 'exp'}", "wandb.mode=disabled"]) == 130
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "exp").exists()
 
 
 def test_another_env_on_a_preset_warns_of_the_range_it_keeps():
