@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -159,8 +160,10 @@ def log_result(
         use_inputs(cfg, run, inputs or {})
         run.finish()
     except Exception as exc:  # noqa: BLE001 - any W&B failure: the stage's result is saved and stays so
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        print(f"W&B logging failed ({first}); {saved}", file=sys.stderr)
+        print(f"W&B logging failed ({_first_line(exc)}); {saved}", file=sys.stderr)
+
+
+_NAME_LIMIT = 128  # wandb refuses longer artifact names
 
 
 def artifact_name(folder: str | Path) -> str:
@@ -174,9 +177,6 @@ def artifact_name(folder: str | Path) -> str:
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         safe = f"{safe[: _NAME_LIMIT - 9]}-{digest}"
     return safe
-
-
-_NAME_LIMIT = 128  # wandb refuses longer artifact names
 
 
 def folder_artifact(kind: str, folder: str | Path, copy: bool = True) -> Any:
@@ -201,8 +201,6 @@ def folder_artifact(kind: str, folder: str | Path, copy: bool = True) -> Any:
 
 def _described(folder: Path) -> dict[str, Any]:
     """A few facts a W&B user filters artifacts by: the task, env and metric; a model's training step."""
-    import json
-
     facts: dict[str, Any] = {}
     try:
         if (folder / "spec.json").is_file():
@@ -252,8 +250,11 @@ def use_inputs(cfg: ExperimentConfig, run: Any, inputs: Mapping[str, str | Path]
 
 
 def _say_failed(what: str, exc: Exception, saved: str) -> None:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    print(f"W&B could not log {what} ({first}); {saved}", file=sys.stderr)
+    print(f"W&B could not log {what} ({_first_line(exc)}); {saved}", file=sys.stderr)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def _saved_run_id(path: Path) -> str | None:
