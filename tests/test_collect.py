@@ -319,6 +319,30 @@ def test_parallel_workers_match_the_run_count(tmp_path):
     assert torch.unique(_load(tmp_path)["run"]).tolist() == [0, 1, 2]
 
 
+def test_a_warning_raised_in_every_worker_is_said_once_on_one_line(tmp_path):
+    """SB3 warns of truncated mini-batches in each model it builds: the main process (building the spec)
+    and every worker. Workers' warnings now reach the main process, which says each one once."""
+    # batch_size 48 and a rollout of 32 steps x 2 envs: SB3's "truncated mini-batch" warning
+    args = ["collect", "cartpole", f"out={tmp_path}", "runs=3", "timesteps=256", "collect.checkpoint_every=128"]
+    args += ["task.n_envs=2", "workers=2", "task.hyperparams.batch_size=48", *TINY]
+    cmd = [sys.executable, "-c", "import sys; from rl_gpt.cli import main; sys.exit(main(sys.argv[1:]))", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "mini-batch size of 48" in line]
+    assert len(said) == 1 and said[0].startswith("rl-gpt collect: warning from stable_baselines3: "), done.stderr
+
+
+def test_a_workers_own_warning_reaches_the_main_process_once():
+    from rl_gpt.collect import executor
+
+    caught = [("made up in a worker", RuntimeWarning, "/nowhere/worker_only.py", 7)] * 2
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("default")
+        executor._say_worker_warnings(caught)
+        executor._say_worker_warnings(caught)
+    assert [(str(w.message), w.category, w.lineno) for w in said] == [("made up in a worker", RuntimeWarning, 7)]
+
+
 def test_ray_executor_with_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     extra = ["runs=2", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=2", "executor=ray"]

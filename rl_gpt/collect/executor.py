@@ -7,6 +7,7 @@ flight; running the same command again skips the runs already stored.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import functools
@@ -111,9 +112,39 @@ def _one_run(run_fn: RunFn, cfg: ExperimentConfig, runs: Sequence[int]) -> list[
     return [run_fn(cfg, run) for run in runs]
 
 
-def _call_job(job_fn: JobFn, cfg: ExperimentConfig, runs: Sequence[int]) -> list[Any]:
-    """A plain function around ``job_fn`` for Ray, whose remote decorator refuses partials."""
-    return job_fn(cfg, runs)
+#: A warning a worker raised: message, category (a built-in one; others are sent as UserWarning), file, line.
+CaughtWarning = tuple[str, type[Warning], str, int]
+
+
+def _call_job(job_fn: JobFn, cfg: ExperimentConfig, runs: Sequence[int]) -> tuple[list[Any], list[CaughtWarning]]:
+    """Run a job in a worker and return its results with the warnings it raised, for the main process to
+    say once in its own format: each worker printed SB3's many-line warnings again, in Python's.
+    (A plain function also because Ray's remote decorator refuses partials.)"""
+    with warnings.catch_warnings(record=True) as caught:
+        results = job_fn(cfg, runs)
+    return results, [(str(w.message), _builtin_category(w.category), w.filename, w.lineno) for w in caught]
+
+
+def _builtin_category(category: type[Warning]) -> type[Warning]:
+    """The category itself where it is a built-in one; else UserWarning, so that the main process never
+    imports a module to unpickle a worker's warning."""
+    return category if getattr(builtins, category.__name__, None) is category else UserWarning
+
+
+def _say_worker_warnings(caught: list[CaughtWarning]) -> None:
+    """Warn here what a worker warned, through this process's filters and format, and only once: the same
+    warning from the same line (in any worker, or in this process before) is said the first time."""
+    for message, category, filename, lineno in caught:
+        module = next((m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == filename), None)
+        if module is None:
+            warnings.warn_explicit(message, category, filename, lineno, registry=_WORKER_WARNINGS)
+        else:
+            registry = vars(module).setdefault("__warningregistry__", {})
+            warnings.warn_explicit(message, category, filename, lineno, module.__name__, registry)
+
+
+#: Where warnings from files this process has not imported are remembered as said.
+_WORKER_WARNINGS: dict[Any, Any] = {}
 
 
 def _plan_jobs(cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int]) -> tuple[JobFn, list[list[int]]]:
@@ -329,12 +360,14 @@ def _run_local(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> I
             pool = ProcessPoolExecutor(
                 workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(os.getpid(),)
             )
-            pending = {pool.submit(job_fn, cfg, runs): runs for runs in jobs}
+            pending = {pool.submit(_call_job, job_fn, cfg, runs): runs for runs in jobs}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
                 runs = pending.pop(fut)
-                yield from zip(runs, fut.result(), strict=True)
+                results, caught = fut.result()
+                _say_worker_warnings(caught)
+                yield from zip(runs, results, strict=True)
     except BaseException:
         # Ctrl-C reaches this process only, which stops its workers here, at once, whatever they are
         # doing: a worker still importing torch printed tracebacks when Ctrl-C reached it too. Their
@@ -425,7 +458,9 @@ def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Ite
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
-                yield from zip(refs.pop(ref), ray.get(ref), strict=True)
+                results, caught = ray.get(ref)
+                _say_worker_warnings(caught)
+                yield from zip(refs.pop(ref), results, strict=True)
     finally:
         for ref in list(refs):
             ray.cancel(ref, force=True)
