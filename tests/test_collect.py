@@ -58,6 +58,7 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
     assert spec["checkpoint_timing"] == "after_update"
     assert torch.isfinite(td["metric"]).all() and td["valid"].all()
     assert set(spec) >= {"task", "env_id", "algo", "policy_kwargs", "metric", "layout", "versions", "policy"}
+    assert set(spec["fields"]) == set(td.keys())  # each column described, and each description a column
     if spec["policy"]["normalize_obs"]:  # VecNormalize statistics travel with each checkpoint
         assert td["obs_mean"].shape == (len(td), spec["policy"]["obs_dim"])
     assert (tmp_path / "dataset" / "config.yaml").exists()

@@ -63,7 +63,7 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
     task = task_record(to_dict(cfg.task))
     folded = folds_normalisation(cfg)
     layout, policy = describe_policy(cfg.task, folded)
-    stats = "VecNormalize running {} (only when task.normalize)"
+    stats = "VecNormalize running {}"
     if folded:
         stats += "; already folded into params, kept for reference"
     spec = {
@@ -91,9 +91,16 @@ def dataset_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "step": "(N,) int64 environment steps trained on (0: the initialisation; a run's last row: trained)",
             "wall_time": "(N,) float32 seconds since the run started",
             "valid": "(N,) bool false for NaN/inf or exploding weights (excluded from training)",
-            "obs_mean": "(N, obs_dim) float32 " + stats.format("mean"),
-            "obs_var": "(N, obs_dim) float32 " + stats.format("variance"),
-        },
+        }
+        # only the columns data/ holds: a reader iterating `fields` finds each one
+        | (
+            {
+                "obs_mean": "(N, obs_dim) float32 " + stats.format("mean"),
+                "obs_var": "(N, obs_dim) float32 " + stats.format("variance"),
+            }
+            if cfg.task.normalize
+            else {}
+        ),
         "evaluation": {
             "episodes": cfg.collect.eval_episodes,
             "seed": cfg.collect.eval_seed,
