@@ -85,6 +85,30 @@ def test_digits_collection_rows_reload_and_match_a_fresh_evaluation(tmp_path):
     assert runs["2"]["seed"] == 7 and runs["2"]["hyperparams"]["steps"] == 60
 
 
+def test_the_spec_alone_says_how_the_train_subset_and_the_forward_pass_are_made():
+    """A reader without rl_gpt: spec.json names the train-loss subset (MNIST's 10,000 of 60,000 images) and what
+    the layer chain does not say (strides, padding, pooling), so the stored labels can be checked from it."""
+    from rl_gpt.supervised.train import _evaluate
+
+    spec = supervised_spec(load_config("digits", [], command="collect"))
+    x_train, y_train, x_test, y_test = load_digits()
+    size = 100  # a subset smaller than the training split, as MNIST's and CIFAR-10's are
+    torch.manual_seed(3)
+    nets = [build_classifier("digits_mlp").state_dict() for _ in range(2)]
+    rows = torch.stack([torch.cat([net[p["name"]].flatten() for p in spec["layout"]["params"]]) for net in nets])
+    stored = _evaluate("digits_mlp", rows[None], (x_train, y_train, x_test, y_test), size)
+    seed = spec["evaluation"]["train_subset_seed"]
+    subset = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:size]
+    for i in range(2):
+        loss, error = _loss_and_error(_classifier_from_spec(spec, rows[i]), x_train[subset], y_train[subset])
+        assert stored["train_loss"][0, i].item() == pytest.approx(loss, abs=1e-5)
+        assert stored["train_error"][0, i].item() == pytest.approx(error, abs=1e-6)
+    for name, classifier in rl_gpt.supervised.CLASSIFIERS.items():  # every built-in network says its forward pass
+        layers = [layer.prefix for layer in classifier.layers]
+        assert classifier.forward and all(prefix in classifier.forward for prefix in layers), name
+    assert spec["architecture"] == rl_gpt.supervised.CLASSIFIERS["digits_mlp"].forward
+
+
 def test_batched_collection_equals_one_run_at_a_time(tmp_path):
     """Runs trained together (stacked weights, one learning rate each) store what each alone stores."""
     sampled = ["collect.sample_hyperparams={lr: [0.02, 0.3]}", "runs=5", "workers=1"]

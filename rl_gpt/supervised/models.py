@@ -67,18 +67,24 @@ class ClassifierSpec:
     dataset: str  # name accepted by ``data.load_dataset``
     input_shape: tuple[int, ...]  # one example's shape as the loader returns it
     layers: tuple[LayerSpec, ...]  # hidden groups h0, h1, ... are the permutable units / channels
+    #: The forward pass in words, what the layer chain does not say (strides, padding, pooling): a
+    #: dataset's spec.json records it as ``architecture``, for readers who rebuild the network without rl_gpt.
+    forward: str = ""
 
 
 _MLP_LAYERS = (LayerSpec("fc1", None, "h0", "relu"), LayerSpec("fc2", "h0", None))
+_MLP_FORWARD = "logits = fc2(relu(fc1(x.flatten(1)))); fc1 and fc2 are torch.nn.Linear (y = x @ weight.T + bias)"
 
 CLASSIFIERS: dict[str, ClassifierSpec] = {
-    "mnist_mlp": ClassifierSpec(lambda: MLPClassifier(28 * 28), "mnist", (28 * 28,), _MLP_LAYERS),
-    "digits_mlp": ClassifierSpec(lambda: MLPClassifier(8 * 8), "digits", (8 * 8,), _MLP_LAYERS),
+    "mnist_mlp": ClassifierSpec(lambda: MLPClassifier(28 * 28), "mnist", (28 * 28,), _MLP_LAYERS, _MLP_FORWARD),
+    "digits_mlp": ClassifierSpec(lambda: MLPClassifier(8 * 8), "digits", (8 * 8,), _MLP_LAYERS, _MLP_FORWARD),
     "cifar_cnn": ClassifierSpec(
         ConvClassifier,
         "cifar10",
         (3, 32, 32),
         (LayerSpec("conv1", None, "h0", "relu"), LayerSpec("conv2", "h0", "h1", "relu"), LayerSpec("fc", "h1", None)),
+        "x (N, 3, 32, 32) -> conv1 (torch.nn.Conv2d, 3x3, stride 2, padding 1, no bias) -> relu -> conv2 (3x3, "
+        "stride 1, padding 1, no bias) -> relu -> mean over height and width -> fc (torch.nn.Linear): logits",
     ),
 }
 
