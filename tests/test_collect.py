@@ -653,3 +653,33 @@ def test_an_algorithm_that_does_not_fit_the_env_or_its_settings_is_named():
     typo = load_config("cartpole", ["task.policy_kwargs={net_arch: [16], optimizer_kwargs: {foo: 1}}"])
     with pytest.raises(ConfigError, match=r"^task.policy_kwargs: .*'foo'"):  # the optimiser's, not a hyperparameter
         build_model(typo.task, 0)
+
+
+def test_versions_name_the_commit_of_the_rl_gpt_that_ran(tmp_path):
+    """spec.json's rl_gpt version has been 0.1.0 at every commit: a checkout's commit says which code collected."""
+    from rl_gpt.collect.sb3_run import describe_versions, source_commit
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    try:
+        subprocess.run([*git, "init", "-q", str(tmp_path / "repo")], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no git")
+    repo = tmp_path / "repo"
+    (repo / "f").write_text("x")
+    subprocess.run([*git, "-C", str(repo), "add", "f"], check=True)
+    subprocess.run([*git, "-C", str(repo), "commit", "-qm", "one"], check=True)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert source_commit(repo) == head  # a branch's loose ref
+    subprocess.run(["git", "-C", str(repo), "pack-refs", "--all"], check=True)
+    assert source_commit(repo) == head  # packed
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", "--detach", str(tmp_path / "wt")], check=True)
+    assert source_commit(tmp_path / "wt") == head  # a worktree's detached HEAD
+    subprocess.run(["git", "-C", str(repo), "worktree", "add", "-q", "-b", "b", str(tmp_path / "wt2")], check=True)
+    assert source_commit(tmp_path / "wt2") == head  # a worktree's branch, kept in the main .git
+    assert source_commit(tmp_path) is None  # not a checkout: an installed package
+    versions = describe_versions()
+    assert "scikit-learn" in versions  # digits' split is scikit-learn's
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / ".git").exists():
+        ran = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert versions["rl_gpt_commit"] == ran.stdout.strip()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 import random
 import time
 import warnings
@@ -411,12 +412,66 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     return RunResult(rows, meta)
 
 
+_VERSIONED = (
+    "rl_gpt",
+    "torch",
+    "stable-baselines3",
+    "gymnasium",
+    "mujoco",
+    "tensordict",
+    "torchrl",
+    "numpy",
+    "scikit-learn",  # loads digits and splits it (train_test_split)
+)
+
+
 def describe_versions() -> dict[str, str]:
+    """Installed versions of what a dataset depends on, and ``rl_gpt_commit``: the commit of the rl_gpt that
+    runs, where it runs from a git checkout (its version number has stayed 0.1.0 across its history, and the
+    installed distribution's version may be another copy's than the code on ``PYTHONPATH``)."""
     import importlib.metadata as md
     import platform
 
     out = {"python": platform.python_version()}
-    for pkg in ("rl_gpt", "torch", "stable-baselines3", "gymnasium", "mujoco", "tensordict", "torchrl", "numpy"):
+    for pkg in _VERSIONED:
         with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
+    commit = source_commit()
+    if commit is not None:
+        out["rl_gpt_commit"] = commit
     return out
+
+
+def source_commit(root: str | os.PathLike[str] | None = None) -> str | None:
+    """The commit checked out in ``root`` (default: where this rl_gpt's source lies), read from its ``.git``
+    files (no git process); None for an installed package or anything unreadable. Uncommitted changes are
+    not seen."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree or submodule: "gitdir: PATH"
+            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head if _is_sha(head) else None  # a detached HEAD
+        ref = head[5:]
+        common = git / "commondir"  # a worktree keeps its branches in the main .git
+        base = (git / common.read_text().strip()).resolve() if common.is_file() else git
+        loose = base / ref
+        if loose.is_file():
+            sha = loose.read_text().strip()
+            return sha if _is_sha(sha) else None
+        packed = base / "packed-refs"
+        for line in packed.read_text().splitlines() if packed.is_file() else ():
+            sha, _, name = line.partition(" ")
+            if name == ref and _is_sha(sha):
+                return sha
+    except (OSError, UnicodeDecodeError, IndexError):
+        return None
+    return None
+
+
+def _is_sha(text: str) -> bool:
+    return len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text)
