@@ -27,7 +27,7 @@ from rl_gpt.supervised import CLASSIFIERS, classifier_classes, classifier_layout
 from rl_gpt.supervised.data import DATASETS, CorruptDataError, load_dataset_cached, require_files
 from rl_gpt.supervised.data_root import data_sha256
 from rl_gpt.supervised.evaluate import loops_over_models
-from rl_gpt.supervised.train import _TRAIN_EVAL_SEED, DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS
+from rl_gpt.supervised.train import DEFAULT_LR, LR_SCHEDULES, OPTIMIZERS, TRAIN_EVAL_SEED
 
 __all__ = [
     "HYPERPARAMS",
@@ -337,7 +337,7 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
         "evaluation": {
             "split": "test",
             "train_subset": _TRAIN_EVAL_SIZE,
-            "train_subset_seed": _TRAIN_EVAL_SEED,
+            "train_subset_seed": TRAIN_EVAL_SEED,
             "definition": "every checkpoint evaluated after training, in eval mode, on the whole test split; "
             "train_loss and train_error on the training examples at indices torch.randperm(n_train, generator="
             "torch.Generator().manual_seed(train_subset_seed))[:train_subset] of the training split in the order "

@@ -39,7 +39,7 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant")
 DEFAULT_LR = 0.1  # G.pt's
 _MODEL_CHUNK = 1024  # checkpoints evaluated per call: bounds memory when R runs x C checkpoints is large
-_TRAIN_EVAL_SEED = 0  # the train-loss subset belongs to the data set, not the run: same for every seed
+TRAIN_EVAL_SEED = 0  # the train-loss subset belongs to the data set, not the run: same for every seed
 _SGD_MOMENTUM = 0.9  # G.pt's, with Nesterov
 _ADAM_BETAS, _ADAM_EPS = (0.9, 0.999), 1e-8  # torch's defaults
 
@@ -166,7 +166,7 @@ def _evaluate(
     """Test and train-subset loss and error of checkpoints rows (R, C, D): each (R, C) float32 on the CPU."""
     x_train, y_train, x_test, y_test = data
     layout = classifier_layout(name)
-    subset = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(_TRAIN_EVAL_SEED))
+    subset = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(TRAIN_EVAL_SEED))
     subset = subset[:train_eval_size].to(x_train.device)
     parts: dict[str, list[torch.Tensor]] = {"test_loss": [], "test_error": [], "train_loss": [], "train_error": []}
     for chunk in rows.flatten(0, 1).split(_MODEL_CHUNK):
