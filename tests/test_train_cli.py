@@ -233,6 +233,44 @@ def test_ddp_training_with_two_processes(experiment, tmp_path):
     assert read_model_info(tmp_path / "ddp2" / "model")["meta"]["step"] == 10
 
 
+# Rank 0 measures alignment.json alone after training; it waits (up to a minute) for rank 1 to have returned.
+_RANK_ZERO_WAITS = """
+import os, sys, time
+from pathlib import Path
+import rl_gpt.train.loop as loop
+marker, args = Path(sys.argv[1]), sys.argv[2:]
+measure = loop._final_alignment
+def waits_for_rank_one(*a, **k):
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    marker.with_name("seen").write_text(str(marker.exists()))
+    return measure(*a, **k)
+loop._final_alignment = waits_for_rank_one
+from rl_gpt.cli import main
+code = main(args)
+if os.environ["RANK"] == "1":
+    marker.write_text("returned")
+sys.exit(code)
+"""
+
+
+def test_the_other_ranks_do_not_wait_for_rank_zeros_work_after_training(experiment, tmp_path):
+    """They waited at a barrier while rank 0 measured alignment.json and uploaded to W&B: past gloo's 30-minute
+    timeout (MuJoCo on the CPU) their barrier failed, torchrun stopped rank 0, and every rerun did so again."""
+    out = tmp_path / "ddp"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    script = tmp_path / "waits.py"
+    script.write_text(_RANK_ZERO_WAITS)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "returned")]
+    cmd += ["train", "cartpole", f"out={out}", "steps=2", *TINY_MODEL, *QUIET]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "seen").read_text() == "True"  # rank 1 had returned while rank 0 still had work to do
+    assert json.loads((out / "model" / "alignment.json").read_text())["step"] == 2
+
+
 def test_training_with_the_function_loss(experiment, tmp_path):
     from rl_gpt.dataset import CheckpointDataset
     from rl_gpt.train.function_loss import function_probe

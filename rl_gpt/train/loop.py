@@ -424,8 +424,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if run is not None:
         log_output(cfg, run, "model", out)
         run.finish()
-    if world > 1:
-        dist.barrier()
+    # No barrier for the other ranks: they would wait on rank 0's alignment and upload, which may outlast the
+    # group's timeout (gloo's 30 minutes), and their failure would make torchrun stop rank 0 before it is done.
     return out
 
 
