@@ -495,6 +495,7 @@ _NO_RANGE = ["task.metric_range=null", "task.reward_threshold=null"]  # another 
         ),
         (["task.policy_kwargs={net_arch: [10000, 10000, 10000]}"], "more than 1e+08 weights; use a smaller"),
         (["executor=ray", "collect.ray_address=127.0.0.1:1"], "collect.ray_address=127.0.0.1:1: no Ray cluster"),
+        (["executor=ray", "collect.ray_address=ray://127.0.0.1:1"], "ray_address=ray://127.0.0.1:1: no Ray cluster"),
         (["seed=-1"], "collect.seed: -1 is negative; use 0 or more"),
         (["task.n_envs=0"], "task.n_envs: 0 is too small"),
         (["task.hyperparams.learning_rate=abc"], "Stable-Baselines3 refused task.hyperparams"),

@@ -416,22 +416,30 @@ def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
     ``ray.init`` waits for an unreachable cluster for minutes without saying why."""
     import importlib.util
 
-    if address and address != "auto" and "://" not in address:  # auto: Ray looks it up and says so quickly
+    if address and address.startswith("ray://"):  # Ray Client's server: unanswered, ray.init waits 30 s
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if host and port.isdigit():
+            _check_answers(address, host, int(port), timeout_s)
+    elif address and address != "auto" and "://" not in address:  # auto: Ray looks it up and says so quickly
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"collect.ray_address={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379) or auto")
-        try:
-            socket.create_connection((host, int(port)), timeout=timeout_s).close()
-        except OSError as exc:
-            raise ConfigError(
-                f"collect.ray_address={address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
-                "with `ray start --head` and pass the address it prints, or drop collect.ray_address to start Ray "
-                "locally"
-            ) from None
+        _check_answers(address, host, int(port), timeout_s)
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(
             "collect.executor=ray needs Ray: pip install 'rl_gpt[ray]' (in a checkout: pip install -e '.[ray]')"
         )
+
+
+def _check_answers(address: str, host: str, port: int, timeout_s: float) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"collect.ray_address={address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+            "with `ray start --head` and pass the address it prints, or drop collect.ray_address to start Ray "
+            "locally"
+        ) from None
 
 
 def _run_ray(cfg: ExperimentConfig, job_fn: JobFn, jobs: list[list[int]]) -> Iterator[tuple[int, Any]]:
