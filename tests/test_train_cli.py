@@ -19,6 +19,7 @@ from cli_helpers import QUIET, TINY_MODEL
 from tensordict import TensorDict
 
 from rl_gpt.cli import main
+from rl_gpt.train.info import describe_model
 from rl_gpt.train.modelfile import read_model_info
 
 
@@ -269,6 +270,8 @@ def test_the_other_ranks_do_not_wait_for_rank_zeros_work_after_training(experime
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "seen").read_text() == "True"  # rank 1 had returned while rank 0 still had work to do
     assert json.loads((out / "model" / "alignment.json").read_text())["step"] == 2
+    # `info` says how the step's batch was made: train.batch counts pairs per process
+    assert "on 2 processes x train.batch=32 (64 pairs per step)" in describe_model(out / "model")
 
 
 def test_training_with_the_function_loss(experiment, tmp_path):

@@ -32,9 +32,20 @@ def _training(meta: dict[str, Any]) -> str:
     if not isinstance(step, int) or not isinstance(planned, int):
         return f"step {step}"
     if step >= planned:
-        return f"step {step} of train.steps={planned} (finished)" + _resumed_otherwise(meta)
+        return f"step {step} of train.steps={planned} (finished)" + _processes(meta) + _resumed_otherwise(meta)
     unfinished = "stopped early or still training; its `rl-gpt train` resumes it"
-    return f"step {step} of train.steps={planned} ({unfinished})" + _resumed_otherwise(meta)
+    return f"step {step} of train.steps={planned} ({unfinished})" + _processes(meta) + _resumed_otherwise(meta)
+
+
+def _processes(meta: dict[str, Any]) -> str:
+    """How a distributed run stepped, where it did so throughout (``train.batch`` counts pairs per process)."""
+    segments = meta.get("segments")
+    if not isinstance(segments, list) or len(segments) != 1 or not isinstance(segments[0], dict):
+        return ""  # several: said stretch by stretch in _resumed_otherwise
+    processes, batch = segments[0].get("processes"), segments[0].get("batch")
+    if not isinstance(processes, int) or processes < 2 or not isinstance(batch, int):
+        return ""
+    return f", on {processes} processes x train.batch={batch} ({processes * batch} pairs per step)"
 
 
 def _resumed_otherwise(meta: dict[str, Any]) -> str:

@@ -296,7 +296,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if device.type == "cuda":
         global_rngs.append(torch.cuda.default_generators[device.index or 0])
 
-    run = _wandb_init(cfg, resume=step > 0) if main_proc else None  # a resumed run logs to the run it began
+    run = _wandb_init(cfg, world, resume=step > 0) if main_proc else None  # a resumed run logs to the run it began
     if main_proc:
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
     dataset = Path(cfg.dataset_dir).resolve()
@@ -518,10 +518,12 @@ def _final_alignment(
         )
 
 
-def _wandb_init(cfg: ExperimentConfig, resume: bool) -> Any:
+def _wandb_init(cfg: ExperimentConfig, processes: int, resume: bool) -> Any:
     from rl_gpt.wandb_run import start_run, use_inputs, with_dataset_sections
 
     config = with_dataset_sections(to_dict(cfg), cfg.dataset_dir)  # the data's task and collect sections
+    # train.batch counts pairs per process: under DDP the step's batch is this many times it
+    config["processes"] = processes
     run = start_run(cfg, "train", cfg.model_dir, config, resume=resume)
     use_inputs(cfg, run, {"dataset": cfg.dataset_dir})
     return run
