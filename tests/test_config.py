@@ -1,6 +1,7 @@
 """Config loading: defaults, presets, overrides, and the errors a user sees."""
 
 import dataclasses
+import re
 import warnings
 from pathlib import Path
 
@@ -131,6 +132,20 @@ def test_bad_overrides_name_the_key(override, needle):
         ConfigError, match=needle.replace(".", r"\.").replace("?", r"\?").replace("(", r"\(").replace(")", r"\)")
     ):
         load_config("cartpole", [override], command="collect")
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("wandb.mode=off", "wandb.mode: False is not one of 'offline', 'online', 'disabled' (YAML reads"),
+        ("task.name=on", "task.name: expected a string, got True (YAML reads"),
+    ],
+)
+def test_a_yaml_boolean_word_given_for_text_says_how_yaml_read_it(override, said):
+    """YAML 1.1 reads on/off/yes/no as booleans: the message must not leave `False` unexplained."""
+    with pytest.raises(ConfigError, match=re.escape(said)) as refused:
+        load_config("pendulum", [override], command="sweep")
+    assert "quote a word meant as text" in str(refused.value)
 
 
 @pytest.mark.parametrize("bad", ["[500, 0]", "[1]", "[0, .nan]", "[3, 3]"])

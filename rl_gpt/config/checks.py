@@ -75,7 +75,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not fit {_name(tp)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+            choices = ", ".join(map(repr, args))
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}{_yaml_boolean_hint(value, key)}")
         return value
     if tp is Any:
         return _numbers_read_as_text(value)
@@ -113,8 +114,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {value!r}{_yaml_boolean_hint(value, key)}")
     raise ConfigError(f"{key}: unsupported config type {_name(tp)}")
+
+
+def _yaml_boolean_hint(value: Any, key: str) -> str:
+    """Why a text field got a boolean: YAML 1.1 reads on/off/yes/no as true/false (`wandb.mode=off` is False)."""
+    if not isinstance(value, bool):
+        return ""
+    return f" (YAML reads true/false, yes/no and on/off as booleans; quote a word meant as text: {key}=\"'on'\")"
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
