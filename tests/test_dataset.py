@@ -261,8 +261,10 @@ def test_an_experiment_folder_given_for_its_dataset_or_model_is_named(tmp_path):
         CheckpointDataset(tmp_path)
     with pytest.raises(ModelFileError, match=f"its model is {tmp_path / 'model'}"):
         read_model_info(tmp_path)
-    with pytest.raises(DatasetError, match="no spec.json"):  # any other folder: as before
+    with pytest.raises(DatasetError, match="holds a generator model"):  # its model folder: named as one
         CheckpointDataset(tmp_path / "model")
+    with pytest.raises(DatasetError, match="no spec.json"):  # any other folder: as before
+        CheckpointDataset(tmp_path / "dataset" / "elsewhere")
 
 
 def test_data_merge_makes_a_stopped_collections_runs_readable(tmp_path, capsys):
@@ -479,3 +481,13 @@ def test_a_merge_refuses_data_whose_run_is_stored_in_two_places(tmp_path):
     w.add_run(2, _rows(2), {})
     with pytest.raises(DatasetError, match=r"run 0's rows are stored twice or apart \(data\); rows must be grouped"):
         w.consolidate()
+
+
+def test_a_model_folder_given_as_a_dataset_is_named_as_a_model(tmp_path):
+    """`rl-gpt evaluate runs/x/model` must not tell the researcher to run `rl-gpt collect`."""
+    (tmp_path / "model.json").write_text("{}")
+    with pytest.raises(DatasetError, match="holds a generator model, not a checkpoint dataset") as refused:
+        CheckpointDataset(tmp_path)
+    assert "rl-gpt collect" not in str(refused.value)
+    with pytest.raises(DatasetError, match=r"no spec\.json\); run `rl-gpt collect` first"):  # an empty folder
+        CheckpointDataset(tmp_path / "elsewhere")

@@ -64,6 +64,10 @@ def read_spec(root: str | Path) -> dict[str, Any]:
         inner = Path(root) / "dataset"
         if (inner / "spec.json").is_file():  # an experiment folder given for its dataset
             raise DatasetError(f"{root} is an experiment folder; its dataset is {inner}")
+        if (Path(root) / "model.json").is_file():  # e.g. `rl-gpt evaluate runs/x/model`: collecting is not the fix
+            raise DatasetError(
+                f"{root} holds a generator model, not a checkpoint dataset; `rl-gpt info {root}` names its dataset"
+            )
         raise DatasetError(f"{root} is not a checkpoint dataset (no spec.json); run `rl-gpt collect` first")
     fix = "restore it from a copy, or collect again"
     spec = read_format_json(path, FORMAT["name"], DatasetError, "an rl_gpt checkpoint dataset spec", fix)
