@@ -220,6 +220,14 @@ def test_unknown_preset():
         load_config("nope")
 
 
+@pytest.mark.parametrize(
+    ("given", "said"), [("Pendulum-v1", "pendulum, the preset for Pendulum-v1?"), ("acrobot-v1", "acrobot, the")]
+)
+def test_a_gymnasium_id_given_for_a_preset_names_the_preset_for_it(given, said):
+    with pytest.raises(ConfigError, match=re.escape(f"no config file or preset '{given}'; did you mean {said}")):
+        load_config(given)
+
+
 def test_a_preset_extends_another_and_overrides_only_what_it_names():
     full, base = load_config("digits_full"), load_config("digits")
     assert full.task == base.task and full.collect == base.collect

@@ -91,7 +91,19 @@ def find_preset(name_or_path: str) -> Path:
         if candidate.is_file():
             return candidate
     known = sorted(p.stem for p in PRESETS.glob("*.yaml")) if PRESETS.is_dir() else []
-    raise ConfigError(f"no config file or preset {name_or_path!r}; presets: {', '.join(known) or 'none found'}")
+    for_env = {name: _preset_env_id(name) for name in known}
+    for_env = {name: env for name, env in for_env.items() if env.casefold() == name_or_path.casefold()}
+    hint = "".join(f"did you mean {name}, the preset for {env}? " for name, env in for_env.items())
+    raise ConfigError(f"no config file or preset {name_or_path!r}; {hint}presets: {', '.join(known) or 'none found'}")
+
+
+def _preset_env_id(name: str) -> str:
+    """The ``task.env_id`` a preset names itself (not one it extends), else ""; `collect Pendulum-v1` finds pendulum."""
+    try:
+        task = load_yaml_file(PRESETS / f"{name}.yaml").get("task")
+    except (ConfigError, AttributeError):
+        return ""
+    return str(task.get("env_id", "")) if isinstance(task, dict) else ""
 
 
 def read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
