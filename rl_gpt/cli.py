@@ -463,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except OSError as exc:  # full disk and friends: say so in one line; nothing half-written is left
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        advice = _DISK_ADVICE if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else ""
+        # an OSError of our own wrapping safetensors' error has its message but no errno
+        full = exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or any(r in str(exc) for r in _DISK_ERRORS)
+        advice = _DISK_ADVICE if full else ""
         print(f"rl-gpt {args.command}: error: {exc.strerror or exc}{where}{advice}", file=sys.stderr)
         return 1
     except Exception as exc:  # torch and safetensors report a full disk as their own error types

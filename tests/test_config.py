@@ -405,6 +405,11 @@ def test_a_saved_wandb_run_id_is_used_only_when_valid(tmp_path):
         RuntimeError("unable to write to file </d/runs/.tmp-run_00008/metric.memmap>: No space left on device (28)"),
         OSError(28, "No space left on device", "/d/model/model.json"),
         RuntimeError("unable to resize file </d/.tmp-data/params.memmap> to the right size: File too large (27)"),
+        # atomic_save_safetensors' OSError, which carries safetensors' message but no errno
+        OSError(
+            "could not write /d/model/train_state.tmp/state.safetensors: Error while serializing: I/O error: "
+            "No space left on device (os error 28)"
+        ),
     ],
 )
 def test_a_full_disk_is_one_line_that_says_what_to_do(monkeypatch, capsys, error):
@@ -417,7 +422,7 @@ def test_a_full_disk_is_one_line_that_says_what_to_do(monkeypatch, capsys, error
     assert cli.main(["info", "somewhere"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "free space (or raise the limit) and run the same command again" in err
-    assert "memmap" in err or "model.json" in err  # where
+    assert "memmap" in err or "model.json" in err or "state.safetensors" in err  # where
 
 
 def test_other_errors_are_not_taken_for_a_full_disk(monkeypatch):
