@@ -429,3 +429,21 @@ def test_a_normalizer_fitted_on_chosen_rows_of_a_column_a_few_at_a_time_is_the_o
     expected = weight.std(dim=(0, 1)).float().repeat(6) if input_columns else weight.std().float().expand(18)
     assert torch.equal(chunked.std[:18], expected)  # bit for bit: trained models do not change with the chunking
     assert torch.equal(chunked.mean[18:24], column[rows][:, 18:24].double().mean().float().expand(6))
+
+
+def test_a_save_that_fails_leaves_no_temporary_state_on_the_full_disk(tmp_path: Path, monkeypatch) -> None:
+    """state.safetensors written, then state.json meets a full disk: the half-built state (megabytes on the disk
+    that just filled) goes, the last whole state stays."""
+    model, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    opt, config = torch.optim.AdamW(model.parameters()), to_dict(TrainConfig())
+    save_train_state(tmp_path / "state", model, ema, opt, torch.Generator(), 3, config)
+
+    def full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("rl_gpt.train.checkpoint.atomic_write_json", full)
+    with pytest.raises(OSError, match="No space"):
+        save_train_state(tmp_path / "state", model, ema, opt, torch.Generator(), 4, config)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    monkeypatch.undo()
+    assert load_train_state(tmp_path / "state", model, ema, opt, torch.Generator(), config) == 3

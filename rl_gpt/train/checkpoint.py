@@ -60,12 +60,16 @@ def save_train_state(
         for name, value in st.items():
             tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors["rng.sampler"] = sampler_gen.get_state()
-    atomic_save_safetensors(tensors, tmp / "state.safetensors")
     info = {"step": step, "param_groups": opt_state["param_groups"], "config": config, "data": data_state}
     info["history"] = history or []
     if hasattr(model, "config"):  # the resolved architecture: a registry default may change later
         info["model"] = model.config.to_dict()
-    atomic_write_json(tmp / "state.json", info)
+    try:
+        atomic_save_safetensors(tensors, tmp / "state.safetensors")
+        atomic_write_json(tmp / "state.json", info)
+    except BaseException:  # a full disk: what was written of this state (megabytes) goes, the last whole one stays
+        remove_path(tmp)
+        raise
     replace_dir(tmp, directory)
 
 
