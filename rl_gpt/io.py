@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 __all__ = [
     "FolderInUseError",
+    "allocate_files",
     "atomic_save_figure",
     "atomic_save_pair",
     "atomic_save_safetensors",
@@ -285,6 +287,27 @@ def pair_matches(weights: str | Path, meta: dict) -> bool:
     except (OSError, SafetensorError):
         return expected is None  # unreadable: said by the reader; here only whether the ids agree
     return found == expected  # also False for new weights (an id) beside a JSON written before ids (none)
+
+
+def allocate_files(folder: Path, pattern: str = "*.memmap") -> None:
+    """Give the files in ``folder`` their disk blocks now, before they are written through a memory map.
+
+    A new memmap is a sparse file: a page written through the mapping into a full disk (or past a
+    quota) kills the process with SIGBUS ("Bus error"), with no message and nothing saved. Allocated
+    first (``posix_fallocate``), a full disk is an ``OSError`` (ENOSPC) that says where. Where the
+    call or the filesystem does not support it, the files stay as they are.
+    """
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
+    for path in folder.glob(pattern):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, max(os.fstat(fd).st_size, 1))
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OSError(exc.errno, exc.strerror, str(path)) from None
+        finally:
+            os.close(fd)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -47,6 +47,32 @@ def test_append_consolidate_and_read_without_rl_gpt(tmp_path):
     assert set(ds.runs_meta) == {"0", "1", "2"}
 
 
+def test_a_full_disk_is_an_error_before_the_memmaps_are_written_not_a_bus_error(tmp_path, monkeypatch):
+    """A memmap is a sparse file: written through its mapping into a full disk, the process dies of SIGBUS
+    (a collection into a full tmpfs did). Its blocks are allocated first, so a full disk is an OSError that
+    names the file, and what was half-written is removed at once."""
+    import errno
+    import os
+
+    w = DatasetWriter(tmp_path / "ds", SPEC)
+    w.add_run(0, _rows(0), {"seed": 0})
+    allocate = os.posix_fallocate
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match=r"No space left on device.*\.memmap"):
+        w.add_run(1, _rows(1), {"seed": 1})
+    assert sorted(p.name for p in (tmp_path / "ds" / "runs").iterdir()) == ["run_00000"]
+    with pytest.raises(OSError, match="No space left on device"):
+        w.consolidate()
+    assert not (tmp_path / "ds" / ".tmp-data").exists() and not (tmp_path / "ds" / "data").exists()
+    monkeypatch.setattr(os, "posix_fallocate", allocate, raising=False)  # space freed: the same calls go on
+    w.add_run(1, _rows(1), {"seed": 1})
+    assert w.consolidate() == 8 and CheckpointDataset(tmp_path / "ds").data["run"].tolist() == [0] * 4 + [1] * 4
+
+
 def test_links_left_at_the_writers_temporary_names_are_removed_not_written_through(tmp_path):
     victim = tmp_path / "victim"
     victim.mkdir()

@@ -31,6 +31,7 @@ import torch
 from tensordict import TensorDict
 
 from rl_gpt.io import (
+    allocate_files,
     atomic_write_json,
     ensure_writable_dir,
     exclusive_folder,
@@ -324,8 +325,14 @@ class DatasetWriter:
         final = self.root / "runs" / _run_dir_name(run)
         tmp = self.root / "runs" / f".tmp-{_run_dir_name(run)}"
         remove_path(tmp)
-        td.memmap(tmp)
-        atomic_write_json(tmp / "run.json", dict(meta, run=run, checkpoints=n))
+        try:
+            stored = td.memmap_like(tmp)  # sparse files of the right size
+            allocate_files(tmp)  # a full disk is an OSError here, not a SIGBUS while copying
+            stored.update_(td)
+            atomic_write_json(tmp / "run.json", dict(meta, run=run, checkpoints=n))
+        except BaseException:  # a full disk: free what this run took
+            remove_path(tmp)
+            raise
         replace_dir(tmp, final)
 
     # ------------------------------------------------------------------ consolidate
@@ -368,15 +375,20 @@ class DatasetWriter:
         tmp = self.root / ".tmp-data"
         remove_path(tmp)
         template = sources[-1][:1]
-        out = TensorDict(batch_size=[total]).memmap_(tmp)
-        for k in sorted(keys):
-            out.make_memmap(k, (total, *template[k].shape[1:]), dtype=template[k].dtype)
-        pos = 0
-        for _, src, start, stop in pieces:
-            if set(src.keys()) != keys:
-                raise DatasetError(f"runs in {self.root} store different fields; collect into a new directory")
-            out[pos : pos + stop - start] = src[start:stop]
-            pos += stop - start
+        try:
+            out = TensorDict(batch_size=[total]).memmap_(tmp)
+            for k in sorted(keys):
+                out.make_memmap(k, (total, *template[k].shape[1:]), dtype=template[k].dtype)
+            allocate_files(tmp)  # a full disk is an OSError here, not a SIGBUS while copying
+            pos = 0
+            for _, src, start, stop in pieces:
+                if set(src.keys()) != keys:
+                    raise DatasetError(f"runs in {self.root} store different fields; collect into a new directory")
+                out[pos : pos + stop - start] = src[start:stop]
+                pos += stop - start
+        except BaseException:  # a full disk: free the copy (as large as the dataset); data/ and runs/ stay
+            remove_path(tmp)
+            raise
         new_meta = [json.loads((p / "run.json").read_text(encoding="utf-8")) for p in run_dirs]
         meta = stored_meta | {str(m["run"]): m for m in new_meta}
         atomic_write_json(self.root / "runs.json", dict(sorted(meta.items(), key=lambda kv: int(kv[0]))))
