@@ -551,3 +551,28 @@ def test_the_novelty_audit_survives_a_method_whose_every_network_failed(experime
     out = novelty_audit(ds, methods, inits, pool, train_runs, test_runs)
     assert math.isnan(out["novelty"]["generator"]) and out["novelty"]["retrieval"] == 0.0
     assert out["init_fidelity"]["generator"] is None and "generator" not in out["behavioural_novelty"]
+
+
+def test_a_calibration_holds_for_the_weights_it_measured_not_those_saved_meanwhile(experiment, tmp_path, monkeypatch):
+    """`rl-gpt calibrate` beside a training that saves new weights while it measures: the calibration
+    holds for the weights it loaded, so the newly saved ones are not taken as calibrated."""
+    from safetensors.torch import load_file
+
+    import rl_gpt.sweep.calibrate as calibrate
+    from rl_gpt.io import SAVE_ID, atomic_save_pair
+    from rl_gpt.train.calibration import load_calibration
+
+    model = tmp_path / "model"
+    shutil.copytree(experiment / "model", model)
+    real = calibrate.evaluate_flat
+
+    def training_saves_meanwhile(*args, **kwargs):
+        weights = {k: v * 1.01 for k, v in load_file(str(model / "model.safetensors")).items()}
+        meta = {k: v for k, v in read_model_info(model).items() if k != SAVE_ID}
+        atomic_save_pair(weights, model / "model.safetensors", model / "model.json", meta)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(calibrate, "evaluate_flat", training_saves_meanwhile)
+    args = ["calibrate", "cartpole", f"out={experiment}", "--model", str(model), "sweep.calibration_inits=2"]
+    assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", *QUIET]) == 0
+    assert not load_calibration(model).measured_for(model)

@@ -20,7 +20,7 @@ from rl_gpt.evaluate.dataset_metric import evaluate_flat
 from rl_gpt.evaluate.seeds import Purpose, evaluation_seed
 from rl_gpt.io import SAVE_ID, ensure_writable_dir
 from rl_gpt.sweep.plot import plot_calibration
-from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, model_fingerprint
+from rl_gpt.train.calibration import PromptCalibration, fit_calibration, load_calibration, weights_fingerprint
 from rl_gpt.train.modelfile import ModelFileError, load_generator, open_dataset, read_model_info
 from rl_gpt.train.probe import prompt_grid, run_prompts
 from rl_gpt.train.ranker import ranker_for
@@ -48,6 +48,8 @@ def calibrate(
     device = resolve_device(sc.device or cfg.train.device, "sweep.device" if sc.device else "train.device")
     t = time.time()
     gen, info = load_generator(model_dir)
+    # the weights measured: a training beside this command may save new ones meanwhile, which it must not claim
+    fingerprint = weights_fingerprint(gen.model.state_dict())
     ensure_writable_dir(model_dir, "--model")  # calibration.json goes there: refused before the work
     check_login(cfg)  # wandb.mode=online without credentials fails now, not after the calibration
     ds = open_dataset(model_dir, info, dataset, cfg.dataset_dir, cfg.task, data_root)
@@ -88,7 +90,7 @@ def calibrate(
         "seconds": round(time.time() - t, 1),
     }
     cal = fit_calibration(grid, achieved.reshape(k, p, s), sampler, meta)
-    cal.model_sha256 = model_fingerprint(model_dir)
+    cal.model_sha256 = fingerprint
     path = cal.save(model_dir)
     picture = plot_calibration(cal, ds.spec["metric"].get("name", "metric"), Path(model_dir) / "calibration.png")
     if len(set(cal.fitted)) == 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "fit_calibration",
     "load_calibration",
     "model_fingerprint",
+    "weights_fingerprint",
 ]
 
 CALIBRATION_FILE = "calibration.json"
@@ -151,8 +153,14 @@ def model_fingerprint(model_dir: str | Path) -> str:
     id changes when the same weights are saved again): a calibration holds for these weights only."""
     from safetensors.torch import load_file
 
+    return weights_fingerprint(load_file(str(Path(model_dir) / "model.safetensors")))
+
+
+def weights_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """:func:`model_fingerprint` of weights in memory (a loaded model's ``state_dict()``)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(load_file(str(Path(model_dir) / "model.safetensors")).items()):
+    for name, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
