@@ -20,6 +20,7 @@ from rl_gpt.cli_data import add_data_parser, cmd_data
 from rl_gpt.collect.executor import _plan_jobs
 from rl_gpt.collect.supervised_run import plan_batches, resolve_hyperparams, supervised_spec
 from rl_gpt.config import ConfigError, load_config
+from rl_gpt.dataset import DatasetWriter
 from rl_gpt.supervised import DownloadError, build_classifier, load_digits, train_classifier_run
 from rl_gpt.supervised.data import MNIST_FILES
 from rl_gpt.supervised.metric import supervised_metric
@@ -131,6 +132,29 @@ def test_batched_collection_equals_one_run_at_a_time(tmp_path):
     assert torch.unique(_load(tmp_path / "batched")[0]["run"]).tolist() == list(range(6))
 
 
+@pytest.mark.parametrize("stored", [4, 5])  # stopped between two batches of 2, or inside one
+def test_a_resumed_collection_stores_what_an_uninterrupted_one_does(tmp_path, monkeypatch, stored):
+    """A run's weights depend on the size of the batch it trains in (in the last bits): a resumed collection
+    trains each run in the batch the uninterrupted one would, so the same command ends with the same dataset."""
+    sampled = ["collect.sample_hyperparams={lr: [0.02, 0.3]}", "runs=8", "workers=1", "collect.batch_runs=2"]
+    assert _collect(tmp_path / "whole", *sampled) == 0
+    add_run, added = DatasetWriter.add_run, []
+
+    def stopped(self, run, rows, meta):
+        if len(added) == stored:
+            raise KeyboardInterrupt
+        added.append(run)
+        add_run(self, run, rows, meta)
+
+    monkeypatch.setattr(DatasetWriter, "add_run", stopped)
+    assert _collect(tmp_path / "resumed", *sampled) == 130
+    monkeypatch.undo()
+    assert _collect(tmp_path / "resumed", *sampled) == 0
+    whole, resumed = _load(tmp_path / "whole")[0], _load(tmp_path / "resumed")[0]
+    for key in ("run", "step", "params", "metric"):
+        assert torch.equal(whole[key], resumed[key]), key
+
+
 def test_plan_batches_groups_runs_that_can_train_together():
     cfg = load_config("digits", ["collect.sample_hyperparams={lr: [0.01, 0.3]}", "collect.batch_runs=3"])
     assert plan_batches(cfg, list(range(7)), workers=1) == [[0, 1], [2, 3], [4, 5], [6]]  # 4 batches per worker
@@ -146,9 +170,9 @@ def test_plan_batches_groups_runs_that_can_train_together():
 
 
 def test_a_remote_ray_cluster_is_not_sized_by_this_machine():
-    local = load_config("digits", ["collect.workers=8"])
+    local = load_config("digits", ["collect.workers=8", "collect.runs=64"])
     assert [len(b) for b in _plan_jobs(local, None, list(range(64)))[1]] == [2] * 32  # 4 batches per worker
-    remote = load_config("digits", ["collect.executor=ray", "collect.ray_address=ray://head:10001"])
+    remote = load_config("digits", ["collect.executor=ray", "collect.ray_address=ray://head:10001", "collect.runs=64"])
     assert [len(b) for b in _plan_jobs(remote, None, list(range(64)))[1]] == [16] * 4  # batch_runs and runs/4 cap
 
 

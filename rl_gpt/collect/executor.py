@@ -163,7 +163,11 @@ def _plan_jobs(cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int]) -> 
         # A Ray cluster's size is not known before it is joined: there, only batch_runs caps a batch.
         remote = cfg.collect.executor == "ray" and cfg.collect.ray_address and cfg.collect.workers <= 0
         workers = 1 if remote else _workers(cfg)
-        return train_supervised_runs, plan_batches(cfg, todo, workers)
+        # Planned over every run asked for; a batch with a run left trains whole (the caller skips the runs
+        # already stored): a run's weights depend on its batch's size (in the last bits), so a resumed
+        # collection trains each run as the uninterrupted one would.
+        left = set(todo)
+        return train_supervised_runs, [b for b in plan_batches(cfg, range(cfg.collect.runs), workers) if left & set(b)]
     if run_fn is None:
         from rl_gpt.collect.sb3_run import train_rl_run
 
@@ -265,6 +269,8 @@ def _collect_into(
         # closing: an error here (Ctrl-C while a run is stored, a full disk) stops the workers at once
         with contextlib.closing(results):
             for run, result in results:
+                if run in done:  # trained again beside the rest of its batch (_plan_jobs)
+                    continue
                 writer.add_run(run, result.rows, result.meta)
                 if log is not None:
                     log.add(run, *_wandb_entry(cfg, result.rows, result.meta))
