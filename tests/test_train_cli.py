@@ -323,3 +323,16 @@ def test_malformed_model_overrides_are_one_line(experiment, tmp_path, capsys):
     assert main(["train", "cartpole", f"out={out}", "steps=2", "train.model_overrides={width:32}", *QUIET]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "space after each colon" in err, err
+
+
+def test_a_full_disk_while_training_is_the_last_line_said(experiment, tmp_path, monkeypatch, capsys):
+    """The one-line error ends the output: the progress bar is closed before it, not drawn again after it."""
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "model" / "train_state.tmp"))
+
+    monkeypatch.setattr("rl_gpt.train.loop.save_train_state", full)
+    args = ["train", "cartpole", f"out={tmp_path}", f"dataset={experiment / 'dataset'}", "steps=4", *TINY_MODEL]
+    assert main([*args, "train.ckpt_every=2", "wandb.mode=disabled"]) == 1
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("rl-gpt train: error: No space left on device") and "run the same command again" in last

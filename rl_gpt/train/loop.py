@@ -409,7 +409,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             if main_proc:
                 print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
         raise
-    bar.close()
+    finally:  # also before an error (a full disk) is said: a bar closed later is drawn again under it
+        bar.close()
     checkpoint()
     if main_proc and tc.final_probe:
         try:
