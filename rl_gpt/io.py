@@ -302,7 +302,9 @@ def allocate_files(folder: Path, pattern: str = "*.memmap") -> None:
     for path in folder.glob(pattern):
         fd = os.open(path, os.O_RDWR)
         try:
-            os.posix_fallocate(fd, 0, max(os.fstat(fd).st_size, 1))
+            size = os.fstat(fd).st_size
+            if size:  # (allocating an empty file's "first byte" would make it one byte long)
+                os.posix_fallocate(fd, 0, size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OSError(exc.errno, exc.strerror, str(path)) from None

@@ -68,8 +68,8 @@ def check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume:
     if not same_task(spec, task.name, task.env_id, task.kind):
         raise ConfigError(
             f"{cfg.dataset_dir} holds {spec['task'].get('name')} ({spec.get('env_id')}) checkpoints but the config "
-            f"is for {task.name} ({task.env_id}); pass dataset= the folder of a {task.name} collection, or train with the config "
-            f"it was collected with ({Path(cfg.dataset_dir) / 'config.yaml'})"
+            f"is for {task.name} ({task.env_id}); pass dataset= the folder of a {task.name} collection, or train with "
+            f"the config it was collected with ({Path(cfg.dataset_dir) / 'config.yaml'})"
         )
     changed = metric_mismatch(spec, task.metric, task.higher_is_better)
     if changed:  # the model would learn the data's metric while its config.yaml claims another
