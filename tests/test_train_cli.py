@@ -115,7 +115,7 @@ def test_probes_run_only_when_a_wandb_run_takes_them(experiment, tmp_path, monke
             pass
 
     recorder = Recorder()
-    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg, resume: recorder)
+    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg, processes, resume: recorder)
     assert main(["train", "cartpole", f"out={tmp_path / 'probe2'}", f"dataset={out / 'dataset'}", *often]) == 0
     probes = [d for d in recorder.logged if "probe/train_r2" in d]
     assert len(probes) == 3 and len(calls) == 6  # every step, for training and held-out inits
@@ -138,7 +138,7 @@ def test_throughput_leaves_out_probe_time(experiment, tmp_path, monkeypatch):
     recorder = types.SimpleNamespace(log=lambda data, step=None: logged.append(data), finish=lambda: None)
     monkeypatch.setattr(rl_gpt.train.loop, "time", types.SimpleNamespace(time=clock))
     monkeypatch.setattr(rl_gpt.train.loop, "quick_alignment", slow_probe)
-    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg, resume: recorder)
+    monkeypatch.setattr(rl_gpt.train.loop, "_wandb_init", lambda cfg, processes, resume: recorder)
     out = tmp_path / "rate"
     shutil.copytree(experiment / "dataset", out / "dataset")
     args = [*TINY_MODEL, "train.probe_every_s=1e-9", "train.final_probe=false", "train.log_every=1", "steps=3"]
