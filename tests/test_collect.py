@@ -344,6 +344,35 @@ def test_a_workers_own_warning_reaches_the_main_process_once():
     assert [(str(w.message), w.category, w.lineno) for w in said] == [("made up in a worker", RuntimeWarning, 7)]
 
 
+def test_a_failing_jobs_warnings_are_said_in_its_worker_not_lost_with_it():
+    from rl_gpt.collect import executor
+
+    def diverges(cfg, runs):
+        warnings.warn("learning rate too high: diverging", RuntimeWarning, stacklevel=1)
+        raise ValueError("diverged")
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="diverged"):
+            executor._call_job(diverges, None, [1])
+    assert [(str(w.message), w.category) for w in said] == [("learning rate too high: diverging", RuntimeWarning)]
+
+
+def test_ray_addresses_are_checked_with_ipv6_hosts_and_ray_clients_default_port():
+    import socket
+
+    from rl_gpt.collect.executor import _host_port, check_ray
+    from rl_gpt.config import ConfigError
+
+    assert _host_port("127.0.0.1:6379") == ("127.0.0.1", 6379) and _host_port("[::1]:6379") == ("::1", 6379)
+    assert _host_port("head", default_port=10001) == ("head", 10001) and _host_port("head")[1] is None
+    with socket.create_server(("127.0.0.1", 0)) as server:  # something answers: no refusal
+        check_ray(f"ray://127.0.0.1:{server.getsockname()[1]}")
+        check_ray(f"[127.0.0.1]:{server.getsockname()[1]}")
+    with pytest.raises(ConfigError, match="no Ray cluster answers there"):
+        check_ray("ray://127.0.0.1")  # Ray Client's port 10001, where nothing listens here
+
+
 def test_ray_executor_with_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     extra = ["runs=2", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=2", "executor=ray"]

@@ -155,6 +155,24 @@ def test_a_resumed_collection_stores_what_an_uninterrupted_one_does(tmp_path, mo
         assert torch.equal(whole[key], resumed[key]), key
 
 
+def test_an_extended_collection_trains_only_the_runs_it_adds(tmp_path, monkeypatch):
+    """Runs stored by a collection of fewer runs were batched otherwise: training them again would not
+    make the dataset an uninterrupted one's, so only a resume (same settings) trains whole batches."""
+    import rl_gpt.collect.supervised_run as supervised_run
+
+    assert _collect(tmp_path, "runs=7", "workers=1", "collect.batch_runs=2") == 0
+    trained, train = [], supervised_run.train_supervised_runs
+
+    def counted(cfg, runs):
+        trained.extend(runs)
+        return train(cfg, runs)
+
+    monkeypatch.setattr(supervised_run, "train_supervised_runs", counted)
+    assert _collect(tmp_path, "runs=8", "workers=1", "collect.batch_runs=2") == 0  # over all 8: [6, 7] together
+    assert trained == [7]
+    assert torch.unique(_load(tmp_path)[0]["run"]).tolist() == list(range(8))
+
+
 def test_plan_batches_groups_runs_that_can_train_together():
     cfg = load_config("digits", ["collect.sample_hyperparams={lr: [0.01, 0.3]}", "collect.batch_runs=3"])
     assert plan_batches(cfg, list(range(7)), workers=1) == [[0, 1], [2, 3], [4, 5], [6]]  # 4 batches per worker
@@ -171,9 +189,11 @@ def test_plan_batches_groups_runs_that_can_train_together():
 
 def test_a_remote_ray_cluster_is_not_sized_by_this_machine():
     local = load_config("digits", ["collect.workers=8", "collect.runs=64"])
-    assert [len(b) for b in _plan_jobs(local, None, list(range(64)))[1]] == [2] * 32  # 4 batches per worker
+    assert [len(b) for b in _plan_jobs(local, None, list(range(64)), range(64))[1]] == [2] * 32  # 4 batches per worker
     remote = load_config("digits", ["collect.executor=ray", "collect.ray_address=ray://head:10001", "collect.runs=64"])
-    assert [len(b) for b in _plan_jobs(remote, None, list(range(64)))[1]] == [16] * 4  # batch_runs and runs/4 cap
+    assert [len(b) for b in _plan_jobs(remote, None, list(range(64)), range(64))[1]] == [
+        16
+    ] * 4  # batch_runs and runs/4 cap
 
 
 def test_collection_resumes_without_duplicates(tmp_path, capsys):

@@ -52,23 +52,23 @@ def test_a_full_disk_is_an_error_before_the_memmaps_are_written_not_a_bus_error(
     (a collection into a full tmpfs did). Its blocks are allocated first, so a full disk is an OSError that
     names the file, and what was half-written is removed at once."""
     import errno
-    import os
+
+    import rl_gpt.io
 
     w = DatasetWriter(tmp_path / "ds", SPEC)
     w.add_run(0, _rows(0), {"seed": 0})
-    allocate = os.posix_fallocate
 
-    def full(fd, offset, length):
+    def full(fd, size):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    monkeypatch.setattr(rl_gpt.io, "_reserve_blocks", full)
     with pytest.raises(OSError, match=r"No space left on device.*\.memmap"):
         w.add_run(1, _rows(1), {"seed": 1})
     assert sorted(p.name for p in (tmp_path / "ds" / "runs").iterdir()) == ["run_00000"]
     with pytest.raises(OSError, match="No space left on device"):
         w.consolidate()
     assert not (tmp_path / "ds" / ".tmp-data").exists() and not (tmp_path / "ds" / "data").exists()
-    monkeypatch.setattr(os, "posix_fallocate", allocate, raising=False)  # space freed: the same calls go on
+    monkeypatch.undo()  # space freed: the same calls go on
     w.add_run(1, _rows(1), {"seed": 1})
     assert w.consolidate() == 8 and CheckpointDataset(tmp_path / "ds").data["run"].tolist() == [0] * 4 + [1] * 4
 

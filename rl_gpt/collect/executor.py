@@ -127,8 +127,14 @@ def _call_job(job_fn: JobFn, cfg: ExperimentConfig, runs: Sequence[int]) -> tupl
     """Run a job in a worker and return its results with the warnings it raised, for the main process to
     say once in its own format: each worker printed SB3's many-line warnings again, in Python's.
     (A plain function also because Ray's remote decorator refuses partials.)"""
-    with warnings.catch_warnings(record=True) as caught:
-        results = job_fn(cfg, runs)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            results = job_fn(cfg, runs)
+    except BaseException:
+        for w in caught:  # said here, as before: the warnings that may explain a failure are not lost with it
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        raise
     return results, [(str(w.message), _builtin_category(w.category), w.filename, w.lineno) for w in caught]
 
 
@@ -154,20 +160,23 @@ def _say_worker_warnings(caught: list[CaughtWarning]) -> None:
 _WORKER_WARNINGS: dict[Any, Any] = {}
 
 
-def _plan_jobs(cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int]) -> tuple[JobFn, list[list[int]]]:
+def _plan_jobs(
+    cfg: ExperimentConfig, run_fn: RunFn | None, todo: list[int], planned: Sequence[int]
+) -> tuple[JobFn, list[list[int]]]:
     """What each job runs and which runs it takes: supervised runs train in stacked batches, RL runs
-    (and an injected ``run_fn``) one per job."""
+    (and an injected ``run_fn``) one per job. Supervised batches are planned over ``planned`` (the runs of
+    the collection being resumed, or ``todo``) and only those with a run in ``todo`` train."""
     if run_fn is None and cfg.task.kind == "supervised":
         from rl_gpt.collect.supervised_run import plan_batches, train_supervised_runs
 
         # A Ray cluster's size is not known before it is joined: there, only batch_runs caps a batch.
         remote = cfg.collect.executor == "ray" and cfg.collect.ray_address and cfg.collect.workers <= 0
         workers = 1 if remote else _workers(cfg)
-        # Planned over every run asked for; a batch with a run left trains whole (the caller skips the runs
-        # already stored): a run's weights depend on its batch's size (in the last bits), so a resumed
-        # collection trains each run as the uninterrupted one would.
+        # A batch with a run left trains whole (the caller skips the runs already stored): a run's weights
+        # depend on its batch's size (in the last bits), so a resumed collection trains each run as the
+        # uninterrupted one would.
         left = set(todo)
-        return train_supervised_runs, [b for b in plan_batches(cfg, range(cfg.collect.runs), workers) if left & set(b)]
+        return train_supervised_runs, [b for b in plan_batches(cfg, planned, workers) if left & set(b)]
     if run_fn is None:
         from rl_gpt.collect.sb3_run import train_rl_run
 
@@ -237,6 +246,20 @@ def _keep_checkpoint_timing(writer: DatasetWriter, option: str, adding: bool) ->
     atomic_write_json(writer.root / "spec.json", writer.spec)
 
 
+#: The settings a supervised collection's batches are planned from (with the CPU count where workers is 0).
+_PLAN_SETTINGS = ("runs", "workers", "batch_runs", "executor", "ray_address")
+
+
+def _planned_runs(writer: DatasetWriter, cfg: ExperimentConfig, todo: list[int]) -> Sequence[int]:
+    """The runs to plan batches over: all of a collection resumed with the settings it began with, so each
+    run trains in the batch it would have had; only ``todo`` where those changed (an extension to more
+    runs, other workers), whose stored runs were planned otherwise and would train again for nothing."""
+    stored = (writer.stored_spec or {}).get("collect") or {}
+    now = to_dict(cfg.collect)
+    resumed = all(stored.get(key) == now.get(key) for key in _PLAN_SETTINGS)
+    return range(cfg.collect.runs) if resumed else todo
+
+
 def _collect_into(
     root: Path, spec: dict[str, Any], cfg: ExperimentConfig, run_fn: RunFn | None, progress: bool
 ) -> Path:
@@ -257,7 +280,7 @@ def _collect_into(
     start = time.time()
     log, completed = None, False
     try:  # from here a Ctrl-C (also while SB3 is still being imported) says what is stored
-        job_fn, jobs = _plan_jobs(cfg, run_fn, todo)
+        job_fn, jobs = _plan_jobs(cfg, run_fn, todo, _planned_runs(writer, cfg, todo))
         step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
         log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
         if log is not None and log.run is not None:  # the chart also shows the runs stored before a resume
@@ -423,18 +446,35 @@ def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
     import importlib.util
 
     if address and address.startswith("ray://"):  # Ray Client's server: unanswered, ray.init waits 30 s
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        if host and port.isdigit():
-            _check_answers(address, host, int(port), timeout_s)
+        host, port = _host_port(address.removeprefix("ray://").split("/", 1)[0], default_port=_RAY_CLIENT_PORT)
+        if host and port is not None:
+            _check_answers(address, host, port, timeout_s)
     elif address and address != "auto" and "://" not in address:  # auto: Ray looks it up and says so quickly
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
+        host, port = _host_port(address)
+        if not host or port is None:
             raise ConfigError(f"collect.ray_address={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379) or auto")
-        _check_answers(address, host, int(port), timeout_s)
+        _check_answers(address, host, port, timeout_s)
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(
             "collect.executor=ray needs Ray: pip install 'rl_gpt[ray]' (in a checkout: pip install -e '.[ray]')"
         )
+
+
+_RAY_CLIENT_PORT = 10001  # Ray Client's default, which a ray:// address without a port means
+
+
+def _host_port(text: str, default_port: int | None = None) -> tuple[str, int | None]:
+    """``HOST:PORT`` split, IPv6 hosts in brackets (``[::1]:6379``); a missing port is ``default_port``."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1 or default_port is None:
+        host, _, port = text.rpartition(":")
+    else:  # a bare name, or an unbracketed IPv6 host: no port given
+        host, port = text, ""
+    if not port:
+        return host, default_port
+    return host, int(port) if port.isdigit() else None
 
 
 def _check_answers(address: str, host: str, port: int, timeout_s: float) -> None:

@@ -76,7 +76,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value not in args:
             choices = ", ".join(map(repr, args))
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}{_yaml_boolean_hint(value, key)}")
+            boolean = " (YAML reads yes/no, on/off and true/false as booleans)" if isinstance(value, bool) else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}{boolean}")
         return value
     if tp is Any:
         return _numbers_read_as_text(value)
@@ -122,7 +123,7 @@ def _yaml_boolean_hint(value: Any, key: str) -> str:
     """Why a text field got a boolean: YAML 1.1 reads on/off/yes/no as true/false (`wandb.mode=off` is False)."""
     if not isinstance(value, bool):
         return ""
-    return f" (YAML reads true/false, yes/no and on/off as booleans; quote a word meant as text: {key}=\"'on'\")"
+    return f" (YAML reads yes/no, on/off and true/false as booleans; quote a word meant as text: {key}=\"'WORD'\")"
 
 
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
