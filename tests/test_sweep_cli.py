@@ -60,6 +60,7 @@ def test_a_sweeps_retrieval_and_novelty_pool_is_the_training_runs_usable_checkpo
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert report["novelty"]["nn_dist_heldout"] > 0  # the held-out run's final checkpoint is not in the pool
     assert report["novelty"]["retrieval"] == 0  # a training checkpoint is its own nearest: the whole pool is searched
+    assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_capability"]  # what sampled and rolled out
 
 
 def test_novelty_without_held_out_runs_keeps_the_runs_standing_in_out_of_the_pool(experiment, tmp_path, monkeypatch):

@@ -287,7 +287,11 @@ def test_training_with_the_function_loss(experiment, tmp_path):
     shutil.copytree(experiment / "dataset", out / "dataset")
     args = ["train", "cartpole", f"out={out}", "steps=4", "train.function_loss=1", "train.function_probes=32"]
     assert main([*args, *TINY_MODEL, *QUIET]) == 0
-    assert read_model_info(out / "model")["meta"]["step"] == 4
+    meta = read_model_info(out / "model")["meta"]
+    assert meta["step"] == 4
+    # what trained it: another CPU's kernels give other weights in the last bits
+    assert meta["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert meta["machine"]["threads"] == torch.get_num_threads() and meta["machine"]["processes"] == 1
 
 
 def _nan_on_rank_one(rank: int, port: int, results) -> None:

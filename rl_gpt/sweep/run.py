@@ -23,7 +23,7 @@ import torch
 from rl_gpt.collect.inits import random_inits, training_init_matches
 from rl_gpt.config import ConfigError, ExperimentConfig, SweepConfig, TaskConfig, task_config, to_dict
 from rl_gpt.dataset import CheckpointDataset
-from rl_gpt.devices import resolve_device
+from rl_gpt.devices import machine_record, resolve_device
 from rl_gpt.evaluate.alignment import count_failed_as, worst_prompt
 from rl_gpt.evaluate.dataset_metric import evaluate_flat, start_metric
 from rl_gpt.evaluate.seeds import Purpose, evaluation_seed
@@ -242,6 +242,7 @@ def sweep(
         # which weights were swept: `info` and `compare` tell a report of an earlier save of the same folder
         report["model_step"] = info["meta"].get("step")
         report["model_save_id"] = info.get(SAVE_ID)
+        report["machine"] = machine_record(device)
         atomic_write_json(out / "report.json", report)
         from rl_gpt.sweep.plot import plot_sweep
 

@@ -61,6 +61,12 @@ def _resumed_otherwise(meta: dict[str, Any]) -> str:
     return "; resumed with other settings, so its config alone does not retrain it: " + ", then ".join(parts)
 
 
+def _machine(machine: dict[str, Any]) -> str:
+    threads = f"{machine.get('threads')} thread(s)"
+    where = machine.get("cuda") or machine.get("cpu")
+    return f"{where}, {machine.get('cpu_capability')}, {threads}, torch {machine.get('torch')}"
+
+
 def _alignment(directory: Path, step: Any) -> str:
     path = directory / "alignment.json"
     if not path.is_file():
@@ -141,6 +147,9 @@ def describe_model(directory: str | Path) -> str:
         f"calibration  {cal_text}",
         f"ranker       {ranker}",
     ]
+    machine = meta.get("machine")
+    if isinstance(machine, dict):  # models saved before session 37 do not say
+        lines.append(f"trained on   {_machine(machine)}")
     plots = [name for name in ("training.png", "calibration.png") if (directory / name).is_file()]
     if plots:
         lines.append(f"plots        {', '.join(plots)}")

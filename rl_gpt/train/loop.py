@@ -26,7 +26,7 @@ import torch.distributed as dist
 from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
-from rl_gpt.devices import resolve_device
+from rl_gpt.devices import machine_record, resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.interrupt import interrupts_deferred
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
@@ -307,6 +307,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         "dataset_relative": os.path.relpath(dataset, out.resolve()),  # found again if the run folder moves
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (tc.amp and device.type == "cuda") else None
+    # the last stretch's machine (a resumed run may have begun on another: its weights then differ in the last bits)
+    machine = machine_record(device) | {"processes": world}
 
     if main_proc:  # loaded now, not at the first checkpoint: a SIGTERM in the middle of that import broke the save
         load_plotting()
@@ -321,7 +323,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                 "segments": segments,
             }
             save_train_state(state_dir, model, ema, opt, sampler.generator, step, to_dict(tc), data_state, history)
-            saved = meta | {"step": step, "segments": segments, "config": to_dict(cfg)}
+            saved = meta | {"step": step, "segments": segments, "config": to_dict(cfg), "machine": machine}
             save_model(out, ema, mc, gen, ds.spec, diffusion_args(tc), saved)
             if history and plot:  # a figure is not worth failing a save for: plot_training only warns
                 pairs = f"{tc.batch * world} pairs per step"
