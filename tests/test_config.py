@@ -149,6 +149,14 @@ def test_a_yaml_boolean_word_given_for_text_says_how_yaml_read_it(override, said
     assert ("quote a word meant as text" in str(refused.value)) == override.startswith("task.name")
 
 
+def test_wandbs_older_mode_names_are_taken_on_the_command_line_as_in_wandb_mode(monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert load_config("cartpole", ["wandb.mode=dryrun"]).wandb.mode == "offline"
+    assert load_config("cartpole", ["wandb.mode=run"]).wandb.mode == "online"
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    assert load_config("cartpole").wandb.mode == "offline"
+
+
 @pytest.mark.parametrize("bad", ["[500, 0]", "[1]", "[0, .nan]", "[3, 3]"])
 def test_a_metric_range_must_run_from_low_to_high(bad):
     wanted = r"^task\.metric_range(: .* is not \[low, high\] with low < high|\[1\]: nan is not a finite number)"

@@ -68,6 +68,9 @@ def load_config(
         replaced = data.get("wandb")  # `wandb={project: p}` replaced the mapping WANDB_MODE had set the mode in
         if isinstance(replaced, dict) and "mode" not in replaced:
             replaced["mode"] = mode
+    section = data.get("wandb")
+    if isinstance(section, dict) and isinstance(section.get("mode"), str) and section["mode"] in WANDB_MODE_ALIASES:
+        section["mode"] = WANDB_MODE_ALIASES[section["mode"]]  # wandb's older names, taken as WANDB_MODE takes them
     cfg = build(ExperimentConfig, data, "")
     if cfg.task.kind == "rl" and cfg.task.network:
         raise ConfigError(
