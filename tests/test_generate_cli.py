@@ -186,6 +186,7 @@ def test_generate_params_samples_in_memory_what_generate_writes(experiment, tmp_
         torch.testing.assert_close(written[name], tensor)
     record = json.loads((tmp_path / "g" / "target_400" / "generated.json").read_text())
     assert record["conditioned_on"] == pytest.approx(float(result.conditioned_on[1]))
+    assert record["start_metric_conditioned"] == pytest.approx(result.start_metric)  # m as the generator got it
     # one's own network as the start: the random init given as a tensor gives the same draws
     again = generate_params(model, 400, start=result.start, num=2, seed=3, episodes=2)
     torch.testing.assert_close(again.params[0], result.params[1])

@@ -184,6 +184,9 @@ def _shared_record(
         "start": from_zip
         or f"random init ({initialiser} initialiser, seed {init_seed(info, seed)}: the sweep's unseen init {seed})",
         "start_return": start_return,
+        # m, the start's metric the generator was given: measured as the dataset's labels were (their
+        # episodes and seeds), so it may differ from start_return, measured as these outputs are
+        "start_metric_conditioned": result.start_metric,
         "model": str(Path(model_dir).resolve()),
     }
 
