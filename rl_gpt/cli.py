@@ -221,9 +221,6 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     out = args.out or str(beside / "sweep")
     existed, report_file = Path(out).exists(), Path(out) / "report.json"
     before = report_file.stat().st_mtime_ns if report_file.exists() else None
-    # Said first, as a researcher may want to keep it (--out elsewhere); not where the sweep cannot write.
-    if before is not None and not args.quiet and os.access(out, os.W_OK):
-        print(f"{report_file} holds an earlier sweep, which this one replaces when it ends (--out DIR keeps both)")
     try:
         named = {"dataset": _named_dataset(args, cfg), "data_root": _named_data_root(args, cfg)}
         report = sweep(cfg, model, out, progress=not args.quiet, **named)

@@ -368,6 +368,8 @@ def test_a_sweep_of_a_named_model_lands_beside_it(experiment, tmp_path, monkeypa
     capsys.readouterr()
     assert main([*args, "wandb.mode=disabled"]) == 0  # again into the same folder: it says it replaces the report
     assert "holds an earlier sweep, which this one replaces when it ends" in capsys.readouterr().out
+    assert main([*args, "wandb.mode=disabled", "sweep.init_seed=0"]) == 2
+    assert "replaces" not in capsys.readouterr().out  # a sweep refused before it starts replaces nothing
     # a copy of the experiment checks its own model; the original, trained on since, is flagged
     shutil.copytree(tmp_path / "copy", tmp_path / "moved")
     info = json.loads((model / "model.json").read_text())
