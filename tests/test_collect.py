@@ -526,6 +526,8 @@ _NO_RANGE = ["task.metric_range=null", "task.reward_threshold=null"]  # another 
         (["executor=ray", "collect.ray_address=127.0.0.1:1"], "collect.ray_address=127.0.0.1:1: no Ray cluster"),
         (["executor=ray", "collect.ray_address=ray://127.0.0.1:1"], "ray_address=ray://127.0.0.1:1: no Ray cluster"),
         (["seed=-1"], "collect.seed: -1 is negative; use 0 or more"),
+        (["task.higher_is_better=no"], "task.higher_is_better=false: a return is higher-is-better; set it to true"),
+        (["task.metric=test_loss"], "an RL task's metric is its episode return: task.metric=return"),
         (["task.n_envs=0"], "task.n_envs: 0 is too small"),
         (["task.hyperparams.learning_rate=abc"], "Stable-Baselines3 refused task.hyperparams"),
         (["task.hyperparams.batch_size=-5"], "task.hyperparams.batch_size: -5 must be a whole number of 1 or more"),
