@@ -114,7 +114,9 @@ def check_rl_collection(cfg: ExperimentConfig) -> None:
     """Refuse, before any work, RL settings that SB3 accepts but that train nothing or fail mid-run."""
     task, c = cfg.task, cfg.collect
     if task.metric != "return":  # what the spec and every report call the evaluation's mean episode return
-        raise ConfigError(f"task.metric: {task.metric!r}; an RL task's metric is its episode return: task.metric=return")
+        raise ConfigError(
+            f"task.metric: {task.metric!r}; an RL task's metric is its episode return: task.metric=return"
+        )
     if not task.higher_is_better:  # sweeps would prompt the lowest return as the best
         raise ConfigError("task.higher_is_better=false: a return is higher-is-better; set it to true")
     for key in _POSITIVE_HYPERPARAMS:

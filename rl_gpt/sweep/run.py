@@ -75,7 +75,8 @@ def sweep(
         best = int(torch.argmax(prompts) if higher else torch.argmin(prompts))
         say = print if progress else (lambda *a, **k: None)
         if (out / "report.json").exists():  # said once the sweep will run: a researcher may want to keep it
-            say(f"{out / 'report.json'} holds an earlier sweep, which this one replaces when it ends (--out DIR keeps both)")
+            keep = "--out DIR keeps both"
+            say(f"{out / 'report.json'} holds an earlier sweep, which this one replaces when it ends ({keep})")
 
         ranker = ranker_for(model_dir, ds, gen.layout, train_runs, test_runs, say) if sc.rerank > 1 else None
         gen.to(device)  # sampling runs there; everything it returns is on the CPU
