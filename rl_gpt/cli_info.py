@@ -89,8 +89,9 @@ def _generated_lines(path: Path) -> str:
     try:
         rec = json.loads(path.read_text(encoding="utf-8"))
         name = rec.get("metric", "return")
+        model = _recorded_model(rec | {"_path": path}) or rec.get("model")
         lines = [
-            f"generated  {rec.get('task')} ({rec.get('env_id')}) by {rec.get('model')}",
+            f"generated  {rec.get('task')} ({rec.get('env_id')}) by {model}",
             f"start      {rec.get('start')}: {name} {_number(rec.get('start_return'))}",
         ]
         if isinstance(rec.get("target_return"), list):  # several targets: a folder each
@@ -145,7 +146,7 @@ def _sweep_settings(r: dict) -> str:
     if r.get("model_step") is not None:
         text += f", the model at step {r['model_step']}"
     swept = r.get("model_save_id")
-    model = _swept_model(r)
+    model = _recorded_model(r)
     if not isinstance(swept, str) or model is None:
         return text
     try:
@@ -158,8 +159,8 @@ def _sweep_settings(r: dict) -> str:
     return text
 
 
-def _swept_model(r: dict) -> Path | None:
-    """The model folder a report measured, found from where the report is now: by the relative path it
+def _recorded_model(r: dict) -> Path | None:
+    """The model folder a report (or generated.json) names, found from where the file is now: by the relative path it
     recorded (a copied or moved experiment finds its own model), else by the absolute one."""
     relative = r.get("model_relative")
     here = Path(r["_path"]).parent

@@ -168,6 +168,20 @@ def test_generate_sweeps_several_targets_from_one_start(experiment, tmp_path, ca
     assert f"achieved {summary['achieved_mean'][1]:.4g} (mean of 2; target_400/)" in listed
     assert main(["info", str(tmp_path / "one")]) == 0
     assert "(policy_000.zip)" in capsys.readouterr().out
+    model = (experiment / "model").resolve()  # each record finds its model from where it lies, as sweeps' do
+    assert (
+        (out / summary["model_relative"]).resolve() == model == (out / "target_400" / among["model_relative"]).resolve()
+    )
+
+
+def test_a_moved_experiment_names_its_own_model_for_what_it_generated(experiment, tmp_path, capsys):
+    shutil.copytree(experiment / "model", tmp_path / "exp" / "model")
+    args = ["--target-return", "400", "--num", "1", "--episodes", "2", "--out", str(tmp_path / "exp" / "gen")]
+    assert main(["generate", "--model", str(tmp_path / "exp" / "model"), *args]) == 0
+    shutil.move(tmp_path / "exp", tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "moved" / "gen")]) == 0
+    assert f"by {(tmp_path / 'moved' / 'model').resolve()}" in capsys.readouterr().out
 
 
 def test_generate_params_samples_in_memory_what_generate_writes(experiment, tmp_path):

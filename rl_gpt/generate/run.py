@@ -8,6 +8,7 @@ sweep of targets a summary and its figure (``outputs.py`` clears what an earlier
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -191,6 +192,11 @@ def _shared_record(
     }
 
 
+def _relative(model: str, folder: Path) -> str:
+    """The model as ``folder`` reaches it: a copied or moved experiment still finds its own model."""
+    return os.path.relpath(model, folder.resolve())
+
+
 def _write_target(
     j: int,
     folder: Path,
@@ -221,6 +227,7 @@ def _write_target(
         "conditioned_on": float(result.conditioned_on[j]),
         "policies": items,
     }
+    record["model_relative"] = _relative(record["model"], folder)
     atomic_write_json(folder / "generated.json", record)
     return record
 
@@ -240,6 +247,7 @@ def _write_summary(
         "folders": names,
         "policies_per_target": num,
     }
+    summary["model_relative"] = _relative(summary["model"], out)
     atomic_write_json(out / "generated.json", summary)
     plot_targets(summary, achieved, out / "generated.png")
     return summary
