@@ -266,7 +266,6 @@ def _run_result(
         "runs_in_batch": batch,
         "eval_time": run_time - train_time,  # all checkpoints are evaluated together after training
         "final_metric": final,
-        "final_return": final,  # the collection progress bar's key
         "final_test_loss": float(rows["test_loss"][-1]),
         "final_test_error": float(rows["test_error"][-1]),
         "invalid_checkpoints": int((~valid).sum()),
@@ -305,7 +304,7 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
             "higher_is_better": False,
             "field": "metric",
             "definition": (
-                "mean cross-entropy on the full test split"
+                "mean cross-entropy (natural log: nats) on the full test split"
                 if cfg.task.metric == "test_loss"
                 else "top-1 error (a fraction in [0, 1]) on the full test split"
             ),
@@ -323,7 +322,7 @@ def supervised_spec(cfg: ExperimentConfig) -> dict[str, Any]:
         "fields": {
             "params": "(N, D) float32 classifier parameters, flattened in layout order (state_dict keys)",
             "metric": f"(N,) float32 copy of {cfg.task.metric} (NaN where invalid)",
-            "test_loss": "(N,) float32 mean cross-entropy on the full test split (NaN where invalid)",
+            "test_loss": "(N,) float32 mean cross-entropy in nats on the full test split (NaN where invalid)",
             "test_error": "(N,) float32 top-1 error, a fraction, on the full test split (NaN where invalid)",
             "train_loss": f"(N,) float32 mean cross-entropy on a fixed subset of <= {_TRAIN_EVAL_SIZE} training "
             "examples, the same for every run (NaN where invalid)",
