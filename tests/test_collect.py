@@ -336,12 +336,38 @@ def test_a_warning_raised_in_every_worker_is_said_once_on_one_line(tmp_path):
 def test_a_workers_own_warning_reaches_the_main_process_once():
     from rl_gpt.collect import executor
 
-    caught = [("made up in a worker", RuntimeWarning, "/nowhere/worker_only.py", 7)] * 2
+    caught = [("made up in a worker", executor.WarningCategory.of(RuntimeWarning), "/nowhere/worker_only.py", 7)] * 2
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("default")
         executor._say_worker_warnings(caught)
         executor._say_worker_warnings(caught)
     assert [(str(w.message), w.category, w.lineno) for w in said] == [("made up in a worker", RuntimeWarning, 7)]
+
+
+class _ModelWarning(DeprecationWarning):
+    """A library's own warning class, as a user filters it."""
+
+
+def test_a_workers_warning_keeps_its_class_where_this_process_has_imported_it():
+    from rl_gpt.collect import executor
+
+    def warns(cfg, runs):
+        warnings.warn("this policy keyword will go", _ModelWarning, stacklevel=1)
+        return []
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a worker's filters, not the default's silence for DeprecationWarning
+        _, caught = executor._call_job(warns, None, [1])
+    (named,) = (c[1] for c in caught)
+    assert named == executor.WarningCategory(__name__, "_ModelWarning", "DeprecationWarning")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", _ModelWarning)  # a filter on the class still matches it
+        with pytest.raises(_ModelWarning, match="will go"):
+            executor._say_worker_warnings(caught)
+    # from a module this process never imported: its nearest built-in class, not an import to find it
+    elsewhere = executor.WarningCategory("not_imported_here.warnings", "ModelWarning", "DeprecationWarning")
+    assert elsewhere.here() is DeprecationWarning and "not_imported_here" not in sys.modules
 
 
 def test_a_failing_jobs_warnings_are_said_in_its_worker_not_lost_with_it():

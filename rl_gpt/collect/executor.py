@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
@@ -119,8 +119,31 @@ def _one_run(run_fn: RunFn, cfg: ExperimentConfig, runs: Sequence[int]) -> list[
     return [run_fn(cfg, run) for run in runs]
 
 
-#: A warning a worker raised: message, category (a built-in one; others are sent as UserWarning), file, line.
-CaughtWarning = tuple[str, type[Warning], str, int]
+#: A warning a worker raised: message, category (named: :class:`WarningCategory`), file, line.
+CaughtWarning = tuple[str, "WarningCategory", str, int]
+
+
+class WarningCategory(NamedTuple):
+    """A warning's class by name, with its nearest built-in base: the main process never imports a module
+    (nor unpickles a class) to hear a worker's warning, yet a filter on a class it has imported still matches."""
+
+    module: str
+    qualname: str
+    builtin: str  # e.g. "DeprecationWarning" for a subclass of it
+
+    @classmethod
+    def of(cls, category: type[Warning]) -> WarningCategory:
+        base = next(c for c in category.__mro__ if getattr(builtins, c.__name__, None) is c)
+        return cls(category.__module__, category.__qualname__, base.__name__)
+
+    def here(self) -> type[Warning]:
+        """The class itself where its module is imported here; else the built-in base."""
+        found: Any = sys.modules.get(self.module)
+        for part in self.qualname.split("."):
+            found = getattr(found, part, None)
+        if isinstance(found, type) and issubclass(found, Warning):
+            return found
+        return getattr(builtins, self.builtin, UserWarning)
 
 
 def _call_job(job_fn: JobFn, cfg: ExperimentConfig, runs: Sequence[int]) -> tuple[list[Any], list[CaughtWarning]]:
@@ -135,19 +158,14 @@ def _call_job(job_fn: JobFn, cfg: ExperimentConfig, runs: Sequence[int]) -> tupl
         for w in caught:  # said here, as before: the warnings that may explain a failure are not lost with it
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
         raise
-    return results, [(str(w.message), _builtin_category(w.category), w.filename, w.lineno) for w in caught]
-
-
-def _builtin_category(category: type[Warning]) -> type[Warning]:
-    """The category itself where it is a built-in one; else UserWarning, so that the main process never
-    imports a module to unpickle a worker's warning."""
-    return category if getattr(builtins, category.__name__, None) is category else UserWarning
+    return results, [(str(w.message), WarningCategory.of(w.category), w.filename, w.lineno) for w in caught]
 
 
 def _say_worker_warnings(caught: list[CaughtWarning]) -> None:
     """Warn here what a worker warned, through this process's filters and format, and only once: the same
     warning from the same line (in any worker, or in this process before) is said the first time."""
-    for message, category, filename, lineno in caught:
+    for message, named, filename, lineno in caught:
+        category = named.here()
         module = next((m for m in list(sys.modules.values()) if getattr(m, "__file__", None) == filename), None)
         if module is None:
             warnings.warn_explicit(message, category, filename, lineno, registry=_WORKER_WARNINGS)
