@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the test suite).
 # Each installs what it needs into .venv first (scripts/setup.sh).
-.PHONY: setup demo test test-all lint bench
+.PHONY: setup demo test test-all lint
 
 setup:
 	@bash scripts/setup.sh
