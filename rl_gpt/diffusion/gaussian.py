@@ -13,18 +13,18 @@ original 0..T-1 scale, also when a respaced sampler visits only some of them.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, ScheduleName
 
 __all__ = ["GaussianDiffusion", "LossWeight", "ModelFn", "Prediction"]
 
 Prediction = Literal["x0", "eps", "v"]
-PREDICTIONS: tuple[str, ...] = ("x0", "eps", "v")
+PREDICTIONS: tuple[str, ...] = get_args(Prediction)
 LossWeight = Literal["none", "snr", "min_snr", "truncated_snr"]
-LOSS_WEIGHTS: tuple[str, ...] = ("none", "snr", "min_snr", "truncated_snr")
+LOSS_WEIGHTS: tuple[str, ...] = get_args(LossWeight)
 
 
 class ModelFn(Protocol):
@@ -49,10 +49,10 @@ class GaussianDiffusion:
 
     def __init__(
         self,
-        schedule: str = "cosine",
+        schedule: ScheduleName = "cosine",
         steps: int = 1000,
-        prediction: str = "x0",
-        loss_weight: str = "none",
+        prediction: Prediction = "x0",
+        loss_weight: LossWeight = "none",
         min_snr_gamma: float = 5.0,
     ) -> None:
         if prediction not in PREDICTIONS:

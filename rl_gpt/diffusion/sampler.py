@@ -14,7 +14,7 @@ estimate (optionally clipped), then moves to the previous visited step:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -32,7 +32,7 @@ def sample(
     model_fn: ModelFn,
     shape: tuple[int, ...] | torch.Size,
     steps: int = 50,
-    method: str = "ddim",
+    method: SampleMethod = "ddim",
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
@@ -42,7 +42,7 @@ def sample(
     **model_kwargs: Any,
 ) -> torch.Tensor:
     """Draw x0 of ``shape`` (B, D) in ``steps`` model calls; ``generator`` must live on ``device``."""
-    if method not in ("ddim", "ddpm"):
+    if method not in get_args(SampleMethod):
         raise ValueError(f"unknown method {method!r}; choose 'ddim' or 'ddpm'")
     if method == "ddpm" and eta != 0.0:
         raise ValueError("eta applies to method='ddim' only (ddpm is ddim with eta=1)")

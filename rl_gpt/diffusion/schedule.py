@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 __all__ = ["ScheduleName", "NoiseSchedule", "cosine_betas", "linear_betas", "make_betas", "space_timesteps"]
 
 ScheduleName = Literal["linear", "cosine"]
-SCHEDULES: tuple[str, ...] = ("linear", "cosine")
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
 
 
 def linear_betas(steps: int) -> torch.Tensor:
@@ -35,7 +35,7 @@ def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch
     return torch.tensor(betas, dtype=torch.float64)  # (T,); max_beta avoids a singular last step
 
 
-def make_betas(name: str, steps: int) -> torch.Tensor:
+def make_betas(name: ScheduleName, steps: int) -> torch.Tensor:
     """Betas of the named schedule (``linear`` or ``cosine``) over ``steps`` steps, float64."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -86,7 +86,7 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def named(cls, name: str, steps: int = 1000) -> NoiseSchedule:
+    def named(cls, name: ScheduleName, steps: int = 1000) -> NoiseSchedule:
         """The schedule ``linear`` or ``cosine`` over ``steps`` steps."""
         return cls.from_betas(make_betas(name, steps))
 

@@ -22,7 +22,7 @@ from tensordict import TensorDict
 from torch import nn
 
 from rl_gpt.dataset.pairs import Normalizer
-from rl_gpt.diffusion import GaussianDiffusion, guided, sample
+from rl_gpt.diffusion import GaussianDiffusion, SampleMethod, guided, sample
 from rl_gpt.layout import Layout
 
 __all__ = ["SAMPLE_CHUNK_ACTIVATIONS_CPU", "SAMPLE_CHUNK_VALUES", "ParameterGenerator", "activations_per_draw"]
@@ -198,7 +198,7 @@ class ParameterGenerator:
         metric: torch.Tensor,
         prompt: torch.Tensor,
         steps: int = 20,
-        method: str = "ddim",
+        method: SampleMethod = "ddim",
         guidance: float = 1.0,
         generator: torch.Generator | None = None,
         model: nn.Module | None = None,
