@@ -210,8 +210,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     from rl_gpt.config import load_config
 
     cfg = load_config(_model_config(args), args.overrides, command="sweep")
-    from rl_gpt.demo import format_table
     from rl_gpt.sweep.run import sweep
+    from rl_gpt.sweep.table import format_table
 
     model = args.model or str(cfg.model_dir)
     # Beside the model it sweeps: a --model's saved config names the out= it was trained in, relative

@@ -47,8 +47,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def _sweep_table(path: Path) -> str:
     """A sweep's table and settings; a report whose fields are not what a sweep writes is one error line."""
-    from rl_gpt.demo import format_table
     from rl_gpt.sweep.compare import ReportError, load_report
+    from rl_gpt.sweep.table import format_table
 
     try:
         report = load_report(path)

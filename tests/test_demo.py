@@ -50,7 +50,7 @@ def test_the_demo_refuses_a_config_and_a_task_together(tmp_path, capsys):
 
 
 def test_the_table_writes_returns_near_zero_with_the_decimals_that_tell_them_apart():
-    from rl_gpt.demo import _value_formats
+    from rl_gpt.sweep.table import _value_formats
 
     assert _value_formats([0.0, 500.0], rl=True) == ("{:.1f}", "{:.0f}")  # CartPole: as the README's table
     value, whole = _value_formats([-0.8, 0.1], rl=True)  # a short HalfCheetah run

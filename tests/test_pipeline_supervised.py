@@ -15,9 +15,9 @@ from tensordict import TensorDict
 
 from rl_gpt.cli import main
 from rl_gpt.dataset import CheckpointDataset
-from rl_gpt.demo import format_table
 from rl_gpt.supervised import build_classifier, classifier_layout, evaluate_classifiers, load_digits
 from rl_gpt.sweep.compare import load_report
+from rl_gpt.sweep.table import format_table
 from rl_gpt.train.calibration import load_calibration
 
 QUIET = ["wandb.mode=disabled", "-q"]

@@ -17,7 +17,7 @@ from cli_helpers import QUIET
 from tensordict import TensorDict
 
 from rl_gpt.cli import main
-from rl_gpt.demo import format_table
+from rl_gpt.sweep.table import format_table
 from rl_gpt.train.modelfile import load_generator, read_model_info
 
 
