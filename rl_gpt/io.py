@@ -1,4 +1,19 @@
-"""Crash-safe file output: write under a temporary name, then rename into place."""
+"""Crash-safe file output: write under a temporary name, then rename into place.
+
+Everything here serves that, for every room (it imports none of ours):
+
+- folders: :func:`ensure_writable_dir` / :func:`ensure_report_dir` (checked before any work),
+  :func:`exclusive_folder` (one writer per folder; it clears the temporaries a killed writer left);
+- files: :func:`atomic_write_text`, :func:`atomic_write_json` (strict JSON, NaN as null; read back
+  with :func:`read_format_json` and :func:`nulls_as_nan`), :func:`atomic_save_safetensors`,
+  :func:`atomic_save_pair` / :func:`pair_matches` (weights and their JSON tied by a save id),
+  :func:`atomic_save_figure`;
+- directories: :func:`allocate_files` (a full disk is an error, not a SIGBUS), :func:`replace_dir`,
+  :func:`remove_path`.
+
+:func:`shade_outside` is the one plotting helper: ``generate`` and ``sweep`` both draw it and may not
+import each other, so it sits beside :func:`atomic_save_figure`.
+"""
 
 from __future__ import annotations
 
