@@ -204,7 +204,9 @@ class SweepConfig:
     # Where the inits come from: unseen random inits (the product's case), or the step-0 networks of
     # the model's training runs or held-out runs (G.pt's protocol; how well the model fits its data).
     init_source: Literal["unseen", "train", "heldout"] = "unseen"
-    noise_scale: float = 0.1  # the noise baseline adds this many per-layer stds to the retrieved checkpoint
+    # The noise baseline adds this many of the normaliser's standard deviations to the retrieved checkpoint:
+    # one per tensor (a weight and its bias apart), one per input feature with train.normalize_input_columns.
+    noise_scale: float = 0.1
     seed: int = 0  # sampling seed
     device: str | None = None  # sampling and torch-dynamics rollouts (cpu, cuda, ...); None: train.device
     # Condition on the prompts of the model's calibration.json (``rl-gpt calibrate``) where it was
