@@ -16,7 +16,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     from rl_gpt.dataset.info import describe
     from rl_gpt.train.info import describe_model
 
-    folder = Path(args.dataset)
+    folder = Path(args.folder)
     if folder.is_file() and folder.name == "report.json":
         print(_sweep_table(folder))
         return

@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="summarise a checkpoint dataset, a generator model, a sweep or an experiment")
     p.add_argument(
-        "dataset", metavar="FOLDER", help="a dataset, a model, a sweep's --out, or an experiment folder holding them"
+        "folder", metavar="FOLDER", help="a dataset, a model, a sweep's --out, or an experiment folder holding them"
     )
     p.add_argument("--spec", action="store_true", help="also print spec.json")
     return parser
