@@ -399,6 +399,17 @@ def test_ray_addresses_are_checked_with_ipv6_hosts_and_ray_clients_default_port(
         check_ray("ray://127.0.0.1")  # Ray Client's port 10001, where nothing listens here
 
 
+def test_a_ray_address_from_the_environment_is_checked_and_named(monkeypatch):
+    from rl_gpt.collect.executor import check_ray
+    from rl_gpt.config import ConfigError
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # ray.init would join it, and wait for minutes
+    with pytest.raises(ConfigError, match=r"^RAY_ADDRESS \(environment\)=127.0.0.1:1: no Ray .* or unset RAY_ADDRESS"):
+        check_ray(None)
+    with pytest.raises(ConfigError, match=r"^collect.ray_address=127.0.0.1:2: .* or drop collect.ray_address"):
+        check_ray("127.0.0.1:2")  # the setting wins over the environment, as ray.init's address= does
+
+
 def test_ray_executor_with_a_local_instance(tmp_path):
     pytest.importorskip("ray")
     extra = ["runs=2", "timesteps=256", "collect.checkpoint_every=128", "task.n_envs=2", "workers=2", "executor=ray"]

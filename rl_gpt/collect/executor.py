@@ -459,19 +459,23 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
-    """Ray installed, and something listening at ``address`` (``host:port``), or a one-line error now:
-    ``ray.init`` waits for an unreachable cluster for minutes without saying why."""
+    """Ray installed, and something listening at ``address`` (``host:port``; None: the RAY_ADDRESS
+    environment variable's, which ``ray.init`` joins), or a one-line error now: ``ray.init`` waits for
+    an unreachable cluster for minutes without saying why."""
     import importlib.util
 
+    setting, drop = "collect.ray_address", "drop collect.ray_address"
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address, setting, drop = os.environ["RAY_ADDRESS"], "RAY_ADDRESS (environment)", "unset RAY_ADDRESS"
     if address and address.startswith("ray://"):  # Ray Client's server: unanswered, ray.init waits 30 s
         host, port = _host_port(address.removeprefix("ray://").split("/", 1)[0], default_port=_RAY_CLIENT_PORT)
         if host and port is not None:
-            _check_answers(address, host, port, timeout_s)
+            _check_answers(f"{setting}={address}", host, port, timeout_s, drop)
     elif address and address != "auto" and "://" not in address:  # auto: Ray looks it up and says so quickly
         host, port = _host_port(address)
         if not host or port is None:
-            raise ConfigError(f"collect.ray_address={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379) or auto")
-        _check_answers(address, host, port, timeout_s)
+            raise ConfigError(f"{setting}={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379) or auto")
+        _check_answers(f"{setting}={address}", host, port, timeout_s, drop)
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(
             "collect.executor=ray needs Ray: pip install 'rl_gpt[ray]' (in a checkout: pip install -e '.[ray]')"
@@ -495,14 +499,13 @@ def _host_port(text: str, default_port: int | None = None) -> tuple[str, int | N
     return host, int(port) if port.isdigit() else None
 
 
-def _check_answers(address: str, host: str, port: int, timeout_s: float) -> None:
+def _check_answers(named: str, host: str, port: int, timeout_s: float, drop: str) -> None:
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise ConfigError(
-            f"collect.ray_address={address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
-            "with `ray start --head` and pass the address it prints, or drop collect.ray_address to start Ray "
-            "locally"
+            f"{named}: no Ray cluster answers there ({exc.strerror or exc}); start one with `ray start --head` "
+            f"and pass the address it prints, or {drop} to start Ray locally"
         ) from None
 
 
