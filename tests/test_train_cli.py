@@ -321,6 +321,34 @@ def test_a_nan_on_one_ddp_rank_reaches_every_rank():
     assert dict(results) == {0: False, 1: False}
 
 
+def _loss_of_rank(rank, port, results):
+    import torch.distributed as dist
+
+    from rl_gpt.train.loop import mean_over_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:  # each rank's share of the batch has its own loss; the logged one is the whole batch's
+        results[rank] = mean_over_ranks({"loss": torch.tensor(1.0 + 2 * rank), "mse_x0": torch.tensor(0.5)}, 2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_logged_loss_under_ddp_is_the_mean_over_ranks():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from rl_gpt.train.loop import mean_over_ranks
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_loss_of_rank, args=(port, results), nprocs=2, join=True)
+    assert dict(results) == {0: {"loss": 2.0, "mse_x0": 0.5}, 1: {"loss": 2.0, "mse_x0": 0.5}}
+    assert mean_over_ranks({"loss": torch.tensor(3.0)}, 1) == {"loss": 3.0}  # one process: as it is
+
+
 def test_malformed_model_overrides_are_one_line(experiment, tmp_path, capsys):
     out = tmp_path / "bad"
     shutil.copytree(experiment / "dataset", out / "dataset")

@@ -146,6 +146,16 @@ def build_generator(
     return gen, mc
 
 
+def mean_over_ranks(terms: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Scalar loss terms as the whole step's batch gives them: under DDP each rank holds the loss of its
+    own share, and rank 0's alone (what it logs) is that of 1/world of the pairs, a noisier curve."""
+    values = torch.stack([t.detach().float() for t in terms.values()])
+    if world > 1 and dist.is_initialized():  # every rank logs at the same steps, so all of them come here
+        dist.all_reduce(values)
+        values /= world
+    return dict(zip(terms, values.tolist(), strict=True))
+
+
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -382,13 +392,10 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.steps:
                 rate = seen / max(time.time() - t0 - not_training, 1e-9)
-                bar.set_postfix(loss=f"{loss.item():.4f}", samples_s=f"{rate:.0f}", refresh=False)
-                logged = {
-                    "loss": loss.item(),
-                    "mse_x0": extras["mse_x0"].mean().item(),
-                    "lr": lr_at(step, tc),
-                    "grad_norm": float(grad_norm),
-                } | ({"function_loss": extras["function"].mean().item()} if "function" in extras else {})
+                terms = {"loss": loss, "mse_x0": extras["mse_x0"].mean()}
+                terms |= {"function_loss": extras["function"].mean()} if "function" in extras else {}
+                logged = mean_over_ranks(terms, world) | {"lr": lr_at(step, tc), "grad_norm": float(grad_norm)}
+                bar.set_postfix(loss=f"{logged['loss']:.4f}", samples_s=f"{rate:.0f}", refresh=False)
                 history.append({"step": step} | logged)  # saved with each checkpoint, drawn in training.png
                 if run is not None:
                     run.log(logged | {"samples_per_s": rate}, step=step)
