@@ -12,9 +12,12 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from rl_gpt.cli_parser import build_parser, override_hint
+
+if TYPE_CHECKING:
+    from rl_gpt.config import ExperimentConfig
 
 __all__ = ["console_main", "main"]
 
@@ -137,59 +140,16 @@ def _refuse_another_policy(cfg: Any) -> None:
         raise ConfigError(f"{cfg.dataset_dir} {why}, or the config the dataset was collected with")
 
 
-def _model_config(args: argparse.Namespace) -> str | dict[str, Any] | None:
-    """The config to run with: the one given, else the one saved with ``--model`` (its task's sweep
-    settings, not the embedded CartPole's): its config.yaml, else the copy in its model.json (a model
-    folder copied without the YAML), else None (the embedded default)."""
+def _config(args: argparse.Namespace, command: str) -> ExperimentConfig:
+    """The config to run with: the one given, else the one saved with ``--model`` as
+    :func:`rl_gpt.train.saved_config.load_model_config` reads it, else the embedded default."""
     if args.config is not None or not args.model:
-        return args.config
-    saved = Path(args.model) / "config.yaml"
-    if saved.is_file():
-        from rl_gpt.config import load_yaml_file
-
-        stored = load_yaml_file(saved)
-        return _logging_as_asked(_sampled_as_saved(stored), args) if isinstance(stored, dict) else str(saved)
-    try:
         from rl_gpt.config import load_config
-        from rl_gpt.train.modelfile import read_model_info
 
-        stored = _logging_as_asked(_sampled_as_saved(read_model_info(args.model)["meta"]["config"]), args)
-        load_config(stored)  # written by an older version with keys that are gone: use the default
-        return stored
-    except (OSError, ValueError, KeyError, TypeError):  # no model, or an unreadable copy: fall back as before
-        return None
+        return load_config(args.config, args.overrides, command=command)
+    from rl_gpt.train.saved_config import load_model_config  # torch-free: a typo is still said at once
 
-
-def _logging_as_asked(config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """A model's saved config without its W&B ``mode: online`` and ``entity``: whoever made the folder
-    (maybe someone else) does not decide that this command's results go to a server, or to whose team.
-    Logging stays offline unless this command asks (``wandb.mode=online``, ``WANDB_MODE``). A saved
-    ``project: rl_gpt``, the default written out before it became ``WANDB_PROJECT``'s, is dropped too."""
-    saved = config.get("wandb")
-    if isinstance(saved, dict) and saved.get("project") == "rl_gpt":  # the default until session 33 wrote it out:
-        saved = {k: v for k, v in saved.items() if k != "project"}  # WANDB_PROJECT may name the project
-        config = {**config, "wandb": saved}
-    if not isinstance(saved, dict) or (saved.get("mode") != "online" and saved.get("entity") is None):
-        return config
-    kept = {k: v for k, v in saved.items() if k not in ("mode", "entity") or (k == "mode" and v != "online")}
-    asked = os.environ.get("WANDB_MODE") or any(o.startswith(("wandb.mode=", "wandb=")) for o in args.overrides)
-    logging = {"sweep": "sweep", "calibrate": "calibration"}.get(args.command)  # generate logs nothing
-    if saved.get("mode") == "online" and not asked and logging:
-        print(
-            f"{args.model} was trained with wandb.mode=online; this {logging} logs offline unless asked "
-            "(wandb.mode=online, and wandb.entity=... for a team)",
-            file=sys.stderr,
-        )
-    return {**config, "wandb": kept}
-
-
-def _sampled_as_saved(config: dict[str, Any]) -> dict[str, Any]:
-    """A model's saved config, with ``sweep.rerank: 1`` where it predates ranking (session 19): its
-    sweeps and its calibration.json were measured without it, as ``generate`` reads such a model."""
-    sweep = config.get("sweep")
-    if isinstance(sweep, dict) and "rerank" not in sweep:
-        config = {**config, "sweep": {**sweep, "rerank": 1}}
-    return config
+    return load_model_config(args.model, args.overrides, command=command)
 
 
 def _named_dataset(args: argparse.Namespace, cfg: Any) -> str | None:
@@ -207,9 +167,7 @@ def _named_data_root(args: argparse.Namespace, cfg: Any) -> str | None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from rl_gpt.config import load_config
-
-    cfg = load_config(_model_config(args), args.overrides, command="sweep")
+    cfg = _config(args, "sweep")
     from rl_gpt.sweep.run import sweep
     from rl_gpt.sweep.table import format_table
 
@@ -243,9 +201,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from rl_gpt.config import load_config
-
-    cfg = load_config(_model_config(args), args.overrides, command="calibrate")
+    cfg = _config(args, "calibrate")
     from rl_gpt.sweep.calibrate import calibrate
 
     named = {"dataset": _named_dataset(args, cfg), "data_root": _named_data_root(args, cfg)}

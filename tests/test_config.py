@@ -498,9 +498,7 @@ def test_the_demo_folder_of_a_file_named_as_a_preset_is_not_the_presets(tmp_path
 def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, capsys):
     """``sweep --model`` reads the folder's config.yaml, which its maker wrote: its ``wandb.mode:
     online`` and ``entity`` would send this user's results to a server, maybe to the maker's team."""
-    import argparse
-
-    from rl_gpt.cli import _model_config
+    from rl_gpt.train.saved_config import load_model_config
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     model = tmp_path / "model"
@@ -508,8 +506,7 @@ def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, cap
     (model / "config.yaml").write_text("task:\n  name: cartpole\nwandb: {mode: online, entity: them, project: p}\n")
 
     def config(*overrides: str, command: str = "sweep"):
-        args = argparse.Namespace(config=None, model=str(model), overrides=list(overrides), command=command)
-        return load_config(_model_config(args), overrides)
+        return load_model_config(str(model), overrides, command=command)
 
     cfg = config()
     assert (cfg.wandb.mode, cfg.wandb.entity, cfg.wandb.project) == ("offline", None, "p")
@@ -527,6 +524,42 @@ def test_a_model_folder_does_not_choose_to_log_online(tmp_path, monkeypatch, cap
     assert config().wandb.mode == "disabled"
     (model / "config.yaml").write_text("wandb: {mode: offline, project: rl_gpt}\n")  # written out before session 33
     assert config().wandb.project is None  # so WANDB_PROJECT, if set, names the project (wandb_run.project_name)
+
+
+@pytest.mark.parametrize("saved_as", ["config.yaml", "model.json"])
+def test_a_library_user_reads_an_old_model_folder_as_the_cli_does(tmp_path, monkeypatch, capsys, saved_as):
+    """``load_model_config`` is what ``sweep --model`` and ``calibrate --model`` read, for Python too: a
+    model saved before ranking sweeps unranked (as its calibration was measured), and the folder's
+    online logging and team are dropped. From config.yaml, else the copy in model.json."""
+    import json
+    import subprocess
+    import sys
+
+    from rl_gpt.train.saved_config import load_model_config
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    saved = {"task": {"name": "cartpole"}, "sweep": {"inits": 3}, "wandb": {"mode": "online", "entity": "them"}}
+    model = tmp_path / "model"
+    model.mkdir()
+    if saved_as == "config.yaml":
+        (model / "config.yaml").write_text(yaml.safe_dump(saved))
+    else:
+        (model / "model.json").write_text(json.dumps({"format": {"name": "rl_gpt.model"}, "meta": {"config": saved}}))
+    cfg = load_model_config(model)
+    assert (cfg.sweep.rerank, cfg.sweep.inits) == (1, 3)  # today's default would be 4: not what it was measured with
+    assert (cfg.wandb.mode, cfg.wandb.entity) == ("offline", None)
+    assert capsys.readouterr().err == ""  # no command named: nothing that logs to say it of
+    cfg = load_model_config(model, ["rerank=2"], command="sweep")  # the command's short names, and its note
+    assert (cfg.sweep.rerank, cfg.wandb.mode) == (2, "offline")
+    assert "model was trained with wandb.mode=online; this sweep logs offline" in capsys.readouterr().err
+    assert load_model_config(tmp_path / "nothing").sweep == load_config().sweep  # no model: the embedded default
+    if saved_as == "config.yaml":  # read without importing torch: `rl-gpt sweep --model DIR typo=` is said at once
+        probe = (
+            "import sys\nfrom rl_gpt.train.saved_config import load_model_config\n"
+            f"load_model_config({str(model)!r})\nprint('torch' in sys.modules)"
+        )
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        assert done.stdout.split() == ["False"], done.stdout + done.stderr
 
 
 def test_a_folder_that_cannot_be_entered_is_named(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from rl_gpt.layout import Layout
 from rl_gpt.train.generator import ParameterGenerator
 from rl_gpt.train.modelfile import load_generator, open_dataset
 from rl_gpt.train.ranker import MetricRanker, ranker_for
+from rl_gpt.train.saved_config import sampled_as_saved
 
 __all__ = ["GeneratedParams", "generate_params", "sample_networks"]
 
@@ -108,14 +109,14 @@ def sampler_settings(
     """The settings given, and for those not given the model's own: as its sweeps (and its calibration)
     sample; older files without a sweep guidance: as its training probes."""
     config = info["meta"].get("config", {})
-    swept = config.get("sweep", {})
+    swept = sampled_as_saved({"sweep": {}, **config})["sweep"]  # without sweep settings: older than ranking too
     if guidance is None:
         guidance = float(swept.get("guidance", config.get("train", {}).get("guidance", 1.0)))
     return SamplerSettings(
         guidance=guidance,
         steps=steps if steps is not None else int(swept.get("steps", 20)),
         average=average if average is not None else int(swept.get("average", 1)),
-        rerank=rerank if rerank is not None else int(swept.get("rerank", 1)),
+        rerank=rerank if rerank is not None else int(swept["rerank"]),
     )
 
 
