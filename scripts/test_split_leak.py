@@ -1,0 +1,232 @@
+"""Does labelling classifier checkpoints on the test split flatter a digits sweep? Measured on a half it never saw.
+
+A supervised dataset labels every checkpoint with its test-split loss (G.pt's protocol, #6's ask),
+and calibration, the ranker and retrieval choose by those numbers; the sweep then scores generated
+networks on the same split. A sceptic's question: how much of the score is fitted to those 360 images?
+
+Here the digits test split is cut in two stratified halves. For each fold, everything rl_gpt does
+(labels, generator training, calibration, ranker, sweep) sees only the *label* half; the sweep is then
+run again with the same seeds, so the same networks, scoring them on the *unseen* half instead. The
+generator's input m, the prompts' calibration and the ranking stay on the label half. Each fold's pair
+of reports is compared init by init (`rl-gpt compare`). Across the two folds the halves swap roles,
+so a half that is simply easier cancels out: the mean of (unseen - label) over folds is the leak.
+
+The real held-out runs' final checkpoints, which nothing chose, are scored on both halves as well.
+
+    python scripts/test_split_leak.py --out /tmp/leak              # two folds, about 20 min on 2 cores
+    python scripts/test_split_leak.py --out /tmp/leak --quick      # a smoke run of the wiring (~5 min)
+    python scripts/test_split_leak.py --out /tmp/leak --summarise  # the numbers again, from the reports
+
+Everything runs in this one process (collect.workers=1), so the patched loader is the only one used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import rl_gpt.collect.supervised_run
+import rl_gpt.supervised.data as data
+import rl_gpt.supervised.data_root
+import rl_gpt.supervised.metric
+import rl_gpt.sweep.audit
+import rl_gpt.sweep.run as sweep_run
+from rl_gpt.cli import main as rl_gpt_main
+from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.evaluate.alignment import alignment_r2, mean_ci95
+from rl_gpt.supervised.evaluate import evaluate_classifiers
+from rl_gpt.supervised.models import classifier_layout
+from rl_gpt.sweep.compare import (
+    _achieved,
+    _better_half_per_init,
+    _one_step_per_init,
+    compare_reports,
+    format_comparison,
+)
+from rl_gpt.train.modelfile import read_model_info
+
+_REAL_LOAD = data.load_dataset_cached
+_HALF = {"now": "A"}  # the half the test split is, for whatever loads it next
+
+
+def halves(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Two stratified halves (indices into digits' 360-image test split), fixed by ``seed``."""
+    from sklearn.model_selection import train_test_split
+
+    *_, y_test = _REAL_LOAD("digits", None)
+    idx = torch.arange(len(y_test)).numpy()
+    a, b = train_test_split(idx, test_size=0.5, stratify=y_test.numpy(), random_state=seed)
+    return {"A": torch.as_tensor(sorted(a)), "B": torch.as_tensor(sorted(b))}
+
+
+HALVES = halves()
+_CUT: dict[tuple[str, str | None, str], Any] = {}
+
+
+def _load_half(dataset: str, data_root: str | None) -> Any:
+    x_tr, y_tr, x_te, y_te = _REAL_LOAD(dataset, data_root)
+    if dataset != "digits":
+        raise SystemExit("test_split_leak.py measures digits only")
+    key = (dataset, data_root, _HALF["now"])
+    if key not in _CUT:  # one tensor per half, as the real loader's cache gives one per data set
+        idx = HALVES[_HALF["now"]]
+        _CUT[key] = (x_tr, y_tr, x_te[idx].contiguous(), y_te[idx].contiguous())
+    return _CUT[key]
+
+
+for module in (
+    data,
+    rl_gpt.supervised.data_root,
+    rl_gpt.supervised.metric,
+    rl_gpt.sweep.audit,
+    rl_gpt.collect.supervised_run,
+):
+    module.load_dataset_cached = _load_half  # every importer's name for the test split's loader
+
+
+@contextlib.contextmanager
+def scored_on(half: str) -> Iterator[None]:
+    """Within the block the sweep scores what it generated (and the baselines) on ``half``; the
+    generator's input m (``start_metric``), calibration and ranking keep the half the labels came from."""
+    evaluate_flat, classifier_metrics = sweep_run.evaluate_flat, sweep_run.classifier_metrics
+
+    def switched(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            before, _HALF["now"] = _HALF["now"], half
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _HALF["now"] = before
+
+        return call
+
+    sweep_run.evaluate_flat, sweep_run.classifier_metrics = switched(evaluate_flat), switched(classifier_metrics)
+    try:
+        yield
+    finally:
+        sweep_run.evaluate_flat, sweep_run.classifier_metrics = evaluate_flat, classifier_metrics
+
+
+def heldout_finals(experiment: Path) -> dict[str, dict[str, float]]:
+    """Mean test loss / error of the held-out runs' last checkpoints on each half (nothing chose them)."""
+    ds = CheckpointDataset(experiment / "dataset")
+    test_runs = read_model_info(experiment / "model")["meta"]["test_runs"]
+    slices = ds.run_slices()
+    rows = torch.tensor([slices[r].stop - 1 for r in test_runs])
+    params = ds.data["params"][rows].float()
+    x_tr, y_tr, x_te, y_te = _REAL_LOAD("digits", None)
+    layout = classifier_layout("digits_mlp")
+    out = {}
+    for half, idx in HALVES.items():
+        loss, error = evaluate_classifiers(params, layout, "digits_mlp", x_te[idx], y_te[idx])
+        out[half] = {"test_loss": float(loss.mean()), "test_error": float(error.mean()), "runs": len(test_runs)}
+    return out
+
+
+def fold(out: Path, label_half: str, overrides: list[str]) -> dict[str, Any]:
+    """Labels on ``label_half``: the demo there, then the same sweep scored on each half."""
+    other = "B" if label_half == "A" else "A"
+    _HALF["now"] = label_half
+    experiment = out / f"labels_{label_half}"
+    common = ["collect.workers=1", "wandb.mode=disabled", *overrides]
+    if rl_gpt_main(["demo", "--task", "digits", "--out", str(experiment), *common]) != 0:
+        raise SystemExit(f"the demo with labels on half {label_half} failed")
+    # the demo's own sweep settings (the model's config.yaml), with this script's sweep.* overrides
+    sweep = ["sweep", "--model", str(experiment / "model"), "wandb.mode=disabled"]
+    sweep += [o for o in overrides if o.startswith("sweep.")]
+    reports = {}
+    for half in (label_half, other):
+        with scored_on(half):
+            folder = experiment / f"sweep_scored_on_{half}"
+            if rl_gpt_main([*sweep, "--out", str(folder)]) != 0:
+                raise SystemExit(f"the sweep scored on half {half} failed")
+            reports[half] = folder / "report.json"
+    same = [json.loads(p.read_text()) for p in (experiment / "report.json", reports[label_half])]
+    if same[0]["achieved"] != same[1]["achieved"]:  # the demo's sweep, again: the draws must repeat
+        raise SystemExit("the sweep did not repeat the demo's draws; the pairing below would be meaningless")
+    rows = compare_reports([str(reports[label_half]), str(reports[other])])
+    print(format_comparison(rows))
+    return {
+        "label_half": label_half,
+        "reports": {h: str(p) for h, p in reports.items()},
+        "comparison": format_comparison(rows),
+        "heldout_final": heldout_finals(experiment),
+        "scored": {h: _summary(json.loads(p.read_text())) for h, p in reports.items()},
+    }
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    one = report["one_step"]
+    return {
+        "r2": report["prompt_alignment_r2"],
+        "r2_better_half": report["prompt_alignment_r2_better_half"],
+        "one_step_loss": one["mean_return"],
+        "one_step_error": one["classifier"]["test_error"],
+        "retrieval_one_step": report["baselines"]["retrieval"]["one_step"]["mean_return"],
+        "unranked_r2": report["rerank"]["without_rerank"]["prompt_alignment_r2"] if "rerank" in report else None,
+    }
+
+
+def per_init_leak(folds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per init, the mean over folds of (unseen half - label half), with a t interval over inits: the
+    folds' generators differ, their inits do not (the sweep's unseen seeds), so each init is one unit."""
+    measures = {
+        "r2": lambda r: alignment_r2(*_achieved(r)),
+        "r2_better_half": _better_half_per_init,
+        "one_step_loss": _one_step_per_init,
+    }
+    out = {}
+    for name, per_init in measures.items():
+        diffs = []
+        for f in folds:
+            label, unseen = f["label_half"], "B" if f["label_half"] == "A" else "A"
+            scored = {h: per_init(json.loads(Path(f["reports"][h]).read_text())) for h in (label, unseen)}
+            diffs.append(scored[unseen] - scored[label])
+        leak = torch.stack(diffs).mean(0)  # (K,)
+        out[name] = {"mean": float(leak.nanmean()), "ci95": list(mean_ci95(leak)), "inits": int(leak.numel())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for both folds' experiments and leak.json")
+    parser.add_argument("--quick", action="store_true", help="a tiny run that checks the wiring, not the leak")
+    parser.add_argument("--summarise", action="store_true", help="only re-read the folds' leak.json and reports")
+    args = parser.parse_args()
+    quick = ["runs=16", "train.steps=50", "sweep.inits=4", "sweep.recursive=1"] if args.quick else []
+    out = Path(args.out)
+    if args.summarise:
+        folds = json.loads((out / "leak.json").read_text())["folds"]
+    else:
+        folds = [fold(out, label_half, quick) for label_half in ("A", "B")]
+    leak = {}
+    for key in folds[0]["scored"]["A"]:
+        if folds[0]["scored"]["A"][key] is None:
+            continue
+        per_fold = [
+            f["scored"]["B" if f["label_half"] == "A" else "A"][key] - f["scored"][f["label_half"]][key] for f in folds
+        ]
+        leak[key] = {"per_fold": per_fold, "mean": sum(per_fold) / len(per_fold)}
+    paired = per_init_leak(folds)
+    result = {"halves": {h: len(i) for h, i in HALVES.items()}, "folds": folds, "unseen_minus_label": leak}
+    result["per_init"] = paired
+    (out / "leak.json").write_text(json.dumps(result, indent=2))
+    for key, value in leak.items():
+        each = ", ".join(f"{v:+.4f}" for v in value["per_fold"])
+        print(f"{key}: unseen half - label half = {value['mean']:+.4f} (folds {each})")
+    for key, value in paired.items():
+        low, high = value["ci95"]
+        print(f"{key}, per init over {value['inits']} inits: {value['mean']:+.4f} [{low:+.4f}, {high:+.4f}]")
+    for f in folds:
+        print(f"labels on {f['label_half']}: held-out runs' final checkpoints {json.dumps(f['heldout_final'])}")
+    print(f"written: {out / 'leak.json'}")
+
+
+if __name__ == "__main__":
+    main()
