@@ -84,7 +84,7 @@ def measurement_settings(report: dict[str, Any]) -> dict[str, Any]:
         "episodes": sweep.get("episodes") if report["metric"].get("name") == "return" else None,
         # reports before session 35 scored a failed sample as the worst prompt and rolled the inits out
         # on other start states than the rest (their r2_per_init is kept as they computed it)
-        "scoring": (report.get("scoring") or {}).get("failures", "worst prompt (before session 35)"),
+        "scoring": (report.get("scoring") or {}).get("failures", "worst prompt (an older rl_gpt's reports)"),
         # the weights swept (reports since session 28): the same model folder trained on between two sweeps
         "model weights": _model_weights(report),
         "_model": report.get("model"),  # not shown: which folder, so that only the same one's saves are compared
