@@ -408,6 +408,8 @@ def test_a_ray_address_from_the_environment_is_checked_and_named(monkeypatch):
         check_ray(None)
     with pytest.raises(ConfigError, match=r"^collect.ray_address=127.0.0.1:2: .* or drop collect.ray_address"):
         check_ray("127.0.0.1:2")  # the setting wins over the environment, as ray.init's address= does
+    with pytest.raises(ConfigError, match=r"^RAY_ADDRESS .*=127.0.0.1:1: no Ray .* unset RAY_ADDRESS and drop"):
+        check_ray("auto")  # ray.init(address="auto") joins RAY_ADDRESS too
 
 
 def test_ray_executor_with_a_local_instance(tmp_path):

@@ -349,6 +349,13 @@ def test_the_logged_loss_under_ddp_is_the_mean_over_ranks():
     assert mean_over_ranks({"loss": torch.tensor(3.0)}, 1) == {"loss": 3.0}  # one process: as it is
 
 
+def test_the_train_rooms_lazy_names_are_listed_and_imported():
+    import rl_gpt.train as room
+
+    assert set(room.__all__) <= set(dir(room))  # completion and help() see them before first use
+    assert all(getattr(room, name).__name__ == name for name in room.__all__)
+
+
 def test_malformed_model_overrides_are_one_line(experiment, tmp_path, capsys):
     out = tmp_path / "bad"
     shutil.copytree(experiment / "dataset", out / "dataset")

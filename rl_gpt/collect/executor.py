@@ -465,8 +465,9 @@ def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
     import importlib.util
 
     setting, drop = "collect.ray_address", "drop collect.ray_address"
-    if not address and os.environ.get("RAY_ADDRESS"):
-        address, setting, drop = os.environ["RAY_ADDRESS"], "RAY_ADDRESS (environment)", "unset RAY_ADDRESS"
+    if address in (None, "", "auto") and os.environ.get("RAY_ADDRESS"):  # ray.init joins it for auto too
+        drop = "unset RAY_ADDRESS" + (" and drop collect.ray_address" if address == "auto" else "")
+        address, setting = os.environ["RAY_ADDRESS"], "RAY_ADDRESS (environment)"
     if address and address.startswith("ray://"):  # Ray Client's server: unanswered, ray.init waits 30 s
         host, port = _host_port(address.removeprefix("ray://").split("/", 1)[0], default_port=_RAY_CLIENT_PORT)
         if host and port is not None:

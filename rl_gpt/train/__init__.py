@@ -30,4 +30,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})  # the lazy names too: completion, help(), inspect
+
+
 __all__ = ["ModelFileError", "ParameterGenerator", "check_compatible", "load_generator", "save_model", "train"]
