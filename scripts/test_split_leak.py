@@ -9,7 +9,8 @@ Here the digits test split is cut in two stratified halves. For each fold, every
 run again with the same seeds, so the same networks, scoring them on the *unseen* half instead. The
 generator's input m, the prompts' calibration and the ranking stay on the label half. Each fold's pair
 of reports is compared init by init (`rl-gpt compare`). Across the two folds the halves swap roles,
-so a half that is simply easier cancels out: the mean of (unseen - label) over folds is the leak.
+so for a loss, a half that is simply easier cancels out: the mean of (unseen - label) over folds is
+the leak. R² is quadratic and does not cancel so; see :func:`per_init_leak`.
 
 The real held-out runs' final checkpoints, which nothing chose, are scored on both halves as well.
 
@@ -39,12 +40,11 @@ import rl_gpt.sweep.audit
 import rl_gpt.sweep.run as sweep_run
 from rl_gpt.cli import main as rl_gpt_main
 from rl_gpt.dataset import CheckpointDataset
-from rl_gpt.evaluate.alignment import alignment_r2, mean_ci95
+from rl_gpt.evaluate.alignment import alignment_r2, better_half, mean_ci95
 from rl_gpt.supervised.evaluate import evaluate_classifiers
 from rl_gpt.supervised.models import classifier_layout
 from rl_gpt.sweep.compare import (
     _achieved,
-    _better_half_per_init,
     _one_step_per_init,
     compare_reports,
     format_comparison,
@@ -174,23 +174,53 @@ def _summary(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def per_init_leak(folds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per init, the mean over folds of (unseen half - label half), with a t interval over inits: the
-    folds' generators differ, their inits do not (the sweep's unseen seeds), so each init is one unit."""
-    measures = {
-        "r2": lambda r: alignment_r2(*_achieved(r)),
-        "r2_better_half": _better_half_per_init,
-        "one_step_loss": _one_step_per_init,
-    }
-    out = {}
-    for name, per_init in measures.items():
-        diffs = []
-        for f in folds:
-            label, unseen = f["label_half"], "B" if f["label_half"] == "A" else "A"
-            scored = {h: per_init(json.loads(Path(f["reports"][h]).read_text())) for h in (label, unseen)}
-            diffs.append(scored[unseen] - scored[label])
-        leak = torch.stack(diffs).mean(0)  # (K,)
-        out[name] = {"mean": float(leak.nanmean()), "ci95": list(mean_ci95(leak)), "inits": int(leak.numel())}
+    """What the label half buys, per init (the folds' generators differ, their inits do not), with a t
+    interval over inits.
+
+    A linear measure (a loss) is the mean over folds of (unseen half - label half): an easier half adds
+    +d in one fold and -d in the other, which cancels. R² does not cancel so: it is quadratic in the
+    error, and a shift of +d or -d lowers it in both folds alike. So the R² rows are the measured change
+    less what the halves' difference alone would do: that per-prompt shift, estimated as the mean over
+    both generators of (B - A), applied to each label-half score, with no leak in it.
+    """
+    reports = [
+        {side: json.loads(Path(f["reports"][half]).read_text()) for side, half in _sides(f).items()} for f in folds
+    ]
+    scored = [{side: _achieved(r) for side, r in pair.items()} for pair in reports]  # (prompts, (K, P, S))
+    b_minus_a = [pair["unseen"][1] - pair["label"][1] for pair in scored]  # (K, P, S), unseen - label
+    b_minus_a = [d if f["label_half"] == "A" else -d for d, f in zip(b_minus_a, folds, strict=True)]
+    shift = torch.stack([d.mean((0, 2)) for d in b_minus_a]).mean(0)  # (P,): B - A, over both generators
+
+    def r2(prompts: torch.Tensor, achieved: torch.Tensor, half: bool) -> torch.Tensor:
+        if not half:
+            return alignment_r2(prompts, achieved)
+        keep = better_half(prompts, higher_is_better=False)
+        return alignment_r2(prompts[keep], achieved[:, keep])
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, half in (("r2", False), ("r2_better_half", True)):
+        measured, shift_only = [], []
+        for f, pair in zip(folds, scored, strict=True):
+            (prompts, label), (_, unseen) = pair["label"], pair["unseen"]
+            to_unseen = shift if f["label_half"] == "A" else -shift  # the harder or easier half, no leak
+            measured.append(r2(prompts, unseen, half) - r2(prompts, label, half))
+            shift_only.append(r2(prompts, label + to_unseen[None, :, None], half) - r2(prompts, label, half))
+        out[name] = _interval(torch.stack(measured).mean(0) - torch.stack(shift_only).mean(0))
+        out[name]["measured"] = _interval(torch.stack(measured).mean(0))
+    diffs = [pair["unseen"][1] - pair["label"][1] for pair in scored]
+    out["loss_all_prompts"] = _interval(torch.stack([d.mean((1, 2)) for d in diffs]).mean(0))
+    per_fold = [_one_step_per_init(p["unseen"]) - _one_step_per_init(p["label"]) for p in reports]
+    out["one_step_loss"] = _interval(torch.stack(per_fold).mean(0))
     return out
+
+
+def _sides(fold_record: dict[str, Any]) -> dict[str, str]:
+    label = fold_record["label_half"]
+    return {"label": label, "unseen": "B" if label == "A" else "A"}
+
+
+def _interval(values: torch.Tensor) -> dict[str, Any]:
+    return {"mean": float(values.nanmean()), "ci95": list(mean_ci95(values)), "inits": int(values.numel())}
 
 
 def main() -> None:
@@ -205,10 +235,8 @@ def main() -> None:
         folds = json.loads((out / "leak.json").read_text())["folds"]
     else:
         folds = [fold(out, label_half, quick) for label_half in ("A", "B")]
-    leak = {}
-    for key in folds[0]["scored"]["A"]:
-        if folds[0]["scored"]["A"][key] is None:
-            continue
+    leak = {}  # fold means of the linear measures (R², quadratic, is in per_init_leak only)
+    for key in ("one_step_loss", "one_step_error", "retrieval_one_step"):
         per_fold = [
             f["scored"]["B" if f["label_half"] == "A" else "A"][key] - f["scored"][f["label_half"]][key] for f in folds
         ]
@@ -222,7 +250,11 @@ def main() -> None:
         print(f"{key}: unseen half - label half = {value['mean']:+.4f} (folds {each})")
     for key, value in paired.items():
         low, high = value["ci95"]
-        print(f"{key}, per init over {value['inits']} inits: {value['mean']:+.4f} [{low:+.4f}, {high:+.4f}]")
+        said = f"{key}, unseen - label over {value['inits']} inits: {value['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+        if "measured" in value:  # R²: less what the halves' difference alone would do
+            m, (ml, mh) = value["measured"]["mean"], value["measured"]["ci95"]
+            said += f" after the halves' own difference; as measured {m:+.4f} [{ml:+.4f}, {mh:+.4f}]"
+        print(said)
     for f in folds:
         print(f"labels on {f['label_half']}: held-out runs' final checkpoints {json.dumps(f['heldout_final'])}")
     print(f"written: {out / 'leak.json'}")

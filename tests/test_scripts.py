@@ -28,4 +28,5 @@ def test_the_test_split_leak_script_scores_the_same_networks_on_both_halves(tmp_
         for key in ("init_fidelity", "init_metric_as_labelled", "calibration"):
             assert reports["A"][key] == reports["B"][key], key
         assert reports["A"]["achieved"] != reports["B"]["achieved"]
-    assert set(result["per_init"]) == {"r2", "r2_better_half", "one_step_loss"}
+    assert set(result["per_init"]) == {"r2", "r2_better_half", "loss_all_prompts", "one_step_loss"}
+    assert set(result["unseen_minus_label"]) == {"one_step_loss", "one_step_error", "retrieval_one_step"}
