@@ -410,6 +410,9 @@ def test_a_ray_address_from_the_environment_is_checked_and_named(monkeypatch):
         check_ray("127.0.0.1:2")  # the setting wins over the environment, as ray.init's address= does
     with pytest.raises(ConfigError, match=r"^RAY_ADDRESS .*=127.0.0.1:1: no Ray .* unset RAY_ADDRESS and drop"):
         check_ray("auto")  # ray.init(address="auto") joins RAY_ADDRESS too
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # ray.init starts a new instance: nothing to reach
+    check_ray(None)
+    check_ray("local")
 
 
 def test_ray_executor_with_a_local_instance(tmp_path):

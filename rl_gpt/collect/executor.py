@@ -472,10 +472,11 @@ def check_ray(address: str | None, timeout_s: float = 5.0) -> None:
         host, port = _host_port(address.removeprefix("ray://").split("/", 1)[0], default_port=_RAY_CLIENT_PORT)
         if host and port is not None:
             _check_answers(f"{setting}={address}", host, port, timeout_s, drop)
-    elif address and address != "auto" and "://" not in address:  # auto: Ray looks it up and says so quickly
+    # auto: Ray looks it up and says so quickly; local: Ray starts a new instance here
+    elif address and address not in ("auto", "local") and "://" not in address:
         host, port = _host_port(address)
         if not host or port is None:
-            raise ConfigError(f"{setting}={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379) or auto")
+            raise ConfigError(f"{setting}={address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379), auto or local")
         _check_answers(f"{setting}={address}", host, port, timeout_s, drop)
     if importlib.util.find_spec("ray") is None:
         raise ConfigError(
