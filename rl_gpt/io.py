@@ -36,6 +36,7 @@ from typing import Any
 
 __all__ = [
     "FolderInUseError",
+    "SAVE_ID",
     "allocate_files",
     "atomic_save_figure",
     "atomic_save_pair",

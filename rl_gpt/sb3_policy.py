@@ -19,6 +19,7 @@ from rl_gpt.layout import LayerSpec, Layout
 
 __all__ = [
     "ACTIVATIONS",
+    "activation_name",
     "actor_layout",
     "head_of",
     "load_actor",

@@ -198,3 +198,32 @@ def test_importing_a_room_loads_no_room_above_it(module: str, forbidden: set[str
     assert out.returncode == 0, out.stderr
     loaded = set(out.stdout.split())
     assert not loaded & forbidden, f"importing {module} loads rl_gpt.{{{', '.join(sorted(loaded & forbidden))}}}"
+
+
+def _declared_all(path: Path) -> set[str] | None:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def test_what_one_module_imports_from_another_is_in_its_all():
+    """``__all__`` is a module's API as a reader sees it: a public name other modules import is listed."""
+    declared = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        names = _declared_all(path)
+        if names is not None:
+            declared[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = (path, names)
+    missing = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in declared:
+                module_path, names = declared[node.module]
+                for alias in node.names:
+                    name = alias.name
+                    submodule = module_path.parent / name if module_path.name == "__init__.py" else None
+                    if name.startswith("_") or name in names or (submodule and submodule.with_suffix(".py").exists()):
+                        continue
+                    missing.append(f"{node.module}.{name} (imported by {path.relative_to(PACKAGE.parent)})")
+    assert not missing, "add to __all__: " + ", ".join(sorted(set(missing)))

@@ -33,7 +33,14 @@ from rl_gpt.supervised.evaluate import cross_entropy, evaluate_classifiers, loop
 from rl_gpt.supervised.models import CLASSIFIERS, build_classifier, classifier_classes, classifier_layout
 from rl_gpt.threads import torch_threads
 
-__all__ = ["OPTIMIZERS", "train_classifier_run", "train_classifier_runs"]
+__all__ = [
+    "DEFAULT_LR",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "TRAIN_EVAL_SEED",
+    "train_classifier_run",
+    "train_classifier_runs",
+]
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("cosine", "constant")

@@ -36,6 +36,7 @@ __all__ = [
     "comparison_json",
     "format_comparison",
     "load_report",
+    "measurement_settings",
 ]
 
 

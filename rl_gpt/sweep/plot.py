@@ -10,7 +10,7 @@ import torch
 
 from rl_gpt.io import atomic_save_figure, shade_outside
 
-__all__ = ["plot_sweep"]
+__all__ = ["describe_inits", "plot_calibration", "plot_sweep"]
 
 
 INIT_SOURCES = {"unseen": "unseen random inits", "train": "training runs' inits", "heldout": "held-out runs' inits"}

@@ -33,11 +33,13 @@ __all__ = [
     "ModelFileError",
     "check_compatible",
     "check_config_task",
-    "metric_mismatch",
-    "recorded_metric_settings",
     "load_generator",
+    "metric_mismatch",
     "model_dataset",
     "open_dataset",
+    "read_model_info",
+    "recorded_metric_settings",
+    "same_task",
     "save_model",
 ]
 
