@@ -111,12 +111,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
         try:
             ensure_calibrated(cfg, out, progress=not args.quiet)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             print(
                 f"\ninterrupted while calibrating: the model in {out} is saved and whole, without a calibration "
                 "of these weights; run the same command again to measure it",
                 file=sys.stderr,
             )
+            from rl_gpt.interrupt import said_what_was_kept
+
+            said_what_was_kept(stop)
             raise
 
 
@@ -182,7 +185,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     try:
         named = {"dataset": _named_dataset(args, cfg), "data_root": _named_data_root(args, cfg)}
         report = sweep(cfg, model, out, progress=not args.quiet, **named)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        from rl_gpt.interrupt import said_what_was_kept
+
+        said_what_was_kept(stop)
         if report_file.exists() and report_file.stat().st_mtime_ns != before:  # stopped while plotting or logging
             missing = "sweep.png or the W&B log may be missing"
             print(f"\ninterrupted after {report_file} was written; {missing}", file=sys.stderr)
@@ -352,6 +358,18 @@ def console_main() -> NoReturn:
     sys.exit(code)
 
 
+def _say_stopped(command: str, stop: BaseException) -> None:
+    """One line for a stop no stage has spoken for (in its first seconds, or in a stage that keeps
+    nothing partial): every command writes through temporary names, so running it again is safe."""
+    from rl_gpt.interrupt import was_said
+
+    if not was_said(stop) and int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"\nrl-gpt {command}: interrupted; nothing half-written is left: run the same command again",
+            file=sys.stderr,
+        )
+
+
 #: What torch's file writes and safetensors say when the disk is full or a file outgrows its limit.
 _DISK_ERRORS = ("No space left on device", "File too large", "Disk quota exceeded")
 _DISK_ADVICE = (
@@ -407,9 +425,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _one_line_errors() as exc:
         print(f"rl-gpt {args.command}: error: {_unenterable(exc) or exc}", file=sys.stderr)
         return 2
-    except Terminated:
+    except Terminated as stop:
+        _say_stopped(args.command, stop)
         return 143  # the shell's code for a SIGTERM exit
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        _say_stopped(args.command, stop)
         return 130
     except BrokenPipeError:  # `rl-gpt compare ... | head`: the reader left; stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush

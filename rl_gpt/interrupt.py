@@ -17,11 +17,22 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-__all__ = ["Terminated", "interrupts_deferred", "sigterm_as_interrupt"]
+__all__ = ["Terminated", "interrupts_deferred", "said_what_was_kept", "sigterm_as_interrupt", "was_said"]
 
 
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread when the process receives SIGTERM inside :func:`sigterm_as_interrupt`."""
+
+
+def said_what_was_kept(stop: BaseException) -> None:
+    """Mark a stop (Ctrl-C, SIGTERM) whose handler has said what was kept and how to go on, so that the
+    command line does not add its own, more general line."""
+    stop.rl_gpt_said = True  # type: ignore[attr-defined]
+
+
+def was_said(stop: BaseException) -> bool:
+    """Whether a handler has said what this stop kept (:func:`said_what_was_kept`)."""
+    return bool(getattr(stop, "rl_gpt_said", False))
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

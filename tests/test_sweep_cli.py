@@ -92,7 +92,9 @@ def test_an_interrupted_sweep_says_so_and_leaves_no_empty_folder(experiment, tmp
     out = tmp_path / "sweep"
     args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=2", "prompts=2", "episodes=2"]
     assert main(args) == 130
-    assert "interrupted: a sweep writes report.json only when it ends" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "interrupted: a sweep writes report.json only when it ends" in err
+    assert "rl-gpt sweep: interrupted" not in err  # said once, by the stage that knows what it kept
     assert not out.exists()
     monkeypatch.undo()
     monkeypatch.setattr("rl_gpt.sweep.plot.plot_sweep", ctrl_c)  # after report.json is written

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from rl_gpt.config import ConfigError, ExperimentConfig, dump_yaml, to_dict
 from rl_gpt.dataset import DatasetWriter, task_record
-from rl_gpt.interrupt import interrupts_deferred
+from rl_gpt.interrupt import interrupts_deferred, said_what_was_kept
 from rl_gpt.io import atomic_write_json, atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.progress import progress_bar
 from rl_gpt.wandb_run import CollectionLog, check_login
@@ -320,7 +320,7 @@ def _collect_into(
                 bar.update(1)
         total = writer.consolidate()  # within the try: a Ctrl-C here, after the last run, still says so
         completed = True
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # A second Ctrl-C (or SIGTERM) waits until what is stored has been said.
         notice = f"saving what is stored in {root} before stopping; this Ctrl-C (or SIGTERM) waits until then"
         with interrupts_deferred(notice):
@@ -331,6 +331,7 @@ def _collect_into(
                 "run the same command again to resume",
                 file=sys.stderr,
             )
+            said_what_was_kept(stop)
         raise
     finally:
         bar.close()

@@ -28,7 +28,7 @@ from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.devices import machine_record, resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
-from rl_gpt.interrupt import interrupts_deferred
+from rl_gpt.interrupt import interrupts_deferred, said_what_was_kept
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
 from rl_gpt.model import MODELS, ModelConfig, build_model
 from rl_gpt.progress import progress_bar
@@ -409,7 +409,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
                 began = time.time()
                 checkpoint()
                 not_training += time.time() - began
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         # A second Ctrl-C (or SIGTERM) waits until the checkpoint is saved and said.
         notice = f"saving the checkpoint in {out} before stopping; this Ctrl-C (or SIGTERM) waits until then"
         with interrupts_deferred(notice if main_proc else None):
@@ -417,6 +417,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             bar.close()
             if main_proc:
                 print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
+            said_what_was_kept(stop)
         raise
     finally:  # also before an error (a full disk) is said: a bar closed later is drawn again under it
         bar.close()
@@ -424,12 +425,13 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     if main_proc and tc.final_probe:
         try:
             _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress, step)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             print(
                 f"\ninterrupted while measuring prompt alignment: the model in {out} is saved and whole, without "
                 "alignment.json; run the same command again to measure it",
                 file=sys.stderr,
             )
+            said_what_was_kept(stop)
             raise
     if run is not None:
         log_output(cfg, run, "model", out)
