@@ -30,3 +30,26 @@ def test_the_test_split_leak_script_scores_the_same_networks_on_both_halves(tmp_
         assert reports["A"]["achieved"] != reports["B"]["achieved"]
     assert set(result["per_init"]) == {"r2", "r2_better_half", "loss_all_prompts", "one_step_loss"}
     assert set(result["unseen_minus_label"]) == {"one_step_loss", "one_step_error", "retrieval_one_step"}
+
+
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_best_checkpoints_optimism_is_measured_on_images_it_was_not_chosen_on():
+    import torch
+
+    bias = _script("best_checkpoint_bias")
+    g = torch.Generator().manual_seed(0)
+    lucky = (torch.rand(500, 200, generator=g) < 0.1).float()  # 500 equally good checkpoints: 10 % error, by chance
+    gap = bias.selection_gap(lucky, choose_size=100, splits=20)
+    assert gap["on_the_choosing_images"] < 0.06 and abs(gap["on_the_other_images"] - 0.1) < 0.02
+    one_better = torch.full((3, 200), 0.3)
+    one_better[1] = 0.05  # the best everywhere: chosen alike on any images, nothing to be lucky about
+    gap = bias.selection_gap(one_better, choose_size=100, splits=5)
+    assert gap["on_the_choosing_images"] == pytest.approx(0.05) == gap["on_the_other_images"]
