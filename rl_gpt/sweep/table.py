@@ -101,7 +101,7 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
         final = clf.get("heldout_final") or {}  # absent in reports written before it
         ended = [fmt.format(final[k]) for k, fmt in shown.items() if k in final]
         context = ([f"held-out runs end at {', '.join(ended)}, median"] if ended else []) + (
-            [f"the dataset's best: {', '.join(best)}"] if best else []
+            [f"the dataset's best, chosen on these test images: {', '.join(best)}"] if best else []
         )
         failed = clf.get("failed_fraction") or 0.0  # older reports: not recorded
         lines.append(
