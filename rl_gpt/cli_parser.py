@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--from",
         dest="from_zip",
+        metavar="FILE",
         help="start from this network: an SB3 policy .zip, or for a classifier task a classifier .safetensors",
     )
     start.add_argument(
