@@ -31,7 +31,8 @@ def load_model_config(
     and calibration were measured (``sweep.rerank: 1``), and the folder's maker does not choose that this
     user's results go to a W&B server or team. ``command`` (``sweep``, ``calibrate``, ...) selects the
     short names of :func:`rl_gpt.config.load_config`, and for a command that logs, a note on stderr where
-    online logging was dropped."""
+    online logging was dropped. The config's ``out`` (so ``cfg.model_dir``) is where the model was trained,
+    maybe elsewhere for a copied folder: pass ``model_dir`` itself to ``sweep`` / ``calibrate``."""
     return load_config(_saved_config(model_dir, overrides, command), overrides, command=command)
 
 
