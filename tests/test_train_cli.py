@@ -307,8 +307,8 @@ def _nan_on_rank_one(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-def test_a_nan_on_one_ddp_rank_reaches_every_rank():
-    """The trainer checks the gradient norm after backward so all ranks stop together on one rank's NaN."""
+def _on_two_gloo_ranks(fn) -> dict:
+    """``fn(rank, port, results)`` in two spawned processes; what each put in ``results``."""
     import socket
 
     import torch.multiprocessing as mp
@@ -317,8 +317,13 @@ def test_a_nan_on_one_ddp_rank_reaches_every_rank():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_nan_on_rank_one, args=(port, results), nprocs=2, join=True)
-    assert dict(results) == {0: False, 1: False}
+    mp.spawn(fn, args=(port, results), nprocs=2, join=True)
+    return dict(results)
+
+
+def test_a_nan_on_one_ddp_rank_reaches_every_rank():
+    """The trainer checks the gradient norm after backward so all ranks stop together on one rank's NaN."""
+    assert _on_two_gloo_ranks(_nan_on_rank_one) == {0: False, 1: False}
 
 
 def _loss_of_rank(rank, port, results):
@@ -334,18 +339,9 @@ def _loss_of_rank(rank, port, results):
 
 
 def test_the_logged_loss_under_ddp_is_the_mean_over_ranks():
-    import socket
-
-    import torch.multiprocessing as mp
-
     from rl_gpt.train.loop import mean_over_ranks
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_loss_of_rank, args=(port, results), nprocs=2, join=True)
-    assert dict(results) == {0: {"loss": 2.0, "mse_x0": 0.5}, 1: {"loss": 2.0, "mse_x0": 0.5}}
+    assert _on_two_gloo_ranks(_loss_of_rank) == {0: {"loss": 2.0, "mse_x0": 0.5}, 1: {"loss": 2.0, "mse_x0": 0.5}}
     assert mean_over_ranks({"loss": torch.tensor(3.0)}, 1) == {"loss": 3.0}  # one process: as it is
 
 
