@@ -8,7 +8,7 @@ random into a *choosing* part and a *scoring* part (many times, for several size
 is chosen on one and scored on the other. The gap between the two is the selection's optimism.
 
     python scripts/best_checkpoint_bias.py runs/demo-digits/dataset          # a digits dataset
-    python scripts/best_checkpoint_bias.py DATASET --splits 200 --json out.json
+    python scripts/best_checkpoint_bias.py DATASET --splits 100 --json out.json
 
 It reads the dataset and its data set's test split (digits ships with scikit-learn; MNIST/CIFAR-10
 need ``task.data_root`` in spec.json) and evaluates every valid checkpoint once, batched.
@@ -29,11 +29,12 @@ from rl_gpt.supervised.data import load_dataset
 from rl_gpt.supervised.evaluate import classifier_logits, cross_entropy
 
 
-def per_image(ds: CheckpointDataset, rows: torch.Tensor, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def per_image(ds: CheckpointDataset, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss and error (N, T) of checkpoints ``rows`` on each of the T test images."""
     policy = ds.spec["policy"]
     layout = Layout.from_dict(ds.spec["layout"])
     *_, x, y = load_dataset(policy["dataset"], ds.spec["task"].get("data_root"))
+    chunk = max(1, 50_000_000 // (len(x) * 10))  # checkpoints at a time: ~200 MB of logits for 10 classes
     losses, errors = [], []
     with torch.inference_mode():
         for part in rows.split(chunk):
@@ -54,18 +55,21 @@ def selection_gap(values: torch.Tensor, choose_size: int, splits: int, seed: int
         best = on_choose == on_choose.min()  # ties (an error is a count): their mean, not the first
         chosen_on.append(float(on_choose[best].mean()))
         scored_on.append(float(values[best][:, score].mean()))
+    scored = torch.tensor(scored_on, dtype=torch.float64)
     return {
         "choose_images": choose_size,
         "score_images": values.shape[1] - choose_size,
         "on_the_choosing_images": sum(chosen_on) / splits,
-        "on_the_other_images": sum(scored_on) / splits,
+        "on_the_other_images": float(scored.mean()),
+        # the Monte Carlo error of that mean over random splits (the splits share checkpoints and images)
+        "on_the_other_images_se": float(scored.std() / splits**0.5) if splits > 1 else float("nan"),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", help="a supervised checkpoint dataset folder")
-    parser.add_argument("--splits", type=int, default=100, help="random splits per size")
+    parser.add_argument("--splits", type=int, default=500, help="random splits per size")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     ds = CheckpointDataset(args.dataset)
@@ -91,7 +95,8 @@ def main() -> None:
             fmt = "{:.2%}" if name == "test_error" else "{:.4f}"
             print(
                 f"{name}: chosen on {gap['choose_images']} images: {fmt.format(gap['on_the_choosing_images'])} there, "
-                f"{fmt.format(gap['on_the_other_images'])} on the other {gap['score_images']}"
+                f"{fmt.format(gap['on_the_other_images'])} ± {fmt.format(gap['on_the_other_images_se'])} on the "
+                f"other {gap['score_images']}"
             )
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
