@@ -31,8 +31,17 @@ def said_what_was_kept(stop: BaseException) -> None:
 
 
 def was_said(stop: BaseException) -> bool:
-    """Whether a handler has said what this stop kept (:func:`said_what_was_kept`)."""
-    return bool(getattr(stop, "rl_gpt_said", False))
+    """Whether a handler has said what this stop kept (:func:`said_what_was_kept`), or this stop came
+    while one that was said was being handled: a second Ctrl-C held by :func:`interrupts_deferred`
+    is raised anew as the block ends, with the first as its ``__context__``."""
+    seen: set[int] = set()
+    link: BaseException | None = stop
+    while link is not None and id(link) not in seen:
+        if getattr(link, "rl_gpt_said", False):
+            return True
+        seen.add(id(link))
+        link = link.__context__
+    return False
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:

@@ -436,3 +436,27 @@ def test_info_on_a_folder_of_experiments_lists_them(tmp_path, capsys) -> None:
     assert f"{tmp_path} holds 3 experiments; `rl-gpt info {tmp_path}/NAME` describes one" in out
     listed = [line.split() for line in out.splitlines()[1:]]
     assert listed == [["a", "dataset"], ["b", "dataset,", "model,", "1", "sweep"], ["c", "a", "dataset"]]
+
+
+def test_a_second_ctrl_c_during_a_said_save_is_not_said_again():
+    import signal
+
+    from rl_gpt.interrupt import interrupts_deferred, said_what_was_kept, was_said
+
+    # The second stop, held while the first was saved and said, is raised anew as the block ends:
+    # the command line must not add its generic line under the stage's own (#1257d03's double message).
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as second:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as stop:
+                with interrupts_deferred():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.05)
+                    said_what_was_kept(stop)
+                raise
+        assert second.value.__context__ is not None and was_said(second.value)
+        assert not was_said(KeyboardInterrupt())
+    finally:
+        signal.signal(signal.SIGINT, outer)
