@@ -364,10 +364,9 @@ def _say_stopped(command: str, stop: BaseException) -> None:
     from rl_gpt.interrupt import was_said
 
     if not was_said(stop) and int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"\nrl-gpt {command}: interrupted; nothing half-written is left: run the same command again",
-            file=sys.stderr,
-        )
+        # a download keeps its .part file on purpose: the next call goes on from it
+        kept = "a download goes on where it stopped" if command == "data" else "nothing half-written is left"
+        print(f"\nrl-gpt {command}: interrupted; {kept}: run the same command again", file=sys.stderr)
 
 
 #: What torch's file writes and safetensors say when the disk is full or a file outgrows its limit.
