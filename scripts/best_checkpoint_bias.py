@@ -77,6 +77,8 @@ def main() -> None:
         raise SystemExit(f"{args.dataset}: not a supervised (classifier) dataset")
     rows = torch.nonzero(ds.valid_mask()).squeeze(1)
     loss, error = per_image(ds, rows)
+    finite = torch.isfinite(loss).all(1)  # a valid row may still overflow (as the sweep's summary skips it)
+    loss, error, rows = loss[finite], error[finite], rows[finite]
     images = loss.shape[1]
     result: dict[str, Any] = {
         "checkpoints": len(rows),
