@@ -187,8 +187,8 @@ def per_init_leak(folds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         {side: json.loads(Path(f["reports"][half]).read_text()) for side, half in _sides(f).items()} for f in folds
     ]
     scored = [{side: _achieved(r) for side, r in pair.items()} for pair in reports]  # (prompts, (K, P, S))
-    b_minus_a = [pair["unseen"][1] - pair["label"][1] for pair in scored]  # (K, P, S), unseen - label
-    b_minus_a = [d if f["label_half"] == "A" else -d for d, f in zip(b_minus_a, folds, strict=True)]
+    diffs = [pair["unseen"][1] - pair["label"][1] for pair in scored]  # (K, P, S), unseen - label
+    b_minus_a = [d if f["label_half"] == "A" else -d for d, f in zip(diffs, folds, strict=True)]
     shift = torch.stack([d.mean((0, 2)) for d in b_minus_a]).mean(0)  # (P,): B - A, over both generators
 
     def r2(prompts: torch.Tensor, achieved: torch.Tensor, half: bool) -> torch.Tensor:
@@ -207,7 +207,6 @@ def per_init_leak(folds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             shift_only.append(r2(prompts, label + to_unseen[None, :, None], half) - r2(prompts, label, half))
         out[name] = _interval(torch.stack(measured).mean(0) - torch.stack(shift_only).mean(0))
         out[name]["measured"] = _interval(torch.stack(measured).mean(0))
-    diffs = [pair["unseen"][1] - pair["label"][1] for pair in scored]
     out["loss_all_prompts"] = _interval(torch.stack([d.mean((1, 2)) for d in diffs]).mean(0))
     per_fold = [_one_step_per_init(p["unseen"]) - _one_step_per_init(p["label"]) for p in reports]
     out["one_step_loss"] = _interval(torch.stack(per_fold).mean(0))
@@ -237,9 +236,7 @@ def main() -> None:
         folds = [fold(out, label_half, quick) for label_half in ("A", "B")]
     leak = {}  # fold means of the linear measures (R², quadratic, is in per_init_leak only)
     for key in ("one_step_loss", "one_step_error", "retrieval_one_step"):
-        per_fold = [
-            f["scored"]["B" if f["label_half"] == "A" else "A"][key] - f["scored"][f["label_half"]][key] for f in folds
-        ]
+        per_fold = [f["scored"][_sides(f)["unseen"]][key] - f["scored"][f["label_half"]][key] for f in folds]
         leak[key] = {"per_fold": per_fold, "mean": sum(per_fold) / len(per_fold)}
     paired = per_init_leak(folds)
     result = {"halves": {h: len(i) for h, i in HALVES.items()}, "folds": folds, "unseen_minus_label": leak}
