@@ -389,6 +389,14 @@ def _unenterable(exc: BaseException) -> str | None:
     return None
 
 
+def _finish_wandb_runs() -> None:
+    """Close what W&B runs a failed command left open, so that W&B's closing lines ("You can sync
+    this run…") come before the line that says what to do, not after it at the interpreter's exit."""
+    wandb_run = sys.modules.get("rl_gpt.wandb_run")  # not imported: no run was started
+    if wandb_run is not None:
+        wandb_run.finish_open_runs(exit_code=1)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -420,7 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_format = _one_line_warnings(args.command)
     try:
         with sigterm_as_interrupt():  # `kill PID` saves as Ctrl-C does
-            COMMANDS[args.command](args)
+            try:
+                COMMANDS[args.command](args)
+            except BaseException:
+                _finish_wandb_runs()
+                raise
     except _one_line_errors() as exc:
         print(f"rl-gpt {args.command}: error: {_unenterable(exc) or exc}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ __all__ = [
     "CollectionLog",
     "artifact_name",
     "check_login",
+    "finish_open_runs",
     "folder_artifact",
     "log_output",
     "log_result",
@@ -127,9 +129,26 @@ def start_run(
         hint = " (or log offline: wandb.mode=offline, and upload later with `wandb sync`)" if online else ""
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"W&B: {first}{hint}") from None
+    _started.append(run)
     id_file.parent.mkdir(parents=True, exist_ok=True)  # wandb makes it for its own files; this needs no such luck
     atomic_write_text(id_file, run_id)
     return run
+
+
+#: The runs :func:`start_run` opened in this process (finishing one twice is a no-op in wandb).
+_started: list[Any] = []
+
+
+def finish_open_runs(exit_code: int = 1) -> None:
+    """Finish the W&B runs this process left open, as failed (``exit_code``).
+
+    Called before an error or an interrupt is said: W&B's closing lines ("You can sync this run…")
+    would otherwise follow at the interpreter's exit, under the line that says what to do.
+    """
+    while _started:
+        run = _started.pop()
+        with contextlib.suppress(Exception, KeyboardInterrupt):  # W&B's trouble must not hide the real line
+            run.finish(exit_code=exit_code)
 
 
 def log_result(

@@ -458,7 +458,7 @@ def test_online_logging_without_credentials_is_refused_before_any_work(tmp_path,
     assert not out.exists()
 
 
-def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, monkeypatch):
+def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, monkeypatch, capsys):
     """What reaches W&B, through a stand-in run (offline wandb keeps it in a binary file)."""
     import rl_gpt.wandb_run
 
@@ -509,10 +509,16 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
 
     from rl_gpt.collect import collect
 
+    said_by_finish: list[str] = []  # W&B's closing lines come before the line that says what to do
+    finish = Recorder.finish
+    monkeypatch.setattr(
+        Recorder, "finish", lambda run, **kw: said_by_finish.append(capsys.readouterr().err) or finish(run, **kw)
+    )
     with pytest.raises(KeyboardInterrupt):
         overrides = [f"out={tmp_path / 'stopped'}", *TINY[2:], "runs=2", "workers=1"]
         collect(load_config("digits", overrides, command="collect"), stopped)
     assert logged[-1] == {"finished": True, "exit_code": 1}
+    assert "interrupted:" not in said_by_finish[0] and "interrupted: 0 runs are stored" in capsys.readouterr().err
 
 
 def test_training_and_sweeps_log_the_task_and_collection_their_dataset_was_collected_with(tmp_path):

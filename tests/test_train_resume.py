@@ -333,3 +333,52 @@ def test_training_fewer_steps_than_are_saved_is_refused(experiment, tmp_path, ca
     assert "already trained to step 20" in capsys.readouterr().err
     assert main([*args, "steps=10", "--restart"]) == 0
     assert json.loads((out / "model" / "train_state" / "state.json").read_text())["step"] == 10
+
+
+class _WandbRunStandIn:
+    """Finishes once, as W&B's run does, and keeps what the command had said by then."""
+
+    def __init__(self, capfd: pytest.CaptureFixture[str]) -> None:
+        self.capfd = capfd
+        self.exit_codes: list[int] = []
+        self.said_before = ""
+
+    def log(self, data: dict, step: int | None = None) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        if not self.exit_codes:
+            said = self.capfd.readouterr()
+            self.said_before = said.out + said.err
+            self.exit_codes.append(exit_code)
+
+
+@pytest.mark.parametrize("stop", ["ctrl_c", "full_disk"])
+def test_wandb_runs_finish_before_the_line_that_says_what_to_do(experiment, tmp_path, monkeypatch, capfd, stop):
+    """W&B's closing lines ("You can sync this run…") came after it, at the interpreter's exit."""
+    import errno
+
+    import rl_gpt.train.loop as loop
+    import rl_gpt.wandb_run as wandb_run
+
+    out = tmp_path / stop
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    run = _WandbRunStandIn(capfd)
+
+    def opened(cfg, processes, resume):  # a run start_run opened
+        wandb_run._started.append(run)
+        return run
+
+    def stopped(step, cfg):
+        if step == 2:
+            raise KeyboardInterrupt if stop == "ctrl_c" else OSError(errno.ENOSPC, "No space left on device")
+        return cfg.lr
+
+    monkeypatch.setattr(loop, "_wandb_init", opened)
+    monkeypatch.setattr(loop, "lr_at", stopped)
+    code = main(["train", "cartpole", f"out={out}", "steps=5", *TINY_MODEL, "train.final_probe=false"])
+    assert code == (130 if stop == "ctrl_c" else 1)
+    said_after = "".join(capfd.readouterr())
+    last = "interrupted at step 2" if stop == "ctrl_c" else "No space left on device"
+    assert last not in run.said_before and last in said_after
+    assert run.exit_codes == [1] and wandb_run._started == []

@@ -326,6 +326,8 @@ def _collect_into(
         with interrupts_deferred(notice):
             bar.close()
             writer.consolidate()
+            if log is not None:  # W&B's closing lines before ours, not after
+                log.finish(failed=True)
             print(
                 f"\ninterrupted: {len(writer.completed_runs())} runs are stored in {root}; "
                 "run the same command again to resume",
