@@ -124,6 +124,28 @@ def test_a_resumed_run_says_it_does_not_use_runs_added_since(experiment, tmp_pat
         assert main(["train", "cartpole", f"out={out}", "steps=6", *TINY_MODEL, *QUIET]) == 0
 
 
+def test_a_run_resumed_on_another_collection_is_refused(experiment, tmp_path, capsys):
+    """Found by resuming a stopped digits training with dataset= another collection (collect.seed 5): it went
+    on silently, as if that dataset had only grown, under the first one's split and normaliser."""
+    out, other = tmp_path / "run", tmp_path / "other"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    shutil.copytree(experiment / "dataset", other)
+    spec = json.loads((other / "spec.json").read_text())
+    spec["collect"]["seed"] = 7  # as `rl-gpt collect seed=7` records it
+    (other / "spec.json").write_text(json.dumps(spec))
+    args = ["train", "cartpole", f"out={out}", *TINY_MODEL, *QUIET]
+    assert main([*args, "steps=4"]) == 0
+    capsys.readouterr()
+    assert main([*args, "steps=6", f"dataset={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run started on a dataset collected otherwise than" in err and "collect.seed: 0 -> 7" in err
+    assert f"pass dataset={(out / 'dataset').resolve()} to go on with that run" in err
+    assert json.loads((out / "model" / "train_state" / "state.json").read_text())["step"] == 4
+    moved = tmp_path / "moved"  # the same collection in another folder goes on
+    shutil.copytree(out / "dataset", moved)
+    assert main([*args, "steps=6", f"dataset={moved}"]) == 0
+
+
 def test_a_run_of_two_processes_goes_on_in_one_only_with_the_same_pairs_per_step(experiment, tmp_path, capsys):
     out = tmp_path / "fewer"
     shutil.copytree(experiment / "dataset", out / "dataset")

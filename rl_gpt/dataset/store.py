@@ -46,6 +46,7 @@ __all__ = [
     "CheckpointDataset",
     "DatasetError",
     "DatasetWriter",
+    "collected_otherwise",
     "merge_stored_runs",
     "read_spec",
     "task_record",
@@ -218,6 +219,24 @@ def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     # the RL-only ones (their older specs still do).
     shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)
     return [f"collect.{k}={before[k]!r}" for k in shared if before[k] != after[k]]
+
+
+def collected_otherwise(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for each recorded setting that makes the runs of two dataset specs unlike each
+    other (the task, the network's layout and policy, the collection settings other than how many runs and
+    where they ran, the data set's SHA-256): empty for one dataset, extended or moved, or a re-collection of it."""
+    changed: list[str] = []
+    for key in ("task", "layout", "policy"):
+        before, after = old.get(key), new.get(key)
+        if key == "task" and isinstance(before, Mapping) and isinstance(after, Mapping):
+            before, after = task_record(before, compared=True), task_record(after, compared=True)
+        changed += _differences(before, after, key)
+    before, after = old.get("collect") or {}, new.get("collect") or {}
+    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)
+    changed += [d for k in shared for d in _differences(before[k], after[k], f"collect.{k}")]
+    if old.get("data_sha256") and new.get("data_sha256") and old["data_sha256"] != new["data_sha256"]:
+        changed.append("data_sha256 (other data)")
+    return changed
 
 
 def _differences(before: Any, after: Any, name: str) -> list[str]:

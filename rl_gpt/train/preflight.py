@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig
-from rl_gpt.dataset import CheckpointDataset
+from rl_gpt.dataset import CheckpointDataset, collected_otherwise
 from rl_gpt.io import pair_matches
 from rl_gpt.train.checkpoint import saved_state
 from rl_gpt.train.modelfile import (
@@ -87,4 +87,13 @@ def check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume:
                 f"{out} holds a generator trained for {saved['task'].get('name')} ({saved.get('env_id')}, "
                 f"{saved.get('metric', {}).get('name')}), not {task.name} ({task.metric}); use another out= "
                 "directory, or --restart to replace it"
+            )
+        changed = collected_otherwise(saved, spec)
+        if changed:  # another collection's runs would go on training it, under the first one's split and normaliser
+            began = read_model_info(out).get("meta", {}).get("dataset")
+            keep = f"pass dataset={began} to go on with that run, " if isinstance(began, str) else ""
+            raise ConfigError(
+                f"{out} holds a run started on a dataset collected otherwise than {cfg.dataset_dir} "
+                f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); {keep}train again with "
+                "--restart (it replaces that run) or use another out= directory"
             )
