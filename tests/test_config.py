@@ -178,6 +178,21 @@ def test_short_names_of_another_command_are_suggested_as_the_command_knows_them(
         load_config("cartpole", ["seed=3"], command="demo")
 
 
+def test_a_key_given_twice_in_one_section_of_a_file_is_refused_with_its_line(tmp_path):
+    """Found writing a config that extends digits with `steps: 3` and, lower down, `steps: 5`: YAML kept the
+    last without a word. A merge key's values may still be set again, as YAML means."""
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("extends: digits\ntrain:\n  steps: 3\n  lr: 1.0e-3\n  steps: 5\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(line 5, column 3: 'steps' is given twice"):
+        load_config(twice)
+    once = tmp_path / "once.yaml"
+    once.write_text("extends: digits\ntrain:\n  steps: 3\nsweep:\n  steps: 5\n")  # one key in each of two sections
+    assert (load_config(once).train.steps, load_config(once).sweep.steps) == (3, 5)
+    from rl_gpt.config.presets import parse_yaml
+
+    assert parse_yaml("a: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
+
+
 def test_aliases_that_repeat_too_much_are_refused_before_they_expand(tmp_path, capsys):
     """Nine short lines of nested aliases stand for 10^9 values; the config checks would walk them all."""
     lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]

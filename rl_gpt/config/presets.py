@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,27 @@ class _PlainLoader(yaml.SafeLoader):
                         event.start_mark,
                     )
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A mapping that names a key twice is refused: YAML keeps the last silently, so ``steps: 3`` and a
+        later ``steps: 5`` in one section trained 5 steps without a word (OmegaConf refuses it too). Keys a
+        merge key (``<<: *base``) brings in may still be set again, as YAML means them to be."""
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, typing.Hashable) and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping",
+                        node.start_mark,
+                        f"{key!r} is given twice in one section (YAML would keep the last silently); keep one",
+                        key_node.start_mark,
+                    )
+                if isinstance(key, typing.Hashable):
+                    seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(text: str) -> Any:
