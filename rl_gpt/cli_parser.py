@@ -77,6 +77,18 @@ def _epilog(command: str) -> str:
     )
 
 
+def _demo_epilog() -> str:
+    """How the demo's settings are changed, under its --help: it runs collect, train and sweep in one folder."""
+    from rl_gpt.config import ALIASES
+
+    short = " ".join(f"{k}=" for k in ALIASES["demo"])
+    return (
+        "--out DIR is the folder it writes DIR/dataset, DIR/model and DIR/report.json to, and resumes. Settings are "
+        "key=value overrides of the config (the embedded default, --task's preset or the config file): a dotted "
+        f"name (train.lr=3e-4, task.hyperparams.steps=200, sweep.rerank=1) or a short name ({short})."
+    )
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad argument in one line (not the whole usage) and points at --help."""
 
@@ -229,9 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_count, default=16, help="evaluation episodes per policy (RL tasks)")
     p.add_argument("--out", required=True, help="output directory")
 
-    p = sub.add_parser("demo", help="collect, train and sweep the embedded CartPole default (or --task digits)")
+    p = sub.add_parser(
+        "demo",
+        help="collect, train and sweep the embedded CartPole default (or --task digits)",
+        epilog=_demo_epilog(),
+    )
     p.add_argument("config", nargs="?", default=None, help="optional config file or preset")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. runs=32 steps=1000 inits=16")
     p.add_argument("--task", help="preset to demo instead of the embedded CartPole default (e.g. digits)")
     p.add_argument("--out", default=None, help="output directory (default runs/demo, or runs/demo-<task>)")
     p.add_argument("--restart", action="store_true", help="retrain the generator, ignoring a saved training state")

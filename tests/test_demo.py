@@ -57,3 +57,14 @@ def test_the_table_writes_returns_near_zero_with_the_decimals_that_tell_them_apa
     assert value.format(-0.2606) != value.format(-0.3351) and whole.format(-0.326) == "-0.326"
     assert _value_formats([8.0, 60.0], rl=True)[0].format(12.345) == "12.35"
     assert _value_formats([0.1, 2.3], rl=False) == ("{:.3f}", "{:.3f}")  # losses and errors keep 3
+
+
+def test_the_demos_help_says_how_to_change_its_settings():
+    """Found reading each command's --help: the demo's alone said only "key=value overrides", with no dotted
+    name or short name to show what a key is."""
+    from rl_gpt.cli_parser import build_parser
+
+    text = " ".join(build_parser().commands["demo"].format_help().split())
+    assert "a dotted name (train.lr=3e-4" in text and "short name (runs= timesteps=" in text
+    assert "DIR/dataset, DIR/model and DIR/report.json" in text
+
