@@ -270,6 +270,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
     if args.task and args.config:
         raise ConfigError(f"give the demo's task once: --task {args.task} or {args.config}, not both")
+    given = [o.partition("=")[2] for o in args.overrides if o.partition("=")[0] == "out"]
+    if args.out and given:  # out= would win over --out without a word
+        raise ConfigError(f"give the demo's folder once: --out {args.out} or out={given[-1]}, not both")
     config = args.task or args.config
     out = args.out or default_demo_folder(config)
     run_demo(out, config, args.overrides, progress=not args.quiet, restart=args.restart)

@@ -68,3 +68,9 @@ def test_the_demos_help_says_how_to_change_its_settings():
     assert "a dotted name (train.lr=3e-4" in text and "short name (runs= timesteps=" in text
     assert "DIR/dataset, DIR/model and DIR/report.json" in text
 
+
+def test_the_demo_refuses_its_folder_given_twice(tmp_path, capsys):
+    """Found giving `--out A out=B`: the demo wrote to B without a word about A."""
+    assert main(["demo", "--out", str(tmp_path / "a"), f"out={tmp_path / 'b'}", *QUIET]) == 2
+    assert f"--out {tmp_path / 'a'} or out={tmp_path / 'b'}, not both" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
