@@ -622,3 +622,19 @@ def test_a_config_typo_is_said_before_torch_is_imported(command):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr
     assert done.stderr.strip() == f"rl-gpt {command}: error: task.algo: 'dqn' is not one of 'ppo', 'sac'"
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "said"),
+    [
+        ("extends: digits\nout: runs/${task.name}\n", [], r"out: 'runs/\$\{task.name\}' holds \$\{...\}, which"),
+        ("extends: digits\n", ["out=${oc.env:HOME}/x"], r"out: '\$\{oc.env:HOME\}/x' holds \$\{...\}, which"),
+    ],
+)
+def test_an_omegaconf_interpolation_is_refused_not_taken_as_text(tmp_path, text, overrides, said):
+    """Found with Hydra habits, `out: ${oc.env:HOME}/x` in a file that extends digits: nothing expands it, and
+    collect would have written into a folder named `${oc.env:HOME}/x` under the current one."""
+    config = tmp_path / "mine.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=said + r".*not interpolate"):
+        load_config(config, overrides, command="collect")

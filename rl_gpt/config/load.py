@@ -71,6 +71,7 @@ def load_config(
     section = data.get("wandb")
     if isinstance(section, dict) and isinstance(section.get("mode"), str) and section["mode"] in WANDB_MODE_ALIASES:
         section["mode"] = WANDB_MODE_ALIASES[section["mode"]]  # wandb's older names, taken as WANDB_MODE takes them
+    _refuse_interpolation(data, "")
     cfg = build(ExperimentConfig, data, "")
     if cfg.task.kind == "rl" and cfg.task.network:
         raise ConfigError(
@@ -79,6 +80,22 @@ def load_config(
         )
     _warn_if_sampled_over(cfg, overridden)
     return cfg
+
+
+def _refuse_interpolation(value: Any, key: str) -> None:
+    """A ``${...}`` in a value (OmegaConf's interpolation: ``out: runs/${task.name}``, ``${oc.env:HOME}``) is
+    refused: nothing expands it here, and ``out`` would name a folder called ``runs/${task.name}``."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_interpolation(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_interpolation(v, f"{key}[{i}]")
+    elif isinstance(value, str) and "${" in value:
+        raise ConfigError(
+            f"{key}: {value!r} holds ${{...}}, which rl_gpt configs do not interpolate (they are plain YAML, not "
+            "OmegaConf); write the value out, or let the shell expand a variable on the command line (out=$HOME/x)"
+        )
 
 
 def _warn_if_sampled_over(cfg: ExperimentConfig, overridden: set[str]) -> None:
