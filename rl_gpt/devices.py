@@ -10,15 +10,22 @@ import torch
 
 from rl_gpt.config import ConfigError
 
-__all__ = ["machine_record", "resolve_device"]
+__all__ = ["device_name", "machine_record", "resolve_device"]
+
+
+def device_name(name: str, key: str) -> torch.device:
+    """``name`` as a ``torch.device``, whether or not this machine has one; ``key`` names the setting in errors."""
+    try:
+        return torch.device(name)
+    except (RuntimeError, ValueError):
+        # Python's None, where YAML's is null: `sweep.device=None` is the text 'None'
+        null = "; null (not None) leaves it unset" if key == "sweep.device" and name.lower() == "none" else ""
+        raise ConfigError(f"{key}={name!r} is not a device; use cpu, cuda or cuda:N{null}") from None
 
 
 def resolve_device(name: str, key: str) -> torch.device:
     """``name`` as a ``torch.device``; ``key`` (e.g. ``train.device``) names the setting in errors."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"{key}={name!r} is not a device; use cpu, cuda or cuda:N") from None
+    device = device_name(name, key)
     if device.type == "cuda" and not torch.cuda.is_available():
         fix = f"{key} cpu" if key.startswith("--") else "device=cpu"
         raise ConfigError(f"{key}={name}: this machine has no CUDA device; pass {fix}")

@@ -371,3 +371,16 @@ def test_a_full_disk_while_training_is_the_last_line_said(experiment, tmp_path, 
     assert main([*args, "train.ckpt_every=2", "wandb.mode=disabled"]) == 1
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert last.startswith("rl-gpt train: error: No space left on device") and "run the same command again" in last
+
+
+def test_a_sweep_device_that_is_no_device_is_refused_by_train_not_saved_for_the_sweep(experiment, tmp_path, capsys):
+    """Found with `rl-gpt train ... sweep.device=None` (Python's None; YAML's is null): train saved the text
+    'None' in config.yaml, and only the later `sweep --model` refused it."""
+    out = tmp_path / "none"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    assert main(["train", "cartpole", f"out={out}", "steps=2", "sweep.device=None", *TINY_MODEL, *QUIET]) == 2
+    said = "rl-gpt train: error: sweep.device='None' is not a device; use cpu, cuda or cuda:N; null (not None)"
+    assert said in capsys.readouterr().err
+    assert not (out / "model").exists()
+    # a device this machine lacks is still saved for a sweep elsewhere
+    assert main(["train", "cartpole", f"out={out}", "steps=2", "sweep.device=cuda:3", *TINY_MODEL, *QUIET]) == 0

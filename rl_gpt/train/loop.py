@@ -26,7 +26,7 @@ import torch.distributed as dist
 from rl_gpt.config import ConfigError, ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from rl_gpt.dataset import CheckpointDataset
 from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
-from rl_gpt.devices import machine_record, resolve_device
+from rl_gpt.devices import device_name, machine_record, resolve_device
 from rl_gpt.diffusion import GaussianDiffusion
 from rl_gpt.interrupt import interrupts_deferred, said_what_was_kept
 from rl_gpt.io import atomic_write_text, ensure_writable_dir, exclusive_folder
@@ -178,6 +178,8 @@ def train(cfg: ExperimentConfig, progress: bool = True, resume: bool = True) -> 
     training ends, so rank 0 may go on alone (train.calibrate) and a refused run leaves none open.
     """
     resolve_device(cfg.train.device, "train.device")  # before any work: a missing GPU is a one-line error
+    if cfg.sweep.device is not None:  # saved in config.yaml for the calibration and `sweep --model`, maybe elsewhere
+        device_name(cfg.sweep.device, "sweep.device")
     rank, world = _dist_info()
     if rank == 0:  # the one process that logs: missing W&B credentials (wandb.mode=online) fail now too
         check_login(cfg)
