@@ -485,6 +485,13 @@ def test_a_mapping_given_whole_says_which_fields_it_drops():
         assert load_config("digits", ["collect.sample_hyperparams={}"]).collect.sample_hyperparams == {}
 
 
+@pytest.mark.parametrize("override", ["task=null", "train={}", "wandb=~", "sweep="])
+def test_a_whole_section_set_empty_on_the_command_line_is_refused(override):
+    """In a file an empty section keeps the base's values; on the command line it reset them (task=null: CartPole)."""
+    with pytest.raises(ConfigError, match=r"would reset the whole \w+ section to .*set single fields"):
+        load_config("digits", [override])
+
+
 def test_extends_names_a_file_beside_it_without_its_yaml_suffix(tmp_path):
     """A copied presets folder: mnist.yaml says ``extends: digits`` for the digits.yaml beside it."""
     (tmp_path / "base.yaml").write_text("task: {env_id: CartPole-v1}\ncollect: {runs: 7}\n")

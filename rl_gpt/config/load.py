@@ -55,6 +55,12 @@ def load_config(
         quoted = raw.lstrip().startswith(("'", '"', "[", "{"))  # YAML's own way to keep a '#': read as YAML
         if not quoted and (raw.startswith("#") or " #" in raw or "\t#" in raw):  # else a comment: `out=run #2`
             value = raw
+        if key in _SECTIONS and value in (None, {}, ""):  # an empty section in a file keeps the base's values
+            default = "the built-in CartPole task" if key == "task" else "its built-in defaults"
+            raise ConfigError(
+                f"{key}={raw} would reset the whole {key} section to {default}; "
+                f"set single fields ({key}.FIELD=VALUE) or use another config"
+            )
         if default_task:
             _seed_default_mapping(data, key.split("."))
         before = _get_path(data, key.split("."))
@@ -115,6 +121,7 @@ def _warn_if_sampled_over(cfg: ExperimentConfig, overridden: set[str]) -> None:
 
 
 _TOP_LEVEL = frozenset(f.name for f in dataclasses.fields(ExperimentConfig))
+_SECTIONS = frozenset(k for k, v in vars(ExperimentConfig()).items() if dataclasses.is_dataclass(v))
 
 
 #: Constructor arguments of SB3's PPO and SAC and of the classifiers' training (``task.hyperparams``),
