@@ -611,6 +611,22 @@ def test_info_prints_summary(tmp_path, capsys):
     assert main(["info", str(tmp_path / "dataset")]) == 0
     out = capsys.readouterr().out
     assert "runs         1" in out and "checkpoints  3" in out and "parameters   114" in out
+    assert "collected    256 timesteps per run (2 envs), a checkpoint every 128 timesteps; each evaluated on" in out
+    assert f"config       {(tmp_path / 'dataset' / 'config.yaml').resolve()}" in out
+
+
+def test_info_says_how_supervised_runs_were_trained_and_what_was_sampled(tmp_path):
+    from rl_gpt.dataset.info import _collection_lines
+
+    spec = {
+        "task": {"kind": "supervised", "hyperparams": {"optimizer": "sgd", "steps": 500, "batch_size": 128}},
+        "collect": {"checkpoint_every": 10, "sample_hyperparams": {"lr": [0.01, 0.3]}},
+    }
+    assert _collection_lines(spec, tmp_path) == [
+        "collected    500 sgd steps (batch 128) per run, a checkpoint every 10 steps",
+        "sampled      per run, log-uniformly: lr in [0.01, 0.3]",
+    ]
+    assert _collection_lines({"format": "another tool's"}, tmp_path) == []
 
 
 def test_collection_leaves_no_sb3_log_folder(tmp_path, monkeypatch):

@@ -42,6 +42,30 @@ def _timing_line(spec: dict) -> list[str]:
     return ["checkpoints  copied before the update on each rollout (an older rl_gpt; a run's last update is missing)"]
 
 
+def _collection_lines(spec: dict, root: Path) -> list[str]:
+    """How the runs were trained and checkpointed, from the spec's ``collect`` and ``task`` sections."""
+    collect, task = spec.get("collect"), spec.get("task")
+    if not isinstance(collect, dict) or not isinstance(task, dict):  # written by another tool: nothing to say
+        return []
+    hyper = task.get("hyperparams") or {}
+    every = collect.get("checkpoint_every", "?")
+    if task.get("kind") == "supervised":
+        optimiser = f"{hyper['optimizer']} " if isinstance(hyper.get("optimizer"), str) else ""
+        length = f"{hyper.get('steps', '?')} {optimiser}steps (batch {hyper.get('batch_size', '?')}) per run"
+        every = f"{every} steps"
+    else:
+        length = f"{collect.get('timesteps', '?')} timesteps per run ({task.get('n_envs', '?')} envs)"
+        every = f"{every} timesteps"
+    episodes = f"; each evaluated on {collect['eval_episodes']} episodes" if collect.get("eval_episodes") else ""
+    lines = [f"collected    {length}, a checkpoint every {every}{episodes}"]
+    sampled = collect.get("sample_hyperparams") or {}
+    if isinstance(sampled, dict) and sampled:
+        lines.append(f"sampled      per run, log-uniformly: {', '.join(f'{k} in {v}' for k, v in sampled.items())}")
+    if (root / "config.yaml").is_file():
+        lines.append(f"config       {root / 'config.yaml'} (every setting of the last collect; --spec: spec.json)")
+    return lines
+
+
 def describe(root: str | Path, show_spec: bool = False) -> str:
     ds = CheckpointDataset(root)
     spec, data = ds.spec, ds.data
@@ -57,6 +81,7 @@ def describe(root: str | Path, show_spec: bool = False) -> str:
         f"task         {task['name']} ({spec.get('env_id', '')}, {spec.get('algo', '')})",
         f"metric       {spec['metric']['name']} ({direction} is better)",
         f"runs         {len(slices)}",
+        *_collection_lines(spec, Path(root).resolve()),
         f"checkpoints  {len(ds)} ({int((~valid).sum())} invalid: NaN/inf/exploding or unevaluated)",
         f"parameters   {ds.layout.numel} per checkpoint ({shapes})",
         f"hidden units {dict(ds.layout.groups)}",
