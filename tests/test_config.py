@@ -492,6 +492,16 @@ def test_a_whole_section_set_empty_on_the_command_line_is_refused(override):
         load_config("digits", [override])
 
 
+def test_a_config_path_may_leave_out_its_yaml_suffix_as_extends_does(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "my.yaml").write_text("extends: digits\ncollect: {runs: 7}\n")
+    (tmp_path / "digits.yaml").write_text("collect: {runs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("sub/my").collect.runs == 7
+    assert load_config("./digits").collect.runs == 3  # ./NAME is a path
+    assert load_config("digits").collect.runs == 512  # a bare name is the preset's, not a file in this folder
+
+
 def test_extends_names_a_file_beside_it_without_its_yaml_suffix(tmp_path):
     """A copied presets folder: mnist.yaml says ``extends: digits`` for the digits.yaml beside it."""
     (tmp_path / "base.yaml").write_text("task: {env_id: CartPole-v1}\ncollect: {runs: 7}\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import typing
 import warnings
 from pathlib import Path
@@ -109,6 +110,9 @@ def find_preset(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
+    # a path without its suffix (sub/my), as extends: takes it; a bare name stays a preset's, not a local file's
+    if ("/" in name_or_path or os.sep in name_or_path) and path.with_name(f"{path.name}.yaml").is_file():
+        return path.with_name(f"{path.name}.yaml")
     for candidate in (PRESETS / f"{name_or_path}.yaml", PRESETS / name_or_path):
         if candidate.is_file():
             return candidate
