@@ -773,3 +773,55 @@ def test_versions_name_the_commit_of_the_rl_gpt_that_ran(tmp_path):
     if (checkout / ".git").exists():
         ran = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True)
         assert versions["rl_gpt_commit"] == ran.stdout.strip()
+
+
+_SMALL_PPO = [
+    *("task.n_envs=2", "task.hyperparams.n_steps=16", "task.hyperparams.batch_size=32", "task.hyperparams.n_epochs=4"),
+    *("collect.timesteps=512", "collect.checkpoint_every=128", "collect.eval_episodes=2"),
+]
+
+
+def test_a_discrete_ppo_run_trains_without_distribution_checks_and_the_same_numbers(monkeypatch):
+    """torch.distributions' argument checks cost ~5 % of a CartPole run and compute nothing it uses: they are off
+    while a Discrete PPO run trains (restored after), kept for Gaussian heads, and the rows are bit for bit
+    those of a run with them on."""
+    from torch.distributions import Distribution
+
+    from rl_gpt.collect import sb3_run
+    from rl_gpt.config import load_config
+
+    cfg = load_config("cartpole", _SMALL_PPO)
+    before = Distribution._validate_args
+    seen = []
+    sb3_learn = PPO.learn
+
+    def learn(self, *args, **kwargs):
+        seen.append(Distribution._validate_args)
+        return sb3_learn(self, *args, **kwargs)
+
+    monkeypatch.setattr(PPO, "learn", learn)
+    fast = sb3_run.train_rl_run(cfg, 1)
+    assert seen == [False] and Distribution._validate_args == before
+
+    @contextlib.contextmanager
+    def checked(model):
+        yield False
+
+    monkeypatch.setattr(sb3_run, "_unchecked_distributions", checked)
+    slow = sb3_run.train_rl_run(cfg, 1)
+    assert seen == [False, before]
+    assert fast.rows.keys() == slow.rows.keys()
+    for key in fast.rows.keys() - {"wall_time"}:
+        assert torch.equal(fast.rows[key].nan_to_num(-1.0), slow.rows[key].nan_to_num(-1.0)), key
+    with sb3_run._unchecked_distributions(sb3_run.build_model(load_config("pendulum").task, seed=0)) as unchecked:
+        assert not unchecked and Distribution._validate_args == before  # a Gaussian head keeps its checks
+
+
+def test_a_diverged_discrete_ppo_run_still_fails():
+    """Without the distribution checks, a run whose weights turn NaN is refused by its callback before they act."""
+    from rl_gpt.collect.sb3_run import train_rl_run
+    from rl_gpt.config import load_config
+
+    blow_up = ["task.hyperparams.learning_rate=1e30", "task.hyperparams.max_grad_norm=1e20"]
+    with pytest.raises(ValueError, match="PPO training diverged: the policy has non-finite"):
+        train_rl_run(load_config("cartpole", [*_SMALL_PPO, *blow_up]), 0)

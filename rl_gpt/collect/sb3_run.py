@@ -14,6 +14,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecNormalize
+from torch.distributions import Distribution
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
 from rl_gpt.env_modules import EnvModuleError, import_env_module
@@ -320,9 +322,10 @@ class _Snapshots(BaseCallback):
     rollout starts instead (PPO and SAC both train between rollouts), and once more when learning ends.
     """
 
-    def __init__(self, layout: Layout, every: int, start: float):
+    def __init__(self, layout: Layout, every: int, start: float, check_finite: bool = False):
         super().__init__()
         self.layout, self.every, self.start = layout, every, start
+        self.check_finite = check_finite  # see _unchecked_distributions
         self.next = every
         self.items: list[dict[str, Any]] = []
 
@@ -334,7 +337,16 @@ class _Snapshots(BaseCallback):
             item["obs_var"] = torch.as_tensor(env.obs_rms.var, dtype=torch.float32)
         self.items.append(item)
 
+    def check_weights(self) -> None:
+        """With ``check_finite``: refuse a policy with a NaN/inf weight (see :func:`_unchecked_distributions`)."""
+        if self.check_finite and not all(bool(torch.isfinite(p).all()) for p in self.model.policy.parameters()):
+            raise ValueError(
+                f"{type(self.model).__name__} training diverged: the policy has non-finite (NaN/inf) weights after "
+                f"{self.model.num_timesteps} environment steps; lower task.hyperparams.learning_rate or max_grad_norm"
+            )
+
     def _on_rollout_start(self) -> None:
+        self.check_weights()
         step = self.model.num_timesteps
         if step >= self.next:
             self.snapshot(self.model, step)
@@ -345,8 +357,32 @@ class _Snapshots(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
+        self.check_weights()
         if not self.items or self.items[-1]["step"] != self.model.num_timesteps:
             self.snapshot(self.model, self.model.num_timesteps)
+
+
+@contextlib.contextmanager
+def _unchecked_distributions(model: BaseAlgorithm) -> Iterator[bool]:
+    """Turn off torch.distributions' argument checks while a PPO run on Discrete actions trains; yields
+    whether they are off (the run's callback then checks the weights instead).
+
+    SB3 builds a Categorical for every rollout step and minibatch, and the checks (that logits are not NaN,
+    that actions lie in the support) took about 5 % of a CartPole run; they compute nothing the run uses,
+    and torch turns them off itself under ``python -O``. A diverged run still fails: its NaN weights are
+    refused at the next rollout's start or at the end (:class:`_Snapshots`), before they act or are stored,
+    where the checks refused them at the next minibatch. Gaussian heads keep the checks: there NaN actions
+    would step the environment and the run would end normally.
+    """
+    if not (isinstance(model, PPO) and isinstance(model.action_space, gym.spaces.Discrete)):
+        yield False
+        return
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield True
+    finally:
+        Distribution.set_default_validate_args(before)
 
 
 def _sane(params: torch.Tensor, limit: float) -> torch.Tensor:
@@ -367,7 +403,9 @@ def train_rl_run(cfg: ExperimentConfig, run: int) -> RunResult:
     policy_spec = _policy_spec(model, cfg.task, folded)
     snaps = _Snapshots(layout, cfg.collect.checkpoint_every, start)
     snaps.snapshot(model, 0)
-    model.learn(total_timesteps=cfg.collect.timesteps, callback=snaps)
+    with _unchecked_distributions(model) as unchecked:
+        snaps.check_finite = unchecked
+        model.learn(total_timesteps=cfg.collect.timesteps, callback=snaps)
     train_time = time.time() - start
 
     rows: dict[str, torch.Tensor] = {
