@@ -655,3 +655,14 @@ def test_an_omegaconf_interpolation_is_refused_not_taken_as_text(tmp_path, text,
     config.write_text(text)
     with pytest.raises(ConfigError, match=said + r".*not interpolate"):
         load_config(config, overrides, command="collect")
+
+
+@pytest.mark.parametrize("given", ["./", "/", "sub/"])
+def test_a_folder_given_for_a_config_is_no_preset_not_a_crash(tmp_path, monkeypatch, given):
+    """`rl-gpt collect ./` crashed with ValueError ('.' has an empty name) once a path could leave out .yaml,
+    and `sub/` read sub.yaml beside the folder."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub.yaml").write_text("collect: {runs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no config file or preset"):
+        load_config(given)

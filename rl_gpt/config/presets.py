@@ -111,7 +111,9 @@ def find_preset(name_or_path: str) -> Path:
     if path.is_file():
         return path
     # a path without its suffix (sub/my), as extends: takes it; a bare name stays a preset's, not a local file's
-    if ("/" in name_or_path or os.sep in name_or_path) and path.with_name(f"{path.name}.yaml").is_file():
+    # (not a folder's: `./`, `/` or `sub/` name no file, and `sub/` must not find sub.yaml)
+    folder = name_or_path.endswith(("/", os.sep)) or not path.name
+    if ("/" in name_or_path or os.sep in name_or_path) and not folder and path.with_name(f"{path.name}.yaml").is_file():
         return path.with_name(f"{path.name}.yaml")
     for candidate in (PRESETS / f"{name_or_path}.yaml", PRESETS / name_or_path):
         if candidate.is_file():
