@@ -193,6 +193,18 @@ def test_a_key_given_twice_in_one_section_of_a_file_is_refused_with_its_line(tmp
     assert parse_yaml("a: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n")["c"] == {"x": 3, "y": 2}
 
 
+def test_an_anchored_section_that_overrides_its_merge_key_is_no_key_given_twice():
+    """An anchored mapping with `<<: *a` and a key of a's, merged into a shallower section before it is built
+    itself, was refused as naming that key twice: the merge had already put a's pairs into its own."""
+    from rl_gpt.config.presets import parse_yaml
+
+    text = "defaults: &a {lr: 1.0}\ntask:\n  hyperparams: &b\n    <<: *a\n    lr: 2.0\ntrain:\n  <<: *b\n  steps: 3\n"
+    assert parse_yaml(text) == yaml.safe_load(text)
+    assert parse_yaml(text)["task"]["hyperparams"] == {"lr": 2.0} and parse_yaml(text)["train"]["steps"] == 3
+    with pytest.raises(yaml.YAMLError, match="'lr' is given twice"):  # still refused where it is given twice
+        parse_yaml(text.replace("    lr: 2.0\n", "    lr: 2.0\n    lr: 3.0\n"))
+
+
 def test_aliases_that_repeat_too_much_are_refused_before_they_expand(tmp_path, capsys):
     """Nine short lines of nested aliases stand for 10^9 values; the config checks would walk them all."""
     lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]

@@ -50,6 +50,7 @@ class _PlainLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._aliased = 0  # values the aliases so far stand for
         self._sizes: dict[int, int] = {}  # each anchored node's, counted once
+        self._checked: set[int] = set()  # mapping nodes checked for a key given twice (flatten_mapping)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -67,11 +68,16 @@ class _PlainLoader(yaml.SafeLoader):
                     )
         return super().compose_node(parent, index)
 
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+    def flatten_mapping(self, node: Any) -> None:
         """A mapping that names a key twice is refused: YAML keeps the last silently, so ``steps: 3`` and a
         later ``steps: 5`` in one section trained 5 steps without a word (OmegaConf refuses it too). Keys a
-        merge key (``<<: *base``) brings in may still be set again, as YAML means them to be."""
-        if isinstance(node, yaml.MappingNode):
+        merge key (``<<: *base``) brings in may still be set again, as YAML means them to be.
+
+        Checked here, once per node, before the node is flattened: flattening puts a merge key's pairs into
+        the node's own, so an anchored mapping flattened as another's merge source before it is built
+        itself would otherwise read as naming the keys it overrides twice."""
+        if isinstance(node, yaml.MappingNode) and id(node) not in self._checked:
+            self._checked.add(id(node))
             seen: set[Any] = set()
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
@@ -86,7 +92,7 @@ class _PlainLoader(yaml.SafeLoader):
                     )
                 if isinstance(key, typing.Hashable):
                     seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+        super().flatten_mapping(node)
 
 
 def parse_yaml(text: str) -> Any:
