@@ -678,3 +678,10 @@ def test_a_folder_given_for_a_config_is_no_preset_not_a_crash(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="no config file or preset"):
         load_config(given)
+
+
+def test_a_key_given_twice_in_a_mapping_on_the_command_line_is_said_so():
+    """Since a key given twice is refused, `task.hyperparams={steps: 3, steps: 5}` fell back to text and was
+    refused as "expected a mapping, got '{steps: 3, steps: 5}'", which it is."""
+    with pytest.raises(ConfigError, match=r"^task.hyperparams=\{steps: 3, steps: 5\}: 'steps' is given twice"):
+        load_config("digits", ["task.hyperparams={steps: 3, steps: 5}"])

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from .checks import build
-from .presets import parse_yaml, read_preset, warn_if_env_outgrows_task
+from .presets import DuplicateKeyError, parse_yaml, read_preset, warn_if_env_outgrows_task
 from .schema import ALIASES, WANDB_MODE_ALIASES, ConfigError, ExperimentConfig, TaskConfig
 
 
@@ -50,6 +50,8 @@ def load_config(
             raise ConfigError(_unknown_short_name(key, aliases))
         try:
             value = parse_yaml(raw) if raw else ""
+        except DuplicateKeyError as exc:  # not text: the mapping it is would keep the last silently
+            raise ConfigError(f"{key}={raw}: {exc.problem}") from None
         except yaml.YAMLError:
             value = raw
         quoted = raw.lstrip().startswith(("'", '"', "[", "{"))  # YAML's own way to keep a '#': read as YAML

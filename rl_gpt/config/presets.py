@@ -40,6 +40,10 @@ def _values_in(node: yaml.Node, sizes: dict[int, int]) -> int:
     return sizes[id(node)]
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names a key twice (:meth:`_PlainLoader.flatten_mapping`)."""
+
+
 class _PlainLoader(yaml.SafeLoader):
     """``yaml.safe_load`` that refuses a file whose aliases repeat more than ``_MOST_ALIASED_VALUES``
     values: nine lines of nested ``*a`` aliases ("a billion laughs") stand for billions of values once
@@ -84,7 +88,7 @@ class _PlainLoader(yaml.SafeLoader):
                     continue
                 key = self.construct_object(key_node, deep=True)
                 if isinstance(key, typing.Hashable) and key in seen:
-                    raise yaml.constructor.ConstructorError(
+                    raise DuplicateKeyError(
                         "while reading a mapping",
                         node.start_mark,
                         f"{key!r} is given twice in one section (YAML would keep the last silently); keep one",
