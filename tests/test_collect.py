@@ -627,6 +627,10 @@ def test_info_says_how_supervised_runs_were_trained_and_what_was_sampled(tmp_pat
         "sampled      per run, log-uniformly: lr in [0.01, 0.3]",
     ]
     assert _collection_lines({"format": "another tool's"}, tmp_path) == []
+    # an older supervised spec kept the RL-only collect settings: a classifier is evaluated on no episodes
+    older = {**spec, "collect": {**spec["collect"], "eval_episodes": 64, "timesteps": 32768}}
+    said = _collection_lines(older, tmp_path)[0]
+    assert said == "collected    500 sgd steps (batch 128) per run, a checkpoint every 10 steps"
 
 
 def test_collection_leaves_no_sb3_log_folder(tmp_path, monkeypatch):

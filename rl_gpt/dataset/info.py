@@ -56,7 +56,9 @@ def _collection_lines(spec: dict, root: Path) -> list[str]:
     else:
         length = f"{collect.get('timesteps', '?')} timesteps per run ({task.get('n_envs', '?')} envs)"
         every = f"{every} timesteps"
-    episodes = f"; each evaluated on {collect['eval_episodes']} episodes" if collect.get("eval_episodes") else ""
+    # a supervised spec written before dd82534 still holds the RL-only eval_episodes: a classifier has no episodes
+    rl = task.get("kind") != "supervised"
+    episodes = f"; each evaluated on {collect['eval_episodes']} episodes" if rl and collect.get("eval_episodes") else ""
     lines = [f"collected    {length}, a checkpoint every {every}{episodes}"]
     sampled = collect.get("sample_hyperparams") or {}
     if isinstance(sampled, dict) and sampled:
