@@ -85,7 +85,7 @@ def _demo_epilog() -> str:
     return (
         "--out DIR is the folder it writes DIR/dataset, DIR/model and DIR/report.json to, and resumes. Settings are "
         "key=value overrides of the config (the embedded default, --task's preset or the config file): a dotted "
-        f"name (train.lr=3e-4, task.hyperparams.steps=200, sweep.rerank=1) or a short name ({short})."
+        f"name (train.lr=3e-4, task.hyperparams.n_epochs=10, sweep.rerank=1) or a short name ({short})."
     )
 
 

@@ -74,3 +74,16 @@ def test_the_demo_refuses_its_folder_given_twice(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "a"), f"out={tmp_path / 'b'}", *QUIET]) == 2
     assert f"--out {tmp_path / 'a'} or out={tmp_path / 'b'}, not both" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_demos_help_names_hyperparameters_the_default_demo_has():
+    """Its example task.hyperparams.steps=200 is the digits classifier's: the embedded CartPole demo's PPO
+    refuses it ("PPO takes no steps")."""
+    import re
+
+    from rl_gpt.cli_parser import build_parser
+    from rl_gpt.config import TaskConfig
+
+    text = " ".join(build_parser().commands["demo"].format_help().split())
+    named = re.findall(r"task\.hyperparams\.(\w+)=", text)
+    assert named and all(key in TaskConfig().hyperparams for key in named), named
