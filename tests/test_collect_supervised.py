@@ -521,6 +521,33 @@ def test_the_collection_log_records_each_runs_final_metric_and_curve(tmp_path, m
     assert "interrupted:" not in said_by_finish[0] and "interrupted: 0 runs are stored" in capsys.readouterr().err
 
 
+def test_a_collection_log_that_fails_to_finish_does_not_hide_what_is_stored(tmp_path, monkeypatch, capsys):
+    """Finishing the W&B run before the "interrupted: N runs are stored" line (4b73401) let W&B's error there
+    replace that line and the interrupt."""
+    import rl_gpt.wandb_run
+
+    class Failing:
+        def log(self, data: dict, step: int | None = None) -> None:
+            pass
+
+        def finish(self, exit_code: int = 0) -> None:
+            raise RuntimeError("W&B: the upload failed")
+
+    monkeypatch.setattr(rl_gpt.wandb_run, "start_run", lambda *args, **kwargs: Failing())
+    monkeypatch.setattr("wandb.plot.line_series", lambda **kw: kw)
+
+    def stopped(cfg, run):
+        raise KeyboardInterrupt
+
+    from rl_gpt.collect import collect
+    from rl_gpt.config import load_config
+
+    with pytest.raises(KeyboardInterrupt):
+        overrides = [f"out={tmp_path / 'stopped'}", *TINY[2:], "runs=2", "workers=1"]
+        collect(load_config("digits", overrides, command="collect"), stopped)
+    assert "interrupted: 0 runs are stored" in capsys.readouterr().err
+
+
 def test_training_and_sweeps_log_the_task_and_collection_their_dataset_was_collected_with(tmp_path):
     """The preset says 512 runs of 500 steps; this dataset holds 2 of 60: W&B filters must find the latter."""
     from rl_gpt.config import load_config, to_dict

@@ -404,3 +404,35 @@ def test_wandb_runs_finish_before_the_line_that_says_what_to_do(experiment, tmp_
     last = "interrupted at step 2" if stop == "ctrl_c" else "No space left on device"
     assert last not in run.said_before and last in said_after
     assert run.exit_codes == [1] and wandb_run._started == []
+
+
+def test_a_wandb_run_that_fails_to_finish_does_not_hide_the_interrupted_line(experiment, tmp_path, monkeypatch, capfd):
+    """Finishing the W&B run before the line that says what to do (4b73401) let W&B's error there replace that
+    line and the interrupt (rl-gpt train: error: ..., exit 1): the command's own finish guards against it."""
+    import rl_gpt.train.loop as loop
+    import rl_gpt.wandb_run as wandb_run
+
+    out = tmp_path / "broken_wandb"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    run = _WandbRunStandIn(capfd)
+
+    def failing_finish(exit_code: int = 0) -> None:
+        raise RuntimeError("W&B: the upload failed")
+
+    run.finish = failing_finish
+
+    def opened(cfg, processes, resume):
+        wandb_run._started.append(run)
+        return run
+
+    def stopped(step, cfg):
+        if step == 2:
+            raise KeyboardInterrupt
+        return cfg.lr
+
+    monkeypatch.setattr(loop, "_wandb_init", opened)
+    monkeypatch.setattr(loop, "lr_at", stopped)
+    code = main(["train", "cartpole", f"out={out}", "steps=5", *TINY_MODEL, "train.final_probe=false"])
+    said = "".join(capfd.readouterr())
+    assert code == 130 and "interrupted at step 2" in said and "upload failed" not in said
+    assert wandb_run._started == []

@@ -327,7 +327,9 @@ def _collect_into(
             bar.close()
             writer.consolidate()
             if log is not None:  # W&B's closing lines before ours, not after
-                log.finish(failed=True)
+                with contextlib.suppress(Exception):  # W&B's trouble must not hide what is stored (main finishes it)
+                    log.finish(failed=True)
+                log = None  # not finished again below
             print(
                 f"\ninterrupted: {len(writer.completed_runs())} runs are stored in {root}; "
                 "run the same command again to resume",

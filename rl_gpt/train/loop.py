@@ -418,7 +418,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             checkpoint(plot=False)  # stopping: the state and the model only
             bar.close()
             if run is not None:  # W&B's closing lines before ours, not after
-                run.finish(exit_code=1)
+                with contextlib.suppress(Exception):  # W&B's trouble must not hide the line (main finishes it)
+                    run.finish(exit_code=1)
             if main_proc:
                 print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
             said_what_was_kept(stop)
@@ -431,7 +432,8 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
             _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress, step)
         except KeyboardInterrupt as stop:
             if run is not None:  # W&B's closing lines before ours, not after
-                run.finish(exit_code=1)
+                with contextlib.suppress(Exception):  # W&B's trouble must not hide the line (main finishes it)
+                    run.finish(exit_code=1)
             print(
                 f"\ninterrupted while measuring prompt alignment: the model in {out} is saved and whole, without "
                 "alignment.json; run the same command again to measure it",
