@@ -146,6 +146,24 @@ def test_a_run_resumed_on_another_collection_is_refused(experiment, tmp_path, ca
     assert main([*args, "steps=6", f"dataset={moved}"]) == 0
 
 
+def test_a_run_whose_dataset_was_collected_again_in_its_folder_is_not_told_to_pass_that_folder(
+    experiment, tmp_path, capsys
+):
+    """The refusal said "pass dataset=DIR to go on with that run" with DIR the very folder given, which now holds
+    the other collection."""
+    out = tmp_path / "again"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    args = ["train", "cartpole", f"out={out}", *TINY_MODEL, *QUIET]
+    assert main([*args, "steps=4"]) == 0
+    spec = json.loads((out / "dataset" / "spec.json").read_text())
+    spec["collect"]["seed"] = 7  # deleted and collected again with seed=7 into the same folder
+    (out / "dataset" / "spec.json").write_text(json.dumps(spec))
+    capsys.readouterr()
+    assert main([*args, "steps=6"]) == 2
+    err = capsys.readouterr().err
+    assert "collect.seed: 0 -> 7" in err and "pass dataset=" not in err and "no longer there" in err
+
+
 def test_a_run_of_two_processes_goes_on_in_one_only_with_the_same_pairs_per_step(experiment, tmp_path, capsys):
     out = tmp_path / "fewer"
     shutil.copytree(experiment / "dataset", out / "dataset")

@@ -92,6 +92,8 @@ def check_tasks(cfg: ExperimentConfig, ds: CheckpointDataset, out: Path, resume:
         if changed:  # another collection's runs would go on training it, under the first one's split and normaliser
             began = read_model_info(out).get("meta", {}).get("dataset")
             keep = f"pass dataset={began} to go on with that run, " if isinstance(began, str) else ""
+            if isinstance(began, str) and Path(began).resolve() == Path(cfg.dataset_dir).resolve():
+                keep = "its collection is no longer there (collected again in that folder); "  # not the fix
             raise ConfigError(
                 f"{out} holds a run started on a dataset collected otherwise than {cfg.dataset_dir} "
                 f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); {keep}train again with "
