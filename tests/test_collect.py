@@ -627,6 +627,8 @@ def test_info_says_how_supervised_runs_were_trained_and_what_was_sampled(tmp_pat
         "sampled      per run, log-uniformly: lr in [0.01, 0.3]",
     ]
     assert _collection_lines({"format": "another tool's"}, tmp_path) == []
+    odd = {"task": {"kind": "supervised", "hyperparams": "sgd"}, "collect": {"checkpoint_every": 5}}
+    assert _collection_lines(odd, tmp_path) == ["collected    ? steps (batch ?) per run, a checkpoint every 5 steps"]
     # an older supervised spec kept the RL-only collect settings: a classifier is evaluated on no episodes
     older = {**spec, "collect": {**spec["collect"], "eval_episodes": 64, "timesteps": 32768}}
     said = _collection_lines(older, tmp_path)[0]

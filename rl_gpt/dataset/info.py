@@ -47,7 +47,7 @@ def _collection_lines(spec: dict, root: Path) -> list[str]:
     collect, task = spec.get("collect"), spec.get("task")
     if not isinstance(collect, dict) or not isinstance(task, dict):  # written by another tool: nothing to say
         return []
-    hyper = task.get("hyperparams") or {}
+    hyper = task.get("hyperparams") if isinstance(task.get("hyperparams"), dict) else {}
     every = collect.get("checkpoint_every", "?")
     if task.get("kind") == "supervised":
         optimiser = f"{hyper['optimizer']} " if isinstance(hyper.get("optimizer"), str) else ""
