@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -612,3 +613,24 @@ def test_a_sampled_batch_size_is_a_whole_number_in_its_range():
         "digits", ["task.hyperparams.weight_decay=0", "collect.sample_hyperparams={weight_decay: [1e-5, 1e-3]}"]
     )
     assert all(1e-5 <= resolve_hyperparams(decay, run)["weight_decay"] <= 1e-3 for run in range(5))  # given as 0
+
+
+def test_a_collection_resumed_with_other_software_keeps_the_earlier_versions(tmp_path, monkeypatch):
+    import rl_gpt.collect.supervised_run as supervised_run
+
+    installed = supervised_run.describe_versions()
+    assert _collect(tmp_path, "runs=2", "workers=1") == 0
+    upgraded = dict(installed, torch="9.9.9")
+    monkeypatch.setattr(supervised_run, "describe_versions", lambda: upgraded)
+    with pytest.warns(UserWarning, match=r"holds 2 runs collected with other software \(torch .* -> 9\.9\.9\)"):
+        assert _collect(tmp_path, "runs=3", "workers=1") == 0
+    _, spec = _load(tmp_path)
+    assert spec["versions"] == upgraded and spec["earlier_versions"] == [{"runs_stored": 2, "versions": installed}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same software again: nothing to say or record
+        assert _collect(tmp_path, "runs=3", "workers=1") == 0
+        monkeypatch.setattr(supervised_run, "describe_versions", lambda: dict(upgraded, rl_gpt_commit="f" * 40))
+        assert _collect(tmp_path, "runs=4", "workers=1") == 0  # another commit is recorded, not warned of
+    _, spec = _load(tmp_path)
+    assert [e["runs_stored"] for e in spec["earlier_versions"]] == [2, 3]
+    assert spec["earlier_versions"][1]["versions"] == upgraded and spec["versions"]["rl_gpt_commit"] == "f" * 40

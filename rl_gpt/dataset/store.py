@@ -239,6 +239,33 @@ def collected_otherwise(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[
     return changed
 
 
+def _with_earlier_versions(old: Mapping[str, Any], spec: dict[str, Any], stored: int, root: Path) -> dict[str, Any]:
+    """``spec`` keeping the software the ``stored`` runs were collected with, where it differs from now's.
+
+    ``earlier_versions`` lists, oldest first, ``{"runs_stored": N, "versions": {...}}``: the first N runs were
+    collected with those versions (or an earlier entry's); ``versions`` is the software of the runs after the
+    last entry. A library changed between sessions trains the runs added now to other bits than it would
+    have, so that is said once, as a warning; a changed ``rl_gpt_commit`` alone is only recorded.
+    """
+    history = [e for e in old.get("earlier_versions") or [] if isinstance(e, dict)]
+    if history and history[-1].get("runs_stored") == stored:  # no run was stored under old["versions"]
+        used = history.pop().get("versions")  # the last stored runs' software
+    else:
+        used = old.get("versions")
+    now = spec.get("versions")
+    if stored and isinstance(used, dict) and isinstance(now, dict) and used != now:
+        history.append({"runs_stored": stored, "versions": used})
+        libraries = [k for k in sorted(used.keys() | now.keys()) if k != "rl_gpt_commit" and used.get(k) != now.get(k)]
+        if libraries:
+            changed = ", ".join(f"{k} {used.get(k, '-')} -> {now.get(k, '-')}" for k in libraries[:4])
+            warnings.warn(
+                f"{root} holds {stored} runs collected with other software ({changed}); runs added from now on "
+                "use the installed versions (spec.json keeps the earlier ones under earlier_versions)",
+                stacklevel=3,
+            )
+    return dict(spec, earlier_versions=history) if history else spec
+
+
 def _differences(before: Any, after: Any, name: str) -> list[str]:
     """``name.key: stored -> new`` for each leaf that differs between two spec sections."""
     if isinstance(before, Mapping) and isinstance(after, Mapping):
@@ -294,6 +321,7 @@ class DatasetWriter:
                     "alike (only collect.runs and how they are executed may change): use those values, or "
                     f"another {option} directory"
                 )
+            spec = _with_earlier_versions(old, spec, len(self.completed_runs()), self.root)
         atomic_write_json(spec_path, spec)
         self.spec = spec
         self.layout = Layout.from_dict(spec["layout"])
