@@ -178,10 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model directory written by `rl-gpt train`")
     p.add_argument(
         "--target-return",
+        "--target",
+        dest="target_return",
+        metavar="TARGET",
         type=_finite,
         nargs="+",
         required=True,
-        help="the prompted return (or test loss/error); several values sweep them from the same start",
+        help="the prompted return, or for a classifier task the test loss/error (--target says either); several "
+        "values sweep them from the same start",
     )
     start = p.add_mutually_exclusive_group()
     start.add_argument(

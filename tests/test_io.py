@@ -131,6 +131,14 @@ def test_top_level_help_works(capsys) -> None:
     assert "presets" in out and "digits_full" in out  # what a config argument may name
 
 
+def test_generate_takes_target_as_the_name_for_any_metric() -> None:
+    from rl_gpt.cli_parser import build_parser
+
+    for flag in ("--target", "--target-return"):
+        args = build_parser().parse_args(["generate", "--model", "m", flag, "0.2", "0.5", "--out", "o"])
+        assert args.target_return == [0.2, 0.5]
+
+
 def test_version_says_which_rl_gpt_runs(capsys) -> None:
     import rl_gpt
 

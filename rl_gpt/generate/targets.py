@@ -15,7 +15,7 @@ def read_targets(target: float | Sequence[float]) -> list[float]:
     """One target or several as a list of distinct floats, in the order given; refuses none or a non-finite one."""
     targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
     if not targets:
-        raise ValueError("no target given: pass one or more values to --target-return")
+        raise ValueError("no target given: pass one or more values to --target-return (or --target)")
     if not all(math.isfinite(t) for t in targets):
         raise ValueError(f"targets must be finite numbers, got {', '.join(f'{t:g}' for t in targets)}")
     return targets
