@@ -361,3 +361,14 @@ def test_an_edited_generated_json_cannot_make_generate_delete_elsewhere(experime
     start = out / "policy_002.zip"
     assert main([*args, "--from", str(start), "--out", str(out)]) == 0
     assert start.is_file() and not (out / "policy_001.zip").exists()
+
+
+def test_targets_given_in_python_are_read_as_numbers_never_as_characters():
+    from rl_gpt.generate.targets import read_targets
+
+    with pytest.raises(TypeError, match="a number or a sequence of numbers"):
+        read_targets("500")  # would iterate its characters: targets 5 and 0
+    assert read_targets(np.float32(300)) == [300.0]  # a numpy scalar is one target, not an iterable
+    assert read_targets(torch.tensor(250.0)) == [250.0]
+    assert read_targets(torch.tensor([100.0, 400.0])) == [100.0, 400.0]
+    assert read_targets(np.array([0.3, 1.0], dtype=np.float32)) == pytest.approx([0.3, 1.0])

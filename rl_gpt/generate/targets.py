@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -12,8 +13,14 @@ __all__ = ["check_fraction_targets", "read_targets", "warn_outside_training_rang
 
 
 def read_targets(target: float | Sequence[float]) -> list[float]:
-    """One target or several as a list of distinct floats, in the order given; refuses none or a non-finite one."""
-    targets = list(dict.fromkeys(float(t) for t in ([target] if isinstance(target, (int, float)) else target)))
+    """One target or several as a list of distinct floats, in the order given; refuses none or a non-finite one.
+    A scalar (a Python, numpy or 0-d torch number) is one target; a string is refused, not read character by
+    character ("500" would be targets 5 and 0)."""
+    if isinstance(target, (str, bytes)):
+        raise TypeError(f"target {target!r} is text: pass a number or a sequence of numbers (e.g. 500 or [100, 500])")
+    if isinstance(target, numbers.Real) or getattr(target, "ndim", None) == 0:
+        target = [target]  # type: ignore[list-item]
+    targets = list(dict.fromkeys(float(t) for t in target))
     if not targets:
         raise ValueError("no target given: pass one or more values to --target-return (or --target)")
     if not all(math.isfinite(t) for t in targets):
