@@ -119,3 +119,10 @@ def test_a_classifier_with_nan_weights_is_refused(tmp_path, capsys):
         read_classifier_file(path)
     assert main(["evaluate", str(path)]) == 2  # was: "test loss nan, test error nan%"
     assert "NaN or infinite" in capsys.readouterr().err
+
+
+def test_a_batch_of_classifiers_is_not_exported_as_one_file(tmp_path):
+    batch = torch.stack([_network(), _network()])  # (2, D): unflatten would write tensors of shape (2, ...)
+    with pytest.raises(ValueError, match=r"one network \(760,\).*one file per network"):
+        _export_digits(batch, tmp_path / "c.safetensors")
+    assert not list(tmp_path.iterdir())

@@ -372,3 +372,22 @@ def test_targets_given_in_python_are_read_as_numbers_never_as_characters():
     assert read_targets(torch.tensor(250.0)) == [250.0]
     assert read_targets(torch.tensor([100.0, 400.0])) == [100.0, 400.0]
     assert read_targets(np.array([0.3, 1.0], dtype=np.float32)) == pytest.approx([0.3, 1.0])
+
+
+def test_an_sb3_export_of_a_batch_or_a_classifier_task_says_what_to_pass(tmp_path):
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.config import load_config
+    from rl_gpt.generate.export import export_sb3
+    from rl_gpt.sb3_policy import actor_layout, read_actor
+    from rl_gpt.supervised import classifier_layout
+
+    task = load_config("cartpole", [], command="generate").task
+    model = build_model(task, seed=0)
+    layout = actor_layout(model.policy, task.algo)
+    flat = read_actor(model.policy, layout)
+    with pytest.raises(ValueError, match=r"one network \(\d+,\).*one file per network"):
+        export_sb3(task, layout, torch.stack([flat, flat]), tmp_path / "policy.zip")  # was torch's size mismatch
+    digits = load_config("digits", [], command="generate").task
+    with pytest.raises(ValueError, match="export_safetensors"):  # was "unknown Gymnasium environment 'digits'"
+        export_sb3(digits, classifier_layout("digits_mlp"), torch.zeros(760), tmp_path / "c.zip")
+    assert not list(tmp_path.iterdir())
