@@ -391,3 +391,14 @@ def test_an_sb3_export_of_a_batch_or_a_classifier_task_says_what_to_pass(tmp_pat
     with pytest.raises(ValueError, match="export_safetensors"):  # was "unknown Gymnasium environment 'digits'"
         export_sb3(digits, classifier_layout("digits_mlp"), torch.zeros(760), tmp_path / "c.zip")
     assert not list(tmp_path.iterdir())
+
+
+def test_a_state_dict_given_as_the_start_says_to_flatten_it():
+    from rl_gpt.generate.start import start_tensor
+    from rl_gpt.supervised import build_classifier, classifier_layout
+
+    layout = classifier_layout("digits_mlp")
+    state = build_classifier("digits_mlp").state_dict()
+    with pytest.raises(ValueError, match=r"layout.flatten\(state_dict\)"):  # was torch's "Could not infer dtype"
+        start_tensor(state, layout)
+    assert torch.equal(start_tensor(layout.flatten(state), layout), layout.flatten(state))

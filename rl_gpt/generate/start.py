@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,11 @@ def _sb3_start(info: dict[str, Any], task: TaskConfig, from_zip: str) -> torch.T
 
 def start_tensor(start: Any, layout: Layout) -> torch.Tensor:
     """A network's weights given in memory (a tensor, a numpy array) as the flat float start θ (D,)."""
+    if isinstance(start, Mapping):
+        raise ValueError(
+            "start is a state dict: pass one flat network, layout.flatten(state_dict) (the layout of the "
+            "model's dataset, CheckpointDataset(...).layout), or a file"
+        )
     theta = torch.as_tensor(start).detach().cpu()
     if theta.shape != (layout.numel,):
         raise ValueError(
