@@ -367,6 +367,21 @@ def test_random_weights_get_a_low_return() -> None:
     assert torch.allclose(result.std, result.returns.std(1, correction=0))
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_policy_with_non_finite_weights_scores_nan_and_leaves_the_others_as_they_were(env_id: str) -> None:
+    """A generated network can hold NaN: its argmax over NaN logits used to act like a real policy and
+    score a plausible return (9.5 on CartPole), which a batch of generated policies would then average in."""
+    model = make_model("ppo", env_id, 0)
+    layout, spec, flat = actor_of(model, "ppo")
+    params = torch.stack([flat, flat.clone(), flat.clone()])
+    params[1, 3], params[2, -1] = float("nan"), float("inf")
+    result = evaluate_params(params, layout, spec, env_id, episodes=3, seed=4)
+    alone = evaluate_params(flat[None], layout, spec, env_id, episodes=3, seed=4)
+    assert torch.equal(result.returns[0], alone.returns[0])
+    assert result.returns[1:].isnan().all() and result.mean[1:].isnan().all() and result.std[1:].isnan().all()
+    assert (result.lengths[1:] == 0).all()
+
+
 def test_same_policy_sees_the_same_start_states() -> None:
     model = make_model("ppo", "CartPole-v1", 0)
     layout, spec, flat = actor_of(model, "ppo")

@@ -82,6 +82,8 @@ def evaluate_params(
     async_envs: bool = False,
 ) -> EvalResult:
     """Evaluate B flat actors (params (B, D), or one (D,)) for ``episodes`` episodes each on ``env_id``.
+    A policy with a non-finite (NaN/inf) weight is not rolled out as it is: its returns, mean and std are
+    NaN and its lengths 0.
 
     Episode ``e`` of every policy starts from the same state (drawn from ``seed``; on the Gymnasium
     fallback, ``reset(seed=seed + e)``). ``obs_mean``/``obs_var`` ((B, obs_dim) or (obs_dim,)) are
@@ -102,6 +104,9 @@ def evaluate_params(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     B, device = params.shape[0], torch.device(device)
+    finite = torch.isfinite(params).all(1)
+    if not finite.all():  # rolled out as zeros (no NaN reaches an environment), then scored NaN below
+        params = torch.where(finite[:, None], params, torch.zeros_like(params))
     policy = BatchedPolicy(layout, spec)
     if spec.normalize_obs:
         if obs_mean is None or obs_var is None:
@@ -137,6 +142,8 @@ def evaluate_params(
             else:
                 r, n = _rollout_gym(policy, w, env_id, episodes, deterministic, seed, noise, async_envs)
             returns[sl], lengths[sl] = r, n
+    finite = finite.cpu()
+    returns[~finite], lengths[~finite] = float("nan"), 0
     return EvalResult(returns.mean(1), returns.std(1, correction=0), returns, lengths)
 
 
