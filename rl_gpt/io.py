@@ -227,6 +227,8 @@ def write_then_rename(path: str | Path, write: Callable[[Path], object]) -> Path
     The temporary name is made afresh (``mkstemp``: never a file or link someone left there) and keeps
     ``path``'s suffix, from which matplotlib and SB3 take the format."""
     path = Path(path)
+    if not path.parent.is_dir():  # else mkstemp's error names the temporary file, not the folder
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(name)

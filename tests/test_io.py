@@ -104,6 +104,16 @@ def test_a_write_that_fails_after_opening_leaves_the_old_text(tmp_path: Path) ->
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_a_file_written_into_a_missing_folder_names_that_folder_not_a_temporary(tmp_path: Path) -> None:
+    from rl_gpt.io import atomic_save_safetensors
+
+    target = tmp_path / "nowhere" / "c.safetensors"
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist") as caught:
+        atomic_save_safetensors({"w": torch.zeros(2)}, target)  # was "No such file: .../.c.safetensors.x1y2.tmp..."
+    assert ".tmp" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_undefined_numbers_are_null_in_tuples_too(tmp_path: Path) -> None:
     atomic_write_json(tmp_path / "r.json", {"ci95": (float("nan"), 1.0), "runs": [(2, float("inf"))]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"ci95": [None, 1.0], "runs": [[2, None]]}
