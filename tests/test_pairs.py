@@ -118,3 +118,12 @@ def test_the_sampler_indexes_runs_in_the_order_given_and_leaves_out_runs_without
     assert s.run_pos.tolist() == [0, 0, 1, 1, 1, 2, 2]
     assert s.run_start.tolist() == [0, 2, 5] and s.run_count.tolist() == [2, 3, 2]
     assert s.run_first_row.tolist() == [10, 0, 8]
+
+
+def test_the_pair_sampler_is_part_of_the_dataset_packages_api():
+    """The package says it holds the pair sampling and the README uses ``rl_gpt.dataset.PairSampler``."""
+    import rl_gpt.dataset
+    from rl_gpt.dataset import pairs
+
+    for name in ("PairSampler", "Normalizer", "split_runs"):
+        assert name in rl_gpt.dataset.__all__ and getattr(rl_gpt.dataset, name) is getattr(pairs, name)

@@ -1,5 +1,6 @@
 """The checkpoint dataset: writer (atomic run append, resume), reader and pair sampling."""
 
+from rl_gpt.dataset.pairs import Normalizer, PairSampler, split_runs
 from rl_gpt.dataset.store import (
     FORMAT,
     CheckpointDataset,
@@ -15,7 +16,10 @@ __all__ = [
     "CheckpointDataset",
     "DatasetError",
     "DatasetWriter",
+    "Normalizer",
+    "PairSampler",
     "collected_otherwise",
     "read_spec",
+    "split_runs",
     "task_record",
 ]
