@@ -160,7 +160,9 @@ class PairSampler:
 
     θ' is drawn balanced over ``bins`` metric bins, so rare high (or low) returns are not drowned
     by the common ones; θ is the run's initialisation with probability ``init_fraction`` (what
-    the generator sees at test time), otherwise any valid checkpoint of the same run.
+    the generator sees at test time), otherwise any valid checkpoint of the same run, before or
+    after θ' (as in G.pt: the generator also learns updates toward a worse metric, which a prompt
+    below the start's asks for).
     """
 
     def __init__(
