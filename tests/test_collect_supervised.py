@@ -397,6 +397,8 @@ def test_supervised_metric_matches_a_per_model_loop():
         assert out["test_error"][i].item() == pytest.approx(error, abs=1e-6)
     assert torch.allclose(out["metric"], out["test_error"], equal_nan=True)  # the spec's metric is test_error
     assert supervised_metric(spec, params[:0])["test_loss"].shape == (0,)
+    one = supervised_metric(spec, params[0])  # one (D,) network, as evaluate_params takes it
+    assert one["test_loss"].shape == (1,) and one["test_loss"][0].item() == pytest.approx(out["test_loss"][0].item())
 
 
 # ---------------------------------------------------------------------------------------------- rl-gpt data

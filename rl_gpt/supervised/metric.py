@@ -21,7 +21,7 @@ def supervised_metric(
 ) -> dict[str, torch.Tensor]:
     """Test loss and error of B flat classifiers of a supervised dataset's network, batched.
 
-    ``spec`` is the dataset's spec.json; params (B, D) in its layout order; ``data_root`` defaults
+    ``spec`` is the dataset's spec.json; params (B, D) in its layout order, or one (D,); ``data_root`` defaults
     to the spec's ``task.data_root``. Models are evaluated ``model_batch`` at a time on the full test
     split. Returns ``test_loss``, ``test_error`` and ``metric`` (whichever of the two the spec
     names), each (B,) float32 on params' device; non-finite rows give NaN.
@@ -33,6 +33,8 @@ def supervised_metric(
     layout = Layout.from_dict(spec["layout"])
     if layout != classifier_layout(name):
         raise ValueError(f"the spec's layout is not {name}'s; the dataset was written by another rl_gpt version")
+    if params.dim() == 1:  # one network, as evaluate_params takes it: results of shape (1,)
+        params = params.unsqueeze(0)
     if params.dim() != 2 or params.shape[1] != layout.numel:
         raise ValueError(f"params must be (B, {layout.numel}) for {name}, got {tuple(params.shape)}")
     if params.shape[0] == 0:
