@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,11 @@ def test_files_that_cannot_be_measured_are_refused_in_one_line(tmp_path, capsys)
     junk.write_bytes(b"not a safetensors file")
     with pytest.raises(ClassifierFileError, match="not a readable safetensors"):
         read_classifier_file(junk)
+    policy = tmp_path / "policy.zip"  # an SB3 policy where a classifier belongs
+    with zipfile.ZipFile(policy, "w") as archive:
+        archive.writestr("data", "{}")
+    with pytest.raises(ClassifierFileError, match=r"is a zip \(an SB3 policy\?\), not a classifier"):
+        read_classifier_file(policy)
     capsys.readouterr()
     assert main(["evaluate", str(bare)]) == 0
     assert main(["evaluate", str(unknown)]) == 2

@@ -74,6 +74,13 @@ def read_classifier_file(
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
+        import zipfile
+
+        if zipfile.is_zipfile(path):  # an SB3 policy given where a classifier belongs
+            raise ClassifierFileError(
+                f"{path} is a zip (an SB3 policy?), not a classifier: classifier tasks take a .safetensors state "
+                "dict, as rl-gpt generate writes it"
+            ) from None
         raise ClassifierFileError(f"{path} is not a readable safetensors file ({exc})") from None
     network = network or meta.get(_KEYS["network"]) or default_network or _network_of_shapes(state)
     dataset = dataset or meta.get(_KEYS["dataset"])
