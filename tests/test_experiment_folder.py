@@ -48,6 +48,7 @@ def test_info_summarises_a_model_and_an_experiment_folder(experiment, tmp_path, 
     out = capsys.readouterr().out
     assert "task         cartpole (CartPole-v1)" in out and "step 30 of train.steps=30 (finished)" in out
     assert "3 for training, 1 held out" in out and f"dataset      {experiment / 'dataset'}" in out
+    assert f"config       {(experiment / 'model' / 'config.yaml').resolve()}" in out
     assert main(["info", str(experiment)]) == 0  # the experiment folder: its dataset, then its model
     out = capsys.readouterr().out
     assert out.index("runs         4") < out.index("model        ") and "M parameters" in out

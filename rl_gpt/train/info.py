@@ -153,4 +153,6 @@ def describe_model(directory: str | Path) -> str:
     plots = [name for name in ("training.png", "calibration.png") if (directory / name).is_file()]
     if plots:
         lines.append(f"plots        {', '.join(plots)}")
+    if (directory / "config.yaml").is_file():
+        lines.append(f"config       {(directory / 'config.yaml').resolve()} (every setting of the training)")
     return "\n".join(lines)
