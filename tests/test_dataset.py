@@ -153,8 +153,12 @@ def _stored(root, spec):
 def test_refuses_a_different_task_in_the_same_directory(tmp_path):
     _stored(tmp_path / "ds", SPEC)
     other = dict(SPEC, task={**SPEC["task"], "name": "other"})
-    with pytest.raises(DatasetError, match=r"different task \(task.name: '\w+' -> 'other'\)"):
+    with pytest.raises(DatasetError, match=r"different task \(task.name: '\w+' -> 'other'\)") as refused:
         DatasetWriter(tmp_path / "ds", other)
+    assert str(refused.value).endswith(f"; to add runs to it, give its values: task.name={SPEC['task']['name']}")
+    nested = dict(SPEC, task={**SPEC["task"], "hyperparams": {"lr": 0.2}, "normalize": True})
+    with pytest.raises(DatasetError, match=r"give its values: task.hyperparams=null task.normalize=null$"):
+        DatasetWriter(tmp_path / "ds", nested)  # keys the stored task lacks: null gives them back
 
 
 def test_a_spec_without_runs_is_replaced(tmp_path):

@@ -268,10 +268,32 @@ def _with_earlier_versions(old: Mapping[str, Any], spec: dict[str, Any], stored:
 
 def _differences(before: Any, after: Any, name: str) -> list[str]:
     """``name.key: stored -> new`` for each leaf that differs between two spec sections."""
+    return [f"{key}: {_short(old)} -> {_short(new)}" for key, old, new in _changed_leaves(before, after, name)]
+
+
+def _changed_leaves(before: Any, after: Any, name: str) -> list[tuple[str, Any, Any]]:
+    """``(name.key, stored, new)`` for each leaf that differs between two spec sections."""
     if isinstance(before, Mapping) and isinstance(after, Mapping):
         keys = sorted(before.keys() | after.keys())
-        return [d for k in keys for d in _differences(before.get(k), after.get(k), f"{name}.{k}")]
-    return [] if before == after else [f"{name}: {_short(before)} -> {_short(after)}"]
+        return [d for k in keys for d in _changed_leaves(before.get(k), after.get(k), f"{name}.{k}")]
+    return [] if before == after else [(name, before, after)]
+
+
+def _as_override(value: Any) -> str:
+    """A scalar as a ``key=value`` override writes it (YAML's null, true and false)."""
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _stored_values_hint(before: Any, after: Any, name: str) -> str:
+    """``; to add runs to it, give its values: task.hyperparams.lr=0.1`` where every stored value that differs
+    is a plain scalar a command line can give back; else nothing."""
+    leaves = _changed_leaves(before, after, name)
+    if not leaves or any(old is not None and not isinstance(old, (bool, int, float, str)) for _, old, _ in leaves):
+        return ""
+    values = " ".join(f"{key}={_as_override(old)}" for key, old, _ in leaves)
+    return f"; to add runs to it, give its values: {values}"
 
 
 def _short(value: Any) -> str:
@@ -304,6 +326,7 @@ class DatasetWriter:
                         f"{self.root} already holds a dataset with a different {key}"
                         + (f" ({', '.join(which[:3])}{', ...' if len(which) > 3 else ''})" if which else "")
                         + f"; use another {option} directory or delete the old dataset"
+                        + (_stored_values_hint(before, after, key) if key == "task" and len(which) <= 3 else "")
                         + (_FOLD_HINT if key == "policy" and _fold_differs(old, spec) else "")
                     )
             before, after = old.get("data_sha256"), spec.get("data_sha256")
