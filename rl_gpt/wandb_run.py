@@ -179,6 +179,7 @@ def log_result(
         use_inputs(cfg, run, inputs or {})
         run.finish()
     except Exception as exc:  # noqa: BLE001 - any W&B failure: the stage's result is saved and stays so
+        finish_open_runs(exit_code=1)  # now, not under the command's last lines at the interpreter's exit
         print(f"W&B logging failed ({_first_line(exc)}); {saved}", file=sys.stderr)
 
 

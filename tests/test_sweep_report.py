@@ -169,14 +169,28 @@ def test_a_sweep_logs_its_headline_numbers_and_keeps_its_report_when_wandb_fails
     assert "W&B logging failed (W&B: Failed to get resume status); the sweep is saved in" in capsys.readouterr().err
 
     class Broken:  # a run that opens, then fails to log (the server gone mid-way)
+        finished: list[int] = []
+
         def log(self, data):
             raise OSError("connection reset")
 
+        def finish(self, exit_code: int = 0) -> None:  # closed at once, not at the interpreter's exit
+            self.finished.append(exit_code)
+
     from PIL import Image
+
+    import rl_gpt.wandb_run
 
     Image.new("RGB", (4, 4)).save(tmp_path / "sweep.png")  # the sweep's plot, which the run logs
     asked = {}
-    monkeypatch.setattr("rl_gpt.wandb_run.start_run", lambda *a, **k: asked.update(k) or Broken())
+
+    def opened(*args, **kwargs):
+        asked.update(kwargs)
+        rl_gpt.wandb_run._started.append(Broken())
+        return rl_gpt.wandb_run._started[-1]
+
+    monkeypatch.setattr("rl_gpt.wandb_run.start_run", opened)
     _log_wandb(load_config("digits"), report, tmp_path, {}, tmp_path)
     assert "W&B logging failed (connection reset)" in capsys.readouterr().err
+    assert Broken.finished == [1] and rl_gpt.wandb_run._started == []
     assert asked["experiment"] == tmp_path.name  # the model's experiment, not a saved config's `out`
