@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from rl_gpt.dataset import CheckpointDataset
@@ -48,7 +49,7 @@ class GeneratedParams:
 def generate_params(
     model_dir: str | Path,
     target: float | Sequence[float],
-    start: torch.Tensor | str | Path | None = None,
+    start: torch.Tensor | np.ndarray | str | Path | None = None,
     *,
     seed: int = 0,
     num: int = 1,
@@ -65,12 +66,13 @@ def generate_params(
 ) -> GeneratedParams:
     """Sample ``num`` networks per ``target`` from ``start``, as ``rl-gpt generate`` does, in memory.
 
-    ``start`` is one flat network (D,) in the model's layout, a file (an SB3 ``.zip``, or a classifier's
-    safetensors for supervised tasks), or None: the task's random initialiser at the sweep's unseen init
-    ``seed``. Its metric is measured as the dataset labelled its checkpoints (``episodes`` only where the
-    dataset does not say). The remaining settings are :func:`generate`'s; the defaults are the model's
-    own sweep settings and its calibration. Nothing is written, except that ``rerank`` > 1 fits the
-    model's ranker once and stores it beside the model (saying so unless ``progress`` is False).
+    ``start`` is one flat network (D,) in the model's layout (a tensor or a numpy array), a file (an SB3
+    ``.zip``, or a classifier's safetensors for supervised tasks), or None: the task's random initialiser at
+    the sweep's unseen init ``seed``. Its metric is measured as the dataset labelled its checkpoints
+    (``episodes`` only where the dataset does not say). The remaining settings are :func:`generate`'s; the
+    defaults are the model's own sweep settings and its calibration. Nothing is written, except that
+    ``rerank`` > 1 fits the model's ranker once and stores it beside the model (saying so unless
+    ``progress`` is False).
 
     This is what to call from Python: :meth:`ParameterGenerator.sample` is the raw sampler, without the
     model's sampling settings, calibration or the start metric's protocol.
@@ -123,7 +125,7 @@ def sampler_settings(
 def sample_networks(
     model_dir: str | Path,
     target: float | Sequence[float],
-    start: torch.Tensor | str | Path | None,
+    start: torch.Tensor | np.ndarray | str | Path | None,
     *,
     seed: int,
     num: int,
