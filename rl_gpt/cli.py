@@ -109,14 +109,21 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if cfg.train.calibrate:
         from rl_gpt.sweep.calibrate import ensure_calibrated  # the demo's path too: one way to calibrate after training
 
+        calibration = Path(out) / "calibration.json"
+        before = calibration.stat().st_mtime_ns if calibration.exists() else None
         try:
             ensure_calibrated(cfg, out, progress=not args.quiet)
         except KeyboardInterrupt as stop:
-            print(
-                f"\ninterrupted while calibrating: the model in {out} is saved and whole, without a calibration "
-                "of these weights; run the same command again to measure it",
-                file=sys.stderr,
-            )
+            _finish_wandb_runs()  # the calibration's W&B run: its closing lines before ours, not after
+            if calibration.exists() and calibration.stat().st_mtime_ns != before:  # stopped while plotting or logging
+                missing = "calibration.png or the W&B log may be missing"
+                print(f"\ninterrupted after {calibration} was written; {missing}", file=sys.stderr)
+            else:
+                print(
+                    f"\ninterrupted while calibrating: the model in {out} is saved and whole, without a calibration "
+                    "of these weights; run the same command again to measure it",
+                    file=sys.stderr,
+                )
             from rl_gpt.interrupt import said_what_was_kept
 
             said_what_was_kept(stop)

@@ -454,3 +454,31 @@ def test_a_wandb_run_that_fails_to_finish_does_not_hide_the_interrupted_line(exp
     said = "".join(capfd.readouterr())
     assert code == 130 and "interrupted at step 2" in said and "upload failed" not in said
     assert wandb_run._started == []
+
+
+def test_ctrl_c_while_the_calibration_is_logged_says_it_was_written_after_wbs_lines(
+    experiment, tmp_path, monkeypatch, capsys
+):
+    """Found by interrupting `rl-gpt train digits` while calibrate's W&B run logged: it said 'without a
+    calibration' of a calibration.json it had written, and W&B's closing lines came under that line."""
+    import rl_gpt.wandb_run
+
+    class OpenRun:
+        def finish(self, exit_code=0):
+            print("wandb: You can sync this run", file=sys.stderr)
+
+    def ctrl_c_while_logging(*args, **kwargs):
+        rl_gpt.wandb_run._started.append(OpenRun())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rl_gpt.sweep.calibrate._log_wandb", ctrl_c_while_logging)
+    out = tmp_path / "stopped"
+    shutil.copytree(experiment / "dataset", out / "dataset")
+    small = ["sweep.calibration_inits=2", "sweep.calibration_prompts=3", "sweep.episodes=2"]
+    args = ["train", "cartpole", f"out={out}", "steps=4", *TINY_MODEL, "train.calibrate=true", *small, *QUIET]
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (out / "model" / "calibration.json").is_file()
+    assert err[-1] == f"interrupted after {out / 'model' / 'calibration.json'} was written; " + (
+        "calibration.png or the W&B log may be missing"
+    ), err
