@@ -196,6 +196,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         from rl_gpt.interrupt import said_what_was_kept
 
         said_what_was_kept(stop)
+        _finish_wandb_runs()  # the sweep's W&B run: its closing lines before ours, not after
         if report_file.exists() and report_file.stat().st_mtime_ns != before:  # stopped while plotting or logging
             missing = "sweep.png or the W&B log may be missing"
             print(f"\ninterrupted after {report_file} was written; {missing}", file=sys.stderr)

@@ -581,3 +581,26 @@ def test_a_calibration_holds_for_the_weights_it_measured_not_those_saved_meanwhi
     args = ["calibrate", "cartpole", f"out={experiment}", "--model", str(model), "sweep.calibration_inits=2"]
     assert main([*args, "sweep.calibration_prompts=3", "samples=1", "episodes=2", *QUIET]) == 0
     assert not load_calibration(model).measured_for(model)
+
+
+def test_ctrl_c_while_a_sweep_is_logged_to_wandb_ends_with_the_sweeps_line(experiment, tmp_path, monkeypatch, capsys):
+    """Found by interrupting `rl-gpt sweep digits` in its W&B logging: W&B's closing lines came under
+    'interrupted after report.json was written', as the last lines of the command."""
+    import sys
+
+    import rl_gpt.wandb_run
+
+    class OpenRun:
+        def finish(self, exit_code=0):
+            print("wandb: You can sync this run", file=sys.stderr)
+
+    def ctrl_c_while_logging(*args, **kwargs):
+        rl_gpt.wandb_run._started.append(OpenRun())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rl_gpt.sweep.run.log_sweep", ctrl_c_while_logging)
+    out = tmp_path / "sweep"
+    args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=2", "prompts=2", "episodes=2"]
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"interrupted after {out / 'report.json'} was written"), err
