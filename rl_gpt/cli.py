@@ -428,9 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = getattr(args, "config", None)
     if config and "=" in config and not Path(config).exists():  # `rl-gpt train steps=10`: no config named
         args.overrides, args.config = [config, *args.overrides], None
-    try:  # a Ctrl-C while importing is a quiet stop, not a traceback
+    try:  # a Ctrl-C while importing is one line, not a traceback
         from rl_gpt.interrupt import Terminated, sigterm_as_interrupt
     except KeyboardInterrupt:
+        print(f"\nrl-gpt {args.command}: interrupted before it began; nothing was written", file=sys.stderr)
         return 130
 
     silent_before = os.environ.get("WANDB_SILENT")

@@ -321,6 +321,19 @@ def test_a_ctrl_c_held_during_a_long_save_says_why_once(capfd):
         signal.signal(signal.SIGINT, outer)
 
 
+def test_a_ctrl_c_while_the_command_imports_is_one_line(monkeypatch, capsys):
+    import sys
+    import types
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):  # the Ctrl-C arrives while the module's names are read
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "rl_gpt.interrupt", Importing("rl_gpt.interrupt"))
+    assert main(["info", "."]) == 130
+    assert capsys.readouterr().err.strip() == "rl-gpt info: interrupted before it began; nothing was written"
+
+
 def test_a_second_ctrl_c_while_the_command_exits_ends_it_quietly():
     """After a handled Ctrl-C, `timeout -s INT` (child, then its whole group) or a key pressed twice
     sends another while the interpreter shuts down; it must not print a traceback."""
