@@ -305,14 +305,32 @@ class CollectionLog:
         from rl_gpt.config import to_dict
 
         # The resolved config at the top level, keyed as train's and sweep's are (task.hyperparams.lr, ...).
-        # Keyed by the dataset folder too: two datasets in one folder (dataset=a, dataset=b) are two runs.
-        key = f"collect-{cfg.task.name}-{Path(cfg.dataset_dir).name}"
-        self.run = start_run(cfg, "collect", directory, to_dict(cfg), stored > 0, key)
+        self.run = start_run(cfg, "collect", directory, to_dict(cfg), stored > 0, self._key(cfg))
+        self.directory = Path(directory)
         self.cfg = cfg
         self.step_name = step_name
         self.finished = stored
         self.stored = stored  # runs logged by an earlier session of a resumed collection
         self.curves: dict[str, list[tuple[int, list[int], list[float]]]] = {}
+
+    @staticmethod
+    def _key(cfg: ExperimentConfig) -> str:
+        """Keyed by the dataset folder too: two datasets in one folder (dataset=a, dataset=b) are two runs."""
+        return f"collect-{cfg.task.name}-{Path(cfg.dataset_dir).name}"
+
+    @classmethod
+    def unfinished(cls, cfg: ExperimentConfig, directory: str | Path, stored: int) -> bool:
+        """Whether a collection holding ``stored`` runs has a W&B run that never logged it finished: one
+        stopped after its last run was stored, whose next session finds nothing left to train."""
+        if cfg.wandb.mode == "disabled":
+            return False
+        wandb_dir = Path(directory) / "wandb"
+        if not (wandb_dir / f"{cls._key(cfg)}.run_id").is_file():
+            return False
+        try:
+            return int((wandb_dir / f"{cls._key(cfg)}.finished").read_text().strip()) != stored
+        except (OSError, ValueError):  # no record: finished by an older rl_gpt, or never
+            return True
 
     def add(self, run: int, steps: list[int], series: Mapping[str, list[float]], summary: Mapping[str, Any]) -> None:
         """Log one finished run: ``summary`` as a step, ``series`` (per checkpoint) kept for the chart."""
@@ -357,3 +375,8 @@ class CollectionLog:
             log_output(self.cfg, self.run, "dataset", self.cfg.dataset_dir)
         self.run.finish(exit_code=1 if failed else 0)
         self.run = None
+        if not failed:  # a later session with nothing to train then opens no run
+            marker = self.directory / "wandb" / f"{self._key(self.cfg)}.finished"
+            with contextlib.suppress(OSError):  # unwritten, a later session logs the dataset once more: no harm
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(marker, str(self.finished))

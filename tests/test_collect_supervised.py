@@ -450,6 +450,36 @@ def test_a_collection_logs_one_wandb_run_with_a_step_per_finished_run(tmp_path, 
     assert len({run.stem for run in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}) == 1, parts
 
 
+def test_a_collection_stopped_after_its_last_run_logs_its_dataset_when_run_again(tmp_path, monkeypatch):
+    """Stopped while its last run was merged, the W&B run ended failed without the dataset artifact; the next
+    session found nothing to train and opened no run, so the dataset was never logged."""
+    pytest.importorskip("wandb")
+    import rl_gpt.wandb_run
+    from rl_gpt.dataset import DatasetWriter
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logged: list[str] = []
+    monkeypatch.setattr(rl_gpt.wandb_run, "log_output", lambda cfg, run, kind, folder: logged.append(kind))
+    consolidate, calls = DatasetWriter.consolidate, []
+
+    def stopped_once(writer):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return consolidate(writer)
+
+    args = ["collect", "digits", f"out={tmp_path}", *TINY[1:], "runs=2", "workers=1"]
+    with monkeypatch.context() as patch:
+        patch.setattr(DatasetWriter, "consolidate", stopped_once)
+        assert main(args) == 130
+    assert logged == [] and len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+    assert main(args) == 0  # nothing to train: the same W&B run is finished, with the dataset
+    assert logged == ["dataset"] and len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+    assert len({run.stem for run in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")}) == 1  # one W&B run
+    assert main(args) == 0  # and then nothing more
+    assert logged == ["dataset"] and len(list((tmp_path / "wandb").glob("offline-run-*"))) == 2
+
+
 def test_online_logging_without_credentials_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

@@ -300,7 +300,9 @@ def _collect_into(
     try:  # from here a Ctrl-C (also while SB3 is still being imported) says what is stored
         job_fn, jobs = _plan_jobs(cfg, run_fn, todo, _planned_runs(writer, cfg, todo))
         step_name = "opt_step" if cfg.task.kind == "supervised" else "env_step"
-        log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo else None
+        # with nothing to train, only to finish a W&B run stopped after its last run: it logs the dataset
+        finishing = not todo and CollectionLog.unfinished(cfg, root.parent, len(done))
+        log = CollectionLog(cfg, root.parent, step_name, stored=len(done)) if todo or finishing else None
         if log is not None and log.run is not None:  # the chart also shows the runs stored before a resume
             fields = ("step", "metric", *WANDB_SERIES)
             for run, rows in writer.stored_runs(CollectionLog.MAX_CURVES, fields):
