@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from cli_helpers import QUIET
+from cli_helpers import QUIET, ctrl_c_with_a_wandb_run_open
 from tensordict import TensorDict
 
 from rl_gpt.cli import main
@@ -586,19 +586,7 @@ def test_a_calibration_holds_for_the_weights_it_measured_not_those_saved_meanwhi
 def test_ctrl_c_while_a_sweep_is_logged_to_wandb_ends_with_the_sweeps_line(experiment, tmp_path, monkeypatch, capsys):
     """Found by interrupting `rl-gpt sweep digits` in its W&B logging: W&B's closing lines came under
     'interrupted after report.json was written', as the last lines of the command."""
-    import sys
-
-    import rl_gpt.wandb_run
-
-    class OpenRun:
-        def finish(self, exit_code=0):
-            print("wandb: You can sync this run", file=sys.stderr)
-
-    def ctrl_c_while_logging(*args, **kwargs):
-        rl_gpt.wandb_run._started.append(OpenRun())
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("rl_gpt.sweep.run.log_sweep", ctrl_c_while_logging)
+    monkeypatch.setattr("rl_gpt.sweep.run.log_sweep", ctrl_c_with_a_wandb_run_open)
     out = tmp_path / "sweep"
     args = ["sweep", "cartpole", f"out={experiment}", "--out", str(out), "inits=2", "prompts=2", "episodes=2"]
     assert main(args) == 130

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from cli_helpers import QUIET, TINY_MODEL
+from cli_helpers import QUIET, TINY_MODEL, ctrl_c_with_a_wandb_run_open
 from safetensors.torch import load_file
 
 from rl_gpt.cli import main
@@ -461,17 +461,7 @@ def test_ctrl_c_while_the_calibration_is_logged_says_it_was_written_after_wbs_li
 ):
     """Found by interrupting `rl-gpt train digits` while calibrate's W&B run logged: it said 'without a
     calibration' of a calibration.json it had written, and W&B's closing lines came under that line."""
-    import rl_gpt.wandb_run
-
-    class OpenRun:
-        def finish(self, exit_code=0):
-            print("wandb: You can sync this run", file=sys.stderr)
-
-    def ctrl_c_while_logging(*args, **kwargs):
-        rl_gpt.wandb_run._started.append(OpenRun())
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr("rl_gpt.sweep.calibrate._log_wandb", ctrl_c_while_logging)
+    monkeypatch.setattr("rl_gpt.sweep.calibrate._log_wandb", ctrl_c_with_a_wandb_run_open)
     out = tmp_path / "stopped"
     shutil.copytree(experiment / "dataset", out / "dataset")
     small = ["sweep.calibration_inits=2", "sweep.calibration_prompts=3", "sweep.episodes=2"]
