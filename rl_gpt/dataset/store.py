@@ -212,28 +212,40 @@ def task_record(task: Mapping[str, Any], compared: bool = False) -> dict[str, An
 _EXTENDABLE = frozenset({"runs", "workers", "executor", "ray_address", "batch_runs"})  # how runs execute, not what
 
 
+#: The spec sections that two datasets' runs must share to be one dataset's.
+_SAME_RUNS_SECTIONS = ("task", "layout", "policy")
+
+
+def _compared_section(old: Mapping[str, Any], new: Mapping[str, Any], key: str) -> tuple[Any, Any]:
+    """Two specs' ``key`` sections as they are compared: a task without where its files are (they move)."""
+    before, after = old.get(key), new.get(key)
+    if key == "task" and isinstance(before, Mapping) and isinstance(after, Mapping):
+        before, after = task_record(before, compared=True), task_record(after, compared=True)
+    return before, after
+
+
+def _compared_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(key, stored, new)`` for each collection setting that decides what a run is (not how many runs,
+    nor where they run). Keys one spec lacks are not compared: older specs lack some, and supervised
+    specs no longer hold the RL-only ones (their older specs still do)."""
+    before, after = old.get("collect") or {}, new.get("collect") or {}
+    return [(k, before[k], after[k]) for k in sorted(before.keys() & after.keys()) if k not in _EXTENDABLE]
+
+
 def _changed_collection(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``collect.key=old value`` for each setting that would make new runs unlike the stored ones."""
-    before, after = old.get("collect") or {}, new.get("collect") or {}
-    # Keys one spec lacks are not compared: older specs lack some, and supervised specs no longer hold
-    # the RL-only ones (their older specs still do).
-    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)
-    return [f"collect.{k}={before[k]!r}" for k in shared if before[k] != after[k]]
+    return [f"collect.{k}={stored!r}" for k, stored, now in _compared_collection(old, new) if stored != now]
 
 
 def collected_otherwise(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``key: old -> new`` for each recorded setting that makes the runs of two dataset specs unlike each
     other (the task, the network's layout and policy, the collection settings other than how many runs and
-    where they ran, the data set's SHA-256): empty for one dataset, extended or moved, or a re-collection of it."""
-    changed: list[str] = []
-    for key in ("task", "layout", "policy"):
-        before, after = old.get(key), new.get(key)
-        if key == "task" and isinstance(before, Mapping) and isinstance(after, Mapping):
-            before, after = task_record(before, compared=True), task_record(after, compared=True)
-        changed += _differences(before, after, key)
-    before, after = old.get("collect") or {}, new.get("collect") or {}
-    shared = sorted(k for k in before.keys() & after.keys() if k not in _EXTENDABLE)
-    changed += [d for k in shared for d in _differences(before[k], after[k], f"collect.{k}")]
+    where they ran, the data set's SHA-256): empty for one dataset, extended or moved, or a re-collection of it.
+    The same comparisons :class:`DatasetWriter` makes before it adds runs to a dataset."""
+    changed = [d for key in _SAME_RUNS_SECTIONS for d in _differences(*_compared_section(old, new, key), key)]
+    changed += [
+        d for k, stored, now in _compared_collection(old, new) for d in _differences(stored, now, f"collect.{k}")
+    ]
     if old.get("data_sha256") and new.get("data_sha256") and old["data_sha256"] != new["data_sha256"]:
         changed.append("data_sha256 (other data)")
     return changed
@@ -316,10 +328,8 @@ class DatasetWriter:
         #: The spec of the runs already stored (None for a new dataset), before ``spec`` replaces it.
         self.stored_spec = old if old is not None and self._holds_runs() else None
         if self.stored_spec is not None:  # a spec without runs (a refused start) is simply replaced
-            for key in ("task", "layout", "policy"):
-                before, after = old.get(key), spec.get(key)
-                if key == "task" and before is not None and after is not None:  # where the files are may change
-                    before, after = task_record(before, compared=True), task_record(after, compared=True)
+            for key in _SAME_RUNS_SECTIONS:
+                before, after = _compared_section(old, spec, key)  # where the files are may change
                 if before != after:
                     which = _differences(before, after, key)
                     raise DatasetError(

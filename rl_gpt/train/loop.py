@@ -48,7 +48,7 @@ from rl_gpt.train.modelfile import save_model
 from rl_gpt.train.plot import load_plotting, plot_training
 from rl_gpt.train.preflight import check_tasks, finished, warn_if_metric_is_constant
 from rl_gpt.train.probe import prompt_range, quick_alignment
-from rl_gpt.wandb_run import check_login, log_output
+from rl_gpt.wandb_run import check_login, finish_open_runs, log_output
 
 __all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
 
@@ -417,9 +417,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         with interrupts_deferred(notice if main_proc else None):
             checkpoint(plot=False)  # stopping: the state and the model only
             bar.close()
-            if run is not None:  # W&B's closing lines before ours, not after
-                with contextlib.suppress(Exception):  # W&B's trouble must not hide the line (main finishes it)
-                    run.finish(exit_code=1)
+            finish_open_runs()  # W&B's closing lines before ours, not after
             if main_proc:
                 print(f"\ninterrupted at step {step}; checkpoint saved in {out}. Run the same command to resume.")
             said_what_was_kept(stop)
@@ -431,9 +429,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
         try:
             _final_alignment(cfg, gen, ema, ds, train_runs, test_runs, out, run, progress, step)
         except KeyboardInterrupt as stop:
-            if run is not None:  # W&B's closing lines before ours, not after
-                with contextlib.suppress(Exception):  # W&B's trouble must not hide the line (main finishes it)
-                    run.finish(exit_code=1)
+            finish_open_runs()  # W&B's closing lines before ours, not after
             print(
                 f"\ninterrupted while measuring prompt alignment: the model in {out} is saved and whole, without "
                 "alignment.json; run the same command again to measure it",
