@@ -405,6 +405,34 @@ def test_the_targets_plot_joins_targets_in_ascending_order(tmp_path, monkeypatch
     assert sorted(line.get_xdata()[0] for line in edges) == [10.0, 500.0]  # where the data ends, not shaded
 
 
+def _tiny_sweep_report() -> dict:
+    """A sweep report with what plot_sweep reads: 3 inits, 2 prompts, 1 sample each."""
+    flat = {"achieved_mean": [1.0, 2.0], "prompt_alignment_r2": 0.5}
+    return {
+        "task": "cartpole",
+        "metric": {"name": "return", "higher_is_better": True},
+        "prompts": [10.0, 500.0],
+        "achieved": [[[10.0], [480.0]]] * 3,  # (inits, prompts, samples)
+        "prompt_alignment_r2": 0.9,
+        "baselines": {name: flat for name in ("retrieval", "noise", "identity")},
+        "inits": 3,
+        "init_metric": [9.0, 10.0, 11.0],
+        "one_step": {"prompt": 500.0},
+        "config": {"init_source": "unseen"},
+        "init_ids": {"seeds": [1_000_000, 1_000_001, 1_000_002]},
+    }
+
+
+def _drawn_sweep(tmp_path, monkeypatch, report: dict):
+    """The figure plot_sweep draws for ``report``, not saved."""
+    import rl_gpt.sweep.plot as plot
+
+    drawn = {}
+    monkeypatch.setattr(plot, "atomic_save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    plot.plot_sweep(report, tmp_path / "sweep.png")
+    return drawn["fig"]
+
+
 @pytest.mark.parametrize(
     ("init_ids", "source", "label", "ticks"),
     [
@@ -413,29 +441,28 @@ def test_the_targets_plot_joins_targets_in_ascending_order(tmp_path, monkeypatch
     ],
 )
 def test_the_sweep_plot_names_its_inits_as_the_report_does(tmp_path, monkeypatch, init_ids, source, label, ticks):
-    import rl_gpt.sweep.plot as plot
-
-    drawn = {}
-    monkeypatch.setattr(plot, "atomic_save_figure", lambda fig, path: drawn.setdefault("fig", fig))
-    flat = {"achieved_mean": [1.0, 2.0], "prompt_alignment_r2": 0.5}
-    report = {
-        "task": "cartpole",
-        "metric": {"name": "return"},
-        "prompts": [10.0, 500.0],
-        "achieved": [[[10.0], [480.0]]] * 3,  # (inits, prompts, samples)
-        "prompt_alignment_r2": 0.9,
-        "baselines": {name: flat for name in ("retrieval", "noise", "identity")},
-        "inits": 3,
-        "init_metric": [9.0, 10.0, 11.0],
-        "one_step": {"prompt": 500.0},
-        "config": {"init_source": source},
-        "init_ids": init_ids,
-    }
-    plot.plot_sweep(report, tmp_path / "sweep.png")
-    ax = drawn["fig"].axes[1]
+    report = _tiny_sweep_report() | {"config": {"init_source": source}, "init_ids": init_ids}
+    ax = _drawn_sweep(tmp_path, monkeypatch, report).axes[1]
     assert label in ax.get_xlabel()
     if ticks:
         assert [t.get_text() for t in ax.get_xticklabels()] == ticks
+
+
+def test_a_classifier_sweep_plot_marks_where_held_out_training_ends_and_the_best_checkpoint(tmp_path, monkeypatch):
+    """The one-step panel draws the references the table prints under it, at the values report.json holds."""
+    report = _tiny_sweep_report() | {"task": "digits", "metric": {"name": "test_loss", "higher_is_better": False}}
+    report |= {"prompts": [0.125, 2.25], "achieved": [[[0.3], [2.2]]] * 3, "init_metric": [2.3, 2.3, 2.3]}
+    clf = {"dataset_best": {"test_loss": 0.108, "test_error": 0.022}, "heldout_final": {"test_loss": 0.2}}
+    report["one_step"] = {"prompt": 0.125, "classifier": clf | {"heldout_runs": {"test_loss": 102}}}
+    ax = _drawn_sweep(tmp_path, monkeypatch, report).axes[1]
+    levels = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
+    assert levels == {
+        "held-out runs' final checkpoint, median of 102 (0.200)": 0.2,
+        "dataset's best checkpoint, chosen on these test images (0.108)": 0.108,
+    }
+    assert set(levels) <= {t.get_text() for t in ax.get_legend().get_texts()}
+    rl = _drawn_sweep(tmp_path, monkeypatch, _tiny_sweep_report()).axes[1]
+    assert rl.get_lines() == []  # an RL report records neither
 
 
 def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch):

@@ -78,12 +78,31 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax2.scatter(torch.arange(len(inits)), inits, marker="x", color="C3", label="init (θ)")
     for s in range(one.shape[1]):
         ax2.scatter(torch.arange(len(inits)), one[:, s], color="C0", alpha=0.7, label="one step" if s == 0 else None)
+    _classifier_references(ax2, report)
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # inits are numbered: no 0.5 ticks
     ax2.set_xlabel(_init_axis(ax2, report))
     ax2.set_ylabel(measured)
     ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     return atomic_save_figure(fig, path)
+
+
+def _classifier_references(ax: Any, report: dict[str, Any]) -> None:
+    """On a classifier's one-step panel, the two levels the table prints under it: where the held-out runs'
+    training ends (their median final checkpoint) and the dataset's best checkpoint. Reports without them
+    (RL tasks, older reports) draw neither."""
+    clf = report["one_step"].get("classifier") or {}
+    key = report["metric"]["name"]
+    shown = "{:.1%}" if key == "test_error" else "{:.3f}"  # as the table prints them
+    final, runs = (clf.get("heldout_final") or {}).get(key), (clf.get("heldout_runs") or {}).get(key)
+    # Grey, not a colour of the left panel's rows: neither is a method of this sweep.
+    if final is not None:
+        label = f"held-out runs' final checkpoint, median{f' of {runs}' if runs else ''} ({shown.format(final)})"
+        ax.axhline(final, color="0.35", ls="--", lw=1, label=label)
+    best = (clf.get("dataset_best") or {}).get(key)
+    if best is not None:
+        label = f"dataset's best checkpoint, chosen on these test images ({shown.format(best)})"
+        ax.axhline(best, color="0.35", ls=":", lw=1, label=label)
 
 
 def _init_axis(ax: Any, report: dict[str, Any]) -> str:
