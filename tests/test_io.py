@@ -465,6 +465,25 @@ def test_a_classifier_sweep_plot_marks_where_held_out_training_ends_and_the_best
     assert rl.get_lines() == []  # an RL report records neither
 
 
+def test_the_sweep_plot_writes_r2_as_the_table_does(tmp_path, monkeypatch):
+    """Three decimals: at two, CartPole's generator (0.933) and noise (0.929) read as a tie the table does not show."""
+    from rl_gpt.sweep.table import format_table
+
+    report = _tiny_sweep_report() | {"prompt_alignment_r2": 0.9334, "env_id": "CartPole-v1", "recursive": {}}
+    one_step = {"mean_return": 480.0, "solved_fraction": 1.0}
+    report["baselines"] = {
+        name: {"achieved_mean": [1.0, 2.0], "prompt_alignment_r2": r2, "one_step": one_step}
+        for name, r2 in (("retrieval", 0.9921), ("noise", 0.9294), ("identity", -1.834))
+    }
+    report["one_step"] |= one_step
+    report["recursive"]["mean_return"] = [10.0, 480.0]
+    legend = [t.get_text() for t in _drawn_sweep(tmp_path, monkeypatch, report).axes[0].get_legend().get_texts()]
+    table = format_table(report)
+    for name, r2 in (("generator", "0.933"), ("retrieval", "0.992"), ("noise", "0.929"), ("identity", "-1.834")):
+        assert f"{name} (R² {r2})" in legend
+        assert any(line.startswith(name) and f" {r2} " in line for line in table.splitlines())
+
+
 def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch):
     import rl_gpt.train.plot as plot
 

@@ -46,7 +46,7 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     measured = f"{name} (mean of {episodes} episodes)" if episodes else name
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax1.plot(prompts, prompts, "k--", lw=1, label="y = x")
-    ax1.plot(prompts, mean, "o-", color="C0", label=f"generator (R² {report['prompt_alignment_r2']:.2f})")
+    ax1.plot(prompts, mean, "o-", color="C0", label=f"generator (R² {report['prompt_alignment_r2']:.3f})")
     # Held within what was achieved: a band past CartPole's 500 would show returns that never happened.
     low = torch.maximum(mean - std, _nan_reduce(per_prompt, torch.amin))
     high = torch.minimum(mean + std, _nan_reduce(per_prompt, torch.amax))
@@ -54,12 +54,12 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     rerank = report.get("rerank")
     if rerank:  # the same draws without the ranker's choice
         u = rerank["without_rerank"]
-        label = f"unranked draws (R² {u['prompt_alignment_r2']:.2f})"
+        label = f"unranked draws (R² {u['prompt_alignment_r2']:.3f})"
         ax1.plot(prompts, u["achieved_mean"], ".--", color="C7", label=label)  # grey: apart from the generator
     for i, (base, style) in enumerate((("retrieval", "s:"), ("noise", "^:"), ("identity", "x:"))):
         b = report["baselines"][base]
         ax1.plot(
-            prompts, b["achieved_mean"], style, color=f"C{i + 1}", label=f"{base} (R² {b['prompt_alignment_r2']:.2f})"
+            prompts, b["achieved_mean"], style, color=f"C{i + 1}", label=f"{base} (R² {b['prompt_alignment_r2']:.3f})"
         )
     shade_outside(ax1, prompts.tolist(), (report.get("calibration") or {}).get("clamp_range"))
     ax1.set_xlabel(f"prompted {name}")
