@@ -417,7 +417,7 @@ def _tiny_sweep_report() -> dict:
         "baselines": {name: flat for name in ("retrieval", "noise", "identity")},
         "inits": 3,
         "init_metric": [9.0, 10.0, 11.0],
-        "one_step": {"prompt": 500.0},
+        "one_step": {"prompt": 500.0, "mean_return": 480.0},
         "config": {"init_source": "unseen"},
         "init_ids": {"seeds": [1_000_000, 1_000_001, 1_000_002]},
     }
@@ -453,7 +453,7 @@ def test_a_classifier_sweep_plot_marks_where_held_out_training_ends_and_the_best
     report = _tiny_sweep_report() | {"task": "digits", "metric": {"name": "test_loss", "higher_is_better": False}}
     report |= {"prompts": [0.125, 2.25], "achieved": [[[0.3], [2.2]]] * 3, "init_metric": [2.3, 2.3, 2.3]}
     clf = {"dataset_best": {"test_loss": 0.108, "test_error": 0.022}, "heldout_final": {"test_loss": 0.2}}
-    report["one_step"] = {"prompt": 0.125, "classifier": clf | {"heldout_runs": {"test_loss": 102}}}
+    report["one_step"] = {"prompt": 0.125, "mean_return": 0.3, "classifier": clf | {"heldout_runs": {"test_loss": 102}}}
     ax = _drawn_sweep(tmp_path, monkeypatch, report).axes[1]
     levels = {line.get_label(): line.get_ydata()[0] for line in ax.get_lines()}
     assert levels == {
@@ -463,6 +463,38 @@ def test_a_classifier_sweep_plot_marks_where_held_out_training_ends_and_the_best
     assert set(levels) <= {t.get_text() for t in ax.get_legend().get_texts()}
     rl = _drawn_sweep(tmp_path, monkeypatch, _tiny_sweep_report()).axes[1]
     assert rl.get_lines() == []  # an RL report records neither
+
+
+@pytest.mark.parametrize(
+    ("metric", "config", "overall", "one_step", "ylabel"),
+    [
+        (
+            {"name": "return", "higher_is_better": True},
+            {"episodes": 64},
+            "cartpole: 3 unseen random inits x 2 samples",
+            "one generated update at prompt 500: mean 480",
+            "return (mean of 64 episodes), higher is better",
+        ),
+        (
+            {"name": "test_loss", "higher_is_better": False},
+            {"average": 8},
+            "cartpole: 3 unseen random inits x 2 samples, each the mean of 8 draws",
+            "one generated update at prompt 500: mean 480",
+            "test loss, lower is better",
+        ),
+    ],
+)
+def test_the_sweep_plot_says_what_it_measured(tmp_path, monkeypatch, metric, config, overall, one_step, ylabel):
+    """How many networks each point is over, the one-step mean the table prints, and which way is better."""
+    report = _tiny_sweep_report() | {
+        "metric": metric,
+        "config": config,
+        "achieved": [[[10.0, 12.0], [470.0, 490.0]]] * 3,
+    }
+    left, right = _drawn_sweep(tmp_path, monkeypatch, report).axes
+    assert left.get_title().replace("\n", " ") == overall
+    assert right.get_title() == one_step
+    assert right.get_ylabel() == ylabel
 
 
 def test_the_sweep_plot_writes_r2_as_the_table_does(tmp_path, monkeypatch):

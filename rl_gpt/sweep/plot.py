@@ -65,11 +65,12 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     ax1.set_xlabel(f"prompted {name}")
     ax1.set_ylabel(f"achieved {measured}")
     average = int((report.get("config") or {}).get("average", 1))
-    mean_of = f", means of {average} samples" if average > 1 else ""
+    mean_of = f", each the mean of {average} draws" if average > 1 else ""
     mean_of += f", best of {rerank['candidates']} by the ranker" if rerank else ""
     calibrated = ", prompts calibrated" if (report.get("calibration") or {}).get("applied") else ""
     # Wrapped: with means, ranking and calibration the title is wider than the axes.
-    title = f"{report['task']}: {report['inits']} {describe_inits(report)}{mean_of}{calibrated}"
+    networks = f"{report['inits']} {describe_inits(report)} x {achieved.shape[2]} samples"
+    title = f"{report['task']}: {networks}{mean_of}{calibrated}"
     ax1.set_title(textwrap.fill(title, width=60), fontsize=10)
     ax1.legend(fontsize=8)
     best = prompts.tolist().index(report["one_step"]["prompt"])
@@ -81,8 +82,10 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     _classifier_references(ax2, report)
     ax2.xaxis.set_major_locator(MaxNLocator(integer=True))  # inits are numbered: no 0.5 ticks
     ax2.set_xlabel(_init_axis(ax2, report))
-    ax2.set_ylabel(measured)
-    ax2.set_title(f"one generated update at prompt {report['one_step']['prompt']:.4g}", fontsize=10)
+    higher = report["metric"].get("higher_is_better")  # absent from reports that name no direction
+    ax2.set_ylabel(measured if higher is None else f"{measured}, {'higher' if higher else 'lower'} is better")
+    step = report["one_step"]
+    ax2.set_title(f"one generated update at prompt {step['prompt']:.4g}: mean {step['mean_return']:.4g}", fontsize=10)
     ax2.legend(fontsize=8)
     return atomic_save_figure(fig, path)
 
