@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import time
@@ -514,6 +515,42 @@ def test_the_sweep_plot_writes_r2_as_the_table_does(tmp_path, monkeypatch):
     for name, r2 in (("generator", "0.933"), ("retrieval", "0.992"), ("noise", "0.929"), ("identity", "-1.834")):
         assert f"{name} (R² {r2})" in legend
         assert any(line.startswith(name) and f" {r2} " in line for line in table.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("task", "metric", "config", "header", "one_step"),
+    [
+        (
+            "digits",
+            {"name": "test_loss", "higher_is_better": False},
+            {"samples": 2, "average": 8},
+            "digits (digits), 3 unseen random inits x 2 samples, each generated network the mean of 8 draws",
+            "one-step: mean test loss (lower is better) at the best prompt, 0.500",
+        ),
+        (
+            "cartpole",
+            {"name": "return", "higher_is_better": True},
+            {},  # a report without its config: nothing said of samples or means
+            "cartpole (cartpole), 3 unseen random inits",
+            "one-step: mean return (higher is better) at the best prompt, 500.0",
+        ),
+    ],
+)
+def test_the_table_names_what_each_row_is_over_and_which_way_is_better(task, metric, config, header, one_step):
+    """Without its one-step line the table never says whether that column is a loss, an error or a return."""
+    from rl_gpt.sweep.table import format_table
+
+    report = _tiny_sweep_report() | {"task": task, "env_id": task, "metric": metric, "config": config}
+    if task == "digits":
+        report["prompts"] = [0.5, 2.25]
+    report["one_step"] = {"prompt": report["prompts"][-1 if task == "cartpole" else 0], "mean_return": 0.3}
+    report["one_step"]["solved_fraction"] = math.nan
+    baseline = {"prompt_alignment_r2": 0.5, "one_step": report["one_step"]}
+    report["baselines"] = {name: baseline for name in ("retrieval", "noise", "identity")}
+    report["recursive"] = {"mean_return": [2.3, 0.3]}
+    lines = format_table(report).splitlines()
+    assert lines[0] == header
+    assert one_step in lines
 
 
 def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch):

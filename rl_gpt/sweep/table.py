@@ -46,9 +46,11 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
     # A task without a reward threshold (classifiers, or reward_threshold=null) has no "solved" column.
     thresholded = any(not math.isnan(r["one_step"]["solved_fraction"]) for _, r in rows)
     average = int((report.get("config") or {}).get("average", 1))
+    samples = (report.get("config") or {}).get("samples")  # reports without a config: not said
     lines = [
         f"{report['task']} ({report['env_id']}), {report['inits']} {describe_inits(report)}"
-        + (f", each generated network the mean of {average} samples" if average > 1 else "")
+        + (f" x {samples} samples" if samples else "")
+        + (f", each generated network the mean of {average} draws" if average > 1 else "")
         + (f", ranked: the ranker's pick of {rerank['candidates']} candidates" if rerank else ""),
         f"{'method':<10} {'R2':>7} {'better half':>11} {'one-step':>9}"
         + (f" {'solved':>7}" if thresholded else "")
@@ -74,6 +76,13 @@ def format_table(report: dict[str, Any], stages: dict[str, float] | None = None)
             f"better half: R2 over the {half} of {len(report['prompts'])} prompts in the better half of the range, "
             "far from where an init starts"
         )
+    metric = report.get("metric") or {}
+    higher = metric.get("higher_is_better")
+    direction = "" if higher is None else f" ({'higher' if higher else 'lower'} is better)"
+    lines.append(
+        f"one-step: mean {metric.get('name', 'return').replace('_', ' ')}{direction} at the best prompt, "
+        + value.format(report["one_step"]["prompt"])
+    )
     first = next((v for v in beh.values() if v), None)
     if first:
         if first.get("compared") == "predictions":
