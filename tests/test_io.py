@@ -553,6 +553,39 @@ def test_the_table_names_what_each_row_is_over_and_which_way_is_better(task, met
     assert one_step in lines
 
 
+@pytest.mark.parametrize(
+    ("metric", "sampler", "title", "ylabel"),
+    [
+        (
+            "return",
+            {"average": 1, "rerank": 4},
+            "prompt calibration: 32 training runs' inits x 2 samples, best of 4 by the ranker",
+            "achieved return (mean of 64 episodes)",
+        ),
+        (
+            "test_loss",
+            {"average": 8, "rerank": 1},
+            "prompt calibration: 32 training runs' inits x 2 samples, each the mean of 8 draws",
+            "achieved test loss",
+        ),
+    ],
+)
+def test_the_calibration_plot_names_the_sampler_it_was_measured_with(
+    tmp_path, monkeypatch, metric, sampler, title, ylabel
+):
+    import rl_gpt.sweep.plot as plot
+    from rl_gpt.train.calibration import PromptCalibration
+
+    drawn = {}
+    monkeypatch.setattr(plot, "atomic_save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    meta = {"inits": 32, "samples": 2, "episodes": 64}
+    cal = PromptCalibration([1.0, 2.0], [1.5, 2.0], [1.5, 2.0], {"guidance": 2.0, "steps": 20} | sampler, meta)
+    plot.plot_calibration(cal, metric, tmp_path / "calibration.png")
+    ax = drawn["fig"].axes[0]
+    assert ax.get_title().replace("\n", " ") == title
+    assert ax.get_ylabel() == ylabel
+
+
 def test_a_training_plot_that_cannot_be_drawn_is_a_warning(tmp_path, monkeypatch):
     import rl_gpt.train.plot as plot
 

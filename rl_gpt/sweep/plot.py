@@ -140,10 +140,15 @@ def plot_calibration(cal: Any, metric: str, path: str | Path) -> Path:
     ax.plot(cal.prompts, cal.prompts, "k--", lw=1, label="y = x")
     ax.plot(cal.prompts, cal.achieved, "o", color="C0", label="mean achieved")
     ax.plot(cal.prompts, cal.fitted, "-", color="C1", label="monotone fit (what prompts are mapped through)")
-    ax.set_xlabel(f"prompted {name}")
-    ax.set_ylabel(f"achieved {name}")
     meta = cal.meta or {}
+    episodes = meta.get("episodes") if metric == "return" else None
+    ax.set_xlabel(f"prompted {name}")
+    ax.set_ylabel(f"achieved {name}" + (f" (mean of {episodes} episodes)" if episodes else ""))
     what = f"{meta.get('inits', '?')} training runs' inits x {meta.get('samples', '?')} samples"
+    # The sampler it holds for, worded as sweep.png's title: a sweep sampling otherwise does not use it.
+    average, rerank = int(cal.sampler.get("average", 1)), int(cal.sampler.get("rerank", 1))
+    what += f", each the mean of {average} draws" if average > 1 else ""
+    what += f", best of {rerank} by the ranker" if rerank > 1 else ""
     ax.set_title(textwrap.fill(f"prompt calibration: {what}", width=60), fontsize=10)
     ax.legend(fontsize=8)
     return atomic_save_figure(fig, path)
