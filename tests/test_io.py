@@ -406,6 +406,38 @@ def test_the_targets_plot_joins_targets_in_ascending_order(tmp_path, monkeypatch
     assert sorted(line.get_xdata()[0] for line in edges) == [10.0, 500.0]  # where the data ends, not shaded
 
 
+@pytest.mark.parametrize(
+    ("extra", "xlabel", "ylabel", "sampler"),
+    [
+        (
+            {"metric": "test_loss", "average": 8, "rerank": 1, "episodes": None},
+            "target test loss",
+            "achieved test loss",
+            ", each the mean of 8 draws",
+        ),
+        (
+            {"metric": "return", "average": 1, "rerank": 4, "episodes": 16},
+            "target return",
+            "achieved return (mean of 16 episodes)",
+            ", best of 4 by the ranker",
+        ),
+    ],
+)
+def test_the_targets_plot_names_its_metric_and_sampler_as_the_sweep_plot_does(
+    tmp_path, monkeypatch, extra, xlabel, ylabel, sampler
+):
+    import rl_gpt.generate.plot as plot
+
+    drawn = {}
+    monkeypatch.setattr(plot, "atomic_save_figure", lambda fig, path: drawn.setdefault("fig", fig))
+    summary = {"target_return": [0.5, 1.0], "start_return": 2.3, "task": "digits", "start": "init"}
+    summary |= {"calibrated": True, "training_range": [0.1, 2.4]} | extra
+    plot.plot_targets(summary, torch.tensor([[0.6, 0.7], [1.0, 1.1]]), tmp_path / "generated.png")
+    ax = drawn["fig"].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, ylabel)
+    assert ax.get_title().replace("\n", " ") == f"digits from init{sampler}, prompts calibrated"
+
+
 def _tiny_sweep_report() -> dict:
     """A sweep report with what plot_sweep reads: 3 inits, 2 prompts, 1 sample each."""
     flat = {"achieved_mean": [1.0, 2.0], "prompt_alignment_r2": 0.5}

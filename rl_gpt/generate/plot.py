@@ -39,12 +39,16 @@ def plot_targets(summary: dict[str, Any], achieved: torch.Tensor, path: str | Pa
         shade_outside(ax, targets.tolist(), bounds)
     start = summary["start_return"]
     ax.axhline(start, color="C3", lw=1, ls=":", label=f"start ({start:.4g})")
-    name = summary.get("metric", "return")
+    name = summary.get("metric", "return").replace("_", " ")  # test_loss -> test loss, as sweep.png writes it
+    episodes = summary.get("episodes") if name == "return" else None
     ax.set_xlabel(f"target {name}")
-    ax.set_ylabel(f"achieved {name}")
+    ax.set_ylabel(f"achieved {name}" + (f" (mean of {episodes} episodes)" if episodes else ""))
+    average, rerank = int(summary.get("average") or 1), int(summary.get("rerank") or 1)
+    sampler = f", each the mean of {average} draws" if average > 1 else ""
+    sampler += f", best of {rerank} by the ranker" if rerank > 1 else ""
     calibrated = ", prompts calibrated" if summary["calibrated"] else ""
     # Wrapped: a start such as "random init (SB3's initialiser, seed ...)" is wider than the axes.
-    title = textwrap.fill(f"{summary['task']} from {summary['start']}{calibrated}", width=70)
+    title = textwrap.fill(f"{summary['task']} from {summary['start']}{sampler}{calibrated}", width=70)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     return atomic_save_figure(fig, path)
