@@ -528,6 +528,13 @@ def test_the_sweep_plot_says_what_it_measured(tmp_path, monkeypatch, metric, con
     assert left.get_title().replace("\n", " ") == overall
     assert right.get_title() == one_step
     assert right.get_ylabel() == ylabel
+    report["achieved"] = [[[10.0, 12.0], [470.0, math.nan]]] * 3  # one sample of each init failed
+    report["one_step"] |= {"failed_fraction": 0.5, "mean_return": 245.0}  # scored at the worst prompt
+    right = _drawn_sweep(tmp_path, monkeypatch, report).axes[1]
+    assert right.get_title().splitlines() == [
+        "one generated update at prompt 500: mean 245",
+        "50% failed (no finite metric; counted at the worst prompt, not drawn)",
+    ]
 
 
 def test_the_sweep_plot_writes_r2_as_the_table_does(tmp_path, monkeypatch):

@@ -85,7 +85,10 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     higher = report["metric"].get("higher_is_better")  # absent from reports that name no direction
     ax2.set_ylabel(measured if higher is None else f"{measured}, {'higher' if higher else 'lower'} is better")
     step = report["one_step"]
-    ax2.set_title(f"one generated update at prompt {step['prompt']:.4g}: mean {step['mean_return']:.4g}", fontsize=10)
+    title = f"one generated update at prompt {step['prompt']:.4g}: mean {step['mean_return']:.4g}"
+    if step.get("failed_fraction"):  # no point for them; the mean scores them at the worst prompt, as the table
+        title += f"\n{step['failed_fraction']:.0%} failed (no finite metric; counted at the worst prompt, not drawn)"
+    ax2.set_title(title, fontsize=10)
     ax2.legend(fontsize=8)
     return atomic_save_figure(fig, path)
 
