@@ -530,7 +530,10 @@ def test_the_sweep_plot_says_what_it_measured(tmp_path, monkeypatch, metric, con
     assert right.get_ylabel() == ylabel
     report["achieved"] = [[[10.0, 12.0], [470.0, math.nan]]] * 3  # one sample of each init failed
     report["one_step"] |= {"failed_fraction": 0.5, "mean_return": 245.0}  # scored at the worst prompt
-    right = _drawn_sweep(tmp_path, monkeypatch, report).axes[1]
+    report["failed_fraction"] = 0.25
+    left, right = _drawn_sweep(tmp_path, monkeypatch, report).axes
+    legend = [t.get_text() for t in left.get_legend().get_texts()]
+    assert "generator (R² 0.900; 25.0% failed, not drawn)" in legend
     assert right.get_title().splitlines() == [
         "one generated update at prompt 500: mean 245",
         "50% failed (no finite metric; counted at the worst prompt, not drawn)",

@@ -46,7 +46,11 @@ def plot_sweep(report: dict[str, Any], path: str | Path) -> Path:
     measured = f"{name} (mean of {episodes} episodes)" if episodes else name
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     ax1.plot(prompts, prompts, "k--", lw=1, label="y = x")
-    ax1.plot(prompts, mean, "o-", color="C0", label=f"generator (R² {report['prompt_alignment_r2']:.3f})")
+    # The curve is over finite samples; R² scores a failed one at the prompt range's far end (the table's line).
+    failed = report.get("failed_fraction") or 0.0
+    left_out = f"; {failed:.1%} failed, not drawn" if failed else ""
+    label = f"generator (R² {report['prompt_alignment_r2']:.3f}{left_out})"
+    ax1.plot(prompts, mean, "o-", color="C0", label=label)
     # Held within what was achieved: a band past CartPole's 500 would show returns that never happened.
     low = torch.maximum(mean - std, _nan_reduce(per_prompt, torch.amin))
     high = torch.minimum(mean + std, _nan_reduce(per_prompt, torch.amax))
