@@ -230,7 +230,7 @@ def test_error_targets_are_fractions():
 def test_each_stage_logs_what_it_made_as_a_wandb_artifact_and_names_what_it_used(tmp_path, monkeypatch):
     """collect → dataset artifact → train → model artifact → calibrate, sweep; offline W&B keeps its records
     in a binary file, where each artifact's digest and each run's ``inputs`` (NAME:DIGEST) are found."""
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from rl_gpt.wandb_run import folder_artifact
 
     monkeypatch.delenv("WANDB_MODE", raising=False)  # the presets' default: offline
@@ -244,6 +244,9 @@ def test_each_stage_logs_what_it_made_as_a_wandb_artifact_and_names_what_it_used
     model_args = ["steps=4", "model=mlp", "train.model_overrides={width: 16, depth: 1}", "batch=8"]
     assert main(["train", "digits", f"out={out}", *model_args, "train.test_fraction=0.34", *tiny]) == 0
     assert main(["sweep", "digits", f"out={out}", "inits=2", "prompts=3", "sweep.recursive=1", *tiny]) == 0
+    # W&B's service writes a finished run's records on its own time (a busy CPU saw only the file's header);
+    # at a command's exit its teardown waits for them, so the test does the same before reading
+    wandb.teardown()
 
     def records(folder: Path, stage: str) -> bytes:
         run_id = (folder / "wandb" / f"{stage}.run_id").read_text()
