@@ -3,7 +3,8 @@
 The checkout keeps ``configs/`` and ``envs/`` at its top level; installed, they are ``rl_gpt/configs``
 (pyproject maps the folder) and ``rl_gpt.envs`` (``rl_gpt/envs`` links to ``../envs``). Every other
 test runs from the checkout, where a missing mapping does not show: a wheel once shipped no preset at
-all, and its top-level ``envs`` lost to any ``envs/`` folder in a user's working directory.
+all, and its top-level ``envs`` lost to any ``envs/`` folder in a user's working directory. The sdist
+once held the test files without ``conftest.py`` and the helpers they import, so no test ran from it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -35,19 +37,30 @@ def test_every_package_of_the_checkout_is_listed_for_the_wheel() -> None:
     assert _setuptools()["package-dir"] == {"rl_gpt.configs": "configs"}
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if _is_source(p, folder)}
+
+
+def _is_source(path: Path, root: Path) -> bool:
+    return path.is_file() and "__pycache__" not in path.relative_to(root).parts and path.suffix != ".pyc"
+
+
 def test_rl_gpt_envs_is_this_checkouts_envs_folder() -> None:
-    """rl_gpt/envs links to the top-level envs/: a checkout, installed or on PYTHONPATH, imports its own."""
+    """rl_gpt/envs links to the top-level envs/: a checkout, installed or on PYTHONPATH, imports its own.
+    An sdist keeps no links (setuptools stores the files a link points to), so unpacked it holds a copy."""
     import rl_gpt.envs
 
-    assert (ROOT / "rl_gpt" / "envs").is_symlink() and os.readlink(ROOT / "rl_gpt" / "envs") == "../envs"
-    assert Path(rl_gpt.envs.__file__).resolve().parent == ROOT / "envs"
+    link = ROOT / "rl_gpt" / "envs"
+    if link.is_symlink() or (ROOT / ".git").exists():
+        assert link.is_symlink() and os.readlink(link) == "../envs"
+    else:  # an unpacked sdist
+        assert _files(link) == _files(ROOT / "envs")
+    assert Path(rl_gpt.envs.__file__).resolve().parent == link.resolve()
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    setuptools = pytest.importorskip("setuptools")
-    if int(setuptools.__version__.split(".")[0]) < 77:
-        pytest.skip("building offline needs setuptools>=77 in this environment (pyproject's build requirement)")
+    _require_setuptools()
     out = tmp_path_factory.mktemp("wheel")
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(ROOT)]
     # A build folder of its own: setuptools' default, build/ in the checkout, would be left behind there.
@@ -55,6 +68,12 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     return next(out.glob("rl_gpt-*.whl"))
+
+
+def _require_setuptools() -> None:
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip("building offline needs setuptools>=77 in this environment (pyproject's build requirement)")
 
 
 def _build_config(out: Path) -> Path:
@@ -95,3 +114,22 @@ def test_the_installed_package_finds_its_presets_and_envs_beside_a_users_own_fol
     assert Path(package).parent == site / "rl_gpt"
     assert Path(envs).parent == site / "rl_gpt" / "envs"  # not the user's envs/
     assert Path(presets) == site / "rl_gpt" / "configs"
+
+
+def test_the_sdist_holds_what_its_tests_and_makefile_need(tmp_path: Path) -> None:
+    """The sdist is a release that can be tested: every file of tests/ (conftest.py and the helpers
+    included), and of what they and the Makefile read."""
+    _require_setuptools()
+    out = tmp_path / "sdist"
+    out.mkdir()
+    code = f"from setuptools import build_meta; print(build_meta.build_sdist({str(out)!r}))"
+    env = {**os.environ, "DIST_EXTRA_CONFIG": str(_build_config(out))}  # its egg-info outside the checkout too
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(out / done.stdout.split()[-1]) as sdist:
+        names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
+    wanted = {"Makefile", "README.md", "LICENSE", "pyproject.toml", "rl_gpt/py.typed"}
+    for folder in ("tests", "scripts", "docs", "envs", "configs"):
+        wanted |= {f"{folder}/{name}" for name in _files(ROOT / folder)}
+    assert not wanted - names, f"missing from the sdist: {sorted(wanted - names)}"
+    assert not [n for n in names if n.startswith(("runs/", ".venv/")) or "__pycache__" in n]
