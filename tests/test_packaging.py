@@ -9,6 +9,7 @@ once held the test files without ``conftest.py`` and the helpers they import, so
 
 from __future__ import annotations
 
+import email.parser
 import os
 import subprocess
 import sys
@@ -133,3 +134,18 @@ def test_the_sdist_holds_what_its_tests_and_makefile_need(tmp_path: Path) -> Non
         wanted |= {f"{folder}/{name}" for name in _files(ROOT / folder)}
     assert not wanted - names, f"missing from the sdist: {sorted(wanted - names)}"
     assert not [n for n in names if n.startswith(("runs/", ".venv/")) or "__pycache__" in n]
+
+
+def test_the_wheels_metadata_says_what_the_package_holds(wheel: Path) -> None:
+    """The classifiers start at requires-python's lowest version, ``Typing :: Typed`` goes with the shipped
+    py.typed, and the ``rl-gpt`` command and the extras the README installs are declared."""
+    archive = zipfile.ZipFile(wheel)
+    info = next(n.split("/")[0] for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+    metadata = email.parser.Parser().parsestr(archive.read(f"{info}/METADATA").decode())
+    lowest = metadata["Requires-Python"].removeprefix(">=")
+    pythons = [c.rsplit(" :: ", 1)[1] for c in metadata.get_all("Classifier") if c.count(" :: ") == 2]
+    pythons = sorted((p for p in pythons if p[0].isdigit()), key=lambda v: tuple(map(int, v.split("."))))
+    assert pythons and pythons[0] == lowest, (pythons, lowest)
+    assert "Typing :: Typed" in metadata.get_all("Classifier") and "rl_gpt/py.typed" in archive.namelist()
+    assert set(metadata.get_all("Provides-Extra")) == {"ray", "dev"}
+    assert "rl-gpt = rl_gpt.cli:console_main" in archive.read(f"{info}/entry_points.txt").decode()
