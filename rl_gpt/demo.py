@@ -44,6 +44,9 @@ def run_demo(
     """
     cfg = load_config(config, [f"out={out}", *overrides], command="demo")
     out = Path(cfg.out)  # an out= override names the folder for every stage, the sweep's report included
+    if progress:  # the only line for the minutes collection takes: an installed rl-gpt writes under the cwd
+        where = out if out.is_absolute() else f"{out} (in {Path.cwd()})"
+        print(f"demo: writing to {where}: dataset/, model/, report.json, sweep.png; the same command resumes it")
     start = time.time()
     stages = {}
     collect(cfg, progress=progress)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 from cli_helpers import QUIET, TINY_MODEL
 
 from rl_gpt.cli import main
@@ -87,3 +88,21 @@ def test_the_demos_help_names_hyperparameters_the_default_demo_has():
     text = " ".join(build_parser().commands["demo"].format_help().split())
     named = re.findall(r"task\.hyperparams\.(\w+)=", text)
     assert named and all(key in TaskConfig().hyperparams for key in named), named
+
+
+def test_the_demo_says_where_it_writes_before_it_starts(tmp_path, monkeypatch, capsys):
+    """Collection prints nothing but a progress bar for minutes: the folder, under the folder the command
+    runs in (an installed rl-gpt has no checkout to write into), is said first."""
+    import rl_gpt.demo
+
+    class Stop(Exception):
+        pass
+
+    def collect(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(rl_gpt.demo, "collect", collect)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Stop):
+        rl_gpt.demo.run_demo("runs/demo", overrides=["wandb.mode=disabled"])
+    assert f"demo: writing to runs/demo (in {tmp_path}): dataset/" in capsys.readouterr().out
