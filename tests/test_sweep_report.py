@@ -194,3 +194,111 @@ def test_a_sweep_logs_its_headline_numbers_and_keeps_its_report_when_wandb_fails
     assert "W&B logging failed (connection reset)" in capsys.readouterr().err
     assert Broken.finished == [1] and rl_gpt.wandb_run._started == []
     assert asked["experiment"] == tmp_path.name  # the model's experiment, not a saved config's `out`
+
+
+@pytest.mark.parametrize(("higher", "worst"), [(True, 100.0), (False, 500.0)])
+def test_the_worst_prompt_is_the_grids_low_return_or_high_loss(higher: bool, worst: float) -> None:
+    """Recursive prompting scores a failed network as the worst prompt: a return's lowest, a loss's highest."""
+    from rl_gpt.evaluate.alignment import worst_prompt
+
+    assert worst_prompt(torch.tensor([300.0, 100.0, 500.0]), higher) == worst
+
+
+def test_the_r2_interval_is_students_t_with_k_minus_1_degrees_of_freedom() -> None:
+    from rl_gpt.evaluate.alignment import mean_ci95
+
+    # mean 2, std 1, k = 3: t(0.975, 2) = 4.302653 (tables), so the half-width is 4.302653 / sqrt(3)
+    low, high = mean_ci95(torch.tensor([1.0, 2.0, 3.0, math.nan]))  # the NaN is left out
+    assert (low, high) == pytest.approx((2 - 4.302653 / 3**0.5, 2 + 4.302653 / 3**0.5), abs=1e-5)
+    assert all(math.isnan(v) for v in mean_ci95(torch.tensor([1.0])))  # one value has no spread
+
+
+@pytest.mark.parametrize("higher", [True, False])
+def test_a_network_exactly_at_the_threshold_is_solved(higher: bool) -> None:
+    """ "Solved" is at or past the threshold (CartPole-v1: 475, reached exactly by many checkpoints)."""
+    prompts = torch.tensor([100.0, 475.0]) if higher else torch.tensor([0.1, 0.9])
+    best = 1 if higher else 0
+    threshold = float(prompts[best])
+    achieved = prompts.repeat(2, 1)[..., None].clone()  # (K, P, S): on target, i.e. exactly at the threshold
+    assert _summary(prompts, achieved, best, threshold, higher)["one_step"]["solved_fraction"] == 1.0
+
+
+def test_a_failure_in_the_better_half_is_scored_there_as_everywhere() -> None:
+    prompts = torch.tensor([100.0, 200.0, 300.0, 400.0])  # the better half: 300, 400
+    achieved = prompts.repeat(2, 1)[..., None].clone()
+    achieved[1, 2, 0] = math.nan  # scored at 100, the far end from 300
+    summary = _summary(prompts, achieved, best=3, threshold=None, higher=True)
+    expected = achieved.nan_to_num(nan=100.0)
+    assert summary["prompt_alignment_r2_better_half"] == pytest.approx(
+        float(alignment_r2(prompts[2:], expected[:, 2:]).mean())
+    )
+    assert math.isfinite(summary["prompt_alignment_r2_better_half"])
+
+
+def test_a_better_half_of_one_prompt_has_no_r2() -> None:
+    """R² over a single prompt divides by a zero spread: undefined, not a large negative number."""
+    prompts = torch.tensor([0.2, 1.0])
+    summary = _summary(prompts, prompts.repeat(3, 1)[..., None], best=0, threshold=None, higher=False)
+    assert summary["better_half_prompts"] == 1 and math.isnan(summary["prompt_alignment_r2_better_half"])
+
+
+def test_training_equivalent_counts_reaching_the_value_exactly_and_takes_the_upper_median(tmp_path) -> None:
+    returns = _runs(tmp_path, [[10, 150, 200], [10, 20, 150], [150, 160, 170], [10, 20, 30]], higher=True)
+    # first reached exactly 150 at steps 100, 200, 0, never: the upper median of four is the third, 200
+    assert _training_equivalent(returns, [0, 1, 2, 3], 150.0, higher=True) == 200.0
+    # half of the runs never got there: the upper median is "never"
+    assert _training_equivalent(returns, [2, 3], 150.0, higher=True) is None
+
+
+def test_the_training_curve_is_the_mean_per_checkpoint_over_runs(tmp_path) -> None:
+    from rl_gpt.sweep.summary import training_curve
+
+    ds = _runs(tmp_path, [[10, 50, 200, 300], [30, 70, 100]], higher=True)
+    curve = training_curve(ds, [0, 1], ds.run_slices())
+    assert curve == {"step": [0.0, 100.0, 200.0], "mean_return": [20.0, 60.0, 150.0]}  # the shorter run's length
+
+
+def test_classifier_references_are_the_datasets_lowest_and_the_held_out_runs_last_usable(tmp_path, monkeypatch) -> None:
+    import rl_gpt.sweep.summary as summary
+
+    layout = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
+    meta = {"task": {"name": "toy"}, "metric": {"name": "test_loss", "higher_is_better": False}}
+    w = DatasetWriter(tmp_path / "ds", meta | {"layout": layout.to_dict()})
+    losses = [[2.3, 0.5, 0.3], [2.3, 0.4, math.nan], [2.2, 0.2, 0.6]]  # run 1 diverged at its last checkpoint
+    for run, curve in enumerate(losses):
+        loss = torch.tensor(curve)
+        w.add_run(
+            run,
+            {
+                "params": torch.zeros(3, layout.numel),
+                "metric": loss,
+                "step": torch.arange(3) * 100,
+                "test_loss": loss,
+                "test_error": loss / 10,
+            },
+            {},
+        )
+    w.consolidate()
+    ds = CheckpointDataset(tmp_path / "ds")
+    measured = {"test_loss": torch.tensor([0.3, math.nan]), "test_error": torch.tensor([0.1, math.nan])}
+    monkeypatch.setattr(summary, "supervised_metric", lambda spec, params: measured)
+    got = summary.classifier_metrics(ds, torch.zeros(2, layout.numel), heldout_runs=[0, 1])
+    assert got["dataset_best"] == pytest.approx({"test_loss": 0.2, "test_error": 0.02})  # the lowest of every run
+    # the held-out runs end at 0.3 and (before diverging) 0.4: their median is the middle two's mean
+    assert got["heldout_final"] == pytest.approx({"test_loss": 0.35, "test_error": 0.035})
+    assert got["heldout_runs"] == {"test_loss": 2, "test_error": 2}
+    assert got["test_loss"] == pytest.approx(0.3) and got["failed_fraction"] == 0.5
+
+
+def test_compare_reads_the_better_half_of_a_lower_is_better_report_as_the_sweep_does() -> None:
+    from rl_gpt.sweep.compare import _better_half_per_init
+
+    prompts = torch.linspace(0.2, 2.2, 6)  # losses: the better half is the lowest three
+    achieved = prompts.clone().repeat(4, 1)[..., None]
+    achieved[:, :3] = 0.6  # stalls at the best prompts
+    achieved[1, 4, 0] = 1.5  # and a miss in the worse half, which the better half must not see
+    summary = _summary(prompts, achieved, best=0, threshold=None, higher=False)
+    report = {"prompts": prompts.tolist(), "achieved": achieved.tolist(), "metric": {"higher_is_better": False}}
+    per_init = _better_half_per_init(report)
+    assert per_init.tolist() == pytest.approx(alignment_r2(prompts[:3], achieved[:, :3]).tolist())
+    assert float(per_init.mean()) == pytest.approx(summary["prompt_alignment_r2_better_half"])
