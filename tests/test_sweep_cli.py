@@ -17,6 +17,7 @@ from cli_helpers import QUIET, ctrl_c_with_a_wandb_run_open
 from tensordict import TensorDict
 
 from rl_gpt.cli import main
+from rl_gpt.evaluate.alignment import alignment_r2
 from rl_gpt.sweep.table import format_table
 from rl_gpt.train.modelfile import load_generator, read_model_info
 
@@ -37,9 +38,10 @@ def test_a_sweeps_retrieval_and_novelty_pool_is_the_training_runs_usable_checkpo
         seen.update(train=train_runs, test=test_runs)
         return novelty(ds, methods, inits, pool_rows, train_runs, test_runs, seed)
 
-    def measured(ds, params, *args, stats_rows=None, **kwargs):
-        evaluated.append((params, stats_rows))
-        return evaluate_flat(ds, params, *args, stats_rows=stats_rows, **kwargs)
+    def measured(ds, params, episodes, seed, *args, stats_rows=None, **kwargs):
+        result = evaluate_flat(ds, params, episodes, seed, *args, stats_rows=stats_rows, **kwargs)
+        evaluated.append((params, stats_rows, seed, result.mean))
+        return result
 
     monkeypatch.setattr(sweep_run, "novelty_audit", spy)
     monkeypatch.setattr(sweep_run, "evaluate_flat", measured)
@@ -55,9 +57,26 @@ def test_a_sweeps_retrieval_and_novelty_pool_is_the_training_runs_usable_checkpo
     noise = (seen["noisy"] - seen["retrieved"]) / load_generator(experiment / "model")[0].normalizer.std
     assert float(noise.std()) == pytest.approx(0.1, rel=0.2) and abs(float(noise.mean())) < 0.03
     # each retrieved (or noised) checkpoint is measured with its own row's observation statistics
-    own = [(p, rows) for p, rows in evaluated if rows is not None]
+    own = [(p, rows) for p, rows, _, _ in evaluated if rows is not None]
     assert len(own) == 2 and all(torch.equal(p, ds.data["params"][rows]) for p, rows in own[:1])
     report = json.loads((tmp_path / "s" / "report.json").read_text())
+    # in order: the inits (identity), the generated networks, the retrieved checkpoints, the noisy ones; every one
+    # rolled out from the same start states (sweep.seed's SWEEP seed), as the README says
+    assert [seed for *_, seed, _ in evaluated] == [report["scoring"]["evaluation_seed"]] * 4
+    init_metric, _, retrieved, _ = (mean for *_, mean in evaluated)
+    prompts = torch.tensor(report["prompts"])
+    # retrieval: for each prompt, the pool's checkpoint whose label is nearest it
+    labels = ds.data["metric"][pool].float()
+    nearest = pool[(labels[None] - prompts[:, None]).abs().argmin(1)]
+    assert torch.equal(own[0][1], nearest)
+    best = int(prompts.argmax())  # returns: the highest prompt is the best
+    assert torch.equal(seen["retrieved"][0], ds.data["params"][nearest[best]].float())  # novelty's, at the best prompt
+    # the rows are what those networks achieved: identity is the inits' own return, measured as everything else
+    assert report["init_metric"] == pytest.approx(init_metric.tolist())
+    identity = alignment_r2(prompts, init_metric[:, None].expand(-1, len(prompts)))
+    assert report["baselines"]["identity"]["r2_per_init"] == pytest.approx(identity.tolist())
+    retrieval = alignment_r2(prompts, retrieved[None].expand(2, -1))
+    assert report["baselines"]["retrieval"]["r2_per_init"] == pytest.approx(retrieval.tolist())
     assert report["novelty"]["nn_dist_heldout"] > 0  # the held-out run's final checkpoint is not in the pool
     assert report["novelty"]["retrieval"] == 0  # a training checkpoint is its own nearest: the whole pool is searched
     assert report["machine"]["device"] == "cpu" and report["machine"]["cpu_capability"]  # what sampled and rolled out
