@@ -447,3 +447,17 @@ def test_toy_theta_free_unconditional_covers_both_clusters(toy_theta_free: Any) 
     x = _toy_theta_free_sample(toy_theta_free, 0, torch.zeros(400, TOY_DIM), guidance=0.0)  # prompt dropped
     frac1 = torch.cdist(x, TOY_CENTERS).argmin(1).float().mean().item()
     assert 0.2 <= frac1 <= 0.8
+
+
+def test_sampling_steps_are_the_nearest_training_steps_to_an_even_spacing() -> None:
+    """K of T steps: evenly spaced from 0 to T - 1, each rounded to the nearest index (not truncated), so the
+    visited noise levels are those improved-DDPM's respacing visits."""
+    assert space_timesteps(20, 4).tolist() == [0, 6, 13, 19]  # 0, 6.33, 12.67, 19
+    assert space_timesteps(1000, 1).tolist() == [999]  # one step: from pure noise
+
+
+def test_training_draws_every_noise_level_sampling_visits() -> None:
+    """Sampling starts at step T - 1: training must draw it too (uniform on 0..T-1)."""
+    diffusion = GaussianDiffusion(steps=4)
+    drawn = diffusion.sample_t(400, generator=torch.Generator().manual_seed(0))
+    assert sorted(set(drawn.tolist())) == [0, 1, 2, 3]

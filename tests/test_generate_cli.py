@@ -402,3 +402,13 @@ def test_a_state_dict_given_as_the_start_says_to_flatten_it():
     with pytest.raises(ValueError, match=r"layout.flatten\(state_dict\)"):  # was torch's "Could not infer dtype"
         start_tensor(state, layout)
     assert torch.equal(start_tensor(layout.flatten(state), layout), layout.flatten(state))
+
+
+def test_a_test_error_target_is_a_fraction_from_zero_to_one_inclusive() -> None:
+    from rl_gpt.config import ConfigError
+    from rl_gpt.generate.targets import check_fraction_targets
+
+    check_fraction_targets("test_error", [0.0, 0.05, 1.0])  # both ends are errors a network can have
+    with pytest.raises(ConfigError, match=r"for 5 % pass 0.05"):
+        check_fraction_targets("test_error", [5.0])
+    check_fraction_targets("test_loss", [5.0])  # a loss is no fraction

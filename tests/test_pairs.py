@@ -127,3 +127,18 @@ def test_the_pair_sampler_is_part_of_the_dataset_packages_api():
 
     for name in ("PairSampler", "Normalizer", "split_runs"):
         assert name in rl_gpt.dataset.__all__ and getattr(rl_gpt.dataset, name) is getattr(pairs, name)
+
+
+def test_the_normaliser_maps_the_training_metric_range_onto_minus_one_to_one() -> None:
+    """The generator's prompt and input m live in [-1, 1] over the training runs' metric range (NaN labels
+    left out), and a prompt converted there and back is the prompt."""
+    from rl_gpt.dataset.pairs import Normalizer
+
+    layout = Layout.build({"l.weight": (3, 2), "l.bias": (3,)}, [LayerSpec("l", None, None)])
+    params = torch.randn(8, layout.numel, generator=torch.Generator().manual_seed(0))
+    metric = torch.tensor([20.0, 500.0, float("nan"), 100.0, 20.0, 260.0, 400.0, 30.0])
+    norm = Normalizer.fit(params, metric, layout, params[1:] - params[:-1])
+    assert (norm.metric_low, norm.metric_high) == (20.0, 500.0)
+    m = torch.tensor([20.0, 260.0, 500.0, 620.0])
+    assert norm.metric(m).tolist() == pytest.approx([-1.0, 0.0, 1.0, 1.5])
+    assert norm.unmetric(norm.metric(m)).tolist() == pytest.approx(m.tolist())
