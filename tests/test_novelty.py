@@ -342,3 +342,49 @@ def test_a_matched_reference_draws_among_tied_checkpoints() -> None:
     picked = _matched_rows(rows, metric, wanted, torch.Generator().manual_seed(0))
     assert set(picked.tolist()) <= set(range(120, 140)) and len(set(picked.tolist())) > 10
     assert _matched_rows(rows, metric, torch.tensor([3.2, 7.0]), torch.Generator()).tolist() == [103, 107]
+
+
+def test_the_novelty_audit_divides_by_held_out_checkpoints_of_the_metric_achieved(tmp_path, monkeypatch) -> None:
+    """Known answers for the sweep's novelty column: a copy of a training checkpoint scores 0, and a held-out
+    checkpoint handed in as a "generated" network scores 1, since its reference is itself (the held-out
+    checkpoint nearest its metric), not the held-out runs' final checkpoints (the reference before session 35)."""
+    import rl_gpt.sweep.audit as audit
+    from rl_gpt.dataset import CheckpointDataset, DatasetWriter
+
+    # ReLU units: a network is compared as canonical_scale writes it, whatever the scale of its units
+    shapes = {"0.weight": (16, 4), "0.bias": (16,), "out.weight": (2, 16), "out.bias": (2,)}
+    layout = Layout.build(shapes, [LayerSpec("0", None, "h0", "relu"), LayerSpec("out", "h0", None)])
+    g = torch.Generator().manual_seed(0)
+    meta = {"task": {"name": "toy"}, "metric": {"name": "return", "higher_is_better": True}}
+    w = DatasetWriter(tmp_path / "ds", meta | {"layout": layout.to_dict()})
+    for run in range(4):  # runs 0-2 train, run 3 is held out; each moves away from its init as it learns
+        init = torch.randn(layout.numel, generator=g)
+        params = torch.stack([init + i * torch.randn(layout.numel, generator=g) for i in range(4)])
+        metric = torch.tensor([10.0, 100.0, 200.0, 300.0]) + run  # distinct labels: no ties to draw among
+        w.add_run(run, {"params": params, "metric": metric, "step": torch.arange(4) * 100}, {})
+    w.consolidate()
+    ds = CheckpointDataset(tmp_path / "ds")
+    monkeypatch.setattr(audit, "_behavioural", lambda *args: {})  # rollouts are behaviour's own tests
+    slices = ds.run_slices()
+    pool = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in (0, 1, 2)])
+    held = slices[3].start + 1  # the held-out run's 2nd and 3rd checkpoints (metrics 103, 203), not its final one
+    methods = {
+        "generator": (ds.data["params"][held : held + 2].float(), torch.tensor([103.0, 203.0])),
+        "retrieval": (ds.data["params"][pool[5]].float()[None].expand(2, -1), torch.full((2,), 101.0)),
+    }
+    inits = torch.randn(2, layout.numel, generator=g)
+    out = audit.novelty_audit(ds, methods, inits, pool, [0, 1, 2], [3])
+    assert out["novelty"]["generator"] == pytest.approx(1.0)
+    assert out["novelty"]["matched_heldout_rows"] == [held, held + 1]  # each by its own metric
+    assert out["novelty"]["retrieval"] == 0.0  # the whole pool is searched
+    from rl_gpt.sweep.novelty import canonical_scale
+
+    def nearest(rows: slice) -> float:
+        networks = canonical_scale(layout, ds.data["params"][rows].float())
+        return float(nearest_aligned(layout, networks, canonical_scale(layout, ds.data["params"][pool].float()))[0][0])
+
+    final = nearest(slice(slices[3].stop - 1, slices[3].stop))
+    assert out["novelty"]["nn_dist_heldout"] == pytest.approx(final)
+    generated = (nearest(slice(held, held + 1)) + nearest(slice(held + 1, held + 2))) / 2
+    reference = out["novelty"]["final_checkpoint_reference"]["generator"]
+    assert reference == pytest.approx(generated / final) and reference != pytest.approx(1.0)
