@@ -59,8 +59,13 @@ def test_tiny_collection_writes_a_complete_dataset(tmp_path, preset, extra):
     assert torch.isfinite(td["metric"]).all() and td["valid"].all()
     assert set(spec) >= {"task", "env_id", "algo", "policy_kwargs", "metric", "layout", "versions", "policy"}
     assert set(spec["fields"]) == set(td.keys())  # each column described, and each description a column
-    if spec["policy"]["normalize_obs"]:  # VecNormalize statistics travel with each checkpoint
+    # VecNormalize statistics travel with each checkpoint, for reference once folded into the weights. (This
+    # branch had read spec["policy"]["normalize_obs"], which folding sets false: it never ran.)
+    if spec["task"]["normalize"]:
+        assert not spec["policy"]["normalize_obs"]  # collect.fold_normalisation (default on) folded them
         assert td["obs_mean"].shape == (len(td), spec["policy"]["obs_dim"])
+    else:
+        assert "obs_mean" not in set(td.keys())
     assert (tmp_path / "dataset" / "config.yaml").exists()
 
 
