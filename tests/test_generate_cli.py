@@ -120,6 +120,10 @@ def test_generate_from_a_generated_policy_updates_it_again(experiment, tmp_path)
     returns = [evaluate_sb3_file(start, episodes=2, seed=s).returns[0].tolist() for s in seeds]
     assert float(torch.tensor(returns[0]).mean()) == pytest.approx(second["start_return"], abs=1e-6)
     assert len({tuple(r) for r in returns}) > 1  # other seeds give other start states: the check can fail
+    from rl_gpt.evaluate.seeds import Purpose, evaluation_seed
+
+    # --seed 0 (the default) is rolled out on the start states of a sweep with sweep.seed=0: "measured alike"
+    assert first["eval_seed"] == second["eval_seed"] == evaluation_seed(0, Purpose.SWEEP)
 
 
 def test_a_generate_or_sweep_into_a_folder_in_use_is_refused(experiment, tmp_path, capsys, monkeypatch):
@@ -191,6 +195,13 @@ def test_generate_params_samples_in_memory_what_generate_writes(experiment, tmp_
     before = sorted((p.name, p.stat().st_mtime_ns) for p in model.rglob("*"))
     result = generate_params(model, [100, 400], num=2, seed=3, episodes=2)
     assert sorted((p.name, p.stat().st_mtime_ns) for p in model.rglob("*")) == before  # nothing written
+    from rl_gpt.collect.inits import random_inits
+    from rl_gpt.config import task_config
+
+    # --seed 3 starts from the sweep's unseen init 3 (sweep.init_seed + 3), the network its report scores
+    spec = json.loads((experiment / "dataset" / "spec.json").read_text())
+    swept = read_model_info(model)["meta"]["config"]["sweep"]["init_seed"]
+    torch.testing.assert_close(result.start, random_inits(task_config(spec["task"]), 4, swept)[3])
     assert result.params.shape == (2, 2, result.layout.numel) and result.targets == [100.0, 400.0]
     assert result.guidance == 2.0 and result.average == 1  # the model's own sweep settings
     args = ["generate", "--model", str(model), "--target-return", "100", "400", "--num", "2", "--episodes", "2"]
