@@ -697,3 +697,17 @@ def test_a_policy_with_nan_weights_is_refused(tmp_path, capsys) -> None:
         load_sb3_policy(tmp_path / "nan.zip")
     assert main(["evaluate", str(tmp_path / "nan.zip")]) == 2  # was: "9.50 +- 0.50", as if it were a policy
     assert "NaN or infinite weights" in capsys.readouterr().err
+
+
+def test_a_dataset_network_with_non_finite_weights_is_measured_as_failed(experiment) -> None:
+    """evaluate_flat (sweeps, generate, calibrate) rolls a NaN network out as zeros to keep the batch's shape; what
+    it reports for it must be NaN, which the sweep scores as a failure, not the zero network's return."""
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.evaluate.dataset_metric import evaluate_flat
+
+    ds = CheckpointDataset(experiment / "dataset")
+    params = ds.data["params"][:3].float().clone()
+    params[1, 0] = float("nan")
+    result = evaluate_flat(ds, params, 2, 0, [0])
+    assert result.mean[1].isnan() and result.std[1].isnan() and result.returns[1].isnan().all()
+    assert torch.isfinite(result.mean[[0, 2]]).all()
