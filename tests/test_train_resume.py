@@ -3,6 +3,7 @@ a run goes on where it stopped (Ctrl-C, SIGTERM, a save cut short) or says why i
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -472,3 +473,51 @@ def test_ctrl_c_while_the_calibration_is_logged_says_it_was_written_after_wbs_li
     assert err[-1] == f"interrupted after {out / 'model' / 'calibration.json'} was written; " + (
         "calibration.png or the W&B log may be missing"
     ), err
+
+
+def test_a_run_saved_with_the_per_tensor_optimiser_goes_on_with_foreach_to_the_same_numbers(
+    experiment, tmp_path, monkeypatch
+):
+    """Runs saved before session 42 recorded AdamW's foreach unset (one tensor at a time on the CPU) and a
+    per-tensor EMA; resumed now, they go on with the foreach kernels and end as an uninterrupted run does."""
+    import signal
+
+    import rl_gpt.train.loop as loop
+
+    args = ["train", "cartpole", "steps=12", "train.ckpt_every=100", "train.warmup=2", *TINY_MODEL, *QUIET]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for out in (whole, split):
+        shutil.copytree(experiment / "dataset", out / "dataset")
+    assert main([*args, f"out={whole}"]) == 0
+
+    def old_optimizer(model, cfg):  # the code before session 42
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    @torch.no_grad()
+    def old_ema_then_ctrl_c(ema, model, decay, step):
+        decay = min(decay, (1 + step) / (10 + step))
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(loop, "make_optimizer", old_optimizer)
+            patch.setattr(loop, "update_ema", old_ema_then_ctrl_c)
+            assert main([*args, f"out={split}"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, outer)
+    state = json.loads((split / "model" / "train_state" / "state.json").read_text())
+    assert state["step"] == 6 and [g["foreach"] for g in state["param_groups"]] == [None]
+    adam = importlib.import_module("torch.optim.adam")  # AdamW's step runs Adam's kernels
+    multi, calls = adam._multi_tensor_adam, []
+    monkeypatch.setattr(adam, "_multi_tensor_adam", lambda *a, **k: calls.append(1) or multi(*a, **k))
+    assert main([*args, f"out={split}"]) == 0  # resumed from step 6
+    assert len(calls) == 6  # the foreach kernels, not the saved run's per-tensor loop
+    for name in ("model/model.safetensors", "model/train_state/state.safetensors"):
+        a, b = (load_file(str(out / name)) for out in (whole, split))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    history = [json.loads((out / "model/train_state/state.json").read_text())["history"] for out in (whole, split)]
+    assert history[0] == history[1]

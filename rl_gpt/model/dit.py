@@ -62,7 +62,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         qkv = self.qkv(x).reshape(batch, length, 3, self.heads, width // self.heads)  # (B, L, 3, H, W/H)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, W/H)
+        # Unbound on dim 2, then each transposed: the same views as permute(2, 0, 3, 1, 4), but autograd's
+        # backward is one stack instead of a stack and a permuted copy (session 42: the same numbers, faster).
+        q, k, v = (part.transpose(1, 2) for part in qkv.unbind(2))  # 3 x (B, H, L, W/H)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, L, W/H)
         y = y.transpose(1, 2).reshape(batch, length, width)  # (B, L, W)

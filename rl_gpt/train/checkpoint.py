@@ -251,6 +251,9 @@ def load_train_state(
         if key.startswith("opt."):
             _, idx, name = key.split(".", 2)
             state.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    # How the update is computed is this code's choice, not the run's: a run saved with foreach unset (before
+    # session 42) goes on with the foreach kernels, which give the same numbers as the per-tensor ones.
+    groups = [saved | {"foreach": now["foreach"]} for saved, now in zip(info["param_groups"], opt.param_groups)]
+    opt.load_state_dict({"state": state, "param_groups": groups})
     sampler_gen.set_state(tensors["rng.sampler"])
     return int(info["step"])

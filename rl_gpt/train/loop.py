@@ -50,7 +50,7 @@ from rl_gpt.train.preflight import check_tasks, finished, warn_if_metric_is_cons
 from rl_gpt.train.probe import prompt_range, quick_alignment
 from rl_gpt.wandb_run import check_login, finish_open_runs, log_output
 
-__all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "train", "update_ema"]
+__all__ = ["build_generator", "diffusion_args", "fit_normalizer", "lr_at", "make_optimizer", "train", "update_ema"]
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -87,8 +87,14 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step:
     """
     if step is not None:
         decay = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
+    # One foreach call instead of a lerp_ per tensor: the same numbers, less per-call overhead (session 42).
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The generator's AdamW. ``foreach=True`` on every device (the CPU's default is one tensor at a time):
+    the same numbers, less per-call overhead; the fused kernel is faster still but rounds differently."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
 def diffusion_args(cfg: TrainConfig) -> dict[str, Any]:
@@ -268,7 +274,7 @@ def _train(cfg: ExperimentConfig, progress: bool, resume: bool, held: contextlib
     gen.to(device)
     model = gen.model
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = make_optimizer(model, tc)
     step = 0
     if resume and (resume_from / "state.json").exists():
         step = load_train_state(resume_from, model, ema, opt, sampler.generator, expect=to_dict(tc), world=world)
