@@ -37,6 +37,7 @@ def _script(name):
 
     spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
@@ -53,3 +54,29 @@ def test_the_best_checkpoints_optimism_is_measured_on_images_it_was_not_chosen_o
     one_better[1] = 0.05  # the best everywhere: chosen alike on any images, nothing to be lucky about
     gap = bias.selection_gap(one_better, choose_size=100, splits=5)
     assert gap["on_the_choosing_images"] == pytest.approx(0.05) == gap["on_the_other_images"]
+
+
+# A DiT (attention is one of the paths compared) small enough for a test; one step per block.
+TINY_DIT = ["batch=32", "train.model_overrides={width: 32, depth: 1, heads: 2}", "train.test_fraction=0.25"]
+
+
+def test_the_train_step_benchmark_finds_the_old_and_new_paths_equal(experiment, capsys):
+    bench = _script("bench_train_step")
+    args = ["cartpole", "--out", str(experiment), "--steps", "1", "--repeats", "2", "--phases", *TINY_DIT]
+    assert bench.main(args) == 0
+    said = capsys.readouterr().out
+    assert "CPU-time ratio new/old" in said and "new phases, ms/step: pairs" in said
+    assert "equal: every model, EMA and optimiser tensor and all 3 losses" in said
+
+
+def test_the_train_step_benchmark_exits_1_when_the_new_path_computes_other_numbers(experiment, monkeypatch, capsys):
+    import torch
+
+    bench = _script("bench_train_step")
+
+    def fused(model, cfg):  # faster, and rounds differently: what the benchmark is there to catch
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+    monkeypatch.setattr(bench, "make_optimizer", fused)
+    assert bench.main(["cartpole", "--out", str(experiment), "--steps", "1", "--repeats", "2", *TINY_DIT]) == 1
+    assert "NOT EQUAL after 3 steps" in capsys.readouterr().out
