@@ -68,6 +68,7 @@ _ONE_LINE_ERRORS = (
     ("rl_gpt.supervised.files", "ClassifierFileError"),
     ("rl_gpt.sweep.compare", "ReportError"),
     ("rl_gpt.io", "FolderInUseError"),
+    ("rl_gpt.env_modules", "EnvModuleError"),
 )
 
 

@@ -9,12 +9,16 @@ folder the user chose. Imported once, the module is in ``sys.modules`` and ``gym
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib
 import os
 import sys
 from typing import Any
 
-__all__ = ["EnvModuleError", "import_env_module", "make_env"]
+import numpy as np
+
+__all__ = ["EnvModuleError", "check_env", "import_env_module", "make_env"]
 
 
 class EnvModuleError(ValueError):
@@ -40,14 +44,25 @@ def import_env_module(env_id: str) -> str:
     sys.path[:] = [p for p in sys.path if p not in hidden]
     try:
         importlib.import_module(module)
-    except ImportError as exc:
-        here = " (the current folder is not searched)" if hidden else ""
-        where = f"is its folder on PYTHONPATH?{here}"
-        raise EnvModuleError(f"cannot import {module!r} for {name!r} ({exc}; {where})") from None
+    except ModuleNotFoundError as exc:
+        raise EnvModuleError(_not_found(module, name, exc)) from None
+    except Exception as exc:  # the module's own code failed: one line, not its traceback
+        raise EnvModuleError(f"importing {module!r} (for {name!r}) failed: {type(exc).__name__}: {exc}") from None
     finally:
         added = [p for p in sys.path if p not in saved]  # what the module itself put there stays
         sys.path[:] = saved + added
     return name
+
+
+def _not_found(module: str, name: str, exc: ModuleNotFoundError) -> str:
+    """Which module is missing: the user's own (a folder to name) or one it imports (a package to install)."""
+    missing = exc.name or ""
+    if missing and not (module == missing or module.startswith(missing + ".")):
+        return f"{module!r} (for {name!r}) imports {missing!r}, which is not installed: install it ({exc})"
+    return (
+        f"cannot import {module!r} for {name!r}: module not found; run with its folder on PYTHONPATH "
+        "(PYTHONPATH=. for the current folder, which is not searched otherwise)"
+    )
 
 
 def make_env(env_id: str) -> Any:
@@ -57,3 +72,60 @@ def make_env(env_id: str) -> Any:
 
     import_env_module(env_id)
     return gym.make(env_id)
+
+
+def check_env(env_id: str) -> str:
+    """Refuse, in one line, an env id that rl_gpt cannot collect or evaluate; returns the registered id.
+
+    Every command that steps an env calls this (collect, evaluate, calibrate, sweep rollouts): the module
+    of a ``module:EnvId`` imports (:func:`import_env_module`), the id is registered, its episodes end
+    (rollouts run until every episode has), observations are a flat Box and actions Discrete or a 1-D
+    Box with finite bounds (what the stored actor's layout and the batched evaluator read).
+    """
+    name = import_env_module(env_id)
+    import gymnasium as gym
+
+    if name not in gym.registry:
+        close = difflib.get_close_matches(name, list(gym.registry), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; is it registered (gymnasium.register) on import?"
+        raise EnvModuleError(f"unknown Gymnasium environment {name!r}{hint}")
+    _check_made(name)
+    return name
+
+
+@functools.cache
+def _check_made(name: str) -> None:  # cached: making a MuJoCo env takes ~50 ms, and rollouts call this per batch
+    import gymnasium as gym
+
+    try:
+        env = gym.make(name)
+    except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
+        raise EnvModuleError(f"{name}: {exc}") from None
+    try:
+        obs, act = env.observation_space, env.action_space
+        if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
+            raise EnvModuleError(
+                f"{name} observes {obs}; rl_gpt's policies read a flat Box: register it wrapped in "
+                "gymnasium.wrappers.FlattenObservation"
+            )
+        if isinstance(act, gym.spaces.Box):
+            if len(act.shape) != 1:
+                raise EnvModuleError(f"{name} acts in {act}; rl_gpt's policies act in a 1-D Box: flatten its actions")
+            if not (np.isfinite(act.low).all() and np.isfinite(act.high).all()):
+                raise EnvModuleError(
+                    f"{name} acts in {act}, whose bounds are infinite; rl_gpt's policies (SAC's squashing, PPO's "
+                    "clipping) need finite bounds: register it with finite low and high"
+                )
+        elif not isinstance(act, gym.spaces.Discrete):
+            raise EnvModuleError(f"{name} acts in {act}; rl_gpt's policies act in Discrete or Box spaces")
+        limited, inner = False, env
+        while isinstance(inner, gym.Wrapper):
+            limited = limited or isinstance(inner, gym.wrappers.TimeLimit)
+            inner = inner.env
+        if not limited:  # an episode that never ends would hang collection's and every evaluation's rollouts
+            raise EnvModuleError(
+                f"{name} has no time limit: register it with max_episode_steps (gymnasium.register({name!r}, "
+                "entry_point=..., max_episode_steps=N)), or return it wrapped in gymnasium.wrappers.TimeLimit"
+            )
+    finally:
+        env.close()

@@ -29,7 +29,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.distributions import Distribution
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
-from rl_gpt.env_modules import EnvModuleError, import_env_module
+from rl_gpt.env_modules import EnvModuleError, check_env
 from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
@@ -64,21 +64,12 @@ def run_seed(cfg: ExperimentConfig, run: int) -> int:
 
 
 def check_env_id(env_id: str) -> None:
-    """Refuse an unknown Gymnasium id with a one-line message before any work starts.
-
-    ``module:EnvId`` (Gymnasium's form for an environment a module registers when imported) imports
-    ``module`` first, as ``gym.make`` would, but never from the current folder (:mod:`rl_gpt.env_modules`).
-    """
+    """Refuse, before any work starts, an env id rl_gpt cannot collect, in one line (:func:`check_env`:
+    ``module:EnvId`` imported, but never from the current folder; registered; episodes that end; spaces)."""
     try:
-        env_id = import_env_module(env_id)
+        check_env(env_id)
     except EnvModuleError as exc:
-        raise ConfigError(f"task.env_id: {exc}") from None
-    if env_id not in gym.registry:
-        import difflib
-
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"task.env_id: unknown Gymnasium environment {env_id!r}{hint}")
+        raise ConfigError(f"task.env_id={env_id}: {exc}") from None
 
 
 def _schedule(value: Any) -> Any:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl_gpt.env_modules import EnvModuleError, check_env, make_env
 from rl_gpt.envs import DYNAMICS
 from rl_gpt.evaluate.policy import policy_spec_from_sb3
 from rl_gpt.evaluate.rollout import EvalResult, evaluate_params
@@ -194,7 +195,7 @@ def _ints(tree: Any) -> list[int]:
 @functools.cache
 def _env_spaces(env_id: str) -> tuple[gym.Space, gym.Space]:
     """An env's observation and action spaces (making an env is the slow part of inference)."""
-    env = gym.make(env_id)
+    env = make_env(env_id)
     env.close()
     return env.observation_space, env.action_space
 
@@ -237,8 +238,11 @@ def _sidecar_env_id(file: SB3File) -> str | None:
     if not sidecar.is_file():
         return None
     env_id = json.loads(sidecar.read_text(encoding="utf-8")).get("env_id")
-    if env_id and (":" in env_id or env_id not in gym.registry):  # "module:Env" would import module
-        raise PolicyFileError(f"{sidecar}: env_id {env_id!r} is not a registered Gymnasium id; pass --env ENV_ID")
+    if env_id:  # a "module:Env" id is imported from an installed package or PYTHONPATH only, never the current folder
+        try:
+            check_env(env_id)
+        except EnvModuleError as exc:
+            raise PolicyFileError(f"{sidecar}: env_id {env_id}: {exc}; or pass --env ENV_ID") from None
     return env_id or None
 
 
@@ -282,12 +286,11 @@ def load_sb3_policy(path: str | Path, env_id: str | None = None) -> tuple[SB3Fil
     from stable_baselines3.sac.policies import SACPolicy
 
     file = read_sb3_file(path)
-    if env_id is not None and (":" in env_id or env_id not in gym.registry):  # "module:Env" would import module
-        import difflib
-
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise PolicyFileError(f"--env {env_id}: not a registered Gymnasium id{hint}")
+    if env_id is not None:  # "module:Env" imports module from an installed package or PYTHONPATH only
+        try:
+            check_env(env_id)
+        except EnvModuleError as exc:
+            raise PolicyFileError(f"--env {env_id}: {exc}") from None
     env_id = env_id or infer_env_id(file)
     if not _spaces_fit(file, env_id):
         kind = "actions" if file.discrete else "action dims"

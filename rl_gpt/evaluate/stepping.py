@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rl_gpt.env_modules import make_env
+from rl_gpt.env_modules import check_env, make_env
 from rl_gpt.envs.base import Dynamics
 from rl_gpt.evaluate.policy import PolicySpec
 
@@ -54,6 +54,7 @@ class GymEpisodes:
     def __init__(self, env_id: str, spec: PolicySpec, seeds: Sequence[int], async_envs: bool = False) -> None:
         # AsyncVectorEnv steps each env in its own process: worth it only for slow simulators.
         vector_env = gym.vector.AsyncVectorEnv if async_envs else gym.vector.SyncVectorEnv
+        check_env(env_id)  # an env whose episodes never end would hang the loop that steps it
         self._envs = vector_env([lambda: make_env(env_id) for _ in seeds])
         try:
             space = self._envs.single_action_space
