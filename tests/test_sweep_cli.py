@@ -611,3 +611,23 @@ def test_ctrl_c_while_a_sweep_is_logged_to_wandb_ends_with_the_sweeps_line(exper
     assert main(args) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"interrupted after {out / 'report.json'} was written"), err
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+def test_the_novelty_audit_of_a_model_trained_on_one_or_two_runs_ends_with_its_report(experiment, runs):
+    """A user's first try: 2 runs collected, both training runs, none held out. The audit's two stand-ins
+    emptied the pool ("cannot reshape array of size 0") and the sweep ended without report.json."""
+    from rl_gpt.dataset import CheckpointDataset
+    from rl_gpt.sweep.audit import novelty_audit
+
+    ds = CheckpointDataset(experiment / "dataset")
+    train_runs = read_model_info(experiment / "model")["meta"]["train_runs"][:runs]
+    slices = ds.run_slices()
+    pool = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in train_runs])
+    inits = ds.data["params"][torch.tensor([slices[r].start for r in train_runs])].float()
+    methods = {"generator": (inits, ds.data["metric"][pool[: len(inits)]])}
+    out = novelty_audit(ds, methods, inits, pool, train_runs, [])
+    if runs == 1:
+        assert "collect more runs" in out["novelty_skipped"]
+    else:
+        assert math.isfinite(out["novelty"]["generator"]) and out["novelty"]["nn_dist_heldout"] > 0

@@ -45,9 +45,13 @@ def novelty_audit(
     layout, slices = ds.layout, ds.run_slices()
     held_runs = test_runs
     if not held_runs:  # no held-out runs (train.test_fraction=0): two training runs stand in, outside the pool
-        held_runs = train_runs[-2:]  # (inside it, their own checkpoints would be their nearest: every ratio 0/0)
-        stand_ins = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in held_runs])
-        pool_rows = pool_rows[~torch.isin(pool_rows, stand_ins)]
+        # (inside it, their own checkpoints would be their nearest: every ratio 0/0); one of two, so one stays in it
+        held_runs = train_runs[-2:] if len(train_runs) > 2 else train_runs[-1:] if len(train_runs) == 2 else []
+        if held_runs:
+            stand_ins = torch.cat([torch.arange(slices[r].start, slices[r].stop) for r in held_runs])
+            pool_rows = pool_rows[~torch.isin(pool_rows, stand_ins)]
+    if not held_runs or not len(pool_rows):  # one run in all: nothing to be novel against and nothing to compare
+        return {"novelty_skipped": f"{len(train_runs)} training and {len(test_runs)} held-out runs: collect more runs"}
     g = torch.Generator().manual_seed(0)
     # Every training checkpoint, so that a copy of one scores 0; a random subset only past ~1 GB of weights.
     cap = max(5000, NOVELTY_POOL_FLOATS // layout.numel)
