@@ -413,6 +413,8 @@ def test_another_env_on_a_preset_warns_of_the_range_it_keeps():
         load_config("inverted_pendulum", ["task.env_id=InvertedPendulum-v4"])  # another version, the same range
     with pytest.warns(UserWarning, match="CartPole-v0 replaces the preset's CartPole-v1"):  # episodes end at 200
         load_config("cartpole", ["task.env_id=CartPole-v0"])
+    with pytest.warns(UserWarning, match=r"my_envs:Corridor-v0 replaces .* keeps its task\.metric_range=\[0, 500\]"):
+        load_config("cartpole", ["task.env_id=my_envs:Corridor-v0"])  # a user's own env: not imported to warn
 
 
 def test_a_file_that_moves_a_preset_to_another_env_warns_of_the_range_it_keeps(tmp_path):

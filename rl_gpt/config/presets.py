@@ -223,7 +223,9 @@ def warn_if_env_outgrows_task(preset: dict[str, Any], task: Any, overridden: set
         return
     import gymnasium
 
-    if new not in gymnasium.registry:  # refused by collect with a hint; warning first would bury it
+    # An unknown id is refused by collect with a hint (warning first would bury it); a module:EnvId is
+    # registered only once its module is imported, which the config layer never does: it warns as it is.
+    if ":" not in new and new not in gymnasium.registry:
         return
     if old in gymnasium.registry and new.rsplit("-v", 1)[0] == old.rsplit("-v", 1)[0]:
         a, b = gymnasium.spec(new), gymnasium.spec(old)
