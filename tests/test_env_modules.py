@@ -121,3 +121,15 @@ def test_a_generated_json_naming_a_module_in_the_current_folder_does_not_run_it(
     assert main(["evaluate", "policy_000.zip", "--episodes", "1"]) == 0
     assert (tmp_path / "RAN").exists()
     monkeypatch.delitem(sys.modules, "stranger_gen_for_test")
+
+
+def test_sb3_trains_in_the_env_rl_gpt_evaluates_in(user_envs, recwarn):
+    """SB3's envs come from rl_gpt's factory: no render_mode="rgb_array" (SB3's default for an id, and a
+    warning for an env without render modes), the module imported as evaluation imports it."""
+    from rl_gpt.collect.sb3_run import build_model
+    from rl_gpt.config import load_config
+
+    cfg = load_config("cartpole", ["task.env_id=user_envs_for_test:UserLimited-v0"], command="collect")
+    env = build_model(cfg.task, seed=0).get_env()
+    assert env.envs[0].unwrapped.render_mode is None and env.envs[0].spec.max_episode_steps == 50
+    assert not [w for w in recwarn if "render_mode" in str(w.message)]
