@@ -12,13 +12,15 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import math
 import os
 import sys
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
-__all__ = ["EnvModuleError", "check_env", "import_env_module", "make_env"]
+__all__ = ["EnvModuleError", "FiniteCheck", "check_env", "import_env_module", "make_env"]
 
 
 class EnvModuleError(ValueError):
@@ -68,8 +70,6 @@ def _not_found(module: str, name: str, exc: ModuleNotFoundError) -> str:
 def make_env(env_id: str) -> Any:
     """``gym.make`` after :func:`import_env_module`: the env factory of vector envs, so that a worker
     process started by spawn or forkserver (which imports anew) does not search the current folder either."""
-    import gymnasium as gym
-
     import_env_module(env_id)
     return gym.make(env_id)
 
@@ -83,8 +83,6 @@ def check_env(env_id: str) -> str:
     Box with finite bounds (what the stored actor's layout and the batched evaluator read).
     """
     name = import_env_module(env_id)
-    import gymnasium as gym
-
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; is it registered (gymnasium.register) on import?"
@@ -95,8 +93,6 @@ def check_env(env_id: str) -> str:
 
 @functools.cache
 def _check_made(name: str) -> None:  # cached: making a MuJoCo env takes ~50 ms, and rollouts call this per batch
-    import gymnasium as gym
-
     try:
         env = gym.make(name)
     except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
@@ -129,3 +125,45 @@ def _check_made(name: str) -> None:  # cached: making a MuJoCo env takes ~50 ms,
             )
     finally:
         env.close()
+
+
+def _finite(value: Any) -> bool:
+    """Whether an observation or reward holds only finite numbers: for an array its sum first (one C call),
+    the elements only when the sum is not finite (finite values can overflow it)."""
+    if isinstance(value, np.ndarray):
+        return math.isfinite(value.sum(dtype=np.float64)) or bool(np.isfinite(value).all())
+    try:
+        return math.isfinite(value)  # a reward: 0.1 us
+    except TypeError:  # a list or another array-like
+        return bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+
+
+class FiniteCheck(gym.Wrapper):
+    """Stops at an env's first NaN or infinite observation or reward with one line: SB3 would train on it
+    silently (or fail deep in its networks) and the dataset would hold NaN policies. A few us a step."""
+
+    def __init__(self, env: gym.Env, env_id: str) -> None:
+        super().__init__(env)
+        self._env_id, self._steps = env_id, 0
+
+    def _check(self, obs: Any, reward: Any, where: str) -> None:
+        for what, value in (("observation", obs), ("reward", reward)):
+            if not _finite(value):
+                raise EnvModuleError(
+                    f"{self._env_id} returned a non-finite {what} ({value!r:.60}) {where}; collection stopped: "
+                    "fix the env (or clip its outputs) and collect again"
+                )
+
+    def reset(self, **kwargs: Any) -> Any:
+        obs, info = self.env.reset(**kwargs)
+        self._steps = 0
+        if not _finite(obs):
+            self._check(obs, 0.0, "on reset")
+        return obs, info
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._steps += 1
+        if not (_finite(reward) and _finite(obs)):
+            self._check(obs, reward, f"at step {self._steps} of an episode")
+        return obs, reward, terminated, truncated, info

@@ -30,7 +30,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch.distributions import Distribution
 
 from rl_gpt.config import ConfigError, ExperimentConfig, TaskConfig
-from rl_gpt.env_modules import EnvModuleError, check_env, make_env
+from rl_gpt.env_modules import EnvModuleError, FiniteCheck, check_env, make_env
 from rl_gpt.evaluate import PolicySpec, evaluate_params, fold_obs_normalisation, policy_spec_from_sb3
 from rl_gpt.layout import Layout
 from rl_gpt.sb3_policy import actor_layout, read_actor, resolve_policy_kwargs
@@ -71,6 +71,11 @@ def check_env_id(env_id: str) -> None:
         check_env(env_id)
     except EnvModuleError as exc:
         raise ConfigError(f"task.env_id={env_id}: {exc}") from None
+
+
+def _checked_env(env_id: str) -> gym.Env:
+    """The env SB3 trains in: :func:`make_env`'s, stopped at its first non-finite observation or reward."""
+    return FiniteCheck(make_env(env_id), env_id)
 
 
 def _schedule(value: Any) -> Any:
@@ -184,7 +189,7 @@ def build_model(task: TaskConfig, seed: int, hyperparams: dict[str, Any] | None 
     try:
         # rl_gpt's own factory, as evaluation's rollouts build theirs: given an id, SB3 would make it with
         # render_mode="rgb_array" (a warning for an env without render modes) and import a module:EnvId itself
-        env = make_vec_env(functools.partial(make_env, task.env_id), n_envs=task.n_envs, seed=seed)
+        env = make_vec_env(functools.partial(_checked_env, task.env_id), n_envs=task.n_envs, seed=seed)
     except gym.error.DependencyNotInstalled as exc:  # Box2D, Atari, ...: an extra of gymnasium's
         raise ConfigError(f"task.env_id={task.env_id}: {exc}") from None
     if task.algo == "sac" and not isinstance(env.action_space, gym.spaces.Box):  # else SB3's words blame the settings
