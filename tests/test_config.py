@@ -687,3 +687,22 @@ def test_a_key_given_twice_in_a_mapping_on_the_command_line_is_said_so():
     refused as "expected a mapping, got '{steps: 3, steps: 5}'", which it is."""
     with pytest.raises(ConfigError, match=r"^task.hyperparams=\{steps: 3, steps: 5\}: 'steps' is given twice"):
         load_config("digits", ["task.hyperparams={steps: 3, steps: 5}"])
+
+
+def test_a_config_named_like_a_file_or_an_env_id_says_what_to_give(tmp_path, monkeypatch):
+    """A user's first tries: `collect corridor` with corridor.yaml here, `collect Hopper-v5` or
+    `collect my_envs:Corridor-v0` (an env id where a config goes), and a local cartpole.yaml."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "corridor.yaml").write_text("extends: cartpole\n")
+    with pytest.raises(ConfigError, match=r"no preset 'corridor'; a file is named by its path: \./corridor\.yaml"):
+        load_config("corridor")
+    load_config("./corridor.yaml")
+    for env_id in ("Hopper-v5", "my_envs:Corridor-v0"):
+        with pytest.raises(ConfigError, match=f"looks like an env id: give a preset and task.env_id={env_id}"):
+            load_config(env_id)
+    (tmp_path / "cartpole.yaml").write_text("extends: cartpole\ncollect: {runs: 3}\n")
+    with pytest.warns(UserWarning, match=r"'cartpole' is the preset cartpole\.yaml, not \./cartpole\.yaml"):
+        assert load_config("cartpole").collect.runs != 3  # the preset wins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the local file's own `extends: cartpole` means the preset: no warning
+        assert load_config("./cartpole.yaml").collect.runs == 3

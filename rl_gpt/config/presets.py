@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import typing
 import warnings
 from pathlib import Path
@@ -125,13 +126,19 @@ def find_preset(name_or_path: str) -> Path:
     folder = name_or_path.endswith(("/", os.sep)) or not path.name
     if ("/" in name_or_path or os.sep in name_or_path) and not folder and path.with_name(f"{path.name}.yaml").is_file():
         return path.with_name(f"{path.name}.yaml")
+    bare = "/" not in name_or_path and os.sep not in name_or_path and not folder
+    local = Path(f"{name_or_path}.yaml") if bare and not name_or_path.endswith((".yaml", ".yml")) else None
     for candidate in (PRESETS / f"{name_or_path}.yaml", PRESETS / name_or_path):
         if candidate.is_file():
             return candidate
+    if local is not None and local.is_file():
+        raise ConfigError(f"no preset {name_or_path!r}; a file is named by its path: ./{local}")
     known = sorted(p.stem for p in PRESETS.glob("*.yaml")) if PRESETS.is_dir() else []
     for_env = {name: _preset_env_id(name) for name in known}
     for_env = {name: env for name, env in for_env.items() if env.casefold() == name_or_path.casefold()}
     hint = "".join(f"did you mean {name}, the preset for {env}? " for name, env in for_env.items())
+    if not hint and bare and (":" in name_or_path or re.search(r"-v\d+$", name_or_path)):  # an env id, not a config
+        hint = f"{name_or_path} looks like an env id: give a preset and task.env_id={name_or_path} (e.g. cartpole). "
     raise ConfigError(f"no config file or preset {name_or_path!r}; {hint}presets: {', '.join(known) or 'none found'}")
 
 
@@ -147,6 +154,14 @@ def _preset_env_id(name: str) -> str:
 def read_preset(source: str, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A YAML file's sections; ``extends: NAME`` starts from that preset and deep-merges this file over it."""
     path = find_preset(source)
+    local = Path(f"{source}.yaml")
+    if not seen and path.parent == PRESETS and os.sep not in source and "/" not in source and local.is_file():
+        # the preset wins (a bare name never runs a local file); said, as the user may have meant theirs.
+        # Only for the name given on the command line: a local file's own `extends: cartpole` means the preset.
+        warnings.warn(
+            f"{source!r} is the preset {path.name}, not ./{local} in this folder: give ./{local} for that file",
+            stacklevel=2,
+        )
     if path.resolve() in seen:
         raise ConfigError(f"{path}: 'extends' loops back to itself ({' -> '.join(p.name for p in seen)})")
     loaded = load_yaml_file(path)
