@@ -74,7 +74,16 @@ def _epilog(command: str) -> str:
         "out=DIR is the experiment folder (default: the preset's out, e.g. runs/digits): collect writes "
         "DIR/dataset, train DIR/model, sweep DIR/sweep; dataset=DIR reads another dataset. Settings are key=value "
         f"overrides: a dotted name (train.lr=3e-4, task.hyperparams.steps=200) or a short name ({short})."
+        + (_OWN_ENV if command == "collect" else "")
     )
+
+
+#: How a user's own environment is named, under collect's --help (the README's "Your own environment").
+_OWN_ENV = (
+    " Your own environment: task.env_id=MODULE:ENV_ID, where MODULE registers ENV_ID (with max_episode_steps) "
+    "when imported and its folder is on PYTHONPATH, e.g. PYTHONPATH=. rl-gpt collect cartpole "
+    "task.env_id=my_envs:Corridor-v0 task.metric_range=[-1,1] task.reward_threshold=null."
+)
 
 
 def _demo_epilog() -> str:
@@ -301,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--env",
         metavar="ENV_ID",
-        help="Gymnasium id to evaluate a .zip policy in (default: from the generated.json beside it, else the one "
-        "of CartPole, Pendulum, Acrobot, MountainCarContinuous whose spaces fit)",
+        help="Gymnasium id to evaluate a .zip policy in, or MODULE:ENV_ID for one your module registers (its folder "
+        "on PYTHONPATH; default: from the generated.json beside it, else the one of CartPole, Pendulum, Acrobot, "
+        "MountainCarContinuous whose spaces fit)",
     )
     p.add_argument("--stochastic", action="store_true", help="sample actions instead of the deterministic ones")
     p.add_argument("--json", help="also write the returns to this JSON file")

@@ -169,3 +169,11 @@ def test_the_finite_check_costs_microseconds_a_step():
                 env.reset()
         cost.append((time.perf_counter() - start) / 2000)
     assert cost[1] - cost[0] < 50e-6, cost  # measured ~5 us; generous for a loaded machine
+
+
+def test_collect_and_evaluate_help_say_how_to_name_your_own_env(capsys):
+    for command in ("collect", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert "MODULE:ENV_ID" in text and "PYTHONPATH" in text, (command, text)
